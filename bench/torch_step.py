@@ -1,0 +1,44 @@
+"""Times PyTorch's CPU training step (forward, cross-entropy, backward, SGD
+with momentum) for one model, batch size and thread count. Prints one line:
+`median_ms <value>`. Run with /usr/bin/python3 (Debian's torch)."""
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "py"))
+import torch  # noqa: E402
+import tempo_models  # noqa: E402
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="cnn")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    model = tempo_models.build(a.model)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(a.batch, *tempo_models.INPUT_SHAPES[a.model])
+    y = torch.randint(0, 10, (a.batch,))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times = []
+    for i in range(a.warmup + a.steps):
+        t = time.perf_counter()
+        opt.zero_grad(set_to_none=False)
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        opt.step()
+        if i >= a.warmup:
+            times.append(time.perf_counter() - t)
+    print(f"median_ms {1e3 * statistics.median(times):.3f}")
+
+
+if __name__ == "__main__":
+    main()

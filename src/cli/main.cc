@@ -1,0 +1,67 @@
+// `tempo`: the one binary. Subcommands: train, eval, bench.
+#include <CLI/CLI.hpp>
+
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <unistd.h>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/parallel.h"
+#include "trusted/trainer.h"
+
+namespace {
+
+void on_sigint(int) {
+  if (tempo::g_stop_requested.exchange(true)) std::_Exit(130);  // second Ctrl-C: leave now
+  const char msg[] = "\ntempo: stopping after this step (Ctrl-C again to abort)\n";
+  ssize_t r = write(STDERR_FILENO, msg, sizeof msg - 1);
+  (void)r;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{
+      "Tempo: confidential deep-learning training. A trusted master keeps data, weights and\n"
+      "keys; untrusted workers see only blinded matrix products, each result is checked.\n"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", std::string("tempo ") + TEMPO_VERSION);
+
+  tempo::TrainConfig train_cfg;
+  CLI::App* train = app.add_subcommand("train", "Train a model (then evaluate it on the test split)");
+  tempo::cli::add_train_flags(*train, train_cfg, true);
+
+  tempo::TrainConfig eval_cfg;
+  CLI::App* eval = app.add_subcommand("eval", "Evaluate a saved model on a data set's test split");
+  tempo::cli::add_train_flags(*eval, eval_cfg, false);
+
+  tempo::cli::BenchConfig bench_cfg;
+  CLI::App* bench = app.add_subcommand(
+      "bench", "Time training steps in tee-only mode against PyTorch on the same threads");
+  tempo::cli::add_bench_flags(*bench, bench_cfg);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+
+  std::signal(SIGINT, on_sigint);
+  try {
+    if (*train) return tempo::cli::run_train(train_cfg);
+    if (*eval) return tempo::cli::run_eval(eval_cfg);
+    if (*bench) return tempo::cli::run_bench(bench_cfg);
+  } catch (const tempo::Error& e) {
+    std::fprintf(stderr, "tempo: error: %s\n", e.what());
+    return 1;
+  } catch (const std::bad_alloc&) {
+    std::fprintf(stderr, "tempo: error: out of memory (try a smaller --batch-size)\n");
+    return 1;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "tempo: internal error: %s\n", e.what());
+    return 2;
+  }
+  return 0;
+}

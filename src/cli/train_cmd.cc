@@ -1,0 +1,92 @@
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "cli/commands.h"
+#include "common/error.h"
+#include "common/parallel.h"
+
+namespace tempo::cli {
+
+void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
+  std::string models;
+  for (const auto& n : model_names()) models += (models.empty() ? "" : " | ") + n;
+  app.add_option("--model", c.model, "Model: " + models)->capture_default_str();
+  app.add_option("--data", c.data,
+                 "Data: fashion-mnist[:DIR] | cifar10:DIR | tensors:FILE | synthetic[:N]")
+      ->capture_default_str();
+  app.add_option("--mode", c.mode,
+                 "tempo (obfuscated, verified) | offload (insecure ablation) | tee-only (all in the master)")
+      ->capture_default_str();
+  app.add_option("--workers", c.workers, "local:N (in-process) or host:port,...")->capture_default_str();
+  app.add_option("--threads", c.threads, "Threads of the trusted side (0: all cores)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", c.seed, "Seed of initialisation, shuffling, augmentation and synthetic data")
+      ->capture_default_str();
+  app.add_option("--batch-size", c.batch_size, "Samples per step")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--init", c.init, "Load weights from this safetensors file (PyTorch state_dict names)")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--offload-first", c.offload_first, "Offload the first layer too (measurement only: it leaks)");
+  app.add_flag("--offload-last", c.offload_last, "Offload the last layer too (measurement only: it leaks)");
+  if (!training) return;
+  app.add_option("--epochs", c.epochs, "Epochs (training stops at whichever of epochs/steps ends first)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--steps", c.steps, "Stop after this many steps in all")->check(CLI::PositiveNumber);
+  app.add_option("--optimizer", c.optim.kind, "sgd | adam | adamw")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"sgd", "adam", "adamw"}));
+  app.add_option("--lr", c.optim.lr, "Learning rate")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--momentum", c.optim.momentum, "SGD momentum")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--weight-decay", c.optim.weight_decay, "L2 weight decay (decoupled for adamw)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--lr-schedule", c.optim.schedule, "constant | step | cosine (stepped per epoch)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"constant", "step", "cosine"}));
+  app.add_option("--lr-step-size", c.optim.step_size, "step schedule: epochs between decays")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--lr-gamma", c.optim.gamma, "step schedule: decay factor")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_flag("--no-shuffle", [&c](int64_t) { c.shuffle = false; }, "Take batches in file order");
+  app.add_option("--save", c.save, "Write the trained weights to this safetensors file (atomically)");
+  app.add_option("--metrics", c.metrics, "Write JSON-lines metrics (per step and per epoch) to this file");
+  app.add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "Print no progress");
+}
+
+int run_train(const TrainConfig& cfg) {
+  TrainResult r = train(cfg);
+  std::printf("steps %lld, %.1f s training (%.1f ms/step)\n", static_cast<long long>(r.steps),
+              r.seconds, r.steps ? 1e3 * r.seconds / static_cast<double>(r.steps) : 0.0);
+  if (r.evaluated)
+    std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.test.accuracy,
+                static_cast<long long>(r.test.correct), static_cast<long long>(r.test.samples),
+                r.test.loss);
+  return r.interrupted ? 130 : 0;
+}
+
+int run_eval(const TrainConfig& cfg) {
+  set_num_threads(cfg.threads);
+  auto model = build_model(cfg.model, cfg.seed);
+  model->set_offload(cfg.offload_first, cfg.offload_last);
+  if (cfg.init.empty())
+    std::fprintf(stderr, "tempo: warning: no --init given: evaluating freshly initialised weights\n");
+  else
+    model->load(cfg.init);
+  Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
+  check(!data.test_y.empty(), "data set '" + cfg.data + "' has no test split to evaluate on");
+  auto backend = make_backend(cfg.mode, cfg.workers);
+  EvalResult r = evaluate(*model, data, cfg.batch_size, *backend);
+  std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.accuracy,
+              static_cast<long long>(r.correct), static_cast<long long>(r.samples), r.loss);
+  return 0;
+}
+
+}  // namespace tempo::cli

@@ -1,0 +1,45 @@
+// Thread control for the trusted side. One knob (--threads) sets both our own
+// OpenMP loops and OpenBLAS, so that a run's arithmetic, and with it its
+// bitwise result, is a function of the thread count alone.
+#pragma once
+
+#include <cstdint>
+
+namespace tempo {
+
+// Sets the number of threads for OpenMP loops and for BLAS. n <= 0: all cores.
+void set_num_threads(int n);
+int num_threads();
+int hardware_threads();
+
+// Splits [0, n) into num_threads() contiguous static ranges and runs
+// fn(begin, end) on each in parallel. The split depends only on n and the
+// thread count, so per-range reductions combined in range order are
+// deterministic.
+template <typename Fn>
+void parallel_for(int64_t n, Fn&& fn, int64_t min_per_thread = 1);
+
+}  // namespace tempo
+
+#include <omp.h>
+
+namespace tempo {
+template <typename Fn>
+void parallel_for(int64_t n, Fn&& fn, int64_t min_per_thread) {
+  if (n <= 0) return;
+  int t = num_threads();
+  if (min_per_thread < 1) min_per_thread = 1;
+  int64_t max_t = (n + min_per_thread - 1) / min_per_thread;
+  if (max_t < t) t = static_cast<int>(max_t);
+  if (t <= 1) {
+    fn(int64_t{0}, n);
+    return;
+  }
+#pragma omp parallel num_threads(t)
+  {
+    int id = omp_get_thread_num();
+    int64_t b = n * id / t, e = n * (id + 1) / t;
+    if (b < e) fn(b, e);
+  }
+}
+}  // namespace tempo

@@ -1,0 +1,334 @@
+// Dataset loading: IDX and CIFAR-10 parsers and the four --data sources.
+#include "trusted/data/dataset.h"
+
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <limits>
+
+#include "common/error.h"
+#include "common/rng.h"
+#include "trusted/io/file_util.h"
+#include "trusted/io/safetensors.h"
+
+namespace tempo {
+
+namespace {
+
+constexpr int kClasses = 10;
+constexpr size_t kCifarPixels = 3 * 32 * 32;
+constexpr size_t kCifarRecord = 1 + kCifarPixels;
+
+// k / 255.0f for every byte: a division, exactly as torchvision's ToTensor.
+struct ByteToUnit {
+  float v[256];
+  ByteToUnit() {
+    for (int k = 0; k < 256; ++k) v[k] = static_cast<float>(k) / 255.0f;
+  }
+};
+const ByteToUnit& unit() {
+  static const ByteToUnit t;
+  return t;
+}
+
+std::string hex32(uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "0x%08x", v);
+  return b;
+}
+
+uint32_t be32(const uint8_t* p) {
+  return uint32_t(p[0]) << 24 | uint32_t(p[1]) << 16 | uint32_t(p[2]) << 8 | uint32_t(p[3]);
+}
+
+void check_sample_shape(const std::string& source, const Shape& sample, const Shape& input) {
+  check(sample == input, source + ": samples have shape " + shape_str(sample) + " but the model expects input " +
+                             shape_str(input) + "; pick a --model that matches the data (or other data)");
+}
+
+void check_labels(const std::vector<int64_t>& y, int classes, const std::string& what) {
+  for (size_t i = 0; i < y.size(); ++i)
+    check(y[i] >= 0 && y[i] < classes, what + ": label " + std::to_string(y[i]) + " at index " + std::to_string(i) +
+                                           " is out of range [0, " + std::to_string(classes) +
+                                           "); labels must be class indices");
+}
+
+std::string counts(const Dataset& d) {
+  return std::to_string(d.train_y.size()) + " train, " + std::to_string(d.test_y.size()) + " test";
+}
+
+// Validates CIFAR records; returns how many there are.
+size_t cifar_check(const uint8_t* data, size_t size, const std::string& what) {
+  check(size > 0 && size % kCifarRecord == 0,
+        what + ": size " + std::to_string(size) + " bytes is not a positive multiple of the 3073-byte CIFAR-10 record "
+               "(truncated file, or not the binary version of CIFAR-10: use cifar-10-binary.tar.gz)");
+  size_t n = size / kCifarRecord;
+  for (size_t i = 0; i < n; ++i)
+    check(data[i * kCifarRecord] < kClasses, what + ": record " + std::to_string(i) + " has label " +
+                                                 std::to_string(data[i * kCifarRecord]) +
+                                                 " (must be 0..9); the file is corrupt or not CIFAR-10");
+  return n;
+}
+
+void cifar_decode(const uint8_t* data, size_t n, float* x, int64_t* y) {
+  const float* u = unit().v;
+  for (size_t i = 0; i < n; ++i) {
+    const uint8_t* r = data + i * kCifarRecord;
+    y[i] = r[0];
+    float* o = x + i * kCifarPixels;
+    for (size_t k = 0; k < kCifarPixels; ++k) o[k] = u[r[1 + k]];
+  }
+}
+
+// ---- fashion-mnist ----------------------------------------------------------
+
+std::string find_idx(const std::string& dir, const std::string& name) {
+  std::string gz = dir + "/" + name + ".gz", plain = dir + "/" + name;
+  if (is_regular_file(gz)) return gz;
+  if (is_regular_file(plain)) return plain;
+  throw Error("fashion-mnist: cannot find " + gz + " (nor " + plain +
+              "); install the Debian package dataset-fashion-mnist (scripts/setup.sh) or pass "
+              "--data fashion-mnist:DIR with a directory holding the four IDX files");
+}
+
+void load_idx_pair(const std::string& dir, const std::string& prefix, Tensor& x, std::vector<int64_t>& y,
+                   Shape& sample) {
+  const std::string ip = find_idx(dir, prefix + "-images-idx3-ubyte");
+  const std::string lp = find_idx(dir, prefix + "-labels-idx1-ubyte");
+  IdxArray im, lb;
+  {
+    std::vector<uint8_t> raw = gunzip_file(ip);
+    im = parse_idx(raw.data(), raw.size(), ip);
+  }
+  {
+    std::vector<uint8_t> raw = gunzip_file(lp);
+    lb = parse_idx(raw.data(), raw.size(), lp);
+  }
+  check(im.dims.size() == 3, ip + ": holds labels (magic 0x00000801), expected images (0x00000803); check the file names");
+  check(lb.dims.size() == 1, lp + ": holds images (magic 0x00000803), expected labels (0x00000801); check the file names");
+  check(im.dims[0] == lb.dims[0], ip + " has " + std::to_string(im.dims[0]) + " images but " + lp + " has " +
+                                      std::to_string(lb.dims[0]) + " labels; the files do not belong together");
+  check(im.dims[0] > 0, ip + ": holds no images");
+  Shape s = {1, im.dims[1], im.dims[2]};
+  if (!sample.empty())
+    check(s == sample, ip + ": images are " + shape_str(s) + " but the training images are " + shape_str(sample));
+  sample = s;
+  const int64_t n = im.dims[0];
+  y.resize(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) y[static_cast<size_t>(i)] = lb.bytes[static_cast<size_t>(i)];
+  check_labels(y, kClasses, lp);
+  x.resize({n, 1, im.dims[1], im.dims[2]});
+  const float* u = unit().v;
+  float* o = x.data();
+  for (size_t k = 0; k < im.bytes.size(); ++k) o[k] = u[im.bytes[k]];
+}
+
+Dataset load_fashion(const std::string& dir, const Shape& input) {
+  Dataset d;
+  load_idx_pair(dir, "train", d.train_x, d.train_y, d.sample_shape);
+  load_idx_pair(dir, "t10k", d.test_x, d.test_y, d.sample_shape);
+  check_sample_shape("fashion-mnist (" + dir + ")", d.sample_shape, input);
+  d.description = "fashion-mnist (" + dir + "): " + counts(d);
+  return d;
+}
+
+// ---- cifar10 -----------------------------------------------------------------
+
+void load_cifar_files(const std::vector<std::string>& paths, Tensor& x, std::vector<int64_t>& y) {
+  std::vector<std::vector<uint8_t>> raw;
+  size_t total = 0;
+  for (const std::string& p : paths) {
+    raw.push_back(read_file(p, "CIFAR-10 batch"));
+    total += cifar_check(raw.back().data(), raw.back().size(), p);
+  }
+  x.resize({static_cast<int64_t>(total), 3, 32, 32});
+  y.resize(total);
+  size_t at = 0;
+  for (auto& r : raw) {
+    size_t n = r.size() / kCifarRecord;
+    cifar_decode(r.data(), n, x.data() + at * kCifarPixels, y.data() + at);
+    at += n;
+    std::vector<uint8_t>().swap(r);
+  }
+}
+
+Dataset load_cifar(std::string dir, const Shape& input) {
+  if (!is_regular_file(dir + "/data_batch_1.bin") && is_regular_file(dir + "/cifar-10-batches-bin/data_batch_1.bin"))
+    dir += "/cifar-10-batches-bin";
+  std::vector<std::string> train;
+  for (int i = 1; i <= 5; ++i) train.push_back(dir + "/data_batch_" + std::to_string(i) + ".bin");
+  train.push_back(dir + "/test_batch.bin");
+  for (const std::string& p : train)
+    check(is_regular_file(p), "cifar10: cannot find " + p +
+                                  "; pass --data cifar10:DIR with the extracted cifar-10-batches-bin directory of "
+                                  "the binary version (cifar-10-binary.tar.gz)");
+  std::string test = train.back();
+  train.pop_back();
+  Dataset d;
+  d.sample_shape = {3, 32, 32};
+  check_sample_shape("cifar10 (" + dir + ")", d.sample_shape, input);
+  load_cifar_files(train, d.train_x, d.train_y);
+  load_cifar_files({test}, d.test_x, d.test_y);
+  d.cifar_augment = true;
+  d.norm_mean = {0.4914f, 0.4822f, 0.4465f};
+  d.norm_std = {0.2470f, 0.2435f, 0.2616f};
+  d.description = "cifar10 (" + dir + "): " + counts(d);
+  return d;
+}
+
+// ---- tensors -------------------------------------------------------------------
+
+void take_pair(TensorMap& m, const std::string& path, const std::string& xn, const std::string& yn, Tensor& x,
+               std::vector<int64_t>& y) {
+  NamedTensor& xi = m.at(xn);
+  NamedTensor& yi = m.at(yn);
+  const std::string fix = "; expected '" + xn + "' N×C×H×W F32 and '" + yn + "' N I64";
+  check(xi.dtype == DType::F32, path + ": tensor '" + xn + "' has dtype " + dtype_name(xi.dtype) +
+                                    ", expected F32 (convert the images to float32)");
+  check(yi.dtype == DType::I64, path + ": tensor '" + yn + "' has dtype " + dtype_name(yi.dtype) +
+                                    ", expected I64 (convert the labels to int64)");
+  check(xi.shape.size() == 4, path + ": tensor '" + xn + "' has shape " + shape_str(xi.shape) + fix);
+  check(yi.shape.size() == 1, path + ": tensor '" + yn + "' has shape " + shape_str(yi.shape) + fix);
+  check(xi.shape[0] == yi.shape[0], path + ": '" + xn + "' has " + std::to_string(xi.shape[0]) + " samples but '" +
+                                        yn + "' has " + std::to_string(yi.shape[0]) + " labels; they must match");
+  for (size_t i = 0; i < xi.f32.size(); ++i)
+    check(std::isfinite(xi.f32[i]), path + ": tensor '" + xn + "' holds a non-finite value (NaN or Inf) at sample " +
+                                        std::to_string(xi.shape[0] ? i / (xi.f32.size() / xi.shape[0]) : 0) +
+                                        "; clean the data");
+  check_labels(yi.i64, kClasses, path + ": tensor '" + yn + "'");
+  x.resize(xi.shape);
+  if (!xi.f32.empty()) std::memcpy(x.data(), xi.f32.data(), xi.f32.size() * sizeof(float));
+  y = std::move(yi.i64);
+  std::vector<float>().swap(xi.f32);
+}
+
+Dataset load_tensors(const std::string& path, const Shape& input) {
+  TensorMap m = read_safetensors(path);
+  for (const auto& [name, t] : m)
+    check(name == "images" || name == "labels" || name == "test_images" || name == "test_labels",
+          path + ": unexpected tensor '" + name +
+              "'; a tensors: data file holds only images, labels, test_images, test_labels");
+  check(m.count("images") && m.count("labels"),
+        path + ": missing tensor '" + std::string(m.count("images") ? "labels" : "images") +
+            "'; a tensors: data file needs 'images' (N×C×H×W F32) and 'labels' (N I64)");
+  check(m.count("test_images") == m.count("test_labels"),
+        path + ": has '" + std::string(m.count("test_images") ? "test_images" : "test_labels") + "' but not '" +
+            std::string(m.count("test_images") ? "test_labels" : "test_images") + "'; give both or neither");
+  Dataset d;
+  take_pair(m, path, "images", "labels", d.train_x, d.train_y);
+  check(!d.train_y.empty(), path + ": 'images' holds no samples");
+  d.sample_shape.assign(d.train_x.shape().begin() + 1, d.train_x.shape().end());
+  if (m.count("test_images")) {
+    take_pair(m, path, "test_images", "test_labels", d.test_x, d.test_y);
+    Shape ts(d.test_x.shape().begin() + 1, d.test_x.shape().end());
+    check(ts == d.sample_shape, path + ": 'test_images' samples are " + shape_str(ts) + " but 'images' samples are " +
+                                    shape_str(d.sample_shape) + "; they must match");
+  }
+  check_sample_shape(path, d.sample_shape, input);
+  d.description = "tensors (" + path + "): " + counts(d);
+  return d;
+}
+
+// ---- synthetic -------------------------------------------------------------------
+
+Dataset load_synthetic(const std::string& arg, const Shape& input, uint64_t seed) {
+  int64_t n = 10000;
+  if (!arg.empty()) {
+    bool digits = arg.size() <= 9 && arg.find_first_not_of("0123456789") == std::string::npos;
+    check(digits && std::stoll(arg) > 0,
+          "--data synthetic:" + arg + ": N must be a positive whole number up to 999999999, e.g. synthetic:1000");
+    n = std::stoll(arg);
+  }
+  const int64_t per = numel_of(input);
+  const int64_t nt = n / 5;
+  check((n + nt) <= (int64_t(1) << 31) / per,
+        "--data synthetic:" + arg + ": " + std::to_string(n + nt) + " samples of shape " + shape_str(input) +
+            " would need more than 8 GiB; use a smaller N");
+  Dataset d;
+  d.sample_shape = input;
+  std::vector<float> means(static_cast<size_t>(kClasses * per));
+  Rng mr = Rng::derive(seed, 0x5e17'0001);
+  for (float& m : means) m = static_cast<float>(mr.normal());
+  auto fill = [&](int64_t count, uint64_t tag, Tensor& x, std::vector<int64_t>& y) {
+    Shape s = {count};
+    s.insert(s.end(), input.begin(), input.end());
+    x.resize(s);
+    y.resize(static_cast<size_t>(count));
+    Rng r = Rng::derive(seed, tag);
+    for (int64_t i = 0; i < count; ++i) {
+      int64_t label = static_cast<int64_t>(r.below(kClasses));
+      y[static_cast<size_t>(i)] = label;
+      const float* m = means.data() + label * per;
+      float* o = x.data() + i * per;
+      for (int64_t k = 0; k < per; ++k) o[k] = m[k] + static_cast<float>(r.normal());
+    }
+  };
+  fill(n, 0x5e17'0002, d.train_x, d.train_y);
+  fill(nt, 0x5e17'0003, d.test_x, d.test_y);
+  d.description = "synthetic (seed " + std::to_string(seed) + "): " + counts(d);
+  return d;
+}
+
+}  // namespace
+
+IdxArray parse_idx(const uint8_t* data, size_t size, const std::string& what) {
+  const std::string hint = "; re-download the dataset";
+  check(size >= 4, what + ": only " + std::to_string(size) + " bytes, too short for an IDX file (truncated?)" + hint);
+  const uint32_t magic = be32(data);
+  check(magic == 0x00000803 || magic == 0x00000801,
+        what + ": magic number " + hex32(magic) +
+            " is not an IDX file of unsigned bytes (expected 0x00000803 for images or 0x00000801 for labels)" + hint);
+  const size_t nd = data[3];
+  const size_t head = 4 + 4 * nd;
+  check(size >= head, what + ": file ends inside the IDX header (truncated)" + hint);
+  IdxArray a;
+  uint64_t total = 1;
+  bool fits = true;
+  for (size_t i = 0; i < nd; ++i) {
+    uint32_t d = be32(data + 4 + 4 * i);
+    a.dims.push_back(d);
+    if (__builtin_mul_overflow(total, uint64_t(d), &total)) fits = false;
+  }
+  std::string dims = shape_str(a.dims);
+  const uint64_t have = size - head;
+  check(fits && total <= have, what + ": dimensions " + dims + " need " + (fits ? std::to_string(total) : "too many") +
+                                   " bytes of data but the file has " + std::to_string(have) + " (truncated?)" + hint);
+  check(total == have, what + ": " + std::to_string(have - total) + " unexpected bytes after the " + dims +
+                           " data (dimensions do not match the file size)" + hint);
+  a.bytes.assign(data + head, data + size);
+  return a;
+}
+
+void parse_cifar(const uint8_t* data, size_t size, const std::string& what, std::vector<float>& x,
+                 std::vector<int64_t>& y) {
+  size_t n = cifar_check(data, size, what);
+  size_t x0 = x.size(), y0 = y.size();
+  x.resize(x0 + n * kCifarPixels);
+  y.resize(y0 + n);
+  cifar_decode(data, n, x.data() + x0, y.data() + y0);
+}
+
+Dataset load_dataset(const std::string& spec, const Shape& input_shape, uint64_t seed) {
+  bool ok_shape = input_shape.size() == 3;
+  for (int64_t d : input_shape) ok_shape = ok_shape && d > 0;
+  check(ok_shape, "--data " + spec + ": the model's input shape " + shape_str(input_shape) + " is not C×H×W");
+  const size_t colon = spec.find(':');
+  const std::string kind = spec.substr(0, colon);
+  const bool has_arg = colon != std::string::npos;
+  const std::string arg = has_arg ? spec.substr(colon + 1) : "";
+  check(!has_arg || !arg.empty(), "--data " + spec + ": nothing after ':'; give a path or count, or drop the ':'");
+  if (kind == "fashion-mnist") return load_fashion(has_arg ? arg : "/usr/share/datasets/fashion-mnist", input_shape);
+  if (kind == "cifar10") {
+    check(has_arg, "--data cifar10 needs a directory: --data cifar10:DIR (the extracted cifar-10-batches-bin)");
+    return load_cifar(arg, input_shape);
+  }
+  if (kind == "tensors") {
+    check(has_arg, "--data tensors needs a file: --data tensors:FILE.safetensors");
+    return load_tensors(arg, input_shape);
+  }
+  if (kind == "synthetic") return load_synthetic(arg, input_shape, seed);
+  throw Error("--data " + spec +
+              ": unknown dataset; use fashion-mnist[:DIR], cifar10:DIR, tensors:FILE or synthetic[:N]");
+}
+
+}  // namespace tempo

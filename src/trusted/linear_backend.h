@@ -1,0 +1,54 @@
+// The seam through which every matrix product and convolution of a model
+// passes. A product has the shape of a linear layer, C = A·Wᵀ with
+// A: M×K (inputs, or im2col patches), W: N×K (weights), C: M×N, and two
+// backward products that reuse the forward operands:
+//   dA = dC·W   (input gradient)      dW = dCᵀ·A   (weight gradient).
+// TeeOnlyBackend computes them in the master. The offloading backends
+// (tempo, offload) implement the same interface and may keep per-product
+// state between forward and backward, keyed by Product::id, until end_step().
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace tempo {
+
+struct Product {
+  int id = -1;                  // stable per layer; assigned at model build
+  std::string name;             // layer name, for logs and metrics
+  const float* a = nullptr;     // M×K row-major, valid until backward ends
+  const float* w = nullptr;     // N×K row-major
+  int64_t m = 0, k = 0, n = 0;
+};
+
+class LinearBackend {
+ public:
+  virtual ~LinearBackend() = default;
+  virtual const char* name() const = 0;
+  // c (M×N) = a·wᵀ. Sets nothing in p; p.a and p.w must stay valid until the
+  // product's backward calls have returned.
+  virtual void forward(const Product& p, float* c) = 0;
+  // da (M×K) = dc·w.
+  virtual void backward_input(const Product& p, const float* dc, float* da) = 0;
+  // dw (N×K) = dcᵀ·a.
+  virtual void backward_weight(const Product& p, const float* dc, float* dw) = 0;
+  // Called once after each optimizer step; frees per-step state.
+  virtual void end_step() {}
+};
+
+// Every product computed in the trusted master with BLAS (the secure
+// baseline).
+class TeeOnlyBackend final : public LinearBackend {
+ public:
+  const char* name() const override { return "tee-only"; }
+  void forward(const Product& p, float* c) override;
+  void backward_input(const Product& p, const float* dc, float* da) override;
+  void backward_weight(const Product& p, const float* dc, float* dw) override;
+};
+
+// Row-major sgemm wrapper: C = alpha·op(A)·op(B) + beta·C.
+void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
+           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+           int64_t ldc);
+
+}  // namespace tempo

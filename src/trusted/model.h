@@ -1,0 +1,47 @@
+// The model zoo of DESIGN.md §4: structure, PyTorch state_dict names and
+// PyTorch's own initialisation. A Model owns its layers and exposes its state
+// (for safetensors I/O and the optimizer) and its products (for the
+// scheduler of the offloading modes).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trusted/nn/layers.h"
+
+namespace tempo {
+
+class Model {
+ public:
+  std::string name;
+  Shape input_shape;  // C×H×W
+  int64_t num_classes = 10;
+  std::unique_ptr<Layer> root;
+  std::vector<StateEntry> state;    // in state_dict order
+  std::vector<Product*> products;   // in forward order
+  std::vector<Layer*> product_layers;
+
+  const Tensor& forward(const Tensor& x, Context& ctx) { return root->forward(x, ctx); }
+  void backward(const Tensor& dlogits, Context& ctx) { root->backward(dlogits, ctx); }
+
+  // Trainable parameters (entries with a gradient).
+  std::vector<StateEntry> parameters() const;
+  int64_t parameter_count() const;
+
+  // Chooses which products go to the offload backend: all but the first and
+  // the last, unless asked otherwise.
+  void set_offload(bool offload_first, bool offload_last);
+
+  // safetensors with PyTorch names; strict: a missing, extra, mis-typed or
+  // mis-shaped tensor is an error naming it. save() is atomic.
+  void load(const std::string& path);
+  void save(const std::string& path) const;
+};
+
+// "mlp", "cnn", "resnet18", "resnet50", "vgg16". Unknown names are an error
+// that lists the valid ones. Initialised from `seed` as PyTorch's modules do.
+std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed);
+const std::vector<std::string>& model_names();
+
+}  // namespace tempo

@@ -1,0 +1,130 @@
+#include <cmath>
+
+#include "common/error.h"
+#include "common/parallel.h"
+#include "trusted/nn/layers.h"
+
+namespace tempo {
+
+BatchNorm2d::BatchNorm2d(int64_t c, double e, double m) : channels(c), eps(e), momentum(m) {
+  check(c > 0, "invalid BatchNorm2d configuration");
+  weight.resize({c});
+  weight.fill(1.0f);
+  bias.resize({c});
+  bias.zero();
+  dweight.resize({c});
+  dweight.zero();
+  dbias.resize({c});
+  dbias.zero();
+  running_mean.resize({c});
+  running_mean.zero();
+  running_var.resize({c});
+  running_var.fill(1.0f);
+  mean_.resize(static_cast<size_t>(c));
+  invstd_.resize(static_cast<size_t>(c));
+}
+
+const Tensor& BatchNorm2d::forward(const Tensor& x, Context& ctx) {
+  check(x.ndim() == 4 && x.dim(1) == channels,
+        "BatchNorm2d expects N×" + std::to_string(channels) + "×H×W input, got " +
+            shape_str(x.shape()));
+  x_ = &x;
+  const int64_t N = x.dim(0), C = channels, HW = x.dim(2) * x.dim(3), count = N * HW;
+  trained_ = ctx.training;
+  if (trained_) {
+    check(count > 1, "BatchNorm2d in training needs more than one value per channel, got input " +
+                         shape_str(x.shape()));
+    ++num_batches_tracked;
+  }
+  out_.resize(x.shape());
+  parallel_for(C, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      float mean, invstd;
+      if (trained_) {
+        double s = 0, ss = 0;
+        for (int64_t n = 0; n < N; ++n) {
+          const float* p = x.data() + (n * C + c) * HW;
+          for (int64_t i = 0; i < HW; ++i) s += p[i];
+        }
+        double mu = s / static_cast<double>(count);
+        for (int64_t n = 0; n < N; ++n) {
+          const float* p = x.data() + (n * C + c) * HW;
+          for (int64_t i = 0; i < HW; ++i) {
+            double d = p[i] - mu;
+            ss += d * d;
+          }
+        }
+        double var = ss / static_cast<double>(count);
+        mean = static_cast<float>(mu);
+        invstd = static_cast<float>(1.0 / std::sqrt(var + eps));
+        double unbiased = ss / static_cast<double>(count - 1);
+        running_mean[c] = static_cast<float>((1.0 - momentum) * running_mean[c] + momentum * mu);
+        running_var[c] = static_cast<float>((1.0 - momentum) * running_var[c] + momentum * unbiased);
+      } else {
+        mean = running_mean[c];
+        invstd = static_cast<float>(1.0 / std::sqrt(static_cast<double>(running_var[c]) + eps));
+      }
+      mean_[static_cast<size_t>(c)] = mean;
+      invstd_[static_cast<size_t>(c)] = invstd;
+      const float scale = invstd * weight[c], shift = bias[c] - mean * scale;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* p = x.data() + (n * C + c) * HW;
+        float* y = out_.data() + (n * C + c) * HW;
+        for (int64_t i = 0; i < HW; ++i) y[i] = p[i] * scale + shift;
+      }
+    }
+  });
+  return out_;
+}
+
+const Tensor& BatchNorm2d::backward(const Tensor& dy, Context&) {
+  const Tensor& x = *x_;
+  const int64_t N = x.dim(0), C = channels, HW = x.dim(2) * x.dim(3);
+  const double count = static_cast<double>(N * HW);
+  dx_.resize(x.shape());
+  parallel_for(C, [&](int64_t b, int64_t e) {
+    for (int64_t c = b; c < e; ++c) {
+      const float mean = mean_[static_cast<size_t>(c)], invstd = invstd_[static_cast<size_t>(c)];
+      double sdy = 0, sdyx = 0;
+      for (int64_t n = 0; n < N; ++n) {
+        const float* p = x.data() + (n * C + c) * HW;
+        const float* d = dy.data() + (n * C + c) * HW;
+        for (int64_t i = 0; i < HW; ++i) {
+          sdy += d[i];
+          sdyx += static_cast<double>(d[i]) * (p[i] - mean);
+        }
+      }
+      dbias[c] = static_cast<float>(sdy);
+      dweight[c] = static_cast<float>(sdyx * invstd);
+      const float g = weight[c] * invstd;
+      if (trained_) {
+        // dx = γ·invstd·(dy − mean(dy) − x̂·mean(dy·x̂))
+        const float mdy = static_cast<float>(sdy / count);
+        const float k = static_cast<float>(sdyx / count) * invstd * invstd;
+        for (int64_t n = 0; n < N; ++n) {
+          const float* p = x.data() + (n * C + c) * HW;
+          const float* d = dy.data() + (n * C + c) * HW;
+          float* o = dx_.data() + (n * C + c) * HW;
+          for (int64_t i = 0; i < HW; ++i) o[i] = g * (d[i] - mdy - (p[i] - mean) * k);
+        }
+      } else {
+        for (int64_t n = 0; n < N; ++n) {
+          const float* d = dy.data() + (n * C + c) * HW;
+          float* o = dx_.data() + (n * C + c) * HW;
+          for (int64_t i = 0; i < HW; ++i) o[i] = g * d[i];
+        }
+      }
+    }
+  });
+  return dx_;
+}
+
+void BatchNorm2d::state(std::vector<StateEntry>& out, const std::string& prefix) {
+  out.push_back({prefix + "weight", &weight, &dweight, nullptr});
+  out.push_back({prefix + "bias", &bias, &dbias, nullptr});
+  out.push_back({prefix + "running_mean", &running_mean, nullptr, nullptr});
+  out.push_back({prefix + "running_var", &running_var, nullptr, nullptr});
+  out.push_back({prefix + "num_batches_tracked", nullptr, nullptr, &num_batches_tracked});
+}
+
+}  // namespace tempo

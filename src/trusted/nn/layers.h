@@ -1,0 +1,185 @@
+// The layer zoo, with PyTorch 1.13's semantics and state_dict names.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "trusted/nn/layer.h"
+
+namespace tempo {
+
+// Convolution as a product: X_col (rows (image, out-y, out-x), columns
+// (channel, ky, kx)) times Wᵀ, W viewed as O×(C·kh·kw) — PyTorch's layout.
+class Conv2d final : public Layer {
+ public:
+  Conv2d(int64_t in_channels, int64_t out_channels, int64_t kernel, int64_t stride = 1,
+         int64_t padding = 0, bool bias = true);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  Product* product() override { return &prod_; }
+  std::string kind() const override { return "Conv2d"; }
+
+  int64_t in_channels, out_channels, kernel, stride, padding;
+  bool has_bias;
+  Tensor weight, bias, dweight, dbias;
+
+ private:
+  Product prod_;
+  const Tensor* x_ = nullptr;
+  Tensor cols_, rows_, drows_, dcols_;
+};
+
+// y = x·Wᵀ + b on the flattened trailing dimensions of x.
+class Linear final : public Layer {
+ public:
+  Linear(int64_t in_features, int64_t out_features, bool bias = true);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  Product* product() override { return &prod_; }
+  std::string kind() const override { return "Linear"; }
+
+  int64_t in_features, out_features;
+  bool has_bias;
+  Tensor weight, bias, dweight, dbias;
+
+ private:
+  Product prod_;
+  const Tensor* x_ = nullptr;
+};
+
+class ReLU final : public Layer {
+ public:
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "ReLU"; }
+};
+
+class MaxPool2d final : public Layer {
+ public:
+  explicit MaxPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "MaxPool2d"; }
+
+ private:
+  int64_t k_, s_, p_;
+  Shape in_shape_;
+  std::vector<int32_t> argmax_;  // index within the input plane
+};
+
+// count_include_pad = true, ceil_mode = false (PyTorch's defaults).
+class AvgPool2d final : public Layer {
+ public:
+  explicit AvgPool2d(int64_t kernel, int64_t stride = 0, int64_t padding = 0);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "AvgPool2d"; }
+
+ private:
+  int64_t k_, s_, p_;
+  Shape in_shape_;
+};
+
+class AdaptiveAvgPool2d final : public Layer {
+ public:
+  AdaptiveAvgPool2d(int64_t out_h, int64_t out_w) : oh_(out_h), ow_(out_w) {}
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "AdaptiveAvgPool2d"; }
+
+ private:
+  int64_t oh_, ow_;
+  Shape in_shape_;
+};
+
+// Momentum 0.1, eps 1e-5, affine, running statistics.
+class BatchNorm2d final : public Layer {
+ public:
+  explicit BatchNorm2d(int64_t channels, double eps = 1e-5, double momentum = 0.1);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  std::string kind() const override { return "BatchNorm2d"; }
+
+  int64_t channels;
+  double eps, momentum;
+  Tensor weight, bias, dweight, dbias, running_mean, running_var;
+  int64_t num_batches_tracked = 0;
+
+ private:
+  const Tensor* x_ = nullptr;
+  bool trained_ = false;            // last forward used batch statistics
+  std::vector<float> mean_, invstd_;
+};
+
+class Flatten final : public Layer {
+ public:
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "Flatten"; }
+
+ private:
+  Shape in_shape_;
+};
+
+class Dropout final : public Layer {
+ public:
+  explicit Dropout(double p = 0.5) : p_(p) {}
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "Dropout"; }
+
+ private:
+  double p_;
+  bool active_ = false;
+  Tensor mask_;
+};
+
+// A chain of named children (PyTorch's nn.Sequential, or a module whose
+// forward is a chain, such as ResNet's top level).
+class Sequential final : public Layer {
+ public:
+  Sequential() = default;
+  Layer& add(std::string name, LayerPtr layer);
+  Layer& add(LayerPtr layer) { return add(std::to_string(children_.size()), std::move(layer)); }
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  void for_each_child(const std::function<void(Layer&)>& fn) override;
+  std::string kind() const override { return "Sequential"; }
+  size_t size() const { return children_.size(); }
+  Layer& at(size_t i) { return *children_[i].second; }
+
+ private:
+  std::vector<std::pair<std::string, LayerPtr>> children_;
+};
+
+// torchvision's BasicBlock (expansion 1) and Bottleneck (expansion 4, stride
+// on the 3×3 convolution), with the residual add and final ReLU fused.
+class ResidualBlock final : public Layer {
+ public:
+  enum class Type { kBasic, kBottleneck };
+  ResidualBlock(Type type, int64_t inplanes, int64_t planes, int64_t stride);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  void for_each_child(const std::function<void(Layer&)>& fn) override;
+  std::string kind() const override { return type_ == Type::kBasic ? "BasicBlock" : "Bottleneck"; }
+  static int64_t expansion(Type t) { return t == Type::kBasic ? 1 : 4; }
+
+ private:
+  Type type_;
+  Sequential main_;                  // conv1, bn1, relu, conv2, bn2[, relu, conv3, bn3]
+  std::unique_ptr<Sequential> downsample_;
+  Tensor dsum_;
+};
+
+// Mean cross-entropy over a batch of logits (N×C) and class labels.
+// Returns the loss; writes dlogits = (softmax − onehot)/N when dlogits != null.
+double cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels, Tensor* dlogits,
+                     int64_t* correct = nullptr);
+
+}  // namespace tempo

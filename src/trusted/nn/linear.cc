@@ -1,0 +1,73 @@
+#include "common/error.h"
+#include "common/parallel.h"
+#include "trusted/nn/layers.h"
+
+namespace tempo {
+
+Linear::Linear(int64_t in, int64_t out, bool b) : in_features(in), out_features(out), has_bias(b) {
+  check(in > 0 && out > 0, "invalid Linear configuration");
+  weight.resize({out, in});
+  weight.zero();
+  dweight.resize(weight.shape());
+  dweight.zero();
+  if (b) {
+    bias.resize({out});
+    bias.zero();
+    dbias.resize({out});
+    dbias.zero();
+  }
+}
+
+const Tensor& Linear::forward(const Tensor& x, Context& ctx) {
+  check(x.ndim() >= 1 && x.dim(0) > 0 && x.numel() == x.dim(0) * in_features,
+        "Linear expects N×" + std::to_string(in_features) + " input, got " + shape_str(x.shape()));
+  x_ = &x;
+  const int64_t n = x.dim(0);
+  prod_.a = x.data();
+  prod_.w = weight.data();
+  prod_.m = n;
+  prod_.k = in_features;
+  prod_.n = out_features;
+  out_.resize({n, out_features});
+  ctx.backend_for(prod_, offloaded).forward(prod_, out_.data());
+  if (has_bias) {
+    float* y = out_.data();
+    const float* bb = bias.data();
+    parallel_for(n, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        for (int64_t o = 0; o < out_features; ++o) y[i * out_features + o] += bb[o];
+    }, 64);
+  }
+  return out_;
+}
+
+const Tensor& Linear::backward(const Tensor& dy, Context& ctx) {
+  const int64_t n = x_->dim(0);
+  if (has_bias) {
+    // Column sums in row order: the same order for every thread count.
+    const float* d = dy.data();
+    parallel_for(out_features, [&](int64_t b, int64_t e) {
+      for (int64_t o = b; o < e; ++o) {
+        float s = 0;
+        for (int64_t i = 0; i < n; ++i) s += d[i * out_features + o];
+        dbias[o] = s;
+      }
+    }, 16);
+  }
+  LinearBackend& be = ctx.backend_for(prod_, offloaded);
+  be.backward_weight(prod_, dy.data(), dweight.data());
+  if (!needs_input_grad) {
+    dx_.resize({0});
+    return dx_;
+  }
+  dx_.resize(x_->shape());
+  be.backward_input(prod_, dy.data(), dx_.data());
+  return dx_;
+}
+
+void Linear::state(std::vector<StateEntry>& out, const std::string& prefix) {
+  out.push_back({prefix + "weight", &weight, &dweight, nullptr});
+  if (has_bias) out.push_back({prefix + "bias", &bias, &dbias, nullptr});
+}
+
+}  // namespace tempo

@@ -1,0 +1,246 @@
+// Element-wise and shape layers: ReLU, Flatten, Dropout, pooling.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "common/error.h"
+#include "common/parallel.h"
+#include "trusted/nn/layers.h"
+
+namespace tempo {
+
+namespace {
+constexpr int64_t kGrain = 1 << 14;  // elements per thread at least
+
+void check_4d(const Tensor& x, const char* who) {
+  check(x.ndim() == 4, std::string(who) + " expects an N×C×H×W input, got " + shape_str(x.shape()));
+}
+}  // namespace
+
+const Tensor& ReLU::forward(const Tensor& x, Context&) {
+  out_.resize(x.shape());
+  const float* a = x.data();
+  float* y = out_.data();
+  parallel_for(x.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) y[i] = a[i] > 0.0f ? a[i] : 0.0f;
+  }, kGrain);
+  return out_;
+}
+
+const Tensor& ReLU::backward(const Tensor& dy, Context&) {
+  dx_.resize(out_.shape());
+  const float* y = out_.data();
+  const float* d = dy.data();
+  float* dx = dx_.data();
+  parallel_for(dy.numel(), [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) dx[i] = y[i] > 0.0f ? d[i] : 0.0f;
+  }, kGrain);
+  return dx_;
+}
+
+const Tensor& Flatten::forward(const Tensor& x, Context&) {
+  check(x.ndim() >= 1, "Flatten expects a batch");
+  in_shape_ = x.shape();
+  out_ = x;
+  out_.reshape({x.dim(0), x.dim(0) ? x.numel() / x.dim(0) : 0});
+  return out_;
+}
+
+const Tensor& Flatten::backward(const Tensor& dy, Context&) {
+  dx_ = dy;
+  dx_.reshape(in_shape_);
+  return dx_;
+}
+
+const Tensor& Dropout::forward(const Tensor& x, Context& ctx) {
+  active_ = ctx.training && p_ > 0.0;
+  if (!active_) return x;
+  check(ctx.rng != nullptr, "Dropout in training needs a random stream");
+  out_.resize(x.shape());
+  mask_.resize(x.shape());
+  const float scale = p_ >= 1.0 ? 0.0f : static_cast<float>(1.0 / (1.0 - p_));
+  float* m = mask_.data();
+  for (int64_t i = 0; i < x.numel(); ++i) m[i] = ctx.rng->uniform() < p_ ? 0.0f : scale;
+  const float* a = x.data();
+  float* y = out_.data();
+  for (int64_t i = 0; i < x.numel(); ++i) y[i] = a[i] * m[i];
+  return out_;
+}
+
+const Tensor& Dropout::backward(const Tensor& dy, Context&) {
+  if (!active_) return dy;
+  dx_.resize(dy.shape());
+  for (int64_t i = 0; i < dy.numel(); ++i) dx_[i] = dy[i] * mask_[i];
+  return dx_;
+}
+
+MaxPool2d::MaxPool2d(int64_t k, int64_t s, int64_t p) : k_(k), s_(s ? s : k), p_(p) {
+  check(k > 0 && s_ > 0 && p >= 0 && 2 * p <= k, "invalid MaxPool2d configuration");
+}
+
+const Tensor& MaxPool2d::forward(const Tensor& x, Context&) {
+  check_4d(x, "MaxPool2d");
+  in_shape_ = x.shape();
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const int64_t OH = (H + 2 * p_ - k_) / s_ + 1, OW = (W + 2 * p_ - k_) / s_ + 1;
+  check(OH > 0 && OW > 0, "MaxPool2d input " + shape_str(x.shape()) + " is smaller than its kernel");
+  out_.resize({N, C, OH, OW});
+  argmax_.resize(static_cast<size_t>(out_.numel()));
+  const float* in = x.data();
+  float* y = out_.data();
+  int32_t* am = argmax_.data();
+  parallel_for(N * C, [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const float* src = in + pl * H * W;
+      for (int64_t oy = 0; oy < OH; ++oy) {
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          int64_t y0 = oy * s_ - p_, x0 = ox * s_ - p_;
+          float best = -std::numeric_limits<float>::infinity();
+          int64_t bi = std::max<int64_t>(y0, 0) * W + std::max<int64_t>(x0, 0);
+          for (int64_t iy = std::max<int64_t>(y0, 0); iy < std::min(y0 + k_, H); ++iy)
+            for (int64_t ix = std::max<int64_t>(x0, 0); ix < std::min(x0 + k_, W); ++ix) {
+              float v = src[iy * W + ix];
+              // First maximum wins; NaN propagates (as PyTorch does).
+              if (v > best || std::isnan(v)) {
+                best = v;
+                bi = iy * W + ix;
+                if (std::isnan(v)) goto done;
+              }
+            }
+        done:
+          int64_t o = (pl * OH + oy) * OW + ox;
+          y[o] = best;
+          am[o] = static_cast<int32_t>(bi);
+        }
+      }
+    }
+  }, 4);
+  return out_;
+}
+
+const Tensor& MaxPool2d::backward(const Tensor& dy, Context&) {
+  dx_.resize(in_shape_);
+  const int64_t NC = in_shape_[0] * in_shape_[1], HW = in_shape_[2] * in_shape_[3];
+  const int64_t OHW = dy.dim(2) * dy.dim(3);
+  const float* d = dy.data();
+  const int32_t* am = argmax_.data();
+  float* dx = dx_.data();
+  parallel_for(NC, [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      float* dst = dx + pl * HW;
+      std::fill(dst, dst + HW, 0.0f);
+      for (int64_t o = 0; o < OHW; ++o) dst[am[pl * OHW + o]] += d[pl * OHW + o];
+    }
+  }, 4);
+  return dx_;
+}
+
+AvgPool2d::AvgPool2d(int64_t k, int64_t s, int64_t p) : k_(k), s_(s ? s : k), p_(p) {
+  check(k > 0 && s_ > 0 && p >= 0 && 2 * p <= k, "invalid AvgPool2d configuration");
+}
+
+namespace {
+// PyTorch's window and divisor for AvgPool2d with count_include_pad.
+struct AvgWindow {
+  int64_t y0, y1, x0, x1;
+  float inv;
+};
+AvgWindow avg_window(int64_t oy, int64_t ox, int64_t k, int64_t s, int64_t p, int64_t H, int64_t W) {
+  int64_t y0 = oy * s - p, x0 = ox * s - p;
+  int64_t y1 = std::min(y0 + k, H + p), x1 = std::min(x0 + k, W + p);
+  int64_t pool = (y1 - y0) * (x1 - x0);
+  return {std::max<int64_t>(y0, 0), std::min(y1, H), std::max<int64_t>(x0, 0), std::min(x1, W),
+          1.0f / static_cast<float>(pool)};
+}
+}  // namespace
+
+const Tensor& AvgPool2d::forward(const Tensor& x, Context&) {
+  check_4d(x, "AvgPool2d");
+  in_shape_ = x.shape();
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  const int64_t OH = (H + 2 * p_ - k_) / s_ + 1, OW = (W + 2 * p_ - k_) / s_ + 1;
+  check(OH > 0 && OW > 0, "AvgPool2d input " + shape_str(x.shape()) + " is smaller than its kernel");
+  out_.resize({N, C, OH, OW});
+  parallel_for(N * C, [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const float* src = x.data() + pl * H * W;
+      for (int64_t oy = 0; oy < OH; ++oy)
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          AvgWindow w = avg_window(oy, ox, k_, s_, p_, H, W);
+          float s = 0;
+          for (int64_t iy = w.y0; iy < w.y1; ++iy)
+            for (int64_t ix = w.x0; ix < w.x1; ++ix) s += src[iy * W + ix];
+          out_[(pl * OH + oy) * OW + ox] = s * w.inv;
+        }
+    }
+  }, 4);
+  return out_;
+}
+
+const Tensor& AvgPool2d::backward(const Tensor& dy, Context&) {
+  dx_.resize(in_shape_);
+  const int64_t H = in_shape_[2], W = in_shape_[3], OH = dy.dim(2), OW = dy.dim(3);
+  parallel_for(in_shape_[0] * in_shape_[1], [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      float* dst = dx_.data() + pl * H * W;
+      std::fill(dst, dst + H * W, 0.0f);
+      for (int64_t oy = 0; oy < OH; ++oy)
+        for (int64_t ox = 0; ox < OW; ++ox) {
+          AvgWindow w = avg_window(oy, ox, k_, s_, p_, H, W);
+          float g = dy[(pl * OH + oy) * OW + ox] * w.inv;
+          for (int64_t iy = w.y0; iy < w.y1; ++iy)
+            for (int64_t ix = w.x0; ix < w.x1; ++ix) dst[iy * W + ix] += g;
+        }
+    }
+  }, 4);
+  return dx_;
+}
+
+namespace {
+int64_t adaptive_start(int64_t i, int64_t in, int64_t out) { return (i * in) / out; }
+int64_t adaptive_end(int64_t i, int64_t in, int64_t out) { return ((i + 1) * in + out - 1) / out; }
+}  // namespace
+
+const Tensor& AdaptiveAvgPool2d::forward(const Tensor& x, Context&) {
+  check_4d(x, "AdaptiveAvgPool2d");
+  in_shape_ = x.shape();
+  const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
+  out_.resize({N, C, oh_, ow_});
+  parallel_for(N * C, [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      const float* src = x.data() + pl * H * W;
+      for (int64_t oy = 0; oy < oh_; ++oy)
+        for (int64_t ox = 0; ox < ow_; ++ox) {
+          int64_t y0 = adaptive_start(oy, H, oh_), y1 = adaptive_end(oy, H, oh_);
+          int64_t x0 = adaptive_start(ox, W, ow_), x1 = adaptive_end(ox, W, ow_);
+          float s = 0;
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) s += src[iy * W + ix];
+          out_[(pl * oh_ + oy) * ow_ + ox] = s / static_cast<float>((y1 - y0) * (x1 - x0));
+        }
+    }
+  }, 4);
+  return out_;
+}
+
+const Tensor& AdaptiveAvgPool2d::backward(const Tensor& dy, Context&) {
+  dx_.resize(in_shape_);
+  const int64_t H = in_shape_[2], W = in_shape_[3];
+  parallel_for(in_shape_[0] * in_shape_[1], [&](int64_t b, int64_t e) {
+    for (int64_t pl = b; pl < e; ++pl) {
+      float* dst = dx_.data() + pl * H * W;
+      std::fill(dst, dst + H * W, 0.0f);
+      for (int64_t oy = 0; oy < oh_; ++oy)
+        for (int64_t ox = 0; ox < ow_; ++ox) {
+          int64_t y0 = adaptive_start(oy, H, oh_), y1 = adaptive_end(oy, H, oh_);
+          int64_t x0 = adaptive_start(ox, W, ow_), x1 = adaptive_end(ox, W, ow_);
+          float g = dy[(pl * oh_ + oy) * ow_ + ox] / static_cast<float>((y1 - y0) * (x1 - x0));
+          for (int64_t iy = y0; iy < y1; ++iy)
+            for (int64_t ix = x0; ix < x1; ++ix) dst[iy * W + ix] += g;
+        }
+    }
+  }, 4);
+  return dx_;
+}
+
+}  // namespace tempo

@@ -1,0 +1,183 @@
+#include "trusted/trainer.h"
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+
+#include "common/error.h"
+#include "common/parallel.h"
+#include "common/progress.h"
+
+namespace tempo {
+
+std::atomic<bool> g_stop_requested{false};
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+std::string fmt(const char* f, double v) {
+  char b[64];
+  std::snprintf(b, sizeof b, f, v);
+  return b;
+}
+
+// JSON-lines metrics (DESIGN.md §4). Each line is flushed as written.
+class MetricsLog {
+ public:
+  explicit MetricsLog(const std::string& path) {
+    if (path.empty()) return;
+    f_ = std::fopen(path.c_str(), "w");
+    check(f_ != nullptr, "cannot open --metrics file '" + path + "' for writing");
+  }
+  ~MetricsLog() {
+    if (f_) std::fclose(f_);
+  }
+  void step(int64_t s, int e, double loss, double lr, double total) {
+    if (!f_) return;
+    std::fprintf(f_,
+                 "{\"kind\":\"step\",\"step\":%lld,\"epoch\":%d,\"loss\":%.9g,\"lr\":%.9g,"
+                 "\"seconds\":{\"encrypt\":0,\"transfer\":0,\"worker\":0,\"decrypt\":0,\"verify\":0,"
+                 "\"trusted_other\":%.6f,\"total\":%.6f}}\n",
+                 static_cast<long long>(s), e, loss, lr, total, total);
+    std::fflush(f_);
+  }
+  void epoch(int e, const EvalResult* r) {
+    if (!f_) return;
+    if (r)
+      std::fprintf(f_, "{\"kind\":\"epoch\",\"epoch\":%d,\"test_loss\":%.9g,\"test_accuracy\":%.9g}\n", e,
+                   r->loss, r->accuracy);
+    else
+      std::fprintf(f_, "{\"kind\":\"epoch\",\"epoch\":%d}\n", e);
+    std::fflush(f_);
+  }
+
+ private:
+  std::FILE* f_ = nullptr;
+};
+
+}  // namespace
+
+std::unique_ptr<LinearBackend> make_backend(const std::string& mode, const std::string& workers) {
+  if (mode == "tee-only") return std::make_unique<TeeOnlyBackend>();
+  if (mode == "tempo" || mode == "offload")
+    throw Error("--mode " + mode +
+                " (offload to workers) is not available in this build yet; use --mode tee-only");
+  throw Error("unknown --mode '" + mode + "'; choose tempo, offload or tee-only");
+}
+
+EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend) {
+  EvalResult r;
+  if (data.test_y.empty()) return r;
+  TeeOnlyBackend local;
+  Context ctx{&backend, &local, false, nullptr};
+  BatchLoader loader(data, false, batch_size, false, 0);
+  loader.start_epoch(1);
+  Tensor x;
+  std::vector<int64_t> y;
+  double loss_sum = 0;
+  while (loader.next(x, y)) {
+    int64_t hits = 0;
+    const Tensor& logits = model.forward(x, ctx);
+    loss_sum += cross_entropy(logits, y, nullptr, &hits) * static_cast<double>(y.size());
+    r.correct += hits;
+    r.samples += static_cast<int64_t>(y.size());
+  }
+  r.loss = loss_sum / static_cast<double>(r.samples);
+  r.accuracy = static_cast<double>(r.correct) / static_cast<double>(r.samples);
+  return r;
+}
+
+TrainResult train(const TrainConfig& cfg) {
+  check(cfg.batch_size > 0, "--batch-size must be positive");
+  check(cfg.epochs > 0, "--epochs must be positive");
+  check(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
+  set_num_threads(cfg.threads);
+
+  auto model = build_model(cfg.model, cfg.seed);
+  model->set_offload(cfg.offload_first, cfg.offload_last);
+  if (!cfg.init.empty()) model->load(cfg.init);
+  Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
+  auto backend = make_backend(cfg.mode, cfg.workers);
+  TeeOnlyBackend local;
+  MetricsLog metrics(cfg.metrics);
+  auto optim = make_optimizer(cfg.optim, model->parameters());
+  OptimConfig ocfg = cfg.optim;
+  ocfg.total_epochs = cfg.epochs;
+
+  std::fprintf(stderr, "tempo: %s (%lld parameters), %s, mode %s, %d threads, batch %lld, %s\n",
+               cfg.model.c_str(), static_cast<long long>(model->parameter_count()),
+               data.description.c_str(), cfg.mode.c_str(), num_threads(),
+               static_cast<long long>(cfg.batch_size), cfg.optim.kind.c_str());
+
+  Rng dropout_rng = Rng::derive(cfg.seed, 0xd509);
+  Context ctx{backend.get(), &local, true, &dropout_rng};
+  BatchLoader loader(data, true, cfg.batch_size, cfg.shuffle, cfg.seed);
+  Tensor x, dlogits;
+  std::vector<int64_t> y;
+  TrainResult res;
+  const auto t0 = Clock::now();
+  double train_seconds = 0;
+
+  for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
+    const double lr = lr_for_epoch(ocfg, epoch);
+    loader.start_epoch(epoch);
+    int64_t total = loader.num_batches();
+    if (cfg.steps > 0) total = std::min(total, cfg.steps - res.steps);
+    Progress bar("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), total,
+                 cfg.progress);
+    const auto te = Clock::now();
+    int64_t in_epoch = 0;
+    while (in_epoch < total && loader.next(x, y)) {
+      const auto ts = Clock::now();
+      ctx.training = true;
+      const Tensor& logits = model->forward(x, ctx);
+      const double loss = cross_entropy(logits, y, &dlogits);
+      check(std::isfinite(loss), "training diverged: the loss is " + fmt("%g", loss) +
+                                     " at step " + std::to_string(res.steps + 1) +
+                                     "; lower --lr");
+      model->backward(dlogits, ctx);
+      optim->step(lr);
+      backend->end_step();
+      ++res.steps;
+      ++in_epoch;
+      res.last_loss = loss;
+      metrics.step(res.steps, epoch, loss, lr, since(ts));
+      bar.update(in_epoch, "loss " + fmt("%.4f", loss));
+      if (g_stop_requested) break;
+    }
+    train_seconds += since(te);
+    bar.finish();
+    if (g_stop_requested) {
+      res.interrupted = true;
+      std::fprintf(stderr, "tempo: interrupted after step %lld\n", static_cast<long long>(res.steps));
+      break;
+    }
+    res.epochs_completed = epoch;
+    const bool last = epoch == cfg.epochs || (cfg.steps > 0 && res.steps >= cfg.steps);
+    if (!data.test_y.empty()) {
+      res.test = evaluate(*model, data, std::max<int64_t>(cfg.batch_size, 256), *backend);
+      res.evaluated = true;
+      metrics.epoch(epoch, &res.test);
+      std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
+                   res.test.accuracy, static_cast<long long>(res.test.correct),
+                   static_cast<long long>(res.test.samples), res.test.loss);
+    } else {
+      metrics.epoch(epoch, nullptr);
+    }
+    if (last) break;
+  }
+  res.seconds = train_seconds;
+  (void)t0;
+  if (!cfg.save.empty()) {
+    model->save(cfg.save);
+    std::fprintf(stderr, "tempo: saved %s\n", cfg.save.c_str());
+  }
+  return res;
+}
+
+}  // namespace tempo

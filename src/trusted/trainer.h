@@ -1,0 +1,65 @@
+// The training and evaluation loops of the trusted master.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "trusted/data/dataset.h"
+#include "trusted/model.h"
+#include "trusted/optim/optimizer.h"
+
+namespace tempo {
+
+struct TrainConfig {
+  std::string model = "cnn";
+  std::string data = "fashion-mnist";
+  std::string mode = "tempo";  // tempo | offload | tee-only
+  std::string workers = "local:1";
+  int threads = 0;             // 0: all cores
+  uint64_t seed = 0;
+  int64_t batch_size = 64;
+  int epochs = 1;
+  int64_t steps = -1;          // -1: no limit
+  bool shuffle = true;
+  OptimConfig optim;
+  std::string init, save, metrics;
+  bool offload_first = false, offload_last = false;
+  bool progress = true;        // progress bar (TTY) or periodic lines
+};
+
+struct EvalResult {
+  double loss = 0;
+  double accuracy = 0;
+  int64_t correct = 0, samples = 0;
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  int epochs_completed = 0;
+  double seconds = 0;          // training time, evaluation excluded
+  double last_loss = 0;
+  bool interrupted = false;
+  bool evaluated = false;
+  EvalResult test;
+};
+
+// Set to true (e.g. from a SIGINT handler) to stop after the current step.
+extern std::atomic<bool> g_stop_requested;
+
+class Backends;  // the linear backends of a mode
+
+// Runs a whole training job as configured: data, model, optimizer, steps,
+// per-epoch evaluation, metrics and the final save.
+TrainResult train(const TrainConfig& cfg);
+
+// Evaluates `model` on the test split (eval mode: running BatchNorm stats).
+EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend);
+
+// Makes the linear backend for a mode ("tee-only" for now, more in later
+// modes); throws Error naming the mode if it is unknown.
+std::unique_ptr<LinearBackend> make_backend(const std::string& mode, const std::string& workers);
+
+}  // namespace tempo
