@@ -31,6 +31,20 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->check(CLI::ExistingFile);
   app.add_flag("--offload-first", c.offload_first, "Offload the first layer too (measurement only: it leaks)");
   app.add_flag("--offload-last", c.offload_last, "Offload the last layer too (measurement only: it leaks)");
+  app.add_option("--key-scale", c.offload.key_scale, "Key scales are log-uniform in [1/σ, σ]")
+      ->capture_default_str();
+  app.add_flag("--no-key-shift", [&c](int64_t) { c.offload.key_shift = false; },
+               "Re-encrypt both operands of backward products with fresh keys");
+  app.add_option("--verify-rounds", c.offload.verify.rounds, "Freivalds rounds per product (0: none)")
+      ->capture_default_str();
+  app.add_option("--verify-rate", c.offload.verify.rate, "Fraction of products checked")
+      ->capture_default_str();
+  app.add_option("--verify-tolerance", c.offload.verify.tolerance, "τ of the Freivalds bound")
+      ->capture_default_str();
+  app.add_option("--quarantine-after", c.offload.quarantine_after, "Drop a worker after this many failures")
+      ->capture_default_str();
+  app.add_flag("--no-fallback", [&c](int64_t) { c.offload.fallback = false; },
+               "Stop (instead of continuing in tee-only mode) when no worker is left");
   if (!training) return;
   app.add_option("--epochs", c.epochs, "Epochs (training stops at whichever of epochs/steps ends first)")
       ->capture_default_str()
@@ -82,7 +96,7 @@ int run_eval(const TrainConfig& cfg) {
     model->load(cfg.init);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   check(!data.test_y.empty(), "data set '" + cfg.data + "' has no test split to evaluate on");
-  auto backend = make_backend(cfg.mode, cfg.workers);
+  auto backend = make_backend(cfg);
   EvalResult r = evaluate(*model, data, cfg.batch_size, *backend);
   std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.accuracy,
               static_cast<long long>(r.correct), static_cast<long long>(r.samples), r.loss);

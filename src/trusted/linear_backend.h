@@ -21,6 +21,11 @@ struct Product {
   int64_t m = 0, k = 0, n = 0;
 };
 
+// Seconds spent per phase since the last take (DESIGN.md §4 metrics).
+struct PhaseSeconds {
+  double encrypt = 0, transfer = 0, worker = 0, decrypt = 0, verify = 0;
+};
+
 class LinearBackend {
  public:
   virtual ~LinearBackend() = default;
@@ -34,6 +39,8 @@ class LinearBackend {
   virtual void backward_weight(const Product& p, const float* dc, float* dw) = 0;
   // Called once after each optimizer step; frees per-step state.
   virtual void end_step() {}
+  // Returns and resets the per-phase times.
+  virtual PhaseSeconds take_phase_seconds() { return {}; }
 };
 
 // Every product computed in the trusted master with BLAS (the secure
@@ -45,10 +52,5 @@ class TeeOnlyBackend final : public LinearBackend {
   void backward_input(const Product& p, const float* dc, float* da) override;
   void backward_weight(const Product& p, const float* dc, float* dw) override;
 };
-
-// Row-major sgemm wrapper: C = alpha·op(A)·op(B) + beta·C.
-void sgemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha,
-           const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
-           int64_t ldc);
 
 }  // namespace tempo

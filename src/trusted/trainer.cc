@@ -37,13 +37,16 @@ class MetricsLog {
   ~MetricsLog() {
     if (f_) std::fclose(f_);
   }
-  void step(int64_t s, int e, double loss, double lr, double total) {
+  void step(int64_t s, int e, double loss, double lr, const PhaseSeconds& ph, double total) {
     if (!f_) return;
+    const double other =
+        std::max(0.0, total - ph.encrypt - ph.transfer - ph.worker - ph.decrypt - ph.verify);
     std::fprintf(f_,
                  "{\"kind\":\"step\",\"step\":%lld,\"epoch\":%d,\"loss\":%.9g,\"lr\":%.9g,"
-                 "\"seconds\":{\"encrypt\":0,\"transfer\":0,\"worker\":0,\"decrypt\":0,\"verify\":0,"
-                 "\"trusted_other\":%.6f,\"total\":%.6f}}\n",
-                 static_cast<long long>(s), e, loss, lr, total, total);
+                 "\"seconds\":{\"encrypt\":%.6f,\"transfer\":%.6f,\"worker\":%.6f,\"decrypt\":%.6f,"
+                 "\"verify\":%.6f,\"trusted_other\":%.6f,\"total\":%.6f}}\n",
+                 static_cast<long long>(s), e, loss, lr, ph.encrypt, ph.transfer, ph.worker,
+                 ph.decrypt, ph.verify, other, total);
     std::fflush(f_);
   }
   void epoch(int e, const EvalResult* r) {
@@ -62,12 +65,14 @@ class MetricsLog {
 
 }  // namespace
 
-std::unique_ptr<LinearBackend> make_backend(const std::string& mode, const std::string& workers) {
-  if (mode == "tee-only") return std::make_unique<TeeOnlyBackend>();
-  if (mode == "tempo" || mode == "offload")
-    throw Error("--mode " + mode +
-                " (offload to workers) is not available in this build yet; use --mode tee-only");
-  throw Error("unknown --mode '" + mode + "'; choose tempo, offload or tee-only");
+std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg) {
+  if (cfg.mode == "tee-only") return std::make_unique<TeeOnlyBackend>();
+  if (cfg.mode == "tempo" || cfg.mode == "offload") {
+    OffloadConfig oc = cfg.offload;
+    oc.insecure_identity = cfg.mode == "offload";
+    return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers), random_secret());
+  }
+  throw Error("unknown --mode '" + cfg.mode + "'; choose tempo, offload or tee-only");
 }
 
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend) {
@@ -102,7 +107,7 @@ TrainResult train(const TrainConfig& cfg) {
   model->set_offload(cfg.offload_first, cfg.offload_last);
   if (!cfg.init.empty()) model->load(cfg.init);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
-  auto backend = make_backend(cfg.mode, cfg.workers);
+  auto backend = make_backend(cfg);
   TeeOnlyBackend local;
   MetricsLog metrics(cfg.metrics);
   auto optim = make_optimizer(cfg.optim, model->parameters());
@@ -146,7 +151,7 @@ TrainResult train(const TrainConfig& cfg) {
       ++res.steps;
       ++in_epoch;
       res.last_loss = loss;
-      metrics.step(res.steps, epoch, loss, lr, since(ts));
+      metrics.step(res.steps, epoch, loss, lr, backend->take_phase_seconds(), since(ts));
       bar.update(in_epoch, "loss " + fmt("%.4f", loss));
       if (g_stop_requested) break;
     }

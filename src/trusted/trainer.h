@@ -9,6 +9,7 @@
 
 #include "trusted/data/dataset.h"
 #include "trusted/model.h"
+#include "trusted/offload_backend.h"
 #include "trusted/optim/optimizer.h"
 
 namespace tempo {
@@ -27,6 +28,7 @@ struct TrainConfig {
   OptimConfig optim;
   std::string init, save, metrics;
   bool offload_first = false, offload_last = false;
+  OffloadConfig offload;       // tempo and offload modes
   bool progress = true;        // progress bar (TTY) or periodic lines
 };
 
@@ -49,8 +51,6 @@ struct TrainResult {
 // Set to true (e.g. from a SIGINT handler) to stop after the current step.
 extern std::atomic<bool> g_stop_requested;
 
-class Backends;  // the linear backends of a mode
-
 // Runs a whole training job as configured: data, model, optimizer, steps,
 // per-epoch evaluation, metrics and the final save.
 TrainResult train(const TrainConfig& cfg);
@@ -58,8 +58,8 @@ TrainResult train(const TrainConfig& cfg);
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats).
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend);
 
-// Makes the linear backend for a mode ("tee-only" for now, more in later
-// modes); throws Error naming the mode if it is unknown.
-std::unique_ptr<LinearBackend> make_backend(const std::string& mode, const std::string& workers);
+// Makes the linear backend of cfg.mode (connecting cfg.workers for tempo and
+// offload); throws Error naming the mode if it is unknown.
+std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg);
 
 }  // namespace tempo

@@ -1,13 +1,16 @@
 // Dataset loading: IDX and CIFAR-10 parsers and the four --data sources.
 #include "trusted/data/dataset.h"
 
+#include <sys/mman.h>
+
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <limits>
 
 #include "common/error.h"
 #include "common/rng.h"
+#include "trusted/data/gzip_reader.h"
 #include "trusted/io/file_util.h"
 #include "trusted/io/safetensors.h"
 
@@ -57,17 +60,34 @@ std::string counts(const Dataset& d) {
   return std::to_string(d.train_y.size()) + " train, " + std::to_string(d.test_y.size()) + " test";
 }
 
-// Validates CIFAR records; returns how many there are.
-size_t cifar_check(const uint8_t* data, size_t size, const std::string& what) {
+// Sizes a dataset tensor. Large ones are backed by huge pages where the kernel
+// offers them: first-touching ~200 MB in 4 KiB pages costs most of the load
+// time on some VMs.
+void alloc_samples(Tensor& t, const Shape& s) {
+  t.resize(s);
+#ifdef MADV_HUGEPAGE
+  constexpr uintptr_t kHuge = uintptr_t(2) << 20;
+  const uintptr_t b = reinterpret_cast<uintptr_t>(t.data());
+  const uintptr_t e = (b + sizeof(float) * static_cast<uintptr_t>(t.numel())) & ~(kHuge - 1);
+  const uintptr_t a = (b + kHuge - 1) & ~(kHuge - 1);
+  if (t.numel() > 0 && e > a) ::madvise(reinterpret_cast<void*>(a), e - a, MADV_HUGEPAGE);  // advice only
+#endif
+}
+
+// Number of CIFAR records in `size` bytes (a positive multiple of 3073).
+size_t cifar_count(uint64_t size, const std::string& what) {
   check(size > 0 && size % kCifarRecord == 0,
         what + ": size " + std::to_string(size) + " bytes is not a positive multiple of the 3073-byte CIFAR-10 record "
                "(truncated file, or not the binary version of CIFAR-10: use cifar-10-binary.tar.gz)");
-  size_t n = size / kCifarRecord;
+  return static_cast<size_t>(size / kCifarRecord);
+}
+
+// Checks the labels of n records; `first` numbers them in messages.
+void cifar_check_labels(const uint8_t* data, size_t n, size_t first, const std::string& what) {
   for (size_t i = 0; i < n; ++i)
-    check(data[i * kCifarRecord] < kClasses, what + ": record " + std::to_string(i) + " has label " +
+    check(data[i * kCifarRecord] < kClasses, what + ": record " + std::to_string(first + i) + " has label " +
                                                  std::to_string(data[i * kCifarRecord]) +
                                                  " (must be 0..9); the file is corrupt or not CIFAR-10");
-  return n;
 }
 
 void cifar_decode(const uint8_t* data, size_t n, float* x, int64_t* y) {
@@ -80,6 +100,87 @@ void cifar_decode(const uint8_t* data, size_t n, float* x, int64_t* y) {
   }
 }
 
+// ---- IDX -------------------------------------------------------------------------
+
+const char* kIdxHint = "; re-download the dataset";
+
+// Checks the magic number; returns the number of dimensions.
+size_t idx_rank(const uint8_t* data, size_t size, const std::string& what) {
+  check(size >= 4, what + ": only " + std::to_string(size) + " bytes, too short for an IDX file (truncated?)" + kIdxHint);
+  const uint32_t magic = be32(data);
+  check(magic == 0x00000803 || magic == 0x00000801,
+        what + ": magic number " + hex32(magic) +
+            " is not an IDX file of unsigned bytes (expected 0x00000803 for images or 0x00000801 for labels)" +
+            kIdxHint);
+  return data[3];
+}
+
+// Reads nd dimensions after the magic; `total` gets their product, false if
+// it overflows.
+bool idx_dims(const uint8_t* data, size_t nd, std::vector<int64_t>& dims, uint64_t& total) {
+  bool fits = true;
+  total = 1;
+  for (size_t i = 0; i < nd; ++i) {
+    uint32_t d = be32(data + 4 + 4 * i);
+    dims.push_back(d);
+    if (__builtin_mul_overflow(total, uint64_t(d), &total)) fits = false;
+  }
+  return fits;
+}
+
+[[noreturn]] void idx_short(const std::string& what, const std::vector<int64_t>& dims, bool fits, uint64_t total,
+                            uint64_t have) {
+  throw Error(what + ": dimensions " + shape_str(dims) + " need " + (fits ? std::to_string(total) : "too many") +
+              " bytes of data but the file has " + std::to_string(have) + " (truncated?)" + kIdxHint);
+}
+
+[[noreturn]] void idx_long(const std::string& what, const std::vector<int64_t>& dims, const std::string& extra) {
+  throw Error(what + ": " + extra + " unexpected bytes after the " + shape_str(dims) +
+              " data (dimensions do not match the file size)" + kIdxHint);
+}
+
+// An IDX file (gzip or plain) read in chunks: the header at construction,
+// the payload through each().
+class IdxStream {
+ public:
+  IdxStream(const std::string& path, size_t rank) : r_(path) {
+    uint8_t head[16];
+    size_t got = r_.read(head, 4);
+    const size_t nd = idx_rank(head, got, path);
+    check(nd == rank, path + (rank == 3 ? ": holds labels (magic 0x00000801), expected images (0x00000803)"
+                                        : ": holds images (magic 0x00000803), expected labels (0x00000801)") +
+                          "; check the file names");
+    got = r_.read(head + 4, 4 * nd);
+    check(got == 4 * nd, path + ": file ends inside the IDX header (truncated)" + kIdxHint);
+    bool fits = idx_dims(head, nd, dims_, payload_);
+    // Refuse sizes the input cannot hold before allocating for them.
+    const uint64_t bound = r_.is_gzip() ? r_.input_size() * 1100 + 1024 : r_.input_size();
+    if (!fits || payload_ > bound) idx_short(path, dims_, fits, payload_, bound);
+  }
+  const std::vector<int64_t>& dims() const { return dims_; }
+
+  // Calls f(bytes, count, offset) over the payload; checks its exact size.
+  template <class F>
+  void each(F&& f) {
+    std::vector<uint8_t> buf(size_t(1) << 18);
+    uint64_t done = 0;
+    while (done < payload_) {
+      const size_t want = static_cast<size_t>(std::min<uint64_t>(buf.size(), payload_ - done));
+      const size_t got = r_.read(buf.data(), want);
+      f(buf.data(), got, done);
+      done += got;
+      if (got < want) idx_short(r_.what(), dims_, true, payload_, done);
+    }
+    uint8_t extra;
+    if (r_.read(&extra, 1) != 0) idx_long(r_.what(), dims_, "some");
+  }
+
+ private:
+  GzipReader r_;
+  std::vector<int64_t> dims_;
+  uint64_t payload_ = 0;
+};
+
 // ---- fashion-mnist ----------------------------------------------------------
 
 std::string find_idx(const std::string& dir, const std::string& name) {
@@ -91,43 +192,32 @@ std::string find_idx(const std::string& dir, const std::string& name) {
               "--data fashion-mnist:DIR with a directory holding the four IDX files");
 }
 
-void load_idx_pair(const std::string& dir, const std::string& prefix, Tensor& x, std::vector<int64_t>& y,
-                   Shape& sample) {
+void load_idx_pair(const std::string& dir, const std::string& prefix, const Shape& input, Tensor& x,
+                   std::vector<int64_t>& y) {
   const std::string ip = find_idx(dir, prefix + "-images-idx3-ubyte");
   const std::string lp = find_idx(dir, prefix + "-labels-idx1-ubyte");
-  IdxArray im, lb;
-  {
-    std::vector<uint8_t> raw = gunzip_file(ip);
-    im = parse_idx(raw.data(), raw.size(), ip);
-  }
-  {
-    std::vector<uint8_t> raw = gunzip_file(lp);
-    lb = parse_idx(raw.data(), raw.size(), lp);
-  }
-  check(im.dims.size() == 3, ip + ": holds labels (magic 0x00000801), expected images (0x00000803); check the file names");
-  check(lb.dims.size() == 1, lp + ": holds images (magic 0x00000803), expected labels (0x00000801); check the file names");
-  check(im.dims[0] == lb.dims[0], ip + " has " + std::to_string(im.dims[0]) + " images but " + lp + " has " +
-                                      std::to_string(lb.dims[0]) + " labels; the files do not belong together");
-  check(im.dims[0] > 0, ip + ": holds no images");
-  Shape s = {1, im.dims[1], im.dims[2]};
-  if (!sample.empty())
-    check(s == sample, ip + ": images are " + shape_str(s) + " but the training images are " + shape_str(sample));
-  sample = s;
-  const int64_t n = im.dims[0];
+  IdxStream lb(lp, 1), im(ip, 3);
+  const int64_t n = im.dims()[0];
+  check(n == lb.dims()[0], ip + " has " + std::to_string(n) + " images but " + lp + " has " +
+                               std::to_string(lb.dims()[0]) + " labels; the files do not belong together");
+  check(n > 0, ip + ": holds no images" + kIdxHint);
+  check_sample_shape(ip, {1, im.dims()[1], im.dims()[2]}, input);
   y.resize(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) y[static_cast<size_t>(i)] = lb.bytes[static_cast<size_t>(i)];
+  lb.each([&](const uint8_t* b, size_t k, uint64_t at) { std::copy(b, b + k, y.begin() + static_cast<long>(at)); });
   check_labels(y, kClasses, lp);
-  x.resize({n, 1, im.dims[1], im.dims[2]});
+  alloc_samples(x, {n, 1, im.dims()[1], im.dims()[2]});
   const float* u = unit().v;
   float* o = x.data();
-  for (size_t k = 0; k < im.bytes.size(); ++k) o[k] = u[im.bytes[k]];
+  im.each([&](const uint8_t* b, size_t k, uint64_t at) {
+    for (size_t i = 0; i < k; ++i) o[at + i] = u[b[i]];
+  });
 }
 
 Dataset load_fashion(const std::string& dir, const Shape& input) {
   Dataset d;
-  load_idx_pair(dir, "train", d.train_x, d.train_y, d.sample_shape);
-  load_idx_pair(dir, "t10k", d.test_x, d.test_y, d.sample_shape);
-  check_sample_shape("fashion-mnist (" + dir + ")", d.sample_shape, input);
+  load_idx_pair(dir, "train", input, d.train_x, d.train_y);
+  load_idx_pair(dir, "t10k", input, d.test_x, d.test_y);
+  d.sample_shape = input;
   d.description = "fashion-mnist (" + dir + "): " + counts(d);
   return d;
 }
@@ -135,21 +225,30 @@ Dataset load_fashion(const std::string& dir, const Shape& input) {
 // ---- cifar10 -----------------------------------------------------------------
 
 void load_cifar_files(const std::vector<std::string>& paths, Tensor& x, std::vector<int64_t>& y) {
-  std::vector<std::vector<uint8_t>> raw;
   size_t total = 0;
   for (const std::string& p : paths) {
-    raw.push_back(read_file(p, "CIFAR-10 batch"));
-    total += cifar_check(raw.back().data(), raw.back().size(), p);
+    GzipReader r(p);
+    check(!r.is_gzip(), p + ": is gzip-compressed; extract cifar-10-binary.tar.gz and pass the directory of .bin files");
+    total += cifar_count(r.input_size(), p);
   }
-  x.resize({static_cast<int64_t>(total), 3, 32, 32});
+  alloc_samples(x, {static_cast<int64_t>(total), 3, 32, 32});
   y.resize(total);
+  std::vector<uint8_t> buf(256 * kCifarRecord);
   size_t at = 0;
-  for (auto& r : raw) {
-    size_t n = r.size() / kCifarRecord;
-    cifar_decode(r.data(), n, x.data() + at * kCifarPixels, y.data() + at);
+  for (const std::string& p : paths) {
+    GzipReader r(p);
+    const size_t n = cifar_count(r.input_size(), p);
+    check(at + n <= total, p + ": the file changed while being read");
+    for (size_t i = 0; i < n;) {
+      const size_t k = std::min<size_t>(256, n - i);
+      check(r.read(buf.data(), k * kCifarRecord) == k * kCifarRecord, p + ": the file shrank while being read");
+      cifar_check_labels(buf.data(), k, i, p);
+      cifar_decode(buf.data(), k, x.data() + (at + i) * kCifarPixels, y.data() + at + i);
+      i += k;
+    }
     at += n;
-    std::vector<uint8_t>().swap(r);
   }
+  check(at == total, "cifar10: a batch file changed while being read");
 }
 
 Dataset load_cifar(std::string dir, const Shape& input) {
@@ -196,7 +295,7 @@ void take_pair(TensorMap& m, const std::string& path, const std::string& xn, con
                                         std::to_string(xi.shape[0] ? i / (xi.f32.size() / xi.shape[0]) : 0) +
                                         "; clean the data");
   check_labels(yi.i64, kClasses, path + ": tensor '" + yn + "'");
-  x.resize(xi.shape);
+  alloc_samples(x, xi.shape);
   if (!xi.f32.empty()) std::memcpy(x.data(), xi.f32.data(), xi.f32.size() * sizeof(float));
   y = std::move(yi.i64);
   std::vector<float>().swap(xi.f32);
@@ -252,7 +351,7 @@ Dataset load_synthetic(const std::string& arg, const Shape& input, uint64_t seed
   auto fill = [&](int64_t count, uint64_t tag, Tensor& x, std::vector<int64_t>& y) {
     Shape s = {count};
     s.insert(s.end(), input.begin(), input.end());
-    x.resize(s);
+    alloc_samples(x, s);
     y.resize(static_cast<size_t>(count));
     Rng r = Rng::derive(seed, tag);
     for (int64_t i = 0; i < count; ++i) {
@@ -272,37 +371,24 @@ Dataset load_synthetic(const std::string& arg, const Shape& input, uint64_t seed
 }  // namespace
 
 IdxArray parse_idx(const uint8_t* data, size_t size, const std::string& what) {
-  const std::string hint = "; re-download the dataset";
-  check(size >= 4, what + ": only " + std::to_string(size) + " bytes, too short for an IDX file (truncated?)" + hint);
-  const uint32_t magic = be32(data);
-  check(magic == 0x00000803 || magic == 0x00000801,
-        what + ": magic number " + hex32(magic) +
-            " is not an IDX file of unsigned bytes (expected 0x00000803 for images or 0x00000801 for labels)" + hint);
-  const size_t nd = data[3];
+  const size_t nd = idx_rank(data, size, what);
   const size_t head = 4 + 4 * nd;
-  check(size >= head, what + ": file ends inside the IDX header (truncated)" + hint);
+  check(size >= head, what + ": file ends inside the IDX header (truncated)" + kIdxHint);
   IdxArray a;
-  uint64_t total = 1;
-  bool fits = true;
-  for (size_t i = 0; i < nd; ++i) {
-    uint32_t d = be32(data + 4 + 4 * i);
-    a.dims.push_back(d);
-    if (__builtin_mul_overflow(total, uint64_t(d), &total)) fits = false;
-  }
-  std::string dims = shape_str(a.dims);
+  uint64_t total;
+  const bool fits = idx_dims(data, nd, a.dims, total);
   const uint64_t have = size - head;
-  check(fits && total <= have, what + ": dimensions " + dims + " need " + (fits ? std::to_string(total) : "too many") +
-                                   " bytes of data but the file has " + std::to_string(have) + " (truncated?)" + hint);
-  check(total == have, what + ": " + std::to_string(have - total) + " unexpected bytes after the " + dims +
-                           " data (dimensions do not match the file size)" + hint);
+  if (!fits || total > have) idx_short(what, a.dims, fits, total, have);
+  if (total < have) idx_long(what, a.dims, std::to_string(have - total));
   a.bytes.assign(data + head, data + size);
   return a;
 }
 
 void parse_cifar(const uint8_t* data, size_t size, const std::string& what, std::vector<float>& x,
                  std::vector<int64_t>& y) {
-  size_t n = cifar_check(data, size, what);
-  size_t x0 = x.size(), y0 = y.size();
+  const size_t n = cifar_count(size, what);
+  cifar_check_labels(data, n, 0, what);
+  const size_t x0 = x.size(), y0 = y.size();
   x.resize(x0 + n * kCifarPixels);
   y.resize(y0 + n);
   cifar_decode(data, n, x.data() + x0, y.data() + y0);

@@ -138,20 +138,24 @@ TensorMap parse_safetensors(const uint8_t* data, size_t size, const std::string&
                   "before saving");
     }
     if (!sh->is_array()) fail(what, ctx + "shape is not an array");
-    // Elements, bounded by the data area so nothing below can overflow.
-    const uint64_t esize = dtype_size(t.dtype);
-    const uint64_t max_elems = data_size / esize;
+    // The product of the non-zero dimensions must fit in int64 even when a zero
+    // makes the tensor empty, so numel_of() on the shape cannot overflow.
     uint64_t numel = 1;
-    bool zero = false, too_big = false;
+    bool zero = false, overflow = false;
     for (const auto& d : *sh) {
       uint64_t dim;
-      if (!get_uint(d, dim)) fail(what, ctx + "shape " + sh->dump() + " has an entry that is not a non-negative integer");
+      if (!get_uint(d, dim))
+        fail(what, ctx + "shape " + sh->dump() + " has an entry that is not a non-negative integer");
       t.shape.push_back(static_cast<int64_t>(dim));
       if (dim == 0) zero = true;
-      else if (!too_big && numel > max_elems / dim) too_big = true;
-      else if (!too_big) numel *= dim;
+      else overflow |= __builtin_mul_overflow(numel, dim, &numel);
     }
-    if (zero) numel = 0;
+    const uint64_t esize = dtype_size(t.dtype);
+    uint64_t nbytes = 0;
+    if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+        __builtin_mul_overflow(numel, esize, &nbytes))
+      fail(what, ctx + "shape " + shape_str(t.shape) + " is too large");
+    if (zero) numel = nbytes = 0;
     if (!off->is_array() || off->size() != 2) fail(what, ctx + "data_offsets is not a [begin, end] pair");
     uint64_t b, e;
     if (!get_uint((*off)[0], b) || !get_uint((*off)[1], e))
@@ -160,10 +164,6 @@ TensorMap parse_safetensors(const uint8_t* data, size_t size, const std::string&
     if (e > data_size)
       fail(what, ctx + "data_offsets " + off->dump() + " run past the end of the " + std::to_string(data_size) +
                      "-byte data area (truncated file?)");
-    if (too_big)
-      fail(what, ctx + "shape " + shape_str(t.shape) + " holds more " + ds + " elements than the " +
-                     std::to_string(data_size) + "-byte data area");
-    const uint64_t nbytes = numel * esize;
     if (e - b != nbytes)
       fail(what, ctx + "data_offsets " + off->dump() + " span " + std::to_string(e - b) + " bytes but " + ds +
                      " shape " + shape_str(t.shape) + " needs " + std::to_string(nbytes));

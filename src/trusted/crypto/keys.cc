@@ -1,0 +1,145 @@
+#include "trusted/crypto/keys.h"
+
+#include <sodium.h>
+
+#include <cmath>
+#include <cstring>
+#include <stdexcept>
+
+#include "common/parallel.h"
+
+namespace tempo {
+
+ScaledPerm ScaledPerm::identity(int64_t d) {
+  ScaledPerm s;
+  s.perm.resize(static_cast<size_t>(d));
+  s.scale.assign(static_cast<size_t>(d), 1.0f);
+  for (int64_t i = 0; i < d; ++i) s.perm[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  return s;
+}
+
+ScaledPerm ScaledPerm::inverse() const {
+  ScaledPerm s;
+  s.perm.resize(perm.size());
+  s.scale.resize(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) {
+    s.perm[static_cast<size_t>(perm[i])] = static_cast<int32_t>(i);
+    s.scale[static_cast<size_t>(perm[i])] = 1.0f / scale[i];
+  }
+  return s;
+}
+
+ScaledPerm ScaledPerm::transpose() const {
+  ScaledPerm s;
+  s.perm.resize(perm.size());
+  s.scale.resize(perm.size());
+  for (size_t i = 0; i < perm.size(); ++i) {
+    s.perm[static_cast<size_t>(perm[i])] = static_cast<int32_t>(i);
+    s.scale[static_cast<size_t>(perm[i])] = scale[i];
+  }
+  return s;
+}
+
+ScaledPerm ScaledPerm::inv_t() const {
+  ScaledPerm s = *this;
+  for (auto& v : s.scale) v = 1.0f / v;
+  return s;
+}
+
+void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
+                const ScaledPerm& c, float* y) {
+  apply_keys_rows(x, rows, cols, r, c, 0, rows, y);
+}
+
+void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
+                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y) {
+  if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
+    throw std::logic_error("apply_keys: key size mismatch");
+  const int32_t* cp = c.perm.data();
+  const float* cs = c.scale.data();
+  parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
+    for (int64_t i = r0 + b; i < r0 + e; ++i) {
+      const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
+      const float s = r.scale[static_cast<size_t>(i)];
+      float* dst = y + (i - r0) * cols;
+      for (int64_t j = 0; j < cols; ++j) dst[j] = s * cs[j] * src[cp[j]];
+    }
+  }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
+}
+
+Secret random_secret() {
+  if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
+  Secret s;
+  randombytes_buf(s.data(), s.size());
+  return s;
+}
+
+KeyStream::KeyStream(const Secret& secret, uint64_t stream_id) : key_(secret) {
+  std::memcpy(nonce_.data(), &stream_id, sizeof stream_id);
+}
+
+void KeyStream::refill() {
+  static_assert(sizeof(buf_) % 64 == 0);
+  // The keystream is ChaCha20 applied to zeros.
+  std::memset(buf_.data(), 0, sizeof buf_);
+  crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(buf_.data()),
+                                     reinterpret_cast<const unsigned char*>(buf_.data()), sizeof buf_,
+                                     nonce_.data(), block_, key_.data());
+  block_ += static_cast<uint32_t>(sizeof buf_ / 64);
+  pos_ = 0;
+}
+
+uint32_t KeyStream::u32() {
+  if (pos_ == buf_.size()) refill();
+  return buf_[pos_++];
+}
+
+uint32_t KeyStream::below(uint32_t n) {
+  const uint32_t lim = static_cast<uint32_t>(-n) % n;
+  uint32_t r;
+  do r = u32();
+  while (r < lim);
+  return r % n;
+}
+
+double KeyStream::uniform() { return static_cast<double>(u64() >> 11) * 0x1.0p-53; }
+
+ScaledPerm KeyStream::scaled_perm(int64_t d, double sigma) {
+  ScaledPerm s = ScaledPerm::identity(d);
+  for (int64_t i = d - 1; i > 0; --i)
+    std::swap(s.perm[static_cast<size_t>(i)], s.perm[below(static_cast<uint32_t>(i + 1))]);
+  const double ls = std::log(sigma);
+  for (auto& v : s.scale) {
+    const uint32_t r = u32();
+    const double mag = std::exp(ls * (2.0 * (static_cast<double>(r >> 1) / 2147483648.0) - 1.0));
+    v = static_cast<float>((r & 1) ? -mag : mag);
+  }
+  return s;
+}
+
+// A product P·X·Q is apply_keys(rows = P, cols = Qᵀ).
+void Triple::encrypt_x(const float* x, int64_t m, int64_t k, float* out, int64_t r0,
+                       int64_t r1) const {
+  apply_keys_rows(x, m, k, left, inner.inv_t(), r0, r1 < 0 ? m : r1, out);  // left·X·inner⁻¹
+}
+void Triple::encrypt_xt(const float* xt, int64_t k, int64_t m, float* out) const {
+  apply_keys(xt, k, m, inner.inv_t(), left, out);  // inner⁻ᵀ·Xᵀ·leftᵀ
+}
+void Triple::encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0,
+                       int64_t r1) const {
+  apply_keys_rows(y, k, n, inner, right.inv_t(), r0, r1 < 0 ? k : r1, out);  // inner·Y·right⁻¹
+}
+void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out) const {
+  apply_keys(yt, n, k, right.inv_t(), inner, out);  // right⁻ᵀ·Yᵀ·innerᵀ
+}
+void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out) const {
+  apply_keys(z, m, n, left.inverse(), right.transpose(), out);  // left⁻¹·Z'·right
+}
+void Triple::decrypt_t(const float* zt, int64_t n, int64_t m, float* out) const {
+  apply_keys(zt, n, m, right.transpose(), left.inverse(), out);  // rightᵀ·Z'ᵀ·left⁻ᵀ
+}
+
+Triple Triple::shift_input(ScaledPerm l1) const { return {std::move(l1), right.inv_t(), inner.inv_t()}; }
+Triple Triple::shift_weight(ScaledPerm r2) const { return {inner.inv_t(), left.inv_t(), r2.inverse()}; }
+
+}  // namespace tempo

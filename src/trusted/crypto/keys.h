@@ -1,0 +1,87 @@
+// Keys of MM-obfuscation (DESIGN.md §2). A key for a dimension of size d is a
+// secret scaled permutation S = D·Π, stored as perm/scale with
+//     (S·X)[i, :] = scale[i] · X[perm[i], :]      i.e. S[i, perm[i]] = scale[i].
+// A product P·X·Q of a matrix with two scaled permutations is one gather pass
+// (apply_keys with rows = P, cols = Qᵀ). Keys come from a ChaCha20 stream
+// keyed by the run secret; the secret never leaves the master.
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <cstdint>
+#include <vector>
+
+namespace tempo {
+
+struct ScaledPerm {
+  std::vector<int32_t> perm;
+  std::vector<float> scale;
+
+  int64_t size() const { return static_cast<int64_t>(perm.size()); }
+  static ScaledPerm identity(int64_t d);
+  ScaledPerm inverse() const;    // S⁻¹ = Πᵀ·D⁻¹
+  ScaledPerm transpose() const;  // Sᵀ
+  ScaledPerm inv_t() const;      // S⁻ᵀ
+};
+
+// Y = R·X·Cᵀ for X: rows×cols, R: rows, C: cols, i.e.
+// Y[i, j] = R.scale[i] · C.scale[j] · X[R.perm[i], C.perm[j]].
+// Multithreaded over rows; each row of X is read once, contiguously.
+void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
+                const ScaledPerm& c, float* y);
+// Rows [r0, r1) of that result only, written to y[0 .. r1−r0).
+void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
+                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y);
+
+// The run secret: 256 bits from the system CSPRNG (libsodium).
+using Secret = std::array<uint8_t, 32>;
+Secret random_secret();
+
+// ChaCha20 keystream (IETF variant) under the run secret, one stream per
+// 64-bit stream id; the caller never reuses an id within a run.
+class KeyStream {
+ public:
+  KeyStream(const Secret& secret, uint64_t stream_id);
+  uint32_t u32();
+  uint64_t u64() { return (static_cast<uint64_t>(u32()) << 32) | u32(); }
+  uint32_t below(uint32_t n);  // unbiased
+  double uniform();            // [0, 1), 53 bits
+  // Magnitude log-uniform in [1/sigma, sigma], random sign.
+  ScaledPerm scaled_perm(int64_t d, double sigma);
+
+ private:
+  void refill();
+  Secret key_;
+  std::array<uint8_t, 12> nonce_{};
+  uint32_t block_ = 0;
+  std::array<uint32_t, 16 * 16> buf_{};
+  size_t pos_ = buf_.size();
+};
+
+// A (left, inner, right) triple: X' = left·X·inner⁻¹, Y' = inner·Y·right⁻¹,
+// X'·Y' = left·(X·Y)·right⁻¹. Each method is one apply_keys pass over the
+// operand as it is stored (t: the operand is stored transposed).
+struct Triple {
+  ScaledPerm left, inner, right;
+
+  // X: m×k; rows [r0, r1) of X' (r1 < 0: all).
+  void encrypt_x(const float* x, int64_t m, int64_t k, float* out, int64_t r0 = 0,
+                 int64_t r1 = -1) const;
+  void encrypt_xt(const float* xt, int64_t k, int64_t m, float* out) const;  // Xᵀ: k×m → X'ᵀ
+  // Y: k×n; rows [r0, r1) of Y' (r1 < 0: all).
+  void encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0 = 0,
+                 int64_t r1 = -1) const;
+  void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out) const;  // Yᵀ: n×k → Y'ᵀ
+  void decrypt(const float* z, int64_t m, int64_t n, float* out) const;      // Z' = X'·Y' → X·Y
+  void decrypt_t(const float* zt, int64_t n, int64_t m, float* out) const;   // Z'ᵀ → (X·Y)ᵀ
+
+  // The circular key shift of DESIGN.md §2. From the forward triple
+  // (L, Q, R) of C = A·B:
+  //   input-gradient triple  (L1, R⁻ᵀ, Q⁻ᵀ) for dA = dC·Bᵀ: its Y' is B'ᵀ
+  //   weight-gradient triple (Q⁻ᵀ, L⁻ᵀ, R2⁻¹) for dB = Aᵀ·dC: its X' is A'ᵀ
+  // so the worker reuses A' and B' and only the gradient is encrypted.
+  Triple shift_input(ScaledPerm l1) const;
+  Triple shift_weight(ScaledPerm r2) const;
+};
+
+}  // namespace tempo

@@ -1,0 +1,65 @@
+#include "trusted/crypto/obfuscator.h"
+
+#include <cstdio>
+
+#include "common/error.h"
+
+namespace tempo {
+
+Obfuscator::Obfuscator(const Secret& secret, double key_scale) : secret_(secret), sigma_(key_scale) {
+  check(key_scale >= 1.0 && key_scale < 1e6, "--key-scale must be at least 1 (and below 1e6)");
+}
+
+std::unique_ptr<Obfuscator> Obfuscator::insecure_identity(const Secret& secret) {
+  std::fprintf(stderr,
+               "tempo: WARNING: INSECURE offload mode: workers receive PLAINTEXT inputs, weights "
+               "and gradients (an ablation for measurements, never for real data)\n");
+  std::unique_ptr<Obfuscator> o(new Obfuscator());
+  o->identity_ = true;
+  o->secret_ = secret;
+  return o;
+}
+
+ScaledPerm Obfuscator::draw(int64_t d) {
+  if (identity_) return ScaledPerm::identity(d);
+  KeyStream ks(secret_, next_stream_++);
+  return ks.scaled_perm(d, sigma_);
+}
+
+Triple Obfuscator::draw_triple(int64_t m, int64_t k, int64_t n) {
+  Triple t;
+  t.left = draw(m);
+  t.inner = draw(k);
+  t.right = draw(n);
+  return t;
+}
+
+CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0,
+                                   int64_t r1) const {
+  if (r1 < 0) r1 = m;
+  Matrix out(r1 - r0, k);
+  t.encrypt_x(x, m, k, out.data(), r0, r1);
+  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+}
+
+CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m) const {
+  Matrix out(k, m);
+  t.encrypt_xt(xt, k, m, out.data());
+  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+}
+
+CipherMatrix Obfuscator::encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0,
+                                   int64_t r1) const {
+  if (r1 < 0) r1 = k;
+  Matrix out(r1 - r0, n);
+  t.encrypt_y(y, k, n, out.data(), r0, r1);
+  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+}
+
+CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k) const {
+  Matrix out(n, k);
+  t.encrypt_yt(yt, n, k, out.data());
+  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+}
+
+}  // namespace tempo

@@ -1,0 +1,510 @@
+#include "trusted/offload_backend.h"
+
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+
+#include "common/error.h"
+#include "common/parallel.h"
+
+namespace tempo {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+// Adds the seconds of its lifetime to a phase counter.
+class PhaseTimer {
+ public:
+  explicit PhaseTimer(double& acc) : acc_(acc), t0_(Clock::now()) {}
+  ~PhaseTimer() { acc_ += std::chrono::duration<double>(Clock::now() - t0_).count(); }
+
+ private:
+  double& acc_;
+  Clock::time_point t0_;
+};
+
+// Equal contiguous row shares, a function of m and the worker count only.
+std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t m, size_t parts) {
+  std::vector<std::pair<int64_t, int64_t>> out;
+  const int64_t n = std::max<int64_t>(1, std::min<int64_t>(m, static_cast<int64_t>(parts)));
+  for (int64_t i = 0; i < n; ++i) out.emplace_back(m * i / n, m * (i + 1) / n);
+  return out;
+}
+
+const char* kind_name(int k) {
+  static const char* names[] = {"forward", "input gradient", "weight gradient"};
+  return names[k];
+}
+
+}  // namespace
+
+OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<WorkerApi>> workers,
+                               const Secret& secret)
+    : cfg_(cfg), verifier_(cfg.verify) {
+  check(!workers.empty(), "no workers given");
+  check(cfg.quarantine_after >= 1, "--quarantine-after must be at least 1");
+  check(cfg.verify.rounds >= 0 && cfg.verify.rounds <= 64, "--verify-rounds must be from 0 to 64");
+  check(cfg.verify.rate >= 0 && cfg.verify.rate <= 1, "--verify-rate must be in [0, 1]");
+  check(cfg.verify.tolerance > 0, "--verify-tolerance must be positive");
+  for (auto& w : workers) slots_.push_back({std::move(w), 0, false});
+  obf_ = cfg.insecure_identity ? Obfuscator::insecure_identity(secret)
+                               : std::make_unique<Obfuscator>(secret, cfg.key_scale);
+}
+
+size_t OffloadBackend::healthy_workers() const {
+  size_t n = 0;
+  for (const auto& s : slots_) n += !s.quarantined;
+  return n;
+}
+
+std::vector<size_t> OffloadBackend::usable(const std::vector<char>& excluded) const {
+  std::vector<size_t> out;
+  for (size_t i = 0; i < slots_.size(); ++i)
+    if (!slots_[i].quarantined && !excluded[i]) out.push_back(i);
+  return out;
+}
+
+OffloadBackend::Held& OffloadBackend::held(const Product& p) {
+  if (p.id >= static_cast<int>(held_.size())) held_.resize(static_cast<size_t>(p.id) + 1);
+  return held_[static_cast<size_t>(p.id)];
+}
+
+void OffloadBackend::blame(size_t w, const Product& p, const std::string& why) {
+  Slot& s = slots_[w];
+  ++s.failures;
+  ++stats_.rejected;
+  std::fprintf(stderr, "tempo: worker %s: rejected its result for %s (%s); re-encrypting with fresh keys\n",
+               s.api->name().c_str(), p.name.c_str(), why.c_str());
+  if (!s.quarantined && s.failures >= cfg_.quarantine_after) {
+    s.quarantined = true;
+    std::fprintf(stderr, "tempo: WARNING: worker %s quarantined after %d failures; %zu worker(s) left\n",
+                 s.api->name().c_str(), s.failures, healthy_workers());
+  }
+}
+
+bool OffloadBackend::sample_verify() {
+  if (cfg_.verify.rounds == 0 || cfg_.verify.rate <= 0) return false;
+  if (cfg_.verify.rate >= 1) return true;
+  KeyStream ks = obf_->stream();
+  return ks.uniform() < cfg_.verify.rate;
+}
+
+bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector<size_t>& ws, Held& h) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  auto shares = split_rows(m, ws.size());
+  std::vector<CipherMatrix> as;
+  h.chunks.clear();
+  h.valid = false;
+  {
+    PhaseTimer t(phases_.encrypt);
+    h.fwd = obf_->draw_triple(m, k, n);
+  }
+  std::vector<std::future<Matrix>> futs;
+  {
+    CipherMatrix wc = [&] {
+      PhaseTimer t(phases_.encrypt);
+      return obf_->encrypt_yt(h.fwd, p.w, n, k);
+    }();
+    for (size_t i = 0; i < shares.size(); ++i) {
+      const size_t w = ws[i];
+      Chunk ch{w, shares[i].first, shares[i].second, next_handle_++, next_handle_++};
+      CipherMatrix ac = [&] {
+        PhaseTimer t(phases_.encrypt);
+        return obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1);
+      }();
+      try {
+        PhaseTimer t(phases_.transfer);
+        slots_[w].api->put(ch.w, wc);
+        slots_[w].api->put(ch.a, ac);
+        futs.push_back(slots_[w].api->product(ProductOp::kNT, ch.a, ch.w));
+      } catch (const std::exception& e) {
+        blame(w, p, e.what());
+        excluded_[w] = 1;
+        return false;
+      }
+      stats_.bytes_sent += (wc.rows() * wc.cols() + ac.rows() * ac.cols()) * 4;
+      h.chunks.push_back(ch);
+    }
+  }
+  // Collect C' row shares into one matrix (no copy with a single worker).
+  std::vector<Matrix> parts(futs.size());
+  bool ok = true;
+  for (size_t i = 0; i < futs.size(); ++i) {
+    PhaseTimer t(phases_.worker);
+    try {
+      parts[i] = futs[i].get();
+      const Chunk& ch = h.chunks[i];
+      if (parts[i].rows() != ch.r1 - ch.r0 || parts[i].cols() != n)
+        throw WorkerError("result has shape " + std::to_string(parts[i].rows()) + "x" +
+                          std::to_string(parts[i].cols()) + ", expected " +
+                          std::to_string(ch.r1 - ch.r0) + "x" + std::to_string(n));
+      stats_.bytes_received += parts[i].size() * 4;
+    } catch (const std::exception& e) {
+      blame(h.chunks[i].worker, p, e.what());
+      excluded_[h.chunks[i].worker] = 1;
+      ok = false;
+    }
+  }
+  if (!ok) return false;
+  const float* cp;
+  if (parts.size() == 1) {
+    cp = parts[0].data();
+  } else {
+    if (assembled_.rows() != m || assembled_.cols() != n) assembled_ = Matrix(m, n);
+    for (size_t i = 0; i < parts.size(); ++i)
+      std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
+    cp = assembled_.data();
+  }
+  {
+    PhaseTimer t(phases_.decrypt);
+    h.fwd.decrypt(cp, m, n, c);
+  }
+  stats_.products += 1;
+  if (sample_verify()) {
+    PhaseTimer t(phases_.verify);
+    ++stats_.verified;
+    KeyStream ks = obf_->stream();
+    auto bad = verifier_.check(c, m, n, k, {p.a, false}, {p.w, true}, ks);
+    if (!bad.empty()) {
+      // Row i of C came from row perm[i] of C' (decryption's row gather).
+      const ScaledPerm linv = h.fwd.left.inverse();
+      std::vector<char> seen(slots_.size(), 0);
+      for (int64_t row : bad) {
+        const int64_t src = linv.perm[static_cast<size_t>(row)];
+        for (const Chunk& ch : h.chunks)
+          if (src >= ch.r0 && src < ch.r1 && !seen[ch.worker]) {
+            seen[ch.worker] = 1;
+            blame(ch.worker, p, "Freivalds check failed on " + std::to_string(bad.size()) + " row(s)");
+            excluded_[ch.worker] = 1;
+          }
+      }
+      return false;
+    }
+  }
+  h.valid = true;
+  return true;
+}
+
+bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da, const Held& h) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  Triple t1;
+  {
+    PhaseTimer t(phases_.encrypt);
+    t1 = h.fwd.shift_input(obf_->draw(m));
+  }
+  std::vector<std::future<Matrix>> futs;
+  for (const Chunk& ch : h.chunks) {
+    CipherMatrix g = [&] {
+      PhaseTimer t(phases_.encrypt);
+      return obf_->encrypt_x(t1, dc, m, n, ch.r0, ch.r1);
+    }();
+    const Handle hg = next_handle_++;
+    try {
+      PhaseTimer t(phases_.transfer);
+      slots_[ch.worker].api->put(hg, g);
+      futs.push_back(slots_[ch.worker].api->product(ProductOp::kNN, hg, ch.w));
+    } catch (const std::exception& e) {
+      blame(ch.worker, p, e.what());
+      return false;
+    }
+    stats_.bytes_sent += g.rows() * g.cols() * 4;
+  }
+  std::vector<Matrix> parts(futs.size());
+  bool ok = true;
+  for (size_t i = 0; i < futs.size(); ++i) {
+    PhaseTimer t(phases_.worker);
+    const Chunk& ch = h.chunks[i];
+    try {
+      parts[i] = futs[i].get();
+      if (parts[i].rows() != ch.r1 - ch.r0 || parts[i].cols() != k)
+        throw WorkerError("result has the wrong shape");
+      stats_.bytes_received += parts[i].size() * 4;
+    } catch (const std::exception& e) {
+      blame(ch.worker, p, e.what());
+      ok = false;
+    }
+  }
+  if (!ok) return false;
+  const float* zp;
+  if (parts.size() == 1) {
+    zp = parts[0].data();
+  } else {
+    if (assembled_.rows() != m || assembled_.cols() != k) assembled_ = Matrix(m, k);
+    for (size_t i = 0; i < parts.size(); ++i)
+      std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
+    zp = assembled_.data();
+  }
+  {
+    PhaseTimer t(phases_.decrypt);
+    t1.decrypt(zp, m, k, da);
+  }
+  stats_.products += 1;
+  if (sample_verify()) {
+    PhaseTimer t(phases_.verify);
+    ++stats_.verified;
+    KeyStream ks = obf_->stream();
+    auto bad = verifier_.check(da, m, k, n, {dc, false}, {p.w, false}, ks);
+    if (!bad.empty()) {
+      const ScaledPerm linv = t1.left.inverse();
+      for (int64_t row : bad) {
+        const int64_t src = linv.perm[static_cast<size_t>(row)];
+        for (const Chunk& ch : h.chunks)
+          if (src >= ch.r0 && src < ch.r1) {
+            blame(ch.worker, p, "Freivalds check failed (input gradient)");
+            return false;
+          }
+      }
+      return false;
+    }
+  }
+  return true;
+}
+
+bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw, const Held& h) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  Triple t2;
+  {
+    PhaseTimer t(phases_.encrypt);
+    t2 = h.fwd.shift_weight(obf_->draw(n));
+  }
+  std::vector<std::future<Matrix>> futs;
+  for (const Chunk& ch : h.chunks) {
+    CipherMatrix g = [&] {
+      PhaseTimer t(phases_.encrypt);
+      return obf_->encrypt_y(t2, dc, m, n, ch.r0, ch.r1);
+    }();
+    const Handle hg = next_handle_++;
+    try {
+      PhaseTimer t(phases_.transfer);
+      slots_[ch.worker].api->put(hg, g);
+      futs.push_back(slots_[ch.worker].api->product(ProductOp::kTN, hg, ch.a));
+    } catch (const std::exception& e) {
+      blame(ch.worker, p, e.what());
+      return false;
+    }
+    stats_.bytes_sent += g.rows() * g.cols() * 4;
+  }
+  const bool verify = sample_verify();
+  bool ok = true;
+  for (size_t i = 0; i < futs.size(); ++i) {
+    const Chunk& ch = h.chunks[i];
+    Matrix z;
+    {
+      PhaseTimer t(phases_.worker);
+      try {
+        z = futs[i].get();
+        if (z.rows() != n || z.cols() != k) throw WorkerError("result has the wrong shape");
+        stats_.bytes_received += z.size() * 4;
+      } catch (const std::exception& e) {
+        blame(ch.worker, p, e.what());
+        ok = false;
+        continue;
+      }
+    }
+    // Partial dW over this worker's rows S = L.perm[r0, r1), decrypted and
+    // checked on its own, then summed in chunk order.
+    float* dst = dw;
+    if (i > 0) {
+      if (partial_.rows() != n || partial_.cols() != k) partial_ = Matrix(n, k);
+      dst = partial_.data();
+    }
+    {
+      PhaseTimer t(phases_.decrypt);
+      t2.decrypt_t(z.data(), n, k, dst);
+    }
+    if (verify) {
+      PhaseTimer t(phases_.verify);
+      KeyStream ks = obf_->stream();
+      auto bad = verifier_.check(dst, n, k, ch.r1 - ch.r0, {dc, true}, {p.a, false}, ks,
+                                 h.fwd.left.perm.data() + ch.r0, m);
+      if (!bad.empty()) {
+        blame(ch.worker, p, "Freivalds check failed (weight gradient)");
+        ok = false;
+        continue;
+      }
+    }
+    if (i > 0) {
+      PhaseTimer t(phases_.decrypt);
+      const float* src = partial_.data();
+      parallel_for(n * k, [&](int64_t lo, int64_t hi) {
+        for (int64_t j = lo; j < hi; ++j) dw[j] += src[j];
+      }, 1 << 14);
+    }
+  }
+  if (!ok) return false;
+  stats_.products += 1;
+  if (verify) ++stats_.verified;
+  return true;
+}
+
+// One product under a fresh, unshifted triple on worker w (a retry, or
+// --no-key-shift). Z = X·Y with, per kind:
+//   forward: X = A (m×k),  Y = Wᵀ (stored W, n×k)  worker: X'·(Y'ᵀ)ᵀ
+//   input:   X = dC (m×n), Y = W (n×k)              worker: X'·Y'
+//   weight:  X = Aᵀ (stored A, m×k), Y = dC (m×n)   worker: Y'ᵀ·X'ᵀ = Z'ᵀ
+bool OffloadBackend::standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  Triple t;
+  ProductOp op;
+  int64_t zr, zc;
+  std::vector<CipherMatrix> ops;
+  {
+    PhaseTimer timer(phases_.encrypt);
+    switch (kind) {
+      case Kind::kForward:
+        t = obf_->draw_triple(m, k, n);
+        ops.push_back(obf_->encrypt_x(t, p.a, m, k));
+        ops.push_back(obf_->encrypt_yt(t, p.w, n, k));
+        op = ProductOp::kNT;
+        zr = m;
+        zc = n;
+        break;
+      case Kind::kInput:
+        t = obf_->draw_triple(m, n, k);
+        ops.push_back(obf_->encrypt_x(t, dc, m, n));
+        ops.push_back(obf_->encrypt_y(t, p.w, n, k));
+        op = ProductOp::kNN;
+        zr = m;
+        zc = k;
+        break;
+      case Kind::kWeight:
+      default:
+        t = obf_->draw_triple(k, m, n);
+        ops.push_back(obf_->encrypt_y(t, dc, m, n));   // Y' = G
+        ops.push_back(obf_->encrypt_xt(t, p.a, m, k)); // X'ᵀ
+        op = ProductOp::kTN;
+        zr = n;
+        zc = k;
+        break;
+    }
+  }
+  const Handle h0 = next_handle_++, h1 = next_handle_++;
+  Matrix z;
+  try {
+    std::future<Matrix> f;
+    {
+      PhaseTimer timer(phases_.transfer);
+      slots_[w].api->put(h0, ops[0]);
+      slots_[w].api->put(h1, ops[1]);
+      f = slots_[w].api->product(op, h0, h1);
+    }
+    stats_.bytes_sent += (ops[0].rows() * ops[0].cols() + ops[1].rows() * ops[1].cols()) * 4;
+    PhaseTimer timer(phases_.worker);
+    z = f.get();
+    if (z.rows() != zr || z.cols() != zc) throw WorkerError("result has the wrong shape");
+    stats_.bytes_received += z.size() * 4;
+  } catch (const std::exception& e) {
+    blame(w, p, e.what());
+    return false;
+  }
+  {
+    PhaseTimer timer(phases_.decrypt);
+    if (kind == Kind::kWeight)
+      t.decrypt_t(z.data(), n, k, out);
+    else
+      t.decrypt(z.data(), zr, zc, out);
+  }
+  stats_.products += 1;
+  if (sample_verify()) {
+    PhaseTimer timer(phases_.verify);
+    ++stats_.verified;
+    KeyStream ks = obf_->stream();
+    std::vector<int64_t> bad;
+    switch (kind) {
+      case Kind::kForward: bad = verifier_.check(out, m, n, k, {p.a, false}, {p.w, true}, ks); break;
+      case Kind::kInput: bad = verifier_.check(out, m, k, n, {dc, false}, {p.w, false}, ks); break;
+      case Kind::kWeight: bad = verifier_.check(out, n, k, m, {dc, true}, {p.a, false}, ks); break;
+    }
+    if (!bad.empty()) {
+      blame(w, p, std::string("Freivalds check failed (") + kind_name(static_cast<int>(kind)) + ")");
+      return false;
+    }
+  }
+  if (kind == Kind::kForward) {
+    Held& h = held(p);
+    h.valid = true;
+    h.fwd = std::move(t);
+    h.chunks = {Chunk{w, 0, m, h0, h1}};
+  }
+  return true;
+}
+
+void OffloadBackend::local(Kind kind, const Product& p, const float* dc, float* out) {
+  if (!cfg_.fallback)
+    throw Error("no usable worker left for " + p.name +
+                " and --no-fallback is set: stopping (the weights of the last completed step are kept)");
+  if (!warned_fallback_) {
+    warned_fallback_ = true;
+    std::fprintf(stderr,
+                 "tempo: WARNING: no usable worker left: continuing in TEE-ONLY mode (every product "
+                 "computed in the master); pass --no-fallback to stop instead\n");
+  }
+  ++stats_.local_fallbacks;
+  switch (kind) {
+    case Kind::kForward: local_.forward(p, out); break;
+    case Kind::kInput: local_.backward_input(p, dc, out); break;
+    case Kind::kWeight: local_.backward_weight(p, dc, out); break;
+  }
+}
+
+void OffloadBackend::run(Kind kind, const Product& p, const float* dc, float* out) {
+  excluded_.assign(slots_.size(), 0);
+  Held& h = held(p);
+  if (kind == Kind::kForward) {
+    auto ws = usable(excluded_);
+    if (!ws.empty() && forward_split(p, out, ws, h)) return;
+    h.valid = false;
+  } else if (cfg_.key_shift && h.valid) {
+    bool ok = kind == Kind::kInput ? input_shifted(p, dc, out, h) : weight_shifted(p, dc, out, h);
+    if (ok) return;
+    for (const Chunk& ch : h.chunks) excluded_[ch.worker] = 1;
+  }
+  // Retries (and --no-key-shift): fresh keys, one worker at a time, other
+  // workers first. Every failure counts towards quarantine, so this ends.
+  for (;;) {
+    auto ws = usable(excluded_);
+    if (ws.empty()) {
+      excluded_.assign(slots_.size(), 0);
+      ws = usable(excluded_);
+      if (ws.empty()) break;
+    }
+    const size_t w = ws[static_cast<size_t>(p.id) % ws.size()];
+    if (standalone(kind, p, dc, out, w)) return;
+    excluded_[w] = 1;
+  }
+  local(kind, p, dc, out);
+}
+
+void OffloadBackend::forward(const Product& p, float* c) { run(Kind::kForward, p, nullptr, c); }
+
+void OffloadBackend::backward_input(const Product& p, const float* dc, float* da) {
+  run(Kind::kInput, p, dc, da);
+}
+
+void OffloadBackend::backward_weight(const Product& p, const float* dc, float* dw) {
+  run(Kind::kWeight, p, dc, dw);
+}
+
+void OffloadBackend::end_step() {
+  for (auto& s : slots_) {
+    if (s.quarantined) continue;
+    try {
+      s.api->end_step();
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tempo: worker %s: end of step failed: %s\n", s.api->name().c_str(), e.what());
+    }
+  }
+  for (auto& h : held_) {
+    h.valid = false;
+    h.chunks.clear();
+  }
+}
+
+PhaseSeconds OffloadBackend::take_phase_seconds() {
+  PhaseSeconds p = phases_;
+  phases_ = {};
+  return p;
+}
+
+}  // namespace tempo

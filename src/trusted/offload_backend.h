@@ -1,0 +1,101 @@
+// The scheduler of the offloading modes (tempo, offload): a LinearBackend
+// that encrypts each product, splits it across workers, decrypts and verifies
+// every result, and survives failing workers.
+//
+// Forward C = A·Wᵀ under a fresh triple (L, Q, R): every worker in the split
+// holds W' and its row share of A'. Backward (key shift, DESIGN.md §2):
+// the same workers compute dA from G1 and their W', and partial dW from G2
+// and their A' rows; the master sums the verified partials in a fixed order.
+// Any failure (an exception, a failed Freivalds check) discards the result,
+// counts against the worker (quarantine after `quarantine_after`), and the
+// product is re-encrypted with fresh keys for the remaining workers. With no
+// worker left the master computes locally (or stops, with fallback off).
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trusted/crypto/obfuscator.h"
+#include "trusted/linear_backend.h"
+#include "trusted/verifier.h"
+#include "wire/worker_api.h"
+
+namespace tempo {
+
+struct OffloadConfig {
+  bool insecure_identity = false;  // offload mode: no obfuscation
+  double key_scale = 4.0;
+  bool key_shift = true;
+  VerifyConfig verify;
+  int quarantine_after = 2;
+  bool fallback = true;
+};
+
+struct OffloadStats {
+  int64_t products = 0;          // products computed by workers
+  int64_t verified = 0;          // of which checked
+  int64_t rejected = 0;          // results discarded (failed check or error)
+  int64_t local_fallbacks = 0;   // products computed in the master
+  int64_t bytes_sent = 0, bytes_received = 0;
+};
+
+class OffloadBackend final : public LinearBackend {
+ public:
+  OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<WorkerApi>> workers,
+                 const Secret& secret);
+  const char* name() const override { return cfg_.insecure_identity ? "offload" : "tempo"; }
+  void forward(const Product& p, float* c) override;
+  void backward_input(const Product& p, const float* dc, float* da) override;
+  void backward_weight(const Product& p, const float* dc, float* dw) override;
+  void end_step() override;
+  PhaseSeconds take_phase_seconds() override;
+
+  const OffloadStats& stats() const { return stats_; }
+  size_t healthy_workers() const;
+  const Verifier& verifier() const { return verifier_; }
+
+ private:
+  enum class Kind { kForward, kInput, kWeight };
+  struct Slot {
+    std::unique_ptr<WorkerApi> api;
+    int failures = 0;
+    bool quarantined = false;
+  };
+  struct Chunk {
+    size_t worker;
+    int64_t r0, r1;
+    Handle a, w;  // A' rows [r0, r1) and W' on that worker
+  };
+  struct Held {  // what the workers keep of a forward product until end_step
+    bool valid = false;
+    Triple fwd;
+    std::vector<Chunk> chunks;
+  };
+
+  std::vector<size_t> usable(const std::vector<char>& excluded) const;
+  bool forward_split(const Product& p, float* c, const std::vector<size_t>& ws, Held& h);
+  bool input_shifted(const Product& p, const float* dc, float* da, const Held& h);
+  bool weight_shifted(const Product& p, const float* dc, float* dw, const Held& h);
+  bool standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w);
+  void local(Kind kind, const Product& p, const float* dc, float* out);
+  void run(Kind kind, const Product& p, const float* dc, float* out);
+  void blame(size_t w, const Product& p, const std::string& why);
+  bool sample_verify();
+  Held& held(const Product& p);
+
+  OffloadConfig cfg_;
+  std::vector<Slot> slots_;
+  std::unique_ptr<Obfuscator> obf_;
+  Verifier verifier_;
+  TeeOnlyBackend local_;
+  std::vector<Held> held_;
+  Handle next_handle_ = 1;
+  PhaseSeconds phases_;
+  OffloadStats stats_;
+  bool warned_fallback_ = false;
+  std::vector<char> excluded_;
+  Matrix assembled_, partial_;
+};
+
+}  // namespace tempo

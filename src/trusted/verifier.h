@@ -1,0 +1,53 @@
+// Freivalds' check of a decrypted product (DESIGN.md §2). For C = A·B
+// (C: m×n, inner dimension k) and random r ∈ {±1}ⁿ, in double precision:
+//     e = C·r − A·(B·r)
+// and row i passes iff |e_i| ≤ τ·√k·u·sqrt(((A∘A)·((B∘B)·(r∘r)))_i), written
+// so that NaN fails. u is the unit round-off of the precision the master
+// chose (fp32: 2⁻²⁴). O(mk + kn + mn) per round instead of O(mkn).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "trusted/crypto/keys.h"
+
+namespace tempo {
+
+// A read-only operand. stored_t: the matrix is stored transposed (e.g. the
+// weight W = Bᵀ of a linear layer).
+struct Operand {
+  const float* data;
+  bool stored_t;
+};
+
+struct VerifyConfig {
+  int rounds = 1;
+  double rate = 1.0;        // fraction of products checked
+  double tolerance = 16.0;  // τ
+  double unit_roundoff = 0x1.0p-24;
+};
+
+class Verifier {
+ public:
+  explicit Verifier(VerifyConfig cfg) : cfg_(cfg) {}
+  const VerifyConfig& config() const { return cfg_; }
+
+  // Checks c (m×n) = a (m×k) · b (k×n). If rows_k is non-null, the product
+  // runs over those k indices only (k of them, into operands whose k extent
+  // is k_full). Returns the failing rows of c (empty: passed). Randomness
+  // from `ks` (secret).
+  std::vector<int64_t> check(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
+                             KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0);
+
+  // Largest |e_i| / bound_i seen so far over honest-looking rows (for
+  // calibration reports).
+  double worst_ratio() const { return worst_ratio_; }
+
+ private:
+  VerifyConfig cfg_;
+  double worst_ratio_ = 0;
+  std::vector<double> r_, br_, bb_, y_, s_;
+  std::vector<char> failed_;
+};
+
+}  // namespace tempo

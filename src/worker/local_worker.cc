@@ -1,0 +1,74 @@
+#include "worker/local_worker.h"
+
+#include "common/error.h"
+
+namespace tempo {
+
+LocalWorker::LocalWorker(std::string name, std::unique_ptr<ComputeBackend> backend,
+                         size_t quota_bytes)
+    : name_(std::move(name)), service_(std::move(backend), quota_bytes), thread_([this] { run(); }) {}
+
+LocalWorker::~LocalWorker() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void LocalWorker::run() {
+  for (;;) {
+    std::function<void()> task;
+    {
+      std::unique_lock<std::mutex> lock(mu_);
+      cv_.wait(lock, [&] { return stop_ || !queue_.empty(); });
+      if (queue_.empty()) return;
+      task = std::move(queue_.front());
+      queue_.pop_front();
+    }
+    task();
+  }
+}
+
+void LocalWorker::put(Handle h, const CipherMatrix& m) { service_.put(h, m.shared()); }
+
+std::future<Matrix> LocalWorker::product(ProductOp op, Handle x, Handle y) {
+  auto task = std::make_shared<std::packaged_task<Matrix()>>(
+      [this, op, x, y] { return service_.product(op, x, y); });
+  std::future<Matrix> f = task->get_future();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    queue_.emplace_back([task] { (*task)(); });
+  }
+  cv_.notify_one();
+  return f;
+}
+
+void LocalWorker::release(Handle h) { service_.release(h); }
+
+void LocalWorker::end_step() { service_.end_step(); }
+
+std::vector<std::unique_ptr<WorkerApi>> connect_workers(const std::string& spec) {
+  std::vector<std::unique_ptr<WorkerApi>> out;
+  if (spec.rfind("local:", 0) == 0 || spec == "local") {
+    int n = 1;
+    if (spec.size() > 6) {
+      try {
+        size_t used = 0;
+        n = std::stoi(spec.substr(6), &used);
+        check(used == spec.size() - 6, "");
+      } catch (...) {
+        n = -1;
+      }
+    }
+    check(n >= 1 && n <= 64, "--workers '" + spec + "': expected local:N with N from 1 to 64");
+    for (int i = 0; i < n; ++i)
+      out.push_back(std::make_unique<LocalWorker>("local:" + std::to_string(i), make_cpu_backend()));
+    return out;
+  }
+  throw Error("--workers '" + spec +
+              "': remote workers (host:port) are not supported by this build yet; use local:N");
+}
+
+}  // namespace tempo

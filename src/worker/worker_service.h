@@ -1,0 +1,50 @@
+// The worker's state and compute, independent of transport: ciphertexts of
+// the current step stored by handle (so backward reuses forward operands),
+// products on a compute backend, a memory quota. Sees ciphertext only.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <unordered_map>
+
+#include "wire/worker_api.h"
+
+namespace tempo {
+
+class ComputeBackend {
+ public:
+  virtual ~ComputeBackend() = default;
+  virtual std::string name() const = 0;
+  // z = op(x, y); z is allocated by the backend.
+  virtual Matrix product(ProductOp op, const Matrix& x, const Matrix& y) = 0;
+};
+
+std::unique_ptr<ComputeBackend> make_cpu_backend();
+
+// Thread-safe. Errors are WorkerError with a message fit for the client.
+class WorkerService {
+ public:
+  WorkerService(std::unique_ptr<ComputeBackend> backend, size_t quota_bytes);
+  void put(Handle h, std::shared_ptr<const Matrix> m);
+  Matrix product(ProductOp op, Handle x, Handle y);
+  void release(Handle h);
+  void end_step();
+  size_t bytes_held() const;
+  const ComputeBackend& backend() const { return *backend_; }
+
+  // Checks operand shapes for op; returns the result shape.
+  static void result_shape(ProductOp op, const Matrix& x, const Matrix& y, int64_t& rows,
+                           int64_t& cols);
+
+ private:
+  std::shared_ptr<const Matrix> get(Handle h) const;
+  std::unique_ptr<ComputeBackend> backend_;
+  size_t quota_;
+  mutable std::mutex mu_;
+  std::unordered_map<Handle, std::shared_ptr<const Matrix>> store_;
+  size_t held_ = 0;
+};
+
+}  // namespace tempo
