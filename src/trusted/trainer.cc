@@ -89,6 +89,7 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
     int64_t hits = 0;
     const Tensor& logits = model.forward(x, ctx);
     loss_sum += cross_entropy(logits, y, nullptr, &hits) * static_cast<double>(y.size());
+    backend.end_step();  // workers drop this batch's ciphertexts
     r.correct += hits;
     r.samples += static_cast<int64_t>(y.size());
   }
@@ -97,7 +98,7 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
   return r;
 }
 
-TrainResult train(const TrainConfig& cfg) {
+TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   check(cfg.batch_size > 0, "--batch-size must be positive");
   check(cfg.epochs > 0, "--epochs must be positive");
   check(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
@@ -107,7 +108,9 @@ TrainResult train(const TrainConfig& cfg) {
   model->set_offload(cfg.offload_first, cfg.offload_last);
   if (!cfg.init.empty()) model->load(cfg.init);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
-  auto backend = make_backend(cfg);
+  std::unique_ptr<LinearBackend> owned;
+  if (!injected) owned = make_backend(cfg);
+  LinearBackend* backend = injected ? injected : owned.get();
   TeeOnlyBackend local;
   MetricsLog metrics(cfg.metrics);
   auto optim = make_optimizer(cfg.optim, model->parameters());
@@ -120,7 +123,7 @@ TrainResult train(const TrainConfig& cfg) {
                static_cast<long long>(cfg.batch_size), cfg.optim.kind.c_str());
 
   Rng dropout_rng = Rng::derive(cfg.seed, 0xd509);
-  Context ctx{backend.get(), &local, true, &dropout_rng};
+  Context ctx{backend, &local, true, &dropout_rng};
   BatchLoader loader(data, true, cfg.batch_size, cfg.shuffle, cfg.seed);
   Tensor x, dlogits;
   std::vector<int64_t> y;

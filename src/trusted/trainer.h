@@ -53,7 +53,9 @@ extern std::atomic<bool> g_stop_requested;
 
 // Runs a whole training job as configured: data, model, optimizer, steps,
 // per-epoch evaluation, metrics and the final save.
-TrainResult train(const TrainConfig& cfg);
+// `backend`, when given (not owned), replaces the one cfg.mode would make
+// (tests inject tampering or recording workers this way).
+TrainResult train(const TrainConfig& cfg, LinearBackend* backend = nullptr);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats).
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend);

@@ -24,7 +24,14 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
   const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(keff)) * cfg_.unit_roundoff;
 
   for (int round = 0; round < cfg_.rounds; ++round) {
-    for (int64_t j = 0; j < n; ++j) r_[static_cast<size_t>(j)] = (ks.u32() & 1) ? 1.0 : -1.0;
+    // r_j = ±(1 + u), u uniform in [0, 1): with ±1 entries a perturbation
+    // whose signs alternate along a row cancels with probability up to 1/2;
+    // with continuous magnitudes it cannot cancel exactly.
+    for (int64_t j = 0; j < n; ++j) {
+      const uint32_t x = ks.u32();
+      const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+      r_[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
+    }
     auto kidx = [&](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
     // b·r and (b∘b)·1 over the k used. b is k×n, or stored n×kfull.
     if (!b.stored_t) {
@@ -33,8 +40,9 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
           const float* row = b.data + kidx(t) * n;
           double v = 0, w = 0;
           for (int64_t j = 0; j < n; ++j) {
-            v += row[j] * r_[static_cast<size_t>(j)];
-            w += static_cast<double>(row[j]) * row[j];
+            const double rj = r_[static_cast<size_t>(j)];
+            v += row[j] * rj;
+            w += static_cast<double>(row[j]) * row[j] * rj * rj;
           }
           br_[static_cast<size_t>(t)] = v;
           bb_[static_cast<size_t>(t)] = w;
@@ -50,7 +58,7 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
           for (int64_t t = lo; t < hi; ++t) {
             const double v = row[kidx(t)];
             br_[static_cast<size_t>(t)] += v * rj;
-            bb_[static_cast<size_t>(t)] += v * v;
+            bb_[static_cast<size_t>(t)] += v * v * rj * rj;
           }
         }
       }, 256);

@@ -1,5 +1,7 @@
 // Freivalds' check of a decrypted product (DESIGN.md §2). For C = A·B
-// (C: m×n, inner dimension k) and random r ∈ {±1}ⁿ, in double precision:
+// (C: m×n, inner dimension k) and a secret random r (entries ±(1 + u), u
+// uniform in [0, 1): a random sign as in the classic check, and a magnitude
+// so that no perturbation of a row cancels exactly), in double precision:
 //     e = C·r − A·(B·r)
 // and row i passes iff |e_i| ≤ τ·√k·u·sqrt(((A∘A)·((B∘B)·(r∘r)))_i), written
 // so that NaN fails. u is the unit round-off of the precision the master

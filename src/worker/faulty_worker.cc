@@ -1,0 +1,85 @@
+#include "worker/faulty_worker.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace tempo {
+
+Tamper parse_tamper(const std::string& s) {
+  if (s == "none") return Tamper::kNone;
+  if (s == "entry") return Tamper::kEntry;
+  if (s == "row") return Tamper::kRow;
+  if (s == "zeros") return Tamper::kZeros;
+  if (s == "nan") return Tamper::kNaN;
+  if (s == "inf") return Tamper::kInf;
+  if (s == "shape") return Tamper::kShape;
+  throw std::invalid_argument("unknown tamper mode '" + s + "' (entry, row, zeros, nan, inf, shape)");
+}
+
+TamperingWorker::TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed)
+    : inner_(std::move(inner)), how_(how), rate_(rate), rng_(seed) {}
+
+std::future<Matrix> TamperingWorker::product(ProductOp op, Handle x, Handle y) {
+  std::future<Matrix> f = inner_->product(op, x, y);
+  const bool lie = how_ != Tamper::kNone && std::uniform_real_distribution<double>(0, 1)(rng_) < rate_;
+  if (!lie) return f;
+  const uint64_t pick = rng_();
+  ++tampered_;
+  const Tamper how = how_;
+  return std::async(std::launch::deferred, [f = std::move(f), how, pick]() mutable {
+    Matrix z = f.get();
+    if (z.rows() == 0 || z.cols() == 0) return z;
+    const int64_t i = static_cast<int64_t>(pick % static_cast<uint64_t>(z.rows()));
+    const int64_t j = static_cast<int64_t>((pick >> 32) % static_cast<uint64_t>(z.cols()));
+    float* row = z.row(i);
+    float mx = 0;
+    for (int64_t c = 0; c < z.cols(); ++c) mx = std::max(mx, std::fabs(row[c]));
+    const float delta = 1e-2f * (mx > 0 ? mx : 1.0f);
+    switch (how) {
+      case Tamper::kEntry: row[j] += delta; break;
+      case Tamper::kRow:
+        for (int64_t c = 0; c < z.cols(); ++c) row[c] += (c % 2 ? delta : -delta);
+        break;
+      case Tamper::kZeros: std::memset(z.data(), 0, sizeof(float) * static_cast<size_t>(z.size())); break;
+      case Tamper::kNaN: row[j] = std::numeric_limits<float>::quiet_NaN(); break;
+      case Tamper::kInf: row[j] = std::numeric_limits<float>::infinity(); break;
+      case Tamper::kShape: {
+        Matrix s(z.rows() - 1, z.cols());
+        std::memcpy(s.data(), z.data(), sizeof(float) * static_cast<size_t>(s.size()));
+        return s;
+      }
+      case Tamper::kNone: break;
+    }
+    return z;
+  });
+}
+
+void RecordingWorker::put(Handle h, const CipherMatrix& m) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    const Matrix& x = m.matrix();
+    records_->push_back({true, x.rows(), x.cols(), std::vector<float>(x.data(), x.data() + x.size())});
+  }
+  inner_->put(h, m);
+}
+
+std::future<Matrix> RecordingWorker::product(ProductOp op, Handle x, Handle y) {
+  std::future<Matrix> f = inner_->product(op, x, y);
+  auto recs = records_;
+  std::mutex* mu = &mu_;
+  return std::async(std::launch::deferred, [f = std::move(f), recs, mu]() mutable {
+    Matrix z = f.get();
+    std::lock_guard<std::mutex> lock(*mu);
+    recs->push_back({false, z.rows(), z.cols(), std::vector<float>(z.data(), z.data() + z.size())});
+    return z;
+  });
+}
+
+std::vector<RecordingWorker::Record> RecordingWorker::records() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return *records_;
+}
+
+}  // namespace tempo

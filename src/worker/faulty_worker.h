@@ -1,0 +1,65 @@
+// Worker decorators for tests and evaluations: one that lies at a configured
+// rate, one that records every ciphertext it receives and returns. Both wrap
+// any WorkerApi and see exactly what that worker sees.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "wire/worker_api.h"
+
+namespace tempo {
+
+enum class Tamper { kNone, kEntry, kRow, kZeros, kNaN, kInf, kShape };
+Tamper parse_tamper(const std::string& s);  // entry|row|zeros|nan|inf|shape
+
+// Returns wrong results for a fraction `rate` of products (deterministic in
+// `seed`): kEntry adds 1e-2·max|row| to one entry, kRow perturbs a whole row
+// by 1e-2·max|row| per entry, kZeros returns zeros, kNaN/kInf put one
+// non-finite value, kShape drops the last row.
+class TamperingWorker final : public WorkerApi {
+ public:
+  TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed);
+  std::string name() const override { return inner_->name(); }
+  void put(Handle h, const CipherMatrix& m) override { inner_->put(h, m); }
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  void release(Handle h) override { inner_->release(h); }
+  void end_step() override { inner_->end_step(); }
+  int64_t tampered() const { return tampered_; }
+
+ private:
+  std::unique_ptr<WorkerApi> inner_;
+  Tamper how_;
+  double rate_;
+  std::mt19937_64 rng_;
+  std::atomic<int64_t> tampered_{0};
+};
+
+// Keeps a copy of every buffer received (puts) and returned (results).
+class RecordingWorker final : public WorkerApi {
+ public:
+  explicit RecordingWorker(std::unique_ptr<WorkerApi> inner) : inner_(std::move(inner)) {}
+  std::string name() const override { return inner_->name(); }
+  void put(Handle h, const CipherMatrix& m) override;
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  void release(Handle h) override { inner_->release(h); }
+  void end_step() override { inner_->end_step(); }
+
+  struct Record {
+    bool received;  // true: sent by the master; false: returned by the worker
+    int64_t rows, cols;
+    std::vector<float> data;
+  };
+  std::vector<Record> records() const;
+
+ private:
+  std::unique_ptr<WorkerApi> inner_;
+  mutable std::mutex mu_;
+  std::shared_ptr<std::vector<Record>> records_ = std::make_shared<std::vector<Record>>();
+};
+
+}  // namespace tempo

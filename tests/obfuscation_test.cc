@@ -1,0 +1,228 @@
+// MM-obfuscation: the identities of DESIGN.md §2 for the generic triple
+// routine, key shift reuse, and Freivalds' check on honest and lying results.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "common/blas.h"
+#include "common/parallel.h"
+#include "trusted/crypto/keys.h"
+#include "trusted/crypto/obfuscator.h"
+#include "trusted/verifier.h"
+
+namespace tempo {
+namespace {
+
+std::vector<float> randn(int64_t n, std::mt19937_64& g) {
+  std::normal_distribution<float> d;
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = d(g);
+  return v;
+}
+
+// Z = X·Y, plain, row-major, in double.
+std::vector<double> matmul(const float* x, const float* y, int64_t m, int64_t k, int64_t n) {
+  std::vector<double> z(static_cast<size_t>(m * n), 0.0);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t t = 0; t < k; ++t)
+      for (int64_t j = 0; j < n; ++j) z[static_cast<size_t>(i * n + j)] += double(x[i * k + t]) * y[t * n + j];
+  return z;
+}
+
+std::vector<float> transpose(const std::vector<float>& a, int64_t r, int64_t c) {
+  std::vector<float> t(a.size());
+  for (int64_t i = 0; i < r; ++i)
+    for (int64_t j = 0; j < c; ++j) t[static_cast<size_t>(j * r + i)] = a[static_cast<size_t>(i * c + j)];
+  return t;
+}
+
+// Worker side, in float: Z' = X'·Y'.
+std::vector<float> fmul(const std::vector<float>& x, const std::vector<float>& y, int64_t m, int64_t k, int64_t n) {
+  std::vector<float> z(static_cast<size_t>(m * n));
+  sgemm(false, false, m, n, k, 1.0f, x.data(), k, y.data(), n, 0.0f, z.data(), n);
+  return z;
+}
+
+void expect_close(const std::vector<float>& got, const std::vector<double>& want, double rel) {
+  double mx = 1e-30;
+  for (double w : want) mx = std::max(mx, std::fabs(w));
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], rel * mx) << "at " << i;
+}
+
+struct Shape3 {
+  int64_t m, k, n;
+};
+const Shape3 kShapes[] = {{1, 1, 1}, {1, 17, 5}, {7, 1, 3}, {13, 31, 1}, {29, 37, 41}, {64, 288, 32}, {3, 2, 97}};
+
+class TripleTest : public ::testing::TestWithParam<Shape3> {};
+
+TEST_P(TripleTest, ForwardInputAndWeightGradientIdentities) {
+  const auto [m, k, n] = GetParam();
+  std::mt19937_64 g(m * 1000 + k * 10 + n);
+  Obfuscator obf(random_secret(), 4.0);
+  const auto A = randn(m * k, g), B = randn(k * n, g), dC = randn(m * n, g);
+  const auto W = transpose(B, k, n);  // n×k, as a linear layer stores it
+  Triple f = obf.draw_triple(m, k, n);
+
+  // Forward: A' = L·A·Q⁻¹, B' = Q·B·R⁻¹; C = L⁻¹·(A'·B')·R.
+  std::vector<float> Ap(A.size()), Bp(B.size()), Wp(W.size()), C(static_cast<size_t>(m * n));
+  f.encrypt_x(A.data(), m, k, Ap.data());
+  f.encrypt_y(B.data(), k, n, Bp.data());
+  f.encrypt_yt(W.data(), n, k, Wp.data());
+  EXPECT_EQ(transpose(Bp, k, n), Wp) << "encrypt_yt must be the transpose of encrypt_y";
+  f.decrypt(fmul(Ap, Bp, m, k, n).data(), m, n, C.data());
+  expect_close(C, matmul(A.data(), B.data(), m, k, n), 1e-5);
+
+  // Input gradient with key shift: the worker reuses B'ᵀ (= W').
+  Triple t1 = f.shift_input(obf.draw(m));
+  std::vector<float> G1(dC.size()), Wp1(W.size()), dA(static_cast<size_t>(m * k));
+  t1.encrypt_x(dC.data(), m, n, G1.data());
+  t1.encrypt_y(W.data(), n, k, Wp1.data());
+  EXPECT_EQ(Wp1, Wp) << "the input-gradient triple must reproduce the forward B'ᵀ";
+  t1.decrypt(fmul(G1, Wp, m, n, k).data(), m, k, dA.data());
+  expect_close(dA, matmul(dC.data(), W.data(), m, n, k), 1e-5);
+
+  // Weight gradient with key shift: the worker reuses A'.
+  Triple t2 = f.shift_weight(obf.draw(n));
+  const auto At = transpose(A, m, k);
+  std::vector<float> Apt(At.size()), G2(dC.size()), dB(static_cast<size_t>(k * n)), dW(static_cast<size_t>(n * k));
+  t2.encrypt_xt(A.data(), m, k, Apt.data());
+  EXPECT_EQ(Apt, Ap) << "the weight-gradient triple must reproduce the forward A'";
+  t2.encrypt_y(dC.data(), m, n, G2.data());
+  const auto Z = fmul(transpose(Ap, m, k), G2, k, m, n);  // A'ᵀ·G2
+  t2.decrypt(Z.data(), k, n, dB.data());
+  expect_close(dB, matmul(At.data(), dC.data(), k, m, n), 1e-5);
+  t2.decrypt_t(transpose(Z, k, n).data(), n, k, dW.data());
+  EXPECT_EQ(dW, transpose(dB, k, n));
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, TripleTest, ::testing::ValuesIn(kShapes));
+
+TEST(Keys, ScaledPermAlgebra) {
+  Obfuscator obf(random_secret(), 4.0);
+  ScaledPerm s = obf.draw(11);
+  std::vector<float> x(11 * 3);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i + 1);
+  std::vector<float> y(x.size()), z(x.size());
+  ScaledPerm id3 = ScaledPerm::identity(3);
+  apply_keys(x.data(), 11, 3, s, id3, y.data());
+  apply_keys(y.data(), 11, 3, s.inverse(), id3, z.data());
+  for (size_t i = 0; i < x.size(); ++i) EXPECT_NEAR(z[i], x[i], 1e-5 * x[i]);
+  // Scales are log-uniform in [1/4, 4] with both signs, and fresh per draw.
+  int neg = 0;
+  ScaledPerm big = obf.draw(4000);
+  for (float v : big.scale) {
+    EXPECT_GE(std::fabs(v), 0.25f - 1e-6f);
+    EXPECT_LE(std::fabs(v), 4.0f + 1e-6f);
+    neg += v < 0;
+  }
+  EXPECT_GT(neg, 1800);
+  EXPECT_LT(neg, 2200);
+  EXPECT_NE(obf.draw(4000).perm, big.perm);
+}
+
+TEST(Keys, DifferentSecretsGiveDifferentKeys) {
+  Obfuscator a(random_secret(), 4.0), b(random_secret(), 4.0);
+  EXPECT_NE(a.draw(64).perm, b.draw(64).perm);
+}
+
+// ---- Freivalds ---------------------------------------------------------------
+
+struct Case {
+  std::vector<float> a, w, c;  // c = a·wᵀ in float
+  int64_t m, k, n;
+};
+
+Case make_case(int64_t m, int64_t k, int64_t n, std::mt19937_64& g, bool relu_input) {
+  Case cs{randn(m * k, g), randn(n * k, g), {}, m, k, n};
+  if (relu_input)
+    for (auto& v : cs.a) v = std::max(v, 0.0f);
+  cs.c.resize(static_cast<size_t>(m * n));
+  sgemm(false, true, m, n, k, 1.0f, cs.a.data(), k, cs.w.data(), k, 0.0f, cs.c.data(), n);
+  return cs;
+}
+
+TEST(Freivalds, NoFalseAlarmsOnHonestProducts) {
+  std::mt19937_64 g(7);
+  Verifier v(VerifyConfig{});
+  Obfuscator obf(random_secret(), 4.0);
+  int64_t products = 0;
+  for (int rep = 0; rep < 300; ++rep) {
+    const int64_t m = 1 + static_cast<int64_t>(g() % 130), k = 1 + static_cast<int64_t>(g() % 600),
+                  n = 1 + static_cast<int64_t>(g() % 140);
+    Case cs = make_case(m, k, n, g, rep % 2 == 0);
+    // Through encryption and decryption, as in tempo mode.
+    Triple t = obf.draw_triple(m, k, n);
+    std::vector<float> ap(cs.a.size()), wp(cs.w.size()), cp(cs.c.size()), c(cs.c.size());
+    t.encrypt_x(cs.a.data(), m, k, ap.data());
+    t.encrypt_yt(cs.w.data(), n, k, wp.data());
+    sgemm(false, true, m, n, k, 1.0f, ap.data(), k, wp.data(), k, 0.0f, cp.data(), n);
+    t.decrypt(cp.data(), m, n, c.data());
+    KeyStream ks = obf.stream();
+    EXPECT_TRUE(v.check(c.data(), m, n, k, {cs.a.data(), false}, {cs.w.data(), true}, ks).empty())
+        << m << "x" << k << "x" << n;
+    ++products;
+  }
+  std::printf("honest products: %lld, worst |e|/bound·τ = %.3f (τ = %.1f)\n",
+              static_cast<long long>(products), v.worst_ratio(), v.config().tolerance);
+  EXPECT_LT(v.worst_ratio(), v.config().tolerance);
+}
+
+TEST(Freivalds, CatchesEveryTamperKind) {
+  std::mt19937_64 g(11);
+  Verifier v(VerifyConfig{});
+  Obfuscator obf(random_secret(), 4.0);
+  for (int rep = 0; rep < 200; ++rep) {
+    const int64_t m = 1 + static_cast<int64_t>(g() % 70), k = 1 + static_cast<int64_t>(g() % 400),
+                  n = 2 + static_cast<int64_t>(g() % 70);
+    Case cs = make_case(m, k, n, g, rep % 3 == 0);
+    const int64_t i = static_cast<int64_t>(g() % static_cast<uint64_t>(m));
+    const int64_t j = static_cast<int64_t>(g() % static_cast<uint64_t>(n));
+    float mx = 0;
+    for (int64_t c = 0; c < n; ++c) mx = std::max(mx, std::fabs(cs.c[static_cast<size_t>(i * n + c)]));
+    if (mx == 0) continue;
+    for (int kind = 0; kind < 5; ++kind) {
+      auto c = cs.c;
+      switch (kind) {
+        case 0: c[static_cast<size_t>(i * n + j)] += 1e-2f * mx; break;
+        case 1:
+          for (int64_t t = 0; t < n; ++t) c[static_cast<size_t>(i * n + t)] += (t % 2 ? 1e-2f : -1e-2f) * mx;
+          break;
+        case 2: std::fill(c.begin(), c.end(), 0.0f); break;
+        case 3: c[static_cast<size_t>(i * n + j)] = std::numeric_limits<float>::quiet_NaN(); break;
+        case 4: c[static_cast<size_t>(i * n + j)] = std::numeric_limits<float>::infinity(); break;
+      }
+      KeyStream ks = obf.stream();
+      auto bad = v.check(c.data(), m, n, k, {cs.a.data(), false}, {cs.w.data(), true}, ks);
+      EXPECT_FALSE(bad.empty()) << "tamper kind " << kind << " on " << m << "x" << k << "x" << n;
+      if (kind != 2) {
+        EXPECT_EQ(std::count(bad.begin(), bad.end(), i), 1);
+      }
+    }
+  }
+}
+
+TEST(Freivalds, SubsetOfInnerIndices) {
+  // dW partial over rows S of dC and A: c = dC[S]ᵀ·A[S].
+  std::mt19937_64 g(5);
+  const int64_t M = 50, N = 7, K = 9;
+  auto dC = randn(M * N, g), A = randn(M * K, g);
+  std::vector<int32_t> S = {3, 17, 5, 40, 41, 0, 22};
+  std::vector<float> c(static_cast<size_t>(N * K), 0.0f);
+  for (int32_t r : S)
+    for (int64_t o = 0; o < N; ++o)
+      for (int64_t t = 0; t < K; ++t) c[static_cast<size_t>(o * K + t)] += dC[static_cast<size_t>(r * N + o)] * A[static_cast<size_t>(r * K + t)];
+  Verifier v(VerifyConfig{});
+  Obfuscator obf(random_secret(), 4.0);
+  KeyStream ks = obf.stream();
+  EXPECT_TRUE(v.check(c.data(), N, K, static_cast<int64_t>(S.size()), {dC.data(), true}, {A.data(), false}, ks, S.data(), M).empty());
+  c[5] += 0.5f;
+  KeyStream ks2 = obf.stream();
+  EXPECT_FALSE(v.check(c.data(), N, K, static_cast<int64_t>(S.size()), {dC.data(), true}, {A.data(), false}, ks2, S.data(), M).empty());
+}
+
+}  // namespace
+}  // namespace tempo
