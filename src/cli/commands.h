@@ -18,6 +18,14 @@ void add_train_flags(CLI::App& app, TrainConfig& cfg, bool training);
 int run_train(const TrainConfig& cfg);
 int run_eval(const TrainConfig& cfg);
 
+struct PredictConfig {
+  TrainConfig model;          // --model, --data, --mode, --workers, --init, ...
+  std::string output;         // .safetensors (probabilities, predictions) or .csv
+  std::string split = "test"; // test | train
+};
+void add_predict_flags(CLI::App& app, PredictConfig& cfg);
+int run_predict(const PredictConfig& cfg);
+
 struct BenchConfig {
   std::vector<std::string> models = {"cnn:64", "resnet18:32"};
   std::vector<int> threads = {1, 2};

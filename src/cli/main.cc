@@ -37,6 +37,11 @@ int main(int argc, char** argv) {
   CLI::App* eval = app.add_subcommand("eval", "Evaluate a saved model on a data set's test split");
   tempo::cli::add_train_flags(*eval, eval_cfg, false);
 
+  tempo::cli::PredictConfig predict_cfg;
+  CLI::App* predict = app.add_subcommand(
+      "predict", "Write class probabilities of a saved model for a data set (secure inference)");
+  tempo::cli::add_predict_flags(*predict, predict_cfg);
+
   tempo::cli::BenchConfig bench_cfg;
   CLI::App* bench = app.add_subcommand(
       "bench", "Time training steps in tee-only mode against PyTorch on the same threads");
@@ -52,6 +57,7 @@ int main(int argc, char** argv) {
   try {
     if (*train) return tempo::cli::run_train(train_cfg);
     if (*eval) return tempo::cli::run_eval(eval_cfg);
+    if (*predict) return tempo::cli::run_predict(predict_cfg);
     if (*bench) return tempo::cli::run_bench(bench_cfg);
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());

@@ -5,6 +5,10 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "trusted/io/safetensors.h"
+
+#include <cmath>
+#include <fstream>
 
 namespace tempo::cli {
 
@@ -24,7 +28,7 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->check(CLI::NonNegativeNumber);
   app.add_option("--seed", c.seed, "Seed of initialisation, shuffling, augmentation and synthetic data")
       ->capture_default_str();
-  app.add_option("--batch-size", c.batch_size, "Samples per step")
+  app.add_option("--batch-size", c.batch_size, training ? "Samples per step" : "Samples per batch")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--init", c.init, "Load weights from this safetensors file (PyTorch state_dict names)")
@@ -100,6 +104,80 @@ int run_eval(const TrainConfig& cfg) {
   EvalResult r = evaluate(*model, data, cfg.batch_size, *backend);
   std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.accuracy,
               static_cast<long long>(r.correct), static_cast<long long>(r.samples), r.loss);
+  return 0;
+}
+
+void add_predict_flags(CLI::App& app, PredictConfig& c) {
+  add_train_flags(app, c.model, false);
+  app.add_option("--output,-o", c.output,
+                 "Output file: .safetensors (probabilities N×classes F32, predictions N I64) or .csv")
+      ->required();
+  app.add_option("--split", c.split, "Which split of the data set to predict")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"test", "train"}));
+}
+
+int run_predict(const PredictConfig& pc) {
+  const TrainConfig& cfg = pc.model;
+  set_num_threads(cfg.threads);
+  auto model = build_model(cfg.model, cfg.seed);
+  model->set_offload(cfg.offload_first, cfg.offload_last);
+  check(!cfg.init.empty(), "predict needs the model's weights: pass --init FILE");
+  model->load(cfg.init);
+  Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
+  const bool train_split = pc.split == "train";
+  check(train_split || !data.test_y.empty(),
+        "data set '" + cfg.data + "' has no test split; pass --split train");
+  auto backend = make_backend(cfg);
+  TeeOnlyBackend local;
+  Context ctx{backend.get(), &local, false, nullptr};
+  BatchLoader loader(data, train_split, cfg.batch_size, false, 0);
+  loader.start_epoch(1);
+  const int64_t n = loader.num_samples(), classes = model->num_classes;
+  NamedTensor probs{"probabilities", DType::F32, {n, classes}, {}, {}};
+  NamedTensor preds{"predictions", DType::I64, {n}, {}, {}};
+  probs.f32.reserve(static_cast<size_t>(n * classes));
+  Tensor x;
+  std::vector<int64_t> y;
+  while (loader.next(x, y)) {
+    const Tensor& logits = model->forward(x, ctx);
+    backend->end_step();
+    for (int64_t i = 0; i < logits.dim(0); ++i) {
+      const float* z = logits.data() + i * classes;
+      const float mx = *std::max_element(z, z + classes);
+      double sum = 0;
+      for (int64_t c = 0; c < classes; ++c) sum += std::exp(double(z[c]) - mx);
+      for (int64_t c = 0; c < classes; ++c)
+        probs.f32.push_back(static_cast<float>(std::exp(double(z[c]) - mx) / sum));
+      preds.i64.push_back(std::max_element(z, z + classes) - z);
+    }
+  }
+  const bool csv = pc.output.size() >= 4 && pc.output.compare(pc.output.size() - 4, 4, ".csv") == 0;
+  if (csv) {
+    const std::string tmp = pc.output + ".tmp";
+    {
+      std::ofstream f(tmp);
+      check(f.good(), "cannot write '" + tmp + "'");
+      f << "index,prediction";
+      for (int64_t c = 0; c < classes; ++c) f << ",p" << c;
+      f << "\n";
+      char buf[32];
+      for (int64_t i = 0; i < n; ++i) {
+        f << i << "," << preds.i64[static_cast<size_t>(i)];
+        for (int64_t c = 0; c < classes; ++c) {
+          std::snprintf(buf, sizeof buf, ",%.7g", probs.f32[static_cast<size_t>(i * classes + c)]);
+          f << buf;
+        }
+        f << "\n";
+      }
+      f.flush();
+      check(f.good(), "writing '" + tmp + "' failed");
+    }
+    check(std::rename(tmp.c_str(), pc.output.c_str()) == 0, "cannot rename '" + tmp + "' to '" + pc.output + "'");
+  } else {
+    write_safetensors(pc.output, {probs, preds});
+  }
+  std::fprintf(stderr, "tempo: wrote %lld predictions to %s\n", static_cast<long long>(n), pc.output.c_str());
   return 0;
 }
 
