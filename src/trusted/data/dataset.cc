@@ -155,7 +155,9 @@ class IdxStream {
     bool fits = idx_dims(head, nd, dims_, payload_);
     // Refuse sizes the input cannot hold before allocating for them.
     const uint64_t bound = r_.is_gzip() ? r_.input_size() * 1100 + 1024 : r_.input_size();
-    if (!fits || payload_ > bound) idx_short(path, dims_, fits, payload_, bound);
+    check(fits && payload_ <= bound, path + ": dimensions " + shape_str(dims_) +
+                                         " need more data than a file of this size can hold (corrupt header?)" +
+                                         kIdxHint);
   }
   const std::vector<int64_t>& dims() const { return dims_; }
 
