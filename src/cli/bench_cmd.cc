@@ -8,6 +8,9 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "trusted/offload_backend.h"
+
+#include <cstring>
 
 #ifndef TEMPO_SOURCE_DIR
 #define TEMPO_SOURCE_DIR "."
@@ -39,14 +42,22 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v[v.size() / 2];
 }
 
-// Median seconds of a tee-only training step on random data.
-double tempo_step_ms(const Case& c, int threads, int steps) {
+struct StepTiming {
+  double median_ms = 0;
+  PhaseSeconds phases;       // mean per step
+  double trusted_mb = 0;     // trusted-side memory traffic per step (offloading modes)
+  double sent_mb = 0;        // ciphertext sent per step
+};
+
+// Times training steps on random data through `backend` (null: tee-only).
+StepTiming step_timing(const Case& c, int threads, int steps, LinearBackend* backend,
+                       const OffloadBackend* stats) {
   set_num_threads(threads);
   auto model = build_model(c.model, 0);
   auto opt = make_optimizer(OptimConfig{}, model->parameters());
-  TeeOnlyBackend backend;
+  TeeOnlyBackend tee;
   Rng rng(1);
-  Context ctx{&backend, &backend, true, &rng};
+  Context ctx{backend ? backend : &tee, &tee, true, &rng};
   Shape xs = {c.batch};
   xs.insert(xs.end(), model->input_shape.begin(), model->input_shape.end());
   Tensor x(xs), dlogits;
@@ -54,14 +65,102 @@ double tempo_step_ms(const Case& c, int threads, int steps) {
   std::vector<int64_t> y(static_cast<size_t>(c.batch));
   for (auto& l : y) l = static_cast<int64_t>(rng.below(10));
   std::vector<double> times;
+  StepTiming r;
+  int64_t trusted0 = 0, sent0 = 0;
   for (int i = 0; i < steps + 2; ++i) {
+    if (i == 2 && stats) {
+      trusted0 = stats->stats().trusted_bytes();
+      sent0 = stats->stats().bytes_sent;
+    }
     auto t = std::chrono::steady_clock::now();
     cross_entropy(model->forward(x, ctx), y, &dlogits);
     model->backward(dlogits, ctx);
     opt->step(0.01);
-    if (i >= 2) times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+    ctx.offload->end_step();
+    PhaseSeconds ph = ctx.offload->take_phase_seconds();
+    if (i >= 2) {
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+      r.phases.encrypt += ph.encrypt / steps;
+      r.phases.transfer += ph.transfer / steps;
+      r.phases.worker += ph.worker / steps;
+      r.phases.decrypt += ph.decrypt / steps;
+      r.phases.verify += ph.verify / steps;
+    }
   }
-  return median(times);
+  if (stats) {
+    r.trusted_mb = static_cast<double>(stats->stats().trusted_bytes() - trusted0) / steps / 1e6;
+    r.sent_mb = static_cast<double>(stats->stats().bytes_sent - sent0) / steps / 1e6;
+  }
+  r.median_ms = median(times);
+  return r;
+}
+
+double tempo_step_ms(const Case& c, int threads, int steps) {
+  return step_timing(c, threads, steps, nullptr, nullptr).median_ms;
+}
+
+// Best-of-5 copy bandwidth of a 64 MiB buffer, in GB/s of traffic (read +
+// write): the floor for passes that stream through memory.
+double memory_bandwidth_gbs() {
+  const size_t n = size_t{16} << 20;
+  Tensor a({static_cast<int64_t>(n)}), b({static_cast<int64_t>(n)});
+  a.fill(1.0f);
+  double best = 1e30;
+  for (int i = 0; i < 5; ++i) {
+    auto t = std::chrono::steady_clock::now();
+    parallel_for(static_cast<int64_t>(n), [&](int64_t lo, int64_t hi) {
+      std::memcpy(b.data() + lo, a.data() + lo, sizeof(float) * static_cast<size_t>(hi - lo));
+    }, 1 << 16);
+    best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count());
+  }
+  return 2.0 * sizeof(float) * static_cast<double>(n) / best / 1e9;
+}
+
+int run_modes(const BenchConfig& cfg) {
+  const int threads = cfg.threads.empty() ? 0 : cfg.threads.back();
+  set_num_threads(threads);
+  const double bw = memory_bandwidth_gbs();
+  std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write)\n", num_threads(), bw);
+  std::printf("%-9s %5s %-26s %9s %7s %8s %8s %8s %8s %8s %9s %9s\n", "model", "batch", "configuration",
+              "ms/step", "x tee", "encrypt", "transfer", "worker", "decrypt", "verify", "MB moved", "floor ms");
+  struct Config {
+    const char* label;
+    const char* mode;
+    bool key_shift;
+    int rounds;
+  };
+  const Config configs[] = {{"tee-only", "tee-only", true, 1},
+                            {"offload (insecure)", "offload", true, 0},
+                            {"tempo", "tempo", true, 1},
+                            {"tempo, no key shift", "tempo", false, 1},
+                            {"tempo, no verification", "tempo", true, 0},
+                            {"tempo, no shift, no verif.", "tempo", false, 0}};
+  for (const auto& s : cfg.models) {
+    Case c = parse_case(s);
+    const int steps = cfg.steps > 0 ? cfg.steps : (c.model == "cnn" || c.model == "mlp" ? 20 : 4);
+    double tee_ms = 0;
+    for (const auto& conf : configs) {
+      StepTiming t;
+      if (std::string(conf.mode) == "tee-only") {
+        t = step_timing(c, threads, steps, nullptr, nullptr);
+        tee_ms = t.median_ms;
+      } else {
+        OffloadConfig oc;
+        oc.insecure_identity = std::string(conf.mode) == "offload";
+        oc.key_shift = conf.key_shift;
+        oc.verify.rounds = conf.rounds;
+        OffloadBackend be(oc, connect_workers(cfg.workers), random_secret());
+        t = step_timing(c, threads, steps, &be, &be);
+      }
+      const double ms = 1e3;
+      std::printf("%-9s %5lld %-26s %9.1f %7.2f %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f\n", c.model.c_str(),
+                  static_cast<long long>(c.batch), conf.label, t.median_ms, t.median_ms / tee_ms,
+                  t.phases.encrypt * ms, t.phases.transfer * ms, t.phases.worker * ms, t.phases.decrypt * ms,
+                  t.phases.verify * ms, t.trusted_mb, t.trusted_mb / 1e3 / bw * ms);
+      std::fflush(stdout);
+    }
+  }
+  return 0;
 }
 
 double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps) {
@@ -88,9 +187,16 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
   app.add_option("--steps", c.steps, "Timed steps per case (0: 20 for small models, 5 for large)");
   app.add_flag("--no-torch", [&c](int64_t) { c.torch = false; }, "Skip the PyTorch baseline");
   app.add_option("--python", c.python, "Python with torch")->capture_default_str();
+  app.add_option("--suite", c.suite,
+                 "torch: tee-only against PyTorch per thread count; modes: tempo vs tee-only vs offload "
+                 "with a per-phase breakdown (threads: the last of --threads)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"torch", "modes"}));
+  app.add_option("--workers", c.workers, "Workers of the modes suite")->capture_default_str();
 }
 
 int run_bench(const BenchConfig& cfg) {
+  if (cfg.suite == "modes") return run_modes(cfg);
   std::printf("%-10s %6s %8s %14s %14s %10s\n", "model", "batch", "threads", "tempo ms/step",
               "torch ms/step", "tempo/torch");
   for (const auto& s : cfg.models) {

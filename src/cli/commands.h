@@ -32,6 +32,8 @@ struct BenchConfig {
   int steps = 0;  // 0: per-model default
   bool torch = true;
   std::string python = "/usr/bin/python3";
+  std::string suite = "torch";
+  std::string workers = "local:1";
 };
 void add_bench_flags(CLI::App& app, BenchConfig& cfg);
 int run_bench(const BenchConfig& cfg);

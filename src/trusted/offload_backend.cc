@@ -83,6 +83,13 @@ void OffloadBackend::blame(size_t w, const Product& p, const std::string& why) {
   }
 }
 
+std::vector<int64_t> OffloadBackend::checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a,
+                                             Operand b, KeyStream& ks, const int32_t* rows_k,
+                                             int64_t k_full) {
+  stats_.verify_bytes += (m * n + m * k + k * n) * 4 * cfg_.verify.rounds;
+  return verifier_.check(c, m, n, k, a, b, ks, rows_k, k_full);
+}
+
 bool OffloadBackend::sample_verify() {
   if (cfg_.verify.rounds == 0 || cfg_.verify.rate <= 0) return false;
   if (cfg_.verify.rate >= 1) return true;
@@ -165,7 +172,7 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     PhaseTimer t(phases_.verify);
     ++stats_.verified;
     KeyStream ks = obf_->stream();
-    auto bad = verifier_.check(c, m, n, k, {p.a, false}, {p.w, true}, ks);
+    auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks);
     if (!bad.empty()) {
       // Row i of C came from row perm[i] of C' (decryption's row gather).
       const ScaledPerm linv = h.fwd.left.inverse();
@@ -244,7 +251,7 @@ bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da,
     PhaseTimer t(phases_.verify);
     ++stats_.verified;
     KeyStream ks = obf_->stream();
-    auto bad = verifier_.check(da, m, k, n, {dc, false}, {p.w, false}, ks);
+    auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks);
     if (!bad.empty()) {
       const ScaledPerm linv = t1.left.inverse();
       for (int64_t row : bad) {
@@ -316,7 +323,7 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
     if (verify) {
       PhaseTimer t(phases_.verify);
       KeyStream ks = obf_->stream();
-      auto bad = verifier_.check(dst, n, k, ch.r1 - ch.r0, {dc, true}, {p.a, false}, ks,
+      auto bad = checked(dst, n, k, ch.r1 - ch.r0, {dc, true}, {p.a, false}, ks,
                                  h.fwd.left.perm.data() + ch.r0, m);
       if (!bad.empty()) {
         blame(ch.worker, p, "Freivalds check failed (weight gradient)");
@@ -412,9 +419,9 @@ bool OffloadBackend::standalone(Kind kind, const Product& p, const float* dc, fl
     KeyStream ks = obf_->stream();
     std::vector<int64_t> bad;
     switch (kind) {
-      case Kind::kForward: bad = verifier_.check(out, m, n, k, {p.a, false}, {p.w, true}, ks); break;
-      case Kind::kInput: bad = verifier_.check(out, m, k, n, {dc, false}, {p.w, false}, ks); break;
-      case Kind::kWeight: bad = verifier_.check(out, n, k, m, {dc, true}, {p.a, false}, ks); break;
+      case Kind::kForward: bad = checked(out, m, n, k, {p.a, false}, {p.w, true}, ks); break;
+      case Kind::kInput: bad = checked(out, m, k, n, {dc, false}, {p.w, false}, ks); break;
+      case Kind::kWeight: bad = checked(out, n, k, m, {dc, true}, {p.a, false}, ks); break;
     }
     if (!bad.empty()) {
       blame(w, p, std::string("Freivalds check failed (") + kind_name(static_cast<int>(kind)) + ")");

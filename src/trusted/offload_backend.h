@@ -38,6 +38,10 @@ struct OffloadStats {
   int64_t rejected = 0;          // results discarded (failed check or error)
   int64_t local_fallbacks = 0;   // products computed in the master
   int64_t bytes_sent = 0, bytes_received = 0;
+  int64_t verify_bytes = 0;      // operand bytes read by Freivalds' checks
+  // Memory traffic of the trusted side: each ciphertext is one read and one
+  // write pass (encryption or decryption), plus the checks' reads.
+  int64_t trusted_bytes() const { return 2 * (bytes_sent + bytes_received) + verify_bytes; }
 };
 
 class OffloadBackend final : public LinearBackend {
@@ -82,6 +86,8 @@ class OffloadBackend final : public LinearBackend {
   void run(Kind kind, const Product& p, const float* dc, float* out);
   void blame(size_t w, const Product& p, const std::string& why);
   bool sample_verify();
+  std::vector<int64_t> checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
+                               KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0);
   Held& held(const Product& p);
 
   OffloadConfig cfg_;

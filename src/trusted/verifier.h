@@ -48,7 +48,8 @@ class Verifier {
  private:
   VerifyConfig cfg_;
   double worst_ratio_ = 0;
-  std::vector<double> r_, br_, bb_, y_, s_;
+  std::vector<double> r_, r2_, br_, bb_, y_, s_;
+  std::vector<float> gathered_;
   std::vector<char> failed_;
 };
 

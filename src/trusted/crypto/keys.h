@@ -16,6 +16,7 @@ namespace tempo {
 struct ScaledPerm {
   std::vector<int32_t> perm;
   std::vector<float> scale;
+  std::vector<float> inv;  // 1/scale, computed once: inverting twice is exact
 
   int64_t size() const { return static_cast<int64_t>(perm.size()); }
   static ScaledPerm identity(int64_t d);
