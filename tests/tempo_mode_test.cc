@@ -258,3 +258,106 @@ TEST(Transcript, DetectorFindsPlaintextInOffloadMode) {
 
 }  // namespace
 }  // namespace tempo
+
+namespace tempo {
+namespace {
+
+// Decrypted worker results against plaintext products, both conv modes.
+std::vector<float> random_vec(int64_t n, uint64_t seed) {
+  Rng r(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<float>(r.normal());
+  return v;
+}
+
+double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  double mx = 1e-30, err = 0;
+  for (size_t i = 0; i < a.size(); ++i) {
+    mx = std::max(mx, std::fabs(double(b[i])));
+    err = std::max(err, std::fabs(double(a[i]) - b[i]));
+  }
+  return err / mx;
+}
+
+TEST(Decryption, Im2colProductsEqualPlaintext) {
+  for (int shift = 0; shift < 2; ++shift) {
+    OffloadConfig oc;
+    oc.key_shift = shift == 1;
+    OffloadBackend be(oc, local_workers(2), random_secret());
+    TeeOnlyBackend tee;
+    const int64_t m = 97, k = 61, n = 13;
+    auto a = random_vec(m * k, 1), w = random_vec(n * k, 2), dc = random_vec(m * n, 3);
+    Product p{0, "test", a.data(), w.data(), m, k, n};
+    std::vector<float> c1(m * n), c2(m * n), da1(m * k), da2(m * k), dw1(n * k), dw2(n * k);
+    be.forward(p, c1.data());
+    tee.forward(p, c2.data());
+    be.backward_input(p, dc.data(), da1.data());
+    tee.backward_input(p, dc.data(), da2.data());
+    be.backward_weight(p, dc.data(), dw1.data());
+    tee.backward_weight(p, dc.data(), dw2.data());
+    be.end_step();
+    EXPECT_LT(rel_diff(c1, c2), 1e-5);
+    EXPECT_LT(rel_diff(da1, da2), 1e-5);
+    EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
+    EXPECT_EQ(be.stats().rejected, 0);
+  }
+}
+
+TEST(Decryption, ChannelModeConvolutionsEqualPlaintext) {
+  for (int shift = 0; shift < 2; ++shift) {
+    OffloadConfig oc;
+    oc.key_shift = shift == 1;
+    OffloadBackend be(oc, local_workers(1), random_secret());
+    TeeOnlyBackend tee;
+    ConvGeometry g = ConvGeometry::make(5, 7, 11, 9, 6, 3, 2, 1);
+    auto x = random_vec(g.n * g.c * g.h * g.w, 4), w = random_vec(g.o * g.c * 9, 5);
+    auto dy = random_vec(g.n * g.o * g.oh * g.ow, 6);
+    ConvProduct p{0, "conv", x.data(), w.data(), g};
+    std::vector<float> y1(dy.size()), y2(dy.size()), dx1(x.size()), dx2(x.size()), dw1(w.size()), dw2(w.size());
+    be.conv_forward(p, y1.data());
+    tee.conv_forward(p, y2.data());
+    be.conv_backward_input(p, dy.data(), dx1.data());
+    tee.conv_backward_input(p, dy.data(), dx2.data());
+    be.conv_backward_weight(p, dy.data(), dw1.data());
+    tee.conv_backward_weight(p, dy.data(), dw2.data());
+    be.end_step();
+    EXPECT_LT(rel_diff(y1, y2), 1e-5);
+    EXPECT_LT(rel_diff(dx1, dx2), 1e-5);
+    EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
+    EXPECT_EQ(be.stats().rejected, 0) << "false alarm in channel mode";
+  }
+}
+
+TEST(ChannelMode, TrainingMatchesTeeOnly) {
+  std::string out = (temp_dir() / "channel.safetensors").string();
+  TrainConfig c = small_run(out);
+  c.mode = "tempo";
+  c.conv_mode = "channel";
+  c.channel_from = 1;
+  OffloadBackend be(c.offload, local_workers(2), random_secret());
+  train(c, &be);
+  EXPECT_EQ(be.stats().rejected, 0);
+  const double err = max_rel_error(out, tee_only_reference());
+  std::printf("channel mode: max error %.3g·max|w|\n", err);
+  EXPECT_LT(err, 1e-3);
+}
+
+TEST(ChannelMode, EveryLieIsCaught) {
+  std::string out = (temp_dir() / "channel_tamper.safetensors").string();
+  TrainConfig c = small_run(out);
+  c.mode = "tempo";
+  c.conv_mode = "channel";
+  c.channel_from = 1;
+  c.offload.quarantine_after = 1 << 20;
+  auto ws = local_workers(1);
+  auto* liar = new TamperingWorker(std::move(ws[0]), Tamper::kEntry, 0.3, 9);
+  ws[0].reset(liar);
+  OffloadBackend be(c.offload, std::move(ws), random_secret());
+  train(c, &be);
+  EXPECT_GT(liar->tampered(), 5);
+  EXPECT_EQ(be.stats().rejected, liar->tampered());
+  EXPECT_LT(max_rel_error(out, tee_only_reference()), 1e-3);
+}
+
+}  // namespace
+}  // namespace tempo

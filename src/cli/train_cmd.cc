@@ -35,6 +35,15 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->check(CLI::ExistingFile);
   app.add_flag("--offload-first", c.offload_first, "Offload the first layer too (measurement only: it leaks)");
   app.add_flag("--offload-last", c.offload_last, "Offload the last layer too (measurement only: it leaks)");
+  app.add_option("--conv-mode", c.conv_mode,
+                 "im2col: convolutions as obfuscated products; channel: faster, weaker (spatial layout "
+                 "stays visible), from --channel-from on")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"im2col", "channel"}));
+  app.add_option("--channel-from", c.channel_from,
+                 "Channel mode from this offloaded convolution on (1-based; the first layer never)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--key-scale", c.offload.key_scale, "Key scales are log-uniform in [1/σ, σ]")
       ->capture_default_str();
   app.add_flag("--no-key-shift", [&c](int64_t) { c.offload.key_shift = false; },
@@ -92,12 +101,9 @@ int run_train(const TrainConfig& cfg) {
 
 int run_eval(const TrainConfig& cfg) {
   set_num_threads(cfg.threads);
-  auto model = build_model(cfg.model, cfg.seed);
-  model->set_offload(cfg.offload_first, cfg.offload_last);
   if (cfg.init.empty())
     std::fprintf(stderr, "tempo: warning: no --init given: evaluating freshly initialised weights\n");
-  else
-    model->load(cfg.init);
+  auto model = prepare_model(cfg);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   check(!data.test_y.empty(), "data set '" + cfg.data + "' has no test split to evaluate on");
   auto backend = make_backend(cfg);
@@ -120,10 +126,8 @@ void add_predict_flags(CLI::App& app, PredictConfig& c) {
 int run_predict(const PredictConfig& pc) {
   const TrainConfig& cfg = pc.model;
   set_num_threads(cfg.threads);
-  auto model = build_model(cfg.model, cfg.seed);
-  model->set_offload(cfg.offload_first, cfg.offload_last);
   check(!cfg.init.empty(), "predict needs the model's weights: pass --init FILE");
-  model->load(cfg.init);
+  auto model = prepare_model(cfg);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   const bool train_split = pc.split == "train";
   check(train_split || !data.test_y.empty(),

@@ -16,4 +16,16 @@ void TeeOnlyBackend::backward_weight(const Product& p, const float* dc, float* d
   sgemm(true, false, p.n, p.k, p.m, 1.0f, dc, p.n, p.a, p.k, 0.0f, dw, p.k);
 }
 
+void LinearBackend::conv_forward(const ConvProduct& p, float* y) {
+  conv2d_forward(p.g, p.x, p.w, y, conv_scratch_);
+}
+
+void LinearBackend::conv_backward_input(const ConvProduct& p, const float* dy, float* dx) {
+  conv2d_backward_input(p.g, dy, p.w, dx, conv_scratch_);
+}
+
+void LinearBackend::conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) {
+  conv2d_backward_weight(p.g, p.x, dy, dw, conv_scratch_);
+}
+
 }  // namespace tempo

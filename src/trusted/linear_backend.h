@@ -10,6 +10,9 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
+
+#include "common/conv.h"
 
 namespace tempo {
 
@@ -19,6 +22,16 @@ struct Product {
   const float* a = nullptr;     // M×K row-major, valid until backward ends
   const float* w = nullptr;     // N×K row-major
   int64_t m = 0, k = 0, n = 0;
+};
+
+// A convolution offloaded in channel mode: Y = conv(X, W) without bias,
+// X: N×C×H×W, W: O×C×k×k, Y: N×O×OH×OW (geometry g, with g.o = O).
+struct ConvProduct {
+  int id = -1;
+  std::string name;
+  const float* x = nullptr;
+  const float* w = nullptr;
+  ConvGeometry g{};
 };
 
 // Seconds spent per phase since the last take (DESIGN.md §4 metrics).
@@ -37,10 +50,17 @@ class LinearBackend {
   virtual void backward_input(const Product& p, const float* dc, float* da) = 0;
   // dw (N×K) = dcᵀ·a.
   virtual void backward_weight(const Product& p, const float* dc, float* dw) = 0;
+  // Channel-mode convolutions; by default computed here (im2col + sgemm).
+  virtual void conv_forward(const ConvProduct& p, float* y);
+  virtual void conv_backward_input(const ConvProduct& p, const float* dy, float* dx);
+  virtual void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw);
   // Called once after each optimizer step; frees per-step state.
   virtual void end_step() {}
   // Returns and resets the per-phase times.
   virtual PhaseSeconds take_phase_seconds() { return {}; }
+
+ private:
+  std::vector<float> conv_scratch_;
 };
 
 // Every product computed in the trusted master with BLAS (the secure

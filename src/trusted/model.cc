@@ -195,6 +195,24 @@ void Model::set_offload(bool offload_first, bool offload_last) {
   }
 }
 
+int Model::set_conv_mode(const std::string& mode, int channel_from) {
+  check(mode == "im2col" || mode == "channel", "unknown --conv-mode '" + mode + "'; choose im2col or channel");
+  check(channel_from >= 1, "--channel-from must be at least 1");
+  int offloaded_convs = 0, channel = 0;
+  for (size_t i = 0; i < product_layers.size(); ++i) {
+    auto* c = dynamic_cast<Conv2d*>(product_layers[i]);
+    if (!c) continue;
+    c->channel_mode = false;
+    if (!c->offloaded || i == 0) continue;  // the first layer never
+    ++offloaded_convs;
+    if (mode == "channel" && offloaded_convs >= channel_from) {
+      c->channel_mode = true;
+      ++channel;
+    }
+  }
+  return channel;
+}
+
 std::vector<StateEntry> Model::parameters() const {
   std::vector<StateEntry> out;
   for (const auto& e : state)

@@ -32,6 +32,11 @@ class Model {
   // Chooses which products go to the offload backend: all but the first and
   // the last, unless asked otherwise.
   void set_offload(bool offload_first, bool offload_last);
+  // "im2col" (every convolution as a product) or "channel" (offloaded
+  // convolutions from the `channel_from`-th on, 1-based, run as whole
+  // convolutions on permuted images and channels; never the first layer).
+  // Call after set_offload. Returns how many convolutions use channel mode.
+  int set_conv_mode(const std::string& mode, int channel_from);
 
   // safetensors with PyTorch names; strict: a missing, extra, mis-typed or
   // mis-shaped tensor is an error naming it. save() is atomic.

@@ -52,6 +52,9 @@ class OffloadBackend final : public LinearBackend {
   void forward(const Product& p, float* c) override;
   void backward_input(const Product& p, const float* dc, float* da) override;
   void backward_weight(const Product& p, const float* dc, float* dw) override;
+  void conv_forward(const ConvProduct& p, float* y) override;
+  void conv_backward_input(const ConvProduct& p, const float* dy, float* dx) override;
+  void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) override;
   void end_step() override;
   PhaseSeconds take_phase_seconds() override;
 
@@ -83,12 +86,17 @@ class OffloadBackend final : public LinearBackend {
   bool weight_shifted(const Product& p, const float* dc, float* dw, const Held& h);
   bool standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w);
   void local(Kind kind, const Product& p, const float* dc, float* out);
+  void fallback_warning(const std::string& what);
+  void conv_run(Kind kind, const ConvProduct& p, const float* dy, float* out);
+  bool conv_once(Kind kind, const ConvProduct& p, const float* dy, float* out, size_t w, Held* shifted);
+  bool conv_verified(Kind kind, const ConvProduct& p, const float* dy, const float* out);
   void run(Kind kind, const Product& p, const float* dc, float* out);
   void blame(size_t w, const Product& p, const std::string& why);
   bool sample_verify();
   std::vector<int64_t> checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
                                KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0);
-  Held& held(const Product& p);
+  Held& held(int id);
+  Held& held(const Product& p) { return held(p.id); }
 
   OffloadConfig cfg_;
   std::vector<Slot> slots_;

@@ -98,15 +98,24 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
   return r;
 }
 
+std::unique_ptr<Model> prepare_model(const TrainConfig& cfg) {
+  auto model = build_model(cfg.model, cfg.seed);
+  model->set_offload(cfg.offload_first, cfg.offload_last);
+  const int channel = model->set_conv_mode(cfg.mode == "tee-only" ? "im2col" : cfg.conv_mode, cfg.channel_from);
+  if (cfg.conv_mode == "channel" && cfg.mode != "tee-only" && channel == 0)
+    std::fprintf(stderr, "tempo: note: --conv-mode channel applies to no convolution of %s (offloaded "
+                 "convolutions from --channel-from %d on)\n", cfg.model.c_str(), cfg.channel_from);
+  if (!cfg.init.empty()) model->load(cfg.init);
+  return model;
+}
+
 TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   check(cfg.batch_size > 0, "--batch-size must be positive");
   check(cfg.epochs > 0, "--epochs must be positive");
   check(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
   set_num_threads(cfg.threads);
 
-  auto model = build_model(cfg.model, cfg.seed);
-  model->set_offload(cfg.offload_first, cfg.offload_last);
-  if (!cfg.init.empty()) model->load(cfg.init);
+  auto model = prepare_model(cfg);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   std::unique_ptr<LinearBackend> owned;
   if (!injected) owned = make_backend(cfg);

@@ -29,6 +29,8 @@ struct TrainConfig {
   std::string init, save, metrics;
   bool offload_first = false, offload_last = false;
   OffloadConfig offload;       // tempo and offload modes
+  std::string conv_mode = "im2col";  // im2col | channel (offloading modes)
+  int channel_from = 3;        // channel mode from this offloaded convolution on
   bool progress = true;        // progress bar (TTY) or periodic lines
 };
 
@@ -56,6 +58,10 @@ extern std::atomic<bool> g_stop_requested;
 // `backend`, when given (not owned), replaces the one cfg.mode would make
 // (tests inject tampering or recording workers this way).
 TrainResult train(const TrainConfig& cfg, LinearBackend* backend = nullptr);
+
+// Builds cfg.model, applies the offload and convolution-mode flags, loads
+// cfg.init if given.
+std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats).
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend);

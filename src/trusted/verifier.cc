@@ -136,4 +136,198 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
   return bad;
 }
 
+void Verifier::draw(KeyStream& ks, int64_t n) {
+  r_.resize(static_cast<size_t>(n));
+  r2_.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t x = ks.u32();
+    const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+    r_[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
+    r2_[static_cast<size_t>(j)] = mag * mag;
+  }
+}
+
+// |lhs − rhs| ≤ τ·√k·u·√s for every row, NaN failing.
+bool Verifier::compare(int64_t rows, int64_t k_eff) {
+  const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(k_eff)) * cfg_.unit_roundoff;
+  bool ok = true;
+  for (int64_t i = 0; i < rows; ++i) {
+    const double e = std::fabs(cv_lhs_[static_cast<size_t>(i)] - cv_rhs_[static_cast<size_t>(i)]);
+    const double bound = scale * std::sqrt(cv_s_[static_cast<size_t>(i)]);
+    if (!(e <= bound)) {
+      ok = false;
+    } else if (bound > 0) {
+      worst_ratio_ = std::max(worst_ratio_, e / bound * cfg_.tolerance);
+    }
+  }
+  return ok;
+}
+
+bool Verifier::check_conv_forward(const float* y, const float* x, const float* w, const ConvGeometry& g,
+                                  KeyStream& ks) {
+  const int64_t P = g.oh * g.ow, kk = g.k * g.k, HW = g.h * g.w;
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    draw(ks, g.o);
+    cv_a_.assign(static_cast<size_t>(g.c * kk), 0.0);  // Σ_o r_o·W[o]
+    cv_b_.assign(static_cast<size_t>(g.c * kk), 0.0);  // Σ_o r_o²·W[o]²
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = 0; t < g.c * kk; ++t) {
+        const double v = w[o * g.c * kk + t];
+        cv_a_[static_cast<size_t>(t)] += r_[static_cast<size_t>(o)] * v;
+        cv_b_[static_cast<size_t>(t)] += r2_[static_cast<size_t>(o)] * v * v;
+      }
+    cv_lhs_.assign(static_cast<size_t>(g.n * P), 0.0);
+    cv_rhs_.assign(static_cast<size_t>(g.n * P), 0.0);
+    cv_s_.assign(static_cast<size_t>(g.n * P), 0.0);
+    parallel_for(g.n, [&](int64_t lo, int64_t hi) {
+      for (int64_t n = lo; n < hi; ++n) {
+        double* lhs = cv_lhs_.data() + n * P;
+        double* rhs = cv_rhs_.data() + n * P;
+        double* sq = cv_s_.data() + n * P;
+        for (int64_t o = 0; o < g.o; ++o) {
+          const float* yo = y + (n * g.o + o) * P;
+          const double ro = r_[static_cast<size_t>(o)];
+          for (int64_t p = 0; p < P; ++p) lhs[p] += ro * yo[p];
+        }
+        for (int64_t c = 0; c < g.c; ++c) {
+          const float* plane = x + (n * g.c + c) * HW;
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const double a = cv_a_[static_cast<size_t>(c * kk + ky * g.k + kx)];
+              const double b = cv_b_[static_cast<size_t>(c * kk + ky * g.k + kx)];
+              int64_t lo_x, hi_x;
+              g.valid_ox(kx, lo_x, hi_x);
+              for (int64_t oy = 0; oy < g.oh; ++oy) {
+                const int64_t iy = oy * g.s - g.p + ky;
+                if (iy < 0 || iy >= g.h) continue;
+                const float* src = plane + iy * g.w - g.p + kx;
+                double* r = rhs + oy * g.ow;
+                double* q = sq + oy * g.ow;
+                for (int64_t ox = lo_x; ox < hi_x; ++ox) {
+                  const double v = src[ox * g.s];
+                  r[ox] += v * a;
+                  q[ox] += v * v * b;
+                }
+              }
+            }
+        }
+      }
+    });
+    if (!compare(g.n * P, g.c * kk)) return false;
+  }
+  return true;
+}
+
+bool Verifier::check_conv_input(const float* dx, const float* dy, const float* w, const ConvGeometry& g,
+                                KeyStream& ks) {
+  const int64_t P = g.oh * g.ow, kk = g.k * g.k, HW = g.h * g.w;
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    draw(ks, g.c);
+    cv_a_.assign(static_cast<size_t>(g.o * kk), 0.0);  // Σ_c r_c·W[:, c]
+    cv_b_.assign(static_cast<size_t>(g.o * kk), 0.0);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t c = 0; c < g.c; ++c)
+        for (int64_t t = 0; t < kk; ++t) {
+          const double v = w[(o * g.c + c) * kk + t];
+          cv_a_[static_cast<size_t>(o * kk + t)] += r_[static_cast<size_t>(c)] * v;
+          cv_b_[static_cast<size_t>(o * kk + t)] += r2_[static_cast<size_t>(c)] * v * v;
+        }
+    cv_lhs_.assign(static_cast<size_t>(g.n * HW), 0.0);
+    cv_rhs_.assign(static_cast<size_t>(g.n * HW), 0.0);
+    cv_s_.assign(static_cast<size_t>(g.n * HW), 0.0);
+    parallel_for(g.n, [&](int64_t lo, int64_t hi) {
+      for (int64_t n = lo; n < hi; ++n) {
+        double* lhs = cv_lhs_.data() + n * HW;
+        double* rhs = cv_rhs_.data() + n * HW;
+        double* sq = cv_s_.data() + n * HW;
+        for (int64_t c = 0; c < g.c; ++c) {
+          const float* d = dx + (n * g.c + c) * HW;
+          const double rc = r_[static_cast<size_t>(c)];
+          for (int64_t i = 0; i < HW; ++i) lhs[i] += rc * d[i];
+        }
+        for (int64_t o = 0; o < g.o; ++o) {
+          const float* plane = dy + (n * g.o + o) * P;
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const double a = cv_a_[static_cast<size_t>(o * kk + ky * g.k + kx)];
+              const double b = cv_b_[static_cast<size_t>(o * kk + ky * g.k + kx)];
+              int64_t lo_x, hi_x;
+              g.valid_ox(kx, lo_x, hi_x);
+              for (int64_t oy = 0; oy < g.oh; ++oy) {
+                const int64_t iy = oy * g.s - g.p + ky;
+                if (iy < 0 || iy >= g.h) continue;
+                double* r = rhs + iy * g.w - g.p + kx;
+                double* q = sq + iy * g.w - g.p + kx;
+                const float* src = plane + oy * g.ow;
+                for (int64_t ox = lo_x; ox < hi_x; ++ox) {
+                  const double v = src[ox];
+                  r[ox * g.s] += v * a;
+                  q[ox * g.s] += v * v * b;
+                }
+              }
+            }
+        }
+      }
+    });
+    if (!compare(g.n * HW, g.o * kk)) return false;
+  }
+  return true;
+}
+
+bool Verifier::check_conv_weight(const float* dw, const float* x, const float* dy, const ConvGeometry& g,
+                                 KeyStream& ks) {
+  const int64_t P = g.oh * g.ow, kk = g.k * g.k, HW = g.h * g.w;
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    draw(ks, g.o);
+    cv_a_.assign(static_cast<size_t>(g.n * P), 0.0);  // Σ_o r_o·dY[:, o]
+    cv_b_.assign(static_cast<size_t>(g.n * P), 0.0);
+    for (int64_t n = 0; n < g.n; ++n)
+      for (int64_t o = 0; o < g.o; ++o) {
+        const float* d = dy + (n * g.o + o) * P;
+        const double ro = r_[static_cast<size_t>(o)], qo = r2_[static_cast<size_t>(o)];
+        double* a = cv_a_.data() + n * P;
+        double* b = cv_b_.data() + n * P;
+        for (int64_t p = 0; p < P; ++p) {
+          a[p] += ro * d[p];
+          b[p] += qo * double(d[p]) * d[p];
+        }
+      }
+    const int64_t rows = g.c * kk;
+    cv_lhs_.assign(static_cast<size_t>(rows), 0.0);
+    cv_rhs_.assign(static_cast<size_t>(rows), 0.0);
+    cv_s_.assign(static_cast<size_t>(rows), 0.0);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = 0; t < rows; ++t) cv_lhs_[static_cast<size_t>(t)] += r_[static_cast<size_t>(o)] * dw[o * rows + t];
+    parallel_for(g.c, [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c)
+        for (int64_t ky = 0; ky < g.k; ++ky)
+          for (int64_t kx = 0; kx < g.k; ++kx) {
+            int64_t lo_x, hi_x;
+            g.valid_ox(kx, lo_x, hi_x);
+            double acc = 0, sq = 0;
+            for (int64_t n = 0; n < g.n; ++n) {
+              const float* plane = x + (n * g.c + c) * HW;
+              const double* a = cv_a_.data() + n * P;
+              const double* b = cv_b_.data() + n * P;
+              for (int64_t oy = 0; oy < g.oh; ++oy) {
+                const int64_t iy = oy * g.s - g.p + ky;
+                if (iy < 0 || iy >= g.h) continue;
+                const float* src = plane + iy * g.w - g.p + kx;
+                for (int64_t ox = lo_x; ox < hi_x; ++ox) {
+                  const double v = src[ox * g.s];
+                  acc += v * a[oy * g.ow + ox];
+                  sq += v * v * b[oy * g.ow + ox];
+                }
+              }
+            }
+            const size_t t = static_cast<size_t>(c * kk + ky * g.k + kx);
+            cv_rhs_[t] = acc;
+            cv_s_[t] = sq;
+          }
+    });
+    if (!compare(rows, g.n * P)) return false;
+  }
+  return true;
+}
+
 }  // namespace tempo

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/conv.h"
 #include "trusted/crypto/keys.h"
 
 namespace tempo {
@@ -41,6 +42,15 @@ class Verifier {
   std::vector<int64_t> check(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
                              KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0);
 
+  // Channel-mode convolutions (no bias), checked by combining channels with
+  // a random r: Σ_o r_o·Y[:, o] = conv(X, Σ_o r_o·W[o]) for the forward;
+  // Σ_c r_c·dX[:, c] = convᵀ(dY, Σ_c r_c·W[:, c]) for the input gradient;
+  // Σ_o r_o·dW[o] = corr(X, Σ_o r_o·dY[:, o]) for the weight gradient.
+  // Return true when the result passes.
+  bool check_conv_forward(const float* y, const float* x, const float* w, const ConvGeometry& g, KeyStream& ks);
+  bool check_conv_input(const float* dx, const float* dy, const float* w, const ConvGeometry& g, KeyStream& ks);
+  bool check_conv_weight(const float* dw, const float* x, const float* dy, const ConvGeometry& g, KeyStream& ks);
+
   // Largest |e_i| / bound_i seen so far over honest-looking rows (for
   // calibration reports).
   double worst_ratio() const { return worst_ratio_; }
@@ -50,6 +60,9 @@ class Verifier {
   double worst_ratio_ = 0;
   std::vector<double> r_, r2_, br_, bb_, y_, s_;
   std::vector<float> gathered_;
+  std::vector<double> cv_a_, cv_b_, cv_lhs_, cv_rhs_, cv_s_;
+  void draw(KeyStream& ks, int64_t n);
+  bool compare(int64_t rows, int64_t k_eff);
   std::vector<char> failed_;
 };
 

@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "common/conv.h"
 #include "wire/cipher.h"
 
 namespace tempo {
@@ -23,6 +24,11 @@ using Handle = uint64_t;
 // Z = X·Yᵀ (kNT), X·Y (kNN), Xᵀ·Y (kTN).
 enum class ProductOp : int { kNT = 0, kNN = 1, kTN = 2 };
 
+// Channel-mode convolutions on 4-D tensors stored as matrices (rows: the
+// first dimension). kForward: conv(X: N×CHW, W: O×Ckk) → N×O·OH·OW;
+// kBackwardInput: (dY: N×O·P, W) → N×CHW; kBackwardWeight: (X, dY) → O×Ckk.
+enum class ConvOp : int { kForward = 0, kBackwardInput = 1, kBackwardWeight = 2 };
+
 class WorkerApi {
  public:
   virtual ~WorkerApi() = default;
@@ -30,6 +36,7 @@ class WorkerApi {
   virtual void put(Handle h, const CipherMatrix& m) = 0;
   // The product of two stored operands.
   virtual std::future<Matrix> product(ProductOp op, Handle x, Handle y) = 0;
+  virtual std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) = 0;
   virtual void release(Handle h) = 0;
   virtual void end_step() = 0;
 };

@@ -22,7 +22,14 @@ TamperingWorker::TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, d
     : inner_(std::move(inner)), how_(how), rate_(rate), rng_(seed) {}
 
 std::future<Matrix> TamperingWorker::product(ProductOp op, Handle x, Handle y) {
-  std::future<Matrix> f = inner_->product(op, x, y);
+  return maybe_lie(inner_->product(op, x, y));
+}
+
+std::future<Matrix> TamperingWorker::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {
+  return maybe_lie(inner_->conv(op, a, b, g));
+}
+
+std::future<Matrix> TamperingWorker::maybe_lie(std::future<Matrix> f) {
   const bool lie = how_ != Tamper::kNone && std::uniform_real_distribution<double>(0, 1)(rng_) < rate_;
   if (!lie) return f;
   const uint64_t pick = rng_();
@@ -66,7 +73,14 @@ void RecordingWorker::put(Handle h, const CipherMatrix& m) {
 }
 
 std::future<Matrix> RecordingWorker::product(ProductOp op, Handle x, Handle y) {
-  std::future<Matrix> f = inner_->product(op, x, y);
+  return record(inner_->product(op, x, y));
+}
+
+std::future<Matrix> RecordingWorker::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {
+  return record(inner_->conv(op, a, b, g));
+}
+
+std::future<Matrix> RecordingWorker::record(std::future<Matrix> f) {
   auto recs = records_;
   std::mutex* mu = &mu_;
   return std::async(std::launch::deferred, [f = std::move(f), recs, mu]() mutable {

@@ -27,11 +27,13 @@ class TamperingWorker final : public WorkerApi {
   std::string name() const override { return inner_->name(); }
   void put(Handle h, const CipherMatrix& m) override { inner_->put(h, m); }
   std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override;
   void release(Handle h) override { inner_->release(h); }
   void end_step() override { inner_->end_step(); }
   int64_t tampered() const { return tampered_; }
 
  private:
+  std::future<Matrix> maybe_lie(std::future<Matrix> f);
   std::unique_ptr<WorkerApi> inner_;
   Tamper how_;
   double rate_;
@@ -46,6 +48,7 @@ class RecordingWorker final : public WorkerApi {
   std::string name() const override { return inner_->name(); }
   void put(Handle h, const CipherMatrix& m) override;
   std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override;
   void release(Handle h) override { inner_->release(h); }
   void end_step() override { inner_->end_step(); }
 
@@ -57,6 +60,7 @@ class RecordingWorker final : public WorkerApi {
   std::vector<Record> records() const;
 
  private:
+  std::future<Matrix> record(std::future<Matrix> f);
   std::unique_ptr<WorkerApi> inner_;
   mutable std::mutex mu_;
   std::shared_ptr<std::vector<Record>> records_ = std::make_shared<std::vector<Record>>();

@@ -34,8 +34,15 @@ void LocalWorker::run() {
 void LocalWorker::put(Handle h, const CipherMatrix& m) { service_.put(h, m.shared()); }
 
 std::future<Matrix> LocalWorker::product(ProductOp op, Handle x, Handle y) {
-  auto task = std::make_shared<std::packaged_task<Matrix()>>(
-      [this, op, x, y] { return service_.product(op, x, y); });
+  return enqueue([this, op, x, y] { return service_.product(op, x, y); });
+}
+
+std::future<Matrix> LocalWorker::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {
+  return enqueue([this, op, a, b, g] { return service_.conv(op, a, b, g); });
+}
+
+std::future<Matrix> LocalWorker::enqueue(std::function<Matrix()> fn) {
+  auto task = std::make_shared<std::packaged_task<Matrix()>>(std::move(fn));
   std::future<Matrix> f = task->get_future();
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -21,11 +21,13 @@ class LocalWorker final : public WorkerApi {
   std::string name() const override { return name_; }
   void put(Handle h, const CipherMatrix& m) override;
   std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override;
   void release(Handle h) override;
   void end_step() override;
 
  private:
   void run();
+  std::future<Matrix> enqueue(std::function<Matrix()> fn);
   std::string name_;
   WorkerService service_;
   std::mutex mu_;

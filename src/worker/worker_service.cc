@@ -49,6 +49,29 @@ Matrix WorkerService::product(ProductOp op, Handle x, Handle y) {
   return backend_->product(op, *a, *b);
 }
 
+Matrix WorkerService::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {
+  auto x = get(a), y = get(b);
+  const int64_t kMax = int64_t{1} << 31;
+  if (g.n <= 0 || g.c <= 0 || g.h <= 0 || g.w <= 0 || g.o <= 0 || g.k <= 0 || g.s <= 0 || g.p < 0 ||
+      g.n > kMax || g.c > kMax || g.h > kMax || g.w > kMax || g.o > kMax || g.k > 64 || g.p > g.k)
+    throw WorkerError("invalid convolution geometry");
+  const ConvGeometry c = ConvGeometry::make(g.n, g.c, g.h, g.w, g.o, g.k, g.s, g.p);
+  if (c.oh <= 0 || c.ow <= 0 || c.oh != g.oh || c.ow != g.ow) throw WorkerError("invalid convolution geometry");
+  const int64_t chw = c.c * c.h * c.w, ckk = c.c * c.k * c.k, op_ = c.o * c.oh * c.ow;
+  auto expect = [](const Matrix& m, int64_t r, int64_t cols, const char* what) {
+    if (m.rows() != r || m.cols() != cols)
+      throw WorkerError(std::string(what) + " has shape " + std::to_string(m.rows()) + "x" +
+                        std::to_string(m.cols()) + ", expected " + std::to_string(r) + "x" + std::to_string(cols));
+  };
+  switch (op) {
+    case ConvOp::kForward: expect(*x, c.n, chw, "input"); expect(*y, c.o, ckk, "kernel"); break;
+    case ConvOp::kBackwardInput: expect(*x, c.n, op_, "output gradient"); expect(*y, c.o, ckk, "kernel"); break;
+    case ConvOp::kBackwardWeight: expect(*x, c.n, chw, "input"); expect(*y, c.n, op_, "output gradient"); break;
+    default: throw WorkerError("unknown convolution operation");
+  }
+  return backend_->conv(op, *x, *y, c);
+}
+
 void WorkerService::release(Handle h) {
   std::lock_guard<std::mutex> lock(mu_);
   auto it = store_.find(h);

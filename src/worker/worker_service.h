@@ -19,6 +19,8 @@ class ComputeBackend {
   virtual std::string name() const = 0;
   // z = op(x, y); z is allocated by the backend.
   virtual Matrix product(ProductOp op, const Matrix& x, const Matrix& y) = 0;
+  // Shapes already checked by the service.
+  virtual Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) = 0;
 };
 
 std::unique_ptr<ComputeBackend> make_cpu_backend();
@@ -29,6 +31,7 @@ class WorkerService {
   WorkerService(std::unique_ptr<ComputeBackend> backend, size_t quota_bytes);
   void put(Handle h, std::shared_ptr<const Matrix> m);
   Matrix product(ProductOp op, Handle x, Handle y);
+  Matrix conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g);
   void release(Handle h);
   void end_step();
   size_t bytes_held() const;

@@ -61,11 +61,28 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 }
 
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
-                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y) {
+                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block) {
   if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
     throw std::logic_error("apply_keys: key size mismatch");
   const int32_t* cp = c.perm.data();
   const float* cs = c.scale.data();
+  if (block > 1) {
+    const int64_t width = cols * block;
+    parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
+      for (int64_t i = r0 + b; i < r0 + e; ++i) {
+        const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * width;
+        const float s = r.scale[static_cast<size_t>(i)];
+        float* dst = y + (i - r0) * width;
+        for (int64_t j = 0; j < cols; ++j) {
+          const float f = s * cs[j];
+          const float* from = src + static_cast<int64_t>(cp[j]) * block;
+          float* to = dst + j * block;
+          for (int64_t t = 0; t < block; ++t) to[t] = f * from[t];
+        }
+      }
+    }, 1);
+    return;
+  }
   parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
     for (int64_t i = r0 + b; i < r0 + e; ++i) {
       const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
@@ -144,24 +161,24 @@ ScaledPerm KeyStream::scaled_perm(int64_t d, double sigma) {
 
 // A product P·X·Q is apply_keys(rows = P, cols = Qᵀ).
 void Triple::encrypt_x(const float* x, int64_t m, int64_t k, float* out, int64_t r0,
-                       int64_t r1) const {
-  apply_keys_rows(x, m, k, left, inner.inv_t(), r0, r1 < 0 ? m : r1, out);  // left·X·inner⁻¹
+                       int64_t r1, int64_t block) const {
+  apply_keys_rows(x, m, k, left, inner.inv_t(), r0, r1 < 0 ? m : r1, out, block);  // left·X·inner⁻¹
 }
-void Triple::encrypt_xt(const float* xt, int64_t k, int64_t m, float* out) const {
-  apply_keys(xt, k, m, inner.inv_t(), left, out);  // inner⁻ᵀ·Xᵀ·leftᵀ
+void Triple::encrypt_xt(const float* xt, int64_t k, int64_t m, float* out, int64_t block) const {
+  apply_keys_rows(xt, k, m, inner.inv_t(), left, 0, k, out, block);  // inner⁻ᵀ·Xᵀ·leftᵀ
 }
 void Triple::encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0,
-                       int64_t r1) const {
-  apply_keys_rows(y, k, n, inner, right.inv_t(), r0, r1 < 0 ? k : r1, out);  // inner·Y·right⁻¹
+                       int64_t r1, int64_t block) const {
+  apply_keys_rows(y, k, n, inner, right.inv_t(), r0, r1 < 0 ? k : r1, out, block);  // inner·Y·right⁻¹
 }
-void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out) const {
-  apply_keys(yt, n, k, right.inv_t(), inner, out);  // right⁻ᵀ·Yᵀ·innerᵀ
+void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block) const {
+  apply_keys_rows(yt, n, k, right.inv_t(), inner, 0, n, out, block);  // right⁻ᵀ·Yᵀ·innerᵀ
 }
-void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out) const {
-  apply_keys(z, m, n, left.inverse(), right.transpose(), out);  // left⁻¹·Z'·right
+void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block) const {
+  apply_keys_rows(z, m, n, left.inverse(), right.transpose(), 0, m, out, block);  // left⁻¹·Z'·right
 }
-void Triple::decrypt_t(const float* zt, int64_t n, int64_t m, float* out) const {
-  apply_keys(zt, n, m, right.transpose(), left.inverse(), out);  // rightᵀ·Z'ᵀ·left⁻ᵀ
+void Triple::decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block) const {
+  apply_keys_rows(zt, n, m, right.transpose(), left.inverse(), 0, n, out, block);  // rightᵀ·Z'ᵀ·left⁻ᵀ
 }
 
 Triple Triple::shift_input(ScaledPerm l1) const { return {std::move(l1), right.inv_t(), inner.inv_t()}; }

@@ -30,9 +30,11 @@ struct ScaledPerm {
 // Multithreaded over rows; each row of X is read once, contiguously.
 void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                 const ScaledPerm& c, float* y);
-// Rows [r0, r1) of that result only, written to y[0 .. r1−r0).
+// Rows [r0, r1) of that result only, written to y[0 .. r1−r0). With
+// block > 1 every element is a contiguous block of that many floats (a
+// feature map or a kernel in channel mode), moved and scaled as one.
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
-                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y);
+                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1);
 
 // The run secret: 256 bits from the system CSPRNG (libsodium).
 using Secret = std::array<uint8_t, 32>;
@@ -61,20 +63,22 @@ class KeyStream {
 
 // A (left, inner, right) triple: X' = left·X·inner⁻¹, Y' = inner·Y·right⁻¹,
 // X'·Y' = left·(X·Y)·right⁻¹. Each method is one apply_keys pass over the
-// operand as it is stored (t: the operand is stored transposed).
+// operand as it is stored (t: the operand is stored transposed). `block`:
+// elements are blocks of floats (channel mode: X is N×C feature maps, Y is
+// C×O kernels, and the "product" is a convolution, bilinear like one).
 struct Triple {
   ScaledPerm left, inner, right;
 
   // X: m×k; rows [r0, r1) of X' (r1 < 0: all).
   void encrypt_x(const float* x, int64_t m, int64_t k, float* out, int64_t r0 = 0,
-                 int64_t r1 = -1) const;
-  void encrypt_xt(const float* xt, int64_t k, int64_t m, float* out) const;  // Xᵀ: k×m → X'ᵀ
+                 int64_t r1 = -1, int64_t block = 1) const;
+  void encrypt_xt(const float* xt, int64_t k, int64_t m, float* out, int64_t block = 1) const;  // Xᵀ: k×m → X'ᵀ
   // Y: k×n; rows [r0, r1) of Y' (r1 < 0: all).
   void encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0 = 0,
-                 int64_t r1 = -1) const;
-  void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out) const;  // Yᵀ: n×k → Y'ᵀ
-  void decrypt(const float* z, int64_t m, int64_t n, float* out) const;      // Z' = X'·Y' → X·Y
-  void decrypt_t(const float* zt, int64_t n, int64_t m, float* out) const;   // Z'ᵀ → (X·Y)ᵀ
+                 int64_t r1 = -1, int64_t block = 1) const;
+  void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block = 1) const;  // Yᵀ: n×k → Y'ᵀ
+  void decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block = 1) const;  // Z' = X'·Y' → X·Y
+  void decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block = 1) const;  // Z'ᵀ → (X·Y)ᵀ
 
   // The circular key shift of DESIGN.md §2. From the forward triple
   // (L, Q, R) of C = A·B:

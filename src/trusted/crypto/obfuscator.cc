@@ -35,30 +35,30 @@ Triple Obfuscator::draw_triple(int64_t m, int64_t k, int64_t n) {
 }
 
 CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0,
-                                   int64_t r1) const {
+                                   int64_t r1, int64_t block) const {
   if (r1 < 0) r1 = m;
-  Matrix out(r1 - r0, k);
-  t.encrypt_x(x, m, k, out.data(), r0, r1);
+  Matrix out(r1 - r0, k * block);
+  t.encrypt_x(x, m, k, out.data(), r0, r1, block);
   return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
 }
 
-CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m) const {
-  Matrix out(k, m);
-  t.encrypt_xt(xt, k, m, out.data());
+CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block) const {
+  Matrix out(k, m * block);
+  t.encrypt_xt(xt, k, m, out.data(), block);
   return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
 }
 
 CipherMatrix Obfuscator::encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0,
-                                   int64_t r1) const {
+                                   int64_t r1, int64_t block) const {
   if (r1 < 0) r1 = k;
-  Matrix out(r1 - r0, n);
-  t.encrypt_y(y, k, n, out.data(), r0, r1);
+  Matrix out(r1 - r0, n * block);
+  t.encrypt_y(y, k, n, out.data(), r0, r1, block);
   return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
 }
 
-CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k) const {
-  Matrix out(n, k);
-  t.encrypt_yt(yt, n, k, out.data());
+CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block) const {
+  Matrix out(n, k * block);
+  t.encrypt_yt(yt, n, k, out.data(), block);
   return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
 }
 

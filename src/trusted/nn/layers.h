@@ -23,10 +23,15 @@ class Conv2d final : public Layer {
 
   int64_t in_channels, out_channels, kernel, stride, padding;
   bool has_bias;
+  // Channel mode: when offloaded, the whole convolution goes to the backend
+  // (workers run it on permuted and scaled images and channels) instead of
+  // an im2col product.
+  bool channel_mode = false;
   Tensor weight, bias, dweight, dbias;
 
  private:
   Product prod_;
+  ConvProduct cprod_;
   const Tensor* x_ = nullptr;
   Tensor cols_, rows_, drows_, dcols_;
 };

@@ -1,5 +1,9 @@
 // CPU compute backend: OpenBLAS sgemm on ciphertext.
+#include <mutex>
+#include <vector>
+
 #include "common/blas.h"
+#include "common/conv.h"
 #include "worker/worker_service.h"
 
 namespace tempo {
@@ -26,6 +30,32 @@ class CpuBackend final : public ComputeBackend {
     }
     return z;
   }
+
+  Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) override {
+    std::lock_guard<std::mutex> lock(mu_);  // one scratch buffer
+    switch (op) {
+      case ConvOp::kForward: {
+        Matrix y(g.n, g.o * g.oh * g.ow);
+        conv2d_forward(g, a.data(), b.data(), y.data(), scratch_);
+        return y;
+      }
+      case ConvOp::kBackwardInput: {
+        Matrix dx(g.n, g.c * g.h * g.w);
+        conv2d_backward_input(g, a.data(), b.data(), dx.data(), scratch_);
+        return dx;
+      }
+      case ConvOp::kBackwardWeight:
+      default: {
+        Matrix dw(g.o, g.c * g.k * g.k);
+        conv2d_backward_weight(g, a.data(), b.data(), dw.data(), scratch_);
+        return dw;
+      }
+    }
+  }
+
+ private:
+  std::mutex mu_;
+  std::vector<float> scratch_;
 };
 
 }  // namespace

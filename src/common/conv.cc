@@ -1,0 +1,150 @@
+#include "common/conv.h"
+
+#include "common/blas.h"
+#include "common/parallel.h"
+
+namespace tempo {
+
+// cols[(img·OH·OW + oy·OW + ox), (c·k + ky)·k + kx] = x[img, c, oy·s−p+ky, ox·s−p+kx]
+// (zero outside). One (image, output row) per task: its OW rows of cols stay
+// in L1 while they are written.
+void im2col(const ConvGeometry& g, const float* x, float* cols) {
+  const int64_t K = g.cols();
+  parallel_for(g.n * g.oh, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) {
+      int64_t img = t / g.oh, oy = t % g.oh;
+      float* dst_base = cols + t * g.ow * K;
+      for (int64_t c = 0; c < g.c; ++c) {
+        const float* plane = x + (img * g.c + c) * g.h * g.w;
+        for (int64_t ky = 0; ky < g.k; ++ky) {
+          int64_t iy = oy * g.s - g.p + ky;
+          for (int64_t kx = 0; kx < g.k; ++kx) {
+            float* dst = dst_base + (c * g.k + ky) * g.k + kx;
+            if (iy < 0 || iy >= g.h) {
+              for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
+              continue;
+            }
+            int64_t lo, hi;
+            g.valid_ox(kx, lo, hi);
+            const float* src = plane + iy * g.w - g.p + kx;
+            for (int64_t ox = 0; ox < lo; ++ox) dst[ox * K] = 0.0f;
+            for (int64_t ox = lo; ox < hi; ++ox) dst[ox * K] = src[ox * g.s];
+            for (int64_t ox = hi; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
+          }
+        }
+      }
+    }
+  });
+}
+
+// The adjoint of im2col: dx[img, c, iy, ix] += dcols[...]. One image per task,
+// so no two threads write the same element and the sum order is fixed.
+void col2im(const ConvGeometry& g, const float* dcols, float* dx) {
+  const int64_t K = g.cols();
+  parallel_for(g.n, [&](int64_t b, int64_t e) {
+    for (int64_t img = b; img < e; ++img) {
+      std::fill(dx + img * g.c * g.h * g.w, dx + (img + 1) * g.c * g.h * g.w, 0.0f);
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        const float* src_base = dcols + (img * g.oh + oy) * g.ow * K;
+        for (int64_t c = 0; c < g.c; ++c) {
+          float* plane = dx + (img * g.c + c) * g.h * g.w;
+          for (int64_t ky = 0; ky < g.k; ++ky) {
+            int64_t iy = oy * g.s - g.p + ky;
+            if (iy < 0 || iy >= g.h) continue;
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const float* src = src_base + (c * g.k + ky) * g.k + kx;
+              int64_t lo, hi;
+              g.valid_ox(kx, lo, hi);
+              float* d = plane + iy * g.w - g.p + kx;
+              for (int64_t ox = lo; ox < hi; ++ox) d[ox * g.s] += src[ox * K];
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+// out[img, o, p] = rows[img·P + p, o] + bias[o]   (rows: (N·P)×O)
+void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O,
+                  float* out) {
+  constexpr int64_t T = 32;
+  parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t img = b; img < e; ++img) {
+      const float* r = rows + img * P * O;
+      float* y = out + img * O * P;
+      for (int64_t o0 = 0; o0 < O; o0 += T) {
+        int64_t o1 = std::min(O, o0 + T);
+        for (int64_t p0 = 0; p0 < P; p0 += T) {
+          int64_t p1 = std::min(P, p0 + T);
+          for (int64_t o = o0; o < o1; ++o) {
+            float bo = bias ? bias[o] : 0.0f;
+            for (int64_t p = p0; p < p1; ++p) y[o * P + p] = r[p * O + o] + bo;
+          }
+        }
+      }
+    }
+  });
+}
+
+// rows[img·P + p, o] = dy[img, o, p]
+void nchw_to_rows(const float* dy, int64_t n, int64_t P, int64_t O, float* rows) {
+  constexpr int64_t T = 32;
+  parallel_for(n, [&](int64_t b, int64_t e) {
+    for (int64_t img = b; img < e; ++img) {
+      const float* y = dy + img * O * P;
+      float* r = rows + img * P * O;
+      for (int64_t p0 = 0; p0 < P; p0 += T) {
+        int64_t p1 = std::min(P, p0 + T);
+        for (int64_t o0 = 0; o0 < O; o0 += T) {
+          int64_t o1 = std::min(O, o0 + T);
+          for (int64_t p = p0; p < p1; ++p)
+            for (int64_t o = o0; o < o1; ++o) r[p * O + o] = y[o * P + p];
+        }
+      }
+    }
+  });
+}
+
+
+namespace {
+float* grow(std::vector<float>& v, size_t n) {
+  if (v.size() < n) v.resize(n);
+  return v.data();
+}
+}  // namespace
+
+void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
+                    std::vector<float>& scratch) {
+  const int64_t M = g.n * g.positions(), K = g.cols();
+  float* buf = grow(scratch, static_cast<size_t>(M * K + M * g.o));
+  float* cols = buf;
+  float* rows = buf + M * K;
+  im2col(g, x, cols);
+  sgemm(false, true, M, g.o, K, 1.0f, cols, K, w, K, 0.0f, rows, g.o);
+  rows_to_nchw(rows, nullptr, g.n, g.positions(), g.o, y);
+}
+
+void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
+                           std::vector<float>& scratch) {
+  const int64_t M = g.n * g.positions(), K = g.cols();
+  float* buf = grow(scratch, static_cast<size_t>(M * K + M * g.o));
+  float* dcols = buf;
+  float* drows = buf + M * K;
+  nchw_to_rows(dy, g.n, g.positions(), g.o, drows);
+  sgemm(false, false, M, K, g.o, 1.0f, drows, g.o, w, K, 0.0f, dcols, K);
+  col2im(g, dcols, dx);
+}
+
+void conv2d_backward_weight(const ConvGeometry& g, const float* x, const float* dy, float* dw,
+                            std::vector<float>& scratch) {
+  const int64_t M = g.n * g.positions(), K = g.cols();
+  float* buf = grow(scratch, static_cast<size_t>(M * K + M * g.o));
+  float* cols = buf;
+  float* drows = buf + M * K;
+  im2col(g, x, cols);
+  nchw_to_rows(dy, g.n, g.positions(), g.o, drows);
+  sgemm(true, false, g.o, K, M, 1.0f, drows, g.o, cols, K, 0.0f, dw, K);
+}
+
+}  // namespace tempo
