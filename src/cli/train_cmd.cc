@@ -90,8 +90,11 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
 
 int run_train(const TrainConfig& cfg) {
   TrainResult r = train(cfg);
-  std::printf("steps %lld, %.1f s training (%.1f ms/step)\n", static_cast<long long>(r.steps),
-              r.seconds, r.steps ? 1e3 * r.seconds / static_cast<double>(r.steps) : 0.0);
+  std::printf("steps %lld, %.1f s training (%.1f ms/step), peak memory %.0f MiB%s\n",
+              static_cast<long long>(r.steps), r.seconds,
+              r.steps ? 1e3 * r.seconds / static_cast<double>(r.steps) : 0.0,
+              static_cast<double>(r.peak_rss_bytes) / (1 << 20),
+              cfg.mode == "tee-only" || cfg.workers.rfind("local", 0) != 0 ? "" : " (in-process workers included)");
   if (r.evaluated)
     std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.test.accuracy,
                 static_cast<long long>(r.test.correct), static_cast<long long>(r.test.samples),

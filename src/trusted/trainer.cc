@@ -49,6 +49,13 @@ class MetricsLog {
                  ph.decrypt, ph.verify, other, total);
     std::fflush(f_);
   }
+  void summary(const TrainResult& r, const std::string& mode) {
+    if (!f_) return;
+    std::fprintf(f_, "{\"kind\":\"summary\",\"mode\":\"%s\",\"steps\":%lld,\"train_seconds\":%.3f,"
+                 "\"peak_rss_bytes\":%lld}\n", mode.c_str(), static_cast<long long>(r.steps), r.seconds,
+                 static_cast<long long>(r.peak_rss_bytes));
+    std::fflush(f_);
+  }
   void epoch(int e, const EvalResult* r) {
     if (!f_) return;
     if (r)
@@ -96,6 +103,17 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
   r.loss = loss_sum / static_cast<double>(r.samples);
   r.accuracy = static_cast<double>(r.correct) / static_cast<double>(r.samples);
   return r;
+}
+
+int64_t peak_rss_bytes() {
+  std::FILE* f = std::fopen("/proc/self/status", "r");
+  if (!f) return 0;
+  char line[256];
+  long long kb = 0;
+  while (std::fgets(line, sizeof line, f))
+    if (std::sscanf(line, "VmHWM: %lld kB", &kb) == 1) break;
+  std::fclose(f);
+  return static_cast<int64_t>(kb) * 1024;
 }
 
 std::unique_ptr<Model> prepare_model(const TrainConfig& cfg) {
@@ -189,6 +207,8 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
     if (last) break;
   }
   res.seconds = train_seconds;
+  res.peak_rss_bytes = peak_rss_bytes();
+  metrics.summary(res, cfg.mode);
   (void)t0;
   if (!cfg.save.empty()) {
     model->save(cfg.save);

@@ -48,7 +48,11 @@ struct TrainResult {
   bool interrupted = false;
   bool evaluated = false;
   EvalResult test;
+  int64_t peak_rss_bytes = 0;  // the process's peak resident memory (VmHWM)
 };
+
+// Peak resident set size of this process (0 if unknown).
+int64_t peak_rss_bytes();
 
 // Set to true (e.g. from a SIGINT handler) to stop after the current step.
 extern std::atomic<bool> g_stop_requested;
