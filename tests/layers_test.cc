@@ -1,0 +1,394 @@
+// Layer-by-layer parity with PyTorch 1.13: forward outputs, input gradients,
+// parameter gradients and BatchNorm running statistics of every layer type,
+// against tests/ref/make_references.py's layers.safetensors (computed in
+// float64 from the same float32 inputs). Error measure: max|tempo − torch|
+// relative to max|torch| of the tensor, at most 1e-5. Both Context backends
+// are TeeOnlyBackend.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "common/error.h"
+#include "common/rng.h"
+#include "trusted/io/safetensors.h"
+#include "trusted/linear_backend.h"
+#include "trusted/nn/layers.h"
+
+namespace tempo {
+namespace {
+
+constexpr double kTol = 1e-5;
+
+// ---- reference file helpers --------------------------------------------------------------
+
+const TensorMap* load_layers() {
+  static std::unique_ptr<TensorMap> refs;
+  static bool tried = false;
+  if (!tried) {
+    tried = true;
+    const char* dir = std::getenv("TEMPO_REF_DIR");
+    if (dir && std::filesystem::exists(std::string(dir) + "/layers.safetensors"))
+      refs = std::make_unique<TensorMap>(read_safetensors(std::string(dir) + "/layers.safetensors"));
+  }
+  return refs.get();
+}
+
+#define LOAD_REFS_OR_SKIP(var)                                                                    \
+  const TensorMap* var = load_layers();                                                           \
+  if (!var)                                                                                       \
+    GTEST_SKIP() << "no references: run through ctest (fixture make_references), or set "        \
+                    "TEMPO_REF_DIR to the output of tests/ref/make_references.py";
+
+// Case names of a layer: the <case> of every "<layer>/<case>/<field>" key.
+std::vector<std::string> cases(const TensorMap& m, const std::string& layer) {
+  std::set<std::string> out;
+  const std::string prefix = layer + "/";
+  for (const auto& [k, v] : m)
+    if (k.rfind(prefix, 0) == 0) out.insert(k.substr(prefix.size(), k.find('/', prefix.size()) - prefix.size()));
+  return {out.begin(), out.end()};
+}
+
+const NamedTensor& field(const TensorMap& m, const std::string& layer, const std::string& c,
+                         const std::string& f) {
+  auto it = m.find(layer + "/" + c + "/" + f);
+  if (it == m.end()) throw Error("reference tensor " + layer + "/" + c + "/" + f + " is missing");
+  return it->second;
+}
+
+bool has(const TensorMap& m, const std::string& layer, const std::string& c, const std::string& f) {
+  return m.count(layer + "/" + c + "/" + f) > 0;
+}
+
+Tensor tensor_of(const NamedTensor& t) {
+  Tensor out(t.shape);
+  std::copy(t.f32.begin(), t.f32.end(), out.data());
+  return out;
+}
+
+void assign(Tensor& dst, const NamedTensor& src) {
+  ASSERT_EQ(numel_of(src.shape), dst.numel()) << src.name;
+  std::copy(src.f32.begin(), src.f32.end(), dst.data());
+}
+
+// max|got − want| / max|want| (absolute when want is all zero).
+double rel_err(const float* got, const std::vector<float>& want) {
+  double num = 0, den = 0;
+  for (size_t i = 0; i < want.size(); ++i) {
+    num = std::max(num, std::fabs(static_cast<double>(got[i]) - want[i]));
+    den = std::max(den, std::fabs(static_cast<double>(want[i])));
+  }
+  return den > 0 ? num / den : num;
+}
+
+// Shape and values; logs the error so the figures show in the test output.
+void expect_close(const Tensor& got, const NamedTensor& want, const std::string& what, double tol = kTol) {
+  ASSERT_EQ(got.shape(), want.shape) << what << ": shape " << shape_str(got.shape()) << " vs torch "
+                                     << shape_str(want.shape);
+  const double e = rel_err(got.data(), want.f32);
+  EXPECT_LE(e, tol) << what << ": max relative error " << e;
+  std::printf("  %-58s rel err %.3g\n", what.c_str(), e);
+}
+
+std::vector<int64_t> i64_of(const NamedTensor& t) { return t.i64; }
+
+struct Backends {
+  TeeOnlyBackend offload, local;
+  Rng rng{42};
+  Context ctx(bool training) { return Context{&offload, &local, training, &rng}; }
+};
+
+// ---- linear algebra layers -----------------------------------------------------------------
+
+TEST(LayerParity, Conv2d) {
+  LOAD_REFS_OR_SKIP(refs);
+  const auto names = cases(*refs, "conv");
+  ASSERT_GE(names.size(), 10u);
+  Backends be;
+  for (const auto& c : names) {
+    SCOPED_TRACE("conv/" + c);
+    auto cfg = i64_of(field(*refs, "conv", c, "cfg"));  // cin, cout, k, s, p, bias
+    Conv2d conv(cfg[0], cfg[1], cfg[2], cfg[3], cfg[4], cfg[5] != 0);
+    assign(conv.weight, field(*refs, "conv", c, "weight"));
+    if (conv.has_bias) assign(conv.bias, field(*refs, "conv", c, "bias"));
+    Tensor x = tensor_of(field(*refs, "conv", c, "x"));
+    Tensor dy = tensor_of(field(*refs, "conv", c, "dy"));
+    // Twice: the second pass reuses the layer's buffers and must agree.
+    for (int pass = 0; pass < 2; ++pass) {
+      conv.offloaded = pass == 0;  // both backends of the Context
+      Context ctx = be.ctx(true);
+      expect_close(conv.forward(x, ctx), field(*refs, "conv", c, "y"), "conv/" + c + " y");
+      expect_close(conv.backward(dy, ctx), field(*refs, "conv", c, "dx"), "conv/" + c + " dx");
+      expect_close(conv.dweight, field(*refs, "conv", c, "dweight"), "conv/" + c + " dweight");
+      if (conv.has_bias) expect_close(conv.dbias, field(*refs, "conv", c, "dbias"), "conv/" + c + " dbias");
+    }
+    // The first layer of a model: no input gradient, the same weight gradient.
+    conv.needs_input_grad = false;
+    Context ctx = be.ctx(true);
+    conv.forward(x, ctx);
+    EXPECT_TRUE(conv.backward(dy, ctx).empty());
+    expect_close(conv.dweight, field(*refs, "conv", c, "dweight"), "conv/" + c + " dweight (no dx)");
+  }
+}
+
+TEST(LayerParity, Linear) {
+  LOAD_REFS_OR_SKIP(refs);
+  const auto names = cases(*refs, "linear");
+  ASSERT_GE(names.size(), 5u);
+  Backends be;
+  for (const auto& c : names) {
+    SCOPED_TRACE("linear/" + c);
+    auto cfg = i64_of(field(*refs, "linear", c, "cfg"));  // in, out, bias
+    Linear lin(cfg[0], cfg[1], cfg[2] != 0);
+    assign(lin.weight, field(*refs, "linear", c, "weight"));
+    if (lin.has_bias) assign(lin.bias, field(*refs, "linear", c, "bias"));
+    Tensor x = tensor_of(field(*refs, "linear", c, "x"));
+    Tensor dy = tensor_of(field(*refs, "linear", c, "dy"));
+    for (int pass = 0; pass < 2; ++pass) {
+      lin.offloaded = pass == 0;
+      Context ctx = be.ctx(true);
+      expect_close(lin.forward(x, ctx), field(*refs, "linear", c, "y"), "linear/" + c + " y");
+      expect_close(lin.backward(dy, ctx), field(*refs, "linear", c, "dx"), "linear/" + c + " dx");
+      expect_close(lin.dweight, field(*refs, "linear", c, "dweight"), "linear/" + c + " dweight");
+      if (lin.has_bias) expect_close(lin.dbias, field(*refs, "linear", c, "dbias"), "linear/" + c + " dbias");
+    }
+  }
+}
+
+// ---- pooling, element-wise, shape ------------------------------------------------------------
+
+// Forward y and backward dx of a parameter-free layer made by `make(cfg)`.
+template <typename Make>
+void check_plain_layer(const TensorMap& refs, const std::string& layer, size_t min_cases, Make make) {
+  const auto names = cases(refs, layer);
+  ASSERT_GE(names.size(), min_cases) << layer;
+  Backends be;
+  for (const auto& c : names) {
+    SCOPED_TRACE(layer + "/" + c);
+    std::vector<int64_t> cfg;
+    if (has(refs, layer, c, "cfg")) cfg = i64_of(field(refs, layer, c, "cfg"));
+    LayerPtr l = make(cfg);
+    Tensor x = tensor_of(field(refs, layer, c, "x"));
+    Tensor dy = tensor_of(field(refs, layer, c, "dy"));
+    for (int pass = 0; pass < 2; ++pass) {
+      Context ctx = be.ctx(pass == 0);
+      expect_close(l->forward(x, ctx), field(refs, layer, c, "y"), layer + "/" + c + " y");
+      expect_close(l->backward(dy, ctx), field(refs, layer, c, "dx"), layer + "/" + c + " dx");
+    }
+  }
+}
+
+TEST(LayerParity, MaxPool2d) {
+  LOAD_REFS_OR_SKIP(refs);
+  check_plain_layer(*refs, "maxpool", 6, [](const std::vector<int64_t>& c) {
+    return std::make_unique<MaxPool2d>(c[0], c[1], c[2]);
+  });
+}
+
+TEST(LayerParity, AvgPool2dCountIncludePad) {
+  LOAD_REFS_OR_SKIP(refs);
+  check_plain_layer(*refs, "avgpool", 6, [](const std::vector<int64_t>& c) {
+    return std::make_unique<AvgPool2d>(c[0], c[1], c[2]);
+  });
+}
+
+TEST(LayerParity, AdaptiveAvgPool2d) {
+  LOAD_REFS_OR_SKIP(refs);
+  check_plain_layer(*refs, "adaptive", 5, [](const std::vector<int64_t>& c) {
+    return std::make_unique<AdaptiveAvgPool2d>(c[0], c[1]);
+  });
+}
+
+TEST(LayerParity, ReLU) {
+  LOAD_REFS_OR_SKIP(refs);
+  check_plain_layer(*refs, "relu", 3, [](const std::vector<int64_t>&) { return std::make_unique<ReLU>(); });
+}
+
+TEST(LayerParity, Flatten) {
+  LOAD_REFS_OR_SKIP(refs);
+  check_plain_layer(*refs, "flatten", 3, [](const std::vector<int64_t>&) { return std::make_unique<Flatten>(); });
+}
+
+// ---- BatchNorm2d -------------------------------------------------------------------------------
+
+TEST(LayerParity, BatchNorm2dTrainAndEval) {
+  LOAD_REFS_OR_SKIP(refs);
+  const auto names = cases(*refs, "bn");
+  ASSERT_GE(names.size(), 5u);
+  Backends be;
+  int trained = 0, evaluated = 0;
+  for (const auto& c : names) {
+    SCOPED_TRACE("bn/" + c);
+    const std::string w = "bn/" + c;
+    auto cfg = i64_of(field(*refs, "bn", c, "cfg"));  // channels, training
+    const bool training = cfg[1] != 0;
+    BatchNorm2d bn(cfg[0]);
+    EXPECT_EQ(bn.eps, 1e-5);
+    EXPECT_EQ(bn.momentum, 0.1);
+    assign(bn.weight, field(*refs, "bn", c, "weight"));
+    assign(bn.bias, field(*refs, "bn", c, "bias"));
+    assign(bn.running_mean, field(*refs, "bn", c, "running_mean0"));
+    assign(bn.running_var, field(*refs, "bn", c, "running_var0"));
+    Context ctx = be.ctx(training);
+    if (training) {
+      // Two forwards: the running statistics move twice (unbiased variance);
+      // the gradients are those of the second.
+      ++trained;
+      Tensor x1 = tensor_of(field(*refs, "bn", c, "x1"));
+      expect_close(bn.forward(x1, ctx), field(*refs, "bn", c, "y1"), w + " y (1st forward)");
+    } else {
+      ++evaluated;
+    }
+    Tensor x = tensor_of(field(*refs, "bn", c, "x"));
+    Tensor dy = tensor_of(field(*refs, "bn", c, "dy"));
+    expect_close(bn.forward(x, ctx), field(*refs, "bn", c, "y"), w + " y");
+    expect_close(bn.backward(dy, ctx), field(*refs, "bn", c, "dx"), w + " dx");
+    expect_close(bn.dweight, field(*refs, "bn", c, "dweight"), w + " dweight");
+    expect_close(bn.dbias, field(*refs, "bn", c, "dbias"), w + " dbias");
+    expect_close(bn.running_mean, field(*refs, "bn", c, "running_mean"), w + " running_mean");
+    expect_close(bn.running_var, field(*refs, "bn", c, "running_var"), w + " running_var");
+    EXPECT_EQ(bn.num_batches_tracked, field(*refs, "bn", c, "num_batches_tracked").i64.at(0)) << w;
+  }
+  EXPECT_GE(trained, 3);
+  EXPECT_GE(evaluated, 1);
+}
+
+// ---- torchvision residual blocks --------------------------------------------------------------
+
+TEST(LayerParity, ResidualBlocksTrainMode) {
+  LOAD_REFS_OR_SKIP(refs);
+  const auto names = cases(*refs, "block");
+  ASSERT_GE(names.size(), 4u);
+  Backends be;
+  for (const auto& c : names) {
+    SCOPED_TRACE("block/" + c);
+    const std::string w = "block/" + c;
+    auto cfg = i64_of(field(*refs, "block", c, "cfg"));  // type, inplanes, planes, stride
+    ResidualBlock block(cfg[0] == 0 ? ResidualBlock::Type::kBasic : ResidualBlock::Type::kBottleneck, cfg[1],
+                        cfg[2], cfg[3]);
+    std::vector<StateEntry> state;
+    block.state(state, "");
+    // Same state names as torchvision's block, every one loaded.
+    size_t torch_entries = 0;
+    for (const auto& [k, v] : *refs)
+      if (k.rfind(w + "/p/", 0) == 0) ++torch_entries;
+    EXPECT_EQ(state.size(), torch_entries);
+    for (const auto& e : state) {
+      const NamedTensor& t = field(*refs, "block", c, "p/" + e.name);
+      if (e.counter)
+        *e.counter = t.i64.at(0);
+      else
+        assign(*e.value, t);
+    }
+    Context ctx = be.ctx(true);
+    Tensor x = tensor_of(field(*refs, "block", c, "x"));
+    Tensor dy = tensor_of(field(*refs, "block", c, "dy"));
+    expect_close(block.forward(x, ctx), field(*refs, "block", c, "y"), w + " y");
+    expect_close(block.backward(dy, ctx), field(*refs, "block", c, "dx"), w + " dx");
+    for (const auto& e : state) {
+      if (e.grad) expect_close(*e.grad, field(*refs, "block", c, "g/" + e.name), w + " grad " + e.name);
+      if (e.counter) {
+        EXPECT_EQ(*e.counter, field(*refs, "block", c, "s/" + e.name).i64.at(0)) << e.name;
+      }
+      if (!e.grad && e.value) expect_close(*e.value, field(*refs, "block", c, "s/" + e.name), w + " " + e.name);
+    }
+  }
+}
+
+// ---- loss ----------------------------------------------------------------------------------------
+
+TEST(LayerParity, CrossEntropyMean) {
+  LOAD_REFS_OR_SKIP(refs);
+  const auto names = cases(*refs, "xent");
+  ASSERT_GE(names.size(), 4u);
+  for (const auto& c : names) {
+    SCOPED_TRACE("xent/" + c);
+    Tensor logits = tensor_of(field(*refs, "xent", c, "logits"));
+    std::vector<int64_t> labels = field(*refs, "xent", c, "labels").i64;
+    Tensor dlogits;
+    const double loss = cross_entropy(logits, labels, &dlogits);
+    const double want = field(*refs, "xent", c, "loss").f32.at(0);
+    EXPECT_NEAR(loss, want, 1e-6 * std::max(1.0, std::fabs(want))) << "xent/" << c;
+    std::printf("  %-58s loss %.9g vs torch %.9g\n", ("xent/" + c).c_str(), loss, want);
+    expect_close(dlogits, field(*refs, "xent", c, "dlogits"), "xent/" + c + " dlogits");
+    // Without a gradient buffer: the same loss.
+    EXPECT_EQ(cross_entropy(logits, labels, nullptr), loss);
+  }
+}
+
+// ---- Dropout (no torch reference: its masks are random) --------------------------------------
+
+TEST(LayerBehaviour, DropoutTrainZeroesAboutPAndScalesSurvivors) {
+  Backends be;
+  for (double p : {0.1, 0.5, 0.8}) {
+    SCOPED_TRACE("p = " + std::to_string(p));
+    Dropout drop(p);
+    Tensor x({8, 16, 25, 25});  // 80000 values
+    Rng data(7);
+    for (int64_t i = 0; i < x.numel(); ++i) x[i] = static_cast<float>(data.uniform(0.5, 1.5));
+    Context ctx = be.ctx(true);
+    const Tensor& y = drop.forward(x, ctx);
+    ASSERT_EQ(y.shape(), x.shape());
+    const float scale = static_cast<float>(1.0 / (1.0 - p));
+    int64_t zeros = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      if (y[i] == 0.0f)
+        ++zeros;
+      else
+        ASSERT_NEAR(y[i], x[i] * scale, 1e-6f * x[i] * scale) << "survivor " << i;
+    }
+    const double n = static_cast<double>(x.numel());
+    const double frac = static_cast<double>(zeros) / n;
+    const double sigma = std::sqrt(p * (1 - p) / n);
+    EXPECT_NEAR(frac, p, 5 * sigma);
+    std::printf("  dropout p=%.2f: zeroed %.4f (5 sigma = %.4f)\n", p, frac, 5 * sigma);
+    // Backward: the same mask and scale.
+    Tensor dy(x.shape());
+    for (int64_t i = 0; i < dy.numel(); ++i) dy[i] = static_cast<float>(data.uniform(-1, 1));
+    const Tensor& dx = drop.backward(dy, ctx);
+    ASSERT_EQ(dx.shape(), x.shape());
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      if (y[i] == 0.0f)
+        ASSERT_EQ(dx[i], 0.0f) << i;
+      else
+        ASSERT_NEAR(dx[i], dy[i] * scale, 1e-6f * std::fabs(dy[i]) * scale) << i;
+    }
+    // A second forward draws a different mask.
+    Tensor y1 = y;
+    const Tensor& y2 = drop.forward(x, ctx);
+    int64_t differ = 0;
+    for (int64_t i = 0; i < x.numel(); ++i) differ += (y1[i] == 0.0f) != (y2[i] == 0.0f);
+    EXPECT_GT(differ, 0);
+  }
+}
+
+TEST(LayerBehaviour, DropoutEvalIsIdentity) {
+  Backends be;
+  Dropout drop(0.5);
+  Tensor x({4, 3, 5, 5});
+  for (int64_t i = 0; i < x.numel(); ++i) x[i] = static_cast<float>(i) * 0.25f - 7.0f;
+  Context ctx = be.ctx(false);
+  const Tensor& y = drop.forward(x, ctx);
+  ASSERT_EQ(y.shape(), x.shape());
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(y[i], x[i]);
+  Tensor dy = x;
+  const Tensor& dx = drop.backward(dy, ctx);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(dx[i], dy[i]);
+  // p = 0 in training is the identity too.
+  Dropout none(0.0);
+  Context train = be.ctx(true);
+  const Tensor& z = none.forward(x, train);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(z[i], x[i]);
+}
+
+}  // namespace
+}  // namespace tempo
