@@ -229,26 +229,33 @@ int64_t Model::parameter_count() const {
 
 void Model::load(const std::string& path) {
   TensorMap file = read_safetensors(path);
+  // Check everything first, so that a bad file leaves the model unchanged.
   for (const auto& e : state) {
     auto it = file.find(e.name);
     check(it != file.end(), path + ": tensor '" + e.name + "' is missing (model " + name + ")");
     const NamedTensor& t = it->second;
     if (e.counter) {
-      check(t.dtype == DType::I64 && numel_of(t.shape) == 1,
-            path + ": tensor '" + e.name + "' must be a single I64 value, got shape " + shape_str(t.shape));
-      *e.counter = t.i64[0];
+      check(t.dtype == DType::I64, path + ": tensor '" + e.name + "' must be I64, found " + dtype_name(t.dtype));
+      check(numel_of(t.shape) == 1,
+            path + ": tensor '" + e.name + "' must hold a single value, got shape " + shape_str(t.shape));
     } else {
-      check(t.dtype == DType::F32, path + ": tensor '" + e.name + "' must be F32");
-      check(t.shape == e.value->shape(), path + ": tensor '" + e.name + "' has shape " +
-                                             shape_str(t.shape) + ", model " + name + " expects " +
-                                             shape_str(e.value->shape()));
-      std::copy(t.f32.begin(), t.f32.end(), e.value->data());
+      check(t.dtype == DType::F32, path + ": tensor '" + e.name + "' must be F32, found " + dtype_name(t.dtype));
+      check(t.shape == e.value->shape(), path + ": tensor '" + e.name + "' has shape " + shape_str(t.shape) +
+                                             ", model " + name + " expects " + shape_str(e.value->shape()));
     }
-    file.erase(it);
   }
-  if (!file.empty())
+  if (file.size() != state.size()) {
+    for (const auto& e : state) file.erase(e.name);
     throw Error(path + ": unexpected tensor '" + file.begin()->first + "' for model " + name +
                 (file.size() > 1 ? " (and " + std::to_string(file.size() - 1) + " more)" : ""));
+  }
+  for (const auto& e : state) {
+    const NamedTensor& t = file.at(e.name);
+    if (e.counter)
+      *e.counter = t.i64[0];
+    else
+      std::copy(t.f32.begin(), t.f32.end(), e.value->data());
+  }
 }
 
 void Model::save(const std::string& path) const {
