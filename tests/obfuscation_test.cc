@@ -171,11 +171,17 @@ TEST(Freivalds, NoFalseAlarmsOnHonestProducts) {
   EXPECT_LT(v.worst_ratio(), v.config().tolerance);
 }
 
+// A changed entry, zeros, NaN and Inf are caught with certainty (|e_i| ≥
+// |δ| since |r_j| ≥ 1). A whole row perturbed with alternating signs is the
+// adversarial case for a random check: e_i = δ·Σ ±r_j can nearly cancel.
+// With r_j = ±(1 + u) that happens rarely (with ±1 entries it would happen
+// about half of the time for an even number of columns); we require ≥ 98%.
 TEST(Freivalds, CatchesEveryTamperKind) {
   std::mt19937_64 g(11);
   Verifier v(VerifyConfig{});
   Obfuscator obf(random_secret(), 4.0);
-  for (int rep = 0; rep < 200; ++rep) {
+  int row_tampers = 0, row_caught = 0;
+  for (int rep = 0; rep < 400; ++rep) {
     const int64_t m = 1 + static_cast<int64_t>(g() % 70), k = 1 + static_cast<int64_t>(g() % 400),
                   n = 2 + static_cast<int64_t>(g() % 70);
     Case cs = make_case(m, k, n, g, rep % 3 == 0);
@@ -197,12 +203,19 @@ TEST(Freivalds, CatchesEveryTamperKind) {
       }
       KeyStream ks = obf.stream();
       auto bad = v.check(c.data(), m, n, k, {cs.a.data(), false}, {cs.w.data(), true}, ks);
+      if (kind == 1) {
+        ++row_tampers;
+        row_caught += std::count(bad.begin(), bad.end(), i) == 1;
+        continue;
+      }
       EXPECT_FALSE(bad.empty()) << "tamper kind " << kind << " on " << m << "x" << k << "x" << n;
       if (kind != 2) {
         EXPECT_EQ(std::count(bad.begin(), bad.end(), i), 1);
       }
     }
   }
+  std::printf("whole-row tamper caught in %d of %d products (one round)\n", row_caught, row_tampers);
+  EXPECT_GE(row_caught, row_tampers * 98 / 100);
 }
 
 TEST(Freivalds, SubsetOfInnerIndices) {
@@ -222,6 +235,56 @@ TEST(Freivalds, SubsetOfInnerIndices) {
   c[5] += 0.5f;
   KeyStream ks2 = obf.stream();
   EXPECT_FALSE(v.check(c.data(), N, K, static_cast<int64_t>(S.size()), {dC.data(), true}, {A.data(), false}, ks2, S.data(), M).empty());
+}
+
+TEST(Freivalds, WeightGradientFromForwardRowSums) {
+  // The forward check of C = A·Wᵀ leaves row sums of A with which
+  // dW = dCᵀ·A is checked over any subset of rows without reading A.
+  std::mt19937_64 g(21);
+  const int64_t M = 120, K = 37, N = 9;
+  Case cs = make_case(M, K, N, g, true);
+  auto dC = randn(M * N, g);
+  Verifier v(VerifyConfig{});
+  Obfuscator obf(random_secret(), 4.0);
+  RowSums sums;
+  KeyStream ks = obf.stream();
+  ASSERT_TRUE(v.check(cs.c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, &sums).empty());
+  std::vector<int32_t> S;
+  for (int32_t r = 0; r < M; r += 3) S.push_back(r);
+  std::vector<float> dw(static_cast<size_t>(N * K), 0.0f);
+  for (int32_t r : S)
+    for (int64_t o = 0; o < N; ++o)
+      for (int64_t t = 0; t < K; ++t)
+        dw[static_cast<size_t>(o * K + t)] += dC[static_cast<size_t>(r * N + o)] * cs.a[static_cast<size_t>(r * K + t)];
+  EXPECT_TRUE(v.check_weight(dw.data(), N, K, dC.data(), sums, S.data(), static_cast<int64_t>(S.size())));
+  float mx = 0;
+  for (int64_t t = 0; t < K; ++t) mx = std::max(mx, std::fabs(dw[static_cast<size_t>(4 * K + t)]));
+  dw[static_cast<size_t>(4 * K + 11)] += 1e-2f * mx;
+  EXPECT_FALSE(v.check_weight(dw.data(), N, K, dC.data(), sums, S.data(), static_cast<int64_t>(S.size())));
+}
+
+TEST(Freivalds, ProductsTakenDuringDecryption) {
+  // c·r computed in the decryption pass gives the same verdicts.
+  std::mt19937_64 g(23);
+  const int64_t M = 50, K = 64, N = 33;
+  Case cs = make_case(M, K, N, g, false);
+  Obfuscator obf(random_secret(), 4.0);
+  Triple t = obf.draw_triple(M, K, N);
+  std::vector<float> ap(cs.a.size()), wp(cs.w.size()), cp(cs.c.size()), c(cs.c.size());
+  t.encrypt_x(cs.a.data(), M, K, ap.data());
+  t.encrypt_yt(cs.w.data(), N, K, wp.data());
+  sgemm(false, true, M, N, K, 1.0f, ap.data(), K, wp.data(), K, 0.0f, cp.data(), N);
+  Verifier v(VerifyConfig{});
+  for (int lie = 0; lie < 2; ++lie) {
+    if (lie) cp[static_cast<size_t>(7 * N + 3)] += 0.5f;
+    KeyStream ks = obf.stream();
+    std::vector<double> r, cr(static_cast<size_t>(M));
+    v.draw_vector(ks, N, r);
+    t.decrypt(cp.data(), M, N, c.data(), 1, r.data(), cr.data());
+    auto bad = v.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, nullptr, &r,
+                       cr.data());
+    EXPECT_EQ(bad.empty(), lie == 0);
+  }
 }
 
 }  // namespace

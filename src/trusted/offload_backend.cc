@@ -85,9 +85,11 @@ void OffloadBackend::blame(size_t w, const Product& p, const std::string& why) {
 
 std::vector<int64_t> OffloadBackend::checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a,
                                              Operand b, KeyStream& ks, const int32_t* rows_k,
-                                             int64_t k_full) {
-  stats_.verify_bytes += (m * n + m * k + k * n) * 4 * cfg_.verify.rounds;
-  return verifier_.check(c, m, n, k, a, b, ks, rows_k, k_full);
+                                             int64_t k_full, RowSums* sums, const std::vector<double>* r_pre,
+                                             const double* cr_pre) {
+  // c is read only when its row products were not taken during decryption.
+  stats_.verify_bytes += ((cr_pre ? 0 : m * n) + m * k + k * n) * 4 * cfg_.verify.rounds;
+  return verifier_.check(c, m, n, k, a, b, ks, rows_k, k_full, sums, r_pre, cr_pre);
 }
 
 bool OffloadBackend::sample_verify() {
@@ -163,16 +165,22 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
       std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
     cp = assembled_.data();
   }
+  const bool verify = sample_verify();
+  const bool fuse = verify && cfg_.verify.rounds == 1;
+  KeyStream ks = obf_->stream();
+  if (fuse) verifier_.draw_vector(ks, n, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
   {
     PhaseTimer t(phases_.decrypt);
-    h.fwd.decrypt(cp, m, n, c);
+    h.fwd.decrypt(cp, m, n, c, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
   }
   stats_.products += 1;
-  if (sample_verify()) {
+  h.sums_valid = false;
+  if (verify) {
     PhaseTimer t(phases_.verify);
     ++stats_.verified;
-    KeyStream ks = obf_->stream();
-    auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks);
+    auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums,
+                       fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
+    h.sums_valid = bad.empty();
     if (!bad.empty()) {
       // Row i of C came from row perm[i] of C' (decryption's row gather).
       const ScaledPerm linv = h.fwd.left.inverse();
@@ -242,16 +250,20 @@ bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da,
       std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
     zp = assembled_.data();
   }
+  const bool verify = sample_verify();
+  const bool fuse = verify && cfg_.verify.rounds == 1;
+  KeyStream ks = obf_->stream();
+  if (fuse) verifier_.draw_vector(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
   {
     PhaseTimer t(phases_.decrypt);
-    t1.decrypt(zp, m, k, da);
+    t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
   }
   stats_.products += 1;
-  if (sample_verify()) {
+  if (verify) {
     PhaseTimer t(phases_.verify);
     ++stats_.verified;
-    KeyStream ks = obf_->stream();
-    auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks);
+    auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks, nullptr, 0, nullptr,
+                       fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
     if (!bad.empty()) {
       const ScaledPerm linv = t1.left.inverse();
       for (int64_t row : bad) {
@@ -322,10 +334,17 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
     }
     if (verify) {
       PhaseTimer t(phases_.verify);
-      KeyStream ks = obf_->stream();
-      auto bad = checked(dst, n, k, ch.r1 - ch.r0, {dc, true}, {p.a, false}, ks,
-                                 h.fwd.left.perm.data() + ch.r0, m);
-      if (!bad.empty()) {
+      bool ok_part;
+      if (h.sums_valid) {
+        // A's row sums were taken in the forward check: read only dC and dW.
+        stats_.verify_bytes += ((ch.r1 - ch.r0) * n + n * k) * 4 * cfg_.verify.rounds;
+        ok_part = verifier_.check_weight(dst, n, k, dc, h.sums, h.fwd.left.perm.data() + ch.r0, ch.r1 - ch.r0);
+      } else {
+        KeyStream ks = obf_->stream();
+        ok_part = checked(dst, n, k, ch.r1 - ch.r0, {dc, true}, {p.a, false}, ks,
+                          h.fwd.left.perm.data() + ch.r0, m).empty();
+      }
+      if (!ok_part) {
         blame(ch.worker, p, "Freivalds check failed (weight gradient)");
         ok = false;
         continue;
@@ -413,13 +432,19 @@ bool OffloadBackend::standalone(Kind kind, const Product& p, const float* dc, fl
       t.decrypt(z.data(), zr, zc, out);
   }
   stats_.products += 1;
+  if (kind == Kind::kForward) held(p).sums_valid = false;
   if (sample_verify()) {
     PhaseTimer timer(phases_.verify);
     ++stats_.verified;
     KeyStream ks = obf_->stream();
     std::vector<int64_t> bad;
     switch (kind) {
-      case Kind::kForward: bad = checked(out, m, n, k, {p.a, false}, {p.w, true}, ks); break;
+      case Kind::kForward: {
+        Held& h = held(p);
+        bad = checked(out, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums);
+        h.sums_valid = bad.empty();
+        break;
+      }
       case Kind::kInput: bad = checked(out, m, k, n, {dc, false}, {p.w, false}, ks); break;
       case Kind::kWeight: bad = checked(out, n, k, m, {dc, true}, {p.a, false}, ks); break;
     }

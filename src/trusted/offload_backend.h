@@ -78,6 +78,8 @@ class OffloadBackend final : public LinearBackend {
     bool valid = false;
     Triple fwd;
     std::vector<Chunk> chunks;
+    bool sums_valid = false;  // row sums of A from a verified forward
+    RowSums sums;
   };
 
   std::vector<size_t> usable(const std::vector<char>& excluded) const;
@@ -94,7 +96,9 @@ class OffloadBackend final : public LinearBackend {
   void blame(size_t w, const Product& p, const std::string& why);
   bool sample_verify();
   std::vector<int64_t> checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
-                               KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0);
+                               KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0,
+                               RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
+                               const double* cr_pre = nullptr);
   Held& held(int id);
   Held& held(const Product& p) { return held(p.id); }
 
@@ -110,6 +114,7 @@ class OffloadBackend final : public LinearBackend {
   bool warned_fallback_ = false;
   std::vector<char> excluded_;
   Matrix assembled_, partial_;
+  std::vector<double> r_pre_, cr_pre_;
 };
 
 }  // namespace tempo

@@ -22,6 +22,23 @@ inline void dot2(const float* x, const double* u, const double* w, int64_t n, do
   b = s2;
 }
 
+inline void dot4(const float* x, const double* u, const double* w, const double* p, const double* q,
+                 int64_t n, double& a, double& b, double& c, double& d) {
+  double s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+#pragma omp simd reduction(+ : s1, s2, s3, s4)
+  for (int64_t j = 0; j < n; ++j) {
+    const double v = x[j], vv = v * v;
+    s1 += v * u[j];
+    s2 += vv * w[j];
+    s3 += v * p[j];
+    s4 += vv * q[j];
+  }
+  a = s1;
+  b = s2;
+  c = s3;
+  d = s4;
+}
+
 inline double dot(const float* x, const double* u, int64_t n) {
   double s = 0;
 #pragma omp simd reduction(+ : s)
@@ -33,7 +50,18 @@ inline double dot(const float* x, const double* u, int64_t n) {
 
 std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64_t k, Operand a,
                                      Operand b, KeyStream& ks, const int32_t* rows_k,
-                                     int64_t k_full) {
+                                     int64_t k_full, RowSums* sums, const std::vector<double>* r_pre,
+                                     const double* cr_pre) {
+  if (sums && (a.stored_t || rows_k)) sums = nullptr;
+  if (r_pre && cfg_.rounds != 1) r_pre = nullptr, cr_pre = nullptr;
+  if (sums) {
+    sums->rounds = cfg_.rounds;
+    sums->m = m;
+    sums->k = k;
+    sums->r.resize(static_cast<size_t>(cfg_.rounds * k));
+    sums->ar.resize(static_cast<size_t>(cfg_.rounds * m));
+    sums->aa.resize(static_cast<size_t>(cfg_.rounds * m));
+  }
   // k: the inner indices used; kfull: the stored extent of the inner dimension.
   const int64_t kfull = rows_k ? k_full : k;
   auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
@@ -53,11 +81,27 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
     // r_j = ±(1 + u), u uniform in [0, 1): with ±1 entries a perturbation
     // whose signs alternate along a row cancels with probability up to 1/2;
     // with continuous magnitudes it cannot cancel exactly.
-    for (int64_t j = 0; j < n; ++j) {
-      const uint32_t x = ks.u32();
-      const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
-      r_[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
-      r2_[static_cast<size_t>(j)] = mag * mag;
+    if (r_pre) {
+      r_ = *r_pre;
+      for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        const uint32_t x = ks.u32();
+        const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+        r_[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
+        r2_[static_cast<size_t>(j)] = mag * mag;
+      }
+    }
+    double* rp = nullptr;
+    if (sums) {
+      rp = sums->r.data() + round * k;
+      for (int64_t t = 0; t < k; ++t) {
+        const uint32_t x = ks.u32();
+        const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+        rp[t] = (x & 1) ? mag : -mag;
+      }
+      rp2_.resize(static_cast<size_t>(k));
+      for (int64_t t = 0; t < k; ++t) rp2_[static_cast<size_t>(t)] = rp[t] * rp[t];
     }
     // br = b·r and bb = (b∘b)·(r∘r), over the inner indices used.
     if (!b.stored_t) {
@@ -92,7 +136,12 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
             for (int64_t t = 0; t < k; ++t) tmp[static_cast<size_t>(t)] = row[rows_k[t]];
             row = tmp.data();
           }
-          dot2(row, br_.data(), bb_.data(), k, y_[static_cast<size_t>(i)], s_[static_cast<size_t>(i)]);
+          if (rp)
+            dot4(row, br_.data(), bb_.data(), rp, rp2_.data(), k, y_[static_cast<size_t>(i)],
+                 s_[static_cast<size_t>(i)], sums->ar[static_cast<size_t>(round * m + i)],
+                 sums->aa[static_cast<size_t>(round * m + i)]);
+          else
+            dot2(row, br_.data(), bb_.data(), k, y_[static_cast<size_t>(i)], s_[static_cast<size_t>(i)]);
         }
       }, 64);
     } else {
@@ -117,7 +166,8 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
     parallel_for(m, [&](int64_t lo, int64_t hi) {
       double wl = 0;
       for (int64_t i = lo; i < hi; ++i) {
-        const double e = std::fabs(dot(c + i * n, r_.data(), n) - y_[static_cast<size_t>(i)]);
+        const double cr = cr_pre ? cr_pre[i] : dot(c + i * n, r_.data(), n);
+        const double e = std::fabs(cr - y_[static_cast<size_t>(i)]);
         const double bound = scale * std::sqrt(s_[static_cast<size_t>(i)]);
         if (!(e <= bound)) {
           failed_[static_cast<size_t>(i)] = 1;
@@ -134,6 +184,48 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
   for (int64_t i = 0; i < m; ++i)
     if (failed_[static_cast<size_t>(i)]) bad.push_back(i);
   return bad;
+}
+
+void Verifier::draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) {
+    const uint32_t x = ks.u32();
+    const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+    out[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
+  }
+}
+
+bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,
+                            const int32_t* rows, int64_t count) {
+  if (sums.k != k) return false;
+  cv_lhs_.resize(static_cast<size_t>(n));
+  cv_rhs_.resize(static_cast<size_t>(n));
+  cv_s_.resize(static_cast<size_t>(n));
+  for (int round = 0; round < sums.rounds; ++round) {
+    const double* rp = sums.r.data() + round * k;
+    const double* ar = sums.ar.data() + round * sums.m;
+    const double* aa = sums.aa.data() + round * sums.m;
+    parallel_for(n, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) cv_lhs_[static_cast<size_t>(i)] = dot(dw + i * k, rp, k);
+    }, 16);
+    std::fill(cv_rhs_.begin(), cv_rhs_.end(), 0.0);
+    std::fill(cv_s_.begin(), cv_s_.end(), 0.0);
+    double* y = cv_rhs_.data();
+    double* q = cv_s_.data();
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t row = rows[j];
+      const float* d = dc + row * n;
+      const double a1 = ar[row], a2 = aa[row];
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = d[i];
+        y[i] += v * a1;
+        q[i] += v * v * a2;
+      }
+    }
+    if (!compare(n, count)) return false;
+  }
+  return true;
 }
 
 void Verifier::draw(KeyStream& ks, int64_t n) {

@@ -23,6 +23,17 @@ struct Operand {
   bool stored_t;
 };
 
+// Row sums of a forward operand A (M×K) against secret vectors r', taken in
+// the forward check's pass over A, so that the later check of the weight
+// gradient dW = dCᵀ·A needs only dC and dW (no second pass over A).
+struct RowSums {
+  int rounds = 0;
+  int64_t m = 0, k = 0;
+  std::vector<double> r;   // rounds × k
+  std::vector<double> ar;  // rounds × m: A·r'
+  std::vector<double> aa;  // rounds × m: (A∘A)·(r'∘r')
+};
+
 struct VerifyConfig {
   int rounds = 1;
   double rate = 1.0;        // fraction of products checked
@@ -39,8 +50,23 @@ class Verifier {
   // runs over those k indices only (k of them, into operands whose k extent
   // is k_full). Returns the failing rows of c (empty: passed). Randomness
   // from `ks` (secret).
+  //
+  // sums (a in rows, no subset): also fill RowSums for check_weight().
+  // r_pre, cr_pre (single round): use this r, drawn earlier with
+  // draw_vector(), and these row products c·r, computed while c was
+  // decrypted, instead of reading c again.
   std::vector<int64_t> check(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
-                             KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0);
+                             KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0,
+                             RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
+                             const double* cr_pre = nullptr);
+
+  // Checks dw (n×k) = dcᵀ·A over the rows `rows` (count of them) of dc
+  // (m_full×n) and A, with A's row sums from the forward check.
+  bool check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,
+                    const int32_t* rows, int64_t count);
+
+  // A fresh vector of the check's distribution: entries ±(1 + u).
+  void draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out);
 
   // Channel-mode convolutions (no bias), checked by combining channels with
   // a random r: Σ_o r_o·Y[:, o] = conv(X, Σ_o r_o·W[o]) for the forward;
@@ -58,7 +84,7 @@ class Verifier {
  private:
   VerifyConfig cfg_;
   double worst_ratio_ = 0;
-  std::vector<double> r_, r2_, br_, bb_, y_, s_;
+  std::vector<double> r_, r2_, rp2_, br_, bb_, y_, s_;
   std::vector<float> gathered_;
   std::vector<double> cv_a_, cv_b_, cv_lhs_, cv_rhs_, cv_s_;
   void draw(KeyStream& ks, int64_t n);

@@ -61,7 +61,8 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 }
 
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
-                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block) {
+                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block,
+                     const double* dot_r, double* dot_out) {
   if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
     throw std::logic_error("apply_keys: key size mismatch");
   const int32_t* cp = c.perm.data();
@@ -104,6 +105,12 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
       }
 #endif
       for (; j < cols; ++j) dst[j] = s * cs[j] * src[cp[j]];
+      if (dot_r) {
+        double acc = 0;
+#pragma omp simd reduction(+ : acc)
+        for (int64_t t = 0; t < cols; ++t) acc += dst[t] * dot_r[t];
+        dot_out[i - r0] = acc;
+      }
     }
   }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
 }
@@ -174,8 +181,9 @@ void Triple::encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t
 void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block) const {
   apply_keys_rows(yt, n, k, right.inv_t(), inner, 0, n, out, block);  // right⁻ᵀ·Yᵀ·innerᵀ
 }
-void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block) const {
-  apply_keys_rows(z, m, n, left.inverse(), right.transpose(), 0, m, out, block);  // left⁻¹·Z'·right
+void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block, const double* dot_r,
+                     double* dot_out) const {
+  apply_keys_rows(z, m, n, left.inverse(), right.transpose(), 0, m, out, block, dot_r, dot_out);  // left⁻¹·Z'·right
 }
 void Triple::decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block) const {
   apply_keys_rows(zt, n, m, right.transpose(), left.inverse(), 0, n, out, block);  // rightᵀ·Z'ᵀ·left⁻ᵀ

@@ -33,8 +33,11 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 // Rows [r0, r1) of that result only, written to y[0 .. r1−r0). With
 // block > 1 every element is a contiguous block of that many floats (a
 // feature map or a kernel in channel mode), moved and scaled as one.
+// dot_r/dot_out (block 1 only): also dot_out[i] = Σ_j y[i, j]·dot_r[j], taken
+// while the row is in cache (a Freivalds product fused into decryption).
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
-                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1);
+                     const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1,
+                     const double* dot_r = nullptr, double* dot_out = nullptr);
 
 // The run secret: 256 bits from the system CSPRNG (libsodium).
 using Secret = std::array<uint8_t, 32>;
@@ -77,7 +80,8 @@ struct Triple {
   void encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0 = 0,
                  int64_t r1 = -1, int64_t block = 1) const;
   void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block = 1) const;  // Yᵀ: n×k → Y'ᵀ
-  void decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block = 1) const;  // Z' = X'·Y' → X·Y
+  void decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block = 1,
+               const double* dot_r = nullptr, double* dot_out = nullptr) const;  // Z' = X'·Y' → X·Y
   void decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block = 1) const;  // Z'ᵀ → (X·Y)ᵀ
 
   // The circular key shift of DESIGN.md §2. From the forward triple
