@@ -46,57 +46,74 @@ struct StepTiming {
   double median_ms = 0;
   PhaseSeconds phases;       // mean per step
   double trusted_mb = 0;     // trusted-side memory traffic per step (offloading modes)
-  double sent_mb = 0;        // ciphertext sent per step
 };
 
-// Times training steps on random data through `backend` (null: tee-only).
-StepTiming step_timing(const Case& c, int threads, int steps, LinearBackend* backend,
-                       const OffloadBackend* stats) {
-  set_num_threads(threads);
-  auto model = build_model(c.model, 0);
-  auto opt = make_optimizer(OptimConfig{}, model->parameters());
-  TeeOnlyBackend tee;
-  Rng rng(1);
-  Context ctx{backend ? backend : &tee, &tee, true, &rng};
-  Shape xs = {c.batch};
-  xs.insert(xs.end(), model->input_shape.begin(), model->input_shape.end());
-  Tensor x(xs), dlogits;
-  for (int64_t i = 0; i < x.numel(); ++i) x[i] = static_cast<float>(rng.normal());
-  std::vector<int64_t> y(static_cast<size_t>(c.batch));
-  for (auto& l : y) l = static_cast<int64_t>(rng.below(10));
-  std::vector<double> times;
-  StepTiming r;
-  int64_t trusted0 = 0, sent0 = 0;
-  for (int i = 0; i < steps + 2; ++i) {
-    if (i == 2 && stats) {
-      trusted0 = stats->stats().trusted_bytes();
-      sent0 = stats->stats().bytes_sent;
-    }
-    auto t = std::chrono::steady_clock::now();
-    cross_entropy(model->forward(x, ctx), y, &dlogits);
-    model->backward(dlogits, ctx);
-    opt->step(0.01);
-    ctx.offload->end_step();
-    PhaseSeconds ph = ctx.offload->take_phase_seconds();
-    if (i >= 2) {
-      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
-      r.phases.encrypt += ph.encrypt / steps;
-      r.phases.transfer += ph.transfer / steps;
-      r.phases.worker += ph.worker / steps;
-      r.phases.decrypt += ph.decrypt / steps;
-      r.phases.verify += ph.verify / steps;
+// One configuration's training loop on fixed random data, run in slices so
+// that configurations can be interleaved (the machine's speed drifts).
+class StepRunner {
+ public:
+  StepRunner(const Case& c, std::unique_ptr<OffloadBackend> backend)
+      : model_(build_model(c.model, 0)),
+        opt_(make_optimizer(OptimConfig{}, model_->parameters())),
+        backend_(std::move(backend)),
+        rng_(1),
+        ctx_{backend_ ? static_cast<LinearBackend*>(backend_.get()) : &tee_, &tee_, true, &rng_} {
+    Shape xs = {c.batch};
+    xs.insert(xs.end(), model_->input_shape.begin(), model_->input_shape.end());
+    x_.resize(xs);
+    for (int64_t i = 0; i < x_.numel(); ++i) x_[i] = static_cast<float>(rng_.normal());
+    y_.resize(static_cast<size_t>(c.batch));
+    for (auto& l : y_) l = static_cast<int64_t>(rng_.below(10));
+  }
+  // Runs `steps` steps; the first `warmup` of the runner's life are not timed.
+  void run(int steps, int warmup = 0) {
+    for (int i = 0; i < steps; ++i) {
+      const int64_t t0b = backend_ ? backend_->stats().trusted_bytes() : 0;
+      auto t = std::chrono::steady_clock::now();
+      cross_entropy(model_->forward(x_, ctx_), y_, &dlogits_);
+      model_->backward(dlogits_, ctx_);
+      opt_->step(0.01);
+      ctx_.offload->end_step();
+      const PhaseSeconds ph = ctx_.offload->take_phase_seconds();
+      if (warmed_++ < warmup) continue;
+      times_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+      sum_.encrypt += ph.encrypt;
+      sum_.transfer += ph.transfer;
+      sum_.worker += ph.worker;
+      sum_.decrypt += ph.decrypt;
+      sum_.verify += ph.verify;
+      if (backend_) bytes_ += backend_->stats().trusted_bytes() - t0b;
     }
   }
-  if (stats) {
-    r.trusted_mb = static_cast<double>(stats->stats().trusted_bytes() - trusted0) / steps / 1e6;
-    r.sent_mb = static_cast<double>(stats->stats().bytes_sent - sent0) / steps / 1e6;
+  StepTiming result() const {
+    StepTiming r;
+    const double n = std::max<double>(1, static_cast<double>(times_.size()));
+    r.median_ms = median(times_);
+    r.phases = {sum_.encrypt / n, sum_.transfer / n, sum_.worker / n, sum_.decrypt / n, sum_.verify / n};
+    r.trusted_mb = static_cast<double>(bytes_) / n / 1e6;
+    return r;
   }
-  r.median_ms = median(times);
-  return r;
-}
+
+ private:
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Optimizer> opt_;
+  std::unique_ptr<OffloadBackend> backend_;
+  TeeOnlyBackend tee_;
+  Rng rng_;
+  Context ctx_;
+  Tensor x_, dlogits_;
+  std::vector<int64_t> y_;
+  std::vector<double> times_;
+  PhaseSeconds sum_;
+  int64_t bytes_ = 0;
+  int warmed_ = 0;
+};
 
 double tempo_step_ms(const Case& c, int threads, int steps) {
-  return step_timing(c, threads, steps, nullptr, nullptr).median_ms;
+  set_num_threads(threads);
+  StepRunner r(c, nullptr);
+  r.run(steps + 2, 2);
+  return r.result().median_ms;
 }
 
 // Best-of-5 copy bandwidth of a 64 MiB buffer, in GB/s of traffic (read +
@@ -137,24 +154,31 @@ int run_modes(const BenchConfig& cfg) {
                             {"tempo, no shift, no verif.", "tempo", false, 0}};
   for (const auto& s : cfg.models) {
     Case c = parse_case(s);
-    const int steps = cfg.steps > 0 ? cfg.steps : (c.model == "cnn" || c.model == "mlp" ? 20 : 4);
-    double tee_ms = 0;
+    const int steps = cfg.steps > 0 ? cfg.steps : (c.model == "cnn" || c.model == "mlp" ? 30 : 6);
+    // All configurations side by side, interleaved in rounds of a few steps.
+    std::vector<std::unique_ptr<StepRunner>> runners;
     for (const auto& conf : configs) {
-      StepTiming t;
-      if (std::string(conf.mode) == "tee-only") {
-        t = step_timing(c, threads, steps, nullptr, nullptr);
-        tee_ms = t.median_ms;
-      } else {
+      std::unique_ptr<OffloadBackend> be;
+      if (std::string(conf.mode) != "tee-only") {
         OffloadConfig oc;
         oc.insecure_identity = std::string(conf.mode) == "offload";
         oc.key_shift = conf.key_shift;
         oc.verify.rounds = conf.rounds;
-        OffloadBackend be(oc, connect_workers(cfg.workers), random_secret());
-        t = step_timing(c, threads, steps, &be, &be);
+        be = std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers), random_secret());
       }
+      runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
+      runners.back()->run(2, 2);
+    }
+    const int rounds = std::max(1, steps / 3);
+    for (int r = 0; r < rounds; ++r)
+      for (auto& run : runners) run->run((steps + rounds - 1) / rounds);
+    double tee_ms = 0;
+    for (size_t i = 0; i < runners.size(); ++i) {
+      const StepTiming t = runners[i]->result();
+      if (i == 0) tee_ms = t.median_ms;
       const double ms = 1e3;
       std::printf("%-9s %5lld %-26s %9.1f %7.2f %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f\n", c.model.c_str(),
-                  static_cast<long long>(c.batch), conf.label, t.median_ms, t.median_ms / tee_ms,
+                  static_cast<long long>(c.batch), configs[i].label, t.median_ms, t.median_ms / tee_ms,
                   t.phases.encrypt * ms, t.phases.transfer * ms, t.phases.worker * ms, t.phases.decrypt * ms,
                   t.phases.verify * ms, t.trusted_mb, t.trusted_mb / 1e3 / bw * ms);
       std::fflush(stdout);
@@ -182,8 +206,8 @@ double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int ste
 }  // namespace
 
 void add_bench_flags(CLI::App& app, BenchConfig& c) {
-  app.add_option("--models", c.models, "MODEL:BATCH cases")->capture_default_str();
-  app.add_option("--threads", c.threads, "Thread counts")->capture_default_str();
+  app.add_option("--models", c.models, "MODEL:BATCH cases")->capture_default_str()->delimiter(',');
+  app.add_option("--threads", c.threads, "Thread counts")->capture_default_str()->delimiter(',');
   app.add_option("--steps", c.steps, "Timed steps per case (0: 20 for small models, 5 for large)");
   app.add_flag("--no-torch", [&c](int64_t) { c.torch = false; }, "Skip the PyTorch baseline");
   app.add_option("--python", c.python, "Python with torch")->capture_default_str();
