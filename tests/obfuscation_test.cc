@@ -7,6 +7,7 @@
 #include <random>
 
 #include "common/blas.h"
+#include "common/conv.h"
 #include "common/parallel.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
@@ -122,6 +123,23 @@ TEST(Keys, ScaledPermAlgebra) {
   EXPECT_GT(neg, 1800);
   EXPECT_LT(neg, 2200);
   EXPECT_NE(obf.draw(4000).perm, big.perm);
+}
+
+TEST(Keys, DecryptionFusedWithCol2imEqualsTheTwoPasses) {
+  Obfuscator obf(random_secret(), 4.0);
+  const ConvGeometry g = ConvGeometry::make(3, 4, 9, 7, 5, 3, 2, 1);
+  const int64_t M = g.n * g.positions(), K = g.cols();
+  std::mt19937_64 gen(3);
+  auto z = randn(M * K, gen);
+  ScaledPerm r = obf.draw(M), c = obf.draw(K);
+  std::vector<float> rows(static_cast<size_t>(M * K)), dx1(static_cast<size_t>(g.n * g.c * g.h * g.w)), dx2(dx1.size());
+  apply_keys(z.data(), M, K, r, c, rows.data());
+  col2im(g, rows.data(), dx1.data());
+  std::vector<double> rv(static_cast<size_t>(K), 0.5), d1(static_cast<size_t>(M)), d2(static_cast<size_t>(M));
+  apply_keys_rows(z.data(), M, K, r, c, 0, M, rows.data(), 1, rv.data(), d1.data());
+  apply_keys_col2im(z.data(), r, c, g, dx2.data(), rv.data(), d2.data());
+  EXPECT_EQ(dx1, dx2);
+  EXPECT_EQ(d1, d2);
 }
 
 TEST(Keys, DifferentSecretsGiveDifferentKeys) {

@@ -16,6 +16,12 @@ void TeeOnlyBackend::backward_weight(const Product& p, const float* dc, float* d
   sgemm(true, false, p.n, p.k, p.m, 1.0f, dc, p.n, p.a, p.k, 0.0f, dw, p.k);
 }
 
+void LinearBackend::backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) {
+  if (dcols_scratch_.size() < static_cast<size_t>(p.m * p.k)) dcols_scratch_.resize(static_cast<size_t>(p.m * p.k));
+  backward_input(p, dc, dcols_scratch_.data());
+  col2im(g, dcols_scratch_.data(), dx);
+}
+
 void LinearBackend::conv_forward(const ConvProduct& p, float* y) {
   conv2d_forward(p.g, p.x, p.w, y, conv_scratch_);
 }

@@ -50,6 +50,10 @@ class LinearBackend {
   virtual void backward_input(const Product& p, const float* dc, float* da) = 0;
   // dw (N×K) = dcᵀ·a.
   virtual void backward_weight(const Product& p, const float* dc, float* dw) = 0;
+  // For a convolution in im2col form (a = im2col(x) with geometry g): dx =
+  // col2im(dc·w), the input gradient as an image. By default backward_input
+  // into a scratch matrix, then col2im; backends may fuse the two.
+  virtual void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx);
   // Channel-mode convolutions; by default computed here (im2col + sgemm).
   virtual void conv_forward(const ConvProduct& p, float* y);
   virtual void conv_backward_input(const ConvProduct& p, const float* dy, float* dx);
@@ -60,7 +64,7 @@ class LinearBackend {
   virtual PhaseSeconds take_phase_seconds() { return {}; }
 
  private:
-  std::vector<float> conv_scratch_;
+  std::vector<float> conv_scratch_, dcols_scratch_;
 };
 
 // Every product computed in the trusted master with BLAS (the secure

@@ -201,8 +201,12 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   return true;
 }
 
-bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da, const Held& h) {
+bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da, const Held& h,
+                                   const ConvGeometry* g, float* dx) {
   const int64_t m = p.m, k = p.k, n = p.n;
+  const bool verify = sample_verify();
+  const bool fuse = verify && cfg_.verify.rounds == 1;
+  if (g && verify && !fuse) return false;  // the check would need dA itself
   Triple t1;
   {
     PhaseTimer t(phases_.encrypt);
@@ -250,13 +254,15 @@ bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da,
       std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
     zp = assembled_.data();
   }
-  const bool verify = sample_verify();
-  const bool fuse = verify && cfg_.verify.rounds == 1;
   KeyStream ks = obf_->stream();
   if (fuse) verifier_.draw_vector(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
   {
     PhaseTimer t(phases_.decrypt);
-    t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
+    if (g)
+      apply_keys_col2im(zp, t1.left.inverse(), t1.right.transpose(), *g, dx, fuse ? r_pre_.data() : nullptr,
+                        fuse ? cr_pre_.data() : nullptr);
+    else
+      t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
   }
   stats_.products += 1;
   if (verify) {
@@ -667,6 +673,19 @@ void OffloadBackend::conv_backward_input(const ConvProduct& p, const float* dy, 
 
 void OffloadBackend::conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) {
   conv_run(Kind::kWeight, p, dy, dw);
+}
+
+void OffloadBackend::backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) {
+  Held& h = held(p);
+  // Fused only with at most one verification round (whose products are
+  // taken in the same pass); otherwise the check needs dA itself.
+  if (cfg_.key_shift && h.valid && cfg_.verify.rounds <= 1) {
+    if (input_shifted(p, dc, nullptr, h, &g, dx)) return;
+    h.valid = false;  // retries below use fresh, unshifted keys
+  }
+  if (dcols_.size() < static_cast<size_t>(p.m * p.k)) dcols_.resize(static_cast<size_t>(p.m * p.k));
+  run(Kind::kInput, p, dc, dcols_.data());
+  col2im(g, dcols_.data(), dx);
 }
 
 void OffloadBackend::end_step() {

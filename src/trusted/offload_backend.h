@@ -52,6 +52,7 @@ class OffloadBackend final : public LinearBackend {
   void forward(const Product& p, float* c) override;
   void backward_input(const Product& p, const float* dc, float* da) override;
   void backward_weight(const Product& p, const float* dc, float* dw) override;
+  void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) override;
   void conv_forward(const ConvProduct& p, float* y) override;
   void conv_backward_input(const ConvProduct& p, const float* dy, float* dx) override;
   void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) override;
@@ -84,7 +85,10 @@ class OffloadBackend final : public LinearBackend {
 
   std::vector<size_t> usable(const std::vector<char>& excluded) const;
   bool forward_split(const Product& p, float* c, const std::vector<size_t>& ws, Held& h);
-  bool input_shifted(const Product& p, const float* dc, float* da, const Held& h);
+  // With g, writes col2im(dA) to dx instead of dA to da (decryption fused
+  // with col2im); returns false (nothing written) if that is not possible.
+  bool input_shifted(const Product& p, const float* dc, float* da, const Held& h,
+                     const ConvGeometry* g = nullptr, float* dx = nullptr);
   bool weight_shifted(const Product& p, const float* dc, float* dw, const Held& h);
   bool standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w);
   void local(Kind kind, const Product& p, const float* dc, float* out);
@@ -115,6 +119,7 @@ class OffloadBackend final : public LinearBackend {
   std::vector<char> excluded_;
   Matrix assembled_, partial_;
   std::vector<double> r_pre_, cr_pre_;
+  std::vector<float> dcols_;
 };
 
 }  // namespace tempo

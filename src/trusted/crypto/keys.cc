@@ -55,6 +55,37 @@ ScaledPerm ScaledPerm::transpose() const {
 
 ScaledPerm ScaledPerm::inv_t() const { return {perm, inv, scale}; }
 
+namespace {
+
+// dst[j] = s·cs[j]·src[cp[j]]: the row of x is in cache; its columns are
+// gathered 16 (or 8) at a time.
+inline void gather_row(const float* src, float s, const int32_t* cp, const float* cs, int64_t cols, float* dst) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  const __m512 sv = _mm512_set1_ps(s);
+  for (; j + 16 <= cols; j += 16) {
+    const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, _mm512_loadu_si512(cp + j), src, 4);
+    _mm512_storeu_ps(dst + j, _mm512_mul_ps(_mm512_mul_ps(sv, _mm512_loadu_ps(cs + j)), g));
+  }
+#elif defined(__AVX2__)
+  const __m256 sv = _mm256_set1_ps(s);
+  for (; j + 8 <= cols; j += 8) {
+    const __m256 g = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + j)), 4);
+    _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_mul_ps(sv, _mm256_loadu_ps(cs + j)), g));
+  }
+#endif
+  for (; j < cols; ++j) dst[j] = s * cs[j] * src[cp[j]];
+}
+
+inline double row_dot(const float* x, const double* r, int64_t n) {
+  double acc = 0;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t t = 0; t < n; ++t) acc += x[t] * r[t];
+  return acc;
+}
+
+}  // namespace
+
 void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                 const ScaledPerm& c, float* y) {
   apply_keys_rows(x, rows, cols, r, c, 0, rows, y);
@@ -87,32 +118,47 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
   parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
     for (int64_t i = r0 + b; i < r0 + e; ++i) {
       const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
-      const float s = r.scale[static_cast<size_t>(i)];
       float* dst = y + (i - r0) * cols;
-      int64_t j = 0;
-      // The row of x is in cache: gather its columns 16 (or 8) at a time.
-#if defined(__AVX512F__)
-      const __m512 sv = _mm512_set1_ps(s);
-      for (; j + 16 <= cols; j += 16) {
-        const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, _mm512_loadu_si512(cp + j), src, 4);
-        _mm512_storeu_ps(dst + j, _mm512_mul_ps(_mm512_mul_ps(sv, _mm512_loadu_ps(cs + j)), g));
-      }
-#elif defined(__AVX2__)
-      const __m256 sv = _mm256_set1_ps(s);
-      for (; j + 8 <= cols; j += 8) {
-        const __m256 g = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + j)), 4);
-        _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_mul_ps(sv, _mm256_loadu_ps(cs + j)), g));
-      }
-#endif
-      for (; j < cols; ++j) dst[j] = s * cs[j] * src[cp[j]];
-      if (dot_r) {
-        double acc = 0;
-#pragma omp simd reduction(+ : acc)
-        for (int64_t t = 0; t < cols; ++t) acc += dst[t] * dot_r[t];
-        dot_out[i - r0] = acc;
-      }
+      gather_row(src, r.scale[static_cast<size_t>(i)], cp, cs, cols, dst);
+      if (dot_r) dot_out[i - r0] = row_dot(dst, dot_r, cols);
     }
   }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
+}
+
+void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,
+                       float* dx, const double* dot_r, double* dot_out) {
+  const int64_t K = g.cols(), P = g.positions();
+  if (r.size() != g.n * P || c.size() != K) throw std::logic_error("apply_keys_col2im: key size mismatch");
+  parallel_for(g.n, [&](int64_t b, int64_t e) {
+    std::vector<float> block(static_cast<size_t>(g.ow * K));  // one output row of one image
+    for (int64_t img = b; img < e; ++img) {
+      std::fill(dx + img * g.c * g.h * g.w, dx + (img + 1) * g.c * g.h * g.w, 0.0f);
+      for (int64_t oy = 0; oy < g.oh; ++oy) {
+        const int64_t row0 = (img * g.oh + oy) * g.ow;
+        for (int64_t q = 0; q < g.ow; ++q) {
+          const int64_t i = row0 + q;
+          float* dst = block.data() + q * K;
+          gather_row(z + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * K, r.scale[static_cast<size_t>(i)],
+                     c.perm.data(), c.scale.data(), K, dst);
+          if (dot_r) dot_out[i] = row_dot(dst, dot_r, K);
+        }
+        for (int64_t ch = 0; ch < g.c; ++ch) {
+          float* plane = dx + (img * g.c + ch) * g.h * g.w;
+          for (int64_t ky = 0; ky < g.k; ++ky) {
+            const int64_t iy = oy * g.s - g.p + ky;
+            if (iy < 0 || iy >= g.h) continue;
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const float* src = block.data() + (ch * g.k + ky) * g.k + kx;
+              int64_t lo, hi;
+              g.valid_ox(kx, lo, hi);
+              float* d = plane + iy * g.w - g.p + kx;
+              for (int64_t ox = lo; ox < hi; ++ox) d[ox * g.s] += src[ox * K];
+            }
+          }
+        }
+      }
+    }
+  });
 }
 
 Secret random_secret() {

@@ -11,6 +11,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "common/conv.h"
+
 namespace tempo {
 
 struct ScaledPerm {
@@ -38,6 +40,13 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1,
                      const double* dot_r = nullptr, double* dot_out = nullptr);
+
+// col2im(R·Z·Cᵀ) for Z: (g.n·P)×(g.c·k·k) without materialising R·Z·Cᵀ: one
+// output row of the image at a time is decrypted into a small buffer (in
+// cache), its products with dot_r taken (if given), and scattered into dx.
+// The decryption of a convolution's input gradient fused with col2im.
+void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,
+                       float* dx, const double* dot_r = nullptr, double* dot_out = nullptr);
 
 // The run secret: 256 bits from the system CSPRNG (libsodium).
 using Secret = std::array<uint8_t, 32>;

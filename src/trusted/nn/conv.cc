@@ -104,10 +104,8 @@ const Tensor& Conv2d::backward(const Tensor& dy, Context& ctx) {
     dx_.resize({0});
     return dx_;
   }
-  dcols_.resize({g.n * P, g.cols()});
-  be.backward_input(prod_, drows_.data(), dcols_.data());
   dx_.resize(x.shape());
-  col2im(g, dcols_.data(), dx_.data());
+  be.backward_input_col2im(prod_, drows_.data(), g, dx_.data());
   return dx_;
 }
 

@@ -33,7 +33,7 @@ class Conv2d final : public Layer {
   Product prod_;
   ConvProduct cprod_;
   const Tensor* x_ = nullptr;
-  Tensor cols_, rows_, drows_, dcols_;
+  Tensor cols_, rows_, drows_;
 };
 
 // y = x·Wᵀ + b on the flattened trailing dimensions of x.
