@@ -136,35 +136,9 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
       h.chunks.push_back(ch);
     }
   }
-  // Collect C' row shares into one matrix (no copy with a single worker).
-  std::vector<Matrix> parts(futs.size());
-  bool ok = true;
-  for (size_t i = 0; i < futs.size(); ++i) {
-    PhaseTimer t(phases_.worker);
-    try {
-      parts[i] = futs[i].get();
-      const Chunk& ch = h.chunks[i];
-      if (parts[i].rows() != ch.r1 - ch.r0 || parts[i].cols() != n)
-        throw WorkerError("result has shape " + std::to_string(parts[i].rows()) + "x" +
-                          std::to_string(parts[i].cols()) + ", expected " +
-                          std::to_string(ch.r1 - ch.r0) + "x" + std::to_string(n));
-      stats_.bytes_received += parts[i].size() * 4;
-    } catch (const std::exception& e) {
-      blame(h.chunks[i].worker, p, e.what());
-      excluded_[h.chunks[i].worker] = 1;
-      ok = false;
-    }
-  }
-  if (!ok) return false;
-  const float* cp;
-  if (parts.size() == 1) {
-    cp = parts[0].data();
-  } else {
-    if (assembled_.rows() != m || assembled_.cols() != n) assembled_ = Matrix(m, n);
-    for (size_t i = 0; i < parts.size(); ++i)
-      std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
-    cp = assembled_.data();
-  }
+  std::vector<Matrix> parts;
+  const float* cp = collect_rows(p, futs, h.chunks, m, n, parts);
+  if (!cp) return false;
   const bool verify = sample_verify();
   const bool fuse = verify && cfg_.verify.rounds == 1;
   KeyStream ks = obf_->stream();
@@ -201,6 +175,63 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   return true;
 }
 
+// Encrypts a gradient's row share for every chunk and asks the chunk's worker
+// for its product with what it holds: W' (kNN, input gradient) or its rows
+// of A' (kTN, weight gradient).
+bool OffloadBackend::send_gradient(const Product& p, const Held& h, ProductOp op,
+                                   std::vector<std::future<Matrix>>& futs,
+                                   const std::function<CipherMatrix(const Chunk&)>& encrypt) {
+  for (const Chunk& ch : h.chunks) {
+    CipherMatrix g = [&] {
+      PhaseTimer t(phases_.encrypt);
+      return encrypt(ch);
+    }();
+    const Handle hg = next_handle_++;
+    try {
+      PhaseTimer t(phases_.transfer);
+      slots_[ch.worker].api->put(hg, g);
+      futs.push_back(op == ProductOp::kNN ? slots_[ch.worker].api->product(op, hg, ch.w)
+                                          : slots_[ch.worker].api->product(op, hg, ch.a));
+    } catch (const std::exception& e) {
+      blame(ch.worker, p, e.what());
+      return false;
+    }
+    stats_.bytes_sent += g.rows() * g.cols() * 4;
+  }
+  return true;
+}
+
+// Waits for the row shares of a split product (rows × cols each) and returns
+// them as one matrix (no copy with a single share); null if any failed.
+const float* OffloadBackend::collect_rows(const Product& p, std::vector<std::future<Matrix>>& futs,
+                                          const std::vector<Chunk>& chunks, int64_t rows, int64_t cols,
+                                          std::vector<Matrix>& parts) {
+  parts.resize(futs.size());
+  bool ok = true;
+  for (size_t i = 0; i < futs.size(); ++i) {
+    PhaseTimer t(phases_.worker);
+    const Chunk& ch = chunks[i];
+    try {
+      parts[i] = futs[i].get();
+      if (parts[i].rows() != ch.r1 - ch.r0 || parts[i].cols() != cols)
+        throw WorkerError("result has shape " + std::to_string(parts[i].rows()) + "x" +
+                          std::to_string(parts[i].cols()) + ", expected " + std::to_string(ch.r1 - ch.r0) +
+                          "x" + std::to_string(cols));
+      stats_.bytes_received += parts[i].size() * 4;
+    } catch (const std::exception& e) {
+      blame(ch.worker, p, e.what());
+      excluded_[ch.worker] = 1;
+      ok = false;
+    }
+  }
+  if (!ok) return nullptr;
+  if (parts.size() == 1) return parts[0].data();
+  if (assembled_.rows() != rows || assembled_.cols() != cols) assembled_ = Matrix(rows, cols);
+  for (size_t i = 0; i < parts.size(); ++i)
+    std::memcpy(assembled_.row(chunks[i].r0), parts[i].data(), sizeof(float) * static_cast<size_t>(parts[i].size()));
+  return assembled_.data();
+}
+
 bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da, const Held& h,
                                    const ConvGeometry* g, float* dx) {
   const int64_t m = p.m, k = p.k, n = p.n;
@@ -213,47 +244,13 @@ bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da,
     t1 = h.fwd.shift_input(obf_->draw(m));
   }
   std::vector<std::future<Matrix>> futs;
-  for (const Chunk& ch : h.chunks) {
-    CipherMatrix g = [&] {
-      PhaseTimer t(phases_.encrypt);
-      return obf_->encrypt_x(t1, dc, m, n, ch.r0, ch.r1);
-    }();
-    const Handle hg = next_handle_++;
-    try {
-      PhaseTimer t(phases_.transfer);
-      slots_[ch.worker].api->put(hg, g);
-      futs.push_back(slots_[ch.worker].api->product(ProductOp::kNN, hg, ch.w));
-    } catch (const std::exception& e) {
-      blame(ch.worker, p, e.what());
-      return false;
-    }
-    stats_.bytes_sent += g.rows() * g.cols() * 4;
-  }
-  std::vector<Matrix> parts(futs.size());
-  bool ok = true;
-  for (size_t i = 0; i < futs.size(); ++i) {
-    PhaseTimer t(phases_.worker);
-    const Chunk& ch = h.chunks[i];
-    try {
-      parts[i] = futs[i].get();
-      if (parts[i].rows() != ch.r1 - ch.r0 || parts[i].cols() != k)
-        throw WorkerError("result has the wrong shape");
-      stats_.bytes_received += parts[i].size() * 4;
-    } catch (const std::exception& e) {
-      blame(ch.worker, p, e.what());
-      ok = false;
-    }
-  }
-  if (!ok) return false;
-  const float* zp;
-  if (parts.size() == 1) {
-    zp = parts[0].data();
-  } else {
-    if (assembled_.rows() != m || assembled_.cols() != k) assembled_ = Matrix(m, k);
-    for (size_t i = 0; i < parts.size(); ++i)
-      std::memcpy(assembled_.row(h.chunks[i].r0), parts[i].data(), sizeof(float) * parts[i].size());
-    zp = assembled_.data();
-  }
+  if (!send_gradient(p, h, ProductOp::kNN, futs, [&](const Chunk& ch) {
+        return obf_->encrypt_x(t1, dc, m, n, ch.r0, ch.r1);
+      }))
+    return false;
+  std::vector<Matrix> parts;
+  const float* zp = collect_rows(p, futs, h.chunks, m, k, parts);
+  if (!zp) return false;
   KeyStream ks = obf_->stream();
   if (fuse) verifier_.draw_vector(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
   {
@@ -294,22 +291,10 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
     t2 = h.fwd.shift_weight(obf_->draw(n));
   }
   std::vector<std::future<Matrix>> futs;
-  for (const Chunk& ch : h.chunks) {
-    CipherMatrix g = [&] {
-      PhaseTimer t(phases_.encrypt);
-      return obf_->encrypt_y(t2, dc, m, n, ch.r0, ch.r1);
-    }();
-    const Handle hg = next_handle_++;
-    try {
-      PhaseTimer t(phases_.transfer);
-      slots_[ch.worker].api->put(hg, g);
-      futs.push_back(slots_[ch.worker].api->product(ProductOp::kTN, hg, ch.a));
-    } catch (const std::exception& e) {
-      blame(ch.worker, p, e.what());
-      return false;
-    }
-    stats_.bytes_sent += g.rows() * g.cols() * 4;
-  }
+  if (!send_gradient(p, h, ProductOp::kTN, futs, [&](const Chunk& ch) {
+        return obf_->encrypt_y(t2, dc, m, n, ch.r0, ch.r1);
+      }))
+    return false;
   const bool verify = sample_verify();
   bool ok = true;
   for (size_t i = 0; i < futs.size(); ++i) {

@@ -12,6 +12,8 @@
 // worker left the master computes locally (or stops, with fallback off).
 #pragma once
 
+#include <functional>
+#include <future>
 #include <memory>
 #include <string>
 #include <vector>
@@ -89,6 +91,10 @@ class OffloadBackend final : public LinearBackend {
   // with col2im); returns false (nothing written) if that is not possible.
   bool input_shifted(const Product& p, const float* dc, float* da, const Held& h,
                      const ConvGeometry* g = nullptr, float* dx = nullptr);
+  bool send_gradient(const Product& p, const Held& h, ProductOp op, std::vector<std::future<Matrix>>& futs,
+                     const std::function<CipherMatrix(const Chunk&)>& encrypt);
+  const float* collect_rows(const Product& p, std::vector<std::future<Matrix>>& futs,
+                            const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, std::vector<Matrix>& parts);
   bool weight_shifted(const Product& p, const float* dc, float* dw, const Held& h);
   bool standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w);
   void local(Kind kind, const Product& p, const float* dc, float* out);

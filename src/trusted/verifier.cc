@@ -46,6 +46,13 @@ inline double dot(const float* x, const double* u, int64_t n) {
   return s;
 }
 
+// An entry of a check vector: a random sign times 1 + u, u uniform in [0, 1).
+inline double random_entry(KeyStream& ks) {
+  const uint32_t x = ks.u32();
+  const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+  return (x & 1) ? mag : -mag;
+}
+
 }  // namespace
 
 std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64_t k, Operand a,
@@ -86,20 +93,14 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
       for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
     } else {
       for (int64_t j = 0; j < n; ++j) {
-        const uint32_t x = ks.u32();
-        const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
-        r_[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
-        r2_[static_cast<size_t>(j)] = mag * mag;
+        r_[static_cast<size_t>(j)] = random_entry(ks);
+        r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
       }
     }
     double* rp = nullptr;
     if (sums) {
       rp = sums->r.data() + round * k;
-      for (int64_t t = 0; t < k; ++t) {
-        const uint32_t x = ks.u32();
-        const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
-        rp[t] = (x & 1) ? mag : -mag;
-      }
+      for (int64_t t = 0; t < k; ++t) rp[t] = random_entry(ks);
       rp2_.resize(static_cast<size_t>(k));
       for (int64_t t = 0; t < k; ++t) rp2_[static_cast<size_t>(t)] = rp[t] * rp[t];
     }
@@ -188,11 +189,7 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
 
 void Verifier::draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out) {
   out.resize(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t x = ks.u32();
-    const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
-    out[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
-  }
+  for (auto& v : out) v = random_entry(ks);
 }
 
 bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,
@@ -229,14 +226,9 @@ bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* 
 }
 
 void Verifier::draw(KeyStream& ks, int64_t n) {
-  r_.resize(static_cast<size_t>(n));
+  draw_vector(ks, n, r_);
   r2_.resize(static_cast<size_t>(n));
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t x = ks.u32();
-    const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
-    r_[static_cast<size_t>(j)] = (x & 1) ? mag : -mag;
-    r2_[static_cast<size_t>(j)] = mag * mag;
-  }
+  for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
 }
 
 // |lhs − rhs| ≤ τ·√k·u·√s for every row, NaN failing.

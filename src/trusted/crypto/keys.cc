@@ -23,35 +23,28 @@ ScaledPerm ScaledPerm::identity(int64_t d) {
   return s;
 }
 
+namespace {
+// The scaled permutation with the inverse permutation and, at position
+// perm[i], the scale `a[i]` and reciprocal `b[i]`.
+ScaledPerm invert_perm(const ScaledPerm& s, const std::vector<float>& a, const std::vector<float>& b) {
+  ScaledPerm t;
+  t.perm.resize(s.perm.size());
+  t.scale.resize(s.perm.size());
+  t.inv.resize(s.perm.size());
+  for (size_t i = 0; i < s.perm.size(); ++i) {
+    const auto j = static_cast<size_t>(s.perm[i]);
+    t.perm[j] = static_cast<int32_t>(i);
+    t.scale[j] = a[i];
+    t.inv[j] = b[i];
+  }
+  return t;
+}
+}  // namespace
+
 // S[i, perm[i]] = scale[i]. S⁻¹[perm[i], i] = 1/scale[i]; Sᵀ[perm[i], i] =
 // scale[i]; S⁻ᵀ[i, perm[i]] = 1/scale[i].
-ScaledPerm ScaledPerm::inverse() const {
-  ScaledPerm s;
-  s.perm.resize(perm.size());
-  s.scale.resize(perm.size());
-  s.inv.resize(perm.size());
-  for (size_t i = 0; i < perm.size(); ++i) {
-    const auto j = static_cast<size_t>(perm[i]);
-    s.perm[j] = static_cast<int32_t>(i);
-    s.scale[j] = inv[i];
-    s.inv[j] = scale[i];
-  }
-  return s;
-}
-
-ScaledPerm ScaledPerm::transpose() const {
-  ScaledPerm s;
-  s.perm.resize(perm.size());
-  s.scale.resize(perm.size());
-  s.inv.resize(perm.size());
-  for (size_t i = 0; i < perm.size(); ++i) {
-    const auto j = static_cast<size_t>(perm[i]);
-    s.perm[j] = static_cast<int32_t>(i);
-    s.scale[j] = scale[i];
-    s.inv[j] = inv[i];
-  }
-  return s;
-}
+ScaledPerm ScaledPerm::inverse() const { return invert_perm(*this, inv, scale); }
+ScaledPerm ScaledPerm::transpose() const { return invert_perm(*this, scale, inv); }
 
 ScaledPerm ScaledPerm::inv_t() const { return {perm, inv, scale}; }
 
