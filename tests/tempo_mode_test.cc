@@ -159,10 +159,16 @@ TEST(Fallback, NoWorkerLeftContinuesInMasterOrStops) {
     EXPECT_LT(max_rel_error(out, tee_only_reference()), 1e-3);
   }
   c.offload.fallback = false;
+  std::filesystem::remove(out);
   auto ws = local_workers(1);
-  ws[0] = std::make_unique<TamperingWorker>(std::move(ws[0]), Tamper::kZeros, 1.0, 1);
+  auto* liar = new TamperingWorker(std::move(ws[0]), Tamper::kZeros, 1.0, 5, 20);  // lies from the 21st product
+  ws[0].reset(liar);
   OffloadBackend be(c.offload, std::move(ws), random_secret());
   EXPECT_THROW(train(c, &be), Error);
+  EXPECT_EQ(liar->tampered(), 1);
+  // The weights of the last completed step were saved before stopping.
+  EXPECT_TRUE(std::filesystem::exists(out));
+  EXPECT_NO_THROW(build_model("cnn", 0)->load(out));
 }
 
 // ---- What a worker sees ---------------------------------------------------------

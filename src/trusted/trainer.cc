@@ -158,53 +158,64 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   const auto t0 = Clock::now();
   double train_seconds = 0;
 
-  for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
-    const double lr = lr_for_epoch(ocfg, epoch);
-    loader.start_epoch(epoch);
-    int64_t total = loader.num_batches();
-    if (cfg.steps > 0) total = std::min(total, cfg.steps - res.steps);
-    Progress bar("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), total,
-                 cfg.progress);
-    const auto te = Clock::now();
-    int64_t in_epoch = 0;
-    while (in_epoch < total && loader.next(x, y)) {
-      const auto ts = Clock::now();
-      ctx.training = true;
-      const Tensor& logits = model->forward(x, ctx);
-      const double loss = cross_entropy(logits, y, &dlogits);
-      check(std::isfinite(loss), "training diverged: the loss is " + fmt("%g", loss) +
-                                     " at step " + std::to_string(res.steps + 1) +
-                                     "; lower --lr");
-      model->backward(dlogits, ctx);
-      optim->step(lr);
-      backend->end_step();
-      ++res.steps;
-      ++in_epoch;
-      res.last_loss = loss;
-      metrics.step(res.steps, epoch, loss, lr, backend->take_phase_seconds(), since(ts));
-      bar.update(in_epoch, "loss " + fmt("%.4f", loss));
-      if (g_stop_requested) break;
+  try {
+    for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
+      const double lr = lr_for_epoch(ocfg, epoch);
+      loader.start_epoch(epoch);
+      int64_t total = loader.num_batches();
+      if (cfg.steps > 0) total = std::min(total, cfg.steps - res.steps);
+      Progress bar("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), total,
+                   cfg.progress);
+      const auto te = Clock::now();
+      int64_t in_epoch = 0;
+      while (in_epoch < total && loader.next(x, y)) {
+        const auto ts = Clock::now();
+        ctx.training = true;
+        const Tensor& logits = model->forward(x, ctx);
+        const double loss = cross_entropy(logits, y, &dlogits);
+        check(std::isfinite(loss), "training diverged: the loss is " + fmt("%g", loss) +
+                                       " at step " + std::to_string(res.steps + 1) +
+                                       "; lower --lr");
+        model->backward(dlogits, ctx);
+        optim->step(lr);
+        backend->end_step();
+        ++res.steps;
+        ++in_epoch;
+        res.last_loss = loss;
+        metrics.step(res.steps, epoch, loss, lr, backend->take_phase_seconds(), since(ts));
+        bar.update(in_epoch, "loss " + fmt("%.4f", loss));
+        if (g_stop_requested) break;
+      }
+      train_seconds += since(te);
+      bar.finish();
+      if (g_stop_requested) {
+        res.interrupted = true;
+        std::fprintf(stderr, "tempo: interrupted after step %lld\n", static_cast<long long>(res.steps));
+        break;
+      }
+      res.epochs_completed = epoch;
+      const bool last = epoch == cfg.epochs || (cfg.steps > 0 && res.steps >= cfg.steps);
+      if (!data.test_y.empty()) {
+        res.test = evaluate(*model, data, std::max<int64_t>(cfg.batch_size, 256), *backend);
+        res.evaluated = true;
+        metrics.epoch(epoch, &res.test);
+        std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
+                     res.test.accuracy, static_cast<long long>(res.test.correct),
+                     static_cast<long long>(res.test.samples), res.test.loss);
+      } else {
+        metrics.epoch(epoch, nullptr);
+      }
+      if (last) break;
     }
-    train_seconds += since(te);
-    bar.finish();
-    if (g_stop_requested) {
-      res.interrupted = true;
-      std::fprintf(stderr, "tempo: interrupted after step %lld\n", static_cast<long long>(res.steps));
-      break;
+  } catch (const Error&) {
+    // A step failed (e.g. no worker left with --no-fallback): the weights are
+    // those of the last completed step; keep them if asked, then report.
+    if (!cfg.save.empty() && res.steps > 0) {
+      model->save(cfg.save);
+      std::fprintf(stderr, "tempo: saved %s (after step %lld, the last completed)\n", cfg.save.c_str(),
+                   static_cast<long long>(res.steps));
     }
-    res.epochs_completed = epoch;
-    const bool last = epoch == cfg.epochs || (cfg.steps > 0 && res.steps >= cfg.steps);
-    if (!data.test_y.empty()) {
-      res.test = evaluate(*model, data, std::max<int64_t>(cfg.batch_size, 256), *backend);
-      res.evaluated = true;
-      metrics.epoch(epoch, &res.test);
-      std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
-                   res.test.accuracy, static_cast<long long>(res.test.correct),
-                   static_cast<long long>(res.test.samples), res.test.loss);
-    } else {
-      metrics.epoch(epoch, nullptr);
-    }
-    if (last) break;
+    throw;
   }
   res.seconds = train_seconds;
   res.peak_rss_bytes = peak_rss_bytes();

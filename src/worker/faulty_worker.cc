@@ -18,8 +18,9 @@ Tamper parse_tamper(const std::string& s) {
   throw std::invalid_argument("unknown tamper mode '" + s + "' (entry, row, zeros, nan, inf, shape)");
 }
 
-TamperingWorker::TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed)
-    : inner_(std::move(inner)), how_(how), rate_(rate), rng_(seed) {}
+TamperingWorker::TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed,
+                                 int64_t honest_first)
+    : inner_(std::move(inner)), how_(how), rate_(rate), honest_first_(honest_first), rng_(seed) {}
 
 std::future<Matrix> TamperingWorker::product(ProductOp op, Handle x, Handle y) {
   return maybe_lie(inner_->product(op, x, y));
@@ -30,7 +31,8 @@ std::future<Matrix> TamperingWorker::conv(ConvOp op, Handle a, Handle b, const C
 }
 
 std::future<Matrix> TamperingWorker::maybe_lie(std::future<Matrix> f) {
-  const bool lie = how_ != Tamper::kNone && std::uniform_real_distribution<double>(0, 1)(rng_) < rate_;
+  const bool lie = how_ != Tamper::kNone && seen_++ >= honest_first_ &&
+                   std::uniform_real_distribution<double>(0, 1)(rng_) < rate_;
   if (!lie) return f;
   const uint64_t pick = rng_();
   ++tampered_;

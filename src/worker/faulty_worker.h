@@ -23,7 +23,9 @@ Tamper parse_tamper(const std::string& s);  // entry|row|zeros|nan|inf|shape
 // non-finite value, kShape drops the last row.
 class TamperingWorker final : public WorkerApi {
  public:
-  TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed);
+  // honest_first: products answered honestly before lying starts.
+  TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed,
+                  int64_t honest_first = 0);
   std::string name() const override { return inner_->name(); }
   void put(Handle h, const CipherMatrix& m) override { inner_->put(h, m); }
   std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
@@ -37,6 +39,7 @@ class TamperingWorker final : public WorkerApi {
   std::unique_ptr<WorkerApi> inner_;
   Tamper how_;
   double rate_;
+  int64_t honest_first_, seen_ = 0;
   std::mt19937_64 rng_;
   std::atomic<int64_t> tampered_{0};
 };
