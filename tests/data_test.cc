@@ -418,7 +418,8 @@ TEST(DataFashion, TruncatedOrOversizedFiles) {
 
 TEST(DataFashion, RealDatasetFromDebianPackage) {
   const std::string dir = "/usr/share/datasets/fashion-mnist";
-  if (!fs::exists(dir + "/train-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist is not installed";
+  ASSERT_TRUE(fs::exists(dir + "/train-images-idx3-ubyte.gz"))
+      << "dataset-fashion-mnist is not installed: run scripts/setup.sh";
   auto t0 = std::chrono::steady_clock::now();
   Dataset ds = load_dataset("fashion-mnist", {1, 28, 28}, 0);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -43,10 +43,10 @@ const TensorMap* load_layers() {
   return refs.get();
 }
 
-#define LOAD_REFS_OR_SKIP(var)                                                                    \
+#define LOAD_REFS_OR_FAIL(var)                                                                    \
   const TensorMap* var = load_layers();                                                           \
   if (!var)                                                                                       \
-    GTEST_SKIP() << "no references: run through ctest (fixture make_references), or set "        \
+    GTEST_FAIL() << "no references: run through ctest (fixture make_references), or set "        \
                     "TEMPO_REF_DIR to the output of tests/ref/make_references.py";
 
 // Case names of a layer: the <case> of every "<layer>/<case>/<field>" key.
@@ -110,7 +110,7 @@ struct Backends {
 // ---- linear algebra layers -----------------------------------------------------------------
 
 TEST(LayerParity, Conv2d) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   const auto names = cases(*refs, "conv");
   ASSERT_GE(names.size(), 10u);
   Backends be;
@@ -141,7 +141,7 @@ TEST(LayerParity, Conv2d) {
 }
 
 TEST(LayerParity, Linear) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   const auto names = cases(*refs, "linear");
   ASSERT_GE(names.size(), 5u);
   Backends be;
@@ -188,40 +188,40 @@ void check_plain_layer(const TensorMap& refs, const std::string& layer, size_t m
 }
 
 TEST(LayerParity, MaxPool2d) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   check_plain_layer(*refs, "maxpool", 6, [](const std::vector<int64_t>& c) {
     return std::make_unique<MaxPool2d>(c[0], c[1], c[2]);
   });
 }
 
 TEST(LayerParity, AvgPool2dCountIncludePad) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   check_plain_layer(*refs, "avgpool", 6, [](const std::vector<int64_t>& c) {
     return std::make_unique<AvgPool2d>(c[0], c[1], c[2]);
   });
 }
 
 TEST(LayerParity, AdaptiveAvgPool2d) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   check_plain_layer(*refs, "adaptive", 5, [](const std::vector<int64_t>& c) {
     return std::make_unique<AdaptiveAvgPool2d>(c[0], c[1]);
   });
 }
 
 TEST(LayerParity, ReLU) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   check_plain_layer(*refs, "relu", 3, [](const std::vector<int64_t>&) { return std::make_unique<ReLU>(); });
 }
 
 TEST(LayerParity, Flatten) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   check_plain_layer(*refs, "flatten", 3, [](const std::vector<int64_t>&) { return std::make_unique<Flatten>(); });
 }
 
 // ---- BatchNorm2d -------------------------------------------------------------------------------
 
 TEST(LayerParity, BatchNorm2dTrainAndEval) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   const auto names = cases(*refs, "bn");
   ASSERT_GE(names.size(), 5u);
   Backends be;
@@ -265,7 +265,7 @@ TEST(LayerParity, BatchNorm2dTrainAndEval) {
 // ---- torchvision residual blocks --------------------------------------------------------------
 
 TEST(LayerParity, ResidualBlocksTrainMode) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   const auto names = cases(*refs, "block");
   ASSERT_GE(names.size(), 4u);
   Backends be;
@@ -307,7 +307,7 @@ TEST(LayerParity, ResidualBlocksTrainMode) {
 // ---- loss ----------------------------------------------------------------------------------------
 
 TEST(LayerParity, CrossEntropyMean) {
-  LOAD_REFS_OR_SKIP(refs);
+  LOAD_REFS_OR_FAIL(refs);
   const auto names = cases(*refs, "xent");
   ASSERT_GE(names.size(), 4u);
   for (const auto& c : names) {

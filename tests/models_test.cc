@@ -5,6 +5,8 @@
 // and a Tempo-saved file loaded by PyTorch with load_state_dict(strict=True)
 // giving the same eval-mode logits as Tempo.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <stdlib.h>
 
 #include <algorithm>
@@ -32,29 +34,10 @@ namespace fs = std::filesystem;
 
 const std::vector<std::string> kModels = {"mlp", "cnn", "resnet18", "resnet50", "vgg16"};
 
-std::string ref_dir() {
-  const char* d = std::getenv("TEMPO_REF_DIR");
-  return d ? d : "";
-}
+using testutil::ref_dir;
 
-#define REF_FILE_OR_SKIP(var, name)                                                               \
-  const std::string var = ref_dir() + "/" + (name);                                               \
-  if (ref_dir().empty() || !fs::exists(var))                                                      \
-    GTEST_SKIP() << "no reference " << (name) << ": run through ctest (fixture make_references), " \
-                                                 "or set TEMPO_REF_DIR";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = testing::TempDir() + "tempo_models_XXXXXX";
-    if (!mkdtemp(t.data())) throw Error("mkdtemp failed");
-    path_ = t;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& n) const { return path_ + "/" + n; }
-
- private:
-  std::string path_;
+struct TempDir : testutil::TempDir {
+  TempDir() : testutil::TempDir("tempo_models") {}
 };
 
 // One line of state_<model>.txt.
@@ -95,7 +78,7 @@ INSTANTIATE_TEST_SUITE_P(Zoo, PerModel, testing::ValuesIn(kModels),
 // ---- names, order, dtypes, shapes --------------------------------------------------------------
 
 TEST_P(PerModel, StateDictMatchesPyTorchExactly) {
-  REF_FILE_OR_SKIP(path, "state_" + GetParam() + ".txt");
+  REF_FILE_OR_FAIL(path, "state_" + GetParam() + ".txt");
   const auto torch = read_torch_state(path);
   auto m = build_model(GetParam(), 0);
   ASSERT_EQ(m->state.size(), torch.size()) << "number of state_dict entries";
@@ -180,7 +163,7 @@ Rule rule_for(const std::string& model, const std::string& name, const Model& m)
 }
 
 TEST_P(PerModel, InitialisationFollowsPyTorchRules) {
-  REF_FILE_OR_SKIP(path, "state_" + GetParam() + ".txt");
+  REF_FILE_OR_FAIL(path, "state_" + GetParam() + ".txt");
   const auto torch = read_torch_state(path);
   auto m = build_model(GetParam(), 5);
   ASSERT_EQ(m->state.size(), torch.size());
@@ -397,7 +380,7 @@ TEST_P(PerModel, SaveLoadRoundTripIsExact) {
 // ---- PyTorch reads Tempo's file ------------------------------------------------------------------
 
 TEST_P(PerModel, PyTorchLoadsTempoFileStrictlyAndAgreesOnLogits) {
-  REF_FILE_OR_SKIP(script_check, "state_" + GetParam() + ".txt");
+  REF_FILE_OR_FAIL(script_check, "state_" + GetParam() + ".txt");
   TempDir dir;
   auto m = build_model(GetParam(), 31);
   perturb_batchnorm(*m, 4);

@@ -30,6 +30,8 @@
 //     beyond both; the optimizer rules are also checked alone at 1e-6, and
 //     every layer (tests/layers_test.cc) at 1e-5.
 #include <gtest/gtest.h>
+
+#include "test_util.h"
 #include <stdlib.h>
 
 #include <algorithm>
@@ -60,29 +62,10 @@ namespace fs = std::filesystem;
 constexpr double kTol = 1e-4;
 constexpr double kSpreadFactor = 4.0;
 
-std::string ref_dir() {
-  const char* d = std::getenv("TEMPO_REF_DIR");
-  return d ? d : "";
-}
+using testutil::ref_dir;
 
-#define REF_FILE_OR_SKIP(var, name)                                                               \
-  const std::string var = ref_dir() + "/" + (name);                                               \
-  if (ref_dir().empty() || !fs::exists(var))                                                      \
-    GTEST_FAIL() << "no reference " << (name) << ": run through ctest (fixture make_references), " \
-                                                 "or set TEMPO_REF_DIR";
-
-class TempDir {
- public:
-  TempDir() {
-    std::string t = testing::TempDir() + "tempo_parity_XXXXXX";
-    if (!mkdtemp(t.data())) throw Error("mkdtemp failed");
-    path_ = t;
-  }
-  ~TempDir() { fs::remove_all(path_); }
-  std::string operator/(const std::string& n) const { return path_ + "/" + n; }
-
- private:
-  std::string path_;
+struct TempDir : testutil::TempDir {
+  TempDir() : testutil::TempDir("tempo_parity") {}
 };
 
 std::string read_text(const std::string& p) {
@@ -196,7 +179,7 @@ INSTANTIATE_TEST_SUITE_P(PyTorch, ReferenceRun,
 
 TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {
   const RunCase rc = GetParam();
-  REF_FILE_OR_SKIP(torch_path, "run_" + rc.run + "_final.safetensors");
+  REF_FILE_OR_FAIL(torch_path, "run_" + rc.run + "_final.safetensors");
   TempDir dir;
   const std::string saved = dir / "final.safetensors", metrics = dir / "metrics.jsonl";
   std::string log;
@@ -278,7 +261,7 @@ double f64_from_bits(int64_t bits) {
 }
 
 TEST(OptimizerRules, MatchTorchOptimOnGivenGradients) {
-  REF_FILE_OR_SKIP(path, "layers.safetensors");
+  REF_FILE_OR_FAIL(path, "layers.safetensors");
   const TensorMap refs = read_safetensors(path);
   std::set<std::string> names;
   for (const auto& [k, v] : refs)
@@ -340,22 +323,22 @@ void expect_repeatable(const std::string& run, int threads, int steps = 0) {
 }
 
 TEST(Repeatability, CnnTeeOnlyOneThreadBitwise) {
-  REF_FILE_OR_SKIP(p, "run_cnn_sgd.args");
+  REF_FILE_OR_FAIL(p, "run_cnn_sgd.args");
   expect_repeatable("cnn_sgd", 1);
 }
 
 TEST(Repeatability, CnnTeeOnlyTwoThreadsBitwise) {
-  REF_FILE_OR_SKIP(p, "run_cnn_sgd.args");
+  REF_FILE_OR_FAIL(p, "run_cnn_sgd.args");
   expect_repeatable("cnn_sgd", 2);
 }
 
 TEST(Repeatability, Resnet18TeeOnlyTwoThreadsBitwise) {
-  REF_FILE_OR_SKIP(p, "run_resnet18_sgd.args");
+  REF_FILE_OR_FAIL(p, "run_resnet18_sgd.args");
   expect_repeatable("resnet18_sgd", 2, 2);
 }
 
 TEST(Repeatability, MlpAdamwTeeOnlyTwoThreadsBitwise) {
-  REF_FILE_OR_SKIP(p, "run_mlp_adamw.args");
+  REF_FILE_OR_FAIL(p, "run_mlp_adamw.args");
   expect_repeatable("mlp_adamw", 2);
 }
 
