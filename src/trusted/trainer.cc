@@ -131,6 +131,13 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   check(cfg.batch_size > 0, "--batch-size must be positive");
   check(cfg.epochs > 0, "--epochs must be positive");
   check(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
+  if (!cfg.save.empty()) {
+    // Fail now, not after hours of training.
+    std::string dir = cfg.save.substr(0, cfg.save.find_last_of('/') == std::string::npos ? 0 : cfg.save.find_last_of('/'));
+    if (dir.empty()) dir = cfg.save[0] == '/' ? "/" : ".";
+    check(access(dir.c_str(), W_OK) == 0,
+          "cannot write --save '" + cfg.save + "': directory '" + dir + "' does not exist or is not writable");
+  }
   set_num_threads(cfg.threads);
 
   auto model = prepare_model(cfg);
