@@ -27,13 +27,13 @@ struct Case {
 
 Case parse_case(const std::string& s) {
   auto colon = s.find(':');
-  check(colon != std::string::npos, "--models entries look like MODEL:BATCH, got '" + s + "'");
+  TEMPO_CHECK(colon != std::string::npos, "--models entries look like MODEL:BATCH, got '" + s + "'");
   Case c{s.substr(0, colon), 0};
   try {
     c.batch = std::stoll(s.substr(colon + 1));
   } catch (...) {
   }
-  check(c.batch > 0, "bad batch size in '" + s + "'");
+  TEMPO_CHECK(c.batch > 0, "bad batch size in '" + s + "'");
   return c;
 }
 
@@ -192,13 +192,13 @@ double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int ste
   cmd << cfg.python << " " << TEMPO_SOURCE_DIR << "/bench/torch_step.py --model " << c.model
       << " --batch " << c.batch << " --threads " << threads << " --steps " << steps << " 2>&1";
   FILE* p = popen(cmd.str().c_str(), "r");
-  check(p != nullptr, "cannot run " + cfg.python);
+  TEMPO_CHECK(p != nullptr, "cannot run " + cfg.python);
   std::string out;
   char buf[512];
   while (fgets(buf, sizeof buf, p)) out += buf;
   int rc = pclose(p);
   auto pos = out.find("median_ms ");
-  check(rc == 0 && pos != std::string::npos,
+  TEMPO_CHECK(rc == 0 && pos != std::string::npos,
         "PyTorch reference failed (" + cmd.str() + "):\n" + out + "install it with scripts/setup.sh or pass --no-torch");
   return std::stod(out.substr(pos + 10));
 }

@@ -56,6 +56,9 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->capture_default_str();
   app.add_option("--quarantine-after", c.offload.quarantine_after, "Drop a worker after this many failures")
       ->capture_default_str();
+  app.add_option("--insecure-key-seed", c.insecure_key_seed,
+                 "INSECURE, tests only: derive the keys from this public number so that a run repeats exactly")
+      ->check(CLI::NonNegativeNumber);
   app.add_flag("--no-fallback", [&c](int64_t) { c.offload.fallback = false; },
                "Stop (instead of continuing in tee-only mode) when no worker is left");
   if (!training) return;
@@ -108,7 +111,7 @@ int run_eval(const TrainConfig& cfg) {
     std::fprintf(stderr, "tempo: warning: no --init given: evaluating freshly initialised weights\n");
   auto model = prepare_model(cfg);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
-  check(!data.test_y.empty(), "data set '" + cfg.data + "' has no test split to evaluate on");
+  TEMPO_CHECK(!data.test_y.empty(), "data set '" + cfg.data + "' has no test split to evaluate on");
   auto backend = make_backend(cfg);
   EvalResult r = evaluate(*model, data, cfg.batch_size, *backend);
   std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.accuracy,
@@ -129,11 +132,11 @@ void add_predict_flags(CLI::App& app, PredictConfig& c) {
 int run_predict(const PredictConfig& pc) {
   const TrainConfig& cfg = pc.model;
   set_num_threads(cfg.threads);
-  check(!cfg.init.empty(), "predict needs the model's weights: pass --init FILE");
+  TEMPO_CHECK(!cfg.init.empty(), "predict needs the model's weights: pass --init FILE");
   auto model = prepare_model(cfg);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   const bool train_split = pc.split == "train";
-  check(train_split || !data.test_y.empty(),
+  TEMPO_CHECK(train_split || !data.test_y.empty(),
         "data set '" + cfg.data + "' has no test split; pass --split train");
   auto backend = make_backend(cfg);
   TeeOnlyBackend local;
@@ -164,7 +167,7 @@ int run_predict(const PredictConfig& pc) {
     const std::string tmp = pc.output + ".tmp";
     {
       std::ofstream f(tmp);
-      check(f.good(), "cannot write '" + tmp + "'");
+      TEMPO_CHECK(f.good(), "cannot write '" + tmp + "'");
       f << "index,prediction";
       for (int64_t c = 0; c < classes; ++c) f << ",p" << c;
       f << "\n";
@@ -178,9 +181,9 @@ int run_predict(const PredictConfig& pc) {
         f << "\n";
       }
       f.flush();
-      check(f.good(), "writing '" + tmp + "' failed");
+      TEMPO_CHECK(f.good(), "writing '" + tmp + "' failed");
     }
-    check(std::rename(tmp.c_str(), pc.output.c_str()) == 0, "cannot rename '" + tmp + "' to '" + pc.output + "'");
+    TEMPO_CHECK(std::rename(tmp.c_str(), pc.output.c_str()) == 0, "cannot rename '" + tmp + "' to '" + pc.output + "'");
   } else {
     write_safetensors(pc.output, {probs, preds});
   }

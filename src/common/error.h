@@ -13,9 +13,12 @@ class Error : public std::runtime_error {
   explicit Error(const std::string& what) : std::runtime_error(what) {}
 };
 
-// Throws Error(msg) unless cond holds. For checks on user-controlled input.
-inline void check(bool cond, const std::string& msg) {
-  if (!cond) throw Error(msg);
-}
-
 }  // namespace tempo
+
+// Throws tempo::Error(message) unless cond holds. For checks on
+// user-controlled input. The message is built only when the check fails,
+// so checks cost nothing on hot paths.
+#define TEMPO_CHECK(cond, ...)                          \
+  do {                                                  \
+    if (!(cond)) throw ::tempo::Error(__VA_ARGS__);     \
+  } while (0)

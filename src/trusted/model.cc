@@ -196,8 +196,8 @@ void Model::set_offload(bool offload_first, bool offload_last) {
 }
 
 int Model::set_conv_mode(const std::string& mode, int channel_from) {
-  check(mode == "im2col" || mode == "channel", "unknown --conv-mode '" + mode + "'; choose im2col or channel");
-  check(channel_from >= 1, "--channel-from must be at least 1");
+  TEMPO_CHECK(mode == "im2col" || mode == "channel", "unknown --conv-mode '" + mode + "'; choose im2col or channel");
+  TEMPO_CHECK(channel_from >= 1, "--channel-from must be at least 1");
   int offloaded_convs = 0, channel = 0;
   for (size_t i = 0; i < product_layers.size(); ++i) {
     auto* c = dynamic_cast<Conv2d*>(product_layers[i]);
@@ -232,15 +232,15 @@ void Model::load(const std::string& path) {
   // Check everything first, so that a bad file leaves the model unchanged.
   for (const auto& e : state) {
     auto it = file.find(e.name);
-    check(it != file.end(), path + ": tensor '" + e.name + "' is missing (model " + name + ")");
+    TEMPO_CHECK(it != file.end(), path + ": tensor '" + e.name + "' is missing (model " + name + ")");
     const NamedTensor& t = it->second;
     if (e.counter) {
-      check(t.dtype == DType::I64, path + ": tensor '" + e.name + "' must be I64, found " + dtype_name(t.dtype));
-      check(numel_of(t.shape) == 1,
+      TEMPO_CHECK(t.dtype == DType::I64, path + ": tensor '" + e.name + "' must be I64, found " + dtype_name(t.dtype));
+      TEMPO_CHECK(numel_of(t.shape) == 1,
             path + ": tensor '" + e.name + "' must hold a single value, got shape " + shape_str(t.shape));
     } else {
-      check(t.dtype == DType::F32, path + ": tensor '" + e.name + "' must be F32, found " + dtype_name(t.dtype));
-      check(t.shape == e.value->shape(), path + ": tensor '" + e.name + "' has shape " + shape_str(t.shape) +
+      TEMPO_CHECK(t.dtype == DType::F32, path + ": tensor '" + e.name + "' must be F32, found " + dtype_name(t.dtype));
+      TEMPO_CHECK(t.shape == e.value->shape(), path + ": tensor '" + e.name + "' has shape " + shape_str(t.shape) +
                                              ", model " + name + " expects " + shape_str(e.value->shape()));
     }
   }

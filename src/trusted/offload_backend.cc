@@ -42,11 +42,11 @@ const char* kind_name(int k) {
 OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<WorkerApi>> workers,
                                const Secret& secret)
     : cfg_(cfg), verifier_(cfg.verify) {
-  check(!workers.empty(), "no workers given");
-  check(cfg.quarantine_after >= 1, "--quarantine-after must be at least 1");
-  check(cfg.verify.rounds >= 0 && cfg.verify.rounds <= 64, "--verify-rounds must be from 0 to 64");
-  check(cfg.verify.rate >= 0 && cfg.verify.rate <= 1, "--verify-rate must be in [0, 1]");
-  check(cfg.verify.tolerance > 0, "--verify-tolerance must be positive");
+  TEMPO_CHECK(!workers.empty(), "no workers given");
+  TEMPO_CHECK(cfg.quarantine_after >= 1, "--quarantine-after must be at least 1");
+  TEMPO_CHECK(cfg.verify.rounds >= 0 && cfg.verify.rounds <= 64, "--verify-rounds must be from 0 to 64");
+  TEMPO_CHECK(cfg.verify.rate >= 0 && cfg.verify.rate <= 1, "--verify-rate must be in [0, 1]");
+  TEMPO_CHECK(cfg.verify.tolerance > 0, "--verify-tolerance must be positive");
   for (auto& w : workers) slots_.push_back({std::move(w), 0, false});
   obf_ = cfg.insecure_identity ? Obfuscator::insecure_identity(secret)
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);

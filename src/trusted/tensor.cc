@@ -40,9 +40,7 @@ Tensor& Tensor::operator=(const Tensor& other) {
   return *this;
 }
 
-void Tensor::resize(const Shape& shape) {
-  for (int64_t d : shape) check(d >= 0, "negative tensor dimension in " + shape_str(shape));
-  int64_t n = numel_of(shape);
+void Tensor::set_numel(int64_t n) {
   if (n > capacity_) {
     size_t bytes = (sizeof(float) * static_cast<size_t>(n) + 63) / 64 * 64;
     void* p = std::aligned_alloc(64, bytes);
@@ -50,12 +48,34 @@ void Tensor::resize(const Shape& shape) {
     data_.reset(static_cast<float*>(p));
     capacity_ = n;
   }
-  shape_ = shape;
   numel_ = n;
 }
 
+void Tensor::resize(const Shape& shape) {
+  for (int64_t d : shape) TEMPO_CHECK(d >= 0, "negative tensor dimension in " + shape_str(shape));
+  set_numel(numel_of(shape));
+  if (shape_ != shape) shape_ = shape;
+}
+
+void Tensor::resize(std::initializer_list<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    TEMPO_CHECK(d >= 0, "negative tensor dimension in " + shape_str(Shape(shape)));
+    n *= d;
+  }
+  set_numel(n);
+  shape_.assign(shape);  // reuses the vector's capacity
+}
+
+void Tensor::reshape(std::initializer_list<int64_t> shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  TEMPO_CHECK(n == numel_, "cannot reshape " + shape_str(shape_) + " to " + shape_str(Shape(shape)));
+  shape_.assign(shape);
+}
+
 void Tensor::reshape(const Shape& shape) {
-  check(numel_of(shape) == numel_,
+  TEMPO_CHECK(numel_of(shape) == numel_,
         "cannot reshape " + shape_str(shape_) + " to " + shape_str(shape));
   shape_ = shape;
 }

@@ -41,12 +41,15 @@ class Tensor {
   // Sets the shape; contents are unspecified. Allocates only when the new size
   // exceeds the capacity.
   void resize(const Shape& shape);
+  void resize(std::initializer_list<int64_t> shape);  // no temporary Shape
   // Changes the shape without touching the data; numel must not change.
   void reshape(const Shape& shape);
+  void reshape(std::initializer_list<int64_t> shape);
   void zero();
   void fill(float v);
 
  private:
+  void set_numel(int64_t n);  // grows the storage if needed
   struct Free {
     void operator()(float* p) const;
   };

@@ -32,7 +32,7 @@ class MetricsLog {
   explicit MetricsLog(const std::string& path) {
     if (path.empty()) return;
     f_ = std::fopen(path.c_str(), "w");
-    check(f_ != nullptr, "cannot open --metrics file '" + path + "' for writing");
+    TEMPO_CHECK(f_ != nullptr, "cannot open --metrics file '" + path + "' for writing");
   }
   ~MetricsLog() {
     if (f_) std::fclose(f_);
@@ -77,7 +77,15 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg) {
   if (cfg.mode == "tempo" || cfg.mode == "offload") {
     OffloadConfig oc = cfg.offload;
     oc.insecure_identity = cfg.mode == "offload";
-    return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers), random_secret());
+    Secret secret;
+    if (cfg.insecure_key_seed >= 0) {
+      std::fprintf(stderr, "tempo: WARNING: INSECURE --insecure-key-seed: the keys follow from a public number "
+                           "(for tests and reproducible measurements only)\n");
+      secret = secret_from_seed(static_cast<uint64_t>(cfg.insecure_key_seed));
+    } else {
+      secret = random_secret();
+    }
+    return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers), secret);
   }
   throw Error("unknown --mode '" + cfg.mode + "'; choose tempo, offload or tee-only");
 }
@@ -128,14 +136,14 @@ std::unique_ptr<Model> prepare_model(const TrainConfig& cfg) {
 }
 
 TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
-  check(cfg.batch_size > 0, "--batch-size must be positive");
-  check(cfg.epochs > 0, "--epochs must be positive");
-  check(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
+  TEMPO_CHECK(cfg.batch_size > 0, "--batch-size must be positive");
+  TEMPO_CHECK(cfg.epochs > 0, "--epochs must be positive");
+  TEMPO_CHECK(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
   if (!cfg.save.empty()) {
     // Fail now, not after hours of training.
     std::string dir = cfg.save.substr(0, cfg.save.find_last_of('/') == std::string::npos ? 0 : cfg.save.find_last_of('/'));
     if (dir.empty()) dir = cfg.save[0] == '/' ? "/" : ".";
-    check(access(dir.c_str(), W_OK) == 0,
+    TEMPO_CHECK(access(dir.c_str(), W_OK) == 0,
           "cannot write --save '" + cfg.save + "': directory '" + dir + "' does not exist or is not writable");
   }
   set_num_threads(cfg.threads);
@@ -180,7 +188,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
         ctx.training = true;
         const Tensor& logits = model->forward(x, ctx);
         const double loss = cross_entropy(logits, y, &dlogits);
-        check(std::isfinite(loss), "training diverged: the loss is " + fmt("%g", loss) +
+        TEMPO_CHECK(std::isfinite(loss), "training diverged: the loss is " + fmt("%g", loss) +
                                        " at step " + std::to_string(res.steps + 1) +
                                        "; lower --lr");
         model->backward(dlogits, ctx);

@@ -32,6 +32,7 @@ struct TrainConfig {
   std::string conv_mode = "im2col";  // im2col | channel (offloading modes)
   int channel_from = 3;        // channel mode from this offloaded convolution on
   bool progress = true;        // progress bar (TTY) or periodic lines
+  int64_t insecure_key_seed = -1;  // >= 0: keys from a public seed (tests only)
 };
 
 struct EvalResult {

@@ -64,12 +64,12 @@ std::vector<std::unique_ptr<WorkerApi>> connect_workers(const std::string& spec)
       try {
         size_t used = 0;
         n = std::stoi(spec.substr(6), &used);
-        check(used == spec.size() - 6, "");
+        TEMPO_CHECK(used == spec.size() - 6, "");
       } catch (...) {
         n = -1;
       }
     }
-    check(n >= 1 && n <= 64, "--workers '" + spec + "': expected local:N with N from 1 to 64");
+    TEMPO_CHECK(n >= 1 && n <= 64, "--workers '" + spec + "': expected local:N with N from 1 to 64");
     for (int i = 0; i < n; ++i)
       out.push_back(std::make_unique<LocalWorker>("local:" + std::to_string(i), make_cpu_backend()));
     return out;

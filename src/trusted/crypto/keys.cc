@@ -161,6 +161,17 @@ Secret random_secret() {
   return s;
 }
 
+Secret secret_from_seed(uint64_t seed) {
+  if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
+  Secret s;
+  const char tag[] = "tempo insecure key seed";
+  unsigned char in[sizeof(tag) + sizeof(seed)];
+  std::memcpy(in, tag, sizeof(tag));
+  std::memcpy(in + sizeof(tag), &seed, sizeof(seed));
+  crypto_generichash(s.data(), s.size(), in, sizeof(in), nullptr, 0);
+  return s;
+}
+
 KeyStream::KeyStream(const Secret& secret, uint64_t stream_id) : key_(secret) {
   std::memcpy(nonce_.data(), &stream_id, sizeof stream_id);
 }

@@ -51,6 +51,10 @@ void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c,
 // The run secret: 256 bits from the system CSPRNG (libsodium).
 using Secret = std::array<uint8_t, 32>;
 Secret random_secret();
+// INSECURE, for tests and reproducible measurements only: a secret derived
+// (BLAKE2b) from a public number, so that a run's keys, and with them its
+// rounding, repeat exactly.
+Secret secret_from_seed(uint64_t seed);
 
 // ChaCha20 keystream (IETF variant) under the run secret, one stream per
 // 64-bit stream id; the caller never reuses an id within a run.

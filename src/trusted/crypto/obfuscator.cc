@@ -7,7 +7,7 @@
 namespace tempo {
 
 Obfuscator::Obfuscator(const Secret& secret, double key_scale) : secret_(secret), sigma_(key_scale) {
-  check(key_scale >= 1.0 && key_scale < 1e6, "--key-scale must be at least 1 (and below 1e6)");
+  TEMPO_CHECK(key_scale >= 1.0 && key_scale < 1e6, "--key-scale must be at least 1 (and below 1e6)");
 }
 
 std::unique_ptr<Obfuscator> Obfuscator::insecure_identity(const Secret& secret) {

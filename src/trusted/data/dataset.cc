@@ -45,13 +45,13 @@ uint32_t be32(const uint8_t* p) {
 }
 
 void check_sample_shape(const std::string& source, const Shape& sample, const Shape& input) {
-  check(sample == input, source + ": samples have shape " + shape_str(sample) + " but the model expects input " +
+  TEMPO_CHECK(sample == input, source + ": samples have shape " + shape_str(sample) + " but the model expects input " +
                              shape_str(input) + "; pick a --model that matches the data (or other data)");
 }
 
 void check_labels(const std::vector<int64_t>& y, int classes, const std::string& what) {
   for (size_t i = 0; i < y.size(); ++i)
-    check(y[i] >= 0 && y[i] < classes, what + ": label " + std::to_string(y[i]) + " at index " + std::to_string(i) +
+    TEMPO_CHECK(y[i] >= 0 && y[i] < classes, what + ": label " + std::to_string(y[i]) + " at index " + std::to_string(i) +
                                            " is out of range [0, " + std::to_string(classes) +
                                            "); labels must be class indices");
 }
@@ -76,7 +76,7 @@ void alloc_samples(Tensor& t, const Shape& s) {
 
 // Number of CIFAR records in `size` bytes (a positive multiple of 3073).
 size_t cifar_count(uint64_t size, const std::string& what) {
-  check(size > 0 && size % kCifarRecord == 0,
+  TEMPO_CHECK(size > 0 && size % kCifarRecord == 0,
         what + ": size " + std::to_string(size) + " bytes is not a positive multiple of the 3073-byte CIFAR-10 record "
                "(truncated file, or not the binary version of CIFAR-10: use cifar-10-binary.tar.gz)");
   return static_cast<size_t>(size / kCifarRecord);
@@ -85,7 +85,7 @@ size_t cifar_count(uint64_t size, const std::string& what) {
 // Checks the labels of n records; `first` numbers them in messages.
 void cifar_check_labels(const uint8_t* data, size_t n, size_t first, const std::string& what) {
   for (size_t i = 0; i < n; ++i)
-    check(data[i * kCifarRecord] < kClasses, what + ": record " + std::to_string(first + i) + " has label " +
+    TEMPO_CHECK(data[i * kCifarRecord] < kClasses, what + ": record " + std::to_string(first + i) + " has label " +
                                                  std::to_string(data[i * kCifarRecord]) +
                                                  " (must be 0..9); the file is corrupt or not CIFAR-10");
 }
@@ -106,9 +106,9 @@ const char* kIdxHint = "; re-download the dataset";
 
 // Checks the magic number; returns the number of dimensions.
 size_t idx_rank(const uint8_t* data, size_t size, const std::string& what) {
-  check(size >= 4, what + ": only " + std::to_string(size) + " bytes, too short for an IDX file (truncated?)" + kIdxHint);
+  TEMPO_CHECK(size >= 4, what + ": only " + std::to_string(size) + " bytes, too short for an IDX file (truncated?)" + kIdxHint);
   const uint32_t magic = be32(data);
-  check(magic == 0x00000803 || magic == 0x00000801,
+  TEMPO_CHECK(magic == 0x00000803 || magic == 0x00000801,
         what + ": magic number " + hex32(magic) +
             " is not an IDX file of unsigned bytes (expected 0x00000803 for images or 0x00000801 for labels)" +
             kIdxHint);
@@ -147,15 +147,15 @@ class IdxStream {
     uint8_t head[16];
     size_t got = r_.read(head, 4);
     const size_t nd = idx_rank(head, got, path);
-    check(nd == rank, path + (rank == 3 ? ": holds labels (magic 0x00000801), expected images (0x00000803)"
+    TEMPO_CHECK(nd == rank, path + (rank == 3 ? ": holds labels (magic 0x00000801), expected images (0x00000803)"
                                         : ": holds images (magic 0x00000803), expected labels (0x00000801)") +
                           "; check the file names");
     got = r_.read(head + 4, 4 * nd);
-    check(got == 4 * nd, path + ": file ends inside the IDX header (truncated)" + kIdxHint);
+    TEMPO_CHECK(got == 4 * nd, path + ": file ends inside the IDX header (truncated)" + kIdxHint);
     bool fits = idx_dims(head, nd, dims_, payload_);
     // Refuse sizes the input cannot hold before allocating for them.
     const uint64_t bound = r_.is_gzip() ? r_.input_size() * 1100 + 1024 : r_.input_size();
-    check(fits && payload_ <= bound, path + ": dimensions " + shape_str(dims_) +
+    TEMPO_CHECK(fits && payload_ <= bound, path + ": dimensions " + shape_str(dims_) +
                                          " need more data than a file of this size can hold (corrupt header?)" +
                                          kIdxHint);
   }
@@ -200,9 +200,9 @@ void load_idx_pair(const std::string& dir, const std::string& prefix, const Shap
   const std::string lp = find_idx(dir, prefix + "-labels-idx1-ubyte");
   IdxStream lb(lp, 1), im(ip, 3);
   const int64_t n = im.dims()[0];
-  check(n == lb.dims()[0], ip + " has " + std::to_string(n) + " images but " + lp + " has " +
+  TEMPO_CHECK(n == lb.dims()[0], ip + " has " + std::to_string(n) + " images but " + lp + " has " +
                                std::to_string(lb.dims()[0]) + " labels; the files do not belong together");
-  check(n > 0, ip + ": holds no images" + kIdxHint);
+  TEMPO_CHECK(n > 0, ip + ": holds no images" + kIdxHint);
   check_sample_shape(ip, {1, im.dims()[1], im.dims()[2]}, input);
   y.resize(static_cast<size_t>(n));
   lb.each([&](const uint8_t* b, size_t k, uint64_t at) { std::copy(b, b + k, y.begin() + static_cast<long>(at)); });
@@ -230,7 +230,7 @@ void load_cifar_files(const std::vector<std::string>& paths, Tensor& x, std::vec
   size_t total = 0;
   for (const std::string& p : paths) {
     GzipReader r(p);
-    check(!r.is_gzip(), p + ": is gzip-compressed; extract cifar-10-binary.tar.gz and pass the directory of .bin files");
+    TEMPO_CHECK(!r.is_gzip(), p + ": is gzip-compressed; extract cifar-10-binary.tar.gz and pass the directory of .bin files");
     total += cifar_count(r.input_size(), p);
   }
   alloc_samples(x, {static_cast<int64_t>(total), 3, 32, 32});
@@ -240,17 +240,17 @@ void load_cifar_files(const std::vector<std::string>& paths, Tensor& x, std::vec
   for (const std::string& p : paths) {
     GzipReader r(p);
     const size_t n = cifar_count(r.input_size(), p);
-    check(at + n <= total, p + ": the file changed while being read");
+    TEMPO_CHECK(at + n <= total, p + ": the file changed while being read");
     for (size_t i = 0; i < n;) {
       const size_t k = std::min<size_t>(256, n - i);
-      check(r.read(buf.data(), k * kCifarRecord) == k * kCifarRecord, p + ": the file shrank while being read");
+      TEMPO_CHECK(r.read(buf.data(), k * kCifarRecord) == k * kCifarRecord, p + ": the file shrank while being read");
       cifar_check_labels(buf.data(), k, i, p);
       cifar_decode(buf.data(), k, x.data() + (at + i) * kCifarPixels, y.data() + at + i);
       i += k;
     }
     at += n;
   }
-  check(at == total, "cifar10: a batch file changed while being read");
+  TEMPO_CHECK(at == total, "cifar10: a batch file changed while being read");
 }
 
 Dataset load_cifar(std::string dir, const Shape& input) {
@@ -260,7 +260,7 @@ Dataset load_cifar(std::string dir, const Shape& input) {
   for (int i = 1; i <= 5; ++i) train.push_back(dir + "/data_batch_" + std::to_string(i) + ".bin");
   train.push_back(dir + "/test_batch.bin");
   for (const std::string& p : train)
-    check(is_regular_file(p), "cifar10: cannot find " + p +
+    TEMPO_CHECK(is_regular_file(p), "cifar10: cannot find " + p +
                                   "; pass --data cifar10:DIR with the extracted cifar-10-batches-bin directory of "
                                   "the binary version (cifar-10-binary.tar.gz)");
   std::string test = train.back();
@@ -284,16 +284,16 @@ void take_pair(TensorMap& m, const std::string& path, const std::string& xn, con
   NamedTensor& xi = m.at(xn);
   NamedTensor& yi = m.at(yn);
   const std::string fix = "; expected '" + xn + "' N×C×H×W F32 and '" + yn + "' N I64";
-  check(xi.dtype == DType::F32, path + ": tensor '" + xn + "' has dtype " + dtype_name(xi.dtype) +
+  TEMPO_CHECK(xi.dtype == DType::F32, path + ": tensor '" + xn + "' has dtype " + dtype_name(xi.dtype) +
                                     ", expected F32 (convert the images to float32)");
-  check(yi.dtype == DType::I64, path + ": tensor '" + yn + "' has dtype " + dtype_name(yi.dtype) +
+  TEMPO_CHECK(yi.dtype == DType::I64, path + ": tensor '" + yn + "' has dtype " + dtype_name(yi.dtype) +
                                     ", expected I64 (convert the labels to int64)");
-  check(xi.shape.size() == 4, path + ": tensor '" + xn + "' has shape " + shape_str(xi.shape) + fix);
-  check(yi.shape.size() == 1, path + ": tensor '" + yn + "' has shape " + shape_str(yi.shape) + fix);
-  check(xi.shape[0] == yi.shape[0], path + ": '" + xn + "' has " + std::to_string(xi.shape[0]) + " samples but '" +
+  TEMPO_CHECK(xi.shape.size() == 4, path + ": tensor '" + xn + "' has shape " + shape_str(xi.shape) + fix);
+  TEMPO_CHECK(yi.shape.size() == 1, path + ": tensor '" + yn + "' has shape " + shape_str(yi.shape) + fix);
+  TEMPO_CHECK(xi.shape[0] == yi.shape[0], path + ": '" + xn + "' has " + std::to_string(xi.shape[0]) + " samples but '" +
                                         yn + "' has " + std::to_string(yi.shape[0]) + " labels; they must match");
   for (size_t i = 0; i < xi.f32.size(); ++i)
-    check(std::isfinite(xi.f32[i]), path + ": tensor '" + xn + "' holds a non-finite value (NaN or Inf) at sample " +
+    TEMPO_CHECK(std::isfinite(xi.f32[i]), path + ": tensor '" + xn + "' holds a non-finite value (NaN or Inf) at sample " +
                                         std::to_string(xi.shape[0] ? i / (xi.f32.size() / xi.shape[0]) : 0) +
                                         "; clean the data");
   check_labels(yi.i64, kClasses, path + ": tensor '" + yn + "'");
@@ -306,23 +306,23 @@ void take_pair(TensorMap& m, const std::string& path, const std::string& xn, con
 Dataset load_tensors(const std::string& path, const Shape& input) {
   TensorMap m = read_safetensors(path);
   for (const auto& [name, t] : m)
-    check(name == "images" || name == "labels" || name == "test_images" || name == "test_labels",
+    TEMPO_CHECK(name == "images" || name == "labels" || name == "test_images" || name == "test_labels",
           path + ": unexpected tensor '" + name +
               "'; a tensors: data file holds only images, labels, test_images, test_labels");
-  check(m.count("images") && m.count("labels"),
+  TEMPO_CHECK(m.count("images") && m.count("labels"),
         path + ": missing tensor '" + std::string(m.count("images") ? "labels" : "images") +
             "'; a tensors: data file needs 'images' (N×C×H×W F32) and 'labels' (N I64)");
-  check(m.count("test_images") == m.count("test_labels"),
+  TEMPO_CHECK(m.count("test_images") == m.count("test_labels"),
         path + ": has '" + std::string(m.count("test_images") ? "test_images" : "test_labels") + "' but not '" +
             std::string(m.count("test_images") ? "test_labels" : "test_images") + "'; give both or neither");
   Dataset d;
   take_pair(m, path, "images", "labels", d.train_x, d.train_y);
-  check(!d.train_y.empty(), path + ": 'images' holds no samples");
+  TEMPO_CHECK(!d.train_y.empty(), path + ": 'images' holds no samples");
   d.sample_shape.assign(d.train_x.shape().begin() + 1, d.train_x.shape().end());
   if (m.count("test_images")) {
     take_pair(m, path, "test_images", "test_labels", d.test_x, d.test_y);
     Shape ts(d.test_x.shape().begin() + 1, d.test_x.shape().end());
-    check(ts == d.sample_shape, path + ": 'test_images' samples are " + shape_str(ts) + " but 'images' samples are " +
+    TEMPO_CHECK(ts == d.sample_shape, path + ": 'test_images' samples are " + shape_str(ts) + " but 'images' samples are " +
                                     shape_str(d.sample_shape) + "; they must match");
   }
   check_sample_shape(path, d.sample_shape, input);
@@ -336,13 +336,13 @@ Dataset load_synthetic(const std::string& arg, const Shape& input, uint64_t seed
   int64_t n = 10000;
   if (!arg.empty()) {
     bool digits = arg.size() <= 9 && arg.find_first_not_of("0123456789") == std::string::npos;
-    check(digits && std::stoll(arg) > 0,
+    TEMPO_CHECK(digits && std::stoll(arg) > 0,
           "--data synthetic:" + arg + ": N must be a positive whole number up to 999999999, e.g. synthetic:1000");
     n = std::stoll(arg);
   }
   const int64_t per = numel_of(input);
   const int64_t nt = n / 5;
-  check((n + nt) <= (int64_t(1) << 31) / per,
+  TEMPO_CHECK((n + nt) <= (int64_t(1) << 31) / per,
         "--data synthetic:" + arg + ": " + std::to_string(n + nt) + " samples of shape " + shape_str(input) +
             " would need more than 8 GiB; use a smaller N");
   Dataset d;
@@ -375,7 +375,7 @@ Dataset load_synthetic(const std::string& arg, const Shape& input, uint64_t seed
 IdxArray parse_idx(const uint8_t* data, size_t size, const std::string& what) {
   const size_t nd = idx_rank(data, size, what);
   const size_t head = 4 + 4 * nd;
-  check(size >= head, what + ": file ends inside the IDX header (truncated)" + kIdxHint);
+  TEMPO_CHECK(size >= head, what + ": file ends inside the IDX header (truncated)" + kIdxHint);
   IdxArray a;
   uint64_t total;
   const bool fits = idx_dims(data, nd, a.dims, total);
@@ -399,19 +399,19 @@ void parse_cifar(const uint8_t* data, size_t size, const std::string& what, std:
 Dataset load_dataset(const std::string& spec, const Shape& input_shape, uint64_t seed) {
   bool ok_shape = input_shape.size() == 3;
   for (int64_t d : input_shape) ok_shape = ok_shape && d > 0;
-  check(ok_shape, "--data " + spec + ": the model's input shape " + shape_str(input_shape) + " is not C×H×W");
+  TEMPO_CHECK(ok_shape, "--data " + spec + ": the model's input shape " + shape_str(input_shape) + " is not C×H×W");
   const size_t colon = spec.find(':');
   const std::string kind = spec.substr(0, colon);
   const bool has_arg = colon != std::string::npos;
   const std::string arg = has_arg ? spec.substr(colon + 1) : "";
-  check(!has_arg || !arg.empty(), "--data " + spec + ": nothing after ':'; give a path or count, or drop the ':'");
+  TEMPO_CHECK(!has_arg || !arg.empty(), "--data " + spec + ": nothing after ':'; give a path or count, or drop the ':'");
   if (kind == "fashion-mnist") return load_fashion(has_arg ? arg : "/usr/share/datasets/fashion-mnist", input_shape);
   if (kind == "cifar10") {
-    check(has_arg, "--data cifar10 needs a directory: --data cifar10:DIR (the extracted cifar-10-batches-bin)");
+    TEMPO_CHECK(has_arg, "--data cifar10 needs a directory: --data cifar10:DIR (the extracted cifar-10-batches-bin)");
     return load_cifar(arg, input_shape);
   }
   if (kind == "tensors") {
-    check(has_arg, "--data tensors needs a file: --data tensors:FILE.safetensors");
+    TEMPO_CHECK(has_arg, "--data tensors needs a file: --data tensors:FILE.safetensors");
     return load_tensors(arg, input_shape);
   }
   if (kind == "synthetic") return load_synthetic(arg, input_shape, seed);

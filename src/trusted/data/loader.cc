@@ -22,16 +22,16 @@ BatchLoader::BatchLoader(const Dataset& d, bool train, int64_t batch_size, bool 
       batch_(batch_size),
       n_(static_cast<int64_t>(ys_.size())),
       seed_(seed) {
-  check(batch_size > 0, "batch size must be at least 1 (got " + std::to_string(batch_size) + "); fix --batch-size");
+  TEMPO_CHECK(batch_size > 0, "batch size must be at least 1 (got " + std::to_string(batch_size) + "); fix --batch-size");
   const Shape& s = d.sample_shape;
-  check(s.size() == 3, "dataset '" + d.description + "': sample shape " + shape_str(s) + " is not C×H×W");
+  TEMPO_CHECK(s.size() == 3, "dataset '" + d.description + "': sample shape " + shape_str(s) + " is not C×H×W");
   const int64_t per = numel_of(s);
-  check(xs_.numel() == n_ * per && (n_ == 0 || (xs_.ndim() == 4 && xs_.dim(0) == n_)),
+  TEMPO_CHECK(xs_.numel() == n_ * per && (n_ == 0 || (xs_.ndim() == 4 && xs_.dim(0) == n_)),
         "dataset '" + d.description + "': " + (train ? "training" : "test") + " images " + shape_str(xs_.shape()) +
             " do not match " + std::to_string(n_) + " labels of sample shape " + shape_str(s));
-  check(d.norm_mean.empty() || (d.norm_mean.size() == static_cast<size_t>(s[0]) && d.norm_std.size() == d.norm_mean.size()),
+  TEMPO_CHECK(d.norm_mean.empty() || (d.norm_mean.size() == static_cast<size_t>(s[0]) && d.norm_std.size() == d.norm_mean.size()),
         "dataset '" + d.description + "': normalisation needs one mean and one std per channel");
-  for (float v : d.norm_std) check(v > 0, "dataset '" + d.description + "': normalisation std must be positive");
+  for (float v : d.norm_std) TEMPO_CHECK(v > 0, "dataset '" + d.description + "': normalisation std must be positive");
   batch_shape_ = {0, s[0], s[1], s[2]};
   if (shuffle_) order_.resize(static_cast<size_t>(n_));
   start_epoch(1);
@@ -40,7 +40,7 @@ BatchLoader::BatchLoader(const Dataset& d, bool train, int64_t batch_size, bool 
 int64_t BatchLoader::num_batches() const { return (n_ + batch_ - 1) / batch_; }
 
 void BatchLoader::start_epoch(int epoch) {
-  check(epoch >= 1, "BatchLoader::start_epoch: epochs are numbered from 1 (got " + std::to_string(epoch) + ")");
+  TEMPO_CHECK(epoch >= 1, "BatchLoader::start_epoch: epochs are numbered from 1 (got " + std::to_string(epoch) + ")");
   pos_ = 0;
   const uint64_t e = static_cast<uint64_t>(epoch);
   if (shuffle_) {

@@ -82,7 +82,7 @@ void AtomicFile::fail(const std::string& problem) {
 }
 
 void AtomicFile::write(const void* data, size_t size) {
-  check(fd_ >= 0, "cannot write " + path_ + ": file already closed");
+  TEMPO_CHECK(fd_ >= 0, "cannot write " + path_ + ": file already closed");
   const char* p = static_cast<const char*>(data);
   while (size > 0) {
     ssize_t r = ::write(fd_, p, size);
@@ -97,7 +97,7 @@ void AtomicFile::write(const void* data, size_t size) {
 }
 
 void AtomicFile::commit() {
-  check(fd_ >= 0, "cannot write " + path_ + ": file already closed");
+  TEMPO_CHECK(fd_ >= 0, "cannot write " + path_ + ": file already closed");
   if (::fsync(fd_) != 0) fail("fsync failed");
   int fd = fd_;
   fd_ = -1;

@@ -207,17 +207,17 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   uint64_t offset = 0;
   for (const NamedTensor& t : tensors) {
     const std::string ctx = "cannot write " + path + ": tensor '" + t.name + "' ";
-    check(!t.name.empty(), "cannot write " + path + ": a tensor has an empty name");
-    check(t.name != "__metadata__", ctx + "uses the reserved name __metadata__");
-    check(seen.insert(t.name).second, ctx + "appears twice");
+    TEMPO_CHECK(!t.name.empty(), "cannot write " + path + ": a tensor has an empty name");
+    TEMPO_CHECK(t.name != "__metadata__", ctx + "uses the reserved name __metadata__");
+    TEMPO_CHECK(seen.insert(t.name).second, ctx + "appears twice");
     uint64_t numel = 1;
     for (int64_t d : t.shape) {
-      check(d >= 0, ctx + "has a negative dimension in shape " + shape_str(t.shape));
-      check(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel),
+      TEMPO_CHECK(d >= 0, ctx + "has a negative dimension in shape " + shape_str(t.shape));
+      TEMPO_CHECK(!__builtin_mul_overflow(numel, static_cast<uint64_t>(d), &numel),
             ctx + "has a shape " + shape_str(t.shape) + " that is too large");
     }
     size_t have = t.dtype == DType::F32 ? t.f32.size() : t.i64.size();
-    check(have == numel, ctx + "has " + std::to_string(have) + " " + dtype_name(t.dtype) +
+    TEMPO_CHECK(have == numel, ctx + "has " + std::to_string(have) + " " + dtype_name(t.dtype) +
                              " values but shape " + shape_str(t.shape) + " needs " + std::to_string(numel));
     uint64_t nbytes = numel * dtype_size(t.dtype);
     header[t.name] = {{"dtype", dtype_name(t.dtype)},

@@ -7,7 +7,7 @@
 namespace tempo {
 
 BatchNorm2d::BatchNorm2d(int64_t c, double e, double m) : channels(c), eps(e), momentum(m) {
-  check(c > 0, "invalid BatchNorm2d configuration");
+  TEMPO_CHECK(c > 0, "invalid BatchNorm2d configuration");
   weight.resize({c});
   weight.fill(1.0f);
   bias.resize({c});
@@ -25,14 +25,14 @@ BatchNorm2d::BatchNorm2d(int64_t c, double e, double m) : channels(c), eps(e), m
 }
 
 const Tensor& BatchNorm2d::forward(const Tensor& x, Context& ctx) {
-  check(x.ndim() == 4 && x.dim(1) == channels,
+  TEMPO_CHECK(x.ndim() == 4 && x.dim(1) == channels,
         "BatchNorm2d expects N×" + std::to_string(channels) + "×H×W input, got " +
             shape_str(x.shape()));
   x_ = &x;
   const int64_t N = x.dim(0), C = channels, HW = x.dim(2) * x.dim(3), count = N * HW;
   trained_ = ctx.training;
   if (trained_) {
-    check(count > 1, "BatchNorm2d in training needs more than one value per channel, got input " +
+    TEMPO_CHECK(count > 1, "BatchNorm2d in training needs more than one value per channel, got input " +
                          shape_str(x.shape()));
     ++num_batches_tracked;
   }

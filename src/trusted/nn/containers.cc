@@ -69,7 +69,7 @@ ResidualBlock::ResidualBlock(Type type, int64_t inplanes, int64_t planes, int64_
 const Tensor& ResidualBlock::forward(const Tensor& x, Context& ctx) {
   const Tensor& h = main_.forward(x, ctx);
   const Tensor& id = downsample_ ? downsample_->forward(x, ctx) : x;
-  check(h.shape() == id.shape(), "residual shapes differ: " + shape_str(h.shape()) + " vs " +
+  TEMPO_CHECK(h.shape() == id.shape(), "residual shapes differ: " + shape_str(h.shape()) + " vs " +
                                      shape_str(id.shape()));
   out_.resize(h.shape());
   const float* a = h.data();

@@ -9,7 +9,7 @@ namespace tempo {
 
 Conv2d::Conv2d(int64_t in_c, int64_t out_c, int64_t k, int64_t s, int64_t p, bool b)
     : in_channels(in_c), out_channels(out_c), kernel(k), stride(s), padding(p), has_bias(b) {
-  check(in_c > 0 && out_c > 0 && k > 0 && s > 0 && p >= 0, "invalid Conv2d configuration");
+  TEMPO_CHECK(in_c > 0 && out_c > 0 && k > 0 && s > 0 && p >= 0, "invalid Conv2d configuration");
   weight.resize({out_c, in_c, k, k});
   weight.zero();
   dweight.resize(weight.shape());
@@ -23,13 +23,13 @@ Conv2d::Conv2d(int64_t in_c, int64_t out_c, int64_t k, int64_t s, int64_t p, boo
 }
 
 const Tensor& Conv2d::forward(const Tensor& x, Context& ctx) {
-  check(x.ndim() == 4 && x.dim(1) == in_channels,
+  TEMPO_CHECK(x.ndim() == 4 && x.dim(1) == in_channels,
         "Conv2d expects N×" + std::to_string(in_channels) + "×H×W input, got " +
             shape_str(x.shape()));
   ConvGeometry g{x.dim(0), in_channels, x.dim(2), x.dim(3), 0, 0, kernel, stride, padding};
   g.oh = (g.h + 2 * padding - kernel) / stride + 1;
   g.ow = (g.w + 2 * padding - kernel) / stride + 1;
-  check(g.oh > 0 && g.ow > 0, "Conv2d input " + shape_str(x.shape()) + " is smaller than its kernel");
+  TEMPO_CHECK(g.oh > 0 && g.ow > 0, "Conv2d input " + shape_str(x.shape()) + " is smaller than its kernel");
   x_ = &x;
   if (channel_mode && offloaded) {
     g.o = out_channels;

@@ -5,7 +5,7 @@
 namespace tempo {
 
 Linear::Linear(int64_t in, int64_t out, bool b) : in_features(in), out_features(out), has_bias(b) {
-  check(in > 0 && out > 0, "invalid Linear configuration");
+  TEMPO_CHECK(in > 0 && out > 0, "invalid Linear configuration");
   weight.resize({out, in});
   weight.zero();
   dweight.resize(weight.shape());
@@ -19,7 +19,7 @@ Linear::Linear(int64_t in, int64_t out, bool b) : in_features(in), out_features(
 }
 
 const Tensor& Linear::forward(const Tensor& x, Context& ctx) {
-  check(x.ndim() >= 1 && x.dim(0) > 0 && x.numel() == x.dim(0) * in_features,
+  TEMPO_CHECK(x.ndim() >= 1 && x.dim(0) > 0 && x.numel() == x.dim(0) * in_features,
         "Linear expects N×" + std::to_string(in_features) + " input, got " + shape_str(x.shape()));
   x_ = &x;
   const int64_t n = x.dim(0);

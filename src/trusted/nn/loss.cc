@@ -7,7 +7,7 @@ namespace tempo {
 
 double cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels, Tensor* dlogits,
                      int64_t* correct) {
-  check(logits.ndim() == 2 && logits.dim(0) == static_cast<int64_t>(labels.size()),
+  TEMPO_CHECK(logits.ndim() == 2 && logits.dim(0) == static_cast<int64_t>(labels.size()),
         "cross_entropy: logits " + shape_str(logits.shape()) + " do not match " +
             std::to_string(labels.size()) + " labels");
   const int64_t N = logits.dim(0), C = logits.dim(1);
@@ -18,7 +18,7 @@ double cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels, T
   for (int64_t i = 0; i < N; ++i) {
     const float* z = logits.data() + i * C;
     const int64_t y = labels[static_cast<size_t>(i)];
-    check(y >= 0 && y < C, "label " + std::to_string(y) + " is outside [0, " + std::to_string(C) + ")");
+    TEMPO_CHECK(y >= 0 && y < C, "label " + std::to_string(y) + " is outside [0, " + std::to_string(C) + ")");
     int64_t arg = 0;
     float mx = z[0];
     for (int64_t c = 1; c < C; ++c)

@@ -13,7 +13,7 @@ namespace {
 constexpr int64_t kGrain = 1 << 14;  // elements per thread at least
 
 void check_4d(const Tensor& x, const char* who) {
-  check(x.ndim() == 4, std::string(who) + " expects an N×C×H×W input, got " + shape_str(x.shape()));
+  TEMPO_CHECK(x.ndim() == 4, std::string(who) + " expects an N×C×H×W input, got " + shape_str(x.shape()));
 }
 }  // namespace
 
@@ -39,7 +39,7 @@ const Tensor& ReLU::backward(const Tensor& dy, Context&) {
 }
 
 const Tensor& Flatten::forward(const Tensor& x, Context&) {
-  check(x.ndim() >= 1, "Flatten expects a batch");
+  TEMPO_CHECK(x.ndim() >= 1, "Flatten expects a batch");
   in_shape_ = x.shape();
   out_ = x;
   out_.reshape({x.dim(0), x.dim(0) ? x.numel() / x.dim(0) : 0});
@@ -55,7 +55,7 @@ const Tensor& Flatten::backward(const Tensor& dy, Context&) {
 const Tensor& Dropout::forward(const Tensor& x, Context& ctx) {
   active_ = ctx.training && p_ > 0.0;
   if (!active_) return x;
-  check(ctx.rng != nullptr, "Dropout in training needs a random stream");
+  TEMPO_CHECK(ctx.rng != nullptr, "Dropout in training needs a random stream");
   out_.resize(x.shape());
   mask_.resize(x.shape());
   const float scale = p_ >= 1.0 ? 0.0f : static_cast<float>(1.0 / (1.0 - p_));
@@ -75,7 +75,7 @@ const Tensor& Dropout::backward(const Tensor& dy, Context&) {
 }
 
 MaxPool2d::MaxPool2d(int64_t k, int64_t s, int64_t p) : k_(k), s_(s ? s : k), p_(p) {
-  check(k > 0 && s_ > 0 && p >= 0 && 2 * p <= k, "invalid MaxPool2d configuration");
+  TEMPO_CHECK(k > 0 && s_ > 0 && p >= 0 && 2 * p <= k, "invalid MaxPool2d configuration");
 }
 
 const Tensor& MaxPool2d::forward(const Tensor& x, Context&) {
@@ -83,7 +83,7 @@ const Tensor& MaxPool2d::forward(const Tensor& x, Context&) {
   in_shape_ = x.shape();
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   const int64_t OH = (H + 2 * p_ - k_) / s_ + 1, OW = (W + 2 * p_ - k_) / s_ + 1;
-  check(OH > 0 && OW > 0, "MaxPool2d input " + shape_str(x.shape()) + " is smaller than its kernel");
+  TEMPO_CHECK(OH > 0 && OW > 0, "MaxPool2d input " + shape_str(x.shape()) + " is smaller than its kernel");
   out_.resize({N, C, OH, OW});
   argmax_.resize(static_cast<size_t>(out_.numel()));
   const float* in = x.data();
@@ -136,7 +136,7 @@ const Tensor& MaxPool2d::backward(const Tensor& dy, Context&) {
 }
 
 AvgPool2d::AvgPool2d(int64_t k, int64_t s, int64_t p) : k_(k), s_(s ? s : k), p_(p) {
-  check(k > 0 && s_ > 0 && p >= 0 && 2 * p <= k, "invalid AvgPool2d configuration");
+  TEMPO_CHECK(k > 0 && s_ > 0 && p >= 0 && 2 * p <= k, "invalid AvgPool2d configuration");
 }
 
 namespace {
@@ -159,7 +159,7 @@ const Tensor& AvgPool2d::forward(const Tensor& x, Context&) {
   in_shape_ = x.shape();
   const int64_t N = x.dim(0), C = x.dim(1), H = x.dim(2), W = x.dim(3);
   const int64_t OH = (H + 2 * p_ - k_) / s_ + 1, OW = (W + 2 * p_ - k_) / s_ + 1;
-  check(OH > 0 && OW > 0, "AvgPool2d input " + shape_str(x.shape()) + " is smaller than its kernel");
+  TEMPO_CHECK(OH > 0 && OW > 0, "AvgPool2d input " + shape_str(x.shape()) + " is smaller than its kernel");
   out_.resize({N, C, OH, OW});
   parallel_for(N * C, [&](int64_t b, int64_t e) {
     for (int64_t pl = b; pl < e; ++pl) {

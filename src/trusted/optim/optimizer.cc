@@ -120,10 +120,10 @@ class Adam final : public Optimizer {
 }  // namespace
 
 std::unique_ptr<Optimizer> make_optimizer(const OptimConfig& cfg, std::vector<StateEntry> params) {
-  check(cfg.lr > 0 && std::isfinite(cfg.lr), "--lr must be a positive number");
-  check(cfg.weight_decay >= 0, "--weight-decay must not be negative");
+  TEMPO_CHECK(cfg.lr > 0 && std::isfinite(cfg.lr), "--lr must be a positive number");
+  TEMPO_CHECK(cfg.weight_decay >= 0, "--weight-decay must not be negative");
   if (cfg.kind == "sgd") {
-    check(cfg.momentum >= 0, "--momentum must not be negative");
+    TEMPO_CHECK(cfg.momentum >= 0, "--momentum must not be negative");
     return std::make_unique<Sgd>(cfg, std::move(params));
   }
   if (cfg.kind == "adam") return std::make_unique<Adam>(cfg, std::move(params), false);
