@@ -34,32 +34,32 @@ Triple Obfuscator::draw_triple(int64_t m, int64_t k, int64_t n) {
   return t;
 }
 
-CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0,
-                                   int64_t r1, int64_t block) const {
-  if (r1 < 0) r1 = m;
-  Matrix out(r1 - r0, k * block);
-  t.encrypt_x(x, m, k, out.data(), r0, r1, block);
+// A rows×cols ciphertext filled by one Triple pass.
+template <typename Fill>
+CipherMatrix Obfuscator::seal(int64_t rows, int64_t cols, Fill&& fill) {
+  Matrix out(rows, cols);
+  fill(out.data());
   return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
 }
 
+CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0,
+                                   int64_t r1, int64_t block) const {
+  if (r1 < 0) r1 = m;
+  return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_x(x, m, k, o, r0, r1, block); });
+}
+
 CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block) const {
-  Matrix out(k, m * block);
-  t.encrypt_xt(xt, k, m, out.data(), block);
-  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+  return seal(k, m * block, [&](float* o) { t.encrypt_xt(xt, k, m, o, block); });
 }
 
 CipherMatrix Obfuscator::encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0,
                                    int64_t r1, int64_t block) const {
   if (r1 < 0) r1 = k;
-  Matrix out(r1 - r0, n * block);
-  t.encrypt_y(y, k, n, out.data(), r0, r1, block);
-  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+  return seal(r1 - r0, n * block, [&](float* o) { t.encrypt_y(y, k, n, o, r0, r1, block); });
 }
 
 CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block) const {
-  Matrix out(n, k * block);
-  t.encrypt_yt(yt, n, k, out.data(), block);
-  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+  return seal(n, k * block, [&](float* o) { t.encrypt_yt(yt, n, k, o, block); });
 }
 
 }  // namespace tempo

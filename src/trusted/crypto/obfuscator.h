@@ -41,6 +41,8 @@ class Obfuscator {
 
  private:
   Obfuscator() = default;
+  template <typename Fill>
+  static CipherMatrix seal(int64_t rows, int64_t cols, Fill&& fill);
   Secret secret_{};
   double sigma_ = 4.0;
   bool identity_ = false;
