@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes small seed corpora for the fuzzers: make_seeds.py OUT_DIR creates
-OUT_DIR/{safetensors,idx,cifar}/. Standard library only; deterministic."""
+OUT_DIR/{safetensors,idx,cifar,worker_request}/. Standard library only; deterministic."""
 
 import gzip
 import json
@@ -36,6 +36,61 @@ def cifar(labels):
     return out
 
 
+def varint(v):
+    v &= (1 << 64) - 1
+    out = b""
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out += bytes([b | 0x80])
+        else:
+            return out + bytes([b])
+
+
+def field(num, value):
+    """One protobuf field: an int (varint) or bytes (length-delimited)."""
+    if isinstance(value, int):
+        return varint(num << 3) + varint(value)
+    return varint((num << 3) | 2) + varint(len(value)) + value
+
+
+def record(kind, msg):
+    """A request as fuzz_worker_request reads it."""
+    return bytes([kind]) + struct.pack("<H", len(msg)) + msg
+
+
+def chunk(handle, rows, cols, values, dtype=1):
+    data = struct.pack("<%df" % len(values), *values)
+    return field(1, handle) + field(2, rows) + field(3, cols) + field(4, dtype) + field(5, data)
+
+
+def compute(op, x, y, geometry=None):
+    msg = field(1, op) + field(2, field(1, x)) + field(3, field(1, y))
+    if geometry:
+        msg += field(4, b"".join(field(i + 1, v) for i, v in enumerate(geometry)))
+    return msg
+
+
+def worker_requests():
+    put1 = record(1, chunk(1, 2, 3, [1, 2, 3, 4, 5, 6]))
+    put2 = record(1, chunk(2, 4, 3, [0.5] * 12))
+    split = record(1, chunk(3, 2, 2, [1, 2])) + record(1, field(5, struct.pack("<2f", 3, 4)))
+    conv_x = record(1, chunk(4, 1, 9, [1] * 9))
+    conv_w = record(1, chunk(5, 2, 9, [0.1] * 18))
+    # n c h w o k s p oh ow
+    geometry = [1, 1, 3, 3, 2, 3, 1, 1, 3, 3]
+    return {
+        "products": put1 + put2 + record(2, compute(1, 1, 2)) + record(2, compute(3, 1, 1)) +
+                    record(3, field(1, field(1, 1))) + record(4, b""),
+        "split_put": split + record(2, compute(2, 3, 3)),
+        "conv": conv_x + conv_w + record(2, compute(4, 4, 5, geometry)),
+        "mismatch": put1 + record(2, compute(2, 1, 1)) + record(2, compute(1, 1, 99)),
+        "hello": record(0, field(1, 1) + field(2, b"client")) + record(6, b""),
+        "reply": record(5, chunk(0, 2, 2, [1, 2, 3, 4])) + record(5, field(5, b"\0" * 8)),
+    }
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "seeds"
     seeds = {
@@ -59,6 +114,7 @@ def main():
             "one": cifar([3]),
             "two": cifar([0, 9]),
         },
+        "worker_request": worker_requests(),
     }
     for target, files in seeds.items():
         d = os.path.join(out, target)

@@ -8,7 +8,7 @@ packages=(
   libeigen3-dev libopenblas-dev libopenblas-openmp-dev libsodium-dev zlib1g-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
-  python3 python3-numpy python3-torch python3-torchvision dataset-fashion-mnist
+  openssl python3 python3-numpy python3-torch python3-torchvision dataset-fashion-mnist
 )
 
 missing=()

@@ -19,6 +19,7 @@
 #include "trusted/trainer.h"
 #include "worker/faulty_worker.h"
 #include "worker/local_worker.h"
+#include "test_util.h"
 
 namespace tempo {
 namespace {
@@ -58,23 +59,6 @@ std::vector<std::unique_ptr<WorkerApi>> local_workers(int n) {
   return ws;
 }
 
-// Largest per-tensor error relative to max|w| of the reference.
-double max_rel_error(const std::string& a, const std::string& b) {
-  TensorMap x = read_safetensors(a), y = read_safetensors(b);
-  double worst = 0;
-  for (auto& [name, t] : y) {
-    if (t.dtype != DType::F32) continue;
-    const auto& u = x.at(name).f32;
-    double mx = 1e-12, err = 0;
-    for (size_t i = 0; i < t.f32.size(); ++i) {
-      mx = std::max(mx, std::fabs(double(t.f32[i])));
-      err = std::max(err, std::fabs(double(t.f32[i]) - u[i]));
-    }
-    worst = std::max(worst, err / mx);
-  }
-  return worst;
-}
-
 const std::string& tee_only_reference() {
   static std::string path = [] {
     std::string p = (temp_dir() / "tee.safetensors").string();
@@ -102,7 +86,7 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   EXPECT_EQ(be.stats().rejected, 0) << "false alarm on honest workers";
   EXPECT_EQ(be.stats().local_fallbacks, 0);
   EXPECT_GT(be.stats().products, 0);
-  const double err = max_rel_error(out, tee_only_reference());
+  const double err = testutil::max_rel_error(out, tee_only_reference());
   std::printf("tempo, %d worker(s), key shift %s: max error %.3g·max|w|\n", nw, shift ? "on" : "off", err);
   EXPECT_LT(err, 1e-3);
 }
@@ -127,7 +111,7 @@ TEST_P(Tampering, EveryLieIsCaughtAndTrainingStaysCorrect) {
               static_cast<long long>(be.stats().rejected));
   EXPECT_GT(liar->tampered(), 5);
   EXPECT_EQ(be.stats().rejected, liar->tampered()) << "every lie caught, no false alarm";
-  EXPECT_LT(max_rel_error(out, tee_only_reference()), 1e-3);
+  EXPECT_LT(testutil::max_rel_error(out, tee_only_reference()), 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Kinds, Tampering, ::testing::Values("entry", "row", "zeros", "nan", "inf", "shape"));
@@ -144,7 +128,7 @@ TEST(Quarantine, LiarIsDroppedAfterConfiguredFailures) {
   train(c, &be);
   EXPECT_EQ(be.healthy_workers(), 1u);
   EXPECT_EQ(be.stats().rejected, 2);
-  EXPECT_LT(max_rel_error(out, tee_only_reference()), 1e-3);
+  EXPECT_LT(testutil::max_rel_error(out, tee_only_reference()), 1e-3);
 }
 
 TEST(Fallback, NoWorkerLeftContinuesInMasterOrStops) {
@@ -159,7 +143,7 @@ TEST(Fallback, NoWorkerLeftContinuesInMasterOrStops) {
     train(c, &be);
     EXPECT_EQ(be.healthy_workers(), 0u);
     EXPECT_GT(be.stats().local_fallbacks, 0);
-    EXPECT_LT(max_rel_error(out, tee_only_reference()), 1e-3);
+    EXPECT_LT(testutil::max_rel_error(out, tee_only_reference()), 1e-3);
   }
   c.offload.fallback = false;
   std::filesystem::remove(out);
@@ -346,7 +330,7 @@ TEST(ChannelMode, TrainingMatchesTeeOnly) {
   OffloadBackend be(c.offload, local_workers(2), secret_from_seed(__LINE__));
   train(c, &be);
   EXPECT_EQ(be.stats().rejected, 0);
-  const double err = max_rel_error(out, tee_only_reference());
+  const double err = testutil::max_rel_error(out, tee_only_reference());
   std::printf("channel mode: max error %.3g·max|w|\n", err);
   EXPECT_LT(err, 1e-3);
 }
@@ -365,7 +349,7 @@ TEST(ChannelMode, EveryLieIsCaught) {
   train(c, &be);
   EXPECT_GT(liar->tampered(), 5);
   EXPECT_EQ(be.stats().rejected, liar->tampered());
-  EXPECT_LT(max_rel_error(out, tee_only_reference()), 1e-3);
+  EXPECT_LT(testutil::max_rel_error(out, tee_only_reference()), 1e-3);
 }
 
 }  // namespace

@@ -5,11 +5,14 @@
 #include <gtest/gtest.h>
 #include <stdlib.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
 
 #include "common/error.h"
+#include "trusted/io/safetensors.h"
 
 namespace tempo::testutil {
 
@@ -35,6 +38,23 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// Largest per-tensor error of a's F32 tensors relative to max|w| of b's.
+inline double max_rel_error(const std::string& a, const std::string& b) {
+  TensorMap x = read_safetensors(a), y = read_safetensors(b);
+  double worst = 0;
+  for (auto& [name, t] : y) {
+    if (t.dtype != DType::F32) continue;
+    const auto& u = x.at(name).f32;
+    double mx = 1e-12, err = 0;
+    for (size_t i = 0; i < t.f32.size(); ++i) {
+      mx = std::max(mx, std::fabs(double(t.f32[i])));
+      err = std::max(err, std::fabs(double(t.f32[i]) - u[i]));
+    }
+    worst = std::max(worst, err / mx);
+  }
+  return worst;
+}
 
 }  // namespace tempo::testutil
 

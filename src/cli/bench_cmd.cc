@@ -2,13 +2,16 @@
 // step on the same thread counts, measured in one run, printed side by side.
 #include <algorithm>
 #include <chrono>
+#include <filesystem>
 #include <cstdio>
 #include <sstream>
 
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "common/subprocess.h"
 #include "trusted/offload_backend.h"
+#include "worker/connect.h"
 
 #include <cstring>
 
@@ -133,25 +136,20 @@ double memory_bandwidth_gbs() {
   return 2.0 * sizeof(float) * static_cast<double>(n) / best / 1e9;
 }
 
-int run_modes(const BenchConfig& cfg) {
-  const int threads = cfg.threads.empty() ? 0 : cfg.threads.back();
-  set_num_threads(threads);
+struct Config {
+  std::string label;
+  std::string mode;
+  bool key_shift = true;
+  int rounds = 1;
+  std::string workers;
+};
+
+// Every configuration on every model, interleaved, as one table.
+int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
   const double bw = memory_bandwidth_gbs();
   std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write)\n", num_threads(), bw);
   std::printf("%-9s %5s %-26s %9s %7s %8s %8s %8s %8s %8s %9s %9s\n", "model", "batch", "configuration",
               "ms/step", "x tee", "encrypt", "transfer", "worker", "decrypt", "verify", "MB moved", "floor ms");
-  struct Config {
-    const char* label;
-    const char* mode;
-    bool key_shift;
-    int rounds;
-  };
-  const Config configs[] = {{"tee-only", "tee-only", true, 1},
-                            {"offload (insecure)", "offload", true, 0},
-                            {"tempo", "tempo", true, 1},
-                            {"tempo, no key shift", "tempo", false, 1},
-                            {"tempo, no verification", "tempo", true, 0},
-                            {"tempo, no shift, no verif.", "tempo", false, 0}};
   for (const auto& s : cfg.models) {
     Case c = parse_case(s);
     const int steps = cfg.steps > 0 ? cfg.steps : (c.model == "cnn" || c.model == "mlp" ? 30 : 6);
@@ -159,12 +157,12 @@ int run_modes(const BenchConfig& cfg) {
     std::vector<std::unique_ptr<StepRunner>> runners;
     for (const auto& conf : configs) {
       std::unique_ptr<OffloadBackend> be;
-      if (std::string(conf.mode) != "tee-only") {
+      if (conf.mode != "tee-only") {
         OffloadConfig oc;
-        oc.insecure_identity = std::string(conf.mode) == "offload";
+        oc.insecure_identity = conf.mode == "offload";
         oc.key_shift = conf.key_shift;
         oc.verify.rounds = conf.rounds;
-        be = std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers), random_secret());
+        be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
       runners.back()->run(2, 2);
@@ -178,11 +176,109 @@ int run_modes(const BenchConfig& cfg) {
       if (i == 0) tee_ms = t.median_ms;
       const double ms = 1e3;
       std::printf("%-9s %5lld %-26s %9.1f %7.2f %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f\n", c.model.c_str(),
-                  static_cast<long long>(c.batch), configs[i].label, t.median_ms, t.median_ms / tee_ms,
+                  static_cast<long long>(c.batch), configs[i].label.c_str(), t.median_ms, t.median_ms / tee_ms,
                   t.phases.encrypt * ms, t.phases.transfer * ms, t.phases.worker * ms, t.phases.decrypt * ms,
                   t.phases.verify * ms, t.trusted_mb, t.trusted_mb / 1e3 / bw * ms);
       std::fflush(stdout);
     }
+  }
+  return 0;
+}
+
+int run_modes(const BenchConfig& cfg) {
+  set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
+  const std::string& w = cfg.workers;
+  return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
+                           {"offload (insecure)", "offload", true, 0, w},
+                           {"tempo", "tempo", true, 1, w},
+                           {"tempo, no key shift", "tempo", false, 1, w},
+                           {"tempo, no verification", "tempo", true, 0, w},
+                           {"tempo, no shift, no verif.", "tempo", false, 0, w}});
+}
+
+// Worker processes of this binary on loopback, for the remote suites.
+struct BenchWorkers {
+  explicit BenchWorkers(int n, int threads) {
+    char tmpl[] = "/tmp/tempo-bench.XXXXXX";
+    TEMPO_CHECK(mkdtemp(tmpl) != nullptr, "cannot make a temporary directory");
+    dir = tmpl;
+    for (int i = 0; i < n; ++i)
+      procs.push_back(std::make_unique<WorkerProcess>("/proc/self/exe", dir, "worker" + std::to_string(i),
+                                                      std::vector<std::string>{"--quiet", "--threads",
+                                                                               std::to_string(threads)}));
+  }
+  ~BenchWorkers() {
+    procs.clear();
+    std::filesystem::remove_all(dir);
+  }
+  std::string list(size_t n) const {
+    std::string s;
+    for (size_t i = 0; i < n && i < procs.size(); ++i) {
+      if (!s.empty()) s += ',';
+      s += procs[i]->address();
+    }
+    return s;
+  }
+  std::string dir;
+  std::vector<std::unique_ptr<WorkerProcess>> procs;
+};
+
+// Step time through worker processes on this machine against in-process
+// workers and tee-only.
+int run_remote(const BenchConfig& cfg) {
+  set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
+  BenchWorkers ws(2, cfg.worker_threads);
+  std::printf("remote workers: processes on 127.0.0.1, %d compute thread(s) each\n", cfg.worker_threads);
+  return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
+                           {"tempo, local:1", "tempo", true, 1, "local:1"},
+                           {"tempo, 1 remote", "tempo", true, 1, ws.list(1)},
+                           {"tempo, 2 remote", "tempo", true, 1, ws.list(2)}});
+}
+
+// Loopback throughput of tensors to a worker process and back.
+int run_transfer(const BenchConfig& cfg) {
+  set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
+  BenchWorkers ws(1, cfg.worker_threads);
+  auto workers = connect_workers(ws.list(1));
+  WorkerApi& w = *workers[0];
+  Obfuscator obf(random_secret(), 4.0);
+  const double bw = memory_bandwidth_gbs();
+  std::printf("loopback to one worker process; this process's memory copy bandwidth %.1f GB/s\n", bw);
+  std::printf("%10s %14s %14s %14s %14s\n", "MiB", "upload GB/s", "download GB/s", "upload/copy", "download/copy");
+  const int64_t cols = 1024;
+  std::vector<float> ones(static_cast<size_t>(cols), 1.0f);
+  for (int mib : {1, 4, 16, 64, 256}) {
+    const int64_t rows = (int64_t{mib} << 20) / 4 / cols;
+    std::vector<float> data(static_cast<size_t>(rows * cols), 0.5f), col(static_cast<size_t>(rows), 1.0f);
+    const Triple t = obf.draw_triple(rows, cols, 1);
+    const CipherMatrix big = obf.encrypt_x(t, data.data(), rows, cols);
+    const Triple t1 = obf.draw_triple(1, cols, 1);
+    const CipherMatrix row = obf.encrypt_x(t1, ones.data(), 1, cols);
+    const Triple t2 = obf.draw_triple(rows, 1, 1);
+    const CipherMatrix tall = obf.encrypt_x(t2, col.data(), rows, 1);
+    const CipherMatrix wide = obf.encrypt_x(obf.draw_triple(cols, 1, 1), ones.data(), cols, 1);
+    std::vector<double> up, down;
+    const int reps = mib >= 256 ? 4 : mib >= 64 ? 8 : 20;
+    for (int r = 0; r < reps; ++r) {
+      // Upload: the big tensor in, a rows x 1 product out.
+      auto t0 = std::chrono::steady_clock::now();
+      w.put(1, big);
+      w.put(2, row);
+      Matrix z = w.product(ProductOp::kNT, 1, 2).get();
+      up.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      w.end_step();
+      // Download: two thin tensors in, the rows x cols outer product out.
+      t0 = std::chrono::steady_clock::now();
+      w.put(3, tall);
+      w.put(4, wide);
+      Matrix y = w.product(ProductOp::kNT, 3, 4).get();
+      down.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+      w.end_step();
+    }
+    const double bytes = static_cast<double>(rows * cols) * 4;
+    const double gu = bytes / median(up) / 1e9, gd = bytes / median(down) / 1e9;
+    std::printf("%10d %14.2f %14.2f %14.3f %14.3f\n", mib, gu, gd, gu / bw * 2, gd / bw * 2);
+    std::fflush(stdout);
   }
   return 0;
 }
@@ -213,14 +309,21 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
   app.add_option("--python", c.python, "Python with torch")->capture_default_str();
   app.add_option("--suite", c.suite,
                  "torch: tee-only against PyTorch per thread count; modes: tempo vs tee-only vs offload "
-                 "with a per-phase breakdown (threads: the last of --threads)")
+                 "with a per-phase breakdown (threads: the last of --threads); remote: worker processes on "
+                 "loopback vs in-process workers vs tee-only; transfer: loopback tensor throughput")
       ->capture_default_str()
-      ->check(CLI::IsMember({"torch", "modes"}));
+      ->check(CLI::IsMember({"torch", "modes", "remote", "transfer"}));
   app.add_option("--workers", c.workers, "Workers of the modes suite")->capture_default_str();
+  app.add_option("--worker-threads", c.worker_threads,
+                 "Compute threads of each worker process (remote and transfer suites)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
 }
 
 int run_bench(const BenchConfig& cfg) {
   if (cfg.suite == "modes") return run_modes(cfg);
+  if (cfg.suite == "remote") return run_remote(cfg);
+  if (cfg.suite == "transfer") return run_transfer(cfg);
   std::printf("%-10s %6s %8s %14s %14s %10s\n", "model", "batch", "threads", "tempo ms/step",
               "torch ms/step", "tempo/torch");
   for (const auto& s : cfg.models) {

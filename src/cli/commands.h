@@ -34,8 +34,25 @@ struct BenchConfig {
   std::string python = "/usr/bin/python3";
   std::string suite = "torch";
   std::string workers = "local:1";
+  int worker_threads = 1;
 };
 void add_bench_flags(CLI::App& app, BenchConfig& cfg);
 int run_bench(const BenchConfig& cfg);
+
+struct WorkerConfig {
+  std::string listen = "127.0.0.1:7070";
+  std::string backend = "cpu";
+  int threads = 0;
+  int64_t quota_mib = 8192;
+  int idle_timeout_s = 300;
+  int max_sessions = 16;
+  std::string token_file, tls_cert, tls_key, tls_client_ca, port_file;
+  double lie_rate = 0;
+  std::string lie_kind = "entry";
+  uint64_t lie_seed = 1;
+  bool quiet = false;
+};
+void add_worker_flags(CLI::App& app, WorkerConfig& cfg);
+int run_worker(const WorkerConfig& cfg);
 
 }  // namespace tempo::cli

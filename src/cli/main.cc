@@ -1,5 +1,7 @@
-// `tempo`: the one binary. Subcommands: train, eval, bench.
+// `tempo`: the one binary. Subcommands: train, eval, predict, worker, bench.
 #include <CLI/CLI.hpp>
+
+#include <malloc.h>
 
 #include <csignal>
 #include <cstdio>
@@ -23,6 +25,11 @@ void on_sigint(int) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Tensors of many MiB come and go every step (gRPC messages, results):
+  // keep freed memory in the heap for reuse instead of unmapping it, since
+  // every freshly mapped page costs a fault (dear in virtual machines).
+  mallopt(M_MMAP_THRESHOLD, 32 << 20);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{
       "Tempo: confidential deep-learning training. A trusted master keeps data, weights and\n"
       "keys; untrusted workers see only blinded matrix products, each result is checked.\n"};
@@ -42,6 +49,11 @@ int main(int argc, char** argv) {
       "predict", "Write class probabilities of a saved model for a data set (secure inference)");
   tempo::cli::add_predict_flags(*predict, predict_cfg);
 
+  tempo::cli::WorkerConfig worker_cfg;
+  CLI::App* worker = app.add_subcommand(
+      "worker", "Serve as an untrusted worker: multiply the blinded matrices masters send (gRPC)");
+  tempo::cli::add_worker_flags(*worker, worker_cfg);
+
   tempo::cli::BenchConfig bench_cfg;
   CLI::App* bench = app.add_subcommand(
       "bench", "Time training steps in tee-only mode against PyTorch on the same threads");
@@ -59,6 +71,7 @@ int main(int argc, char** argv) {
     if (*eval) return tempo::cli::run_eval(eval_cfg);
     if (*predict) return tempo::cli::run_predict(predict_cfg);
     if (*bench) return tempo::cli::run_bench(bench_cfg);
+    if (*worker) return tempo::cli::run_worker(worker_cfg);
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());
     return 1;

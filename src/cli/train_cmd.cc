@@ -22,7 +22,21 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--mode", c.mode,
                  "tempo (obfuscated, verified) | offload (insecure ablation) | tee-only (all in the master)")
       ->capture_default_str();
-  app.add_option("--workers", c.workers, "local:N (in-process) or host:port,...")->capture_default_str();
+  app.add_option("--workers", c.workers,
+                 "local:N (in-process) and/or HOST:PORT of `tempo worker` processes, comma-separated")
+      ->capture_default_str();
+  app.add_option("--token-file", c.remote.token_file,
+                 "File holding the workers' access token (see `tempo worker --token-file`)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-ca", c.remote.tls_ca, "Use TLS to the workers; trust this CA (PEM)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-cert", c.remote.tls_cert, "Client certificate for mutual TLS (PEM)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--tls-key", c.remote.tls_key, "Client key for mutual TLS (PEM)")->check(CLI::ExistingFile);
+  app.add_option("--worker-timeout", c.remote.call_timeout_s,
+                 "Seconds a remote worker may take for one call (plus 1 s per 100 MB) before it counts as failed")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--threads", c.threads, "Threads of the trusted side (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);

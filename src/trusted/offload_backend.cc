@@ -1,6 +1,7 @@
 #include "trusted/offload_backend.h"
 
 #include <chrono>
+#include <ctime>
 #include <cstdio>
 #include <cstring>
 
@@ -74,12 +75,15 @@ void OffloadBackend::blame(size_t w, const Product& p, const std::string& why) {
   Slot& s = slots_[w];
   ++s.failures;
   ++stats_.rejected;
-  std::fprintf(stderr, "tempo: worker %s: rejected its result for %s (%s); re-encrypting with fresh keys\n",
-               s.api->name().c_str(), p.name.c_str(), why.c_str());
+  char when[32];
+  const std::time_t now = std::time(nullptr);
+  std::strftime(when, sizeof when, "%H:%M:%S", std::localtime(&now));
+  std::fprintf(stderr, "tempo: %s step %lld: worker %s: rejected its result for %s (%s); re-encrypting with fresh keys\n",
+               when, static_cast<long long>(steps_done_ + 1), s.api->name().c_str(), p.name.c_str(), why.c_str());
   if (!s.quarantined && s.failures >= cfg_.quarantine_after) {
     s.quarantined = true;
-    std::fprintf(stderr, "tempo: WARNING: worker %s quarantined after %d failures; %zu worker(s) left\n",
-                 s.api->name().c_str(), s.failures, healthy_workers());
+    std::fprintf(stderr, "tempo: %s step %lld: WARNING: worker %s quarantined after %d failures; %zu worker(s) left\n",
+                 when, static_cast<long long>(steps_done_ + 1), s.api->name().c_str(), s.failures, healthy_workers());
   }
 }
 
@@ -674,6 +678,7 @@ void OffloadBackend::backward_input_col2im(const Product& p, const float* dc, co
 }
 
 void OffloadBackend::end_step() {
+  ++steps_done_;
   for (auto& s : slots_) {
     if (s.quarantined) continue;
     try {

@@ -122,6 +122,7 @@ class OffloadBackend final : public LinearBackend {
   PhaseSeconds phases_;
   OffloadStats stats_;
   bool warned_fallback_ = false;
+  int64_t steps_done_ = 0;
   std::vector<char> excluded_;
   Matrix assembled_, partial_;
   std::vector<double> r_pre_, cr_pre_;

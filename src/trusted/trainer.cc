@@ -10,6 +10,7 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "common/progress.h"
+#include "worker/connect.h"
 
 namespace tempo {
 
@@ -85,7 +86,7 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg) {
     } else {
       secret = random_secret();
     }
-    return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers), secret);
+    return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers, cfg.remote), secret);
   }
   throw Error("unknown --mode '" + cfg.mode + "'; choose tempo, offload or tee-only");
 }

@@ -10,6 +10,7 @@
 #include "trusted/data/dataset.h"
 #include "trusted/model.h"
 #include "trusted/offload_backend.h"
+#include "wire/remote_worker.h"
 #include "trusted/optim/optimizer.h"
 
 namespace tempo {
@@ -19,6 +20,7 @@ struct TrainConfig {
   std::string data = "fashion-mnist";
   std::string mode = "tempo";  // tempo | offload | tee-only
   std::string workers = "local:1";
+  RemoteOptions remote;        // token, TLS, deadlines for HOST:PORT workers
   int threads = 0;             // 0: all cores
   uint64_t seed = 0;
   int64_t batch_size = 64;

@@ -47,7 +47,4 @@ class WorkerError : public std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
-// "local:N" starts N in-process CPU workers, each on its own thread.
-std::vector<std::unique_ptr<WorkerApi>> connect_workers(const std::string& spec);
-
 }  // namespace tempo

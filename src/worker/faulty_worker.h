@@ -11,11 +11,20 @@
 #include <vector>
 
 #include "wire/worker_api.h"
+#include "worker/worker_service.h"
 
 namespace tempo {
 
 enum class Tamper { kNone, kEntry, kRow, kZeros, kNaN, kInf, kShape };
 Tamper parse_tamper(const std::string& s);  // entry|row|zeros|nan|inf|shape
+
+// z with one perturbation of kind `how` at a place chosen by `pick`.
+Matrix tamper_result(Matrix z, Tamper how, uint64_t pick);
+
+// A compute backend that lies at `rate` (for `tempo worker --lie-rate`,
+// which tests use to stand in for a malicious remote worker).
+std::unique_ptr<ComputeBackend> make_tampering_backend(std::unique_ptr<ComputeBackend> inner, Tamper how,
+                                                       double rate, uint64_t seed);
 
 // Returns wrong results for a fraction `rate` of products (deterministic in
 // `seed`): kEntry adds 1e-2·max|row| to one entry, kRow perturbs a whole row

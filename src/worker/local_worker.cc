@@ -56,26 +56,4 @@ void LocalWorker::release(Handle h) { service_.release(h); }
 
 void LocalWorker::end_step() { service_.end_step(); }
 
-std::vector<std::unique_ptr<WorkerApi>> connect_workers(const std::string& spec) {
-  std::vector<std::unique_ptr<WorkerApi>> out;
-  if (spec.rfind("local:", 0) == 0 || spec == "local") {
-    int n = 1;
-    if (spec.size() > 6) {
-      try {
-        size_t used = 0;
-        n = std::stoi(spec.substr(6), &used);
-        TEMPO_CHECK(used == spec.size() - 6, "");
-      } catch (...) {
-        n = -1;
-      }
-    }
-    TEMPO_CHECK(n >= 1 && n <= 64, "--workers '" + spec + "': expected local:N with N from 1 to 64");
-    for (int i = 0; i < n; ++i)
-      out.push_back(std::make_unique<LocalWorker>("local:" + std::to_string(i), make_cpu_backend()));
-    return out;
-  }
-  throw Error("--workers '" + spec +
-              "': remote workers (host:port) are not supported by this build yet; use local:N");
-}
-
 }  // namespace tempo

@@ -28,7 +28,7 @@ void WorkerService::put(Handle h, std::shared_ptr<const Matrix> m) {
   const size_t bytes = static_cast<size_t>(m->size()) * sizeof(float);
   auto it = store_.find(h);
   size_t freed = it != store_.end() ? static_cast<size_t>(it->second->size()) * sizeof(float) : 0;
-  if (held_ - freed + bytes > quota_)
+  if (bytes > quota_ || held_ - freed > quota_ - bytes)
     throw WorkerError("memory quota exceeded: holding " + std::to_string(held_) + " bytes, quota " +
                       std::to_string(quota_));
   held_ = held_ - freed + bytes;
@@ -42,18 +42,44 @@ std::shared_ptr<const Matrix> WorkerService::get(Handle h) const {
   return it->second;
 }
 
+void WorkerService::check_room(size_t bytes) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (bytes > quota_ || held_ > quota_ - bytes)
+    throw WorkerError("memory quota exceeded: holding " + std::to_string(held_) + " bytes, " +
+                      std::to_string(bytes) + " more requested, quota " + std::to_string(quota_));
+}
+
+void WorkerService::check_result(int64_t rows, int64_t cols) const {
+  if (rows > 0 && cols > 0 && static_cast<uint64_t>(cols) > quota_ / sizeof(float) / static_cast<uint64_t>(rows))
+    throw WorkerError("result of " + std::to_string(rows) + "x" + std::to_string(cols) +
+                      " floats exceeds the memory quota of " + std::to_string(quota_) + " bytes");
+}
+
 Matrix WorkerService::product(ProductOp op, Handle x, Handle y) {
   auto a = get(x), b = get(y);
+  return product(op, *a, *b);
+}
+
+Matrix WorkerService::product(ProductOp op, const Matrix& a, const Matrix& b) {
   int64_t r, c;
-  result_shape(op, *a, *b, r, c);
-  return backend_->product(op, *a, *b);
+  result_shape(op, a, b, r, c);
+  check_result(r, c);
+  return backend_->product(op, a, b);
 }
 
 Matrix WorkerService::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {
   auto x = get(a), y = get(b);
-  const int64_t kMax = int64_t{1} << 31;
+  return conv(op, *x, *y, g);
+}
+
+Matrix WorkerService::conv(ConvOp op, const Matrix& xm, const Matrix& ym, const ConvGeometry& g) {
+  const Matrix* x = &xm;
+  const Matrix* y = &ym;
+  // Bounds keep every size product below 2^63 (geometry may come off the network).
+  const int64_t kMax = int64_t{1} << 20, kMaxSide = int64_t{1} << 16;
   if (g.n <= 0 || g.c <= 0 || g.h <= 0 || g.w <= 0 || g.o <= 0 || g.k <= 0 || g.s <= 0 || g.p < 0 ||
-      g.n > kMax || g.c > kMax || g.h > kMax || g.w > kMax || g.o > kMax || g.k > 64 || g.p > g.k)
+      g.n > kMax || g.c > kMax || g.h > kMaxSide || g.w > kMaxSide || g.o > kMax || g.k > 64 || g.s > 64 ||
+      g.p > g.k)
     throw WorkerError("invalid convolution geometry");
   const ConvGeometry c = ConvGeometry::make(g.n, g.c, g.h, g.w, g.o, g.k, g.s, g.p);
   if (c.oh <= 0 || c.ow <= 0 || c.oh != g.oh || c.ow != g.ow) throw WorkerError("invalid convolution geometry");
@@ -68,6 +94,11 @@ Matrix WorkerService::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g)
     case ConvOp::kBackwardInput: expect(*x, c.n, op_, "output gradient"); expect(*y, c.o, ckk, "kernel"); break;
     case ConvOp::kBackwardWeight: expect(*x, c.n, chw, "input"); expect(*y, c.n, op_, "output gradient"); break;
     default: throw WorkerError("unknown convolution operation");
+  }
+  switch (op) {
+    case ConvOp::kForward: check_result(c.n, op_); break;
+    case ConvOp::kBackwardInput: check_result(c.n, chw); break;
+    default: check_result(c.o, ckk); break;
   }
   return backend_->conv(op, *x, *y, c);
 }

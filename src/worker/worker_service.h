@@ -32,6 +32,15 @@ class WorkerService {
   void put(Handle h, std::shared_ptr<const Matrix> m);
   Matrix product(ProductOp op, Handle x, Handle y);
   Matrix conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g);
+  // The same on operands given directly (a remote client's inline tensors).
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y);
+  Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g);
+  // The stored tensor (WorkerError if unknown).
+  std::shared_ptr<const Matrix> get(Handle h) const;
+  // Throws WorkerError unless `bytes` more fit in the quota (checked before
+  // a remote tensor is received, so a claimed size cannot exhaust memory).
+  void check_room(size_t bytes) const;
+  size_t quota() const { return quota_; }
   void release(Handle h);
   void end_step();
   size_t bytes_held() const;
@@ -42,7 +51,7 @@ class WorkerService {
                            int64_t& cols);
 
  private:
-  std::shared_ptr<const Matrix> get(Handle h) const;
+  void check_result(int64_t rows, int64_t cols) const;
   std::unique_ptr<ComputeBackend> backend_;
   size_t quota_;
   mutable std::mutex mu_;
