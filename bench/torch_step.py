@@ -1,6 +1,7 @@
-"""Times PyTorch's CPU training step (forward, cross-entropy, backward, SGD
-with momentum) for one model, batch size and thread count. Prints one line:
-`median_ms <value>`. Run with /usr/bin/python3 (Debian's torch)."""
+"""Times PyTorch's training step (forward, cross-entropy, backward, SGD with
+momentum) for one model, batch size and thread count, on the CPU or on a GPU
+(`--device cuda`, float32 throughout: TF32 off). Prints one line:
+`median_ms <value>`. Run with /usr/bin/python3 (Debian's torch) here."""
 import argparse
 import os
 import statistics
@@ -19,22 +20,33 @@ def main():
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    model = tempo_models.build(a.model)
+    dev = torch.device(a.device)
+    if dev.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    model = tempo_models.build(a.model).to(dev)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(a.batch, *tempo_models.INPUT_SHAPES[a.model])
-    y = torch.randint(0, 10, (a.batch,))
+    x = torch.randn(a.batch, *tempo_models.INPUT_SHAPES[a.model]).to(dev)
+    y = torch.randint(0, 10, (a.batch,)).to(dev)
+
+    def sync():
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
     loss_fn = torch.nn.CrossEntropyLoss()
     times = []
     for i in range(a.warmup + a.steps):
+        sync()
         t = time.perf_counter()
         opt.zero_grad(set_to_none=False)
         loss = loss_fn(model(x), y)
         loss.backward()
         opt.step()
+        sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)
     print(f"median_ms {1e3 * statistics.median(times):.3f}")

@@ -70,7 +70,7 @@ struct Reader {
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   WorkerNodeOptions o;
-  o.make_backend = [] { return std::make_unique<NaiveBackend>(); };
+  o.make_backend = [](bool) { return std::make_unique<NaiveBackend>(); };
   o.quota_bytes = 1 << 20;  // small, so big claims hit the quota path
   o.log = false;
   WorkerNode node(o);

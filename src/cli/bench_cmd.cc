@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <cstdio>
 #include <sstream>
+#include <thread>
 
 #include "cli/commands.h"
 #include "common/error.h"
@@ -12,6 +13,7 @@
 #include "common/subprocess.h"
 #include "trusted/offload_backend.h"
 #include "worker/connect.h"
+#include "worker/cuda/cuda_backend.h"
 
 #include <cstring>
 
@@ -49,13 +51,17 @@ struct StepTiming {
   double median_ms = 0;
   PhaseSeconds phases;       // mean per step
   double trusted_mb = 0;     // trusted-side memory traffic per step (offloading modes)
+  double moved_mb = 0;       // bytes to and from workers per step
 };
 
 // One configuration's training loop on fixed random data, run in slices so
 // that configurations can be interleaved (the machine's speed drifts).
 class StepRunner {
  public:
-  StepRunner(const Case& c, std::unique_ptr<OffloadBackend> backend)
+  // threads: set for each slice of steps (0: leave as is); conv_mode as
+  // Model::set_conv_mode (channel mode from the third offloaded convolution).
+  StepRunner(const Case& c, std::unique_ptr<OffloadBackend> backend, int threads = 0,
+             const std::string& conv_mode = "im2col")
       : model_(build_model(c.model, 0)),
         opt_(make_optimizer(OptimConfig{}, model_->parameters())),
         backend_(std::move(backend)),
@@ -67,11 +73,15 @@ class StepRunner {
     for (int64_t i = 0; i < x_.numel(); ++i) x_[i] = static_cast<float>(rng_.normal());
     y_.resize(static_cast<size_t>(c.batch));
     for (auto& l : y_) l = static_cast<int64_t>(rng_.below(10));
+    model_->set_conv_mode(backend_ ? conv_mode : "im2col", 3);
+    threads_ = threads;
   }
   // Runs `steps` steps; the first `warmup` of the runner's life are not timed.
   void run(int steps, int warmup = 0) {
+    if (threads_ > 0) set_num_threads(threads_);
     for (int i = 0; i < steps; ++i) {
       const int64_t t0b = backend_ ? backend_->stats().trusted_bytes() : 0;
+      const int64_t t0m = backend_ ? backend_->stats().bytes_sent + backend_->stats().bytes_received : 0;
       auto t = std::chrono::steady_clock::now();
       cross_entropy(model_->forward(x_, ctx_), y_, &dlogits_);
       model_->backward(dlogits_, ctx_);
@@ -85,7 +95,10 @@ class StepRunner {
       sum_.worker += ph.worker;
       sum_.decrypt += ph.decrypt;
       sum_.verify += ph.verify;
-      if (backend_) bytes_ += backend_->stats().trusted_bytes() - t0b;
+      if (backend_) {
+        bytes_ += backend_->stats().trusted_bytes() - t0b;
+        moved_ += backend_->stats().bytes_sent + backend_->stats().bytes_received - t0m;
+      }
     }
   }
   StepTiming result() const {
@@ -94,6 +107,7 @@ class StepRunner {
     r.median_ms = median(times_);
     r.phases = {sum_.encrypt / n, sum_.transfer / n, sum_.worker / n, sum_.decrypt / n, sum_.verify / n};
     r.trusted_mb = static_cast<double>(bytes_) / n / 1e6;
+    r.moved_mb = static_cast<double>(moved_) / n / 1e6;
     return r;
   }
 
@@ -108,8 +122,8 @@ class StepRunner {
   std::vector<int64_t> y_;
   std::vector<double> times_;
   PhaseSeconds sum_;
-  int64_t bytes_ = 0;
-  int warmed_ = 0;
+  int64_t bytes_ = 0, moved_ = 0;
+  int warmed_ = 0, threads_ = 0;
 };
 
 double tempo_step_ms(const Case& c, int threads, int steps) {
@@ -235,58 +249,166 @@ int run_remote(const BenchConfig& cfg) {
                            {"tempo, 2 remote", "tempo", true, 1, ws.list(2)}});
 }
 
+double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps,
+                     const std::string& device = "cpu");
+
+struct Rates {
+  double up_gbs, down_gbs;
+};
+
+// Throughput of one worker for a tensor of `mib` MiB. Upload: the tensor in,
+// a one-column product out; download: two thin tensors in, their outer
+// product (the tensor) out. Medians of several round trips.
+Rates transfer_rates(WorkerApi& w, Obfuscator& obf, int mib) {
+  const int64_t cols = 1024, rows = (int64_t{mib} << 20) / 4 / cols;
+  std::vector<float> data(static_cast<size_t>(rows * cols), 0.5f), col(static_cast<size_t>(rows), 1.0f),
+      ones(static_cast<size_t>(cols), 1.0f);
+  const CipherMatrix big = obf.encrypt_x(obf.draw_triple(rows, cols, 1), data.data(), rows, cols);
+  const CipherMatrix row = obf.encrypt_x(obf.draw_triple(1, cols, 1), ones.data(), 1, cols);
+  const CipherMatrix tall = obf.encrypt_x(obf.draw_triple(rows, 1, 1), col.data(), rows, 1);
+  const CipherMatrix wide = obf.encrypt_x(obf.draw_triple(cols, 1, 1), ones.data(), cols, 1);
+  std::vector<double> up, down;
+  const int reps = mib >= 256 ? 4 : mib >= 64 ? 8 : 20;
+  for (int r = 0; r < reps; ++r) {
+    auto t0 = std::chrono::steady_clock::now();
+    w.put(1, big);
+    w.put(2, row);
+    Matrix z = w.product(ProductOp::kNT, 1, 2).get();
+    up.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    w.end_step();
+    t0 = std::chrono::steady_clock::now();
+    w.put(3, tall);
+    w.put(4, wide);
+    Matrix y = w.product(ProductOp::kNT, 3, 4).get();
+    down.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    w.end_step();
+  }
+  const double bytes = static_cast<double>(rows * cols) * 4;
+  return {bytes / median(up) / 1e9, bytes / median(down) / 1e9};
+}
+
 // Loopback throughput of tensors to a worker process and back.
 int run_transfer(const BenchConfig& cfg) {
   set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
   BenchWorkers ws(1, cfg.worker_threads);
   auto workers = connect_workers(ws.list(1));
-  WorkerApi& w = *workers[0];
   Obfuscator obf(random_secret(), 4.0);
   const double bw = memory_bandwidth_gbs();
   std::printf("loopback to one worker process; this process's memory copy bandwidth %.1f GB/s\n", bw);
   std::printf("%10s %14s %14s %14s %14s\n", "MiB", "upload GB/s", "download GB/s", "upload/copy", "download/copy");
-  const int64_t cols = 1024;
-  std::vector<float> ones(static_cast<size_t>(cols), 1.0f);
   for (int mib : {1, 4, 16, 64, 256}) {
-    const int64_t rows = (int64_t{mib} << 20) / 4 / cols;
-    std::vector<float> data(static_cast<size_t>(rows * cols), 0.5f), col(static_cast<size_t>(rows), 1.0f);
-    const Triple t = obf.draw_triple(rows, cols, 1);
-    const CipherMatrix big = obf.encrypt_x(t, data.data(), rows, cols);
-    const Triple t1 = obf.draw_triple(1, cols, 1);
-    const CipherMatrix row = obf.encrypt_x(t1, ones.data(), 1, cols);
-    const Triple t2 = obf.draw_triple(rows, 1, 1);
-    const CipherMatrix tall = obf.encrypt_x(t2, col.data(), rows, 1);
-    const CipherMatrix wide = obf.encrypt_x(obf.draw_triple(cols, 1, 1), ones.data(), cols, 1);
-    std::vector<double> up, down;
-    const int reps = mib >= 256 ? 4 : mib >= 64 ? 8 : 20;
-    for (int r = 0; r < reps; ++r) {
-      // Upload: the big tensor in, a rows x 1 product out.
-      auto t0 = std::chrono::steady_clock::now();
-      w.put(1, big);
-      w.put(2, row);
-      Matrix z = w.product(ProductOp::kNT, 1, 2).get();
-      up.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      w.end_step();
-      // Download: two thin tensors in, the rows x cols outer product out.
-      t0 = std::chrono::steady_clock::now();
-      w.put(3, tall);
-      w.put(4, wide);
-      Matrix y = w.product(ProductOp::kNT, 3, 4).get();
-      down.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
-      w.end_step();
-    }
-    const double bytes = static_cast<double>(rows * cols) * 4;
-    const double gu = bytes / median(up) / 1e9, gd = bytes / median(down) / 1e9;
-    std::printf("%10d %14.2f %14.2f %14.3f %14.3f\n", mib, gu, gd, gu / bw * 2, gd / bw * 2);
+    const Rates r = transfer_rates(*workers[0], obf, mib);
+    std::printf("%10d %14.2f %14.2f %14.3f %14.3f\n", mib, r.up_gbs, r.down_gbs, r.up_gbs / bw * 2,
+                r.down_gbs / bw * 2);
     std::fflush(stdout);
   }
   return 0;
 }
 
-double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps) {
+// The GPU table (scripts/gpu-check.sh): tempo with a worker on cfg.backend,
+// in-process, against tee-only on one core and on all cores, offload, and
+// PyTorch's own training on the same device; with the floors that bound
+// each configuration.
+int run_gpu(const BenchConfig& cfg) {
+  const int all = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  set_num_threads(all);
+  RemoteOptions ro;
+  ro.local_backend = cfg.backend;
+  auto probe = connect_workers("local:1", ro);
+  Obfuscator obf(random_secret(), 4.0);
+  const Rates link = transfer_rates(*probe[0], obf, 64);
+  probe.clear();
+  const double bw = memory_bandwidth_gbs();
+  const std::string device = cfg.backend == "cuda" ? cuda_device_info() : "CPU standing in for the GPU";
+  std::string out;
+  auto emit = [&](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+    out += line + "\n";
+  };
+  char buf[512];
+  std::snprintf(buf, sizeof buf,
+                "Worker backend: %s (%s). Master: %d cores, memory copy %.1f GB/s. Master-to-worker link "
+                "(64 MiB tensors): %.2f GB/s up, %.2f GB/s down.",
+                cfg.backend.c_str(), device.c_str(), all, bw, link.up_gbs, link.down_gbs);
+  emit(buf);
+  emit("");
+  emit("| model | batch | configuration | ms/step | × tee-only 1 core | × tee-only all cores | trusted floor ms | "
+       "transfer floor ms | worker ms |");
+  emit("|---|---:|---|---:|---:|---:|---:|---:|---:|");
+  struct Row {
+    std::string label, mode, conv;
+    int threads;
+  };
+  const std::vector<Row> rows = {{"tee-only, 1 core", "tee-only", "im2col", 1},
+                                 {"tee-only, all cores", "tee-only", "im2col", all},
+                                 {"offload (insecure), im2col", "offload", "im2col", all},
+                                 {"tempo, im2col", "tempo", "im2col", all},
+                                 {"tempo, channel", "tempo", "channel", all}};
+  for (const auto& m : cfg.models) {
+    Case c = parse_case(m);
+    const int steps = cfg.steps > 0 ? cfg.steps : 4;
+    std::vector<std::unique_ptr<StepRunner>> runners;
+    for (const auto& r : rows) {
+      std::unique_ptr<OffloadBackend> be;
+      if (r.mode != "tee-only") {
+        OffloadConfig oc;
+        oc.insecure_identity = r.mode == "offload";
+        oc.verify.rounds = r.mode == "offload" ? 0 : 1;
+        be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());
+      }
+      runners.push_back(std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv));
+      runners.back()->run(1, 1);
+    }
+    for (int s = 0; s < steps; ++s)
+      for (auto& run : runners) run->run(1);
+    const double tee1 = runners[0]->result().median_ms, teeall = runners[1]->result().median_ms;
+    double im2col_ms = 0, channel_ms = 0;
+    for (size_t i = 0; i < rows.size(); ++i) {
+      const StepTiming t = runners[i]->result();
+      if (rows[i].label == "tempo, im2col") im2col_ms = t.median_ms;
+      if (rows[i].label == "tempo, channel") channel_ms = t.median_ms;
+      const double link_gbs = std::min(link.up_gbs, link.down_gbs);
+      std::snprintf(buf, sizeof buf, "| %s | %lld | %s | %.1f | %.2f | %.2f | %.1f | %.1f | %.1f |", c.model.c_str(),
+                    static_cast<long long>(c.batch), rows[i].label.c_str(), t.median_ms, tee1 / t.median_ms,
+                    teeall / t.median_ms, t.trusted_mb / 1e3 / bw * 1e3, t.moved_mb / 1e3 / link_gbs * 1e3,
+                    t.phases.worker * 1e3);
+      emit(buf);
+    }
+    double torch_ms = 0;
+    if (cfg.torch) {
+      torch_ms = torch_step_ms(cfg, c, all, steps, cfg.backend == "cuda" ? "cuda" : "cpu");
+      std::snprintf(buf, sizeof buf, "| %s | %lld | PyTorch on the %s (not private) | %.1f | %.2f | %.2f | | | |",
+                    c.model.c_str(), static_cast<long long>(c.batch), cfg.backend == "cuda" ? "GPU" : "CPU",
+                    torch_ms, tee1 / torch_ms, teeall / torch_ms);
+      emit(buf);
+    }
+    if (c.model == "resnet18") {
+      std::snprintf(buf, sizeof buf,
+                    "resnet18 targets: im2col %.2fx over tee-only 1 core (target >= 10: %s), %.2fx over all cores "
+                    "(target > 1: %s); channel %.2fx PyTorch's step (target <= 5: %s)",
+                    tee1 / im2col_ms, tee1 / im2col_ms >= 10 ? "met" : "missed", teeall / im2col_ms,
+                    teeall / im2col_ms > 1 ? "met" : "missed", torch_ms > 0 ? channel_ms / torch_ms : 0.0,
+                    torch_ms > 0 && channel_ms / torch_ms <= 5 ? "met" : "missed");
+      emit(buf);
+    }
+    emit("");
+  }
+  if (!cfg.table.empty()) {
+    const std::string tmp = cfg.table + ".tmp";
+    std::FILE* f = std::fopen(tmp.c_str(), "w");
+    TEMPO_CHECK(f != nullptr, "cannot write --table " + cfg.table);
+    const bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
+    TEMPO_CHECK(std::fclose(f) == 0 && ok && std::rename(tmp.c_str(), cfg.table.c_str()) == 0,
+                "cannot write --table " + cfg.table);
+  }
+  return 0;
+}
+
+double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps, const std::string& device) {
   std::ostringstream cmd;
-  cmd << cfg.python << " " << TEMPO_SOURCE_DIR << "/bench/torch_step.py --model " << c.model
-      << " --batch " << c.batch << " --threads " << threads << " --steps " << steps << " 2>&1";
+  cmd << cfg.python << " " << cfg.source_dir << "/bench/torch_step.py --model " << c.model << " --batch " << c.batch
+      << " --threads " << threads << " --steps " << steps << " --device " << device << " 2>&1";
   FILE* p = popen(cmd.str().c_str(), "r");
   TEMPO_CHECK(p != nullptr, "cannot run " + cfg.python);
   std::string out;
@@ -312,7 +434,12 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "with a per-phase breakdown (threads: the last of --threads); remote: worker processes on "
                  "loopback vs in-process workers vs tee-only; transfer: loopback tensor throughput")
       ->capture_default_str()
-      ->check(CLI::IsMember({"torch", "modes", "remote", "transfer"}));
+      ->check(CLI::IsMember({"torch", "modes", "remote", "transfer", "gpu"}));
+  app.add_option("--backend", c.backend, "Worker backend of the gpu suite: cuda | cpu (cpu stands in for tests)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--table", c.table, "gpu suite: also write the table (markdown) to this file");
+  app.add_option("--source-dir", c.source_dir, "Where bench/torch_step.py lies")->capture_default_str();
   app.add_option("--workers", c.workers, "Workers of the modes suite")->capture_default_str();
   app.add_option("--worker-threads", c.worker_threads,
                  "Compute threads of each worker process (remote and transfer suites)")
@@ -324,6 +451,7 @@ int run_bench(const BenchConfig& cfg) {
   if (cfg.suite == "modes") return run_modes(cfg);
   if (cfg.suite == "remote") return run_remote(cfg);
   if (cfg.suite == "transfer") return run_transfer(cfg);
+  if (cfg.suite == "gpu") return run_gpu(cfg);
   std::printf("%-10s %6s %8s %14s %14s %10s\n", "model", "batch", "threads", "tempo ms/step",
               "torch ms/step", "tempo/torch");
   for (const auto& s : cfg.models) {

@@ -7,6 +7,10 @@
 
 #include "trusted/trainer.h"
 
+#ifndef TEMPO_SOURCE_DIR
+#define TEMPO_SOURCE_DIR "."
+#endif
+
 #ifndef TEMPO_VERSION
 #define TEMPO_VERSION "0.1.0"
 #endif
@@ -35,6 +39,9 @@ struct BenchConfig {
   std::string suite = "torch";
   std::string workers = "local:1";
   int worker_threads = 1;
+  std::string backend = "cuda";  // gpu suite
+  std::string table;             // gpu suite: markdown copy of the table
+  std::string source_dir = TEMPO_SOURCE_DIR;
 };
 void add_bench_flags(CLI::App& app, BenchConfig& cfg);
 int run_bench(const BenchConfig& cfg);

@@ -75,6 +75,9 @@ int main(int argc, char** argv) {
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());
     return 1;
+  } catch (const tempo::WorkerError& e) {
+    std::fprintf(stderr, "tempo: error: %s\n", e.what());
+    return 1;
   } catch (const std::bad_alloc&) {
     std::fprintf(stderr, "tempo: error: out of memory (try a smaller --batch-size)\n");
     return 1;

@@ -33,6 +33,12 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--tls-cert", c.remote.tls_cert, "Client certificate for mutual TLS (PEM)")
       ->check(CLI::ExistingFile);
   app.add_option("--tls-key", c.remote.tls_key, "Client key for mutual TLS (PEM)")->check(CLI::ExistingFile);
+  app.add_option("--local-backend", c.remote.local_backend, "Compute backend of local:N workers: cpu | cuda")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_flag("--tf32", c.remote.tf32,
+               "Let workers use TF32 tensor cores for products (faster on GPUs; results carry ~1e-3 relative "
+               "error, which the verifier then allows)");
   app.add_option("--worker-timeout", c.remote.call_timeout_s,
                  "Seconds a remote worker may take for one call (plus 1 s per 100 MB) before it counts as failed")
       ->capture_default_str()

@@ -7,6 +7,8 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "wire/remote_worker.h"
+#include "worker/connect.h"
+#include "worker/cuda/cuda_backend.h"
 #include "worker/grpc_server.h"
 
 namespace tempo::cli {
@@ -68,10 +70,16 @@ int run_worker(const WorkerConfig& c) {
   set_num_threads(c.threads);
   WorkerServerOptions o;
   o.listen = c.listen;
-  TEMPO_CHECK(c.backend == "cpu", "--backend " + c.backend + ": this build has only the cpu backend");
+  TEMPO_CHECK(c.backend == "cpu" || c.backend == "cuda", "--backend " + c.backend + ": expected cpu or cuda");
   o.node.backend = c.backend;
-  o.node.make_backend = make_cpu_backend;
-  o.node.device = cpu_model() + ", " + std::to_string(num_threads()) + " thread(s)";
+  const std::string backend = c.backend;
+  o.node.make_backend = [backend](bool tf32) { return make_backend(backend, tf32); };
+  if (c.backend == "cuda") {
+    make_backend("cuda");  // fails here, with its reason, if there is no usable GPU
+    o.node.device = cuda_device_info();
+  } else {
+    o.node.device = cpu_model() + ", " + std::to_string(num_threads()) + " thread(s)";
+  }
   o.node.quota_bytes = static_cast<size_t>(c.quota_mib) << 20;
   o.node.idle_timeout_s = c.idle_timeout_s;
   o.node.max_sessions = c.max_sessions;

@@ -78,6 +78,8 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg) {
   if (cfg.mode == "tempo" || cfg.mode == "offload") {
     OffloadConfig oc = cfg.offload;
     oc.insecure_identity = cfg.mode == "offload";
+    // TF32 keeps 10 bits of mantissa: the check's bound follows its unit round-off.
+    if (cfg.remote.tf32) oc.verify.unit_roundoff = 0x1.0p-11;
     Secret secret;
     if (cfg.insecure_key_seed >= 0) {
       std::fprintf(stderr, "tempo: WARNING: INSECURE --insecure-key-seed: the keys follow from a public number "

@@ -190,6 +190,7 @@ class RemoteWorker final : public WorkerApi {
     wire::HelloRequest req;
     req.set_protocol(kWireProtocol);
     req.set_client(opts_.client);
+    req.set_tf32(opts_.tf32);
     wire::HelloReply rep;
     grpc::Status st = stub_->Hello(&ctx, req, &rep);
     if (!st.ok()) return describe(st);

@@ -21,6 +21,8 @@ struct RemoteOptions {
   double call_timeout_s = 60;              // deadline of each call (plus 1 s per 100 MB moved)
   double connect_timeout_s = 10;           // to reach the worker at start
   std::string client = "tempo master";     // shown in the worker's log
+  bool tf32 = false;                       // allow TF32 products (the verifier must allow for it)
+  std::string local_backend = "cpu";       // backend of local:N workers: cpu | cuda
 };
 
 // Connects and opens a session (Error naming the address if unreachable,

@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "common/error.h"
+#include "worker/cuda/cuda_backend.h"
 #include "worker/local_worker.h"
 
 namespace tempo {
@@ -18,6 +19,16 @@ long parse_int(const std::string& s, long lo, long hi) {
 
 }  // namespace
 
+std::unique_ptr<ComputeBackend> make_backend(const std::string& name, bool tf32) {
+  if (name == "cpu") return make_cpu_backend();
+  if (name == "cuda") {
+    CudaOptions o;
+    o.tf32 = tf32;
+    return make_cuda_backend(o);
+  }
+  throw WorkerError("unknown compute backend '" + name + "' (cpu or cuda)");
+}
+
 std::vector<std::unique_ptr<WorkerApi>> connect_workers(const std::string& spec, const RemoteOptions& remote) {
   std::vector<std::unique_ptr<WorkerApi>> out;
   TEMPO_CHECK(!spec.empty(), "--workers is empty: give local:N or HOST:PORT,...");
@@ -32,7 +43,8 @@ std::vector<std::unique_ptr<WorkerApi>> connect_workers(const std::string& spec,
       const long n = item == "local" ? 1 : parse_int(item.substr(6), 1, 64);
       TEMPO_CHECK(n >= 1, "--workers '" + item + "': expected local:N with N from 1 to 64");
       for (long i = 0; i < n; ++i)
-        out.push_back(std::make_unique<LocalWorker>("local:" + std::to_string(local_count++), make_cpu_backend()));
+        out.push_back(std::make_unique<LocalWorker>("local:" + std::to_string(local_count++),
+                                                    make_backend(remote.local_backend, remote.tf32)));
       continue;
     }
     const size_t colon = item.rfind(':');

@@ -25,8 +25,9 @@ namespace tempo {
 struct WorkerNodeOptions {
   std::string backend = "cpu";            // its name, as reported to clients
   std::string device;                     // e.g. the CPU or GPU model
-  // Makes the compute backend of a new session (required).
-  std::function<std::unique_ptr<ComputeBackend>()> make_backend;
+  // Makes the compute backend of a new session (required); the argument is
+  // whether the client allows TF32.
+  std::function<std::unique_ptr<ComputeBackend>(bool)> make_backend;
   size_t quota_bytes = size_t{8} << 30;   // per session
   int idle_timeout_s = 300;               // a silent session is dropped after this
   int max_sessions = 16;
@@ -87,7 +88,7 @@ class WorkerNode {
   const WorkerNodeOptions& options() const { return opts_; }
 
  private:
-  std::unique_ptr<ComputeBackend> make_backend();
+  std::unique_ptr<ComputeBackend> make_backend(bool tf32);
   wire::HelloReply info() const;
   void log(const std::string& line) const;
 

@@ -32,7 +32,13 @@ void WorkerService::put(Handle h, std::shared_ptr<const Matrix> m) {
     throw WorkerError("memory quota exceeded: holding " + std::to_string(held_) + " bytes, quota " +
                       std::to_string(quota_));
   held_ = held_ - freed + bytes;
-  store_[h] = std::move(m);
+  backend_->on_store(*m);
+  if (it != store_.end()) {
+    backend_->on_drop(*it->second);
+    it->second = std::move(m);
+  } else {
+    store_.emplace(h, std::move(m));
+  }
 }
 
 std::shared_ptr<const Matrix> WorkerService::get(Handle h) const {
@@ -108,11 +114,13 @@ void WorkerService::release(Handle h) {
   auto it = store_.find(h);
   if (it == store_.end()) return;
   held_ -= static_cast<size_t>(it->second->size()) * sizeof(float);
+  backend_->on_drop(*it->second);
   store_.erase(it);
 }
 
 void WorkerService::end_step() {
   std::lock_guard<std::mutex> lock(mu_);
+  for (auto& [h, m] : store_) backend_->on_drop(*m);
   store_.clear();
   held_ = 0;
 }

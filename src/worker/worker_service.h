@@ -21,6 +21,11 @@ class ComputeBackend {
   virtual Matrix product(ProductOp op, const Matrix& x, const Matrix& y) = 0;
   // Shapes already checked by the service.
   virtual Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) = 0;
+  // The service stored, or dropped, a tensor: a device backend mirrors the
+  // stored ones in device memory (uploaded as they arrive), so products on
+  // them move only their result. Each store is matched by one drop.
+  virtual void on_store(const Matrix&) {}
+  virtual void on_drop(const Matrix&) {}
 };
 
 std::unique_ptr<ComputeBackend> make_cpu_backend();

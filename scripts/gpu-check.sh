@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Runs on a GPU machine from the folder scripts/gpu-bundle.sh made (which
+# needs CUDA 13 with cuBLAS there, and python3 with PyTorch for the
+# reference; nothing else). In one run, within a few minutes:
+#   (a) the worker tests against the CUDA backend (tempo_gpu_tests);
+#   (b) the same tests compare CUDA products and convolutions with the CPU
+#       backend on random operands, and training through a CUDA worker with
+#       training through a CPU worker;
+#   (c) the table: tempo with a CUDA worker (im2col and channel mode) against
+#       tee-only on one core and on all cores, offload, and PyTorch's own GPU
+#       step, for resnet18 batch 128 and cnn batch 256, with the floors;
+#   (d) writes everything to OUT_DIR (default $OUT, else ./gpu-check-out).
+# GPU_CHECK_BACKEND=cpu lets the CPU stand in (to test this script without a GPU).
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:-${OUT:-$PWD/gpu-check-out}}
+backend=${GPU_CHECK_BACKEND:-cuda}
+mkdir -p "$out"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+tar -C "$work" -xJf "$here/tempo-gpu.tar.xz"
+t="$work/tempo-gpu"
+libs="$t/lib"
+py=${PYTHON:-python3}
+# The machine's libstdc++ if it is new enough (GCC 12's symbols), else ours.
+sys_cxx=$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 / {print $NF; exit}')
+if [ -z "$sys_cxx" ] || ! grep -qa GLIBCXX_3.4.30 "$sys_cxx"; then libs="$libs:$t/lib/fallback"; fi
+export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export TEMPO_BINARY_PATH="$t/bin/tempo" TEMPO_TEST_BACKEND="$backend"
+log="$out/gpu-check.log"
+: > "$log"
+say() { echo "$@" | tee -a "$log"; }
+say "gpu-check: $(date -u +%FT%TZ), backend $backend, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
+command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+"$t/bin/tempo" --version | tee -a "$log" || { say "gpu-check: tempo does not start (missing library?)"; ldd "$t/bin/tempo" | grep "not found" | tee -a "$log"; exit 1; }
+
+status=0
+say "== (a, b) worker tests against the $backend backend"
+(cd "$work" && timeout 300 "$t/bin/tempo_gpu_tests" 2>&1) | tee -a "$log" | grep -E "^\[|backend under test|x .* x|conv n|tf32|mode, 20 steps" ; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+say "== (c) step times"
+timeout 420 "$t/bin/tempo" bench --suite gpu --backend "$backend" --models "${GPU_CHECK_MODELS:-resnet18:128,cnn:256}" --steps "${GPU_CHECK_STEPS:-3}" \
+  --python "$py" --source-dir "$t" --table "$out/gpu-table.md" 2>>"$log" | tee -a "$log"
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+say "gpu-check: table in $out/gpu-table.md, log in $log, status $status"
+exit $status
