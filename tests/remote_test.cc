@@ -26,20 +26,10 @@ namespace {
 using testutil::TempDir;
 using testutil::WorkerProcess;
 
-TrainConfig small_run(const TempDir& d, const std::string& save, int64_t steps = 20) {
-  TrainConfig c;
-  c.model = "cnn";
-  c.data = "synthetic:640";
+TrainConfig small_run(const TempDir& d, const std::string& save) {
+  TrainConfig c = testutil::small_cnn_run(save, d / "init.safetensors", 20);
   c.mode = "tempo";
-  c.batch_size = 32;
-  c.steps = steps;
-  c.threads = 2;
-  c.seed = 3;
-  c.progress = false;
-  c.save = save;
   c.insecure_key_seed = 11;  // same keys in every run: rounding repeats exactly
-  c.init = d / "init.safetensors";
-  if (!std::filesystem::exists(c.init)) build_model("cnn", 3)->save(c.init);
   return c;
 }
 

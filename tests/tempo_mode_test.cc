@@ -36,19 +36,8 @@ fs::path temp_dir() {
 }
 
 TrainConfig small_run(const std::string& save, int64_t steps = 12) {
-  TrainConfig c;
-  c.model = "cnn";
-  c.data = "synthetic:640";
+  TrainConfig c = testutil::small_cnn_run(save, (temp_dir() / "init.safetensors").string(), steps);
   c.mode = "tee-only";
-  c.batch_size = 32;
-  c.steps = steps;
-  c.epochs = 1;
-  c.threads = 2;
-  c.seed = 3;
-  c.progress = false;
-  c.save = save;
-  c.init = (temp_dir() / "init.safetensors").string();
-  if (!fs::exists(c.init)) build_model("cnn", 3)->save(c.init);
   return c;
 }
 

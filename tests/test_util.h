@@ -13,6 +13,8 @@
 
 #include "common/error.h"
 #include "trusted/io/safetensors.h"
+#include "trusted/model.h"
+#include "trusted/trainer.h"
 
 namespace tempo::testutil {
 
@@ -38,6 +40,24 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// A short `cnn` run on synthetic data (seed 3, batch 32, 2 threads) from a
+// fixed initialisation, written to `init` on first use.
+inline TrainConfig small_cnn_run(const std::string& save, const std::string& init, int64_t steps) {
+  TrainConfig c;
+  c.model = "cnn";
+  c.data = "synthetic:640";
+  c.batch_size = 32;
+  c.steps = steps;
+  c.epochs = 1;
+  c.threads = 2;
+  c.seed = 3;
+  c.progress = false;
+  c.save = save;
+  c.init = init;
+  if (!std::filesystem::exists(init)) build_model("cnn", 3)->save(init);
+  return c;
+}
 
 // Largest per-tensor error of a's F32 tensors relative to max|w| of b's.
 inline double max_rel_error(const std::string& a, const std::string& b) {

@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "common/subprocess.h"
+#include "trusted/io/file_util.h"
 #include "trusted/offload_backend.h"
 #include "worker/connect.h"
 #include "worker/cuda/cuda_backend.h"
@@ -395,12 +396,9 @@ int run_gpu(const BenchConfig& cfg) {
     emit("");
   }
   if (!cfg.table.empty()) {
-    const std::string tmp = cfg.table + ".tmp";
-    std::FILE* f = std::fopen(tmp.c_str(), "w");
-    TEMPO_CHECK(f != nullptr, "cannot write --table " + cfg.table);
-    const bool ok = std::fwrite(out.data(), 1, out.size(), f) == out.size();
-    TEMPO_CHECK(std::fclose(f) == 0 && ok && std::rename(tmp.c_str(), cfg.table.c_str()) == 0,
-                "cannot write --table " + cfg.table);
+    AtomicFile f(cfg.table);
+    f.write(out.data(), out.size());
+    f.commit();
   }
   return 0;
 }

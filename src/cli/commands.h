@@ -46,6 +46,20 @@ struct BenchConfig {
 void add_bench_flags(CLI::App& app, BenchConfig& cfg);
 int run_bench(const BenchConfig& cfg);
 
+struct PrivacyConfig {
+  std::string suite = "integrity";
+  int64_t samples = 4000;
+  std::string model = "cnn", data = "fashion-mnist";
+  int64_t products = 100000;
+  int64_t trials = 200;
+  double tau = 16.0;
+  uint64_t seed = 1;
+  int threads = 0;
+  std::string table;
+};
+void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
+int run_privacy(const PrivacyConfig& cfg);
+
 struct WorkerConfig {
   std::string listen = "127.0.0.1:7070";
   std::string backend = "cpu";
@@ -53,7 +67,7 @@ struct WorkerConfig {
   int64_t quota_mib = 8192;
   int idle_timeout_s = 300;
   int max_sessions = 16;
-  std::string token_file, tls_cert, tls_key, tls_client_ca, port_file;
+  std::string token_file, tls_cert, tls_key, tls_client_ca, port_file, record_dir;
   double lie_rate = 0;
   std::string lie_kind = "entry";
   uint64_t lie_seed = 1;

@@ -1,4 +1,4 @@
-// `tempo`: the one binary. Subcommands: train, eval, predict, worker, bench.
+// `tempo`: the one binary. Subcommands: train, eval, predict, worker, privacy, bench.
 #include <CLI/CLI.hpp>
 
 #include <malloc.h>
@@ -54,6 +54,11 @@ int main(int argc, char** argv) {
       "worker", "Serve as an untrusted worker: multiply the blinded matrices masters send (gRPC)");
   tempo::cli::add_worker_flags(*worker, worker_cfg);
 
+  tempo::cli::PrivacyConfig privacy_cfg;
+  CLI::App* privacy = app.add_subcommand(
+      "privacy", "Measure what the protection achieves: the integrity check's detection and false alarms");
+  tempo::cli::add_privacy_flags(*privacy, privacy_cfg);
+
   tempo::cli::BenchConfig bench_cfg;
   CLI::App* bench = app.add_subcommand(
       "bench", "Time training steps in tee-only mode against PyTorch on the same threads");
@@ -72,6 +77,7 @@ int main(int argc, char** argv) {
     if (*predict) return tempo::cli::run_predict(predict_cfg);
     if (*bench) return tempo::cli::run_bench(bench_cfg);
     if (*worker) return tempo::cli::run_worker(worker_cfg);
+    if (*privacy) return tempo::cli::run_privacy(privacy_cfg);
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());
     return 1;

@@ -63,6 +63,10 @@ void add_worker_flags(CLI::App& app, WorkerConfig& c) {
       ->capture_default_str()
       ->check(CLI::IsMember({"entry", "row", "zeros", "nan", "inf", "shape"}));
   app.add_option("--lie-seed", c.lie_seed, "TESTING ONLY: seed of the lies")->capture_default_str();
+  app.add_option("--record", c.record_dir,
+                 "EVALUATION ONLY: write every ciphertext received and returned to DIR/<session>.tempotx "
+                 "(input of the privacy measurements)")
+      ->check(CLI::ExistingDirectory);
   app.add_flag("--quiet", c.quiet, "No log line per session");
 }
 
@@ -90,6 +94,11 @@ int run_worker(const WorkerConfig& c) {
     o.node.lie_seed = c.lie_seed;
     std::fprintf(stderr, "tempo worker: WARNING: --lie-rate %.3g: this worker returns WRONG results on purpose "
                          "(testing only)\n", c.lie_rate);
+  }
+  if (!c.record_dir.empty()) {
+    o.node.record_dir = c.record_dir;
+    std::fprintf(stderr, "tempo worker: WARNING: --record: every tensor this worker receives and returns is written "
+                         "to %s (for privacy measurements only; it fills the disk quickly)\n", c.record_dir.c_str());
   }
   if (!c.token_file.empty()) o.token = read_secret_file(c.token_file, "token");
   o.tls_cert = c.tls_cert;

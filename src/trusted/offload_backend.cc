@@ -75,6 +75,10 @@ void OffloadBackend::blame(size_t w, const Product& p, const std::string& why) {
   Slot& s = slots_[w];
   ++s.failures;
   ++stats_.rejected;
+  if (!cfg_.log) {
+    if (!s.quarantined && s.failures >= cfg_.quarantine_after) s.quarantined = true;
+    return;
+  }
   char when[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(when, sizeof when, "%H:%M:%S", std::localtime(&now));
@@ -461,7 +465,7 @@ void OffloadBackend::fallback_warning(const std::string& what) {
   if (!cfg_.fallback)
     throw Error("no usable worker left for " + what +
                 " and --no-fallback is set: stopping (the weights of the last completed step are kept)");
-  if (!warned_fallback_) {
+  if (!warned_fallback_ && cfg_.log) {
     warned_fallback_ = true;
     std::fprintf(stderr,
                  "tempo: WARNING: no usable worker left: continuing in TEE-ONLY mode (every product "
@@ -492,8 +496,9 @@ void OffloadBackend::run(Kind kind, const Product& p, const float* dc, float* ou
     for (const Chunk& ch : h.chunks) excluded_[ch.worker] = 1;
   }
   // Retries (and --no-key-shift): fresh keys, one worker at a time, other
-  // workers first. Every failure counts towards quarantine, so this ends.
-  for (;;) {
+  // workers first. Every failure counts towards quarantine; and after two
+  // tries per worker the master computes the product itself.
+  for (size_t attempt = 0; attempt < 2 * slots_.size() + 1; ++attempt) {
     auto ws = usable(excluded_);
     if (ws.empty()) {
       excluded_.assign(slots_.size(), 0);

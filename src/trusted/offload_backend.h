@@ -32,6 +32,7 @@ struct OffloadConfig {
   VerifyConfig verify;
   int quarantine_after = 2;
   bool fallback = true;
+  bool log = true;  // a stderr line per rejected result, quarantine and fallback
 };
 
 struct OffloadStats {

@@ -1,6 +1,20 @@
 #include "wire/raw_chunk.h"
 
+#include <grpc/grpc.h>
+
 #include <vector>
+
+namespace tempo {
+
+std::vector<std::pair<const char*, int>> bulk_channel_args() {
+  return {{GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(kMaxMessageBytes)},
+          {GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1},
+          {GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20},
+          {GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 256 << 10},
+          {GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 4 << 20}};
+}
+
+}  // namespace tempo
 
 namespace grpc {
 

@@ -11,10 +11,17 @@
 
 #include <memory>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "wire/tensor_codec.h"
 
 namespace tempo {
+
+// gRPC channel arguments for tensors of many MiB, for both ends: a wide
+// flow-control window from the first call (the default starts at 64 KiB and
+// grows slowly), the largest frames, big socket reads.
+std::vector<std::pair<const char*, int>> bulk_channel_args();
 
 struct OutChunk {
   std::shared_ptr<const Matrix> owner;  // the tensor the data lies in

@@ -56,12 +56,7 @@ class RemoteWorker final : public WorkerApi {
     grpc::ChannelArguments args;
     args.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
     args.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
-    // Large tensors: a wide flow-control window, big frames and reads.
-    args.SetInt(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(kMaxMessageBytes));
-    args.SetInt(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
-    args.SetInt(GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
-    args.SetInt(GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 256 << 10);
-    args.SetInt(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 4 << 20);
+    for (const auto& [name, value] : bulk_channel_args()) args.SetInt(name, value);
     // Reconnect quickly after a worker restarts.
     args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 200);
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);

@@ -19,8 +19,8 @@ Tamper parse_tamper(const std::string& s) {
 }
 
 TamperingWorker::TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed,
-                                 int64_t honest_first)
-    : inner_(std::move(inner)), how_(how), rate_(rate), honest_first_(honest_first), rng_(seed) {}
+                                 int64_t honest_first, float size)
+    : inner_(std::move(inner)), how_(how), rate_(rate), honest_first_(honest_first), size_(size), rng_(seed) {}
 
 std::future<Matrix> TamperingWorker::product(ProductOp op, Handle x, Handle y) {
   return maybe_lie(inner_->product(op, x, y));
@@ -38,17 +38,19 @@ std::future<Matrix> TamperingWorker::maybe_lie(std::future<Matrix> f) {
   ++tampered_;
   const Tamper how = how_;
   return std::async(std::launch::deferred,
-                    [f = std::move(f), how, pick]() mutable { return tamper_result(f.get(), how, pick); });
+                    [f = std::move(f), how, pick, size = size_]() mutable {
+                      return tamper_result(f.get(), how, pick, size);
+                    });
 }
 
-Matrix tamper_result(Matrix z, Tamper how, uint64_t pick) {
+Matrix tamper_result(Matrix z, Tamper how, uint64_t pick, float size) {
   if (z.rows() == 0 || z.cols() == 0) return z;
   const int64_t i = static_cast<int64_t>(pick % static_cast<uint64_t>(z.rows()));
   const int64_t j = static_cast<int64_t>((pick >> 32) % static_cast<uint64_t>(z.cols()));
   float* row = z.row(i);
   float mx = 0;
   for (int64_t c = 0; c < z.cols(); ++c) mx = std::max(mx, std::fabs(row[c]));
-  const float delta = 1e-2f * (mx > 0 ? mx : 1.0f);
+  const float delta = size * (mx > 0 ? mx : 1.0f);
   switch (how) {
     case Tamper::kEntry: row[j] += delta; break;
     case Tamper::kRow:

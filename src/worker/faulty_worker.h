@@ -18,8 +18,10 @@ namespace tempo {
 enum class Tamper { kNone, kEntry, kRow, kZeros, kNaN, kInf, kShape };
 Tamper parse_tamper(const std::string& s);  // entry|row|zeros|nan|inf|shape
 
-// z with one perturbation of kind `how` at a place chosen by `pick`.
-Matrix tamper_result(Matrix z, Tamper how, uint64_t pick);
+// z with one perturbation of kind `how` at a place chosen by `pick`; entry
+// and row perturbations are `size`·max|row| (1e-2: the size DESIGN.md §2
+// says must be caught).
+Matrix tamper_result(Matrix z, Tamper how, uint64_t pick, float size = 1e-2f);
 
 // A compute backend that lies at `rate` (for `tempo worker --lie-rate`,
 // which tests use to stand in for a malicious remote worker).
@@ -34,7 +36,7 @@ class TamperingWorker final : public WorkerApi {
  public:
   // honest_first: products answered honestly before lying starts.
   TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, double rate, uint64_t seed,
-                  int64_t honest_first = 0);
+                  int64_t honest_first = 0, float size = 1e-2f);
   std::string name() const override { return inner_->name(); }
   void put(Handle h, const CipherMatrix& m) override { inner_->put(h, m); }
   std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
@@ -49,6 +51,7 @@ class TamperingWorker final : public WorkerApi {
   Tamper how_;
   double rate_;
   int64_t honest_first_, seen_ = 0;
+  float size_;
   std::mt19937_64 rng_;
   std::atomic<int64_t> tampered_{0};
 };

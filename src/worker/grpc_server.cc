@@ -8,6 +8,7 @@
 
 #include "common/error.h"
 #include "wire/proto/worker.grpc.pb.h"
+#include "wire/raw_chunk.h"
 #include "wire/remote_worker.h"
 
 namespace tempo {
@@ -133,13 +134,7 @@ WorkerServer::WorkerServer(WorkerServerOptions opts) : impl_(std::make_unique<Im
   b.RegisterService(&impl_->service);
   b.SetMaxReceiveMessageSize(static_cast<int>(kMaxMessageBytes));
   b.SetMaxSendMessageSize(static_cast<int>(kMaxMessageBytes));
-  // Large tensors: a wide flow-control window and big frames and reads from
-  // the first call on (the defaults start at 64 KiB and grow slowly).
-  b.AddChannelArgument(GRPC_ARG_HTTP2_STREAM_LOOKAHEAD_BYTES, static_cast<int>(kMaxMessageBytes));
-  b.AddChannelArgument(GRPC_ARG_HTTP2_MAX_FRAME_SIZE, (1 << 24) - 1);
-  b.AddChannelArgument(GRPC_ARG_TCP_READ_CHUNK_SIZE, 1 << 20);
-  b.AddChannelArgument(GRPC_ARG_TCP_MIN_READ_CHUNK_SIZE, 256 << 10);
-  b.AddChannelArgument(GRPC_ARG_TCP_MAX_READ_CHUNK_SIZE, 4 << 20);
+  for (const auto& [name, value] : bulk_channel_args()) b.AddChannelArgument(name, value);
   // Connections that never finish their handshake, or sit with no call, are closed.
   b.AddChannelArgument(GRPC_ARG_SERVER_HANDSHAKE_TIMEOUT_MS, 10000);
   b.AddChannelArgument(GRPC_ARG_MAX_CONNECTION_IDLE_MS, std::max(1, opts.node.idle_timeout_s) * 1000);

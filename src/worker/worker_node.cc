@@ -99,6 +99,8 @@ wire::HelloReply WorkerNode::hello(const wire::HelloRequest& req, const std::str
   s->id = random_id();
   s->client = req.client().substr(0, 200) + " from " + peer;
   s->last_used_ms = steady_ms();
+  if (!opts_.record_dir.empty())
+    s->transcript = std::make_unique<TranscriptWriter>(opts_.record_dir + "/" + s->id.substr(0, 16) + ".tempotx");
   sessions_[s->id] = s;
   log("session " + s->id.substr(0, 8) + " opened by " + s->client + " (" + std::to_string(sessions_.size()) +
       " open)");
@@ -159,7 +161,9 @@ wire::PutReply WorkerNode::put(Session& s, const std::function<bool(wire::Tensor
     s.last_used_ms = steady_ms();
   }
   const Handle h = rx.handle();
-  s.service.put(h, std::make_shared<const Matrix>(rx.take()));
+  auto m = std::make_shared<const Matrix>(rx.take());
+  if (s.transcript) s.transcript->add(true, h, *m);
+  s.service.put(h, std::move(m));
   wire::PutReply r;
   r.set_bytes_held(s.service.bytes_held());
   return r;
@@ -175,20 +179,31 @@ Matrix WorkerNode::compute(Session& s, const wire::ComputeRequest& req) {
   auto operand = [&](const wire::Operand& o, const char* which) -> std::shared_ptr<const Matrix> {
     switch (o.kind_case()) {
       case wire::Operand::kHandle: return s.service.get(o.handle());
-      case wire::Operand::kTensor:
-        return std::make_shared<const Matrix>(decode_inline(o.tensor(), kMaxInlineBytes));
+      case wire::Operand::kTensor: {
+        auto m = std::make_shared<const Matrix>(decode_inline(o.tensor(), kMaxInlineBytes));
+        if (s.transcript) s.transcript->add(true, 0, *m);
+        return m;
+      }
       default: throw WorkerError(std::string("operand ") + which + " is missing");
     }
   };
   auto x = operand(req.x(), "x");
   auto y = operand(req.y(), "y");
-  std::lock_guard<std::mutex> lock(compute_mu_);
-  if (is_product) return s.service.product(product_op(op), *x, *y);
-  const auto& g = req.geometry();
-  ConvGeometry geo;
-  geo.n = g.n(); geo.c = g.c(); geo.h = g.h(); geo.w = g.w(); geo.o = g.o();
-  geo.k = g.k(); geo.s = g.s(); geo.p = g.p(); geo.oh = g.oh(); geo.ow = g.ow();
-  return s.service.conv(conv_op(op), *x, *y, geo);
+  Matrix z;
+  {
+    std::lock_guard<std::mutex> lock(compute_mu_);
+    if (is_product) {
+      z = s.service.product(product_op(op), *x, *y);
+    } else {
+      const auto& g = req.geometry();
+      ConvGeometry geo;
+      geo.n = g.n(); geo.c = g.c(); geo.h = g.h(); geo.w = g.w(); geo.o = g.o();
+      geo.k = g.k(); geo.s = g.s(); geo.p = g.p(); geo.oh = g.oh(); geo.ow = g.ow();
+      z = s.service.conv(conv_op(op), *x, *y, geo);
+    }
+  }
+  if (s.transcript) s.transcript->add(false, 0, z);
+  return z;
 }
 
 void WorkerNode::release(Session& s, const wire::ReleaseRequest& req) {

@@ -17,6 +17,7 @@
 
 #include "wire/proto/worker.pb.h"
 #include "wire/tensor_codec.h"
+#include "worker/transcript.h"
 #include "worker/faulty_worker.h"
 #include "worker/worker_service.h"
 
@@ -36,6 +37,9 @@ struct WorkerNodeOptions {
   double lie_rate = 0;
   uint64_t lie_seed = 0;
   bool log = true;                        // one stderr line per session event
+  // Evaluation only: write every tensor received and returned to
+  // record_dir/<session>.tempotx (format in transcript.h).
+  std::string record_dir;
 };
 
 // A request error that is not the client's data: which status to answer.
@@ -54,6 +58,7 @@ class WorkerNode {
     std::string id, client;
     std::atomic<int64_t> last_used_ms{0};
     std::atomic<int> active{0};
+    std::unique_ptr<TranscriptWriter> transcript;  // with record_dir
   };
   // Marks a session busy for the lifetime of a request (so it is not reaped).
   class Use {

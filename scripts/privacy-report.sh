@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Regenerates the measured sections of docs/SECURITY.md: runs every
+# `tempo privacy` suite and puts each table between its markers
+# (<!-- NAME:begin --> ... <!-- NAME:end -->). Takes a few minutes.
+#   scripts/privacy-report.sh [--quick]     (--quick: fewer products and samples)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+[ -x build/tempo ] || bash scripts/build.sh
+products=100000 trials=200 samples=4000
+if [ "${1:-}" = "--quick" ]; then products=3000 trials=20 samples=1000; fi
+out=$(mktemp -d)
+trap 'rm -rf "$out"' EXIT
+./build/tempo privacy --suite integrity --products "$products" --trials "$trials" --table "$out/integrity.md"
+./build/tempo privacy --suite mi --samples "$samples" --table "$out/mi.md"
+{
+  echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
+} > "$out/machine.md"
+/usr/bin/python3 - "$out" docs/SECURITY.md <<'PY'
+import os, re, sys
+out, path = sys.argv[1], sys.argv[2]
+text = open(path).read()
+for name in ("machine", "integrity", "mi"):
+    body = open(os.path.join(out, name + ".md")).read().strip()
+    pat = re.compile(r"(<!-- %s:begin -->\n).*?(\n<!-- %s:end -->)" % (name, name), re.S)
+    if not pat.search(text):
+        sys.exit("docs/SECURITY.md has no markers for " + name)
+    text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
+tmp = path + ".tmp"
+open(tmp, "w").write(text)
+os.replace(tmp, path)
+print("updated", path)
+PY

@@ -1,0 +1,176 @@
+#include "trusted/privacy/mutual_info.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+
+#include "common/error.h"
+#include "common/rng.h"
+#include "trusted/crypto/keys.h"
+#include "trusted/crypto/obfuscator.h"
+#include "trusted/linear_backend.h"
+
+namespace tempo {
+
+namespace {
+
+double digamma(double x) {
+  double r = 0;
+  while (x < 6) r -= 1 / x, x += 1;
+  const double f = 1 / (x * x);
+  return r + std::log(x) - 0.5 / x - f * (1.0 / 12 - f * (1.0 / 120 - f * (1.0 / 252 - f * (1.0 / 240 - f / 132))));
+}
+
+// Ranks scaled to unit variance would also do; KSG is invariant to
+// monotone maps of each variable only asymptotically, so values are used as
+// given after standardising each.
+std::vector<double> standardised(const std::vector<double>& v) {
+  const double n = static_cast<double>(v.size());
+  const double mean = std::accumulate(v.begin(), v.end(), 0.0) / n;
+  double var = 0;
+  for (double x : v) var += (x - mean) * (x - mean);
+  const double sd = std::sqrt(var / n) + 1e-300;
+  std::vector<double> out(v.size());
+  for (size_t i = 0; i < v.size(); ++i) out[i] = (v[i] - mean) / sd;
+  return out;
+}
+
+// How many values of the sorted array lie strictly within eps of v.
+int64_t count_within(const std::vector<double>& sorted, double v, double eps) {
+  auto lo = std::upper_bound(sorted.begin(), sorted.end(), v - eps);
+  auto hi = std::lower_bound(sorted.begin(), sorted.end(), v + eps);
+  return hi > lo ? hi - lo : 0;
+}
+
+}  // namespace
+
+double ksg_mutual_information(const std::vector<double>& x0, const std::vector<double>& y0, int k) {
+  TEMPO_CHECK(x0.size() == y0.size() && x0.size() > static_cast<size_t>(k) + 1, "MI: need more paired samples");
+  const std::vector<double> x = standardised(x0), y = standardised(y0);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<double> xs = x, ys = y;
+  std::sort(xs.begin(), xs.end());
+  std::sort(ys.begin(), ys.end());
+  // Joint k-NN by brute force over points sorted by x, pruned by the x gap.
+  std::vector<int64_t> order(static_cast<size_t>(n));
+  std::iota(order.begin(), order.end(), 0);
+  std::sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return x[a] < x[b]; });
+  std::vector<double> px(static_cast<size_t>(n)), py(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) px[i] = x[order[i]], py[i] = y[order[i]];
+  double sum = 0;
+  std::vector<double> best;
+  for (int64_t i = 0; i < n; ++i) {
+    best.assign(static_cast<size_t>(k), 1e300);  // k smallest distances, ascending
+    auto consider = [&](int64_t j) {
+      const double d = std::max(std::fabs(px[i] - px[j]), std::fabs(py[i] - py[j]));
+      if (d < best.back()) {
+        best.back() = d;
+        std::sort(best.begin(), best.end());
+      }
+    };
+    for (int64_t j = i - 1; j >= 0 && px[i] - px[j] < best.back(); --j) consider(j);
+    for (int64_t j = i + 1; j < n && px[j] - px[i] < best.back(); ++j) consider(j);
+    const double eps = best.back();
+    const int64_t nx = count_within(xs, px[i], eps) - 1, ny = count_within(ys, py[i], eps) - 1;
+    sum += digamma(static_cast<double>(nx + 1)) + digamma(static_cast<double>(ny + 1));
+  }
+  return std::max(0.0, digamma(k) + digamma(static_cast<double>(n)) - sum / static_cast<double>(n));
+}
+
+namespace {
+
+struct Captured {
+  std::string layer, operand;
+  int64_t rows, cols;
+  std::vector<float> v;
+};
+
+// Passes every product to the tee-only backend; at one step, keeps a copy of
+// each plaintext operand.
+class Tap final : public LinearBackend {
+ public:
+  Tap(int64_t at_step) : at_(at_step) {}
+  const char* name() const override { return "tap"; }
+  void forward(const Product& p, float* c) override {
+    keep(p.name, "input", p.a, p.m, p.k);
+    keep(p.name, "weight", p.w, p.n, p.k);
+    inner_.forward(p, c);
+  }
+  void backward_input(const Product& p, const float* dc, float* da) override {
+    keep(p.name, "gradient", dc, p.m, p.n);
+    inner_.backward_input(p, dc, da);
+  }
+  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
+  void end_step() override { ++step_; }
+  std::vector<Captured> got;
+
+ private:
+  void keep(const std::string& layer, const char* what, const float* d, int64_t r, int64_t c) {
+    if (step_ + 1 != at_) return;
+    for (const auto& g : got)
+      if (g.layer == layer && g.operand == what) return;
+    got.push_back({layer, what, r, c, std::vector<float>(d, d + r * c)});
+  }
+  TeeOnlyBackend inner_;
+  int64_t at_, step_ = 0;
+};
+
+}  // namespace
+
+std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, int64_t samples, uint64_t seed,
+                                              bool identity) {
+  cfg.mode = "tee-only";
+  cfg.steps = at_step;
+  cfg.save.clear();
+  cfg.metrics.clear();
+  Tap tap(at_step);
+  train(cfg, &tap);
+  std::unique_ptr<Obfuscator> obf = identity ? Obfuscator::insecure_identity(secret_from_seed(seed))
+                                             : std::make_unique<Obfuscator>(secret_from_seed(seed), cfg.offload.key_scale);
+  Rng rng = Rng::derive(seed, 3);
+  std::vector<MiRow> out;
+  for (const auto& g : tap.got) {
+    const int64_t r = g.rows, c = g.cols, n = r * c;
+    // X' = L·X·Q⁻¹ with a fresh triple, as encrypt_x does for inputs and
+    // gradients (weights go in transposed, the same gather).
+    const Triple t = obf->draw_triple(r, c, 1);
+    std::vector<float> enc(static_cast<size_t>(n)), ri(static_cast<size_t>(n)), ci(static_cast<size_t>(n)),
+        renc(static_cast<size_t>(n)), cenc(static_cast<size_t>(n)), ones(static_cast<size_t>(n), 1.0f),
+        scale(static_cast<size_t>(n));
+    t.encrypt_x(g.v.data(), r, c, enc.data());
+    // Where each ciphertext value came from: encrypt the row and column
+    // indices and the all-ones matrix under the same keys; the ratios are
+    // the source indices (exact: indices stay far below 2^24).
+    TEMPO_CHECK(r < (1 << 20) && c < (1 << 20), "MI: operand too large to index exactly");
+    for (int64_t i = 0; i < r; ++i)
+      for (int64_t j = 0; j < c; ++j) ri[static_cast<size_t>(i * c + j)] = static_cast<float>(i),
+                                      ci[static_cast<size_t>(i * c + j)] = static_cast<float>(j);
+    t.encrypt_x(ri.data(), r, c, renc.data());
+    t.encrypt_x(ci.data(), r, c, cenc.data());
+    t.encrypt_x(ones.data(), r, c, scale.data());
+    // Ties (ReLU and max-pool zeros) are broken by a jitter far below the
+    // values' spread, drawn independently for plaintext and ciphertext.
+    auto spread = [](const float* v, int64_t count) {
+      double s2 = 0;
+      for (int64_t i = 0; i < count; ++i) s2 += double(v[i]) * v[i];
+      return std::sqrt(s2 / static_cast<double>(std::max<int64_t>(count, 1))) + 1e-30;
+    };
+    const double jp = 1e-6 * spread(g.v.data(), n), jc = 1e-6 * spread(enc.data(), n);
+    std::vector<double> px, cx, kx;
+    for (int64_t s = 0; s < samples; ++s) {
+      const int64_t p = static_cast<int64_t>(rng.below(static_cast<uint64_t>(n)));
+      const double sc = scale[static_cast<size_t>(p)];
+      const int64_t sr = std::llround(renc[static_cast<size_t>(p)] / sc), sj = std::llround(cenc[static_cast<size_t>(p)] / sc);
+      TEMPO_CHECK(sr >= 0 && sr < r && sj >= 0 && sj < c, "MI: index recovery failed");
+      const int64_t src = sr * c + sj;
+      px.push_back(g.v[static_cast<size_t>(p)] + jp * rng.normal());
+      kx.push_back(g.v[static_cast<size_t>(src)] + jp * rng.normal());
+      cx.push_back(enc[static_cast<size_t>(p)] + jc * rng.normal());
+    }
+    MiRow row{g.layer, g.operand, r, c, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
+    out.push_back(row);
+  }
+  return out;
+}
+
+}  // namespace tempo

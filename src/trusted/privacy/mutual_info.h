@@ -1,0 +1,38 @@
+// Mutual information between plaintext and ciphertext values (P5).
+//
+// Estimator: Kraskov–Stögbauer–Grassberger (KSG, algorithm 1) with k nearest
+// neighbours in the max-norm, in nats; checked against the known value
+// −½·ln(1 − ρ²) of correlated Gaussian pairs.
+//
+// Measurement: plaintext operands captured from a real training step, each
+// encrypted under a fresh triple exactly as the pipeline does it; pairs
+//   - position-aligned: plaintext and ciphertext at the same index (what a
+//     worker can line up without the keys);
+//   - key-aligned: each ciphertext value with the plaintext value it was
+//     made from (an upper bound: a worker that had recovered the
+//     permutations); the scales still hide magnitude and sign.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "trusted/trainer.h"
+
+namespace tempo {
+
+double ksg_mutual_information(const std::vector<double>& x, const std::vector<double>& y, int k = 3);
+
+struct MiRow {
+  std::string layer, operand;  // operand: input, weight, gradient
+  int64_t rows = 0, cols = 0;
+  double position_aligned = 0, key_aligned = 0;  // nats
+};
+
+// Captures the operands of step `at_step` of `cfg` (run in tee-only mode) and
+// measures each; `samples` pairs per estimate.
+// identity: no obfuscation (the insecure offload mode), for comparison.
+std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, int64_t samples, uint64_t seed,
+                                              bool identity = false);
+
+}  // namespace tempo

@@ -1,0 +1,127 @@
+// Measurements of P5 on cases whose answer is known: the integrity
+// measurement catches every lie of the size DESIGN.md §2 requires and raises
+// no false alarm on an honest worker; a remote worker's --record transcript
+// holds exactly what the worker was sent and returned.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <tuple>
+
+#include "process_util.h"
+#include "test_util.h"
+#include "trusted/crypto/keys.h"
+#include "trusted/offload_backend.h"
+#include "common/rng.h"
+#include "trusted/privacy/integrity.h"
+#include "trusted/privacy/mutual_info.h"
+#include "worker/faulty_worker.h"
+#include "worker/local_worker.h"
+#include "worker/transcript.h"
+
+namespace tempo {
+namespace {
+
+TEST(Integrity, CatchesRequiredLiesAndAccusesNoHonestWorker) {
+  const auto rows = measure_detection({Tamper::kEntry, Tamper::kRow}, {1e-1, 1e-2}, {1}, 40, 16.0, 3);
+  ASSERT_EQ(rows.size(), 4u);
+  for (const auto& r : rows) {
+    EXPECT_EQ(r.trials, 40);
+    EXPECT_EQ(r.caught, r.trials) << tamper_name(r.kind) << " of size " << r.size;
+  }
+  const HonestReport h = measure_false_alarms(3000, 16.0, 5);
+  std::printf("3000 honest products: %lld false alarms; smallest sufficient τ %.3f\n",
+              static_cast<long long>(h.false_alarms), h.worst_tau);
+  EXPECT_GE(h.products, 3000);
+  EXPECT_EQ(h.false_alarms, 0);
+  EXPECT_GT(h.worst_tau, 0.0);
+  EXPECT_LT(h.worst_tau, 16.0);
+  // At a τ below what the honest rounding needs, the same products do raise alarms.
+  const HonestReport tight = measure_false_alarms(3000, h.worst_tau / 4, 5);
+  EXPECT_GT(tight.false_alarms, 0);
+}
+
+using Key = std::tuple<bool, int64_t, int64_t, std::vector<float>>;
+
+TEST(Transcript, RecordedByARemoteWorkerEqualsWhatItWasSent) {
+  testutil::TempDir d("transcript");
+  std::filesystem::create_directory(d / "rec");
+  TrainConfig c = testutil::small_cnn_run(d / "a.safetensors", d / "init.safetensors", 3);
+  c.mode = "tempo";
+  c.insecure_key_seed = 21;
+  std::vector<Key> remote;
+  {
+    testutil::WorkerProcess w(d.path(), "w", {"--record", d / "rec"});
+    c.workers = w.address();
+    train(c);
+    EXPECT_NE(w.log().find("WARNING: --record"), std::string::npos);
+  }
+  int files = 0;
+  for (const auto& e : std::filesystem::directory_iterator(d / "rec")) {
+    ++files;
+    for (auto& r : read_transcript(e.path().string()))
+      remote.emplace_back(r.received, r.rows, r.cols, std::move(r.data));
+  }
+  EXPECT_EQ(files, 1);
+  // The same run through an in-process worker that records what it sees.
+  auto rec = std::make_unique<RecordingWorker>(std::make_unique<LocalWorker>("local", make_cpu_backend()));
+  RecordingWorker* seen = rec.get();
+  std::vector<std::unique_ptr<WorkerApi>> ws;
+  ws.push_back(std::move(rec));
+  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(21));
+  c.save = d / "b.safetensors";
+  train(c, &be);
+  std::vector<Key> local;
+  for (auto& r : seen->records()) local.emplace_back(r.received, r.rows, r.cols, std::move(r.data));
+  ASSERT_GT(local.size(), 10u);
+  EXPECT_EQ(remote.size(), local.size());
+  std::sort(remote.begin(), remote.end());
+  std::sort(local.begin(), local.end());
+  EXPECT_TRUE(remote == local) << "the transcript differs from what the worker was sent and returned";
+  // A truncated transcript is an error, not a shorter transcript.
+  const std::string path = std::filesystem::directory_iterator(d / "rec")->path().string();
+  std::filesystem::resize_file(path, std::filesystem::file_size(path) - 3);
+  EXPECT_THROW(read_transcript(path), Error);
+}
+
+}  // namespace
+}  // namespace tempo
+
+namespace tempo {
+namespace {
+
+TEST(MutualInformation, EstimatorMatchesKnownValues) {
+  Rng rng(4);
+  for (double rho : {0.0, 0.6, 0.9}) {
+    std::vector<double> x, y;
+    for (int i = 0; i < 3000; ++i) {
+      const double a = rng.normal(), b = rng.normal();
+      x.push_back(a);
+      y.push_back(rho * a + std::sqrt(1 - rho * rho) * b);
+    }
+    const double truth = -0.5 * std::log(1 - rho * rho), est = ksg_mutual_information(x, y);
+    std::printf("rho %.1f: true %.3f, estimated %.3f nats\n", rho, truth, est);
+    EXPECT_NEAR(est, truth, 0.05);
+  }
+}
+
+TEST(MutualInformation, ObfuscationRemovesWhatOffloadShows) {
+  testutil::TempDir d("mi");
+  TrainConfig c = testutil::small_cnn_run("", d / "init.safetensors", 3);
+  const auto keyed = measure_mutual_information(c, 3, 1500, 9);
+  const auto plain = measure_mutual_information(c, 3, 1500, 9, true);
+  ASSERT_EQ(keyed.size(), plain.size());
+  ASSERT_GE(keyed.size(), 6u);  // input, weight, gradient of at least two layers
+  for (size_t i = 0; i < keyed.size(); ++i) {
+    std::printf("%s %s: tempo %.3f (key-aligned %.3f), offload %.3f nats\n", keyed[i].layer.c_str(),
+                keyed[i].operand.c_str(), keyed[i].position_aligned, keyed[i].key_aligned, plain[i].position_aligned);
+    // Unobfuscated, a value is its own ciphertext (the estimate is finite:
+    // exact zeros from ReLU and max-pooling carry no pairing information).
+    EXPECT_GT(plain[i].position_aligned, 1.0) << keyed[i].layer << " " << keyed[i].operand;
+    EXPECT_LT(keyed[i].position_aligned, 0.2) << keyed[i].layer << " " << keyed[i].operand;
+    EXPECT_GT(plain[i].position_aligned, 10 * keyed[i].position_aligned);
+  }
+}
+
+}  // namespace
+}  // namespace tempo
