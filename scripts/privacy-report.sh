@@ -12,6 +12,7 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ./build/tempo privacy --suite integrity --products "$products" --trials "$trials" --table "$out/integrity.md"
 ./build/tempo privacy --suite mi --samples "$samples" --table "$out/mi.md"
+./build/tempo privacy --suite labels --table "$out/labels.md"
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
 } > "$out/machine.md"
@@ -19,12 +20,12 @@ trap 'rm -rf "$out"' EXIT
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "mi"):
+for name in ("machine", "integrity", "mi", "labels"):
     body = open(os.path.join(out, name + ".md")).read().strip()
-    pat = re.compile(r"(<!-- %s:begin -->\n).*?(\n<!-- %s:end -->)" % (name, name), re.S)
+    pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)
     if not pat.search(text):
         sys.exit("docs/SECURITY.md has no markers for " + name)
-    text = pat.sub(lambda m: m.group(1) + body + m.group(2), text)
+    text = pat.sub(lambda m: "<!-- %s:begin -->\n%s\n<!-- %s:end -->" % (name, body, name), text)
 tmp = path + ".tmp"
 open(tmp, "w").write(text)
 os.replace(tmp, path)

@@ -14,6 +14,7 @@
 #include "trusted/offload_backend.h"
 #include "common/rng.h"
 #include "trusted/privacy/integrity.h"
+#include "trusted/privacy/label_attack.h"
 #include "trusted/privacy/mutual_info.h"
 #include "worker/faulty_worker.h"
 #include "worker/local_worker.h"
@@ -121,6 +122,35 @@ TEST(MutualInformation, ObfuscationRemovesWhatOffloadShows) {
     EXPECT_LT(keyed[i].position_aligned, 0.2) << keyed[i].layer << " " << keyed[i].operand;
     EXPECT_GT(plain[i].position_aligned, 10 * keyed[i].position_aligned);
   }
+}
+
+}  // namespace
+}  // namespace tempo
+
+namespace tempo {
+namespace {
+
+TEST(LabelAttack, RecoversLabelsWhenTheLastLayerIsOffloaded) {
+  testutil::TempDir d("labels");
+  TrainConfig c = testutil::small_cnn_run("", d / "init.safetensors", 5);
+  const LabelAttackResult plain = label_attack(c, 5, 3, true);
+  const LabelAttackResult keyed = label_attack(c, 5, 3, false);
+  std::printf("labels recovered: offload %lld/%lld, tempo %lld/%lld (chance %.2f)\n",
+              static_cast<long long>(plain.correct), static_cast<long long>(plain.rows),
+              static_cast<long long>(keyed.correct), static_cast<long long>(keyed.rows), keyed.chance);
+  ASSERT_EQ(plain.rows, 5 * 32);
+  EXPECT_EQ(plain.correct, plain.rows) << "the attack must fully recover an unobfuscated transcript";
+  EXPECT_GT(static_cast<double>(keyed.correct), 0.9 * static_cast<double>(keyed.rows))
+      << "the keys do not hide the labels in this gradient: that is why the last layer stays in the master";
+}
+
+TEST(LabelAttack, ZeroSumRowsGiveTheOddSignColumn) {
+  // Two rows of (softmax − onehot), columns permuted and scaled by hand.
+  const float g[] = {0.2f * 3, -0.7f * -2, 0.5f * 0.5f,    // label in column 1
+                     -0.9f * 3, 0.4f * -2, 0.5f * 0.5f,    // label in column 0
+                     0.1f * 3, 0.3f * -2, -0.4f * 0.5f};   // label in column 2
+  const auto cols = recover_label_columns(g, 3, 3);
+  EXPECT_EQ(cols, (std::vector<int64_t>{1, 0, 2}));
 }
 
 }  // namespace

@@ -240,11 +240,12 @@ class RemoteWorker final : public WorkerApi {
         OutChunk c;
         c.owner = m;
         c.handle = h;
+        const size_t step = chunk_bytes_for(bytes);
         size_t off = 0;
         do {
           c.first = off == 0;
           c.offset = off;
-          c.bytes = std::min(kChunkBytes, bytes - off);
+          c.bytes = std::min(step, bytes - off);
           off += c.bytes;
           if (!writer->Write(c)) break;
         } while (off < bytes);

@@ -14,6 +14,7 @@ bool encode_chunks(const Matrix& m, uint64_t handle, wire::TensorChunk& chunk,
                    const std::function<bool(const wire::TensorChunk&)>& write) {
   const char* bytes = reinterpret_cast<const char*>(m.data());
   const size_t total = static_cast<size_t>(m.size()) * sizeof(float);
+  const size_t step = chunk_bytes_for(total);
   size_t off = 0;
   do {
     chunk.Clear();
@@ -23,7 +24,7 @@ bool encode_chunks(const Matrix& m, uint64_t handle, wire::TensorChunk& chunk,
       chunk.set_cols(m.cols());
       chunk.set_dtype(wire::F32);
     }
-    const size_t n = std::min(kChunkBytes, total - off);
+    const size_t n = std::min(step, total - off);
     chunk.set_data(bytes + off, n);
     off += n;
     if (!write(chunk)) return false;

@@ -4,6 +4,7 @@
 // tensor it will accept before it allocates anything.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -20,6 +21,13 @@ constexpr uint32_t kWireProtocol = 1;
 constexpr size_t kChunkBytes = size_t{4} << 20;       // data per TensorChunk
 constexpr size_t kMaxMessageBytes = size_t{16} << 20;  // any one gRPC message
 constexpr size_t kMaxInlineBytes = size_t{4} << 20;    // an inline operand
+
+// Chunk size for a tensor of `total` bytes: a quarter of it, from 256 KiB
+// to kChunkBytes, so that sending, parsing and copying overlap even for
+// tensors of one or two MiB.
+inline size_t chunk_bytes_for(size_t total) {
+  return std::min(kChunkBytes, std::max(total / 4, size_t{256} << 10));
+}
 
 // Calls write(chunk) for each chunk of m (the first carries handle and
 // shape); stops early and returns false when write does.

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <numeric>
+#include <unordered_set>
 
 #include "common/error.h"
 #include "common/rng.h"
@@ -156,9 +157,19 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, 
       return std::sqrt(s2 / static_cast<double>(std::max<int64_t>(count, 1))) + 1e-30;
     };
     const double jp = 1e-6 * spread(g.v.data(), n), jc = 1e-6 * spread(enc.data(), n);
+    // Distinct positions: a repeated pair would be a zero-distance neighbour
+    // and inflate the estimate.
+    std::vector<int64_t> picks;
+    {
+      std::unordered_set<int64_t> seen;
+      const int64_t want = std::min(samples, n);
+      while (static_cast<int64_t>(picks.size()) < want) {
+        const int64_t p = static_cast<int64_t>(rng.below(static_cast<uint64_t>(n)));
+        if (seen.insert(p).second) picks.push_back(p);
+      }
+    }
     std::vector<double> px, cx, kx;
-    for (int64_t s = 0; s < samples; ++s) {
-      const int64_t p = static_cast<int64_t>(rng.below(static_cast<uint64_t>(n)));
+    for (const int64_t p : picks) {
       const double sc = scale[static_cast<size_t>(p)];
       const int64_t sr = std::llround(renc[static_cast<size_t>(p)] / sc), sj = std::llround(cenc[static_cast<size_t>(p)] / sc);
       TEMPO_CHECK(sr >= 0 && sr < r && sj >= 0 && sj < c, "MI: index recovery failed");

@@ -1,0 +1,109 @@
+#include "trusted/privacy/label_attack.h"
+
+#include <Eigen/Dense>
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/error.h"
+#include "trusted/crypto/keys.h"
+#include "trusted/crypto/obfuscator.h"
+#include "trusted/linear_backend.h"
+
+namespace tempo {
+
+std::vector<int64_t> recover_label_columns(const float* g, int64_t rows, int64_t classes) {
+  Eigen::MatrixXd m(rows, classes);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < classes; ++j) m(i, j) = g[i * classes + j];
+  // The null direction of m: the eigenvector of mᵀm with the smallest eigenvalue.
+  Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(m.transpose() * m);
+  const Eigen::VectorXd v = eig.eigenvectors().col(0);
+  std::vector<int64_t> out(static_cast<size_t>(rows), -1);
+  for (int64_t i = 0; i < rows; ++i) {
+    int pos = 0, neg = 0;
+    int64_t last_pos = -1, last_neg = -1;
+    for (int64_t j = 0; j < classes; ++j) {
+      const double x = m(i, j) * v(j);
+      if (x > 0) ++pos, last_pos = j;
+      if (x < 0) ++neg, last_neg = j;
+    }
+    if (neg == 1 && pos > 1) out[static_cast<size_t>(i)] = last_neg;
+    else if (pos == 1 && neg > 1) out[static_cast<size_t>(i)] = last_pos;
+  }
+  return out;
+}
+
+namespace {
+
+// Keeps every gradient of the logits: the dC of the product with one output
+// column per class.
+class LogitGradTap final : public LinearBackend {
+ public:
+  explicit LogitGradTap(int64_t classes) : classes_(classes) {}
+  const char* name() const override { return "tap"; }
+  void forward(const Product& p, float* c) override { inner_.forward(p, c); }
+  void backward_input(const Product& p, const float* dc, float* da) override {
+    if (p.n == classes_) got.push_back({p.m, p.n, std::vector<float>(dc, dc + p.m * p.n)});
+    inner_.backward_input(p, dc, da);
+  }
+  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
+  void end_step() override {}
+  struct Grad {
+    int64_t rows, cols;
+    std::vector<float> v;
+  };
+  std::vector<Grad> got;
+
+ private:
+  TeeOnlyBackend inner_;
+  int64_t classes_;
+};
+
+}  // namespace
+
+LabelAttackResult label_attack(TrainConfig cfg, int64_t steps, uint64_t seed, bool identity) {
+  cfg.mode = "tee-only";
+  cfg.steps = steps;
+  cfg.save.clear();
+  cfg.metrics.clear();
+  cfg.offload_last = true;  // the layer whose gradient is attacked goes through the tap
+  LogitGradTap tap(10);
+  train(cfg, &tap);
+  TEMPO_CHECK(!tap.got.empty(), "label attack: no gradient of the logits was captured");
+  std::unique_ptr<Obfuscator> obf = identity ? Obfuscator::insecure_identity(secret_from_seed(seed))
+                                             : std::make_unique<Obfuscator>(secret_from_seed(seed), cfg.offload.key_scale);
+  LabelAttackResult r;
+  for (const auto& g : tap.got) {
+    if (g.v.empty() || g.rows * g.cols == 0 || g.cols < 3) continue;
+    r.chance = 1.0 / static_cast<double>(g.cols);
+    const int64_t m = g.rows, c = g.cols, n = m * c;
+    const Triple t = obf->draw_triple(m, c, 1);
+    std::vector<float> enc(static_cast<size_t>(n)), ri(static_cast<size_t>(n)), ci(static_cast<size_t>(n)),
+        renc(static_cast<size_t>(n)), cenc(static_cast<size_t>(n)), ones(static_cast<size_t>(n), 1.0f),
+        scale(static_cast<size_t>(n));
+    t.encrypt_x(g.v.data(), m, c, enc.data());
+    // Scoring only (the attack never sees these): where each entry came from.
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < c; ++j) ri[static_cast<size_t>(i * c + j)] = static_cast<float>(i),
+                                      ci[static_cast<size_t>(i * c + j)] = static_cast<float>(j);
+    t.encrypt_x(ri.data(), m, c, renc.data());
+    t.encrypt_x(ci.data(), m, c, cenc.data());
+    t.encrypt_x(ones.data(), m, c, scale.data());
+    const std::vector<int64_t> cols = recover_label_columns(enc.data(), m, c);
+    for (int64_t i = 0; i < m; ++i) {
+      const size_t at = static_cast<size_t>(i * c);
+      const int64_t src_row = std::llround(renc[at] / scale[at]);
+      const float* truth = g.v.data() + src_row * c;
+      const int64_t label = std::min_element(truth, truth + c) - truth;  // the only negative entry
+      ++r.rows;
+      const int64_t j = cols[static_cast<size_t>(i)];
+      if (j < 0) continue;
+      const size_t e = at + static_cast<size_t>(j);
+      if (std::llround(cenc[e] / scale[e]) == label) ++r.correct;
+    }
+  }
+  return r;
+}
+
+}  // namespace tempo
