@@ -24,21 +24,21 @@ namespace tempo {
 namespace {
 
 TEST(Integrity, CatchesRequiredLiesAndAccusesNoHonestWorker) {
-  const auto rows = measure_detection({Tamper::kEntry, Tamper::kRow}, {1e-1, 1e-2}, {1}, 40, 16.0, 3);
+  const auto rows = measure_detection({Tamper::kEntry, Tamper::kRow}, {1e-1, 1e-2}, {1}, 25, 16.0, 3);
   ASSERT_EQ(rows.size(), 4u);
   for (const auto& r : rows) {
-    EXPECT_EQ(r.trials, 40);
+    EXPECT_EQ(r.trials, 25);
     EXPECT_EQ(r.caught, r.trials) << tamper_name(r.kind) << " of size " << r.size;
   }
-  const HonestReport h = measure_false_alarms(3000, 16.0, 5);
-  std::printf("3000 honest products: %lld false alarms; smallest sufficient τ %.3f\n",
+  const HonestReport h = measure_false_alarms(2000, 16.0, 5);
+  std::printf("2000 honest products: %lld false alarms; smallest sufficient τ %.3f\n",
               static_cast<long long>(h.false_alarms), h.worst_tau);
-  EXPECT_GE(h.products, 3000);
+  EXPECT_GE(h.products, 2000);
   EXPECT_EQ(h.false_alarms, 0);
   EXPECT_GT(h.worst_tau, 0.0);
   EXPECT_LT(h.worst_tau, 16.0);
   // At a τ below what the honest rounding needs, the same products do raise alarms.
-  const HonestReport tight = measure_false_alarms(3000, h.worst_tau / 4, 5);
+  const HonestReport tight = measure_false_alarms(1000, h.worst_tau / 4, 5);
   EXPECT_GT(tight.false_alarms, 0);
 }
 

@@ -39,25 +39,36 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
 
 namespace {
 
-void write_table(const std::string& path, const std::string& md) {
-  if (path.empty()) return;
-  AtomicFile f(path);
-  f.write(md.data(), md.size());
-  f.commit();
-}
-
-int run_labels(const PrivacyConfig& c) {
+// Prints the tables as they are made and keeps them for --table.
+struct Report {
   std::string md;
-  auto emit = [&](const std::string& line) {
+  void emit(const std::string& line) {
     std::printf("%s\n", line.c_str());
     std::fflush(stdout);
     md += line + "\n";
-  };
+  }
+  void write(const std::string& path) const {
+    if (path.empty()) return;
+    AtomicFile f(path);
+    f.write(md.data(), md.size());
+    f.commit();
+  }
+};
+
+// The training run whose products a measurement looks at.
+TrainConfig measured_run(const PrivacyConfig& c) {
   TrainConfig t;
   t.model = c.model;
   t.data = c.data;
   t.seed = c.seed;
   t.progress = false;
+  return t;
+}
+
+int run_labels(const PrivacyConfig& c) {
+  Report rep;
+  auto emit = [&](const std::string& line) { rep.emit(line); };
+  const TrainConfig t = measured_run(c);
   const int64_t steps = 30;
   emit("### Labels from the gradient of the logits (last layer offloaded with --offload-last)");
   emit("");
@@ -78,17 +89,13 @@ int run_labels(const PrivacyConfig& c) {
   emit("");
   emit("By default (without --offload-last) the last layer and the loss stay in the master: this gradient never "
        "reaches a worker.");
-  write_table(c.table, md);
+  rep.write(c.table);
   return 0;
 }
 
 int run_mi(const PrivacyConfig& c) {
-  std::string md;
-  auto emit = [&](const std::string& line) {
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
-    md += line + "\n";
-  };
+  Report rep;
+  auto emit = [&](const std::string& line) { rep.emit(line); };
   char buf[512];
   // The estimator first, on pairs whose answer is known.
   Rng rng(c.seed);
@@ -110,11 +117,7 @@ int run_mi(const PrivacyConfig& c) {
     emit(buf);
   }
   emit("");
-  TrainConfig t;
-  t.model = c.model;
-  t.data = c.data;
-  t.seed = c.seed;
-  t.progress = false;
+  const TrainConfig t = measured_run(c);
   const int64_t step = 5;
   emit("Operands of training step " + std::to_string(step) + " of `" + c.model + "` on " + c.data +
        " (batch 64), each encrypted under fresh keys as the pipeline does; " + std::to_string(c.samples) +
@@ -132,7 +135,7 @@ int run_mi(const PrivacyConfig& c) {
                   rows[i].position_aligned, rows[i].key_aligned, plain[i].position_aligned);
     emit(buf);
   }
-  write_table(c.table, md);
+  rep.write(c.table);
   return 0;
 }
 
@@ -142,12 +145,8 @@ int run_privacy(const PrivacyConfig& c) {
   set_num_threads(c.threads);
   if (c.suite == "mi") return run_mi(c);
   if (c.suite == "labels") return run_labels(c);
-  std::string md;
-  auto emit = [&](const std::string& line) {
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
-    md += line + "\n";
-  };
+  Report rep;
+  auto emit = [&](const std::string& line) { rep.emit(line); };
   char buf[512];
   emit("### Detection of wrong results (Freivalds' check, τ = " + std::to_string(c.tau).substr(0, 4) + ")");
   emit("");
@@ -172,7 +171,7 @@ int run_privacy(const PrivacyConfig& c) {
   std::snprintf(buf, sizeof buf, "| %lld | %lld | %.1f | %.3f |", static_cast<long long>(h.products),
                 static_cast<long long>(h.false_alarms), h.tau, h.worst_tau);
   emit(buf);
-  write_table(c.table, md);
+  rep.write(c.table);
   return h.false_alarms == 0 ? 0 : 3;
 }
 

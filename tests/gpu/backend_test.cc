@@ -124,20 +124,11 @@ TEST(Backend, Tf32OnlyWhenAsked) {
 }
 
 TrainConfig run_config(const testutil::TempDir& d, const std::string& save, const std::string& conv_mode) {
-  TrainConfig c;
-  c.model = "cnn";
-  c.data = "synthetic:640";
+  TrainConfig c = testutil::small_cnn_run(save, d / "init.safetensors", 20);
   c.mode = "tempo";
-  c.batch_size = 32;
-  c.steps = 20;
-  c.seed = 3;
-  c.progress = false;
-  c.save = save;
   c.conv_mode = conv_mode;
   c.channel_from = 1;
   c.insecure_key_seed = 5;
-  c.init = d / "init.safetensors";
-  if (!std::filesystem::exists(c.init)) build_model("cnn", 3)->save(c.init);
   return c;
 }
 

@@ -36,6 +36,17 @@ struct Operands {
     for (auto& v : w) v = ws * static_cast<float>(rng.normal());
     for (auto& v : dc) v = 1e-3f * static_cast<float>(rng.normal());
   }
+  Product product(const Shape& s) const {
+    Product p;
+    p.id = 0;
+    p.name = "measure";
+    p.a = a.data();
+    p.w = w.data();
+    p.m = s.m;
+    p.k = s.k;
+    p.n = s.n;
+    return p;
+  }
 };
 
 std::vector<std::unique_ptr<WorkerApi>> one_worker(std::unique_ptr<WorkerApi> w) {
@@ -63,6 +74,7 @@ HonestReport measure_false_alarms(int64_t products, double tau, uint64_t seed,
   OffloadConfig oc;
   oc.verify.tolerance = tau;
   oc.quarantine_after = 1 << 30;
+  oc.log = false;
   OffloadBackend be(oc, one_worker(std::make_unique<LocalWorker>("honest", make_cpu_backend())),
                     secret_from_seed(seed));
   Rng rng = Rng::derive(seed, 1);
@@ -73,14 +85,7 @@ HonestReport measure_false_alarms(int64_t products, double tau, uint64_t seed,
   while (be.stats().verified < products) {
     const Shape& s = kShapes[static_cast<size_t>(i++) % (sizeof kShapes / sizeof kShapes[0])];
     ops.fill(s, rng);
-    Product p;
-    p.id = 0;
-    p.name = "measure";
-    p.a = ops.a.data();
-    p.w = ops.w.data();
-    p.m = s.m;
-    p.k = s.k;
-    p.n = s.n;
+    const Product p = ops.product(s);
     be.forward(p, ops.out.data());
     be.backward_input(p, ops.dc.data(), ops.da.data());
     be.backward_weight(p, ops.dc.data(), ops.dw.data());
@@ -116,15 +121,7 @@ std::vector<DetectionRow> measure_detection(const std::vector<Tamper>& kinds, co
           OffloadBackend be(oc, one_worker(std::move(liar)), secret_from_seed(trial_seed));
           const Shape& s = kShapes[static_cast<size_t>(i) % (sizeof kShapes / sizeof kShapes[0])];
           ops.fill(s, rng);
-          Product p;
-          p.id = 0;
-          p.name = "measure";
-          p.a = ops.a.data();
-          p.w = ops.w.data();
-          p.m = s.m;
-          p.k = s.k;
-          p.n = s.n;
-          be.forward(p, ops.out.data());
+          be.forward(ops.product(s), ops.out.data());
           lies += w->tampered();
           caught += be.stats().rejected;
         }

@@ -9,6 +9,7 @@
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/linear_backend.h"
+#include "trusted/privacy/traced.h"
 
 namespace tempo {
 
@@ -71,36 +72,23 @@ LabelAttackResult label_attack(TrainConfig cfg, int64_t steps, uint64_t seed, bo
   LogitGradTap tap(10);
   train(cfg, &tap);
   TEMPO_CHECK(!tap.got.empty(), "label attack: no gradient of the logits was captured");
-  std::unique_ptr<Obfuscator> obf = identity ? Obfuscator::insecure_identity(secret_from_seed(seed))
-                                             : std::make_unique<Obfuscator>(secret_from_seed(seed), cfg.offload.key_scale);
+  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, identity);
   LabelAttackResult r;
   for (const auto& g : tap.got) {
     if (g.v.empty() || g.rows * g.cols == 0 || g.cols < 3) continue;
     r.chance = 1.0 / static_cast<double>(g.cols);
-    const int64_t m = g.rows, c = g.cols, n = m * c;
-    const Triple t = obf->draw_triple(m, c, 1);
-    std::vector<float> enc(static_cast<size_t>(n)), ri(static_cast<size_t>(n)), ci(static_cast<size_t>(n)),
-        renc(static_cast<size_t>(n)), cenc(static_cast<size_t>(n)), ones(static_cast<size_t>(n), 1.0f),
-        scale(static_cast<size_t>(n));
-    t.encrypt_x(g.v.data(), m, c, enc.data());
-    // Scoring only (the attack never sees these): where each entry came from.
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < c; ++j) ri[static_cast<size_t>(i * c + j)] = static_cast<float>(i),
-                                      ci[static_cast<size_t>(i * c + j)] = static_cast<float>(j);
-    t.encrypt_x(ri.data(), m, c, renc.data());
-    t.encrypt_x(ci.data(), m, c, cenc.data());
-    t.encrypt_x(ones.data(), m, c, scale.data());
-    const std::vector<int64_t> cols = recover_label_columns(enc.data(), m, c);
-    for (int64_t i = 0; i < m; ++i) {
+    const int64_t m = g.rows, c = g.cols;
+    const Traced enc = encrypt_traced(obf->draw_triple(m, c, 1), g.v.data(), m, c);
+    const std::vector<int64_t> cols = recover_label_columns(enc.values.data(), m, c);  // the attack
+    for (int64_t i = 0; i < m; ++i) {  // the score
       const size_t at = static_cast<size_t>(i * c);
-      const int64_t src_row = std::llround(renc[at] / scale[at]);
-      const float* truth = g.v.data() + src_row * c;
+      const float* truth = g.v.data() + int64_t{enc.src_row[at]} * c;
       const int64_t label = std::min_element(truth, truth + c) - truth;  // the only negative entry
       ++r.rows;
       const int64_t j = cols[static_cast<size_t>(i)];
       if (j < 0) continue;
       const size_t e = at + static_cast<size_t>(j);
-      if (std::llround(cenc[e] / scale[e]) == label) ++r.correct;
+      if (enc.src_col[e] == label) ++r.correct;
     }
   }
   return r;

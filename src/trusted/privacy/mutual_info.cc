@@ -10,6 +10,7 @@
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/linear_backend.h"
+#include "trusted/privacy/traced.h"
 
 namespace tempo {
 
@@ -126,29 +127,14 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, 
   cfg.metrics.clear();
   Tap tap(at_step);
   train(cfg, &tap);
-  std::unique_ptr<Obfuscator> obf = identity ? Obfuscator::insecure_identity(secret_from_seed(seed))
-                                             : std::make_unique<Obfuscator>(secret_from_seed(seed), cfg.offload.key_scale);
+  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, identity);
   Rng rng = Rng::derive(seed, 3);
   std::vector<MiRow> out;
   for (const auto& g : tap.got) {
     const int64_t r = g.rows, c = g.cols, n = r * c;
     // X' = L·X·Q⁻¹ with a fresh triple, as encrypt_x does for inputs and
     // gradients (weights go in transposed, the same gather).
-    const Triple t = obf->draw_triple(r, c, 1);
-    std::vector<float> enc(static_cast<size_t>(n)), ri(static_cast<size_t>(n)), ci(static_cast<size_t>(n)),
-        renc(static_cast<size_t>(n)), cenc(static_cast<size_t>(n)), ones(static_cast<size_t>(n), 1.0f),
-        scale(static_cast<size_t>(n));
-    t.encrypt_x(g.v.data(), r, c, enc.data());
-    // Where each ciphertext value came from: encrypt the row and column
-    // indices and the all-ones matrix under the same keys; the ratios are
-    // the source indices (exact: indices stay far below 2^24).
-    TEMPO_CHECK(r < (1 << 20) && c < (1 << 20), "MI: operand too large to index exactly");
-    for (int64_t i = 0; i < r; ++i)
-      for (int64_t j = 0; j < c; ++j) ri[static_cast<size_t>(i * c + j)] = static_cast<float>(i),
-                                      ci[static_cast<size_t>(i * c + j)] = static_cast<float>(j);
-    t.encrypt_x(ri.data(), r, c, renc.data());
-    t.encrypt_x(ci.data(), r, c, cenc.data());
-    t.encrypt_x(ones.data(), r, c, scale.data());
+    const Traced enc = encrypt_traced(obf->draw_triple(r, c, 1), g.v.data(), r, c);
     // Ties (ReLU and max-pool zeros) are broken by a jitter far below the
     // values' spread, drawn independently for plaintext and ciphertext.
     auto spread = [](const float* v, int64_t count) {
@@ -156,7 +142,7 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, 
       for (int64_t i = 0; i < count; ++i) s2 += double(v[i]) * v[i];
       return std::sqrt(s2 / static_cast<double>(std::max<int64_t>(count, 1))) + 1e-30;
     };
-    const double jp = 1e-6 * spread(g.v.data(), n), jc = 1e-6 * spread(enc.data(), n);
+    const double jp = 1e-6 * spread(g.v.data(), n), jc = 1e-6 * spread(enc.values.data(), n);
     // Distinct positions: a repeated pair would be a zero-distance neighbour
     // and inflate the estimate.
     std::vector<int64_t> picks;
@@ -170,13 +156,10 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, 
     }
     std::vector<double> px, cx, kx;
     for (const int64_t p : picks) {
-      const double sc = scale[static_cast<size_t>(p)];
-      const int64_t sr = std::llround(renc[static_cast<size_t>(p)] / sc), sj = std::llround(cenc[static_cast<size_t>(p)] / sc);
-      TEMPO_CHECK(sr >= 0 && sr < r && sj >= 0 && sj < c, "MI: index recovery failed");
-      const int64_t src = sr * c + sj;
+      const int64_t src = int64_t{enc.src_row[static_cast<size_t>(p)]} * c + enc.src_col[static_cast<size_t>(p)];
       px.push_back(g.v[static_cast<size_t>(p)] + jp * rng.normal());
       kx.push_back(g.v[static_cast<size_t>(src)] + jp * rng.normal());
-      cx.push_back(enc[static_cast<size_t>(p)] + jc * rng.normal());
+      cx.push_back(enc.values[static_cast<size_t>(p)] + jc * rng.normal());
     }
     MiRow row{g.layer, g.operand, r, c, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
     out.push_back(row);
