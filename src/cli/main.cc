@@ -56,7 +56,8 @@ int main(int argc, char** argv) {
 
   tempo::cli::PrivacyConfig privacy_cfg;
   CLI::App* privacy = app.add_subcommand(
-      "privacy", "Measure what the protection achieves: the integrity check's detection and false alarms");
+      "privacy",
+      "Measure what the protection achieves: the integrity check, what ciphertext values reveal, label recovery");
   tempo::cli::add_privacy_flags(*privacy, privacy_cfg);
 
   tempo::cli::BenchConfig bench_cfg;

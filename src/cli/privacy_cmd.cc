@@ -19,12 +19,17 @@
 namespace tempo::cli {
 
 void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
-  app.add_option("--suite", c.suite, "integrity | mi | labels")
+  app.add_option("--suite", c.suite,
+                 "integrity: Freivalds' detection rate against lie size and rounds, and false alarms on an honest "
+                 "worker; mi: mutual information between plaintext and ciphertext values; labels: label recovery "
+                 "when the last layer is offloaded")
       ->capture_default_str()
       ->check(CLI::IsMember({"integrity", "mi", "labels"}));
-  app.add_option("--samples", c.samples, "mi: value pairs per estimate")->capture_default_str();
-  app.add_option("--model", c.model, "mi: model whose operands are measured")->capture_default_str();
-  app.add_option("--data", c.data, "mi: data of the training step")->capture_default_str();
+  app.add_option("--samples", c.samples, "mi: value pairs per estimate")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{100}, int64_t{1000000}));
+  app.add_option("--model", c.model, "mi, labels: model whose training is measured")->capture_default_str();
+  app.add_option("--data", c.data, "mi, labels: data of that training")->capture_default_str();
   app.add_option("--products", c.products, "Honest products for the false-alarm rate")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
