@@ -72,27 +72,26 @@ TrainConfig measured_run(const PrivacyConfig& c) {
 
 int run_labels(const PrivacyConfig& c) {
   Report rep;
-  auto emit = [&](const std::string& line) { rep.emit(line); };
   const TrainConfig t = measured_run(c);
   const int64_t steps = 30;
-  emit("### Labels from the gradient of the logits (last layer offloaded with --offload-last)");
-  emit("");
-  emit("`" + c.model + "` on " + c.data + ", " + std::to_string(steps) +
+  rep.emit("### Labels from the gradient of the logits (last layer offloaded with --offload-last)");
+  rep.emit("");
+  rep.emit("`" + c.model + "` on " + c.data + ", " + std::to_string(steps) +
        " training steps of batch 64; each step's gradient of the logits encrypted under fresh keys and "
        "attacked from the ciphertext alone; a row counts when the recovered label entry maps back to the true label.");
-  emit("");
-  emit("| keys | rows attacked | labels recovered | rate | chance |");
-  emit("|---|---:|---:|---:|---:|");
+  rep.emit("");
+  rep.emit("| keys | rows attacked | labels recovered | rate | chance |");
+  rep.emit("|---|---:|---:|---:|---:|");
   char buf[256];
   for (bool identity : {false, true}) {
     const LabelAttackResult r = label_attack(t, steps, c.seed, identity);
     std::snprintf(buf, sizeof buf, "| %s | %lld | %lld | %.3f | %.3f |",
                   identity ? "none (offload mode)" : "tempo (fresh keys per product)", static_cast<long long>(r.rows),
                   static_cast<long long>(r.correct), r.rows ? double(r.correct) / double(r.rows) : 0.0, r.chance);
-    emit(buf);
+    rep.emit(buf);
   }
-  emit("");
-  emit("By default (without --offload-last) the last layer and the loss stay in the master: this gradient never "
+  rep.emit("");
+  rep.emit("By default (without --offload-last) the last layer and the loss stay in the master: this gradient never "
        "reaches a worker.");
   rep.write(c.table);
   return 0;
@@ -100,16 +99,15 @@ int run_labels(const PrivacyConfig& c) {
 
 int run_mi(const PrivacyConfig& c) {
   Report rep;
-  auto emit = [&](const std::string& line) { rep.emit(line); };
   char buf[512];
   // The estimator first, on pairs whose answer is known.
   Rng rng(c.seed);
-  emit("### Mutual information, plaintext vs ciphertext values (nats; KSG estimator, k = 3)");
-  emit("");
-  emit("Estimator check on correlated Gaussian pairs (n = " + std::to_string(c.samples) + "):");
-  emit("");
-  emit("| ρ | true MI | estimated |");
-  emit("|---:|---:|---:|");
+  rep.emit("### Mutual information, plaintext vs ciphertext values (nats; KSG estimator, k = 3)");
+  rep.emit("");
+  rep.emit("Estimator check on correlated Gaussian pairs (n = " + std::to_string(c.samples) + "):");
+  rep.emit("");
+  rep.emit("| ρ | true MI | estimated |");
+  rep.emit("|---:|---:|---:|");
   for (double rho : {0.0, 0.5, 0.9, 0.99}) {
     std::vector<double> x, y;
     for (int64_t i = 0; i < c.samples; ++i) {
@@ -119,26 +117,26 @@ int run_mi(const PrivacyConfig& c) {
     }
     std::snprintf(buf, sizeof buf, "| %.2f | %.3f | %.3f |", rho, -0.5 * std::log(1 - rho * rho),
                   ksg_mutual_information(x, y));
-    emit(buf);
+    rep.emit(buf);
   }
-  emit("");
+  rep.emit("");
   const TrainConfig t = measured_run(c);
   const int64_t step = 5;
-  emit("Operands of training step " + std::to_string(step) + " of `" + c.model + "` on " + c.data +
+  rep.emit("Operands of training step " + std::to_string(step) + " of `" + c.model + "` on " + c.data +
        " (batch 64), each encrypted under fresh keys as the pipeline does; " + std::to_string(c.samples) +
        " pairs per estimate. Position-aligned: the value at the same index (what a worker can pair up). "
        "Key-aligned: the value each ciphertext entry was made from (a worker that knew the permutations). "
        "Offload: no obfuscation.");
-  emit("");
-  emit("| layer | operand | shape | tempo, position-aligned | tempo, key-aligned | offload (no keys) |");
-  emit("|---|---|---|---:|---:|---:|");
+  rep.emit("");
+  rep.emit("| layer | operand | shape | tempo, position-aligned | tempo, key-aligned | offload (no keys) |");
+  rep.emit("|---|---|---|---:|---:|---:|");
   const auto rows = measure_mutual_information(t, step, c.samples, c.seed);
   const auto plain = measure_mutual_information(t, step, c.samples, c.seed, true);
   for (size_t i = 0; i < rows.size(); ++i) {
     std::snprintf(buf, sizeof buf, "| %s | %s | %lldx%lld | %.3f | %.3f | %.3f |", rows[i].layer.c_str(),
                   rows[i].operand.c_str(), static_cast<long long>(rows[i].rows), static_cast<long long>(rows[i].cols),
                   rows[i].position_aligned, rows[i].key_aligned, plain[i].position_aligned);
-    emit(buf);
+    rep.emit(buf);
   }
   rep.write(c.table);
   return 0;
@@ -151,31 +149,30 @@ int run_privacy(const PrivacyConfig& c) {
   if (c.suite == "mi") return run_mi(c);
   if (c.suite == "labels") return run_labels(c);
   Report rep;
-  auto emit = [&](const std::string& line) { rep.emit(line); };
   char buf[512];
-  emit("### Detection of wrong results (Freivalds' check, τ = " + std::to_string(c.tau).substr(0, 4) + ")");
-  emit("");
-  emit("| lie | size (× max \\|row\\|) | rounds | lies | caught | rate |");
-  emit("|---|---:|---:|---:|---:|---:|");
+  rep.emit("### Detection of wrong results (Freivalds' check, τ = " + std::to_string(c.tau).substr(0, 4) + ")");
+  rep.emit("");
+  rep.emit("| lie | size (× max \\|row\\|) | rounds | lies | caught | rate |");
+  rep.emit("|---|---:|---:|---:|---:|---:|");
   const auto rows = measure_detection({Tamper::kEntry, Tamper::kRow}, {1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7},
                                       {1, 2}, c.trials, c.tau, c.seed);
   for (const auto& r : rows) {
     std::snprintf(buf, sizeof buf, "| %s | %.0e | %d | %lld | %lld | %.3f |", tamper_name(r.kind).c_str(), r.size,
                   r.rounds, static_cast<long long>(r.trials), static_cast<long long>(r.caught),
                   r.trials ? static_cast<double>(r.caught) / static_cast<double>(r.trials) : 0.0);
-    emit(buf);
+    rep.emit(buf);
   }
-  emit("");
+  rep.emit("");
   Progress bar("honest products", c.products, true);
   const HonestReport h = measure_false_alarms(c.products, c.tau, c.seed + 7, [&](int64_t n) { bar.update(n); });
   bar.finish();
-  emit("### False alarms on an honest worker");
-  emit("");
-  emit("| products | false alarms | τ in force | smallest τ with no false alarm |");
-  emit("|---:|---:|---:|---:|");
+  rep.emit("### False alarms on an honest worker");
+  rep.emit("");
+  rep.emit("| products | false alarms | τ in force | smallest τ with no false alarm |");
+  rep.emit("|---:|---:|---:|---:|");
   std::snprintf(buf, sizeof buf, "| %lld | %lld | %.1f | %.3f |", static_cast<long long>(h.products),
                 static_cast<long long>(h.false_alarms), h.tau, h.worst_tau);
-  emit(buf);
+  rep.emit(buf);
   rep.write(c.table);
   return h.false_alarms == 0 ? 0 : 3;
 }

@@ -75,20 +75,18 @@ void OffloadBackend::blame(size_t w, const Product& p, const std::string& why) {
   Slot& s = slots_[w];
   ++s.failures;
   ++stats_.rejected;
-  if (!cfg_.log) {
-    if (!s.quarantined && s.failures >= cfg_.quarantine_after) s.quarantined = true;
-    return;
-  }
+  const bool quarantine = !s.quarantined && s.failures >= cfg_.quarantine_after;
+  if (quarantine) s.quarantined = true;
+  if (!cfg_.log) return;
   char when[32];
   const std::time_t now = std::time(nullptr);
   std::strftime(when, sizeof when, "%H:%M:%S", std::localtime(&now));
+  const long long step = static_cast<long long>(steps_done_ + 1);
   std::fprintf(stderr, "tempo: %s step %lld: worker %s: rejected its result for %s (%s); re-encrypting with fresh keys\n",
-               when, static_cast<long long>(steps_done_ + 1), s.api->name().c_str(), p.name.c_str(), why.c_str());
-  if (!s.quarantined && s.failures >= cfg_.quarantine_after) {
-    s.quarantined = true;
+               when, step, s.api->name().c_str(), p.name.c_str(), why.c_str());
+  if (quarantine)
     std::fprintf(stderr, "tempo: %s step %lld: WARNING: worker %s quarantined after %d failures; %zu worker(s) left\n",
-                 when, static_cast<long long>(steps_done_ + 1), s.api->name().c_str(), s.failures, healthy_workers());
-  }
+                 when, step, s.api->name().c_str(), s.failures, healthy_workers());
 }
 
 std::vector<int64_t> OffloadBackend::checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a,

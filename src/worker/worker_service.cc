@@ -48,13 +48,6 @@ std::shared_ptr<const Matrix> WorkerService::get(Handle h) const {
   return it->second;
 }
 
-void WorkerService::check_room(size_t bytes) const {
-  std::lock_guard<std::mutex> lock(mu_);
-  if (bytes > quota_ || held_ > quota_ - bytes)
-    throw WorkerError("memory quota exceeded: holding " + std::to_string(held_) + " bytes, " +
-                      std::to_string(bytes) + " more requested, quota " + std::to_string(quota_));
-}
-
 void WorkerService::check_result(int64_t rows, int64_t cols) const {
   if (rows > 0 && cols > 0 && static_cast<uint64_t>(cols) > quota_ / sizeof(float) / static_cast<uint64_t>(rows))
     throw WorkerError("result of " + std::to_string(rows) + "x" + std::to_string(cols) +

@@ -42,9 +42,6 @@ class WorkerService {
   Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g);
   // The stored tensor (WorkerError if unknown).
   std::shared_ptr<const Matrix> get(Handle h) const;
-  // Throws WorkerError unless `bytes` more fit in the quota (checked before
-  // a remote tensor is received, so a claimed size cannot exhaust memory).
-  void check_room(size_t bytes) const;
   size_t quota() const { return quota_; }
   void release(Handle h);
   void end_step();

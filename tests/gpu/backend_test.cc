@@ -113,7 +113,9 @@ TEST(Backend, ConvolutionsMatchTheCpuBackend) {
   }
 }
 
-TEST(Backend, Tf32OnlyWhenAsked) {
+// TF32 when asked stays within its precision (that FP32 is the default is
+// what the 1e-5 bounds of the other tests check).
+TEST(Backend, Tf32WhenAskedStaysClose) {
   auto cpu = make_cpu_backend();
   auto tf32 = make_backend(backend_name(), true);
   std::mt19937 rng(4);
