@@ -60,6 +60,19 @@ struct PrivacyConfig {
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
 int run_privacy(const PrivacyConfig& cfg);
 
+struct OwnerConfig {
+  std::string dir = "owner";  // keygen
+  std::string data = "fashion-mnist", model = "cnn";  // encrypt-data
+  uint64_t seed = 0;
+  std::string owner_key, data_key, in, out;
+  std::string report, expect_config, expect_binary;  // release
+  bool allow_simulated = false;
+};
+// `tempo owner SUB`: the data owner's tools (keygen, encrypt-data, release,
+// decrypt-model). Registers the subcommands on `owner`.
+void add_owner_commands(CLI::App& owner, OwnerConfig& cfg);
+int run_owner(const CLI::App& owner, const OwnerConfig& cfg);
+
 struct WorkerConfig {
   std::string listen = "127.0.0.1:7070";
   std::string backend = "cpu";

@@ -1,4 +1,4 @@
-// `tempo`: the one binary. Subcommands: train, eval, predict, worker, privacy, bench.
+// `tempo`: the one binary. Subcommands: train, eval, predict, worker, privacy, owner, bench.
 #include <CLI/CLI.hpp>
 
 #include <malloc.h>
@@ -60,6 +60,11 @@ int main(int argc, char** argv) {
       "Measure what the protection achieves: the integrity check, what ciphertext values reveal, label recovery");
   tempo::cli::add_privacy_flags(*privacy, privacy_cfg);
 
+  tempo::cli::OwnerConfig owner_cfg;
+  CLI::App* owner = app.add_subcommand(
+      "owner", "The data owner's tools: keys, encrypted data, key release to an attested master, model decryption");
+  tempo::cli::add_owner_commands(*owner, owner_cfg);
+
   tempo::cli::BenchConfig bench_cfg;
   CLI::App* bench = app.add_subcommand(
       "bench", "Time training steps in tee-only mode against PyTorch on the same threads");
@@ -79,6 +84,7 @@ int main(int argc, char** argv) {
     if (*bench) return tempo::cli::run_bench(bench_cfg);
     if (*worker) return tempo::cli::run_worker(worker_cfg);
     if (*privacy) return tempo::cli::run_privacy(privacy_cfg);
+    if (*owner) return tempo::cli::run_owner(*owner, owner_cfg);
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());
     return 1;

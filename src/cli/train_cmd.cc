@@ -1,3 +1,4 @@
+#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <cstdio>
@@ -5,6 +6,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "trusted/confidential.h"
 #include "trusted/io/safetensors.h"
 
 #include <cmath>
@@ -109,9 +111,43 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--save", c.save, "Write the trained weights to this safetensors file (atomically)");
   app.add_option("--metrics", c.metrics, "Write JSON-lines metrics (per step and per epoch) to this file");
   app.add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "Print no progress");
+  // Confidential I/O (docs/CONFIDENTIAL.md).
+  app.add_option("--owner-key", c.owner_key,
+                 "The data owner's public key (owner.pub): --save is written encrypted to it, and key releases "
+                 "for --data encrypted:FILE must come from its owner")
+      ->check(CLI::ExistingFile);
+  app.add_option("--attest-dir", c.attest_dir,
+                 "With --data encrypted:FILE: write the attestation report here and wait for the owner's key "
+                 "release (data-key.wrapped) here")
+      ->check(CLI::ExistingDirectory);
+  app.add_option("--attest-timeout", c.attest_timeout_s, "Seconds to wait for the owner's key release")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--checkpoint-every", c.checkpoint_every,
+                 "Write a sealed checkpoint every N steps (and when stopped with Ctrl-C)")
+      ->check(CLI::PositiveNumber);
+  app.add_option("--checkpoint", c.checkpoint, "Sealed checkpoint file (replaced atomically each time)")
+      ->capture_default_str();
+  app.add_option("--sealing-key", c.sealing_key,
+                 "Key file that seals checkpoints (SIMULATED sealing: made on first use; on SGX the enclave's "
+                 "sealing key takes its place)");
+  app.add_option("--resume", c.resume,
+                 "Continue from this sealed checkpoint, exactly as the interrupted run would have (same flags; "
+                 "needs its --sealing-key)")
+      ->check(CLI::ExistingFile);
+  app.add_flag("--print-config", c.print_config,
+               "Print the training configuration the attestation report measures (for `tempo owner release "
+               "--expect-config`) and exit");
 }
 
 int run_train(const TrainConfig& cfg) {
+  if (cfg.print_config) {
+    std::printf("%s\n", run_config(cfg).dump(2).c_str());
+    return 0;
+  }
+  // The master holds plaintext data, weights and keys: no core dumps, no
+  // ptrace by other processes of the user.
+  prctl(PR_SET_DUMPABLE, 0);
   TrainResult r = train(cfg);
   std::printf("steps %lld, %.1f s training (%.1f ms/step), peak memory %.0f MiB%s\n",
               static_cast<long long>(r.steps), r.seconds,

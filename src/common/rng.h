@@ -4,6 +4,7 @@
 // gives the same stream on every platform and standard library.
 #pragma once
 
+#include <array>
 #include <cmath>
 #include <cstdint>
 
@@ -49,6 +50,11 @@ class Rng {
   // A fresh stream derived from this one's seed and a tag (for sub-streams
   // that must not depend on how much another consumer has drawn).
   static Rng derive(uint64_t seed, uint64_t tag) { return Rng(seed * 0x100000001b3ULL ^ (tag + 0x51ed270b27a4c3d1ULL)); }
+  // The whole generator state (sealed checkpoints).
+  std::array<uint64_t, 4> state() const { return {s_[0], s_[1], s_[2], s_[3]}; }
+  void set_state(const std::array<uint64_t, 4>& s) {
+    for (int i = 0; i < 4; ++i) s_[i] = s[static_cast<size_t>(i)];
+  }
 
  private:
   static uint64_t rotl(uint64_t x, int k) { return (x << k) | (x >> (64 - k)); }

@@ -62,6 +62,10 @@ class LinearBackend {
   virtual void end_step() {}
   // Returns and resets the per-phase times.
   virtual PhaseSeconds take_phase_seconds() { return {}; }
+  // How far the backend's secret key stream has advanced, and setting it
+  // back (sealed checkpoints: a resumed run draws the keys it would have).
+  virtual uint64_t key_position() const { return 0; }
+  virtual void set_key_position(uint64_t) {}
 
  private:
   std::vector<float> conv_scratch_, dcols_scratch_;

@@ -227,8 +227,9 @@ int64_t Model::parameter_count() const {
   return n;
 }
 
-void Model::load(const std::string& path) {
-  TensorMap file = read_safetensors(path);
+void Model::load(const std::string& path) { load_map(read_safetensors(path), path); }
+
+void Model::load_map(TensorMap file, const std::string& path) {
   // Check everything first, so that a bad file leaves the model unchanged.
   for (const auto& e : state) {
     auto it = file.find(e.name);
@@ -258,7 +259,9 @@ void Model::load(const std::string& path) {
   }
 }
 
-void Model::save(const std::string& path) const {
+void Model::save(const std::string& path) const { write_safetensors(path, state_tensors()); }
+
+std::vector<NamedTensor> Model::state_tensors() const {
   std::vector<NamedTensor> out;
   out.reserve(state.size());
   for (const auto& e : state) {
@@ -275,7 +278,7 @@ void Model::save(const std::string& path) const {
     }
     out.push_back(std::move(t));
   }
-  write_safetensors(path, out);
+  return out;
 }
 
 }  // namespace tempo

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "trusted/io/safetensors.h"
 #include "trusted/nn/layers.h"
 
 namespace tempo {
@@ -42,6 +43,10 @@ class Model {
   // mis-shaped tensor is an error naming it. save() is atomic.
   void load(const std::string& path);
   void save(const std::string& path) const;
+  // The same from and to memory (encrypted files, checkpoints); `what` names
+  // the source in errors.
+  void load_map(TensorMap tensors, const std::string& what);
+  std::vector<NamedTensor> state_tensors() const;
 };
 
 // "mlp", "cnn", "resnet18", "resnet50", "vgg16". Unknown names are an error

@@ -61,6 +61,8 @@ class OffloadBackend final : public LinearBackend {
   void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) override;
   void end_step() override;
   PhaseSeconds take_phase_seconds() override;
+  uint64_t key_position() const override { return obf_->streams_used(); }
+  void set_key_position(uint64_t p) override { obf_->set_streams_used(p); }
 
   const OffloadStats& stats() const { return stats_; }
   size_t healthy_workers() const;

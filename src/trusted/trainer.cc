@@ -10,7 +10,11 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "common/progress.h"
+#include "trusted/confidential.h"
+#include "trusted/io/file_util.h"
 #include "worker/connect.h"
+
+#include <nlohmann/json.hpp>
 
 namespace tempo {
 
@@ -30,9 +34,30 @@ std::string fmt(const char* f, double v) {
 // JSON-lines metrics (DESIGN.md §4). Each line is flushed as written.
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path) {
+  // resume_step >= 0: a resumed run; the file keeps the lines of the steps
+  // and epochs the checkpoint covers (those after it are redone), then grows.
+  MetricsLog(const std::string& path, int64_t resume_step, int resume_epoch) {
     if (path.empty()) return;
-    f_ = std::fopen(path.c_str(), "w");
+    if (resume_step >= 0 && is_regular_file(path)) {
+      std::vector<uint8_t> raw = read_file(path, "--metrics file");
+      std::string kept, line;
+      for (size_t i = 0; i < raw.size(); ++i) {
+        if (raw[i] != '\n') {
+          line.push_back(static_cast<char>(raw[i]));
+          continue;
+        }
+        const auto j = nlohmann::json::parse(line, nullptr, false);
+        const std::string kind = j.is_object() ? j.value("kind", "") : "";
+        if ((kind == "step" && j.value("step", int64_t{0}) <= resume_step) ||
+            (kind == "epoch" && j.value("epoch", 0) < resume_epoch))
+          kept += line + "\n";
+        line.clear();
+      }
+      AtomicFile f(path);
+      f.write(kept.data(), kept.size());
+      f.commit();
+    }
+    f_ = std::fopen(path.c_str(), resume_step >= 0 ? "a" : "w");
     TEMPO_CHECK(f_ != nullptr, "cannot open --metrics file '" + path + "' for writing");
   }
   ~MetricsLog() {
@@ -73,21 +98,21 @@ class MetricsLog {
 
 }  // namespace
 
-std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg) {
+Secret run_secret(const TrainConfig& cfg) {
+  if (cfg.insecure_key_seed < 0) return random_secret();
+  std::fprintf(stderr, "tempo: WARNING: INSECURE --insecure-key-seed: the keys follow from a public number "
+                       "(for tests and reproducible measurements only)\n");
+  return secret_from_seed(static_cast<uint64_t>(cfg.insecure_key_seed));
+}
+
+std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret* given) {
   if (cfg.mode == "tee-only") return std::make_unique<TeeOnlyBackend>();
   if (cfg.mode == "tempo" || cfg.mode == "offload") {
     OffloadConfig oc = cfg.offload;
     oc.insecure_identity = cfg.mode == "offload";
     // TF32 keeps 10 bits of mantissa: the check's bound follows its unit round-off.
     if (cfg.remote.tf32) oc.verify.unit_roundoff = 0x1.0p-11;
-    Secret secret;
-    if (cfg.insecure_key_seed >= 0) {
-      std::fprintf(stderr, "tempo: WARNING: INSECURE --insecure-key-seed: the keys follow from a public number "
-                           "(for tests and reproducible measurements only)\n");
-      secret = secret_from_seed(static_cast<uint64_t>(cfg.insecure_key_seed));
-    } else {
-      secret = random_secret();
-    }
+    const Secret secret = given ? *given : run_secret(cfg);
     return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers, cfg.remote), secret);
   }
   throw Error("unknown --mode '" + cfg.mode + "'; choose tempo, offload or tee-only");
@@ -142,23 +167,53 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   TEMPO_CHECK(cfg.batch_size > 0, "--batch-size must be positive");
   TEMPO_CHECK(cfg.epochs > 0, "--epochs must be positive");
   TEMPO_CHECK(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
-  if (!cfg.save.empty()) {
+  TEMPO_CHECK(cfg.checkpoint_every >= 0, "--checkpoint-every must be positive");
+  for (const std::string* out : {&cfg.save, cfg.checkpoint_every > 0 ? &cfg.checkpoint : nullptr}) {
+    if (!out || out->empty()) continue;
     // Fail now, not after hours of training.
-    std::string dir = cfg.save.substr(0, cfg.save.find_last_of('/') == std::string::npos ? 0 : cfg.save.find_last_of('/'));
-    if (dir.empty()) dir = cfg.save[0] == '/' ? "/" : ".";
+    std::string dir = out->substr(0, out->find_last_of('/') == std::string::npos ? 0 : out->find_last_of('/'));
+    if (dir.empty()) dir = (*out)[0] == '/' ? "/" : ".";
     TEMPO_CHECK(access(dir.c_str(), W_OK) == 0,
-          "cannot write --save '" + cfg.save + "': directory '" + dir + "' does not exist or is not writable");
+          "cannot write '" + *out + "': directory '" + dir + "' does not exist or is not writable");
   }
   set_num_threads(cfg.threads);
 
   auto model = prepare_model(cfg);
-  Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
-  std::unique_ptr<LinearBackend> owned;
-  if (!injected) owned = make_backend(cfg);
-  LinearBackend* backend = injected ? injected : owned.get();
-  TeeOnlyBackend local;
-  MetricsLog metrics(cfg.metrics);
   auto optim = make_optimizer(cfg.optim, model->parameters());
+  const nlohmann::json config = run_config(cfg);
+  const bool sealed = cfg.checkpoint_every > 0 || !cfg.resume.empty();
+  const SymKey seal_key = sealed ? sealing_key(cfg.sealing_key, cfg.resume.empty()) : SymKey{};
+  RunState st;
+  const bool resumed = !cfg.resume.empty();
+  if (resumed) {
+    st = read_checkpoint(cfg.resume, seal_key, config, *model, *optim);
+    if (st.threads != num_threads())
+      std::fprintf(stderr, "tempo: warning: the checkpoint was made with %d threads, this run has %d: the result "
+                   "will differ from an uninterrupted run in rounding\n", st.threads, num_threads());
+    std::fprintf(stderr, "tempo: resuming %s after step %lld (epoch %d, batch %lld)\n", cfg.resume.c_str(),
+                 static_cast<long long>(st.step), st.epoch, static_cast<long long>(st.in_epoch));
+  } else {
+    st.secret = run_secret(cfg);
+  }
+  st.threads = num_threads();
+
+  const std::string encrypted = encrypted_data_path(cfg.data);
+  TEMPO_CHECK(encrypted.empty() || !cfg.owner_key.empty(),
+              "--data " + cfg.data + " is encrypted: pass the owner's public key (--owner-key FILE) so that the "
+              "owner's key release can be checked and the model encrypted to the owner");
+  Dataset data;
+  if (encrypted.empty()) {
+    data = load_dataset(cfg.data, model->input_shape, cfg.seed);
+  } else {
+    if (!st.data_key) st.data_key = await_data_key(cfg, config);
+    data = load_encrypted_dataset(encrypted, *st.data_key, model->input_shape);
+  }
+  std::unique_ptr<LinearBackend> owned;
+  if (!injected) owned = make_backend(cfg, &st.secret);
+  LinearBackend* backend = injected ? injected : owned.get();
+  if (resumed) backend->set_key_position(st.key_position);
+  TeeOnlyBackend local;
+  MetricsLog metrics(cfg.metrics, resumed ? st.step : -1, st.epoch);
   OptimConfig ocfg = cfg.optim;
   ocfg.total_epochs = cfg.epochs;
 
@@ -168,24 +223,39 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
                static_cast<long long>(cfg.batch_size), cfg.optim.kind.c_str());
 
   Rng dropout_rng = Rng::derive(cfg.seed, 0xd509);
+  if (resumed) dropout_rng.set_state(st.dropout_rng);
   Context ctx{backend, &local, true, &dropout_rng};
   BatchLoader loader(data, true, cfg.batch_size, cfg.shuffle, cfg.seed);
   Tensor x, dlogits;
   std::vector<int64_t> y;
   TrainResult res;
-  const auto t0 = Clock::now();
+  res.steps = st.step;
+  res.epochs_completed = st.epoch - 1;
   double train_seconds = 0;
+  auto checkpoint = [&](int epoch, int64_t in_epoch) {
+    st.step = res.steps;
+    st.epoch = epoch;
+    st.in_epoch = in_epoch;
+    st.dropout_rng = dropout_rng.state();
+    st.key_position = backend->key_position();
+    write_checkpoint(cfg.checkpoint, seal_key, config, *model, *optim, st);
+  };
 
   try {
-    for (int epoch = 1; epoch <= cfg.epochs; ++epoch) {
+    for (int epoch = st.epoch; epoch <= cfg.epochs; ++epoch) {
       const double lr = lr_for_epoch(ocfg, epoch);
       loader.start_epoch(epoch);
+      int64_t in_epoch = 0;
+      if (resumed && epoch == st.epoch) {
+        in_epoch = std::min(st.in_epoch, loader.num_batches());
+        loader.skip(in_epoch);
+      }
       int64_t total = loader.num_batches();
-      if (cfg.steps > 0) total = std::min(total, cfg.steps - res.steps);
+      if (cfg.steps > 0) total = std::min(total, in_epoch + cfg.steps - res.steps);
       Progress bar("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), total,
                    cfg.progress);
+      if (in_epoch > 0) bar.update(in_epoch, "resumed");
       const auto te = Clock::now();
-      int64_t in_epoch = 0;
       while (in_epoch < total && loader.next(x, y)) {
         const auto ts = Clock::now();
         ctx.training = true;
@@ -201,6 +271,9 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
         ++in_epoch;
         res.last_loss = loss;
         metrics.step(res.steps, epoch, loss, lr, backend->take_phase_seconds(), since(ts));
+        if ((cfg.checkpoint_every > 0 && res.steps % cfg.checkpoint_every == 0) ||
+            (g_stop_requested && cfg.checkpoint_every > 0))
+          checkpoint(epoch, in_epoch);
         bar.update(in_epoch, "loss " + fmt("%.4f", loss));
         if (g_stop_requested) break;
       }
@@ -208,7 +281,8 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
       bar.finish();
       if (g_stop_requested) {
         res.interrupted = true;
-        std::fprintf(stderr, "tempo: interrupted after step %lld\n", static_cast<long long>(res.steps));
+        std::fprintf(stderr, "tempo: interrupted after step %lld%s\n", static_cast<long long>(res.steps),
+                     cfg.checkpoint_every > 0 ? ("; continue with --resume " + cfg.checkpoint).c_str() : "");
         break;
       }
       res.epochs_completed = epoch;
@@ -229,7 +303,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
     // A step failed (e.g. no worker left with --no-fallback): the weights are
     // those of the last completed step; keep them if asked, then report.
     if (!cfg.save.empty() && res.steps > 0) {
-      model->save(cfg.save);
+      save_model(cfg, *model);
       std::fprintf(stderr, "tempo: saved %s (after step %lld, the last completed)\n", cfg.save.c_str(),
                    static_cast<long long>(res.steps));
     }
@@ -238,10 +312,10 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   res.seconds = train_seconds;
   res.peak_rss_bytes = peak_rss_bytes();
   metrics.summary(res, cfg.mode);
-  (void)t0;
   if (!cfg.save.empty()) {
-    model->save(cfg.save);
-    std::fprintf(stderr, "tempo: saved %s\n", cfg.save.c_str());
+    save_model(cfg, *model);
+    std::fprintf(stderr, "tempo: saved %s%s\n", cfg.save.c_str(),
+                 cfg.owner_key.empty() ? "" : " (encrypted to the owner's key)");
   }
   return res;
 }

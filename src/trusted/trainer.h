@@ -35,6 +35,15 @@ struct TrainConfig {
   int channel_from = 3;        // channel mode from this offloaded convolution on
   bool progress = true;        // progress bar (TTY) or periodic lines
   int64_t insecure_key_seed = -1;  // >= 0: keys from a public seed (tests only)
+  // Confidential I/O (P6, docs/CONFIDENTIAL.md).
+  std::string owner_key;       // owner's public key: --save is encrypted to it
+  std::string attest_dir;      // report out, key release in (encrypted:FILE data)
+  double attest_timeout_s = 600;
+  int64_t checkpoint_every = 0;  // steps; 0: no checkpoints
+  std::string checkpoint = "tempo-checkpoint.tenc";
+  std::string sealing_key;     // simulation of the enclave's sealing key
+  std::string resume;          // sealed checkpoint to continue from
+  bool print_config = false;   // print the measured configuration and stop
 };
 
 struct EvalResult {
@@ -75,6 +84,10 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
 
 // Makes the linear backend of cfg.mode (connecting cfg.workers for tempo and
 // offload); throws Error naming the mode if it is unknown.
-std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg);
+// `secret`, when given, is the run secret of the keys (a resumed run's);
+// otherwise one is drawn (or derived from --insecure-key-seed).
+std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret* secret = nullptr);
+// The run secret cfg asks for: from --insecure-key-seed, else random.
+Secret run_secret(const TrainConfig& cfg);
 
 }  // namespace tempo

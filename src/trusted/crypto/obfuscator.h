@@ -38,6 +38,7 @@ class Obfuscator {
 
   // Position in the key stream (for sealed checkpoints).
   uint64_t streams_used() const { return next_stream_; }
+  void set_streams_used(uint64_t n) { next_stream_ = n; }
 
  private:
   Obfuscator() = default;

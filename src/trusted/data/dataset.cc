@@ -303,12 +303,17 @@ void take_pair(TensorMap& m, const std::string& path, const std::string& xn, con
   std::vector<float>().swap(xi.f32);
 }
 
-Dataset load_tensors(const std::string& path, const Shape& input) {
-  TensorMap m = read_safetensors(path);
+// Dataset from the tensors of a tensors: file or of an encrypted container
+// (which also carries the preprocessing: normalisation and augmentation).
+Dataset from_tensors(TensorMap m, const std::string& path, const Shape& input, bool preprocessing) {
+  const char* holds = preprocessing
+                          ? "; an encrypted data set holds images, labels, test_images, test_labels, norm_mean, "
+                            "norm_std, augment"
+                          : "; a tensors: data file holds only images, labels, test_images, test_labels";
   for (const auto& [name, t] : m)
-    TEMPO_CHECK(name == "images" || name == "labels" || name == "test_images" || name == "test_labels",
-          path + ": unexpected tensor '" + name +
-              "'; a tensors: data file holds only images, labels, test_images, test_labels");
+    TEMPO_CHECK(name == "images" || name == "labels" || name == "test_images" || name == "test_labels" ||
+                    (preprocessing && (name == "norm_mean" || name == "norm_std" || name == "augment")),
+                path + ": unexpected tensor '" + name + "'" + holds);
   TEMPO_CHECK(m.count("images") && m.count("labels"),
         path + ": missing tensor '" + std::string(m.count("images") ? "labels" : "images") +
             "'; a tensors: data file needs 'images' (N×C×H×W F32) and 'labels' (N I64)");
@@ -326,6 +331,30 @@ Dataset load_tensors(const std::string& path, const Shape& input) {
                                     shape_str(d.sample_shape) + "; they must match");
   }
   check_sample_shape(path, d.sample_shape, input);
+  if (m.count("norm_mean") || m.count("norm_std")) {
+    TEMPO_CHECK(m.count("norm_mean") && m.count("norm_std"), path + ": give both norm_mean and norm_std or neither");
+    const NamedTensor& mean = m.at("norm_mean");
+    const NamedTensor& sd = m.at("norm_std");
+    const int64_t c = d.sample_shape[0];
+    TEMPO_CHECK(mean.dtype == DType::F32 && sd.dtype == DType::F32 && mean.shape == Shape{c} && sd.shape == Shape{c},
+                path + ": norm_mean and norm_std must be F32 with one value per channel (" + std::to_string(c) + ")");
+    for (float v : sd.f32) TEMPO_CHECK(v > 0 && std::isfinite(v), path + ": norm_std must be positive");
+    for (float v : mean.f32) TEMPO_CHECK(std::isfinite(v), path + ": norm_mean must be finite");
+    d.norm_mean = mean.f32;
+    d.norm_std = sd.f32;
+  }
+  if (m.count("augment")) {
+    const NamedTensor& a = m.at("augment");
+    TEMPO_CHECK(a.dtype == DType::I64 && numel_of(a.shape) == 1 && (a.i64[0] == 0 || a.i64[0] == 1),
+                path + ": 'augment' must be one I64, 0 or 1");
+    d.cifar_augment = a.i64[0] == 1;
+  }
+  d.description = path + ": " + counts(d);
+  return d;
+}
+
+Dataset load_tensors(const std::string& path, const Shape& input) {
+  Dataset d = from_tensors(read_safetensors(path), path, input, false);
   d.description = "tensors (" + path + "): " + counts(d);
   return d;
 }
@@ -396,6 +425,35 @@ void parse_cifar(const uint8_t* data, size_t size, const std::string& what, std:
   cifar_decode(data, n, x.data() + x0, y.data() + y0);
 }
 
+Dataset dataset_from_tensors(TensorMap tensors, const std::string& what, const Shape& input_shape) {
+  return from_tensors(std::move(tensors), what, input_shape, true);
+}
+
+std::vector<NamedTensor> dataset_tensors(const Dataset& d) {
+  auto images = [](const std::string& name, const Tensor& x) {
+    NamedTensor t{name, DType::F32, x.shape(), {}, {}};
+    t.f32.assign(x.data(), x.data() + x.numel());
+    return t;
+  };
+  auto labels = [](const std::string& name, const std::vector<int64_t>& y) {
+    return NamedTensor{name, DType::I64, {static_cast<int64_t>(y.size())}, {}, y};
+  };
+  std::vector<NamedTensor> out;
+  out.push_back(images("images", d.train_x));
+  out.push_back(labels("labels", d.train_y));
+  if (!d.test_y.empty()) {
+    out.push_back(images("test_images", d.test_x));
+    out.push_back(labels("test_labels", d.test_y));
+  }
+  if (!d.norm_mean.empty()) {
+    const int64_t c = static_cast<int64_t>(d.norm_mean.size());
+    out.push_back({"norm_mean", DType::F32, {c}, d.norm_mean, {}});
+    out.push_back({"norm_std", DType::F32, {c}, d.norm_std, {}});
+  }
+  out.push_back({"augment", DType::I64, {1}, {}, {d.cifar_augment ? 1 : 0}});
+  return out;
+}
+
 Dataset load_dataset(const std::string& spec, const Shape& input_shape, uint64_t seed) {
   bool ok_shape = input_shape.size() == 3;
   for (int64_t d : input_shape) ok_shape = ok_shape && d > 0;
@@ -415,6 +473,8 @@ Dataset load_dataset(const std::string& spec, const Shape& input_shape, uint64_t
     return load_tensors(arg, input_shape);
   }
   if (kind == "synthetic") return load_synthetic(arg, input_shape, seed);
+  TEMPO_CHECK(kind != "encrypted", "--data " + spec + ": an encrypted data set is opened by `tempo train` with the "
+                                   "owner's key release (--owner-key, --attest-dir); see docs/CONFIDENTIAL.md");
   throw Error("--data " + spec +
               ": unknown dataset; use fashion-mnist[:DIR], cifar10:DIR, tensors:FILE or synthetic[:N]");
 }

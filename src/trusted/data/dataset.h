@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "common/rng.h"
+#include "trusted/io/safetensors.h"
 #include "trusted/tensor.h"
 
 namespace tempo {
@@ -34,6 +35,13 @@ struct Dataset {
 // an error naming both. Labels outside [0, num_classes) are an error naming
 // the sample index. `seed` is used by synthetic only.
 Dataset load_dataset(const std::string& spec, const Shape& input_shape, uint64_t seed);
+
+// The tensors of an encrypted data set (P6): images, labels, optional
+// test_images/test_labels, and the preprocessing (norm_mean, norm_std,
+// augment), so that training on it equals training on the source.
+std::vector<NamedTensor> dataset_tensors(const Dataset& d);
+// The inverse, validated as a tensors: file is; `what` names the source.
+Dataset dataset_from_tensors(TensorMap tensors, const std::string& what, const Shape& input_shape);
 
 // ---- Parsers, exposed for tests and fuzzers --------------------------------
 
@@ -77,6 +85,9 @@ class BatchLoader {
   // Fills x (resized to B×C×H×W; no allocation once its capacity suffices)
   // and y with the next batch; false at the end of the epoch.
   bool next(Tensor& x, std::vector<int64_t>& y);
+  // Moves past `batches` batches as next() would (augmentation draws
+  // included) without producing them: a resumed run continues mid-epoch.
+  void skip(int64_t batches);
 
  private:
   const Dataset& d_;

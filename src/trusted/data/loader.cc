@@ -110,4 +110,17 @@ bool BatchLoader::next(Tensor& x, std::vector<int64_t>& y) {
   return true;
 }
 
+void BatchLoader::skip(int64_t batches) {
+  for (int64_t k = 0; k < batches && pos_ < n_; ++k) {
+    const int64_t b = std::min(batch_, n_ - pos_);
+    if (augment_)
+      for (int64_t i = 0; i < b; ++i) {  // the draws of next(), in its order
+        aug_rng_.below(2 * kPad + 1);
+        aug_rng_.below(2 * kPad + 1);
+        aug_rng_.uniform();
+      }
+    pos_ += b;
+  }
+}
+
 }  // namespace tempo

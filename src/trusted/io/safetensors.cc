@@ -201,13 +201,17 @@ TensorMap read_safetensors(const std::string& path) {
   return parse_safetensors(bytes.data(), bytes.size(), path);
 }
 
-void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors) {
+namespace {
+
+// The 8-byte length and the JSON header of `tensors`, validated; `what` names
+// the destination in errors.
+std::string header_bytes(const std::vector<NamedTensor>& tensors, const std::string& what) {
   nlohmann::ordered_json header = nlohmann::ordered_json::object();
   std::set<std::string> seen;
   uint64_t offset = 0;
   for (const NamedTensor& t : tensors) {
-    const std::string ctx = "cannot write " + path + ": tensor '" + t.name + "' ";
-    TEMPO_CHECK(!t.name.empty(), "cannot write " + path + ": a tensor has an empty name");
+    const std::string ctx = "cannot write " + what + ": tensor '" + t.name + "' ";
+    TEMPO_CHECK(!t.name.empty(), "cannot write " + what + ": a tensor has an empty name");
     TEMPO_CHECK(t.name != "__metadata__", ctx + "uses the reserved name __metadata__");
     TEMPO_CHECK(seen.insert(t.name).second, ctx + "appears twice");
     uint64_t numel = 1;
@@ -229,20 +233,39 @@ void write_safetensors(const std::string& path, const std::vector<NamedTensor>& 
   // Pad with spaces so the data area starts 8-byte aligned (as the reference
   // writer does).
   hs.append((8 - hs.size() % 8) % 8, ' ');
-  uint8_t len[8];
-  uint64_t n = hs.size();
-  for (int i = 0; i < 8; ++i) len[i] = static_cast<uint8_t>(n >> (8 * i));
+  std::string out(8, '\0');
+  const uint64_t n = hs.size();
+  for (int i = 0; i < 8; ++i) out[static_cast<size_t>(i)] = static_cast<char>(n >> (8 * i));
+  return out + hs;
+}
 
-  AtomicFile f(path);
-  f.write(len, 8);
-  f.write(hs.data(), hs.size());
+template <typename Sink>
+void emit(const std::vector<NamedTensor>& tensors, const std::string& what, Sink&& sink) {
+  const std::string head = header_bytes(tensors, what);
+  sink(head.data(), head.size());
   for (const NamedTensor& t : tensors) {
     if (t.dtype == DType::F32)
-      f.write(t.f32.data(), t.f32.size() * sizeof(float));
+      sink(t.f32.data(), t.f32.size() * sizeof(float));
     else
-      f.write(t.i64.data(), t.i64.size() * sizeof(int64_t));
+      sink(t.i64.data(), t.i64.size() * sizeof(int64_t));
   }
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors) {
+  AtomicFile f(path);
+  emit(tensors, path, [&f](const void* p, size_t n) { f.write(p, n); });
   f.commit();
+}
+
+std::vector<uint8_t> serialize_safetensors(const std::vector<NamedTensor>& tensors, const std::string& what) {
+  std::vector<uint8_t> out;
+  emit(tensors, what, [&out](const void* p, size_t n) {
+    const auto* b = static_cast<const uint8_t*>(p);
+    out.insert(out.end(), b, b + n);
+  });
+  return out;
 }
 
 }  // namespace tempo

@@ -46,4 +46,8 @@ TensorMap read_safetensors(const std::string& path);
 // each tensor's data size must match its shape. The new file has mode 0600.
 void write_safetensors(const std::string& path, const std::vector<NamedTensor>& tensors);
 
+// The same file image in memory (for encrypted containers); `what` names the
+// destination in errors.
+std::vector<uint8_t> serialize_safetensors(const std::vector<NamedTensor>& tensors, const std::string& what);
+
 }  // namespace tempo

@@ -34,6 +34,8 @@ class Optimizer {
   // Optimizer state tensors (momentum buffers, moments) for checkpoints.
   virtual std::vector<Tensor*> state_tensors() = 0;
   int64_t steps() const { return steps_; }
+  // Restores the step count with state_tensors() (sealed checkpoints).
+  void set_steps(int64_t s) { steps_ = s; }
 
  protected:
   int64_t steps_ = 0;
