@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes small seed corpora for the fuzzers: make_seeds.py OUT_DIR creates
-OUT_DIR/{safetensors,idx,cifar,worker_request}/. Standard library only; deterministic."""
+OUT_DIR/{safetensors,idx,cifar,worker_request,container}/. Standard library only; deterministic."""
 
 import gzip
 import json
@@ -91,6 +91,17 @@ def worker_requests():
     }
 
 
+def container(kind, wrap, chunk, size, body_extra=0):
+    """An encrypted file's clear header with a consistent ciphertext length
+    (random-looking bytes: authentication fails, the parsing is exercised)."""
+    chunks = 1 if size == 0 else (size + chunk - 1) // chunk
+    head = b"TEMPOENC" + struct.pack("<IIIIQ", 1, kind, wrap, chunk, size)
+    head += bytes(range(16)) if wrap == 1 else bytes(80)
+    head += bytes(24)
+    body = bytes((i * 7 + 3) % 256 for i in range(size + 17 * chunks + body_extra))
+    return head + body
+
+
 def main():
     out = sys.argv[1] if len(sys.argv) > 1 else "seeds"
     seeds = {
@@ -115,6 +126,12 @@ def main():
             "two": cifar([0, 9]),
         },
         "worker_request": worker_requests(),
+        "container": {
+            "data": container(1, 1, 64, 150),
+            "model": container(2, 2, 1024, 10),
+            "checkpoint": container(3, 1, 16, 0),
+            "trailing": container(1, 1, 64, 100, 5),
+        },
     }
     for target, files in seeds.items():
         d = os.path.join(out, target)
