@@ -149,9 +149,11 @@ int run_train(const TrainConfig& cfg) {
   // ptrace by other processes of the user.
   prctl(PR_SET_DUMPABLE, 0);
   TrainResult r = train(cfg);
-  std::printf("steps %lld, %.1f s training (%.1f ms/step), peak memory %.0f MiB%s\n",
-              static_cast<long long>(r.steps), r.seconds,
-              r.steps ? 1e3 * r.seconds / static_cast<double>(r.steps) : 0.0,
+  const int64_t ran = r.steps - r.resumed_after;
+  std::printf("steps %lld%s, %.1f s training (%.1f ms/step), peak memory %.0f MiB%s\n",
+              static_cast<long long>(r.steps),
+              r.resumed_after ? (" (" + std::to_string(ran) + " after resuming)").c_str() : "", r.seconds,
+              ran ? 1e3 * r.seconds / static_cast<double>(ran) : 0.0,
               static_cast<double>(r.peak_rss_bytes) / (1 << 20),
               cfg.mode == "tee-only" || cfg.workers.rfind("local", 0) != 0 ? "" : " (in-process workers included)");
   if (r.evaluated)

@@ -206,7 +206,9 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
     data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   } else {
     if (!st.data_key) st.data_key = await_data_key(cfg, config);
+    const auto td = Clock::now();
     data = load_encrypted_dataset(encrypted, *st.data_key, model->input_shape);
+    std::fprintf(stderr, "tempo: decrypted the data set in memory in %.2f s\n", since(td));
   }
   std::unique_ptr<LinearBackend> owned;
   if (!injected) owned = make_backend(cfg, &st.secret);
@@ -230,6 +232,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   std::vector<int64_t> y;
   TrainResult res;
   res.steps = st.step;
+  res.resumed_after = st.step;
   res.epochs_completed = st.epoch - 1;
   double train_seconds = 0;
   auto checkpoint = [&](int epoch, int64_t in_epoch) {

@@ -54,6 +54,7 @@ struct EvalResult {
 
 struct TrainResult {
   int64_t steps = 0;
+  int64_t resumed_after = 0;   // steps a resumed run took from its checkpoint
   int epochs_completed = 0;
   double seconds = 0;          // training time, evaluation excluded
   double last_loss = 0;
