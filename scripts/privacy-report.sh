@@ -2,17 +2,18 @@
 # Regenerates the measured sections of docs/SECURITY.md: runs every
 # `tempo privacy` suite and puts each table between its markers
 # (<!-- NAME:begin --> ... <!-- NAME:end -->). Takes a few minutes.
-#   scripts/privacy-report.sh [--quick]     (--quick: fewer products and samples)
+#   scripts/privacy-report.sh [--quick]     (--quick: fewer products, samples and query budgets)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/tempo ] || bash scripts/build.sh
-products=100000 trials=200 samples=4000
-if [ "${1:-}" = "--quick" ]; then products=3000 trials=20 samples=1000; fi
+products=100000 trials=200 samples=4000 budgets=100,300,1000,3000,10000
+if [ "${1:-}" = "--quick" ]; then products=3000 trials=20 samples=1000 budgets=100,1000; fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ./build/tempo privacy --suite integrity --products "$products" --trials "$trials" --table "$out/integrity.md"
 ./build/tempo privacy --suite mi --samples "$samples" --table "$out/mi.md"
 ./build/tempo privacy --suite labels --table "$out/labels.md"
+./build/tempo privacy --suite stealing --budgets "$budgets" --table "$out/stealing.md"
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
 } > "$out/machine.md"
@@ -20,7 +21,7 @@ trap 'rm -rf "$out"' EXIT
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "mi", "labels"):
+for name in ("machine", "integrity", "mi", "labels", "stealing"):
     body = open(os.path.join(out, name + ".md")).read().strip()
     pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)
     if not pat.search(text):

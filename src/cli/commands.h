@@ -56,6 +56,8 @@ struct PrivacyConfig {
   uint64_t seed = 1;
   int threads = 0;
   std::string table;
+  std::vector<int64_t> budgets = {100, 300, 1000, 3000, 10000};  // stealing: queries per substitute
+  std::string substitute;  // stealing: the attacker's model ("": the victim's)
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
 int run_privacy(const PrivacyConfig& cfg);

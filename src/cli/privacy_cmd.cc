@@ -2,6 +2,10 @@
 //   integrity  Freivalds' check: detection rate against the size of a lie and
 //              the number of rounds; false alarms on honest workers, and the
 //              smallest τ that would have avoided them.
+//   mi         mutual information between plaintext and ciphertext values.
+//   labels     label recovery when the last layer is offloaded.
+//   stealing   model stealing through the prediction API: a substitute
+//              trained on the victim's answers, against the query budget.
 #include <cstdio>
 
 #include "cli/commands.h"
@@ -12,6 +16,7 @@
 #include "common/rng.h"
 #include "trusted/privacy/integrity.h"
 #include "trusted/privacy/label_attack.h"
+#include "trusted/privacy/model_stealing.h"
 #include "trusted/privacy/mutual_info.h"
 
 #include <cmath>
@@ -22,14 +27,22 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
   app.add_option("--suite", c.suite,
                  "integrity: Freivalds' detection rate against lie size and rounds, and false alarms on an honest "
                  "worker; mi: mutual information between plaintext and ciphertext values; labels: label recovery "
-                 "when the last layer is offloaded")
+                 "when the last layer is offloaded; stealing: a substitute model trained on the answers of `tempo "
+                 "predict`, against the number of queries")
       ->capture_default_str()
-      ->check(CLI::IsMember({"integrity", "mi", "labels"}));
+      ->check(CLI::IsMember({"integrity", "mi", "labels", "stealing"}));
   app.add_option("--samples", c.samples, "mi: value pairs per estimate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{100}, int64_t{1000000}));
-  app.add_option("--model", c.model, "mi, labels: model whose training is measured")->capture_default_str();
-  app.add_option("--data", c.data, "mi, labels: data of that training")->capture_default_str();
+  app.add_option("--model", c.model, "mi, labels: model whose training is measured; stealing: the victim")
+      ->capture_default_str();
+  app.add_option("--data", c.data, "mi, labels, stealing: data of that training")->capture_default_str();
+  app.add_option("--budgets", c.budgets,
+                 "stealing: query budgets, comma-separated; the largest must leave the victim half the training set")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1000000000}));
+  app.add_option("--substitute", c.substitute, "stealing: the attacker's model (default: the victim's)");
   app.add_option("--products", c.products, "Honest products for the false-alarm rate")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
@@ -97,6 +110,45 @@ int run_labels(const PrivacyConfig& c) {
   return 0;
 }
 
+int run_stealing(const PrivacyConfig& c) {
+  StealingConfig sc;
+  sc.model = c.model;
+  sc.substitute = c.substitute;
+  sc.data = c.data;
+  sc.seed = c.seed;
+  sc.budgets = c.budgets;
+  const StealingReport r =
+      measure_model_stealing(sc, [](const std::string& line) { std::fprintf(stderr, "tempo: %s\n", line.c_str()); });
+  Report rep;
+  char buf[1024];
+  const std::string sub = c.substitute.empty() ? c.model : c.substitute;
+  rep.emit("### Model stealing through the prediction API");
+  rep.emit("");
+  std::snprintf(buf, sizeof buf,
+                "Victim: `%s` trained for %d epoch%s on the first %lld training images of %s; test accuracy %.4f "
+                "(chance %.2f). Attacker: the other %lld training images, unlabelled, answered by the victim as "
+                "`tempo predict` answers; one `%s` substitute per budget N, from its own initialisation, trained "
+                "on the first N answers (%d passes over them, at least %lld and at most %lld steps of batch %lld, "
+                "SGD lr %.2g). Scored on the %lld test images.",
+                c.model.c_str(), sc.victim_epochs, sc.victim_epochs == 1 ? "" : "s",
+                static_cast<long long>(r.victim_train), c.data.c_str(), r.victim_accuracy, r.chance,
+                static_cast<long long>(r.pool), sub.c_str(), sc.substitute_epochs,
+                static_cast<long long>(sc.min_steps), static_cast<long long>(sc.max_steps),
+                static_cast<long long>(sc.batch_size), sc.optim.lr, static_cast<long long>(r.test));
+  rep.emit(buf);
+  rep.emit("");
+  rep.emit("| queries | answers | steps | substitute accuracy | agreement with victim | victim accuracy | chance |");
+  rep.emit("|---:|---|---:|---:|---:|---:|---:|");
+  for (const auto& row : r.rows) {
+    std::snprintf(buf, sizeof buf, "| %lld | %s | %lld | %.3f | %.3f | %.3f | %.3f |",
+                  static_cast<long long>(row.budget), row.soft ? "probabilities" : "class only",
+                  static_cast<long long>(row.steps), row.accuracy, row.agreement, r.victim_accuracy, r.chance);
+    rep.emit(buf);
+  }
+  rep.write(c.table);
+  return 0;
+}
+
 int run_mi(const PrivacyConfig& c) {
   Report rep;
   char buf[512];
@@ -148,6 +200,7 @@ int run_privacy(const PrivacyConfig& c) {
   set_num_threads(c.threads);
   if (c.suite == "mi") return run_mi(c);
   if (c.suite == "labels") return run_labels(c);
+  if (c.suite == "stealing") return run_stealing(c);
   Report rep;
   char buf[512];
   rep.emit("### Detection of wrong results (Freivalds' check, τ = " + std::to_string(c.tau).substr(0, 4) + ")");

@@ -9,7 +9,6 @@
 #include "trusted/confidential.h"
 #include "trusted/io/safetensors.h"
 
-#include <cmath>
 #include <fstream>
 
 namespace tempo::cli {
@@ -197,29 +196,10 @@ int run_predict(const PredictConfig& pc) {
   TEMPO_CHECK(train_split || !data.test_y.empty(),
         "data set '" + cfg.data + "' has no test split; pass --split train");
   auto backend = make_backend(cfg);
-  TeeOnlyBackend local;
-  Context ctx{backend.get(), &local, false, nullptr};
-  BatchLoader loader(data, train_split, cfg.batch_size, false, 0);
-  loader.start_epoch(1);
-  const int64_t n = loader.num_samples(), classes = model->num_classes;
-  NamedTensor probs{"probabilities", DType::F32, {n, classes}, {}, {}};
-  NamedTensor preds{"predictions", DType::I64, {n}, {}, {}};
-  probs.f32.reserve(static_cast<size_t>(n * classes));
-  Tensor x;
-  std::vector<int64_t> y;
-  while (loader.next(x, y)) {
-    const Tensor& logits = model->forward(x, ctx);
-    backend->end_step();
-    for (int64_t i = 0; i < logits.dim(0); ++i) {
-      const float* z = logits.data() + i * classes;
-      const float mx = *std::max_element(z, z + classes);
-      double sum = 0;
-      for (int64_t c = 0; c < classes; ++c) sum += std::exp(double(z[c]) - mx);
-      for (int64_t c = 0; c < classes; ++c)
-        probs.f32.push_back(static_cast<float>(std::exp(double(z[c]) - mx) / sum));
-      preds.i64.push_back(std::max_element(z, z + classes) - z);
-    }
-  }
+  Predictions p = predict(*model, data, train_split, cfg.batch_size, *backend);
+  const int64_t n = static_cast<int64_t>(p.labels.size()), classes = p.classes;
+  NamedTensor probs{"probabilities", DType::F32, {n, classes}, std::move(p.probabilities), {}};
+  NamedTensor preds{"predictions", DType::I64, {n}, {}, std::move(p.labels)};
   const bool csv = pc.output.size() >= 4 && pc.output.compare(pc.output.size() - 4, 4, ".csv") == 0;
   if (csv) {
     const std::string tmp = pc.output + ".tmp";

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -139,6 +140,31 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
   r.loss = loss_sum / static_cast<double>(r.samples);
   r.accuracy = static_cast<double>(r.correct) / static_cast<double>(r.samples);
   return r;
+}
+
+Predictions predict(Model& model, const Dataset& data, bool train_split, int64_t batch_size, LinearBackend& backend) {
+  TeeOnlyBackend local;
+  Context ctx{&backend, &local, false, nullptr};
+  BatchLoader loader(data, train_split, batch_size, false, 0);
+  loader.start_epoch(1);
+  Predictions p;
+  p.classes = model.num_classes;
+  const int64_t n = loader.num_samples(), classes = p.classes;
+  p.probabilities.resize(static_cast<size_t>(n * classes));
+  p.labels.reserve(static_cast<size_t>(n));
+  Tensor x;
+  std::vector<int64_t> y;
+  while (loader.next(x, y)) {
+    const Tensor& logits = model.forward(x, ctx);
+    backend.end_step();
+    const int64_t rows = logits.dim(0), done = static_cast<int64_t>(p.labels.size());
+    softmax_rows(logits.data(), rows, classes, p.probabilities.data() + done * classes);
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* z = logits.data() + i * classes;
+      p.labels.push_back(std::max_element(z, z + classes) - z);
+    }
+  }
+  return p;
 }
 
 int64_t peak_rss_bytes() {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "trusted/data/dataset.h"
 #include "trusted/model.h"
@@ -82,6 +83,20 @@ std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats).
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend);
+
+// What `tempo predict` answers for every sample of a split: the class
+// probabilities (softmax of the logits, N×classes, row-major) and the
+// predicted classes (argmax of the logits).
+struct Predictions {
+  int64_t classes = 0;
+  std::vector<float> probabilities;
+  std::vector<int64_t> labels;
+};
+
+// Runs `model` (eval mode) over the test split, or the training split when
+// train_split, in file order, batch_size samples at a time. Training batches
+// come through the loader as in training (augmented, for CIFAR-10).
+Predictions predict(Model& model, const Dataset& data, bool train_split, int64_t batch_size, LinearBackend& backend);
 
 // Makes the linear backend of cfg.mode (connecting cfg.workers for tempo and
 // offload); throws Error naming the mode if it is unknown.

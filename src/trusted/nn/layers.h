@@ -187,4 +187,15 @@ class ResidualBlock final : public Layer {
 double cross_entropy(const Tensor& logits, const std::vector<int64_t>& labels, Tensor* dlogits,
                      int64_t* correct = nullptr);
 
+// Mean cross-entropy against target distributions (N×C rows of
+// probabilities, e.g. another model's answers): −Σ_c t_c·log softmax(z)_c.
+// Writes dlogits = (softmax − t)/N when dlogits != null; with one-hot
+// targets, loss and gradient are those of cross_entropy.
+double soft_cross_entropy(const Tensor& logits, const float* targets, Tensor* dlogits);
+
+// Row-wise softmax of N×C logits into out (N×C), in double precision, with
+// the row maximum subtracted first: the class probabilities `tempo predict`
+// reports.
+void softmax_rows(const float* logits, int64_t rows, int64_t classes, float* out);
+
 }  // namespace tempo
