@@ -117,30 +117,34 @@ TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
   c.steps = 8;
   c.window = 4;
   c.seed = 3;
-  for (bool identity : {true, false}) {
-    c.identity = identity;
-    const WeightRecoveryReport r = measure_weight_recovery(c);
-    ASSERT_EQ(r.layers.size(), 2u);  // cnn offloads its second convolution and first linear layer
-    ASSERT_EQ(r.models.size(), 4u);
-    for (const auto& L : r.layers) {
-      std::printf("%s %s %lldx%lld: chained %.3f/%.3f, per step %.3f/%.3f, signed cols %.3f, sign agreement %.3f, "
-                  "corr %.3f, rel err %.3f (no col signs %.3f), residual %.1e\n",
+  const WeightRecoveryReport r = measure_weight_recovery(c);
+  ASSERT_EQ(r.layers.size(), 2u);  // cnn offloads its second convolution and first linear layer
+  ASSERT_EQ(r.offload_layers.size(), 2u);
+  ASSERT_EQ(r.models.size(), 5u);
+  for (const auto* set : {&r.offload_layers, &r.layers})
+    for (const auto& L : *set) {
+      const bool identity = set == &r.offload_layers;
+      std::printf("%s %s %lldx%lld: chained %.3f/%.3f, per step %.3f/%.3f, signed cols %.3f, units %.3f (right "
+                  "%.3f), sign agreement %.3f, corr %.3f, err attacker %.3f, best %.3f, no signs %.3f, residual "
+                  "%.1e\n",
                   identity ? "offload" : "tempo", L.layer.c_str(), static_cast<long long>(L.rows),
                   static_cast<long long>(L.cols), L.rows_chained, L.cols_chained, L.rows_matched_step,
-                  L.cols_matched_step, L.cols_signed, L.sign_agreement, L.abs_correlation, L.rel_error,
-                  L.rel_error_no_signs, L.centring_residual);
+                  L.cols_matched_step, L.cols_signed, L.units_signed, L.units_right, L.sign_agreement,
+                  L.abs_correlation, L.rel_error_attacker, L.rel_error, L.rel_error_no_signs, L.centring_residual);
+      // Double-centring removes the keys' scales exactly, with or without keys.
       EXPECT_LT(L.centring_residual, 1e-4) << L.layer;
       EXPECT_EQ(L.sign_inconsistent, 0) << L.layer << ": the operand is a ReLU output";
       EXPECT_GT(L.abs_correlation, 0.9) << L.layer;
       if (identity) {
-        // Plaintext: nothing is permuted and every sign is right.
+        // Plaintext: the attack finds the identity order and every sign; what
+        // remains is what it cannot know, one positive factor per row and
+        // column (the rows' and columns' mean log-magnitudes).
         EXPECT_EQ(L.rows_chained, 1.0) << L.layer;
         EXPECT_EQ(L.cols_chained, 1.0) << L.layer;
         EXPECT_EQ(L.sign_agreement, 1.0) << L.layer;
       }
     }
-    for (const auto& m : r.models) std::printf("  %s: accuracy %.4f\n", m.name.c_str(), m.accuracy);
-  }
+  for (const auto& m : r.models) std::printf("  %s: accuracy %.4f\n", m.name.c_str(), m.accuracy);
 }
 
 }  // namespace

@@ -209,7 +209,8 @@ Matching match_permutations(const std::vector<double>& a, const std::vector<doub
 namespace {
 
 // One offloaded product at one step, as the worker received it, with what
-// scoring needs (the attacker uses only w_enc and the signs of a_enc).
+// scoring needs (the attacker uses only w_enc, the signs of A' and unit_sign,
+// which it derives from ciphertexts too).
 struct Record {
   int id = -1;
   std::string name;
@@ -217,32 +218,91 @@ struct Record {
   std::vector<float> w;                   // plaintext W (scoring)
   std::vector<float> w_enc;               // W' as encrypt_yt makes it
   std::vector<int32_t> src_row, src_col;  // W' row i came from W row src_row[i] (scoring)
-  SignFactors a_signs;                    // of A' = L·A·Q⁻¹ (the attacker's)
+  SignFactors a_signs;                    // of A' = L·A·Q⁻¹
+  std::vector<int8_t> unit_sign;          // per row of W': see unit_signs()
 };
 
+// The sign of each output unit (row of W', column of C'), when the product's
+// output goes through a ReLU. With the key shift the weight gradient is sent
+// as G2 = L⁻ᵀ·dC·R2: its rows are in the order of C' = L·C·R⁻¹ (the same
+// permutation L), and dC is exactly zero where the unit was inactive
+// (C + bias ≤ 0; for a convolution followed by max-pooling, also where the
+// position was not its window's maximum). So every column of G2's zero
+// pattern is one unit's activity over the batch, in C''s row order. The sign
+// of column j of C', with L's row signs removed (the row factor of A''s sign
+// pattern; signs only, so L's magnitudes do not matter), correlates
+// positively with its unit's activity when the unit's sign in W' (that of
+// r_j) agrees with the global sign the column signs left, negatively
+// otherwise. The unit is the activity column with the largest
+// |correlation|; 0 when none stands out from what m rows give by chance
+// (a unit active on all rows of the batch, or on none, has no usable
+// activity column).
+std::vector<int8_t> unit_signs(const float* c_enc, const std::vector<int8_t>& row_sign, const float* g2, int64_t m,
+                               int64_t n) {
+  MatF x(m, n), z(m, n);
+  for (int64_t b = 0; b < m; ++b)
+    for (int64_t j = 0; j < n; ++j) {
+      const float v = c_enc[b * n + j] * row_sign[static_cast<size_t>(b)];
+      x(b, j) = v > 0 ? 1.0f : v < 0 ? -1.0f : 0.0f;
+      z(b, j) = g2[b * n + j] != 0 ? 1.0f : 0.0f;
+    }
+  const MatF xs = standardise_rows(x.transpose()), zs = standardise_rows(z.transpose());
+  const MatF corr = xs * zs.transpose();  // n × n: unit j of C' against activity column u of G2
+  const float threshold = std::max(0.25f, 4.0f / std::sqrt(static_cast<float>(m)));
+  std::vector<int8_t> out(static_cast<size_t>(n), 0);
+  for (int64_t j = 0; j < n; ++j) {
+    Eigen::Index u = 0;
+    const float top = corr.row(j).cwiseAbs().maxCoeff(&u);
+    if (top >= threshold) out[static_cast<size_t>(j)] = corr(j, u) > 0 ? 1 : -1;
+  }
+  return out;
+}
+
 // Computes every product in the master; over the recorded steps, encrypts
-// each offloaded product's operands under a fresh forward triple, as
-// OffloadBackend does, and keeps what the worker would have received.
+// each offloaded product's operands under a fresh forward triple for every
+// key set, as OffloadBackend does (with the key shift for the weight
+// gradient), and keeps what the worker would have received.
 class Recorder final : public LinearBackend {
  public:
   // Records the training steps [first_step, end_step): once per product and
   // step (the evaluation after training goes through here too).
-  Recorder(Obfuscator& obf, int64_t first_step, int64_t end_step) : obf_(obf), first_(first_step), end_(end_step) {}
+  Recorder(std::vector<Obfuscator*> keys, int64_t first_step, int64_t end_step)
+      : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), first_(first_step), end_(end_step) {}
   const char* name() const override { return "weight-recorder"; }
   void forward(const Product& p, float* c) override {
-    if (step_ >= first_ && step_ < end_ && static_cast<int64_t>(got[p.id].size()) == step_ - first_) record(p);
     inner_.forward(p, c);
+    if (step_ >= first_ && step_ < end_ && static_cast<int64_t>(got[0][p.id].size()) == step_ - first_)
+      for (size_t s = 0; s < keys_.size(); ++s) record(s, p, c);
   }
   void backward_input(const Product& p, const float* dc, float* da) override { inner_.backward_input(p, dc, da); }
-  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
+  void backward_weight(const Product& p, const float* dc, float* dw) override {
+    for (size_t s = 0; s < keys_.size(); ++s) {
+      auto it = pending_[s].find(p.id);
+      if (it == pending_[s].end()) continue;
+      Obfuscator& obf = *keys_[s];
+      const Triple t2 = it->second.t.shift_weight(obf.draw(p.n));
+      const CipherMatrix g2 = obf.encrypt_y(t2, dc, p.m, p.n);  // L⁻ᵀ·dC·R2
+      Record& r = got[s][p.id].back();
+      r.unit_sign = unit_signs(it->second.c_enc.data(), it->second.a_rows, g2.matrix().data(), p.m, p.n);
+      pending_[s].erase(it);
+    }
+    inner_.backward_weight(p, dc, dw);
+  }
   void end_step() override { ++step_; }
-  std::map<int, std::vector<Record>> got;  // by product id, in step order
+  std::vector<Obfuscator*> keys_;
+  std::vector<std::map<int, std::vector<Record>>> got;  // per key set, by product id, in step order
 
  private:
-  void record(const Product& p) {
-    const Triple t = obf_.draw_triple(p.m, p.k, p.n);
-    const CipherMatrix wc = obf_.encrypt_yt(t, p.w, p.n, p.k);  // B'ᵀ = R⁻ᵀ·W·Qᵀ
-    const CipherMatrix ac = obf_.encrypt_x(t, p.a, p.m, p.k);   // A' = L·A·Q⁻¹
+  struct Pending {
+    Triple t;
+    std::vector<float> c_enc;   // C' = L·C·R⁻¹, what the worker computed
+    std::vector<int8_t> a_rows; // row signs of A'
+  };
+  void record(size_t s, const Product& p, const float* c) {
+    Obfuscator& obf = *keys_[s];
+    const Triple t = obf.draw_triple(p.m, p.k, p.n);
+    const CipherMatrix wc = obf.encrypt_yt(t, p.w, p.n, p.k);  // B'ᵀ = R⁻ᵀ·W·Qᵀ
+    const CipherMatrix ac = obf.encrypt_x(t, p.a, p.m, p.k);   // A' = L·A·Q⁻¹
     Record r;
     r.id = p.id;
     r.name = p.name;
@@ -252,6 +312,11 @@ class Recorder final : public LinearBackend {
     const float* we = wc.matrix().data();
     r.w_enc.assign(we, we + p.n * p.k);
     r.a_signs = nonnegative_sign_factors(ac.matrix().data(), p.m, p.k);
+    // The worker's product A'·B' is L·C·R⁻¹; encrypting C with those keys
+    // gives it without an m×k×n product here.
+    Pending pend{t, std::vector<float>(static_cast<size_t>(p.m * p.n)), r.a_signs.row};
+    Triple{t.left, t.right, ScaledPerm::identity(1)}.encrypt_x(c, p.m, p.n, pend.c_enc.data());
+    pending_[s][p.id] = std::move(pend);
     // The trace: the same keys as encrypt_yt, in encrypt_x's convention
     // (left R⁻ᵀ, inner⁻¹ = Qᵀ).
     const Triple tw{t.right.inv_t(), t.inner.inv_t(), ScaledPerm::identity(1)};
@@ -261,10 +326,10 @@ class Recorder final : public LinearBackend {
                   "weight recovery: the trace does not match the weight ciphertext");
     for (int64_t i = 0; i < p.n; ++i) r.src_row.push_back(tr.src_row[static_cast<size_t>(i * p.k)]);
     for (int64_t j = 0; j < p.k; ++j) r.src_col.push_back(tr.src_col[static_cast<size_t>(j)]);
-    got[p.id].push_back(std::move(r));
+    got[s][p.id].push_back(std::move(r));
   }
   TeeOnlyBackend inner_;
-  Obfuscator& obf_;
+  std::vector<std::map<int, Pending>> pending_;
   int64_t first_, end_, step_ = 0;
 };
 
@@ -282,9 +347,10 @@ double correlation(const std::vector<double>& x, const std::vector<double>& y) {
   return sxy / std::sqrt(sxx * syy + 1e-300);
 }
 
-// ‖Ŵ − W‖/‖W‖ after the best scalar per row (sign and positive scale), with
-// Ŵ in ciphertext order and W indexed through the placement.
-double rel_error_best_rows(const std::vector<float>& est, const Record& r) {
+// ‖Ŵ − W‖/‖W‖ after the best scalar per row (sign and positive scale; with
+// `positive`, the scale only), with Ŵ in ciphertext order and W indexed
+// through the placement.
+double rel_error_best_rows(const std::vector<float>& est, const Record& r, bool positive = false) {
   double err = 0, tot = 0;
   for (int64_t i = 0; i < r.n; ++i) {
     const float* truth = r.w.data() + int64_t{r.src_row[static_cast<size_t>(i)]} * r.k;
@@ -294,6 +360,7 @@ double rel_error_best_rows(const std::vector<float>& est, const Record& r) {
       const double t = truth[r.src_col[static_cast<size_t>(j)]];
       ew += e[j] * t, ee += double(e[j]) * e[j], ww += t * t;
     }
+    if (positive) ew = std::max(ew, 0.0);
     err += ww - (ee > 0 ? ew * ew / ee : 0);  // residual of the least-squares fit
     tot += ww;
   }
@@ -333,6 +400,122 @@ void fill_signs_from(const Record& first, const Record& last, const std::vector<
   }
 }
 
+// Attacks one layer's records of the window (one key set) and scores the
+// result. est: the recovered weight of the last step, in its ciphertext
+// order, with the attacker's own signs.
+LayerRecovery attack_layer(const std::vector<Record>& steps, std::vector<float>& out) {
+  const Record& first = steps.front();
+  const Record& last = steps.back();
+  const int64_t n = last.n, k = last.k;
+  LayerRecovery L;
+  L.layer = last.name;
+  L.rows = n;
+  L.cols = k;
+  // Chain the permutations step to step; chain_r[i]: the index at the
+  // first step of row i of the current step.
+  std::vector<double> prev = double_centre_log_abs(first.w_enc.data(), n, k);
+  std::vector<int32_t> chain_r(static_cast<size_t>(n)), chain_c(static_cast<size_t>(k));
+  std::iota(chain_r.begin(), chain_r.end(), 0);
+  std::iota(chain_c.begin(), chain_c.end(), 0);
+  for (size_t t = 1; t < steps.size(); ++t) {
+    std::vector<double> cur = double_centre_log_abs(steps[t].w_enc.data(), n, k);
+    const Matching m = match_permutations(prev, cur, n, k);
+    int64_t ok_r = 0, ok_c = 0;
+    std::vector<int32_t> nr(static_cast<size_t>(n)), nc(static_cast<size_t>(k));
+    for (int64_t i = 0; i < n; ++i) {
+      const int32_t j = m.rows[static_cast<size_t>(i)];
+      ok_r += steps[t - 1].src_row[static_cast<size_t>(j)] == steps[t].src_row[static_cast<size_t>(i)];
+      nr[static_cast<size_t>(i)] = chain_r[static_cast<size_t>(j)];
+    }
+    for (int64_t i = 0; i < k; ++i) {
+      const int32_t j = m.cols[static_cast<size_t>(i)];
+      ok_c += steps[t - 1].src_col[static_cast<size_t>(j)] == steps[t].src_col[static_cast<size_t>(i)];
+      nc[static_cast<size_t>(i)] = chain_c[static_cast<size_t>(j)];
+    }
+    L.rows_matched_step += static_cast<double>(ok_r) / static_cast<double>(n);
+    L.cols_matched_step += static_cast<double>(ok_c) / static_cast<double>(k);
+    chain_r.swap(nr);
+    chain_c.swap(nc);
+    prev.swap(cur);
+  }
+  L.rows_matched_step /= static_cast<double>(steps.size() - 1);
+  L.cols_matched_step /= static_cast<double>(steps.size() - 1);
+  int64_t ok_r = 0, ok_c = 0;
+  for (int64_t i = 0; i < n; ++i)
+    ok_r += first.src_row[static_cast<size_t>(chain_r[static_cast<size_t>(i)])] == last.src_row[static_cast<size_t>(i)];
+  for (int64_t j = 0; j < k; ++j)
+    ok_c += first.src_col[static_cast<size_t>(chain_c[static_cast<size_t>(j)])] == last.src_col[static_cast<size_t>(j)];
+  L.rows_chained = static_cast<double>(ok_r) / static_cast<double>(n);
+  L.cols_chained = static_cast<double>(ok_c) / static_cast<double>(k);
+
+  // The last step's weight: magnitudes and column signs.
+  double grand = 0;
+  const std::vector<double> d = double_centre_log_abs(last.w_enc.data(), n, k, 1e-30, &grand);
+  SignFactors sf = last.a_signs;
+  fill_signs_from(first, last, chain_r, chain_c, sf.col);
+  for (const Record& s : steps) L.sign_inconsistent += s.a_signs.inconsistent;
+  int64_t signed_cols = 0;
+  for (int8_t c : sf.col) signed_cols += c != 0;
+  L.cols_signed = static_cast<double>(signed_cols) / static_cast<double>(k);
+  std::vector<float> est(static_cast<size_t>(n * k)), est_u(est.size());
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      const size_t p = static_cast<size_t>(i * k + j);
+      const float mag = static_cast<float>(std::exp(d[p] + grand));
+      const float s = last.w_enc[p] < 0 ? -1.0f : 1.0f;
+      est_u[p] = s * mag;
+      // A column of unknown sign is left at 0: a guessed sign is wrong
+      // half the time, and an error of 2|w| costs more than one of |w|.
+      est[p] = static_cast<float>(sf.col[static_cast<size_t>(j)]) * s * mag;
+    }
+  // Scores, placed with the trace.
+  const std::vector<double> dt = double_centre_log_abs(last.w.data(), n, k);
+  std::vector<double> ae, at;
+  int64_t agree = 0, counted = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t ti = last.src_row[static_cast<size_t>(i)];
+    // The best sign of this row: the one most entries agree with.
+    double dot = 0;
+    for (int64_t j = 0; j < k; ++j) dot += est[static_cast<size_t>(i * k + j)] * last.w[static_cast<size_t>(ti * k + last.src_col[static_cast<size_t>(j)])];
+    const float rs = dot < 0 ? -1.0f : 1.0f;
+    for (int64_t j = 0; j < k; ++j) {
+      const size_t p = static_cast<size_t>(i * k + j);
+      const size_t q = static_cast<size_t>(ti * k + last.src_col[static_cast<size_t>(j)]);
+      ae.push_back(std::fabs(est[p]));
+      at.push_back(std::fabs(last.w[q]));
+      L.centring_residual = std::max(L.centring_residual, std::fabs(d[p] - dt[q]));
+      if (sf.col[static_cast<size_t>(j)] != 0 && last.w[q] != 0) {
+        ++counted;
+        agree += (rs * est[p] > 0) == (last.w[q] > 0);
+      }
+    }
+  }
+  L.sign_agreement = counted ? static_cast<double>(agree) / static_cast<double>(counted) : 0;
+  L.abs_correlation = correlation(ae, at);
+  L.rel_error = rel_error_best_rows(est, last);
+  L.rel_error_no_signs = rel_error_best_rows(est_u, last);
+  // The units' signs as the attacker finds them (rows without one keep +).
+  out = est;
+  int64_t found = 0, right = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const int8_t u = last.unit_sign.empty() ? 0 : last.unit_sign[static_cast<size_t>(i)];
+    if (u == 0) continue;
+    ++found;
+    const int64_t ti = last.src_row[static_cast<size_t>(i)];
+    double dot = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      float& e = out[static_cast<size_t>(i * k + j)];
+      e *= u;
+      dot += e * last.w[static_cast<size_t>(ti * k + last.src_col[static_cast<size_t>(j)])];
+    }
+    right += dot > 0;
+  }
+  L.units_signed = static_cast<double>(found) / static_cast<double>(n);
+  L.units_right = found ? static_cast<double>(right) / static_cast<double>(found) : 0;
+  L.rel_error_attacker = rel_error_best_rows(out, last, true);
+  return L;
+}
+
 }  // namespace
 
 WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
@@ -349,114 +532,29 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
                              ("tempo-weights-" + std::to_string(::getpid()) + ".safetensors"))
                                 .string();
   tc.save = saved;
-  std::unique_ptr<Obfuscator> obf = measurement_keys(cfg.seed, tc.offload.key_scale, cfg.identity);
-  Recorder rec(*obf, cfg.steps - cfg.window, cfg.steps);
+  // Two key sets over the same training: real keys, and none (the
+  // insecure offload mode) for comparison.
+  std::unique_ptr<Obfuscator> keyed = measurement_keys(cfg.seed, tc.offload.key_scale, false);
+  std::unique_ptr<Obfuscator> none = measurement_keys(cfg.seed, tc.offload.key_scale, true);
+  Recorder rec({keyed.get(), none.get()}, cfg.steps - cfg.window, cfg.steps);
   const TrainResult tr = train(tc, &rec);
   TEMPO_CHECK(tr.steps == cfg.steps, "weight recovery: training stopped after " + std::to_string(tr.steps) +
                                          " steps, " + std::to_string(cfg.steps) + " were asked for");
-  TEMPO_CHECK(!rec.got.empty(), "weight recovery: model '" + tc.model + "' offloads no product");
+  TEMPO_CHECK(!rec.got[0].empty(), "weight recovery: model '" + tc.model + "' offloads no product");
 
   WeightRecoveryReport rep;
   rep.steps = cfg.steps;
   rep.window = cfg.window;
   // What each layer's recovered weight is, in ciphertext order of the last
-  // step: magnitudes from double-centring, column signs from the operand.
-  std::map<int, std::vector<float>> recovered, recovered_unsigned;
-  for (auto& [id, steps] : rec.got) {
-    TEMPO_CHECK(static_cast<int64_t>(steps.size()) == cfg.window, "weight recovery: a step was not recorded");
-    const Record& first = steps.front();
-    const Record& last = steps.back();
-    const int64_t n = last.n, k = last.k;
-    LayerRecovery L;
-    L.layer = last.name;
-    L.rows = n;
-    L.cols = k;
-    // Chain the permutations step to step; chain_r[i]: the index at the
-    // first step of row i of the current step.
-    std::vector<double> prev = double_centre_log_abs(first.w_enc.data(), n, k);
-    std::vector<int32_t> chain_r(static_cast<size_t>(n)), chain_c(static_cast<size_t>(k));
-    std::iota(chain_r.begin(), chain_r.end(), 0);
-    std::iota(chain_c.begin(), chain_c.end(), 0);
-    for (size_t t = 1; t < steps.size(); ++t) {
-      std::vector<double> cur = double_centre_log_abs(steps[t].w_enc.data(), n, k);
-      const Matching m = match_permutations(prev, cur, n, k);
-      int64_t ok_r = 0, ok_c = 0;
-      std::vector<int32_t> nr(static_cast<size_t>(n)), nc(static_cast<size_t>(k));
-      for (int64_t i = 0; i < n; ++i) {
-        const int32_t j = m.rows[static_cast<size_t>(i)];
-        ok_r += steps[t - 1].src_row[static_cast<size_t>(j)] == steps[t].src_row[static_cast<size_t>(i)];
-        nr[static_cast<size_t>(i)] = chain_r[static_cast<size_t>(j)];
-      }
-      for (int64_t i = 0; i < k; ++i) {
-        const int32_t j = m.cols[static_cast<size_t>(i)];
-        ok_c += steps[t - 1].src_col[static_cast<size_t>(j)] == steps[t].src_col[static_cast<size_t>(i)];
-        nc[static_cast<size_t>(i)] = chain_c[static_cast<size_t>(j)];
-      }
-      L.rows_matched_step += static_cast<double>(ok_r) / static_cast<double>(n);
-      L.cols_matched_step += static_cast<double>(ok_c) / static_cast<double>(k);
-      chain_r.swap(nr);
-      chain_c.swap(nc);
-      prev.swap(cur);
+  // step (real keys).
+  std::map<int, std::vector<float>> recovered;
+  for (size_t s = 0; s < rec.got.size(); ++s)
+    for (auto& [id, steps] : rec.got[s]) {
+      TEMPO_CHECK(static_cast<int64_t>(steps.size()) == cfg.window, "weight recovery: a step was not recorded");
+      std::vector<float> est;
+      (s == 0 ? rep.layers : rep.offload_layers).push_back(attack_layer(steps, est));
+      if (s == 0) recovered[id] = std::move(est);
     }
-    L.rows_matched_step /= static_cast<double>(steps.size() - 1);
-    L.cols_matched_step /= static_cast<double>(steps.size() - 1);
-    int64_t ok_r = 0, ok_c = 0;
-    for (int64_t i = 0; i < n; ++i)
-      ok_r += first.src_row[static_cast<size_t>(chain_r[static_cast<size_t>(i)])] == last.src_row[static_cast<size_t>(i)];
-    for (int64_t j = 0; j < k; ++j)
-      ok_c += first.src_col[static_cast<size_t>(chain_c[static_cast<size_t>(j)])] == last.src_col[static_cast<size_t>(j)];
-    L.rows_chained = static_cast<double>(ok_r) / static_cast<double>(n);
-    L.cols_chained = static_cast<double>(ok_c) / static_cast<double>(k);
-
-    // The last step's weight: magnitudes and column signs.
-    double grand = 0;
-    const std::vector<double> d = double_centre_log_abs(last.w_enc.data(), n, k, 1e-30, &grand);
-    SignFactors sf = last.a_signs;
-    fill_signs_from(first, last, chain_r, chain_c, sf.col);
-    for (const Record& s : steps) L.sign_inconsistent += s.a_signs.inconsistent;
-    int64_t signed_cols = 0;
-    for (int8_t c : sf.col) signed_cols += c != 0;
-    L.cols_signed = static_cast<double>(signed_cols) / static_cast<double>(k);
-    std::vector<float> est(static_cast<size_t>(n * k)), est_u(est.size());
-    for (int64_t i = 0; i < n; ++i)
-      for (int64_t j = 0; j < k; ++j) {
-        const size_t p = static_cast<size_t>(i * k + j);
-        const float mag = static_cast<float>(std::exp(d[p] + grand));
-        const float s = last.w_enc[p] < 0 ? -1.0f : 1.0f;
-        est_u[p] = s * mag;
-        // A column of unknown sign is left at 0: a guessed sign is wrong
-        // half the time, and an error of 2|w| costs more than one of |w|.
-        est[p] = static_cast<float>(sf.col[static_cast<size_t>(j)]) * s * mag;
-      }
-    // Scores, placed with the trace.
-    const std::vector<double> dt = double_centre_log_abs(last.w.data(), n, k);
-    std::vector<double> ae, at;
-    int64_t agree = 0, counted = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t ti = last.src_row[static_cast<size_t>(i)];
-      // The best sign of this row: the one most entries agree with.
-      double dot = 0;
-      for (int64_t j = 0; j < k; ++j) dot += est[static_cast<size_t>(i * k + j)] * last.w[static_cast<size_t>(ti * k + last.src_col[static_cast<size_t>(j)])];
-      const float rs = dot < 0 ? -1.0f : 1.0f;
-      for (int64_t j = 0; j < k; ++j) {
-        const size_t p = static_cast<size_t>(i * k + j);
-        const size_t q = static_cast<size_t>(ti * k + last.src_col[static_cast<size_t>(j)]);
-        ae.push_back(std::fabs(est[p]));
-        at.push_back(std::fabs(last.w[q]));
-        L.centring_residual = std::max(L.centring_residual, std::fabs(d[p] - dt[q]));
-        if (sf.col[static_cast<size_t>(j)] != 0 && last.w[q] != 0) {
-          ++counted;
-          agree += (rs * est[p] > 0) == (last.w[q] > 0);
-        }
-      }
-    }
-    L.sign_agreement = counted ? static_cast<double>(agree) / static_cast<double>(counted) : 0;
-    L.abs_correlation = correlation(ae, at);
-    L.rel_error = rel_error_best_rows(est, last);
-    L.rel_error_no_signs = rel_error_best_rows(est_u, last);
-    rep.layers.push_back(L);
-    recovered[id] = std::move(est);
-  }
 
   // Assembled models, evaluated on the test split.
   auto model = build_model(tc.model, tc.seed);
@@ -474,9 +572,9 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
     throw Error("weight recovery: product " + std::to_string(id) + " is neither a convolution nor a linear layer");
   };
   Rng coin(cfg.seed ^ 0x5e1f);
-  enum class Put { kTrue, kPlacedBestSigns, kPlacedRandomSigns, kOwnOrder };
+  enum class Put { kTrue, kPlacedOwnSigns, kPlacedBestSigns, kPlacedRandomSigns, kOwnOrder };
   auto assemble_and_score = [&](Put how, const std::string& name) {
-    for (auto& [id, steps] : rec.got) {
+    for (auto& [id, steps] : rec.got[0]) {
       const Record& last = steps.back();
       Tensor& w = weight_of(id);
       TEMPO_CHECK(w.numel() == last.n * last.k, "weight recovery: layer " + last.name + " changed shape");
@@ -488,6 +586,13 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
       }
       if (how == Put::kOwnOrder) {  // what the attacker holds: its own order, its own signs
         std::copy(est.begin(), est.end(), w.data());
+        continue;
+      }
+      if (how == Put::kPlacedOwnSigns) {
+        for (int64_t i = 0; i < last.n; ++i)
+          for (int64_t j = 0; j < k; ++j)
+            w[int64_t{last.src_row[static_cast<size_t>(i)]} * k + last.src_col[static_cast<size_t>(j)]] =
+                est[static_cast<size_t>(i * k + j)];
         continue;
       }
       for (int64_t i = 0; i < last.n; ++i) {
@@ -505,6 +610,7 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
     rep.models.push_back({name, e.accuracy});
   };
   assemble_and_score(Put::kTrue, "true weights");
+  assemble_and_score(Put::kPlacedOwnSigns, "recovered, true placement, the attacker's unit signs");
   assemble_and_score(Put::kPlacedBestSigns, "recovered, true placement, best unit signs");
   assemble_and_score(Put::kPlacedRandomSigns, "recovered, true placement, random unit signs");
   assemble_and_score(Put::kOwnOrder, "recovered, the attacker's own order and signs");

@@ -18,7 +18,13 @@
 // Q's scales, up to one global flip. Multiplying W' by it leaves one unknown
 // sign per row of W (per output unit, from R, which no non-negative operand
 // shares) — a real unknown: flipping a ReLU unit's weights changes the
-// function.
+// function. The key shift gives it away when the product's output goes
+// through a ReLU: the weight gradient G2 = L⁻ᵀ·dC·R2 has the rows of the
+// worker's own result C' = L·C·R⁻¹, and dC is exactly zero where a unit was
+// inactive, so each unit's activity over the batch can be lined up with its
+// column of C' and the sign read off their correlation (unit_signs in the
+// .cc; with --no-key-shift the gradient's rows are permuted afresh and this
+// does not apply).
 //
 // Permutations: keys are fresh every step, but the weights drift only by the
 // optimizer's update, so the double-centred matrices of consecutive steps are
@@ -69,7 +75,6 @@ struct WeightRecoveryConfig {
   int64_t steps = 400;          // training steps
   int64_t window = 10;          // the last `window` steps are recorded and attacked
   uint64_t seed = 0;            // keys
-  bool identity = false;        // no keys: the insecure offload mode
 };
 
 struct LayerRecovery {
@@ -88,6 +93,10 @@ struct LayerRecovery {
   double abs_correlation = 0;   // Pearson correlation of |Ŵ| and |W|
   double rel_error = 0;         // ‖Ŵ − W‖/‖W‖ after the best sign and positive scale per row
   double rel_error_no_signs = 0;// the same, with the recovered column signs ignored (all +)
+  // Unit signs from the ReLU's zero pattern in the weight gradient (key
+  // shift): the fraction of rows given one, the fraction of those right, and
+  // the error with the attacker's signs (best positive scale per row only).
+  double units_signed = 0, units_right = 0, rel_error_attacker = 0;
   double centring_residual = 0; // max |DC(log|W'|) − DC(log|W|)| placed: 0 up to rounding
 };
 
@@ -99,15 +108,17 @@ struct ModelRecovery {
 struct WeightRecoveryReport {
   std::string data;
   int64_t steps = 0, window = 0;
-  std::vector<LayerRecovery> layers;
+  std::vector<LayerRecovery> layers;          // real keys
+  std::vector<LayerRecovery> offload_layers;  // the same attack without keys (offload mode)
   std::vector<ModelRecovery> models;  // test accuracy of assembled models
   double chance = 0;
 };
 
-// Trains cfg.steps steps in tee-only mode, encrypting the weight and input
-// of every offloaded product of the last `window` steps as the pipeline does
-// (forward triple, encrypt_yt for W, encrypt_x for A), attacks those
-// ciphertexts alone, and scores the result. Assembled models (other layers
+// Trains cfg.steps steps in tee-only mode, encrypting the weight, the input
+// and the weight gradient of every offloaded product of the last `window`
+// steps as the pipeline does (forward triple, encrypt_yt for W, encrypt_x
+// for A, the key-shifted triple for dC), with real keys and without, attacks
+// those ciphertexts alone, and scores the result. Assembled models (other layers
 // and all biases taken from the true model) are evaluated on the test split.
 WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg);
 
