@@ -113,9 +113,9 @@ TEST(WeightRecovery, MatchingRecoversTheKeysOfADriftedCopy) {
 TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
   testutil::TempDir d("weights");
   WeightRecoveryConfig c;
-  c.train = testutil::small_cnn_run("", d / "init.safetensors", 8);
-  c.steps = 8;
-  c.window = 4;
+  c.train = testutil::small_cnn_run("", d / "init.safetensors", 6);
+  c.steps = 6;
+  c.window = 3;
   c.seed = 3;
   const WeightRecoveryReport r = measure_weight_recovery(c);
   ASSERT_EQ(r.layers.size(), 2u);  // cnn offloads its second convolution and first linear layer
@@ -142,7 +142,15 @@ TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
         EXPECT_EQ(L.rows_chained, 1.0) << L.layer;
         EXPECT_EQ(L.cols_chained, 1.0) << L.layer;
         EXPECT_EQ(L.sign_agreement, 1.0) << L.layer;
+      } else {
+        // Under fresh keys per step the attack still lines the steps up and
+        // finds the signs (this is the leak the measurement reports).
+        EXPECT_GE(L.rows_chained, 0.95) << L.layer;
+        EXPECT_GE(L.cols_chained, 0.95) << L.layer;
+        EXPECT_GE(L.sign_agreement, 0.99) << L.layer;
       }
+      EXPECT_GT(L.units_signed, 0.2) << L.layer;
+      EXPECT_GE(L.units_right, 0.9) << L.layer;
     }
   for (const auto& m : r.models) std::printf("  %s: accuracy %.4f\n", m.name.c_str(), m.accuracy);
 }

@@ -228,15 +228,16 @@ struct Record {
 // permutation L), and dC is exactly zero where the unit was inactive
 // (C + bias ≤ 0; for a convolution followed by max-pooling, also where the
 // position was not its window's maximum). So every column of G2's zero
-// pattern is one unit's activity over the batch, in C''s row order. The sign
-// of column j of C', with L's row signs removed (the row factor of A''s sign
-// pattern; signs only, so L's magnitudes do not matter), correlates
-// positively with its unit's activity when the unit's sign in W' (that of
-// r_j) agrees with the global sign the column signs left, negatively
-// otherwise. The unit is the activity column with the largest
-// |correlation|; 0 when none stands out from what m rows give by chance
-// (a unit active on all rows of the batch, or on none, has no usable
-// activity column).
+// pattern is one unit's activity over the batch, in C''s row order. A unit
+// is active where its pre-activation exceeds minus its bias, so the sign of
+// its column of C' — with L's row signs removed (the row factor of A''s sign
+// pattern; signs only, so L's magnitudes do not matter) — correlates with
+// its activity: positively when the unit's sign in W' (that of r_j) agrees
+// with the global sign the column signs left, negatively otherwise. Units
+// and activity columns are paired one to one on |correlation|, and a pair
+// that does not stand out from what m rows give by chance leaves the unit
+// without a sign (so does a unit active on all rows of the batch or on none:
+// its activity column is constant).
 std::vector<int8_t> unit_signs(const float* c_enc, const std::vector<int8_t>& row_sign, const float* g2, int64_t m,
                                int64_t n) {
   MatF x(m, n), z(m, n);
@@ -246,14 +247,13 @@ std::vector<int8_t> unit_signs(const float* c_enc, const std::vector<int8_t>& ro
       x(b, j) = v > 0 ? 1.0f : v < 0 ? -1.0f : 0.0f;
       z(b, j) = g2[b * n + j] != 0 ? 1.0f : 0.0f;
     }
-  const MatF xs = standardise_rows(x.transpose()), zs = standardise_rows(z.transpose());
-  const MatF corr = xs * zs.transpose();  // n × n: unit j of C' against activity column u of G2
+  const MatF corr = standardise_rows(x.transpose()) * standardise_rows(z.transpose()).transpose();
+  const std::vector<int32_t> pair = assign(corr.cwiseAbs());
   const float threshold = std::max(0.25f, 4.0f / std::sqrt(static_cast<float>(m)));
   std::vector<int8_t> out(static_cast<size_t>(n), 0);
   for (int64_t j = 0; j < n; ++j) {
-    Eigen::Index u = 0;
-    const float top = corr.row(j).cwiseAbs().maxCoeff(&u);
-    if (top >= threshold) out[static_cast<size_t>(j)] = corr(j, u) > 0 ? 1 : -1;
+    const float c = corr(j, pair[static_cast<size_t>(j)]);
+    if (std::fabs(c) >= threshold) out[static_cast<size_t>(j)] = c > 0 ? 1 : -1;
   }
   return out;
 }
@@ -400,6 +400,44 @@ void fill_signs_from(const Record& first, const Record& last, const std::vector<
   }
 }
 
+// A unit whose sign the last step's batch did not reveal (active on all
+// rows or on none) may have revealed it at an earlier step. There, the row
+// with its column and unit signs applied is the true row up to positive
+// factors; the last step's row with only its column signs applied is that
+// row times the unit sign sought, so the sign of their dot product (over
+// columns signed at both steps, aligned through the chains) is the answer.
+void fill_unit_signs(const std::vector<Record>& steps, const std::vector<std::vector<int32_t>>& chains_r,
+                     const std::vector<std::vector<int32_t>>& chains_c, std::vector<int8_t>& units) {
+  const Record& last = steps.back();
+  const int64_t n = last.n, k = last.k;
+  const size_t T = steps.size() - 1;
+  auto inverse = [](const std::vector<int32_t>& p) {
+    std::vector<int32_t> inv(p.size());
+    for (size_t i = 0; i < p.size(); ++i) inv[static_cast<size_t>(p[i])] = static_cast<int32_t>(i);
+    return inv;
+  };
+  for (size_t t = T; t-- > 0;) {
+    const Record& r = steps[t];
+    if (r.unit_sign.empty()) continue;
+    const std::vector<int32_t> inv_r = inverse(chains_r[t]), inv_c = inverse(chains_c[t]);
+    for (int64_t i = 0; i < n; ++i) {
+      if (units[static_cast<size_t>(i)] != 0) continue;
+      const int32_t it = inv_r[static_cast<size_t>(chains_r[T][static_cast<size_t>(i)])];
+      const int8_t ut = r.unit_sign[static_cast<size_t>(it)];
+      if (ut == 0) continue;
+      double dot = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t jt = inv_c[static_cast<size_t>(chains_c[T][static_cast<size_t>(j)])];
+        const int8_t bl = last.a_signs.col[static_cast<size_t>(j)], bt = r.a_signs.col[static_cast<size_t>(jt)];
+        if (bl == 0 || bt == 0) continue;
+        dot += static_cast<double>(last.w_enc[static_cast<size_t>(i * k + j)]) * bl *
+               r.w_enc[static_cast<size_t>(int64_t{it} * k + jt)] * bt * ut;
+      }
+      if (dot != 0) units[static_cast<size_t>(i)] = dot > 0 ? 1 : -1;
+    }
+  }
+}
+
 // Attacks one layer's records of the window (one key set) and scores the
 // result. est: the recovered weight of the last step, in its ciphertext
 // order, with the attacker's own signs.
@@ -417,6 +455,7 @@ LayerRecovery attack_layer(const std::vector<Record>& steps, std::vector<float>&
   std::vector<int32_t> chain_r(static_cast<size_t>(n)), chain_c(static_cast<size_t>(k));
   std::iota(chain_r.begin(), chain_r.end(), 0);
   std::iota(chain_c.begin(), chain_c.end(), 0);
+  std::vector<std::vector<int32_t>> chains_r{chain_r}, chains_c{chain_c};  // per step
   for (size_t t = 1; t < steps.size(); ++t) {
     std::vector<double> cur = double_centre_log_abs(steps[t].w_enc.data(), n, k);
     const Matching m = match_permutations(prev, cur, n, k);
@@ -436,6 +475,8 @@ LayerRecovery attack_layer(const std::vector<Record>& steps, std::vector<float>&
     L.cols_matched_step += static_cast<double>(ok_c) / static_cast<double>(k);
     chain_r.swap(nr);
     chain_c.swap(nc);
+    chains_r.push_back(chain_r);
+    chains_c.push_back(chain_c);
     prev.swap(cur);
   }
   L.rows_matched_step /= static_cast<double>(steps.size() - 1);
@@ -494,11 +535,15 @@ LayerRecovery attack_layer(const std::vector<Record>& steps, std::vector<float>&
   L.abs_correlation = correlation(ae, at);
   L.rel_error = rel_error_best_rows(est, last);
   L.rel_error_no_signs = rel_error_best_rows(est_u, last);
-  // The units' signs as the attacker finds them (rows without one keep +).
+  // The units' signs as the attacker finds them (rows without one keep +),
+  // from the last step or, through the chain, from an earlier one.
+  std::vector<int8_t> units = last.unit_sign;
+  units.resize(static_cast<size_t>(n), 0);
+  fill_unit_signs(steps, chains_r, chains_c, units);
   out = est;
   int64_t found = 0, right = 0;
   for (int64_t i = 0; i < n; ++i) {
-    const int8_t u = last.unit_sign.empty() ? 0 : last.unit_sign[static_cast<size_t>(i)];
+    const int8_t u = units[static_cast<size_t>(i)];
     if (u == 0) continue;
     ++found;
     const int64_t ti = last.src_row[static_cast<size_t>(i)];
