@@ -571,6 +571,13 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   tc.steps = cfg.steps;
   tc.epochs = 1 << 20;  // the step limit ends training
   tc.metrics.clear();
+  {
+    const auto probe = prepare_model(tc);
+    bool any = false;
+    for (const Layer* l : probe->product_layers) any = any || l->offloaded;
+    TEMPO_CHECK(any, "weight recovery: model '" + tc.model +
+                         "' offloads no product by default (its first and last layers stay in the master)");
+  }
   // The true model at the end, for the other layers and the biases of the
   // assembled models.
   const std::string saved = (std::filesystem::temp_directory_path() /
