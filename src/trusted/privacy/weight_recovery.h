@@ -37,6 +37,9 @@
 // network is only defined up to their permutation), but the inputs of a
 // layer are not (for a convolution they are (channel, ky, kx), for the first
 // linear layer (channel, y, x)); placing them needs more than this attack.
+// One step alone already gives the magnitudes and most signs; the chain
+// carries signs that one batch leaves open (a column or unit that batch did
+// not exercise) from other steps, and follows the weights over time.
 #pragma once
 
 #include <cstdint>
