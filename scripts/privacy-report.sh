@@ -32,3 +32,4 @@ open(tmp, "w").write(text)
 os.replace(tmp, path)
 print("updated", path)
 PY
+/usr/bin/python3 scripts/plots.py docs/SECURITY.md docs/img
