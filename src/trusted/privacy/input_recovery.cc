@@ -757,7 +757,7 @@ std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at
       blind.images_placed = double(with_slot) / double(N);
       char buf[256];
       std::snprintf(buf, sizeof buf,
-                    "column key and layout recovered; %.3f of non-zero patches recovered exactly up to a factor",
+                    "%.3f of non-zero patches recovered exactly up to a factor (column key, layout, orientation)",
                     nonzero ? double(patches) / double(nonzero) : 0.0);
       blind.note = buf;
       const std::vector<float> k = images_with_known_order(a, geo, pos.data());

@@ -76,7 +76,7 @@ struct PatchAttack {
   // Blind placement: each row's output slot (−1: not placed) and the
   // position of its centre pixel there.
   std::vector<int32_t> slot, y, x;
-  std::vector<float> images;  // slots × H × W, pixel values as fragment_pixels recovers them
+  std::vector<float> images;  // slots × H × W; pixels k/255 where the lattice fits, else scaled to max 1
   int64_t slots = 0;
 };
 
