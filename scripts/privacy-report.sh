@@ -14,6 +14,7 @@ trap 'rm -rf "$out"' EXIT
 ./build/tempo privacy --suite mi --samples "$samples" --table "$out/mi.md"
 ./build/tempo privacy --suite labels --table "$out/labels.md"
 ./build/tempo privacy --suite stealing --budgets "$budgets" --table "$out/stealing.md"
+./build/tempo privacy --suite inputs --table "$out/inputs.md"
 ./build/tempo privacy --suite weights --table "$out/weights.md"
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
@@ -22,7 +23,7 @@ trap 'rm -rf "$out"' EXIT
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "mi", "labels", "stealing", "weights"):
+for name in ("machine", "integrity", "mi", "labels", "stealing", "inputs", "weights"):
     body = open(os.path.join(out, name + ".md")).read().strip()
     pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)
     if not pat.search(text):
@@ -33,3 +34,4 @@ open(tmp, "w").write(text)
 os.replace(tmp, path)
 print("updated", path)
 PY
+/usr/bin/python3 scripts/plots.py docs/SECURITY.md docs/img

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs every Debian package that the build, the tests and the demo need.
+# Installs every Debian package that the build, the tests, the demo and the
+# reports (scripts/privacy-report.sh plots with matplotlib) need.
 # Idempotent and non-interactive; run as root (or with sudo available).
 set -euo pipefail
 
@@ -8,7 +9,7 @@ packages=(
   libeigen3-dev libopenblas-dev libopenblas-openmp-dev libsodium-dev zlib1g-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
-  openssl python3 python3-numpy python3-torch python3-torchvision dataset-fashion-mnist
+  openssl python3 python3-numpy python3-torch python3-torchvision python3-matplotlib dataset-fashion-mnist
 )
 
 missing=()

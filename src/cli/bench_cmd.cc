@@ -11,6 +11,7 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "common/subprocess.h"
+#include "trusted/confidential.h"
 #include "trusted/io/file_util.h"
 #include "trusted/offload_backend.h"
 #include "worker/connect.h"
@@ -306,6 +307,82 @@ int run_transfer(const BenchConfig& cfg) {
   return 0;
 }
 
+// What confidential I/O costs: encrypting and decrypting files against
+// writing and reading them in clear (same sizes, same disk, fsync both), and
+// a sealed checkpoint against a training step.
+int run_confidential(const BenchConfig& cfg) {
+  const int threads = cfg.threads.empty() ? 0 : cfg.threads.back();
+  set_num_threads(threads);
+  char tmpl[] = "/tmp/tempo-bench-XXXXXX";
+  TEMPO_CHECK(mkdtemp(tmpl) != nullptr, "cannot make a temporary directory in /tmp");
+  const std::string dir = tmpl;
+  struct Cleanup {
+    std::string d;
+    ~Cleanup() { std::filesystem::remove_all(d); }
+  } cleanup{dir};
+  auto time_s = [](const std::function<void()>& f) {
+    std::vector<double> t;
+    for (int i = 0; i < 3; ++i) {
+      const auto t0 = std::chrono::steady_clock::now();
+      f();
+      t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    }
+    return median(t);
+  };
+  const SymKey key = random_sym_key();
+  std::printf("encrypted files (XChaCha20-Poly1305 secretstream, 1 MiB chunks) against plain files; median of 3\n");
+  std::printf("%8s %12s %12s %10s %12s %12s %10s %14s\n", "MiB", "write GB/s", "encrypt GB/s", "ratio", "read GB/s",
+              "decrypt GB/s", "ratio", "in memory GB/s");
+  for (int mib : {16, 64, 256}) {
+    std::vector<uint8_t> payload(size_t(mib) << 20);
+    Rng r(static_cast<uint64_t>(mib));
+    for (size_t i = 0; i < payload.size(); i += 8) {
+      const uint64_t v = r.next();
+      std::memcpy(payload.data() + i, &v, std::min<size_t>(8, payload.size() - i));
+    }
+    const std::string plain = dir + "/plain", enc = dir + "/enc";
+    const double w = time_s([&] {
+      AtomicFile f(plain);
+      f.write(payload.data(), payload.size());
+      f.commit();
+    });
+    const double we = time_s([&] { write_container(enc, ContainerKind::kData, key, payload.data(), payload.size()); });
+    const double rd = time_s([&] { (void)read_file(plain, "bench file"); });
+    const double rde = time_s([&] { (void)read_container(enc, ContainerKind::kData, &key, nullptr); });
+    const std::vector<uint8_t> image = read_file(enc, "bench file");
+    const double mem = time_s([&] { (void)open_container(image.data(), image.size(), enc, ContainerKind::kData, &key, nullptr); });
+    const double gb = static_cast<double>(payload.size()) / 1e9;
+    std::printf("%8d %12.2f %12.2f %10.2f %12.2f %12.2f %10.2f %14.2f\n", mib, gb / w, gb / we, we / w, gb / rd,
+                gb / rde, rde / rd, gb / mem);
+    std::fflush(stdout);
+  }
+  std::printf("\nsealed checkpoint (weights, SGD momentum, run state) against one tee-only training step, %d threads\n",
+              num_threads());
+  std::printf("%-10s %6s %10s %12s %12s %14s %12s\n", "model", "batch", "MiB", "write ms", "read ms", "step ms",
+              "write/step");
+  for (const auto& s : cfg.models) {
+    const Case c = parse_case(s);
+    auto model = build_model(c.model, 1);
+    OptimConfig oc;
+    auto optim = make_optimizer(oc, model->parameters());
+    TrainConfig tc;
+    tc.model = c.model;
+    tc.data = "synthetic";
+    const nlohmann::json config = run_config(tc);
+    RunState st;
+    st.secret = random_secret();
+    const std::string ck = dir + "/ck.tenc";
+    const double w = time_s([&] { write_checkpoint(ck, key, config, *model, *optim, st); });
+    const double rd = time_s([&] { (void)read_checkpoint(ck, key, config, *model, *optim); });
+    const double mb = static_cast<double>(std::filesystem::file_size(ck)) / (1 << 20);
+    const double step = tempo_step_ms(c, threads, cfg.steps > 0 ? cfg.steps : (c.model == "cnn" ? 10 : 3));
+    std::printf("%-10s %6lld %10.1f %12.1f %12.1f %14.1f %12.3f\n", c.model.c_str(), static_cast<long long>(c.batch),
+                mb, 1e3 * w, 1e3 * rd, step, 1e3 * w / step);
+    std::fflush(stdout);
+  }
+  return 0;
+}
+
 // The GPU table (scripts/gpu-check.sh): tempo with a worker on cfg.backend,
 // in-process, against tee-only on one core and on all cores, offload, and
 // PyTorch's own training on the same device; with the floors that bound
@@ -430,9 +507,10 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
   app.add_option("--suite", c.suite,
                  "torch: tee-only against PyTorch per thread count; modes: tempo vs tee-only vs offload "
                  "with a per-phase breakdown (threads: the last of --threads); remote: worker processes on "
-                 "loopback vs in-process workers vs tee-only; transfer: loopback tensor throughput")
+                 "loopback vs in-process workers vs tee-only; transfer: loopback tensor throughput; gpu: a worker "
+                 "on a GPU; confidential: encrypted files and sealed checkpoints against plain I/O and a step")
       ->capture_default_str()
-      ->check(CLI::IsMember({"torch", "modes", "remote", "transfer", "gpu"}));
+      ->check(CLI::IsMember({"torch", "modes", "remote", "transfer", "gpu", "confidential"}));
   app.add_option("--backend", c.backend, "Worker backend of the gpu suite: cuda | cpu (cpu stands in for tests)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -450,6 +528,7 @@ int run_bench(const BenchConfig& cfg) {
   if (cfg.suite == "remote") return run_remote(cfg);
   if (cfg.suite == "transfer") return run_transfer(cfg);
   if (cfg.suite == "gpu") return run_gpu(cfg);
+  if (cfg.suite == "confidential") return run_confidential(cfg);
   std::printf("%-10s %6s %8s %14s %14s %10s\n", "model", "batch", "threads", "tempo ms/step",
               "torch ms/step", "tempo/torch");
   for (const auto& s : cfg.models) {

@@ -1,9 +1,11 @@
 #include "trusted/confidential.h"
 
 #include <sodium.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
@@ -127,6 +129,14 @@ SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config) {
                                      read_owner_public(cfg.owner_key), master, report_sha);
   std::fprintf(stderr, "tempo: data key released by the owner\n");
   return key;
+}
+
+void lock_memory() {
+  if (::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0) return;
+  const int e = errno;
+  std::fprintf(stderr, "tempo: warning: cannot lock memory (%s): decrypted data may be swapped to disk; raise "
+               "the locked-memory limit (ulimit -l unlimited, or LimitMEMLOCK= in a systemd unit) or disable swap\n",
+               std::strerror(e));
 }
 
 Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const Shape& input_shape) {

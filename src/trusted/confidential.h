@@ -37,6 +37,11 @@ std::string encrypted_data_path(const std::string& spec);
 // returns the data key it opens.
 SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config);
 
+// Locks this process's memory, present and future, into RAM (pages as they
+// are touched), so that decrypted data, weights and keys are never swapped to
+// disk; warns once if the system does not allow it (RLIMIT_MEMLOCK).
+void lock_memory();
+
 // Decrypts an encrypted data set in memory (nothing plaintext touches disk).
 Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const Shape& input_shape);
 

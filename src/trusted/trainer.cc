@@ -231,6 +231,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   if (encrypted.empty()) {
     data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   } else {
+    lock_memory();
     if (!st.data_key) st.data_key = await_data_key(cfg, config);
     const auto td = Clock::now();
     data = load_encrypted_dataset(encrypted, *st.data_key, model->input_shape);

@@ -1,0 +1,844 @@
+#include "trusted/privacy/input_recovery.h"
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <unordered_map>
+
+#include "common/error.h"
+#include "trusted/crypto/keys.h"
+#include "trusted/crypto/obfuscator.h"
+#include "trusted/linear_backend.h"
+#include "trusted/nn/layers.h"
+#include "trusted/privacy/traced.h"
+
+namespace tempo {
+
+double psnr(const float* a, const float* b, int64_t n) {
+  double se = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double d = double(a[i]) - b[i];
+    se += d * d;
+  }
+  if (se == 0) return std::numeric_limits<double>::infinity();
+  return 10 * std::log10(static_cast<double>(n) / se);
+}
+
+double ssim(const float* a, const float* b, int64_t h, int64_t w) {
+  constexpr int kWin = 11;
+  TEMPO_CHECK(h >= kWin && w >= kWin, "SSIM needs images of at least 11×11");
+  std::array<double, kWin> g{};
+  double gs = 0;
+  for (int i = 0; i < kWin; ++i) gs += g[i] = std::exp(-double((i - 5) * (i - 5)) / (2 * 1.5 * 1.5));
+  for (double& v : g) v /= gs;
+  const double c1 = 0.01 * 0.01, c2 = 0.03 * 0.03;
+  double total = 0;
+  for (int64_t y = 0; y + kWin <= h; ++y)
+    for (int64_t x = 0; x + kWin <= w; ++x) {
+      double ma = 0, mb = 0, saa = 0, sbb = 0, sab = 0;
+      for (int dy = 0; dy < kWin; ++dy)
+        for (int dx = 0; dx < kWin; ++dx) {
+          const double wt = g[dy] * g[dx], va = a[(y + dy) * w + x + dx], vb = b[(y + dy) * w + x + dx];
+          ma += wt * va, mb += wt * vb, saa += wt * va * va, sbb += wt * vb * vb, sab += wt * va * vb;
+        }
+      const double va = saa - ma * ma, vb = sbb - mb * mb, cov = sab - ma * mb;
+      total += ((2 * ma * mb + c1) * (2 * cov + c2)) / ((ma * ma + mb * mb + c1) * (va + vb + c2));
+    }
+  return total / static_cast<double>((h - kWin + 1) * (w - kWin + 1));
+}
+
+std::vector<float> affine_fit(const float* r, const float* t, int64_t n) {
+  double mr = 0, mt = 0;
+  for (int64_t i = 0; i < n; ++i) mr += r[i], mt += t[i];
+  mr /= static_cast<double>(n), mt /= static_cast<double>(n);
+  double cov = 0, var = 0;
+  for (int64_t i = 0; i < n; ++i) cov += (r[i] - mr) * (t[i] - mt), var += (r[i] - mr) * (r[i] - mr);
+  const double alpha = var > 0 ? cov / var : 0, beta = mt - alpha * mr;
+  std::vector<float> out(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(std::clamp(alpha * r[i] + beta, 0.0, 1.0));
+  return out;
+}
+
+namespace {
+
+constexpr int kK = 3, kKK = 9;
+// Neighbours of a row: right, down, left, up.
+constexpr int kDy[4] = {0, 1, 0, -1}, kDx[4] = {1, 0, -1, 0};
+
+// Column scales (sign included) up to one common factor, from the sharpest
+// mode of within-row log-ratios of each pair of columns (equal pixels make
+// it exact), joined along a maximum spanning tree of the mode counts.
+std::vector<double> column_key(const float* ct, int64_t rows) {
+  std::array<std::array<double, kKK>, kKK> mode{};
+  std::array<std::array<int64_t, kKK>, kKK> count{};
+  std::array<std::array<int, kKK>, kKK> sign{};
+  std::vector<double> d;
+  d.reserve(static_cast<size_t>(rows));
+  constexpr double kWindow = 1e-5;  // far above float rounding (~3e-7), far below distinct ratios
+  for (int j = 0; j < kKK; ++j)
+    for (int jj = j + 1; jj < kKK; ++jj) {
+      d.clear();
+      int64_t same = 0;
+      for (int64_t i = 0; i < rows; ++i) {
+        const float a = ct[i * kKK + j], b = ct[i * kKK + jj];
+        if (a == 0 || b == 0) continue;
+        d.push_back(std::log(std::fabs(double(a))) - std::log(std::fabs(double(b))));
+        same += (a > 0) == (b > 0);
+      }
+      std::sort(d.begin(), d.end());
+      size_t best_lo = 0, best_n = 0;
+      for (size_t lo = 0, hi = 0; lo < d.size(); ++lo) {
+        while (hi < d.size() && d[hi] - d[lo] <= kWindow) ++hi;
+        if (hi - lo > best_n) best_n = hi - lo, best_lo = lo;
+      }
+      const double m =
+          best_n ? std::accumulate(d.begin() + best_lo, d.begin() + best_lo + best_n, 0.0) / double(best_n) : 0;
+      mode[j][jj] = m, mode[jj][j] = -m;
+      count[j][jj] = count[jj][j] = static_cast<int64_t>(best_n);
+      sign[j][jj] = sign[jj][j] = 2 * same >= static_cast<int64_t>(d.size()) ? 1 : -1;
+    }
+  std::vector<double> logs(kKK, 0), sg(kKK, 1);
+  std::array<bool, kKK> in{};
+  in[0] = true;
+  for (int added = 1; added < kKK; ++added) {
+    int bu = -1, bv = -1;
+    for (int u = 0; u < kKK; ++u)
+      for (int v = 0; v < kKK; ++v)
+        if (in[u] && !in[v] && (bu < 0 || count[u][v] > count[bu][bv])) bu = u, bv = v;
+    logs[bv] = logs[bu] - mode[bu][bv];  // mode[u][v] = log|q_u| − log|q_v|
+    sg[bv] = sg[bu] * sign[bu][bv];
+    in[bv] = true;
+  }
+  std::vector<double> scale(kKK);
+  for (int j = 0; j < kKK; ++j) scale[j] = sg[j] * std::exp(logs[j]);
+  return scale;
+}
+
+// Each row de-scaled by the column key and put on the integer lattice: the
+// smallest multiplier m ≤ 255 of the row's largest entry that lands every
+// entry within tol of an integer gives the primitive integer patch.
+void row_patches(const float* ct, int64_t rows, const std::vector<double>& scale, std::vector<int32_t>& raw,
+                 std::vector<uint8_t>& ok) {
+  constexpr double kTol = 2e-3;
+  raw.assign(static_cast<size_t>(rows * kKK), 0);
+  ok.assign(static_cast<size_t>(rows), 0);
+  std::array<double, kKK> v{};
+  for (int64_t i = 0; i < rows; ++i) {
+    double big = 0;
+    for (int j = 0; j < kKK; ++j) {
+      v[j] = ct[i * kKK + j] / scale[j];
+      if (std::fabs(v[j]) > std::fabs(big)) big = v[j];
+    }
+    if (big == 0) {
+      ok[i] = 1;
+      continue;
+    }
+    bool neg = false;
+    for (double& x : v) neg |= (x /= big) < -kTol;  // pixels are non-negative: mixed signs mean a wrong key
+    if (neg) continue;
+    for (int m = 1; m <= 255; ++m) {
+      bool fits = true;
+      for (int j = 0; j < kKK && fits; ++j) fits = std::fabs(v[j] * m - std::round(v[j] * m)) < kTol;
+      if (!fits) continue;
+      for (int j = 0; j < kKK; ++j) raw[i * kKK + j] = static_cast<int32_t>(std::lround(v[j] * m));
+      ok[i] = 1;
+      break;
+    }
+  }
+}
+
+// Patch entries shared with the neighbour in direction dir (0: right, 1:
+// down): on this row's side ("a") entry (ky+dy, kx+dx), on the neighbour's
+// ("b") entry (ky, kx), listed in the same order.
+std::array<int, 6> shared_entries(int dir, bool a_side) {
+  std::array<int, 6> e{};
+  int n = 0;
+  for (int ky = 0; ky + kDy[dir] < kK; ++ky)
+    for (int kx = 0; kx + kDx[dir] < kK; ++kx)
+      e[n++] = a_side ? (ky + kDy[dir]) * kK + kx + kDx[dir] : ky * kK + kx;
+  return e;
+}
+
+// The shared part of a patch (entries in layout order), reduced by its gcd
+// and hashed; 0 when it has fewer than two non-zero entries (it would match
+// too many rows to place any).
+uint64_t shared_key(const int32_t* p, const std::array<int, 6>& e, const std::vector<int32_t>& layout) {
+  int nz = 0, g = 0;
+  for (int idx : e) {
+    const int32_t v = p[layout[idx]];
+    if (v) ++nz, g = std::gcd(g, v);
+  }
+  if (nz < 2) return 0;
+  uint64_t h = 1469598103934665603ULL;
+  for (int idx : e) h = (h ^ static_cast<uint64_t>(p[layout[idx]] / g + 1)) * 1099511628211ULL;
+  return h | 1;
+}
+
+// Joins rows whose shared part occurs exactly once on each side; nb: rows × 4
+// (−1: none). Returns the number of joins.
+int64_t find_edges(const std::vector<int32_t>& raw, const std::vector<uint8_t>& ok, int64_t rows,
+                   const std::vector<int32_t>& layout, std::vector<int32_t>& nb) {
+  nb.assign(static_cast<size_t>(rows * 4), -1);
+  struct Seen {
+    int32_t na = 0, nb = 0, a = -1, b = -1;
+  };
+  std::unordered_map<uint64_t, Seen> seen;
+  seen.reserve(static_cast<size_t>(rows) * 2);
+  int64_t joins = 0;
+  for (int dir = 0; dir < 2; ++dir) {
+    seen.clear();
+    const auto ea = shared_entries(dir, true), eb = shared_entries(dir, false);
+    for (int64_t i = 0; i < rows; ++i) {
+      if (!ok[i]) continue;
+      const int32_t* p = raw.data() + i * kKK;
+      if (const uint64_t ka = shared_key(p, ea, layout)) {
+        Seen& s = seen[ka];
+        ++s.na, s.a = static_cast<int32_t>(i);
+      }
+      if (const uint64_t kb = shared_key(p, eb, layout)) {
+        Seen& s = seen[kb];
+        ++s.nb, s.b = static_cast<int32_t>(i);
+      }
+    }
+    for (const auto& [key, s] : seen) {
+      if (s.na != 1 || s.nb != 1 || s.a == s.b) continue;
+      nb[s.a * 4 + dir] = s.b;
+      nb[s.b * 4 + dir + 2] = s.a;
+      ++joins;
+    }
+  }
+  return joins;
+}
+
+// The layout: the 3×3 arrangements of columns that put the most correlated
+// columns next to each other, the best few ranked by exact joins.
+std::vector<int32_t> find_layout(const std::vector<int32_t>& raw, const std::vector<uint8_t>& ok, int64_t rows) {
+  std::array<double, kKK> mean{};
+  std::array<std::array<double, kKK>, kKK> c{};
+  int64_t n = 0;
+  for (int64_t i = 0; i < rows; ++i) {
+    const int32_t* p = raw.data() + i * kKK;
+    const int32_t mx = *std::max_element(p, p + kKK);
+    if (!ok[i] || mx == 0) continue;
+    ++n;
+    for (int j = 0; j < kKK; ++j) {
+      mean[j] += double(p[j]) / mx;
+      for (int jj = 0; jj < kKK; ++jj) c[j][jj] += double(p[j]) * p[jj] / (double(mx) * mx);
+    }
+  }
+  std::vector<int32_t> layout(kKK), chosen;
+  std::iota(layout.begin(), layout.end(), 0);
+  if (n == 0) return layout;  // no patch on the lattice: nothing to arrange
+  for (int j = 0; j < kKK; ++j) mean[j] /= double(n);
+  std::array<std::array<double, kKK>, kKK> corr{};
+  for (int j = 0; j < kKK; ++j)
+    for (int jj = 0; jj < kKK; ++jj) {
+      const double cov = c[j][jj] / double(n) - mean[j] * mean[jj];
+      const double vj = c[j][j] / double(n) - mean[j] * mean[j], vjj = c[jj][jj] / double(n) - mean[jj] * mean[jj];
+      corr[j][jj] = cov / std::sqrt(std::max(vj * vjj, 1e-30));
+    }
+  // The 12 pairs of 4-adjacent entries of a 3×3 grid.
+  std::vector<std::pair<int, int>> adj;
+  for (int e = 0; e < kKK; ++e) {
+    if (e % kK + 1 < kK) adj.emplace_back(e, e + 1);
+    if (e + kK < kKK) adj.emplace_back(e, e + kK);
+  }
+  constexpr size_t kCandidates = 64;  // 8 orientations of each of the best 8 arrangements
+  std::vector<std::pair<double, std::array<int32_t, kKK>>> best;
+  std::array<int32_t, kKK> perm{};
+  std::iota(perm.begin(), perm.end(), 0);
+  auto worse = [](const auto& a, const auto& b) { return a.first > b.first; };  // min-heap on score
+  do {
+    double s = 0;
+    for (const auto& [a, b] : adj) s += corr[perm[a]][perm[b]];
+    if (best.size() < kCandidates) {
+      best.emplace_back(s, perm);
+      std::push_heap(best.begin(), best.end(), worse);
+    } else if (s > best.front().first) {
+      std::pop_heap(best.begin(), best.end(), worse);
+      best.back() = {s, perm};
+      std::push_heap(best.begin(), best.end(), worse);
+    }
+  } while (std::next_permutation(perm.begin(), perm.end()));
+  std::sort(best.begin(), best.end(), worse);
+  std::vector<int32_t> nb;
+  int64_t most = -1;
+  for (const auto& [score, p] : best) {
+    layout.assign(p.begin(), p.end());
+    const int64_t joins = find_edges(raw, ok, rows, layout, nb);
+    if (joins > most) most = joins, chosen = layout;
+  }
+  return chosen;
+}
+
+// One fragment's rows with coordinates and relative factors.
+struct Fragments {
+  std::vector<int32_t> id, fy, fx;  // per row; id −1: in none
+  std::vector<double> factor;
+  std::vector<std::vector<int32_t>> rows;  // per fragment
+};
+
+// Breadth-first over the joins: coordinates follow the directions, each
+// row's factor follows from the pixels it shares with the row it was
+// reached from. A join that would put two rows on one position is dropped.
+Fragments assemble(const std::vector<int32_t>& patch, const std::vector<uint8_t>& informative, int64_t rows,
+                   const std::vector<int32_t>& nb) {
+  Fragments f;
+  f.id.assign(static_cast<size_t>(rows), -1);
+  f.fy.assign(static_cast<size_t>(rows), 0);
+  f.fx.assign(static_cast<size_t>(rows), 0);
+  f.factor.assign(static_cast<size_t>(rows), 0);
+  std::unordered_map<int64_t, int32_t> at;
+  std::vector<int32_t> queue;
+  std::array<std::array<int, 6>, 2> ea{shared_entries(0, true), shared_entries(1, true)},
+      eb{shared_entries(0, false), shared_entries(1, false)};
+  auto sum = [&](int64_t row, const std::array<int, 6>& e) {
+    double s = 0;
+    for (int idx : e) s += patch[row * kKK + idx];
+    return s;
+  };
+  auto key = [](int64_t y, int64_t x) { return (y << 32) ^ (x & 0xffffffff); };
+  for (int64_t r = 0; r < rows; ++r) {
+    if (!informative[r] || f.id[r] >= 0) continue;
+    const int32_t fid = static_cast<int32_t>(f.rows.size());
+    f.rows.emplace_back();
+    at.clear();
+    queue.assign(1, static_cast<int32_t>(r));
+    f.id[r] = fid, f.factor[r] = 1;
+    at[key(0, 0)] = static_cast<int32_t>(r);
+    for (size_t q = 0; q < queue.size(); ++q) {
+      const int32_t i = queue[q];
+      f.rows[fid].push_back(i);
+      for (int d = 0; d < 4; ++d) {
+        const int32_t j = nb[i * 4 + d];
+        if (j < 0 || f.id[j] >= 0) continue;
+        const int32_t y = f.fy[i] + kDy[d], x = f.fx[i] + kDx[d];
+        if (!at.emplace(key(y, x), j).second) continue;
+        // d < 2: i holds the "a" side; otherwise j does.
+        const double si = d < 2 ? sum(i, ea[d]) : sum(i, eb[d - 2]);
+        const double sj = d < 2 ? sum(j, eb[d]) : sum(j, ea[d - 2]);
+        if (si <= 0 || sj <= 0) {
+          at.erase(key(y, x));
+          continue;
+        }
+        f.id[j] = fid, f.fy[j] = y, f.fx[j] = x, f.factor[j] = f.factor[i] * si / sj;
+        queue.push_back(j);
+      }
+    }
+  }
+  return f;
+}
+
+struct Pixel {
+  int32_t y, x;
+  float v;
+};
+
+// A fragment's pixels (each the mean of the patches that hold it) at
+// coordinates relative to its first row, back on the k/255 lattice: the
+// smallest multiplier of the largest that puts every pixel on an integer
+// (exact unless all of the fragment's pixels share a factor); scaled to max
+// 1 if none does.
+std::vector<Pixel> fragment_pixels(const Fragments& f, int32_t fid, const std::vector<int32_t>& patch) {
+  std::unordered_map<int64_t, std::pair<double, int>> acc;
+  for (int32_t r : f.rows[fid])
+    for (int ky = 0; ky < kK; ++ky)
+      for (int kx = 0; kx < kK; ++kx) {
+        const int64_t y = f.fy[r] + ky - 1, x = f.fx[r] + kx - 1;
+        auto& a = acc[(y << 32) ^ (x & 0xffffffff)];
+        a.first += f.factor[r] * patch[r * kKK + ky * kK + kx];
+        ++a.second;
+      }
+  std::vector<Pixel> px;
+  std::vector<double> v;
+  double mx = 0;
+  for (const auto& [k, a] : acc) {
+    px.push_back({static_cast<int32_t>(k >> 32), static_cast<int32_t>(k & 0xffffffff), 0.0f});
+    v.push_back(a.first / a.second);
+    mx = std::max(mx, v.back());
+  }
+  if (mx <= 0) return px;
+  int lattice = 0;
+  for (int m = 1; m <= 255 && !lattice; ++m) {
+    bool fits = true;
+    for (size_t i = 0; i < v.size() && fits; ++i) fits = std::fabs(v[i] / mx * m - std::round(v[i] / mx * m)) < 1e-3;
+    if (fits) lattice = m;
+  }
+  for (size_t i = 0; i < v.size(); ++i)
+    px[i].v = lattice ? static_cast<float>(std::round(v[i] / mx * lattice) / 255.0) : static_cast<float>(v[i] / mx);
+  return px;
+}
+
+// The 8 rotations and reflections of the plane: bit 0 transposes, bit 1
+// negates y, bit 2 negates x.
+void orient(int t, int32_t& y, int32_t& x) {
+  if (t & 1) std::swap(y, x);
+  if (t & 2) y = -y;
+  if (t & 4) x = -x;
+}
+
+// The non-zero extent of a set of (oriented) pixels.
+struct Extent {
+  int32_t y0 = INT32_MAX, y1 = INT32_MIN, x0 = INT32_MAX, x1 = INT32_MIN;
+  void add(int32_t y, int32_t x) { y0 = std::min(y0, y), y1 = std::max(y1, y), x0 = std::min(x0, x), x1 = std::max(x1, x); }
+  bool empty() const { return y0 > y1; }
+};
+
+// The offset that centres [lo, hi] on a canvas of n; when the free margin is
+// odd, `up` gives the extra pixel to the low side (the data set's convention).
+int32_t centred(int32_t lo, int32_t hi, int64_t n, bool up) {
+  const double mid = (-lo + (static_cast<int32_t>(n) - 1 - hi)) / 2.0;
+  return static_cast<int32_t>(up ? std::ceil(mid) : std::floor(mid));
+}
+
+// How the data set centres its objects, read off public images: for each
+// axis, whether the odd pixel of margin goes after the object (ceil) or
+// before it (floor).
+std::pair<bool, bool> centring_convention(const float* pub, int64_t count, int64_t h, int64_t w) {
+  int64_t up_y = 0, down_y = 0, up_x = 0, down_x = 0;
+  for (int64_t s = 0; s < count; ++s) {
+    Extent e;
+    for (int32_t y = 0; y < h; ++y)
+      for (int32_t x = 0; x < w; ++x)
+        if (pub[(s * h + y) * w + x] > 0) e.add(y, x);
+    if (e.empty()) continue;
+    up_y += centred(e.y0, e.y1, h, true) == 0, down_y += centred(e.y0, e.y1, h, false) == 0;
+    up_x += centred(e.x0, e.x1, w, true) == 0, down_x += centred(e.x0, e.x1, w, false) == 0;
+  }
+  return {up_y >= down_y, up_x >= down_x};
+}
+
+// Where a set of (oriented) pixels goes on an h×w canvas: its non-zero
+// extent centred as the data set centres its objects.
+std::pair<int32_t, int32_t> placement(const std::vector<Pixel>& px, int t, int64_t h, int64_t w,
+                                      std::pair<bool, bool> up) {
+  Extent e;
+  for (const auto& p : px) {
+    if (p.v <= 0) continue;
+    int32_t y = p.y, x = p.x;
+    orient(t, y, x);
+    e.add(y, x);
+  }
+  if (e.empty()) return {0, 0};
+  return {centred(e.y0, e.y1, h, up.first), centred(e.x0, e.x1, w, up.second)};
+}
+
+void check_geometry(const ConvGeometry& g) {
+  TEMPO_CHECK(g.c == 1 && g.k == kK && g.s == 1 && g.p == 1,
+              "input recovery from patches: implemented for single-channel images under a 3×3 same convolution");
+}
+
+}  // namespace
+
+PatchAttack attack_patches(const float* ct, const ConvGeometry& g, const float* pub, int64_t pub_count) {
+  check_geometry(g);
+  TEMPO_CHECK(pub_count > 0, "input recovery: no public images for the attacker's prior");
+  const int64_t P = g.h * g.w, rows = g.n * P;
+  std::vector<float> prior(static_cast<size_t>(P), 0.0f);
+  for (int64_t s = 0; s < pub_count; ++s)
+    for (int64_t q = 0; q < P; ++q) prior[q] += pub[s * P + q] / static_cast<float>(pub_count);
+  const std::pair<bool, bool> up = centring_convention(pub, pub_count, g.h, g.w);
+  PatchAttack a;
+  a.col_scale = column_key(ct, rows);
+  std::vector<int32_t> raw;
+  row_patches(ct, rows, a.col_scale, raw, a.patch_ok);
+  a.layout = find_layout(raw, a.patch_ok, rows);
+  a.patch.assign(raw.size(), 0);
+  std::vector<uint8_t> informative(static_cast<size_t>(rows), 0);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int e = 0; e < kKK; ++e) {
+      a.patch[i * kKK + e] = raw[i * kKK + a.layout[e]];
+      informative[i] |= a.patch_ok[i] && a.patch[i * kKK + e] != 0;
+    }
+  std::vector<int32_t> nb;
+  find_edges(raw, a.patch_ok, rows, a.layout, nb);
+  const Fragments f = assemble(a.patch, informative, rows, nb);
+  // The N largest fragments are the attacker's images.
+  std::vector<int32_t> order(f.rows.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int32_t u, int32_t v) { return f.rows[u].size() > f.rows[v].size(); });
+  a.slots = std::min<int64_t>(g.n, static_cast<int64_t>(order.size()));
+  std::vector<std::vector<Pixel>> px(static_cast<size_t>(a.slots));
+  for (int64_t s = 0; s < a.slots; ++s) px[s] = fragment_pixels(f, order[s], a.patch);
+  // The orientation that best matches the public mean image, over all slots.
+  auto render = [&](int64_t s, int t, float* img) {
+    std::fill(img, img + P, 0.0f);
+    const auto [oy, ox] = placement(px[s], t, g.h, g.w, up);
+    for (const auto& p : px[s]) {
+      int32_t y = p.y, x = p.x;
+      orient(t, y, x);
+      y += oy, x += ox;
+      if (y >= 0 && y < g.h && x >= 0 && x < g.w) img[y * g.w + x] = p.v;
+    }
+  };
+  std::vector<float> img(static_cast<size_t>(P));
+  int best_t = 0;
+  double best_score = -1e300;
+  for (int t = 0; t < 8; ++t) {
+    double score = 0;
+    for (int64_t s = 0; s < a.slots; ++s) {
+      render(s, t, img.data());
+      for (int64_t q = 0; q < P; ++q) score += double(img[q]) * prior[q];
+    }
+    if (score > best_score) best_score = score, best_t = t;
+  }
+  // From here on patches and layout are in the chosen orientation: entry
+  // (ky, kx) of the layout lands at offset orient(t, ky − 1, kx − 1).
+  {
+    std::vector<int32_t> layout(kKK), patch(a.patch.size());
+    for (int e = 0; e < kKK; ++e) {
+      int32_t y = e / kK - 1, x = e % kK - 1;
+      orient(best_t, y, x);
+      const int to = (y + 1) * kK + x + 1;
+      layout[to] = a.layout[e];
+      for (int64_t i = 0; i < rows; ++i) patch[i * kKK + to] = a.patch[i * kKK + e];
+    }
+    a.layout = std::move(layout);
+    a.patch = std::move(patch);
+    a.orientation = best_t;
+  }
+  a.images.assign(static_cast<size_t>(a.slots * P), 0.0f);
+  a.slot.assign(static_cast<size_t>(rows), -1);
+  a.y.assign(static_cast<size_t>(rows), -1);
+  a.x.assign(static_cast<size_t>(rows), -1);
+  for (int64_t s = 0; s < a.slots; ++s) {
+    render(s, best_t, a.images.data() + s * P);
+    const auto [oy, ox] = placement(px[s], best_t, g.h, g.w, up);
+    for (int32_t r : f.rows[order[s]]) {
+      int32_t y = f.fy[r], x = f.fx[r];
+      orient(best_t, y, x);
+      a.slot[r] = static_cast<int32_t>(s), a.y[r] = y + oy, a.x[r] = x + ox;
+    }
+  }
+  return a;
+}
+
+std::vector<float> images_with_known_order(const PatchAttack& a, const ConvGeometry& g, const int32_t* pos) {
+  check_geometry(g);
+  const int64_t P = g.h * g.w, rows = g.n * P;
+  std::vector<int32_t> row_at(static_cast<size_t>(rows), -1);
+  for (int64_t i = 0; i < rows; ++i) row_at[pos[i]] = static_cast<int32_t>(i);
+  std::vector<uint8_t> informative(static_cast<size_t>(rows), 0);
+  for (int64_t i = 0; i < rows; ++i)
+    for (int e = 0; e < kKK; ++e) informative[i] |= a.patch_ok[i] && a.patch[i * kKK + e] != 0;
+  // Joins between true neighbours wherever both patches are known.
+  std::vector<int32_t> nb(static_cast<size_t>(rows * 4), -1);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (!informative[i]) continue;
+    const int64_t img = pos[i] / P, y = pos[i] % P / g.w, x = pos[i] % g.w;
+    for (int d = 0; d < 4; ++d) {
+      const int64_t yy = y + kDy[d], xx = x + kDx[d];
+      if (yy < 0 || yy >= g.h || xx < 0 || xx >= g.w) continue;
+      const int32_t j = row_at[img * P + yy * g.w + xx];
+      if (informative[j]) nb[i * 4 + d] = j;
+    }
+  }
+  const Fragments f = assemble(a.patch, informative, rows, nb);
+  std::vector<float> out(static_cast<size_t>(rows), 0.0f);
+  for (int32_t fid = 0; fid < static_cast<int32_t>(f.rows.size()); ++fid) {
+    const int32_t root = f.rows[fid][0];
+    const int64_t img = pos[root] / P, y0 = pos[root] % P / g.w - f.fy[root], x0 = pos[root] % g.w - f.fx[root];
+    for (const auto& p : fragment_pixels(f, fid, a.patch)) {
+      const int64_t y = y0 + p.y, x = x0 + p.x;
+      if (y >= 0 && y < g.h && x >= 0 && x < g.w) out[img * P + y * g.w + x] = p.v;
+    }
+  }
+  return out;
+}
+
+std::vector<float> images_from_maps(const float* ct, int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh,
+                                    int64_t ow) {
+  const int64_t hw = h * w;
+  // Each map to [0, 1]: its sign from the largest entry (maps are
+  // non-negative: ReLU, max-pooling), its scale from its maximum.
+  std::vector<float> m(static_cast<size_t>(n * c * hw));
+  for (int64_t b = 0; b < n * c; ++b) {
+    const float* src = ct + b * hw;
+    float big = 0;
+    for (int64_t q = 0; q < hw; ++q)
+      if (std::fabs(src[q]) > std::fabs(big)) big = src[q];
+    for (int64_t q = 0; q < hw; ++q) m[b * hw + q] = big != 0 ? std::max(0.0f, src[q] / big) : 0.0f;
+  }
+  // A channel (one column for all images) is inverted if on average its
+  // border, where the background of centred objects lies, is brighter than
+  // its centre.
+  std::vector<uint8_t> invert(static_cast<size_t>(c), 0);
+  for (int64_t j = 0; j < c; ++j) {
+    double border = 0, centre = 0;
+    int64_t nb = 0, nc = 0;
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t y = 0; y < h; ++y)
+        for (int64_t x = 0; x < w; ++x) {
+          const double v = m[(i * c + j) * hw + y * w + x];
+          if (y == 0 || x == 0 || y == h - 1 || x == w - 1) border += v, ++nb;
+          else if (std::abs(2 * y - (h - 1)) < h / 2 && std::abs(2 * x - (w - 1)) < w / 2) centre += v, ++nc;
+        }
+    invert[j] = nb && nc && border / double(nb) > centre / double(nc);
+  }
+  std::vector<float> avg(static_cast<size_t>(hw)), out(static_cast<size_t>(n * oh * ow));
+  for (int64_t i = 0; i < n; ++i) {
+    std::fill(avg.begin(), avg.end(), 0.0f);
+    for (int64_t j = 0; j < c; ++j)
+      for (int64_t q = 0; q < hw; ++q) {
+        const float v = m[(i * c + j) * hw + q];
+        avg[q] += (invert[j] ? 1 - v : v) / static_cast<float>(c);
+      }
+    // Bilinear, centres aligned: map pixel y covers output rows y·oh/h ...
+    for (int64_t Y = 0; Y < oh; ++Y)
+      for (int64_t X = 0; X < ow; ++X) {
+        const double sy = std::clamp((Y + 0.5) * double(h) / oh - 0.5, 0.0, double(h - 1));
+        const double sx = std::clamp((X + 0.5) * double(w) / ow - 0.5, 0.0, double(w - 1));
+        const int64_t y0 = static_cast<int64_t>(sy), x0 = static_cast<int64_t>(sx);
+        const int64_t y1 = std::min(y0 + 1, h - 1), x1 = std::min(x0 + 1, w - 1);
+        const double fy = sy - y0, fx = sx - x0;
+        out[(i * oh + Y) * ow + X] = static_cast<float>(
+            (1 - fy) * ((1 - fx) * avg[y0 * w + x0] + fx * avg[y0 * w + x1]) +
+            fy * ((1 - fx) * avg[y1 * w + x0] + fx * avg[y1 * w + x1]));
+      }
+  }
+  return out;
+}
+
+namespace {
+
+// Keeps the input operand (im2col patches) of the first two products at one
+// step; up to it everything is computed in the master. After it nothing is:
+// the evaluation that ends train() is not part of the measurement.
+class PatchTap final : public LinearBackend {
+ public:
+  explicit PatchTap(int64_t at_step) : at_(at_step) {}
+  const char* name() const override { return "tap"; }
+  void forward(const Product& p, float* c) override {
+    if (step_ >= at_) {
+      std::fill(c, c + p.m * p.n, 0.0f);
+      return;
+    }
+    if (step_ + 1 == at_ && p.id >= 0 && p.id < 2 && got[p.id].a.empty())
+      got[p.id] = {p.m, p.k, p.n, std::vector<float>(p.a, p.a + p.m * p.k)};
+    inner_.forward(p, c);
+  }
+  void backward_input(const Product& p, const float* dc, float* da) override { inner_.backward_input(p, dc, da); }
+  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
+  void end_step() override { ++step_; }
+  struct Got {
+    int64_t m = 0, k = 0, n = 0;
+    std::vector<float> a;
+  };
+  std::array<Got, 2> got;
+
+ private:
+  TeeOnlyBackend inner_;
+  int64_t at_, step_ = 0;
+};
+
+// Reconstructions and the baseline, scored image by image after the affine
+// fit; PSNR capped at 100 dB (exact up to rounding) in the means.
+void score(InputRecoveryRow& row, const std::vector<const float*>& recon, const float* truth, const float* prior,
+           int64_t h, int64_t w) {
+  const int64_t P = h * w, n = static_cast<int64_t>(recon.size());
+  row.images = n;
+  for (int64_t i = 0; i < n; ++i) {
+    const float* t = truth + i * P;
+    const std::vector<float> r = affine_fit(recon[i], t, P), b = affine_fit(prior, t, P);
+    const double p = psnr(r.data(), t, P);
+    row.images_exact += (p >= 40) / double(n);
+    row.psnr += std::min(100.0, p) / double(n);
+    row.ssim += ssim(r.data(), t, h, w) / double(n);
+    row.base_psnr += std::min(100.0, psnr(b.data(), t, P)) / double(n);
+    row.base_ssim += ssim(b.data(), t, h, w) / double(n);
+  }
+}
+
+}  // namespace
+
+std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at_step, uint64_t seed, bool identity) {
+  cfg.mode = "tee-only";
+  cfg.steps = at_step;
+  cfg.save.clear();
+  cfg.metrics.clear();
+  cfg.offload_first = true;  // the first layer's product goes through the tap
+  const std::unique_ptr<Model> model = build_model(cfg.model, cfg.seed);
+  std::array<const Conv2d*, 2> conv{};
+  for (size_t i = 0; i < 2 && i < model->product_layers.size(); ++i)
+    conv[i] = dynamic_cast<const Conv2d*>(model->product_layers[i]);
+  TEMPO_CHECK(conv[0] && conv[1] && model->input_shape.size() == 3,
+              "input recovery: model '" + cfg.model + "' does not start with two convolutions");
+  for (const Conv2d* c : conv)
+    TEMPO_CHECK(c->kernel == kK && c->stride == 1 && c->padding == 1,
+                "input recovery: implemented for 3×3 same convolutions (as in cnn)");
+  const int64_t C = model->input_shape[0], H = model->input_shape[1], W = model->input_shape[2], P = H * W;
+  PatchTap tap(at_step);
+  train(cfg, &tap);
+  TEMPO_CHECK(!tap.got[0].a.empty() && !tap.got[1].a.empty(), "input recovery: the step was not captured");
+  // The attacker's public prior: the mean test image (training images if none).
+  const Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
+  const Tensor& pool = data.test_x.numel() ? data.test_x : data.train_x;
+  std::vector<float> prior(static_cast<size_t>(P), 0.0f);
+  const int64_t count = pool.numel() / (C * P);
+  for (int64_t s = 0; s < count; ++s)
+    for (int64_t q = 0; q < P; ++q) prior[q] += pool[s * C * P + q] / static_cast<float>(count);
+
+  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, identity);
+  std::vector<InputRecoveryRow> out;
+  const auto& g1 = tap.got[0];
+  const int64_t N = g1.m / P;
+  const ConvGeometry geo = ConvGeometry::make(N, C, H, W, g1.n, kK, 1, 1);
+  // The images, from the centre entry of each patch.
+  std::vector<float> images(static_cast<size_t>(N * P));
+  for (int64_t r = 0; r < N * P; ++r) images[r] = g1.a[r * g1.k + g1.k / 2];
+
+  // 1. --offload-first, im2col: the first layer's patches.
+  {
+    const Traced enc = encrypt_traced(obf->draw_triple(g1.m, g1.k, g1.n), g1.a.data(), g1.m, g1.k);
+    InputRecoveryRow blind;
+    blind.setting = "im2col, --offload-first: first layer's patches, blind";
+    InputRecoveryRow known;
+    known.setting = "im2col, --offload-first: the same patches, row order known";
+    blind.attempted = known.attempted = true;
+    if (C != 1) {
+      blind.attempted = known.attempted = false;
+      blind.note = known.note = "not attempted: images with more than one channel";
+    } else {
+      const PatchAttack a = attack_patches(enc.values.data(), geo, pool.data(), count);
+      std::vector<int32_t> pos(static_cast<size_t>(g1.m));
+      for (int64_t i = 0; i < g1.m; ++i) pos[i] = enc.src_row[i * g1.k];
+      // Scoring the patches: de-scaled rows equal to the truth up to one factor.
+      int64_t nonzero = 0, patches = 0, placed = 0;
+      std::vector<int64_t> slot_image(static_cast<size_t>(a.slots), -1);
+      {
+        std::vector<std::unordered_map<int64_t, int64_t>> votes(static_cast<size_t>(a.slots));
+        for (int64_t i = 0; i < g1.m; ++i)
+          if (a.slot[i] >= 0) ++votes[a.slot[i]][pos[i] / P];
+        for (int64_t s = 0; s < a.slots; ++s) {
+          int64_t most = 0;
+          for (const auto& [img, v] : votes[s])
+            if (v > most) most = v, slot_image[s] = img;
+        }
+      }
+      // Relative placement: the offset of a slot is its most common one.
+      std::vector<std::unordered_map<int64_t, int64_t>> offsets(static_cast<size_t>(a.slots));
+      for (int64_t i = 0; i < g1.m; ++i) {
+        const int64_t s = a.slot[i];
+        if (s >= 0 && pos[i] / P == slot_image[s])
+          ++offsets[s][(a.y[i] - pos[i] % P / W) * 4096 + (a.x[i] - pos[i] % W)];
+      }
+      std::vector<int64_t> slot_offset(static_cast<size_t>(a.slots), INT64_MIN);
+      for (int64_t s = 0; s < a.slots; ++s) {
+        int64_t most = 0;
+        for (const auto& [o, v] : offsets[s])
+          if (v > most) most = v, slot_offset[s] = o;
+      }
+      for (int64_t i = 0; i < g1.m; ++i) {
+        const float* src = g1.a.data() + int64_t{pos[i]} * g1.k;
+        if (std::all_of(src, src + g1.k, [](float v) { return v == 0; })) continue;
+        ++nonzero;
+        // The recovered patch is the true one up to a factor: compare by
+        // cross-multiplying with the largest true entry.
+        const int64_t e_max = std::max_element(src, src + g1.k) - src;
+        bool same = a.patch_ok[i];
+        for (int64_t e = 0; e < g1.k && same; ++e)
+          same = std::fabs(double(a.patch[i * g1.k + e]) * src[e_max] - double(a.patch[i * g1.k + e_max]) * src[e]) <=
+                 1e-4 * src[e_max] * std::max(1, a.patch[i * g1.k + e_max]);
+        patches += same;
+        const int64_t s = a.slot[i];
+        placed += s >= 0 && pos[i] / P == slot_image[s] &&
+                  slot_offset[s] == (a.y[i] - pos[i] % P / W) * 4096 + (a.x[i] - pos[i] % W);
+      }
+      // Each image's reconstruction: its largest slot, else the prior.
+      std::vector<const float*> recon(static_cast<size_t>(N), prior.data());
+      int64_t with_slot = 0;
+      for (int64_t s = a.slots - 1; s >= 0; --s)
+        if (slot_image[s] >= 0) recon[slot_image[s]] = a.images.data() + s * P;
+      for (int64_t i = 0; i < N; ++i) with_slot += recon[i] != prior.data();
+      score(blind, recon, images.data(), prior.data(), H, W);
+      blind.rows_placed = nonzero ? double(placed) / double(nonzero) : 0;
+      blind.images_placed = double(with_slot) / double(N);
+      char buf[256];
+      std::snprintf(buf, sizeof buf,
+                    "%.3f of non-zero patches recovered exactly up to a factor (column key, layout, orientation)",
+                    nonzero ? double(patches) / double(nonzero) : 0.0);
+      blind.note = buf;
+      const std::vector<float> k = images_with_known_order(a, geo, pos.data());
+      std::vector<const float*> krec(static_cast<size_t>(N));
+      for (int64_t i = 0; i < N; ++i) krec[i] = k.data() + i * P;
+      score(known, krec, images.data(), prior.data(), H, W);
+      known.rows_placed = 1, known.images_placed = 1;
+      known.note = identity ? "the row order is not hidden without keys" : "an upper bound: the row order is secret";
+    }
+    out.push_back(blind);
+    out.push_back(known);
+  }
+  // 2. The default: the first offloaded product is the second convolution's.
+  const auto& g2 = tap.got[1];
+  const int64_t C2 = g2.k / (kK * kK), P2 = g2.m / N;
+  const int64_t H2 = static_cast<int64_t>(std::lround(std::sqrt(double(P2)))), W2 = H2;
+  TEMPO_CHECK(H2 * W2 == P2 && C2 * kK * kK == g2.k, "input recovery: the second convolution's input is not square");
+  {
+    InputRecoveryRow row;
+    row.setting = "im2col, default: second layer's patches (first offloaded)";
+    row.note = "not attempted: post-ReLU/pool values lie on no lattice; " + std::to_string(g2.k) +
+               " columns from " + std::to_string(C2) + " channels";
+    out.push_back(row);
+  }
+  // 3. Channel mode from the first offloaded convolution (--channel-from 1).
+  {
+    std::vector<float> maps(static_cast<size_t>(N * C2 * P2));
+    for (int64_t i = 0; i < N; ++i)
+      for (int64_t c = 0; c < C2; ++c)
+        for (int64_t q = 0; q < P2; ++q)
+          maps[(i * C2 + c) * P2 + q] = g2.a[(i * P2 + q) * g2.k + c * kK * kK + kK * kK / 2];
+    const Triple t = obf->draw_triple(N, C2, g2.n);
+    std::vector<float> ct(maps.size());
+    t.encrypt_x(maps.data(), N, C2, ct.data(), 0, -1, P2);
+    const std::vector<float> zeros(static_cast<size_t>(N * C2), 0.0f);
+    const Traced tr = encrypt_traced(t, zeros.data(), N, C2);
+    const std::vector<float> rec = images_from_maps(ct.data(), N, C2, H2, W2, H, W);
+    InputRecoveryRow row;
+    row.setting = "channel mode (--channel-from 1): second layer's feature maps -> image";
+    row.attempted = true;
+    std::vector<const float*> recon(static_cast<size_t>(N));
+    for (int64_t i = 0; i < N; ++i) recon[tr.src_row[i * C2]] = rec.data() + i * H * W;
+    score(row, recon, images.data(), prior.data(), H, W);
+    row.rows_placed = 1, row.images_placed = 1;
+    // The maps themselves: each ciphertext map against its plaintext map,
+    // both scaled to max 1 (only the scale is hidden).
+    InputRecoveryRow mrow;
+    mrow.setting = "channel mode (--channel-from 1): the feature maps themselves";
+    mrow.attempted = true;
+    double worst = 0;
+    int64_t nz = 0;
+    std::vector<float> a(static_cast<size_t>(P2)), b(static_cast<size_t>(P2));
+    for (int64_t e = 0; e < N * C2; ++e) {
+      const float* src = maps.data() + (int64_t{tr.src_row[e]} * C2 + tr.src_col[e]) * P2;
+      const float* cte = ct.data() + e * P2;
+      const float tmax = *std::max_element(src, src + P2);
+      if (tmax <= 0) continue;
+      float big = 0;
+      for (int64_t q = 0; q < P2; ++q)
+        if (std::fabs(cte[q]) > std::fabs(big)) big = cte[q];
+      for (int64_t q = 0; q < P2; ++q) a[q] = cte[q] / big, b[q] = src[q] / tmax;
+      double err = 0;
+      for (int64_t q = 0; q < P2; ++q) err = std::max(err, std::fabs(double(a[q]) - b[q]));
+      worst = std::max(worst, err);
+      mrow.psnr += std::min(100.0, psnr(a.data(), b.data(), P2));
+      if (H2 >= 11) mrow.ssim += ssim(a.data(), b.data(), H2, W2);
+      ++nz;
+    }
+    mrow.images = N;
+    if (nz) mrow.psnr /= double(nz), mrow.ssim /= double(nz);
+    mrow.base_psnr = mrow.base_ssim = std::nan("");
+    mrow.rows_placed = 1, mrow.images_placed = 1, mrow.images_exact = std::nan("");
+    char buf[160];
+    std::snprintf(buf, sizeof buf, "%lld non-zero maps, each equal to the plaintext map up to one scale (max error %.1e)",
+                  static_cast<long long>(nz), worst);
+    mrow.note = buf;
+    row.note = "maps normalised, border-bright channels inverted, averaged over channels, upsampled";
+    out.push_back(row);
+    out.push_back(mrow);
+  }
+  return out;
+}
+
+}  // namespace tempo

@@ -1,0 +1,125 @@
+// Input recovery (P5): can a worker rebuild the training images from what it
+// is sent? Three places where image content reaches a worker:
+//
+//  - the first convolution in im2col mode, only with --offload-first: its
+//    operand A' = L·A·Q⁻¹ holds every k×k patch of every image, one row per
+//    output position, rows permuted and scaled, the k·k columns permuted
+//    and scaled by one key shared by all rows;
+//  - the first offloaded convolution in im2col mode by default (the
+//    second of `cnn`): patches of post-ReLU, max-pooled feature maps;
+//  - the first channel-mode convolution: whole feature maps, each times one
+//    secret scale, images and channels permuted, the spatial layout intact.
+//
+// The attack on first-layer patches (single-channel images whose pixels lie
+// on the k/255 lattice, 3×3 same convolutions):
+//  1. Column key. Within a row, the ratio of two columns is
+//     (q_j/q_j')·(x/x'); equal neighbouring pixels are common, so over all
+//     rows the sharpest mode of that ratio is q_j/q_j' exactly. Signs follow
+//     from pixels being non-negative.
+//  2. Row scales. A de-scaled row is s_i·(k_1..k_9)/255 with integer k; the
+//     smallest multiplier that puts every entry on integers gives the patch
+//     as a primitive integer vector (exact up to one integer factor).
+//  3. Layout. Which column is which patch entry: neighbouring entries
+//     correlate most; the best few layouts are then ranked by how many
+//     overlapping patches match exactly (step 4).
+//  4. Placement. Patches of horizontally or vertically adjacent positions
+//     share k·(k−1) pixels; where the shared part (reduced by its gcd)
+//     occurs exactly once on each side, the two rows are joined. Joined rows
+//     form fragments with relative coordinates; each fragment's pixels
+//     follow up to one factor, and the lattice fixes that factor (the
+//     smallest one that makes every pixel k/255). All-zero patches (the background) carry no
+//     position and are never joined; they are zero in every reconstruction.
+//  5. Images. The N largest fragments (N from the shapes) are the attacker's
+//     images, placed where their extent fits the canvas (centred in what
+//     remains), in the orientation (one of 8, shared by all: the layout is
+//     only known up to a rotation or reflection) that best matches the
+//     public mean image; the centring convention (where the odd pixel of
+//     margin goes) is read off public images too.
+// Scoring uses the trace (traced.h); the attacker never sees it.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "common/conv.h"
+#include "trusted/trainer.h"
+
+namespace tempo {
+
+// ---- Image quality, images in [0, 1] --------------------------------------
+
+// 10·log10(1/MSE); +inf for identical images.
+double psnr(const float* a, const float* b, int64_t n);
+// SSIM of Wang et al. (2004): 11×11 Gaussian window (σ = 1.5) over the valid
+// region, C1 = (0.01·L)², C2 = (0.03·L)², L = 1; the mean of the SSIM map.
+// Images smaller than the window are an error.
+double ssim(const float* a, const float* b, int64_t h, int64_t w);
+// r mapped by the least-squares α·r + β onto the truth t, clipped to [0, 1]:
+// what cannot be known from a ciphertext up to scale (brightness, contrast)
+// is granted to every reconstruction and to the baseline alike.
+std::vector<float> affine_fit(const float* r, const float* t, int64_t n);
+
+// ---- The attack on first-layer im2col patches -------------------------------
+
+struct PatchAttack {
+  // layout[ky·k + kx]: the ciphertext column of patch entry (ky, kx), in the
+  // orientation chosen by the prior (one of 8 the ciphertext cannot tell apart).
+  std::vector<int32_t> layout;
+  int orientation = 0;           // the chosen one (0: as first found)
+  std::vector<double> col_scale;  // column j / col_scale[j]: plaintext column times a per-row factor
+  // Per row: the patch in layout order as a primitive integer vector
+  // (k·k entries), all zero for an all-zero row; patch_ok[i] = 0 where no
+  // integer vector fitted.
+  std::vector<int32_t> patch;
+  std::vector<uint8_t> patch_ok;
+  // Blind placement: each row's output slot (−1: not placed) and the
+  // position of its centre pixel there.
+  std::vector<int32_t> slot, y, x;
+  std::vector<float> images;  // slots × H × W; pixels k/255 where the lattice fits, else scaled to max 1
+  int64_t slots = 0;
+};
+
+// ct: the ciphertext A' ((g.n·H·W) × 9) of a 3×3 same convolution of
+// single-channel images. pub: `pub_count` public H×W images of the same
+// kind (the attacker's prior): their mean picks the orientation, their
+// extents the data set's centring convention.
+PatchAttack attack_patches(const float* ct, const ConvGeometry& g, const float* pub, int64_t pub_count);
+
+// The images if the row order were known (pos[i]: the plaintext row of
+// ciphertext row i, i.e. image·H·W + y·W + x): fragments joined along true
+// neighbours, values from the attack's patches. N × H × W.
+std::vector<float> images_with_known_order(const PatchAttack& a, const ConvGeometry& g, const int32_t* pos);
+
+// ---- The attack on channel-mode feature maps --------------------------------
+
+// ct: X' (n × c maps of h × w), each map a plaintext map times one scale.
+// The attacker's image of each ciphertext row, upsampled to oh × ow: every
+// map normalised to [0, 1] (sign from non-negativity), inverted where its
+// border is brighter than its centre on average over the batch, averaged
+// over channels. n × oh × ow.
+std::vector<float> images_from_maps(const float* ct, int64_t n, int64_t c, int64_t h, int64_t w, int64_t oh,
+                                    int64_t ow);
+
+// ---- The measurement ----------------------------------------------------------
+
+struct InputRecoveryRow {
+  std::string setting;
+  bool attempted = false;
+  int64_t images = 0;
+  double rows_placed = 0;    // fraction of non-zero rows (maps) put at their true place in the right image
+  double images_placed = 0;  // fraction of images given a reconstruction of their own
+  double images_exact = 0;   // fraction of images reconstructed at PSNR ≥ 40 dB
+  double psnr = 0, ssim = 0, base_psnr = 0, base_ssim = 0;  // means over images; PSNR capped at 100 dB
+  std::string note;
+};
+
+// Captures one training step's images and the input of the second
+// convolution (cfg in tee-only mode, `cnn`-like: two 3×3 same convolutions
+// first), encrypts them as the pipeline does (--offload-first im2col; channel
+// mode from the first offloaded convolution) under keys from `seed`
+// (identity: the offload mode), attacks and scores.
+std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at_step, uint64_t seed,
+                                                     bool identity = false);
+
+}  // namespace tempo
