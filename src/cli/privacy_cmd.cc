@@ -226,12 +226,13 @@ int run_weights(const PrivacyConfig& c) {
   rep.emit("| keys | layer | W | rows / cols chained | cols signed | units signed (right) | entry signs right | "
            "corr \\|w\\| | error, attacker's signs | error, best unit signs | error, no signs | centring residual |");
   rep.emit("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-  for (const auto* set : {&r.layers, &r.offload_layers})
+  for (const auto* set : {&r.layers, &r.unshifted_layers, &r.offload_layers})
     for (const auto& L : *set) {
       std::snprintf(buf, sizeof buf,
                     "| %s | %s | %lldx%lld | %.3f / %.3f | %.3f | %.3f (%.3f) | %.3f | %.3f | %.3f | %.3f | %.3f | "
                     "%.0e |",
-                    set == &r.layers ? "tempo" : "none (offload)", L.layer.c_str(), static_cast<long long>(L.rows),
+                    set == &r.layers ? "tempo" : set == &r.offload_layers ? "none (offload)" : "tempo, --no-key-shift",
+                    L.layer.c_str(), static_cast<long long>(L.rows),
                     static_cast<long long>(L.cols), L.rows_chained, L.cols_chained, L.cols_signed, L.units_signed,
                     L.units_right, L.sign_agreement, L.abs_correlation, L.rel_error_attacker, L.rel_error,
                     L.rel_error_no_signs, L.centring_residual);

@@ -266,8 +266,11 @@ class Recorder final : public LinearBackend {
  public:
   // Records the training steps [first_step, end_step): once per product and
   // step (the evaluation after training goes through here too).
-  Recorder(std::vector<Obfuscator*> keys, int64_t first_step, int64_t end_step)
-      : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), first_(first_step), end_(end_step) {}
+  // shift[s]: key set s encrypts the weight gradient with the key shift (the
+  // default) or, as --no-key-shift does, under fresh keys on both sides.
+  Recorder(std::vector<Obfuscator*> keys, std::vector<bool> shift, int64_t first_step, int64_t end_step)
+      : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), shift_(std::move(shift)),
+        first_(first_step), end_(end_step) {}
   const char* name() const override { return "weight-recorder"; }
   void forward(const Product& p, float* c) override {
     inner_.forward(p, c);
@@ -280,8 +283,10 @@ class Recorder final : public LinearBackend {
       auto it = pending_[s].find(p.id);
       if (it == pending_[s].end()) continue;
       Obfuscator& obf = *keys_[s];
-      const Triple t2 = it->second.t.shift_weight(obf.draw(p.n));
-      const CipherMatrix g2 = obf.encrypt_y(t2, dc, p.m, p.n);  // L⁻ᵀ·dC·R2
+      // Key shift: L⁻ᵀ·dC·R2, its rows lined up with C'. Without: dC under
+      // a fresh inner (rows) and right (columns) key.
+      const Triple t2 = shift_[s] ? it->second.t.shift_weight(obf.draw(p.n)) : obf.draw_triple(p.k, p.m, p.n);
+      const CipherMatrix g2 = obf.encrypt_y(t2, dc, p.m, p.n);
       Record& r = got[s][p.id].back();
       r.unit_sign = unit_signs(it->second.c_enc.data(), it->second.a_rows, g2.matrix().data(), p.m, p.n);
       pending_[s].erase(it);
@@ -330,6 +335,7 @@ class Recorder final : public LinearBackend {
   }
   TeeOnlyBackend inner_;
   std::vector<std::map<int, Pending>> pending_;
+  std::vector<bool> shift_;
   int64_t first_, end_, step_ = 0;
 };
 
@@ -584,11 +590,13 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
                              ("tempo-weights-" + std::to_string(::getpid()) + ".safetensors"))
                                 .string();
   tc.save = saved;
-  // Two key sets over the same training: real keys, and none (the
-  // insecure offload mode) for comparison.
+  // Three key sets over the same training: real keys, none (the insecure
+  // offload mode) for comparison, and real keys without the key shift
+  // (--no-key-shift, the hardening this measures).
   std::unique_ptr<Obfuscator> keyed = measurement_keys(cfg.seed, tc.offload.key_scale, false);
   std::unique_ptr<Obfuscator> none = measurement_keys(cfg.seed, tc.offload.key_scale, true);
-  Recorder rec({keyed.get(), none.get()}, cfg.steps - cfg.window, cfg.steps);
+  std::unique_ptr<Obfuscator> unshifted = measurement_keys(cfg.seed + 1, tc.offload.key_scale, false);
+  Recorder rec({keyed.get(), none.get(), unshifted.get()}, {true, true, false}, cfg.steps - cfg.window, cfg.steps);
   const TrainResult tr = train(tc, &rec);
   TEMPO_CHECK(tr.steps == cfg.steps, "weight recovery: training stopped after " + std::to_string(tr.steps) +
                                          " steps, " + std::to_string(cfg.steps) + " were asked for");
@@ -599,13 +607,14 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   rep.window = cfg.window;
   // What each layer's recovered weight is, in ciphertext order of the last
   // step (real keys).
-  std::map<int, std::vector<float>> recovered;
+  std::map<int, std::vector<float>> recovered, recovered_unshifted;
   for (size_t s = 0; s < rec.got.size(); ++s)
     for (auto& [id, steps] : rec.got[s]) {
       TEMPO_CHECK(static_cast<int64_t>(steps.size()) == cfg.window, "weight recovery: a step was not recorded");
       std::vector<float> est;
-      (s == 0 ? rep.layers : rep.offload_layers).push_back(attack_layer(steps, est));
+      (s == 0 ? rep.layers : s == 1 ? rep.offload_layers : rep.unshifted_layers).push_back(attack_layer(steps, est));
       if (s == 0) recovered[id] = std::move(est);
+      if (s == 2) recovered_unshifted[id] = std::move(est);
     }
 
   // Assembled models, evaluated on the test split.
@@ -625,12 +634,12 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   };
   Rng coin(cfg.seed ^ 0x5e1f);
   enum class Put { kTrue, kPlacedOwnSigns, kPlacedBestSigns, kPlacedRandomSigns, kOwnOrder };
-  auto assemble_and_score = [&](Put how, const std::string& name) {
-    for (auto& [id, steps] : rec.got[0]) {
+  auto assemble_and_score = [&](Put how, const std::string& name, size_t set = 0) {
+    for (auto& [id, steps] : rec.got[set]) {
       const Record& last = steps.back();
       Tensor& w = weight_of(id);
       TEMPO_CHECK(w.numel() == last.n * last.k, "weight recovery: layer " + last.name + " changed shape");
-      const std::vector<float>& est = recovered.at(id);
+      const std::vector<float>& est = (set == 2 ? recovered_unshifted : recovered).at(id);
       const int64_t k = last.k;
       if (how == Put::kTrue) {
         std::copy(last.w.begin(), last.w.end(), w.data());
@@ -666,6 +675,7 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   assemble_and_score(Put::kPlacedBestSigns, "recovered, true placement, best unit signs");
   assemble_and_score(Put::kPlacedRandomSigns, "recovered, true placement, random unit signs");
   assemble_and_score(Put::kOwnOrder, "recovered, the attacker's own order and signs");
+  assemble_and_score(Put::kPlacedOwnSigns, "--no-key-shift: recovered, true placement, the attacker's unit signs", 2);
   return rep;
 }
 

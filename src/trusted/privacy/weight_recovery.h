@@ -113,6 +113,7 @@ struct WeightRecoveryReport {
   int64_t steps = 0, window = 0;
   std::vector<LayerRecovery> layers;          // real keys
   std::vector<LayerRecovery> offload_layers;  // the same attack without keys (offload mode)
+  std::vector<LayerRecovery> unshifted_layers;  // real keys, --no-key-shift
   std::vector<ModelRecovery> models;  // test accuracy of assembled models
   double chance = 0;
 };
