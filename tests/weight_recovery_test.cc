@@ -120,7 +120,8 @@ TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
   const WeightRecoveryReport r = measure_weight_recovery(c);
   ASSERT_EQ(r.layers.size(), 2u);  // cnn offloads its second convolution and first linear layer
   ASSERT_EQ(r.offload_layers.size(), 2u);
-  ASSERT_EQ(r.models.size(), 5u);
+  ASSERT_EQ(r.unshifted_layers.size(), 2u);
+  ASSERT_EQ(r.models.size(), 6u);
   for (const auto* set : {&r.offload_layers, &r.layers})
     for (const auto& L : *set) {
       const bool identity = set == &r.offload_layers;
@@ -153,6 +154,16 @@ TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
       EXPECT_GE(L.units_right, 0.9) << L.layer;
     }
   for (const auto& m : r.models) std::printf("  %s: accuracy %.4f\n", m.name.c_str(), m.accuracy);
+  // Without the key shift the weight gradient's rows are no longer lined
+  // up with the worker's result: far fewer units get a correct sign.
+  for (size_t i = 0; i < 2; ++i) {
+    const LayerRecovery& shifted = r.layers[i];
+    const LayerRecovery& fresh = r.unshifted_layers[i];
+    std::printf("--no-key-shift %s: units signed %.3f (right %.3f), entry signs %.3f, cols chained %.3f\n",
+                fresh.layer.c_str(), fresh.units_signed, fresh.units_right, fresh.sign_agreement, fresh.cols_chained);
+    EXPECT_LT(fresh.units_signed * fresh.units_right, 0.5 * shifted.units_signed * shifted.units_right) << fresh.layer;
+    EXPECT_GE(fresh.cols_chained, 0.95) << fresh.layer << ": the forward ciphertexts are the same as with the shift";
+  }
 }
 
 }  // namespace
