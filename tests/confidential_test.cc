@@ -445,24 +445,33 @@ int64_t steps_logged(const std::string& metrics) {
 
 // kill -9 at a random step, then --resume: bitwise the weights of a run
 // that was never interrupted (2 epochs of 50 steps, stopping at step 60).
-void kill_and_resume(const ResumeCase& rc) {
+// With SIGINT (Ctrl-C) the run finishes its step, seals a checkpoint of it
+// (the interval is never reached), and exits 130.
+void kill_and_resume(const ResumeCase& rc, int sig = SIGKILL) {
   TempDir d("resume");
   ASSERT_EQ(run(train_args(d, rc, d / "full.safetensors", {}), d / "full.log"), 0) << testutil::read_text(d / "full.log");
   std::random_device rd;
   const int64_t kill_at = 4 + static_cast<int64_t>(rd() % 50);
-  std::printf("%s: kill -9 after step %lld\n", rc.mode.c_str(), static_cast<long long>(kill_at));
+  std::printf("%s: signal %d after step %lld\n", rc.mode.c_str(), sig, static_cast<long long>(kill_at));
   const std::string metrics = d / "m.jsonl";
+  const std::string every = sig == SIGKILL ? "3" : "1000";
   const pid_t pid = testutil::spawn(
-      train_args(d, rc, d / "res.safetensors", {"--checkpoint-every", "3", "--metrics", metrics}), d / "part.log");
+      train_args(d, rc, d / "res.safetensors", {"--checkpoint-every", every, "--metrics", metrics}), d / "part.log");
   const auto end = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   while (steps_logged(metrics) < kill_at && std::chrono::steady_clock::now() < end &&
          waitpid(pid, nullptr, WNOHANG) == 0)
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  kill(pid, SIGKILL);
-  EXPECT_EQ(testutil::wait_exit(pid, 30), 128 + SIGKILL) << "the run ended before the kill";
-  EXPECT_FALSE(fs::exists(d / "res.safetensors"));
+  kill(pid, sig);
+  if (sig == SIGKILL) {
+    EXPECT_EQ(testutil::wait_exit(pid, 30), 128 + SIGKILL) << "the run ended before the kill";
+    EXPECT_FALSE(fs::exists(d / "res.safetensors"));
+  } else {
+    EXPECT_EQ(testutil::wait_exit(pid, 60), 130) << testutil::read_text(d / "part.log");
+    EXPECT_NE(testutil::read_text(d / "part.log").find("continue with --resume"), std::string::npos)
+        << testutil::read_text(d / "part.log");
+  }
   ASSERT_EQ(run(train_args(d, rc, d / "res.safetensors",
-                           {"--checkpoint-every", "3", "--metrics", metrics, "--resume", d / "ck.tenc"}),
+                           {"--checkpoint-every", every, "--metrics", metrics, "--resume", d / "ck.tenc"}),
                 d / "resume.log"),
             0)
       << testutil::read_text(d / "resume.log");
@@ -477,6 +486,8 @@ void kill_and_resume(const ResumeCase& rc) {
 }
 
 TEST(Checkpoint, KillAndResumeIsBitwiseTeeOnly) { kill_and_resume({"tee-only", {}}); }
+
+TEST(Checkpoint, CtrlCSealsTheStepAndResumesBitwise) { kill_and_resume({"tee-only", {}}, SIGINT); }
 
 TEST(Checkpoint, KillAndResumeIsBitwiseTempo) {
   // The uninterrupted reference must draw the same keys: a fixed (insecure)
