@@ -206,8 +206,11 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
 
   auto model = prepare_model(cfg);
   auto optim = make_optimizer(cfg.optim, model->parameters());
-  const nlohmann::json config = run_config(cfg);
   const bool sealed = cfg.checkpoint_every > 0 || !cfg.resume.empty();
+  const std::string encrypted = encrypted_data_path(cfg.data);
+  // The measured configuration (hashes --init and reads headers): only what
+  // a report or a checkpoint needs.
+  const nlohmann::json config = sealed || !encrypted.empty() ? run_config(cfg) : nlohmann::json::object();
   const SymKey seal_key = sealed ? sealing_key(cfg.sealing_key, cfg.resume.empty()) : SymKey{};
   RunState st;
   const bool resumed = !cfg.resume.empty();
@@ -223,7 +226,6 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   }
   st.threads = num_threads();
 
-  const std::string encrypted = encrypted_data_path(cfg.data);
   TEMPO_CHECK(encrypted.empty() || !cfg.owner_key.empty(),
               "--data " + cfg.data + " is encrypted: pass the owner's public key (--owner-key FILE) so that the "
               "owner's key release can be checked and the model encrypted to the owner");
