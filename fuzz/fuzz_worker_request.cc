@@ -2,7 +2,8 @@
 // as a hostile client could send them (each a protobuf message, the way gRPC
 // hands them to the service), applied in order to one WorkerNode session.
 // Kind 5 feeds the bytes instead to the master's decoder of worker replies
-// (decode_chunk), which a hostile worker controls.
+// (decode_chunk), which a hostile worker controls. Kind 6 records form a Run
+// call, each message through the worker's raw decoder (decode_run_part).
 // Format: repeated [kind: 1 byte][length: 2 bytes LE][message bytes]; a Put
 // is a run of consecutive kind-1 records. Any crash, sanitizer report, leak,
 // or exception other than WorkerError is a finding.
@@ -84,7 +85,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   while (in.next(kind, msg, len)) {
     try {
       WorkerNode::Use s = node.session(id);
-      switch (kind % 7) {
+      switch (kind % 8) {
         case 0: {
           wire::HelloRequest r;
           if (r.ParseFromArray(msg, static_cast<int>(len))) node.goodbye(node.hello(r, "fuzz").session());
@@ -122,6 +123,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           const char* b = reinterpret_cast<const char*>(msg);
           decode_chunk({std::string_view(b, cut), std::string_view(b + cut, len - cut)}, rx, 1 << 16);
           if (rx.complete()) rx.take();
+          break;
+        }
+        case 6: {  // a Run: this record and the kind-6 records after it, as the worker decodes them
+          bool first = true;
+          Matrix z = node.run(*s, [&](WorkerNode::RunStep& step, TensorReceiver& rx, size_t room) {
+            if (!first && (!in.peek_kind(6) || !in.next(kind, msg, len))) return false;
+            first = false;
+            const size_t cut = len ? msg[0] % (len + 1) : 0;
+            const char* b = reinterpret_cast<const char*>(msg);
+            step.part = static_cast<wire::RunPart::PartCase>(decode_run_part(
+                {std::string_view(b, cut), std::string_view(b + cut, len - cut)}, rx, room, step.before, step.compute));
+            return true;
+          });
           break;
         }
         default: node.health(); break;

@@ -86,7 +86,10 @@ def worker_requests():
         "split_put": split + record(2, compute(2, 3, 3)),
         "conv": conv_x + conv_w + record(2, compute(4, 4, 5, geometry)),
         "mismatch": put1 + record(2, compute(2, 1, 1)) + record(2, compute(1, 1, 99)),
-        "hello": record(0, field(1, 1) + field(2, b"client")) + record(6, b""),
+        "hello": record(0, field(1, 1) + field(2, b"client")) + record(7, b""),
+        "run": record(6, field(1, field(1, 1) + field(2, 9))) + record(6, field(2, chunk(1, 2, 3, [1] * 6))) +
+               record(6, field(2, chunk(2, 4, 3, [0.5] * 12))) + record(6, field(3, compute(1, 1, 2))) +
+               record(6, field(3, compute(3, 1, 1))),
         "reply": record(5, chunk(0, 2, 2, [1, 2, 3, 4])) + record(5, field(5, b"\0" * 8)),
     }
 

@@ -329,6 +329,19 @@ class Client {
       if (out) out->push_back(c);
     return r->Finish();
   }
+  // One Run call with the given messages.
+  grpc::Status run(const std::vector<wire::RunPart>& parts, std::vector<wire::TensorChunk>* out = nullptr) {
+    grpc::ClientContext ctx;
+    prepare(ctx);
+    auto rw = stub_->Run(&ctx);
+    for (const auto& p : parts)
+      if (!rw->Write(p)) break;
+    rw->WritesDone();
+    wire::TensorChunk c;
+    while (rw->Read(&c))
+      if (out) out->push_back(c);
+    return rw->Finish();
+  }
   grpc::Status hello_status() const { return status_; }
   std::unique_ptr<wire::Worker::Stub> stub_;
 
@@ -432,6 +445,86 @@ TEST(RemoteHostile, BadRequestsGetErrorsAndTheWorkerStaysUp) {
   z = decode_inline(out[0], 1 << 20);
   EXPECT_EQ(z.cols(), 2);
   EXPECT_FLOAT_EQ(z.data()[0], 8.0f);
+  EXPECT_TRUE(w.alive());
+}
+
+std::vector<wire::RunPart> put_parts(uint64_t h, int64_t rows, int64_t cols, float v) {
+  Matrix m(rows, cols);
+  std::fill(m.data(), m.data() + m.size(), v);
+  std::vector<wire::RunPart> parts;
+  wire::TensorChunk scratch;
+  encode_chunks(m, h, scratch, [&](const wire::TensorChunk& c) {
+    *parts.emplace_back().mutable_chunk() = c;
+    return true;
+  });
+  return parts;
+}
+
+wire::RunPart compute_part(const wire::ComputeRequest& req) {
+  wire::RunPart p;
+  *p.mutable_compute() = req;
+  return p;
+}
+
+template <class... V>
+std::vector<wire::RunPart> concat(V... v) {
+  std::vector<wire::RunPart> out;
+  (out.insert(out.end(), v.begin(), v.end()), ...);
+  return out;
+}
+
+// The master's one-call path (Run): operands and housekeeping travel with
+// the computation; every malformed sequence gets an error and leaves the
+// worker serving.
+TEST(RemoteHostile, BadRunsGetErrorsAndGoodOnesWork) {
+  TempDir d("remote_run");
+  WorkerProcess w(d.path(), "w", {"--quota-mib", "64"});
+  Client c(w.address());
+  ASSERT_TRUE(c.hello_status().ok()) << c.hello_status().error_message();
+  auto expect_error = [](const grpc::Status& s, const std::string& what) {
+    EXPECT_FALSE(s.ok()) << what;
+    EXPECT_FALSE(s.error_message().empty()) << what;
+    std::printf("%-34s -> %s\n", what.c_str(), s.error_message().c_str());
+  };
+  wire::RunPart end;
+  end.mutable_before()->set_end_step(true);
+  const auto a = put_parts(1, 300, 1000, 1.0f);  // 1.1 MiB: four chunks
+  ASSERT_EQ(a.size(), 4u);
+  expect_error(c.run({}), "empty run");
+  expect_error(c.run({wire::RunPart()}), "message with no part");
+  expect_error(c.run(a), "operands without a computation");
+  expect_error(c.run(concat(a, std::vector<wire::RunPart>{end, compute_part(product(1, 1))})),
+               "housekeeping after operands");
+  expect_error(c.run(concat(std::vector<wire::RunPart>(a.begin(), a.begin() + 2),
+                            std::vector<wire::RunPart>{compute_part(product(1, 1))})),
+               "computation before its operand ends");
+  expect_error(c.run(concat(put_parts(2, 4096, 8192, 1.0f), std::vector<wire::RunPart>{compute_part(product(2, 2))})),
+               "operand beyond the quota");
+  expect_error(c.run({compute_part(product(7, 8))}), "unknown handles");
+  // A good run: drop the last step, store two operands, multiply them.
+  std::vector<wire::TensorChunk> out;
+  ASSERT_TRUE(c.run(concat(std::vector<wire::RunPart>{end}, a, put_parts(3, 2, 1000, 2.0f),
+                           std::vector<wire::RunPart>{compute_part(product(1, 3))}),
+                    &out)
+                  .ok());
+  TensorReceiver rx;
+  for (const auto& ch : out) {
+    if (!rx.started()) rx.begin(ch, 1 << 20);
+    else rx.append(ch);
+  }
+  Matrix z = rx.take();
+  ASSERT_EQ(z.rows(), 300);
+  ASSERT_EQ(z.cols(), 2);
+  EXPECT_FLOAT_EQ(z.data()[0], 2000.0f);
+  EXPECT_FLOAT_EQ(z.data()[599], 2000.0f);
+  // The operands stay stored for the next call; released ones do not.
+  out.clear();
+  ASSERT_TRUE(c.run({compute_part(product(3, 3))}, &out).ok());
+  EXPECT_FLOAT_EQ(decode_inline(out[0], 1 << 20).data()[0], 4000.0f);
+  wire::RunPart rel;
+  rel.mutable_before()->add_release(3);
+  expect_error(c.run({rel, compute_part(product(3, 3))}), "released handle");
+  expect_error(c.run({end, compute_part(product(1, 1))}), "handle of an ended step");
   EXPECT_TRUE(w.alive());
 }
 

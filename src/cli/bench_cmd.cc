@@ -289,6 +289,21 @@ Rates transfer_rates(WorkerApi& w, Obfuscator& obf, int mib) {
   return {bytes / median(up) / 1e9, bytes / median(down) / 1e9};
 }
 
+// The latency floor: one call with a 4 KiB operand and a 4-byte result.
+double round_trip_us(WorkerApi& w, Obfuscator& obf) {
+  std::vector<float> ones(1024, 1.0f);
+  const CipherMatrix a = obf.encrypt_x(obf.draw_triple(1, 1024, 1), ones.data(), 1, 1024);
+  std::vector<double> t;
+  for (int r = 0; r < 200; ++r) {
+    const auto t0 = std::chrono::steady_clock::now();
+    w.put(1, a);
+    Matrix z = w.product(ProductOp::kNT, 1, 1).get();
+    t.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    w.end_step();
+  }
+  return median(t) * 1e6;
+}
+
 // Loopback throughput of tensors to a worker process and back.
 int run_transfer(const BenchConfig& cfg) {
   set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
@@ -297,6 +312,7 @@ int run_transfer(const BenchConfig& cfg) {
   Obfuscator obf(random_secret(), 4.0);
   const double bw = memory_bandwidth_gbs();
   std::printf("loopback to one worker process; this process's memory copy bandwidth %.1f GB/s\n", bw);
+  std::printf("round trip of a 4 KiB product (median of 200): %.0f us\n", round_trip_us(*workers[0], obf));
   std::printf("%10s %14s %14s %14s %14s\n", "MiB", "upload GB/s", "download GB/s", "upload/copy", "download/copy");
   for (int mib : {1, 4, 16, 64, 256}) {
     const Rates r = transfer_rates(*workers[0], obf, mib);

@@ -22,12 +22,10 @@ namespace {
 
 void release_owner(void* owner) { delete static_cast<std::shared_ptr<const tempo::Matrix>*>(owner); }
 
-}  // namespace
-
-Status SerializationTraits<tempo::OutChunk, void>::Serialize(const tempo::OutChunk& c, ByteBuffer* bb,
-                                                            bool* own_buffer) {
+// The chunk's header (after `prefix`) and its data, in place.
+void serialize_chunk(const tempo::OutChunk& c, const std::string& prefix, ByteBuffer* bb) {
   const tempo::Matrix& m = *c.owner;
-  const std::string header = tempo::encode_chunk_header(c.handle, m.rows(), m.cols(), c.first, c.bytes);
+  const std::string header = prefix + tempo::encode_chunk_header(c.handle, m.rows(), m.cols(), c.first, c.bytes);
   Slice parts[2] = {Slice(header), Slice()};
   size_t n = 1;
   if (c.bytes) {
@@ -37,11 +35,43 @@ Status SerializationTraits<tempo::OutChunk, void>::Serialize(const tempo::OutChu
   }
   ByteBuffer out(parts, n);
   bb->Swap(&out);
+}
+
+}  // namespace
+
+Status SerializationTraits<tempo::OutChunk, void>::Serialize(const tempo::OutChunk& c, ByteBuffer* bb,
+                                                            bool* own_buffer) {
+  serialize_chunk(c, std::string(), bb);
   *own_buffer = true;
   return Status::OK;
 }
 
-Status SerializationTraits<tempo::InChunk, void>::Deserialize(ByteBuffer* bb, tempo::InChunk* c) {
+Status SerializationTraits<tempo::OutRunPart, void>::Serialize(const tempo::OutRunPart& p, ByteBuffer* bb,
+                                                              bool* own_buffer) {
+  *own_buffer = true;
+  if (!p.serialized.empty()) {
+    Slice s(p.serialized);
+    ByteBuffer out(&s, 1);
+    bb->Swap(&out);
+    return Status::OK;
+  }
+  // RunPart field 2 (chunk), length-delimited: the chunk's own length is
+  // its header plus its data.
+  const tempo::OutChunk& c = p.chunk;
+  const size_t chunk_len =
+      tempo::encode_chunk_header(c.handle, c.owner->rows(), c.owner->cols(), c.first, c.bytes).size() + c.bytes;
+  std::string prefix;
+  tempo::put_varint(prefix, (2 << 3) | 2);
+  tempo::put_varint(prefix, chunk_len);
+  serialize_chunk(c, prefix, bb);
+  return Status::OK;
+}
+
+namespace {
+
+// Hands the buffer's bytes to decode as pieces; an exception becomes *error.
+template <class F>
+Status decode_buffer(ByteBuffer* bb, std::string* error, F&& decode) {
   std::vector<Slice> slices;
   Status st = bb->Dump(&slices);
   bb->Clear();
@@ -50,12 +80,24 @@ Status SerializationTraits<tempo::InChunk, void>::Deserialize(ByteBuffer* bb, te
   pieces.reserve(slices.size());
   for (const Slice& s : slices) pieces.emplace_back(reinterpret_cast<const char*>(s.begin()), s.size());
   try {
-    tempo::decode_chunk(pieces, *c->rx, c->max_bytes);
+    decode(pieces);
   } catch (const std::exception& e) {
-    c->error = e.what();
-    return Status(StatusCode::INTERNAL, c->error);
+    *error = e.what();
+    return Status(StatusCode::INTERNAL, *error);
   }
   return Status::OK;
+}
+
+}  // namespace
+
+Status SerializationTraits<tempo::InChunk, void>::Deserialize(ByteBuffer* bb, tempo::InChunk* c) {
+  return decode_buffer(bb, &c->error, [&](const auto& pieces) { tempo::decode_chunk(pieces, *c->rx, c->max_bytes); });
+}
+
+Status SerializationTraits<tempo::InRunPart, void>::Deserialize(ByteBuffer* bb, tempo::InRunPart* p) {
+  return decode_buffer(bb, &p->error, [&](const auto& pieces) {
+    p->part = tempo::decode_run_part(pieces, *p->rx, p->max_bytes, *p->before, *p->compute);
+  });
 }
 
 }  // namespace grpc

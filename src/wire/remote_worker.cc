@@ -2,6 +2,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include <algorithm>
 #include <condition_variable>
 #include <deque>
 #include <fstream>
@@ -37,6 +38,13 @@ wire::ComputeRequest::Op wire_op(ConvOp op) {
 }
 
 class RemoteWorker final : public WorkerApi {
+  // What the next Run carries before its computation.
+  struct Pending {
+    bool end_step = false;
+    std::vector<Handle> release;
+    std::vector<std::pair<Handle, std::shared_ptr<const Matrix>>> puts;
+  };
+
  public:
   RemoteWorker(const std::string& address, const RemoteOptions& opts) : address_(address), opts_(opts) {
     if (opts_.token.empty() && !opts_.token_file.empty()) opts_.token = read_secret_file(opts_.token_file, "token");
@@ -62,10 +70,8 @@ class RemoteWorker final : public WorkerApi {
     args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 2000);
     channel_ = grpc::CreateCustomChannel(address, creds, args);
     stub_ = wire::Worker::NewStub(channel_);
-    put_method_ = std::make_unique<grpc::internal::RpcMethod>("/tempo.wire.Worker/Put",
-                                                              grpc::internal::RpcMethod::CLIENT_STREAMING, channel_);
-    compute_method_ = std::make_unique<grpc::internal::RpcMethod>(
-        "/tempo.wire.Worker/Compute", grpc::internal::RpcMethod::SERVER_STREAMING, channel_);
+    run_method_ = std::make_unique<grpc::internal::RpcMethod>("/tempo.wire.Worker/Run",
+                                                              grpc::internal::RpcMethod::BIDI_STREAMING, channel_);
     std::string err = open_session(opts.connect_timeout_s, true);
     if (!err.empty())
       throw Error("cannot use worker " + address + ": " + err +
@@ -91,13 +97,12 @@ class RemoteWorker final : public WorkerApi {
   std::string name() const override { return address_; }
   const std::string& info() const { return info_; }
 
+  // Kept until the next product, which carries it in the same call.
   void put(Handle h, const CipherMatrix& m) override {
     std::shared_ptr<const Matrix> data = m.shared();
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      shapes_[h] = {data->rows(), data->cols()};
-    }
-    enqueue([this, h, data] { do_put(h, data); });
+    std::lock_guard<std::mutex> lock(mu_);
+    shapes_[h] = {data->rows(), data->cols()};
+    pending_.puts.emplace_back(h, std::move(data));
   }
 
   std::future<Matrix> product(ProductOp op, Handle x, Handle y) override {
@@ -141,29 +146,22 @@ class RemoteWorker final : public WorkerApi {
     }
   }
 
+  // Releases and the end of a step travel with the next product's call
+  // (the worker then drops the tensors before it stores new ones).
   void release(Handle h) override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      shapes_.erase(h);
-    }
-    enqueue([this, h] {
-      wire::ReleaseRequest req;
-      req.add_handles(h);
-      wire::Empty out;
-      call([&](grpc::ClientContext& ctx) { return stub_->Release(&ctx, req, &out); }, 0);
-    });
+    std::lock_guard<std::mutex> lock(mu_);
+    shapes_.erase(h);
+    auto& puts = pending_.puts;
+    auto it = std::find_if(puts.begin(), puts.end(), [h](const auto& p) { return p.first == h; });
+    if (it != puts.end()) puts.erase(it);
+    else pending_.release.push_back(h);
   }
 
   void end_step() override {
-    {
-      std::lock_guard<std::mutex> lock(mu_);
-      shapes_.clear();
-    }
-    enqueue([this] {
-      failed_.clear();  // a failed put poisons only its own step
-      wire::Empty in, out;
-      call([&](grpc::ClientContext& ctx) { return stub_->EndStep(&ctx, in, &out); }, 0);
-    });
+    std::lock_guard<std::mutex> lock(mu_);
+    shapes_.clear();
+    pending_ = Pending{};
+    pending_.end_step = true;
   }
 
  private:
@@ -228,67 +226,71 @@ class RemoteWorker final : public WorkerApi {
     if (!st.ok()) throw WorkerError("worker " + address_ + ": " + describe(st));
   }
 
-  // Streams m in chunks that point into its buffer (no copy on this side).
-  void do_put(Handle h, const std::shared_ptr<const Matrix>& m) {
-    const size_t bytes = static_cast<size_t>(m->size()) * sizeof(float);
-    try {
-      if (!failed_.empty()) return;
-      call([&](grpc::ClientContext& ctx) {
-        wire::PutReply rep;
-        std::unique_ptr<grpc::ClientWriter<OutChunk>> writer(
-            grpc::internal::ClientWriterFactory<OutChunk>::Create(channel_.get(), *put_method_, &ctx, &rep));
-        OutChunk c;
-        c.owner = m;
-        c.handle = h;
-        const size_t step = chunk_bytes_for(bytes);
-        size_t off = 0;
-        do {
-          c.first = off == 0;
-          c.offset = off;
-          c.bytes = std::min(step, bytes - off);
-          off += c.bytes;
-          if (!writer->Write(c)) break;
-        } while (off < bytes);
-        writer->WritesDone();
-        return writer->Finish();
-      }, bytes);
-    } catch (const std::exception& e) {
-      failed_ = e.what();
-    }
-  }
-
-  // The result streams straight into its matrix; its shape must be the one
-  // asked for, and a chunk that does not parse ends the call.
+  // One Run call: the housekeeping and operands queued since the last
+  // product, then the computation. Operand chunks point into the
+  // ciphertexts (no copy on this side); the result streams straight into its
+  // matrix, whose shape must be the one asked for.
   std::future<Matrix> compute(wire::ComputeRequest req, int64_t rows, int64_t cols) {
-    auto task = std::make_shared<std::packaged_task<Matrix()>>([this, req = std::move(req), rows, cols] {
-      if (!failed_.empty()) throw WorkerError(failed_);
-      const size_t bytes = static_cast<size_t>(rows * cols) * sizeof(float);
-      TensorReceiver rx;
-      InChunk in;
-      in.rx = &rx;
-      in.max_bytes = bytes;
-      call([&](grpc::ClientContext& ctx) {
-        std::unique_ptr<grpc::ClientReader<InChunk>> reader(
-            grpc::internal::ClientReaderFactory<InChunk>::Create(channel_.get(), *compute_method_, &ctx, req));
-        bool checked = false;
-        while (reader->Read(&in)) {
-          if (!checked && (rx.handle() != 0 || rx.rows() != rows || rx.cols() != cols)) {
-            in.error = "result has shape " + std::to_string(rx.rows()) + "x" + std::to_string(rx.cols()) +
-                       ", expected " + std::to_string(rows) + "x" + std::to_string(cols);
-            ctx.TryCancel();
-            break;
-          }
-          checked = true;
-        }
-        grpc::Status st = reader->Finish();
-        if (!in.error.empty()) throw WorkerError("worker " + address_ + ": malformed result: " + in.error);
-        return st;
-      }, bytes);
-      return rx.take();
-    });
+    Pending sent;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      std::swap(sent, pending_);
+    }
+    auto task = std::make_shared<std::packaged_task<Matrix()>>(
+        [this, req = std::move(req), sent = std::move(sent), rows, cols] {
+          const size_t out_bytes = static_cast<size_t>(rows * cols) * sizeof(float);
+          size_t in_bytes = 0;
+          for (const auto& p : sent.puts) in_bytes += static_cast<size_t>(p.second->size()) * sizeof(float);
+          TensorReceiver rx;
+          InChunk in;
+          in.rx = &rx;
+          in.max_bytes = out_bytes;
+          call([&](grpc::ClientContext& ctx) {
+            std::unique_ptr<grpc::ClientReaderWriter<OutRunPart, InChunk>> stream(
+                grpc::internal::ClientReaderWriterFactory<OutRunPart, InChunk>::Create(channel_.get(), *run_method_,
+                                                                                       &ctx));
+            if (write_run(*stream, sent, req)) {
+              bool checked = false;
+              while (stream->Read(&in)) {
+                if (!checked && (rx.handle() != 0 || rx.rows() != rows || rx.cols() != cols)) {
+                  in.error = "result has shape " + std::to_string(rx.rows()) + "x" + std::to_string(rx.cols()) +
+                             ", expected " + std::to_string(rows) + "x" + std::to_string(cols);
+                  ctx.TryCancel();
+                  break;
+                }
+                checked = true;
+              }
+            }
+            grpc::Status st = stream->Finish();
+            if (!in.error.empty()) throw WorkerError("worker " + address_ + ": malformed result: " + in.error);
+            return st;
+          }, in_bytes + out_bytes);
+          return rx.take();
+        });
     std::future<Matrix> f = task->get_future();
     enqueue([task] { (*task)(); });
     return f;
+  }
+
+  // Writes a Run's request stream; false if the stream broke (Finish says why).
+  static bool write_run(grpc::ClientReaderWriter<OutRunPart, InChunk>& stream, const Pending& sent,
+                        const wire::ComputeRequest& req) {
+    OutRunPart part;
+    if (sent.end_step || !sent.release.empty()) {
+      wire::RunPart before;
+      before.mutable_before()->set_end_step(sent.end_step);
+      for (Handle h : sent.release) before.mutable_before()->add_release(h);
+      part.serialized = before.SerializeAsString();
+      if (!stream.Write(part)) return false;
+      part.serialized.clear();
+    }
+    for (const auto& [h, m] : sent.puts)
+      if (!write_chunks(m, h, part.chunk, [&](const OutChunk&) { return stream.Write(part); })) return false;
+    part.chunk = OutChunk{};
+    wire::RunPart last;
+    *last.mutable_compute() = req;
+    part.serialized = last.SerializeAsString();
+    return stream.Write(part) && stream.WritesDone();
   }
 
   static std::future<Matrix> failed(const std::string& why) {
@@ -327,9 +329,9 @@ class RemoteWorker final : public WorkerApi {
   RemoteOptions opts_;
   std::shared_ptr<grpc::Channel> channel_;
   std::unique_ptr<wire::Worker::Stub> stub_;
-  std::unique_ptr<grpc::internal::RpcMethod> put_method_, compute_method_;
+  std::unique_ptr<grpc::internal::RpcMethod> run_method_;
   std::string session_, info_;
-  std::string failed_;  // a put of this step failed (worker thread only)
+  Pending pending_;
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;

@@ -1,7 +1,8 @@
 // The master's side of the worker protocol: a WorkerApi that talks gRPC to a
-// `tempo worker` process. Calls run in order on one thread per worker, so the
-// master encrypts the next operand while the previous one is on the wire or
-// being multiplied. Every call has a deadline; a dead, hung or restarted
+// `tempo worker` process. Each product is one `Run` call that carries the
+// operands put since the last product (and any release or end of step).
+// Calls run in order on one thread per worker, so the master encrypts the
+// next operand while the previous call is on the wire or being multiplied. Every call has a deadline; a dead, hung or restarted
 // worker, or bytes that do not match what was asked for, surface as a
 // WorkerError from the result's future (the scheduler then re-encrypts the
 // product for another worker).

@@ -90,8 +90,6 @@ Matrix decode_inline(const wire::TensorChunk& t, size_t max_bytes) {
   return r.take();
 }
 
-namespace {
-
 void put_varint(std::string& out, uint64_t v) {
   while (v >= 0x80) {
     out.push_back(static_cast<char>((v & 0x7F) | 0x80));
@@ -100,11 +98,18 @@ void put_varint(std::string& out, uint64_t v) {
   out.push_back(static_cast<char>(v));
 }
 
+namespace {
+
 // Reads bytes across consecutive pieces.
 class PieceReader {
  public:
   explicit PieceReader(const std::vector<std::string_view>& p) : p_(p) { skip_empty(); }
   bool done() const { return i_ == p_.size(); }
+  uint64_t remaining() const {
+    uint64_t n = 0;
+    for (size_t i = i_; i < p_.size(); ++i) n += p_[i].size();
+    return n - off_;
+  }
   uint8_t byte() {
     if (done()) throw WorkerError("protocol error: truncated chunk");
     const uint8_t b = static_cast<uint8_t>(p_[i_][off_++]);
@@ -155,8 +160,10 @@ std::string encode_chunk_header(uint64_t handle, int64_t rows, int64_t cols, boo
   return h;
 }
 
-void decode_chunk(const std::vector<std::string_view>& pieces, TensorReceiver& rx, size_t max_bytes) {
-  PieceReader in(pieces);
+namespace {
+
+// The fields of one TensorChunk, to the end of `in`.
+void decode_chunk_fields(PieceReader& in, TensorReceiver& rx, size_t max_bytes) {
   uint64_t handle = 0;
   int64_t rows = 0, cols = 0;
   int dtype = 0;
@@ -190,6 +197,38 @@ void decode_chunk(const std::vector<std::string_view>& pieces, TensorReceiver& r
     }
   }
   if (!data_seen) header_done();
+}
+
+}  // namespace
+
+void decode_chunk(const std::vector<std::string_view>& pieces, TensorReceiver& rx, size_t max_bytes) {
+  PieceReader in(pieces);
+  decode_chunk_fields(in, rx, max_bytes);
+}
+
+int decode_run_part(const std::vector<std::string_view>& pieces, TensorReceiver& rx, size_t max_bytes,
+                    wire::Housekeeping& before, wire::ComputeRequest& compute) {
+  PieceReader in(pieces);
+  if (in.done()) throw WorkerError("protocol error: empty run message");
+  const uint64_t key = in.varint();
+  const int field = static_cast<int>(key >> 3);
+  if ((key & 7) != 2 || field < 1 || field > 3)
+    throw WorkerError("protocol error: unexpected field " + std::to_string(field) + " in a run message");
+  const uint64_t len = in.varint();
+  if (len != in.remaining())
+    throw WorkerError("protocol error: a run message must hold exactly one part (length " + std::to_string(len) +
+                      ", " + std::to_string(in.remaining()) + " bytes follow)");
+  if (field == 2) {
+    decode_chunk_fields(in, rx, max_bytes);
+    return field;
+  }
+  if (len > 2 * kMaxInlineBytes + 4096) throw WorkerError("protocol error: oversized run message");
+  std::string bytes;
+  bytes.reserve(static_cast<size_t>(len));
+  in.bytes(len, [&](const char* p, size_t n) { bytes.append(p, n); });
+  const bool ok = field == 1 ? before.ParseFromString(bytes) : compute.ParseFromString(bytes);
+  if (!ok) throw WorkerError(std::string("protocol error: malformed ") + (field == 1 ? "housekeeping" : "computation"));
+  return field;
 }
 
 }  // namespace tempo

@@ -17,7 +17,7 @@
 
 namespace tempo {
 
-constexpr uint32_t kWireProtocol = 1;
+constexpr uint32_t kWireProtocol = 2;
 constexpr size_t kChunkBytes = size_t{4} << 20;       // data per TensorChunk
 constexpr size_t kMaxMessageBytes = size_t{16} << 20;  // any one gRPC message
 constexpr size_t kMaxInlineBytes = size_t{4} << 20;    // an inline operand
@@ -64,6 +64,9 @@ class TensorReceiver {
 // One-message tensor (an inline operand).
 Matrix decode_inline(const wire::TensorChunk& t, size_t max_bytes);
 
+// Appends v as a protobuf varint.
+void put_varint(std::string& out, uint64_t v);
+
 // The TensorChunk wire format written and read without protobuf's copies:
 // the header fields (handle, rows, cols, dtype) and the length prefix of the
 // data, for a chunk whose data follows in place.
@@ -73,5 +76,11 @@ std::string encode_chunk_header(uint64_t handle, int64_t rows, int64_t cols, boo
 // later ones append. Throws WorkerError on malformed bytes. Fields must come
 // in field-number order, as every protobuf serializer writes them.
 void decode_chunk(const std::vector<std::string_view>& pieces, TensorReceiver& rx, size_t max_bytes);
+// The same for one serialized RunPart, which must hold exactly one part: a
+// chunk goes to rx as above; housekeeping or a computation is parsed into
+// `before` or `compute`. Returns the part's field number (1 before, 2 chunk,
+// 3 compute); WorkerError on malformed bytes.
+int decode_run_part(const std::vector<std::string_view>& pieces, TensorReceiver& rx, size_t max_bytes,
+                    wire::Housekeeping& before, wire::ComputeRequest& compute);
 
 }  // namespace tempo

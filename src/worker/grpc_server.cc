@@ -30,7 +30,13 @@ grpc::Status to_status(const std::exception& e) {
 
 class Service final : public wire::Worker::Service {
  public:
-  Service(WorkerNode& node, std::string token) : node_(node), token_(std::move(token)) {}
+  Service(WorkerNode& node, std::string token) : node_(node), token_(std::move(token)) {
+    // Run is method 4 in worker.proto's order; its handler uses raw_chunk.h's types.
+    MarkMethodStreamed(4, new grpc::internal::BidiStreamingHandler<Service, InRunPart, OutChunk>(
+                              [](Service* self, grpc::ServerContext* ctx,
+                                 grpc::ServerReaderWriter<OutChunk, InRunPart>* stream) { return self->run(ctx, stream); },
+                              this));
+  }
 
   grpc::Status Hello(grpc::ServerContext* ctx, const wire::HelloRequest* req, wire::HelloReply* out) override {
     return guarded(ctx, [&] { *out = node_.hello(*req, ctx->peer()); });
@@ -49,6 +55,27 @@ class Service final : public wire::Worker::Service {
       Matrix z = node_.compute(s, *req);
       wire::TensorChunk chunk;
       encode_chunks(z, 0, chunk, [&](const wire::TensorChunk& c) { return out->Write(c); });
+    });
+  }
+  // Run's operands and result skip protobuf's copies (raw_chunk.h).
+  grpc::Status run(grpc::ServerContext* ctx, grpc::ServerReaderWriter<OutChunk, InRunPart>* stream) {
+    return in_session(ctx, [&](WorkerNode::Session& s) {
+      InRunPart in;
+      Matrix z = node_.run(s, [&](WorkerNode::RunStep& step, TensorReceiver& rx, size_t room) {
+        in.rx = &rx;
+        in.max_bytes = room;
+        in.before = &step.before;
+        in.compute = &step.compute;
+        if (!stream->Read(&in)) {
+          if (!in.error.empty()) throw WorkerError(in.error);
+          return false;
+        }
+        step.part = static_cast<wire::RunPart::PartCase>(in.part);
+        return true;
+      });
+      OutChunk chunk;
+      write_chunks(std::make_shared<const Matrix>(std::move(z)), 0, chunk,
+                   [&](const OutChunk& c) { return stream->Write(c); });
     });
   }
   grpc::Status Release(grpc::ServerContext* ctx, const wire::ReleaseRequest* req, wire::Empty*) override {

@@ -147,26 +147,77 @@ size_t WorkerNode::sessions() const {
   return sessions_.size();
 }
 
-wire::PutReply WorkerNode::put(Session& s, const std::function<bool(wire::TensorChunk&)>& next) {
-  TensorReceiver rx;
-  wire::TensorChunk chunk;
-  while (next(chunk)) {
-    if (!rx.started()) {
-      // The room left in the quota bounds what the header may claim.
-      const size_t held = s.service.bytes_held(), quota = s.service.quota();
-      rx.begin(chunk, quota > held ? quota - held : 0);
-    } else {
-      rx.append(chunk);
-    }
-    s.last_used_ms = steady_ms();
-  }
+size_t WorkerNode::room(Session& s) {
+  const size_t held = s.service.bytes_held(), quota = s.service.quota();
+  return quota > held ? quota - held : 0;
+}
+
+void WorkerNode::receive(Session& s, TensorReceiver& rx, const wire::TensorChunk& chunk) {
+  if (!rx.started()) rx.begin(chunk, room(s));
+  else rx.append(chunk);
+  s.last_used_ms = steady_ms();
+}
+
+void WorkerNode::store(Session& s, TensorReceiver& rx) {
   const Handle h = rx.handle();
   auto m = std::make_shared<const Matrix>(rx.take());
   if (s.transcript) s.transcript->add(true, h, *m);
   s.service.put(h, std::move(m));
+}
+
+wire::PutReply WorkerNode::put(Session& s, const std::function<bool(wire::TensorChunk&)>& next) {
+  TensorReceiver rx;
+  wire::TensorChunk chunk;
+  while (next(chunk)) receive(s, rx, chunk);
+  store(s, rx);
   wire::PutReply r;
   r.set_bytes_held(s.service.bytes_held());
   return r;
+}
+
+Matrix WorkerNode::run(Session& s, const RunReader& next) {
+  RunStep step;
+  TensorReceiver rx;
+  for (bool first = true; next(step, rx, room(s)); first = false) {
+    s.last_used_ms = steady_ms();
+    switch (step.part) {
+      case wire::RunPart::kBefore:
+        if (!first) throw WorkerError("protocol error: housekeeping after the start of a run");
+        if (step.before.end_step()) s.service.end_step();
+        for (uint64_t h : step.before.release()) s.service.release(h);
+        break;
+      case wire::RunPart::kChunk:
+        if (rx.complete()) {
+          store(s, rx);
+          rx = TensorReceiver();
+        }
+        break;
+      case wire::RunPart::kCompute:
+        if (rx.started()) throw WorkerError("protocol error: computation before its operand is complete (truncated tensor)");
+        return compute(s, step.compute);
+      default:
+        throw WorkerError("protocol error: empty run message");
+    }
+  }
+  throw WorkerError("protocol error: run ended without a computation");
+}
+
+Matrix WorkerNode::run_parsed(Session& s, const std::function<bool(wire::RunPart&)>& next) {
+  wire::RunPart part;
+  return run(s, [&](RunStep& step, TensorReceiver& rx, size_t room) {
+    if (!next(part)) return false;
+    step.part = part.part_case();
+    switch (step.part) {
+      case wire::RunPart::kBefore: step.before = part.before(); break;
+      case wire::RunPart::kCompute: step.compute = part.compute(); break;
+      case wire::RunPart::kChunk:
+        if (!rx.started()) rx.begin(part.chunk(), room);
+        else rx.append(part.chunk());
+        break;
+      default: break;
+    }
+    return true;
+  });
 }
 
 Matrix WorkerNode::compute(Session& s, const wire::ComputeRequest& req) {

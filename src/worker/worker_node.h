@@ -84,6 +84,19 @@ class WorkerNode {
   wire::PutReply put(Session& s, const std::function<bool(wire::TensorChunk&)>& next);
   // Runs the request; one compute at a time on this node's device.
   Matrix compute(Session& s, const wire::ComputeRequest& req);
+  // A Run call. `next` decodes the call's next message (false: the stream
+  // ended): an operand chunk goes into rx (room: the largest tensor a new
+  // header may claim), and `step` says which part came. Returns the result
+  // of the computation, the last part.
+  struct RunStep {
+    wire::RunPart::PartCase part = wire::RunPart::PART_NOT_SET;
+    wire::Housekeeping before;
+    wire::ComputeRequest compute;
+  };
+  using RunReader = std::function<bool(RunStep& step, TensorReceiver& rx, size_t room)>;
+  Matrix run(Session& s, const RunReader& next);
+  // The same over parsed messages (tests and the fuzzer).
+  Matrix run_parsed(Session& s, const std::function<bool(wire::RunPart&)>& next);
   void release(Session& s, const wire::ReleaseRequest& req);
   void end_step(Session& s);
 
@@ -94,6 +107,11 @@ class WorkerNode {
 
  private:
   std::unique_ptr<ComputeBackend> make_backend(bool tf32);
+  // Starts or continues a tensor in rx (the quota's room bounds a header).
+  void receive(Session& s, TensorReceiver& rx, const wire::TensorChunk& chunk);
+  static size_t room(Session& s);
+  // Stores rx's complete tensor under its handle.
+  void store(Session& s, TensorReceiver& rx);
   wire::HelloReply info() const;
   void log(const std::string& line) const;
 
