@@ -124,6 +124,26 @@ TEST(MutualInformation, ObfuscationRemovesWhatOffloadShows) {
   }
 }
 
+// Along one run: the rows of each step are those of a run measured at that
+// step alone (same operands, same measurement keys for the first step).
+TEST(MutualInformation, AlongOneRunMatchesSingleSteps) {
+  testutil::TempDir d("mi_along");
+  TrainConfig c = testutil::small_cnn_run("", d / "init.safetensors", 4);
+  const auto along = measure_mutual_information(c, std::vector<int64_t>{2, 4}, 800, 9);
+  const auto first = measure_mutual_information(c, 2, 800, 9);
+  ASSERT_EQ(along.size(), 2 * first.size());
+  for (size_t i = 0; i < first.size(); ++i) {
+    EXPECT_EQ(along[i].step, 2);
+    EXPECT_EQ(along[first.size() + i].step, 4);
+    EXPECT_EQ(along[first.size() + i].layer, first[i].layer);
+    EXPECT_EQ(along[first.size() + i].operand, first[i].operand);
+    EXPECT_DOUBLE_EQ(along[i].position_aligned, first[i].position_aligned);
+    EXPECT_DOUBLE_EQ(along[i].key_aligned, first[i].key_aligned);
+    EXPECT_LT(along[first.size() + i].position_aligned, 0.2);
+  }
+  EXPECT_THROW(measure_mutual_information(c, std::vector<int64_t>{4, 2}, 800, 9), Error);
+}
+
 }  // namespace
 }  // namespace tempo
 

@@ -58,6 +58,7 @@ struct PrivacyConfig {
   std::string table;
   std::vector<int64_t> budgets = {100, 300, 1000, 3000, 10000};  // stealing: queries per substitute
   std::string substitute;  // stealing: the attacker's model ("": the victim's)
+  std::vector<int64_t> at_steps;  // mi: measure along one run at these steps instead
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
 int run_privacy(const PrivacyConfig& cfg);

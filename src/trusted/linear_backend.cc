@@ -22,6 +22,13 @@ void LinearBackend::backward_input_col2im(const Product& p, const float* dc, con
   col2im(g, dcols_scratch_.data(), dx);
 }
 
+void LinearBackend::backward(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g,
+                             float* dx) {
+  backward_weight(p, dc, dw);
+  if (g) backward_input_col2im(p, dc, *g, dx);
+  else if (da) backward_input(p, dc, da);
+}
+
 void LinearBackend::conv_forward(const ConvProduct& p, float* y) {
   conv2d_forward(p.g, p.x, p.w, y, conv_scratch_);
 }

@@ -54,6 +54,12 @@ class LinearBackend {
   // col2im(dc·w), the input gradient as an image. By default backward_input
   // into a scratch matrix, then col2im; backends may fuse the two.
   virtual void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx);
+  // Both backward products as a layer needs them: dw = dcᵀ·a, then the input
+  // gradient into da, or with g as an image into dx (col2im); no input
+  // gradient when da and g are null. By default one after the other; an
+  // offloading backend overlaps them.
+  virtual void backward(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g = nullptr,
+                        float* dx = nullptr);
   // Channel-mode convolutions; by default computed here (im2col + sgemm).
   virtual void conv_forward(const ConvProduct& p, float* y);
   virtual void conv_backward_input(const ConvProduct& p, const float* dy, float* dx);

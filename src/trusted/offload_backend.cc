@@ -33,6 +33,11 @@ std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t m, size_t parts) {
   return out;
 }
 
+// Column split (tensor parallel) when it sends fewer bytes: a row split
+// sends m·k + P·n·k floats (W' to every worker), a column split P·m·k + n·k
+// (A' to every worker). A function of the shape and worker count only.
+bool split_by_cols(int64_t m, int64_t n, size_t parts) { return parts > 1 && n > m; }
+
 const char* kind_name(int k) {
   static const char* names[] = {"forward", "input gradient", "weight gradient"};
   return names[k];
@@ -107,9 +112,11 @@ bool OffloadBackend::sample_verify() {
 
 bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector<size_t>& ws, Held& h) {
   const int64_t m = p.m, k = p.k, n = p.n;
-  auto shares = split_rows(m, ws.size());
-  std::vector<CipherMatrix> as;
+  h.by_cols = split_by_cols(m, n, ws.size());
+  stats_.column_splits += h.by_cols;
+  auto shares = split_rows(h.by_cols ? n : m, ws.size());
   h.chunks.clear();
+  h.kept.clear();
   h.valid = false;
   {
     PhaseTimer t(phases_.encrypt);
@@ -117,17 +124,23 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   }
   std::vector<std::future<Matrix>> futs;
   {
-    CipherMatrix wc = [&] {
+    // Row split: W' whole to every worker, A' by rows. Column split: A'
+    // whole, W' by rows (the columns of C).
+    CipherMatrix whole = [&] {
       PhaseTimer t(phases_.encrypt);
-      return obf_->encrypt_yt(h.fwd, p.w, n, k);
+      return h.by_cols ? obf_->encrypt_x(h.fwd, p.a, m, k) : obf_->encrypt_yt(h.fwd, p.w, n, k);
     }();
+    if (h.by_cols) h.kept.push_back(whole);
     for (size_t i = 0; i < shares.size(); ++i) {
       const size_t w = ws[i];
       Chunk ch{w, shares[i].first, shares[i].second, next_handle_++, next_handle_++};
-      CipherMatrix ac = [&] {
+      CipherMatrix share = [&] {
         PhaseTimer t(phases_.encrypt);
-        return obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1);
+        return h.by_cols ? obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1)
+                         : obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1);
       }();
+      const CipherMatrix& ac = h.by_cols ? whole : share;
+      const CipherMatrix& wc = h.by_cols ? share : whole;
       try {
         PhaseTimer t(phases_.transfer);
         slots_[w].api->put(ch.w, wc);
@@ -140,10 +153,11 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
       }
       stats_.bytes_sent += (wc.rows() * wc.cols() + ac.rows() * ac.cols()) * 4;
       h.chunks.push_back(ch);
+      if (h.by_cols) h.kept.push_back(share);
     }
   }
   std::vector<Matrix> parts;
-  const float* cp = collect_rows(p, futs, h.chunks, m, n, parts);
+  const float* cp = collect(p, futs, h.chunks, m, n, h.by_cols, parts);
   if (!cp) return false;
   const bool verify = sample_verify();
   const bool fuse = verify && cfg_.verify.rounds == 1;
@@ -161,6 +175,14 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums,
                        fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
     h.sums_valid = bad.empty();
+    if (!bad.empty() && h.by_cols) {
+      // Each worker's columns of C' checked against what it was sent.
+      blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
+        return checked(parts[i].data(), m, h.chunks[i].r1 - h.chunks[i].r0, k, {h.kept[0].matrix().data(), false},
+                       {h.kept[1 + i].matrix().data(), true}, ks2).empty();
+      });
+      return false;
+    }
     if (!bad.empty()) {
       // Row i of C came from row perm[i] of C' (decryption's row gather).
       const ScaledPerm linv = h.fwd.left.inverse();
@@ -207,22 +229,24 @@ bool OffloadBackend::send_gradient(const Product& p, const Held& h, ProductOp op
   return true;
 }
 
-// Waits for the row shares of a split product (rows × cols each) and returns
-// them as one matrix (no copy with a single share); null if any failed.
-const float* OffloadBackend::collect_rows(const Product& p, std::vector<std::future<Matrix>>& futs,
-                                          const std::vector<Chunk>& chunks, int64_t rows, int64_t cols,
-                                          std::vector<Matrix>& parts) {
+// Waits for the shares of a split product and returns them as one
+// rows × cols matrix (no copy with a single share): row blocks [r0, r1), or
+// with by_cols column blocks; null if any failed.
+const float* OffloadBackend::collect(const Product& p, std::vector<std::future<Matrix>>& futs,
+                                     const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, bool by_cols,
+                                     std::vector<Matrix>& parts) {
   parts.resize(futs.size());
   bool ok = true;
   for (size_t i = 0; i < futs.size(); ++i) {
     PhaseTimer t(phases_.worker);
     const Chunk& ch = chunks[i];
+    const int64_t want_r = by_cols ? rows : ch.r1 - ch.r0, want_c = by_cols ? ch.r1 - ch.r0 : cols;
     try {
       parts[i] = futs[i].get();
-      if (parts[i].rows() != ch.r1 - ch.r0 || parts[i].cols() != cols)
+      if (parts[i].rows() != want_r || parts[i].cols() != want_c)
         throw WorkerError("result has shape " + std::to_string(parts[i].rows()) + "x" +
-                          std::to_string(parts[i].cols()) + ", expected " + std::to_string(ch.r1 - ch.r0) +
-                          "x" + std::to_string(cols));
+                          std::to_string(parts[i].cols()) + ", expected " + std::to_string(want_r) + "x" +
+                          std::to_string(want_c));
       stats_.bytes_received += parts[i].size() * 4;
     } catch (const std::exception& e) {
       blame(ch.worker, p, e.what());
@@ -233,29 +257,110 @@ const float* OffloadBackend::collect_rows(const Product& p, std::vector<std::fut
   if (!ok) return nullptr;
   if (parts.size() == 1) return parts[0].data();
   if (assembled_.rows() != rows || assembled_.cols() != cols) assembled_ = Matrix(rows, cols);
-  for (size_t i = 0; i < parts.size(); ++i)
-    std::memcpy(assembled_.row(chunks[i].r0), parts[i].data(), sizeof(float) * static_cast<size_t>(parts[i].size()));
+  if (!by_cols) {
+    for (size_t i = 0; i < parts.size(); ++i)
+      std::memcpy(assembled_.row(chunks[i].r0), parts[i].data(), sizeof(float) * static_cast<size_t>(parts[i].size()));
+  } else {
+    parallel_for(rows, [&](int64_t lo, int64_t hi) {
+      for (int64_t r = lo; r < hi; ++r)
+        for (size_t i = 0; i < parts.size(); ++i)
+          std::memcpy(assembled_.row(r) + chunks[i].r0, parts[i].row(r),
+                      sizeof(float) * static_cast<size_t>(parts[i].cols()));
+    }, 64);
+  }
   return assembled_.data();
 }
 
-bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da, const Held& h,
-                                   const ConvGeometry* g, float* dx) {
-  const int64_t m = p.m, k = p.k, n = p.n;
-  const bool verify = sample_verify();
-  const bool fuse = verify && cfg_.verify.rounds == 1;
-  if (g && verify && !fuse) return false;  // the check would need dA itself
-  Triple t1;
+// Sums the partial products of a column split in chunk order (deterministic)
+// into a rows × cols matrix; null if any failed.
+const float* OffloadBackend::collect_sum(const Product& p, std::vector<std::future<Matrix>>& futs,
+                                         const std::vector<Chunk>& chunks, int64_t rows, int64_t cols,
+                                         std::vector<Matrix>& parts) {
+  parts.resize(futs.size());
+  bool ok = true;
+  for (size_t i = 0; i < futs.size(); ++i) {
+    PhaseTimer t(phases_.worker);
+    try {
+      parts[i] = futs[i].get();
+      if (parts[i].rows() != rows || parts[i].cols() != cols)
+        throw WorkerError("result has shape " + std::to_string(parts[i].rows()) + "x" +
+                          std::to_string(parts[i].cols()) + ", expected " + std::to_string(rows) + "x" +
+                          std::to_string(cols));
+      stats_.bytes_received += parts[i].size() * 4;
+    } catch (const std::exception& e) {
+      blame(chunks[i].worker, p, e.what());
+      excluded_[chunks[i].worker] = 1;
+      ok = false;
+    }
+  }
+  if (!ok) return nullptr;
+  if (parts.size() == 1) return parts[0].data();
+  if (assembled_.rows() != rows || assembled_.cols() != cols) assembled_ = Matrix(rows, cols);
+  float* dst = assembled_.data();
+  parallel_for(rows * cols, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      float acc = parts[0].data()[j];
+      for (size_t i = 1; i < parts.size(); ++i) acc += parts[i].data()[j];
+      dst[j] = acc;
+    }
+  }, 1 << 14);
+  return dst;
+}
+
+// After a failed check of a column-split product: checks each worker's
+// block in ciphertext space against what it was sent, and blames those that
+// fail (all of them if none does, which only a fault of ours could cause).
+void OffloadBackend::blame_blocks(const Product& p, const std::vector<Chunk>& chunks,
+                                  const std::function<bool(size_t, KeyStream&)>& block_ok) {
+  std::vector<size_t> culprits;
+  {
+    PhaseTimer t(phases_.verify);
+    for (size_t i = 0; i < chunks.size(); ++i) {
+      KeyStream ks = obf_->stream();
+      if (!block_ok(i, ks)) culprits.push_back(i);
+    }
+  }
+  if (culprits.empty())
+    for (size_t i = 0; i < chunks.size(); ++i) culprits.push_back(i);
+  for (size_t i : culprits) {
+    blame(chunks[i].worker, p, "Freivalds check failed on its columns");
+    excluded_[chunks[i].worker] = 1;
+  }
+}
+
+// The input gradient under the key shift, in two halves so that another
+// product can run in between: input_send encrypts G1 and sends its shares,
+// input_finish collects, decrypts and checks.
+bool OffloadBackend::input_send(const Product& p, const float* dc, const Held& h, bool to_image, Flight& f) {
+  const int64_t m = p.m, n = p.n;
+  f.verify = sample_verify();
+  f.fuse = f.verify && cfg_.verify.rounds == 1;
+  if (to_image && f.verify && !f.fuse) return false;  // the check would need dA itself
   {
     PhaseTimer t(phases_.encrypt);
-    t1 = h.fwd.shift_input(obf_->draw(m));
+    f.t = h.fwd.shift_input(obf_->draw(m));
   }
-  std::vector<std::future<Matrix>> futs;
-  if (!send_gradient(p, h, ProductOp::kNN, futs, [&](const Chunk& ch) {
-        return obf_->encrypt_x(t1, dc, m, n, ch.r0, ch.r1);
-      }))
-    return false;
+  // Row split: each worker gets its rows of G1. Column split: its columns
+  // (those of its W' rows), and the partial products are summed.
+  if (h.by_cols) {
+    PhaseTimer t(phases_.encrypt);
+    f.blocks.push_back(obf_->encrypt_x(f.t, dc, m, n));
+  }
+  return send_gradient(p, h, ProductOp::kNN, f.futs, [&](const Chunk& ch) {
+    if (!h.by_cols) return obf_->encrypt_x(f.t, dc, m, n, ch.r0, ch.r1);
+    f.blocks.push_back(Obfuscator::columns(f.blocks[0], ch.r0, ch.r1));
+    return f.blocks.back();
+  });
+}
+
+bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, const Held& h,
+                                  const ConvGeometry* g, float* dx, Flight& f) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  const Triple& t1 = f.t;
+  const bool fuse = f.fuse;
   std::vector<Matrix> parts;
-  const float* zp = collect_rows(p, futs, h.chunks, m, k, parts);
+  const float* zp = h.by_cols ? collect_sum(p, f.futs, h.chunks, m, k, parts)
+                              : collect(p, f.futs, h.chunks, m, k, false, parts);
   if (!zp) return false;
   KeyStream ks = obf_->stream();
   if (fuse) verifier_.draw_vector(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
@@ -268,48 +373,99 @@ bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da,
       t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
   }
   stats_.products += 1;
-  if (verify) {
-    PhaseTimer t(phases_.verify);
-    ++stats_.verified;
-    auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks, nullptr, 0, nullptr,
-                       fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
-    if (!bad.empty()) {
-      const ScaledPerm linv = t1.left.inverse();
-      for (int64_t row : bad) {
-        const int64_t src = linv.perm[static_cast<size_t>(row)];
-        for (const Chunk& ch : h.chunks)
-          if (src >= ch.r0 && src < ch.r1) {
-            blame(ch.worker, p, "Freivalds check failed (input gradient)");
-            return false;
-          }
-      }
-      return false;
-    }
+  if (!f.verify) return true;
+  PhaseTimer t(phases_.verify);
+  ++stats_.verified;
+  auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks, nullptr, 0, nullptr,
+                     fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
+  if (bad.empty()) return true;
+  if (h.by_cols) {
+    blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
+      return checked(parts[i].data(), m, k, h.chunks[i].r1 - h.chunks[i].r0, {f.blocks[1 + i].matrix().data(), false},
+                     {h.kept[1 + i].matrix().data(), false}, ks2).empty();
+    });
+    return false;
   }
-  return true;
+  // Row i of dA came from row perm[i] of the worker's product.
+  const ScaledPerm linv = t1.left.inverse();
+  for (int64_t row : bad) {
+    const int64_t src = linv.perm[static_cast<size_t>(row)];
+    for (const Chunk& ch : h.chunks)
+      if (src >= ch.r0 && src < ch.r1) {
+        blame(ch.worker, p, "Freivalds check failed (input gradient)");
+        return false;
+      }
+  }
+  return false;
 }
 
-bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw, const Held& h) {
-  const int64_t m = p.m, k = p.k, n = p.n;
-  Triple t2;
+bool OffloadBackend::input_shifted(const Product& p, const float* dc, float* da, const Held& h,
+                                   const ConvGeometry* g, float* dx) {
+  Flight f;
+  return input_send(p, dc, h, g != nullptr, f) && input_finish(p, dc, da, h, g, dx, f);
+}
+
+// The weight gradient under the key shift, in the same two halves. Row
+// split: each worker's partial dW over its rows S = L.perm[r0, r1) is
+// decrypted and checked on its own, then summed in chunk order. Column
+// split: every worker holds all of A', so each computes the rows of dW' for
+// its block of G2's columns; the blocks are assembled, decrypted and checked
+// as one.
+bool OffloadBackend::weight_send(const Product& p, const float* dc, const Held& h, Flight& f) {
+  const int64_t m = p.m, n = p.n;
   {
     PhaseTimer t(phases_.encrypt);
-    t2 = h.fwd.shift_weight(obf_->draw(n));
+    f.t = h.fwd.shift_weight(obf_->draw(n));
+    if (h.by_cols) f.blocks.push_back(obf_->encrypt_y(f.t, dc, m, n));
   }
-  std::vector<std::future<Matrix>> futs;
-  if (!send_gradient(p, h, ProductOp::kTN, futs, [&](const Chunk& ch) {
-        return obf_->encrypt_y(t2, dc, m, n, ch.r0, ch.r1);
-      }))
+  const bool sent = send_gradient(p, h, ProductOp::kTN, f.futs, [&](const Chunk& ch) {
+    if (!h.by_cols) return obf_->encrypt_y(f.t, dc, m, n, ch.r0, ch.r1);
+    f.blocks.push_back(Obfuscator::columns(f.blocks[0], ch.r0, ch.r1));
+    return f.blocks.back();
+  });
+  f.verify = sample_verify();
+  return sent;
+}
+
+bool OffloadBackend::weight_finish(const Product& p, const float* dc, float* dw, const Held& h, Flight& f) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  const Triple& t2 = f.t;
+  if (h.by_cols) {
+    std::vector<Matrix> parts;
+    const float* zp = collect(p, f.futs, h.chunks, n, k, false, parts);
+    if (!zp) return false;
+    {
+      PhaseTimer t(phases_.decrypt);
+      t2.decrypt_t(zp, n, k, dw);
+    }
+    stats_.products += 1;
+    if (!f.verify) return true;
+    PhaseTimer t(phases_.verify);
+    ++stats_.verified;
+    const int32_t* rows = h.fwd.left.perm.data();
+    bool ok;
+    if (h.sums_valid) {
+      stats_.verify_bytes += (m * n + n * k) * 4 * cfg_.verify.rounds;
+      ok = verifier_.check_weight(dw, n, k, dc, h.sums, rows, m);
+    } else {
+      KeyStream ks = obf_->stream();
+      ok = checked(dw, n, k, m, {dc, true}, {p.a, false}, ks, rows, m).empty();
+    }
+    if (ok) return true;
+    blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
+      return checked(parts[i].data(), h.chunks[i].r1 - h.chunks[i].r0, k, m, {f.blocks[1 + i].matrix().data(), true},
+                     {h.kept[0].matrix().data(), false}, ks2).empty();
+    });
     return false;
-  const bool verify = sample_verify();
+  }
   bool ok = true;
-  for (size_t i = 0; i < futs.size(); ++i) {
+  for (size_t i = 0; i < f.futs.size(); ++i) {
     const Chunk& ch = h.chunks[i];
     Matrix z;
     {
       PhaseTimer t(phases_.worker);
       try {
-        z = futs[i].get();
+        z = f.futs[i].get();
         if (z.rows() != n || z.cols() != k) throw WorkerError("result has the wrong shape");
         stats_.bytes_received += z.size() * 4;
       } catch (const std::exception& e) {
@@ -318,8 +474,6 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
         continue;
       }
     }
-    // Partial dW over this worker's rows S = L.perm[r0, r1), decrypted and
-    // checked on its own, then summed in chunk order.
     float* dst = dw;
     if (i > 0) {
       if (partial_.rows() != n || partial_.cols() != k) partial_ = Matrix(n, k);
@@ -329,7 +483,7 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
       PhaseTimer t(phases_.decrypt);
       t2.decrypt_t(z.data(), n, k, dst);
     }
-    if (verify) {
+    if (f.verify) {
       PhaseTimer t(phases_.verify);
       bool ok_part;
       if (h.sums_valid) {
@@ -357,8 +511,13 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
   }
   if (!ok) return false;
   stats_.products += 1;
-  if (verify) ++stats_.verified;
+  if (f.verify) ++stats_.verified;
   return true;
+}
+
+bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw, const Held& h) {
+  Flight f;
+  return weight_send(p, dc, h, f) && weight_finish(p, dc, dw, h, f);
 }
 
 // One product under a fresh, unshifted triple on worker w (a retry, or
@@ -367,10 +526,17 @@ bool OffloadBackend::weight_shifted(const Product& p, const float* dc, float* dw
 //   input:   X = dC (m×n), Y = W (n×k)              worker: X'·Y'
 //   weight:  X = Aᵀ (stored A, m×k), Y = dC (m×n)   worker: Y'ᵀ·X'ᵀ = Z'ᵀ
 bool OffloadBackend::standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w) {
+  Solo s;
+  return standalone_send(kind, p, dc, w, s) && standalone_finish(kind, p, dc, out, s);
+}
+
+bool OffloadBackend::standalone_send(Kind kind, const Product& p, const float* dc, size_t w, Solo& s) {
   const int64_t m = p.m, k = p.k, n = p.n;
-  Triple t;
+  Triple& t = s.t;
   ProductOp op;
-  int64_t zr, zc;
+  int64_t& zr = s.zr;
+  int64_t& zc = s.zc;
+  s.w = w;
   std::vector<CipherMatrix> ops;
   {
     PhaseTimer timer(phases_.encrypt);
@@ -402,19 +568,30 @@ bool OffloadBackend::standalone(Kind kind, const Product& p, const float* dc, fl
         break;
     }
   }
-  const Handle h0 = next_handle_++, h1 = next_handle_++;
+  s.h0 = next_handle_++;
+  s.h1 = next_handle_++;
+  try {
+    PhaseTimer timer(phases_.transfer);
+    slots_[w].api->put(s.h0, ops[0]);
+    slots_[w].api->put(s.h1, ops[1]);
+    s.f = slots_[w].api->product(op, s.h0, s.h1);
+  } catch (const std::exception& e) {
+    blame(w, p, e.what());
+    return false;
+  }
+  stats_.bytes_sent += (ops[0].rows() * ops[0].cols() + ops[1].rows() * ops[1].cols()) * 4;
+  return true;
+}
+
+bool OffloadBackend::standalone_finish(Kind kind, const Product& p, const float* dc, float* out, Solo& s) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  const size_t w = s.w;
+  Triple& t = s.t;
+  const int64_t zr = s.zr, zc = s.zc;
   Matrix z;
   try {
-    std::future<Matrix> f;
-    {
-      PhaseTimer timer(phases_.transfer);
-      slots_[w].api->put(h0, ops[0]);
-      slots_[w].api->put(h1, ops[1]);
-      f = slots_[w].api->product(op, h0, h1);
-    }
-    stats_.bytes_sent += (ops[0].rows() * ops[0].cols() + ops[1].rows() * ops[1].cols()) * 4;
     PhaseTimer timer(phases_.worker);
-    z = f.get();
+    z = s.f.get();
     if (z.rows() != zr || z.cols() != zc) throw WorkerError("result has the wrong shape");
     stats_.bytes_received += z.size() * 4;
   } catch (const std::exception& e) {
@@ -454,7 +631,9 @@ bool OffloadBackend::standalone(Kind kind, const Product& p, const float* dc, fl
     Held& h = held(p);
     h.valid = true;
     h.fwd = std::move(t);
-    h.chunks = {Chunk{w, 0, m, h0, h1}};
+    h.chunks = {Chunk{w, 0, m, s.h0, s.h1}};
+    h.by_cols = false;
+    h.kept.clear();
   }
   return true;
 }
@@ -493,9 +672,13 @@ void OffloadBackend::run(Kind kind, const Product& p, const float* dc, float* ou
     if (ok) return;
     for (const Chunk& ch : h.chunks) excluded_[ch.worker] = 1;
   }
-  // Retries (and --no-key-shift): fresh keys, one worker at a time, other
-  // workers first. Every failure counts towards quarantine; and after two
-  // tries per worker the master computes the product itself.
+  retry(kind, p, dc, out);
+}
+
+// Retries (and --no-key-shift): fresh keys, one worker at a time, workers
+// not in excluded_ first. Every failure counts towards quarantine; and after
+// two tries per worker the master computes the product itself.
+void OffloadBackend::retry(Kind kind, const Product& p, const float* dc, float* out) {
   for (size_t attempt = 0; attempt < 2 * slots_.size() + 1; ++attempt) {
     auto ws = usable(excluded_);
     if (ws.empty()) {
@@ -624,6 +807,8 @@ bool OffloadBackend::conv_once(Kind kind, const ConvProduct& p, const float* dy,
     h.valid = true;
     h.fwd = std::move(t);
     h.chunks = {Chunk{w, 0, g.n, ha, hb}};
+    h.by_cols = false;
+    h.kept.clear();
   }
   return true;
 }
@@ -680,6 +865,72 @@ void OffloadBackend::backward_input_col2im(const Product& p, const float* dc, co
   col2im(g, dcols_.data(), dx);
 }
 
+void OffloadBackend::backward(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g,
+                              float* dx) {
+  Held& h = held(p);
+  const bool input = g || da;
+  if (!cfg_.key_shift && input) {
+    excluded_.assign(slots_.size(), 0);
+    const auto ws = usable(excluded_);
+    if (ws.size() >= 2) {
+      backward_apart(p, dc, dw, da, g, dx, ws);
+      return;
+    }
+  }
+  if (!cfg_.key_shift || !h.valid || !input || (g && cfg_.verify.rounds > 1)) {
+    LinearBackend::backward(p, dc, dw, da, g, dx);
+    return;
+  }
+  excluded_.assign(slots_.size(), 0);
+  Flight fw, fi;
+  const bool w_sent = weight_send(p, dc, h, fw);
+  const bool i_sent = input_send(p, dc, h, g != nullptr, fi);
+  const bool w_ok = w_sent && weight_finish(p, dc, dw, h, fw);
+  const bool i_ok = i_sent && input_finish(p, dc, da, h, g, dx, fi);
+  if (w_ok && i_ok) return;
+  // A failed half is re-encrypted with fresh keys, other workers first.
+  auto retry_after = [&](Kind kind, float* out) {
+    excluded_.assign(slots_.size(), 0);
+    for (const Chunk& ch : h.chunks) excluded_[ch.worker] = 1;
+    retry(kind, p, dc, out);
+  };
+  if (!w_ok) retry_after(Kind::kWeight, dw);
+  if (i_ok) return;
+  if (!g) {
+    retry_after(Kind::kInput, da);
+    return;
+  }
+  if (dcols_.size() < static_cast<size_t>(p.m * p.k)) dcols_.resize(static_cast<size_t>(p.m * p.k));
+  retry_after(Kind::kInput, dcols_.data());
+  col2im(*g, dcols_.data(), dx);
+}
+
+// Without the key shift each backward product is encrypted whole under fresh
+// keys, so dW and dA go to two different workers and run at once.
+void OffloadBackend::backward_apart(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g,
+                                    float* dx, const std::vector<size_t>& ws) {
+  const size_t wi = ws[static_cast<size_t>(p.id) % ws.size()], ww = ws[static_cast<size_t>(p.id + 1) % ws.size()];
+  float* in_out = da;
+  if (g) {
+    if (dcols_.size() < static_cast<size_t>(p.m * p.k)) dcols_.resize(static_cast<size_t>(p.m * p.k));
+    in_out = dcols_.data();
+  }
+  Solo sw, si;
+  const bool w_sent = standalone_send(Kind::kWeight, p, dc, ww, sw);
+  const bool i_sent = standalone_send(Kind::kInput, p, dc, wi, si);
+  const bool w_ok = w_sent && standalone_finish(Kind::kWeight, p, dc, dw, sw);
+  const bool i_ok = i_sent && standalone_finish(Kind::kInput, p, dc, in_out, si);
+  ++stats_.apart;
+  auto again = [&](Kind kind, size_t failed, float* out) {
+    excluded_.assign(slots_.size(), 0);
+    excluded_[failed] = 1;
+    retry(kind, p, dc, out);
+  };
+  if (!w_ok) again(Kind::kWeight, ww, dw);
+  if (!i_ok) again(Kind::kInput, wi, in_out);
+  if (g) col2im(*g, dcols_.data(), dx);
+}
+
 void OffloadBackend::end_step() {
   ++steps_done_;
   for (auto& s : slots_) {
@@ -693,6 +944,7 @@ void OffloadBackend::end_step() {
   for (auto& h : held_) {
     h.valid = false;
     h.chunks.clear();
+    h.kept.clear();
   }
 }
 

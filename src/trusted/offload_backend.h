@@ -37,6 +37,8 @@ struct OffloadConfig {
 
 struct OffloadStats {
   int64_t products = 0;          // products computed by workers
+  int64_t column_splits = 0;     // forward products split by columns (tensor parallel)
+  int64_t apart = 0;             // backward passes with dW and dA on two workers at once
   int64_t verified = 0;          // of which checked
   int64_t rejected = 0;          // results discarded (failed check or error)
   int64_t local_fallbacks = 0;   // products computed in the master
@@ -56,6 +58,11 @@ class OffloadBackend final : public LinearBackend {
   void backward_input(const Product& p, const float* dc, float* da) override;
   void backward_weight(const Product& p, const float* dc, float* dw) override;
   void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) override;
+  // Under the key shift, both gradients are sent before either is awaited:
+  // the workers compute dW' while the master encrypts G1, and dA' while it
+  // decrypts and checks dW.
+  void backward(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g = nullptr,
+                float* dx = nullptr) override;
   void conv_forward(const ConvProduct& p, float* y) override;
   void conv_backward_input(const ConvProduct& p, const float* dy, float* dx) override;
   void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) override;
@@ -77,13 +84,19 @@ class OffloadBackend final : public LinearBackend {
   };
   struct Chunk {
     size_t worker;
+    // Row split: A' rows [r0, r1) and all of W' on that worker. Column
+    // split: all of A' and W' rows [r0, r1) (columns [r0, r1) of C).
     int64_t r0, r1;
-    Handle a, w;  // A' rows [r0, r1) and W' on that worker
+    Handle a, w;
   };
   struct Held {  // what the workers keep of a forward product until end_step
     bool valid = false;
     Triple fwd;
+    bool by_cols = false;
     std::vector<Chunk> chunks;
+    // Column split: the ciphertexts sent (A', then each chunk's W' rows), to
+    // find which worker lied when a check fails.
+    std::vector<CipherMatrix> kept;
     bool sums_valid = false;  // row sums of A from a verified forward
     RowSums sums;
   };
@@ -96,16 +109,46 @@ class OffloadBackend final : public LinearBackend {
                      const ConvGeometry* g = nullptr, float* dx = nullptr);
   bool send_gradient(const Product& p, const Held& h, ProductOp op, std::vector<std::future<Matrix>>& futs,
                      const std::function<CipherMatrix(const Chunk&)>& encrypt);
-  const float* collect_rows(const Product& p, std::vector<std::future<Matrix>>& futs,
-                            const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, std::vector<Matrix>& parts);
+  const float* collect(const Product& p, std::vector<std::future<Matrix>>& futs, const std::vector<Chunk>& chunks,
+                       int64_t rows, int64_t cols, bool by_cols, std::vector<Matrix>& parts);
+  const float* collect_sum(const Product& p, std::vector<std::future<Matrix>>& futs,
+                           const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, std::vector<Matrix>& parts);
+  void blame_blocks(const Product& p, const std::vector<Chunk>& chunks,
+                    const std::function<bool(size_t, KeyStream&)>& block_ok);
+  // A backward product under the key shift between its send and finish.
+  struct Flight {
+    bool verify = false, fuse = false;
+    Triple t;
+    std::vector<std::future<Matrix>> futs;
+    std::vector<CipherMatrix> blocks;  // column split: the whole gradient, then each worker's columns
+  };
+  bool input_send(const Product& p, const float* dc, const Held& h, bool to_image, Flight& f);
+  bool input_finish(const Product& p, const float* dc, float* da, const Held& h, const ConvGeometry* g, float* dx,
+                    Flight& f);
+  bool weight_send(const Product& p, const float* dc, const Held& h, Flight& f);
+  bool weight_finish(const Product& p, const float* dc, float* dw, const Held& h, Flight& f);
   bool weight_shifted(const Product& p, const float* dc, float* dw, const Held& h);
   bool standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w);
+  // The same in two halves (sent, then awaited), so that two run at once.
+  struct Solo {
+    Triple t;
+    Handle h0 = 0, h1 = 0;
+    int64_t zr = 0, zc = 0;
+    size_t w = 0;
+    std::future<Matrix> f;
+  };
+  bool standalone_send(Kind kind, const Product& p, const float* dc, size_t w, Solo& s);
+  bool standalone_finish(Kind kind, const Product& p, const float* dc, float* out, Solo& s);
+  void backward_apart(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx,
+                      const std::vector<size_t>& ws);
   void local(Kind kind, const Product& p, const float* dc, float* out);
   void fallback_warning(const std::string& what);
   void conv_run(Kind kind, const ConvProduct& p, const float* dy, float* out);
   bool conv_once(Kind kind, const ConvProduct& p, const float* dy, float* out, size_t w, Held* shifted);
   bool conv_verified(Kind kind, const ConvProduct& p, const float* dy, const float* out);
   void run(Kind kind, const Product& p, const float* dc, float* out);
+  // Fresh keys, one worker at a time, then the master itself.
+  void retry(Kind kind, const Product& p, const float* dc, float* out);
   void blame(size_t w, const Product& p, const std::string& why);
   bool sample_verify();
   std::vector<int64_t> checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,

@@ -228,8 +228,9 @@ void Triple::encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t
                        int64_t r1, int64_t block) const {
   apply_keys_rows(y, k, n, inner, right.inv_t(), r0, r1 < 0 ? k : r1, out, block);  // inner·Y·right⁻¹
 }
-void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block) const {
-  apply_keys_rows(yt, n, k, right.inv_t(), inner, 0, n, out, block);  // right⁻ᵀ·Yᵀ·innerᵀ
+void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block, int64_t r0,
+                        int64_t r1) const {
+  apply_keys_rows(yt, n, k, right.inv_t(), inner, r0, r1 < 0 ? n : r1, out, block);  // right⁻ᵀ·Yᵀ·innerᵀ
 }
 void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block, const double* dot_r,
                      double* dot_out) const {

@@ -92,7 +92,9 @@ struct Triple {
   // Y: k×n; rows [r0, r1) of Y' (r1 < 0: all).
   void encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0 = 0,
                  int64_t r1 = -1, int64_t block = 1) const;
-  void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block = 1) const;  // Yᵀ: n×k → Y'ᵀ
+  // Yᵀ: n×k → rows [r0, r1) of Y'ᵀ (r1 < 0: all).
+  void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block = 1, int64_t r0 = 0,
+                  int64_t r1 = -1) const;
   void decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block = 1,
                const double* dot_r = nullptr, double* dot_out = nullptr) const;  // Z' = X'·Y' → X·Y
   void decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block = 1) const;  // Z'ᵀ → (X·Y)ᵀ

@@ -1,6 +1,7 @@
 #include "trusted/crypto/obfuscator.h"
 
 #include <cstdio>
+#include <cstring>
 
 #include "common/error.h"
 
@@ -58,8 +59,18 @@ CipherMatrix Obfuscator::encrypt_y(const Triple& t, const float* y, int64_t k, i
   return seal(r1 - r0, n * block, [&](float* o) { t.encrypt_y(y, k, n, o, r0, r1, block); });
 }
 
-CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block) const {
-  return seal(n, k * block, [&](float* o) { t.encrypt_yt(yt, n, k, o, block); });
+CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block,
+                                    int64_t r0, int64_t r1) const {
+  if (r1 < 0) r1 = n;
+  return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_yt(yt, n, k, o, block, r0, r1); });
+}
+
+CipherMatrix Obfuscator::columns(const CipherMatrix& c, int64_t c0, int64_t c1) {
+  const Matrix& m = c.matrix();
+  return seal(m.rows(), c1 - c0, [&](float* o) {
+    for (int64_t i = 0; i < m.rows(); ++i)
+      std::memcpy(o + i * (c1 - c0), m.row(i) + c0, sizeof(float) * static_cast<size_t>(c1 - c0));
+  });
 }
 
 }  // namespace tempo

@@ -34,7 +34,11 @@ class Obfuscator {
   CipherMatrix encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block = 1) const;
   CipherMatrix encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0 = 0,
                          int64_t r1 = -1, int64_t block = 1) const;
-  CipherMatrix encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block = 1) const;
+  CipherMatrix encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block = 1,
+                          int64_t r0 = 0, int64_t r1 = -1) const;
+  // Columns [c0, c1) of a ciphertext (still ciphertext): a worker's share
+  // of a column split.
+  static CipherMatrix columns(const CipherMatrix& c, int64_t c0, int64_t c1);
 
   // Position in the key stream (for sealed checkpoints).
   uint64_t streams_used() const { return next_stream_; }

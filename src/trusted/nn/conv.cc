@@ -99,13 +99,10 @@ const Tensor& Conv2d::backward(const Tensor& dy, Context& ctx) {
   drows_.resize({g.n * P, O});
   nchw_to_rows(dy.data(), g.n, P, O, drows_.data());
   LinearBackend& be = ctx.backend_for(prod_, offloaded);
-  be.backward_weight(prod_, drows_.data(), dweight.data());
-  if (!needs_input_grad) {
-    dx_.resize({0});
-    return dx_;
-  }
-  dx_.resize(x.shape());
-  be.backward_input_col2im(prod_, drows_.data(), g, dx_.data());
+  if (needs_input_grad) dx_.resize(x.shape());
+  else dx_.resize({0});
+  be.backward(prod_, drows_.data(), dweight.data(), nullptr, needs_input_grad ? &g : nullptr,
+              needs_input_grad ? dx_.data() : nullptr);
   return dx_;
 }
 

@@ -55,13 +55,9 @@ const Tensor& Linear::backward(const Tensor& dy, Context& ctx) {
     }, 16);
   }
   LinearBackend& be = ctx.backend_for(prod_, offloaded);
-  be.backward_weight(prod_, dy.data(), dweight.data());
-  if (!needs_input_grad) {
-    dx_.resize({0});
-    return dx_;
-  }
-  dx_.resize(x_->shape());
-  be.backward_input(prod_, dy.data(), dx_.data());
+  if (needs_input_grad) dx_.resize(x_->shape());
+  else dx_.resize({0});
+  be.backward(prod_, dy.data(), dweight.data(), needs_input_grad ? dx_.data() : nullptr);
   return dx_;
 }
 

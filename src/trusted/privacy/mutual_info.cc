@@ -82,16 +82,17 @@ double ksg_mutual_information(const std::vector<double>& x0, const std::vector<d
 namespace {
 
 struct Captured {
+  int64_t step;
   std::string layer, operand;
   int64_t rows, cols;
   std::vector<float> v;
 };
 
-// Passes every product to the tee-only backend; at one step, keeps a copy of
-// each plaintext operand.
+// Passes every product to the tee-only backend; at the given steps, keeps a
+// copy of each plaintext operand.
 class Tap final : public LinearBackend {
  public:
-  Tap(int64_t at_step) : at_(at_step) {}
+  explicit Tap(std::vector<int64_t> at_steps) : at_(std::move(at_steps)) {}
   const char* name() const override { return "tap"; }
   void forward(const Product& p, float* c) override {
     keep(p.name, "input", p.a, p.m, p.k);
@@ -108,24 +109,33 @@ class Tap final : public LinearBackend {
 
  private:
   void keep(const std::string& layer, const char* what, const float* d, int64_t r, int64_t c) {
-    if (step_ + 1 != at_) return;
+    const int64_t step = step_ + 1;
+    if (std::find(at_.begin(), at_.end(), step) == at_.end()) return;
     for (const auto& g : got)
-      if (g.layer == layer && g.operand == what) return;
-    got.push_back({layer, what, r, c, std::vector<float>(d, d + r * c)});
+      if (g.step == step && g.layer == layer && g.operand == what) return;
+    got.push_back({step, layer, what, r, c, std::vector<float>(d, d + r * c)});
   }
   TeeOnlyBackend inner_;
-  int64_t at_, step_ = 0;
+  std::vector<int64_t> at_;
+  int64_t step_ = 0;
 };
 
 }  // namespace
 
 std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, int64_t samples, uint64_t seed,
                                               bool identity) {
+  return measure_mutual_information(std::move(cfg), std::vector<int64_t>{at_step}, samples, seed, identity);
+}
+
+std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector<int64_t>& at_steps,
+                                              int64_t samples, uint64_t seed, bool identity) {
+  TEMPO_CHECK(!at_steps.empty() && std::is_sorted(at_steps.begin(), at_steps.end()) && at_steps.front() >= 1,
+              "mutual information: steps must be ascending and from 1");
   cfg.mode = "tee-only";
-  cfg.steps = at_step;
+  cfg.steps = at_steps.back();
   cfg.save.clear();
   cfg.metrics.clear();
-  Tap tap(at_step);
+  Tap tap(at_steps);
   train(cfg, &tap);
   std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, identity);
   Rng rng = Rng::derive(seed, 3);
@@ -161,7 +171,7 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, 
       kx.push_back(g.v[static_cast<size_t>(src)] + jp * rng.normal());
       cx.push_back(enc.values[static_cast<size_t>(p)] + jc * rng.normal());
     }
-    MiRow row{g.layer, g.operand, r, c, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
+    MiRow row{g.step, g.layer, g.operand, r, c, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
     out.push_back(row);
   }
   return out;

@@ -24,6 +24,7 @@ namespace tempo {
 double ksg_mutual_information(const std::vector<double>& x, const std::vector<double>& y, int k = 3);
 
 struct MiRow {
+  int64_t step = 0;            // the training step the operand came from
   std::string layer, operand;  // operand: input, weight, gradient
   int64_t rows = 0, cols = 0;
   double position_aligned = 0, key_aligned = 0;  // nats
@@ -34,5 +35,9 @@ struct MiRow {
 // identity: no obfuscation (the insecure offload mode), for comparison.
 std::vector<MiRow> measure_mutual_information(TrainConfig cfg, int64_t at_step, int64_t samples, uint64_t seed,
                                               bool identity = false);
+// The same at several steps of one training run (ascending), rows in step
+// order: how the leak changes as training goes on.
+std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector<int64_t>& at_steps,
+                                              int64_t samples, uint64_t seed, bool identity = false);
 
 }  // namespace tempo
