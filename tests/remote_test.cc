@@ -358,16 +358,18 @@ wire::ComputeRequest product(uint64_t x, uint64_t y, wire::ComputeRequest::Op op
   return r;
 }
 
+// A refused request: an error status with a message (printed for the log).
+void expect_error(const grpc::Status& s, const std::string& what) {
+  EXPECT_FALSE(s.ok()) << what;
+  EXPECT_FALSE(s.error_message().empty()) << what;
+  std::printf("%-34s -> %s\n", what.c_str(), s.error_message().c_str());
+}
+
 TEST(RemoteHostile, BadRequestsGetErrorsAndTheWorkerStaysUp) {
   TempDir d("remote_hostile");
   WorkerProcess w(d.path(), "w", {"--quota-mib", "64"});
   Client c(w.address());
   ASSERT_TRUE(c.hello_status().ok()) << c.hello_status().error_message();
-  auto expect_error = [](const grpc::Status& s, const std::string& what) {
-    EXPECT_FALSE(s.ok()) << what;
-    EXPECT_FALSE(s.error_message().empty()) << what;
-    std::printf("%-34s -> %s\n", what.c_str(), s.error_message().c_str());
-  };
   // Oversize claims: rejected before anything is allocated.
   wire::TensorChunk huge;
   huge.set_handle(1);
@@ -481,11 +483,6 @@ TEST(RemoteHostile, BadRunsGetErrorsAndGoodOnesWork) {
   WorkerProcess w(d.path(), "w", {"--quota-mib", "64"});
   Client c(w.address());
   ASSERT_TRUE(c.hello_status().ok()) << c.hello_status().error_message();
-  auto expect_error = [](const grpc::Status& s, const std::string& what) {
-    EXPECT_FALSE(s.ok()) << what;
-    EXPECT_FALSE(s.error_message().empty()) << what;
-    std::printf("%-34s -> %s\n", what.c_str(), s.error_message().c_str());
-  };
   wire::RunPart end;
   end.mutable_before()->set_end_step(true);
   const auto a = put_parts(1, 300, 1000, 1.0f);  // 1.1 MiB: four chunks

@@ -229,18 +229,17 @@ bool OffloadBackend::send_gradient(const Product& p, const Held& h, ProductOp op
   return true;
 }
 
-// Waits for the shares of a split product and returns them as one
-// rows × cols matrix (no copy with a single share): row blocks [r0, r1), or
-// with by_cols column blocks; null if any failed.
-const float* OffloadBackend::collect(const Product& p, std::vector<std::future<Matrix>>& futs,
-                                     const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, bool by_cols,
-                                     std::vector<Matrix>& parts) {
+// Waits for every share of a split product; share i must be rows_of(i) ×
+// cols_of(i). A failed or malformed share is blamed on its worker; false if
+// any was.
+bool OffloadBackend::await_parts(const Product& p, std::vector<std::future<Matrix>>& futs,
+                                 const std::vector<Chunk>& chunks, std::vector<Matrix>& parts,
+                                 const std::function<std::pair<int64_t, int64_t>(size_t)>& shape) {
   parts.resize(futs.size());
   bool ok = true;
   for (size_t i = 0; i < futs.size(); ++i) {
     PhaseTimer t(phases_.worker);
-    const Chunk& ch = chunks[i];
-    const int64_t want_r = by_cols ? rows : ch.r1 - ch.r0, want_c = by_cols ? ch.r1 - ch.r0 : cols;
+    const auto [want_r, want_c] = shape(i);
     try {
       parts[i] = futs[i].get();
       if (parts[i].rows() != want_r || parts[i].cols() != want_c)
@@ -249,11 +248,24 @@ const float* OffloadBackend::collect(const Product& p, std::vector<std::future<M
                           std::to_string(want_c));
       stats_.bytes_received += parts[i].size() * 4;
     } catch (const std::exception& e) {
-      blame(ch.worker, p, e.what());
-      excluded_[ch.worker] = 1;
+      blame(chunks[i].worker, p, e.what());
+      excluded_[chunks[i].worker] = 1;
       ok = false;
     }
   }
+  return ok;
+}
+
+// The shares of a split product as one rows × cols matrix (no copy with a
+// single share): row blocks [r0, r1), or with by_cols column blocks; null if
+// any failed.
+const float* OffloadBackend::collect(const Product& p, std::vector<std::future<Matrix>>& futs,
+                                     const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, bool by_cols,
+                                     std::vector<Matrix>& parts) {
+  const bool ok = await_parts(p, futs, chunks, parts, [&](size_t i) {
+    const int64_t share = chunks[i].r1 - chunks[i].r0;
+    return by_cols ? std::make_pair(rows, share) : std::make_pair(share, cols);
+  });
   if (!ok) return nullptr;
   if (parts.size() == 1) return parts[0].data();
   if (assembled_.rows() != rows || assembled_.cols() != cols) assembled_ = Matrix(rows, cols);
@@ -276,24 +288,7 @@ const float* OffloadBackend::collect(const Product& p, std::vector<std::future<M
 const float* OffloadBackend::collect_sum(const Product& p, std::vector<std::future<Matrix>>& futs,
                                          const std::vector<Chunk>& chunks, int64_t rows, int64_t cols,
                                          std::vector<Matrix>& parts) {
-  parts.resize(futs.size());
-  bool ok = true;
-  for (size_t i = 0; i < futs.size(); ++i) {
-    PhaseTimer t(phases_.worker);
-    try {
-      parts[i] = futs[i].get();
-      if (parts[i].rows() != rows || parts[i].cols() != cols)
-        throw WorkerError("result has shape " + std::to_string(parts[i].rows()) + "x" +
-                          std::to_string(parts[i].cols()) + ", expected " + std::to_string(rows) + "x" +
-                          std::to_string(cols));
-      stats_.bytes_received += parts[i].size() * 4;
-    } catch (const std::exception& e) {
-      blame(chunks[i].worker, p, e.what());
-      excluded_[chunks[i].worker] = 1;
-      ok = false;
-    }
-  }
-  if (!ok) return nullptr;
+  if (!await_parts(p, futs, chunks, parts, [&](size_t) { return std::make_pair(rows, cols); })) return nullptr;
   if (parts.size() == 1) return parts[0].data();
   if (assembled_.rows() != rows || assembled_.cols() != cols) assembled_ = Matrix(rows, cols);
   float* dst = assembled_.data();

@@ -109,6 +109,8 @@ class OffloadBackend final : public LinearBackend {
                      const ConvGeometry* g = nullptr, float* dx = nullptr);
   bool send_gradient(const Product& p, const Held& h, ProductOp op, std::vector<std::future<Matrix>>& futs,
                      const std::function<CipherMatrix(const Chunk&)>& encrypt);
+  bool await_parts(const Product& p, std::vector<std::future<Matrix>>& futs, const std::vector<Chunk>& chunks,
+                   std::vector<Matrix>& parts, const std::function<std::pair<int64_t, int64_t>(size_t)>& shape);
   const float* collect(const Product& p, std::vector<std::future<Matrix>>& futs, const std::vector<Chunk>& chunks,
                        int64_t rows, int64_t cols, bool by_cols, std::vector<Matrix>& parts);
   const float* collect_sum(const Product& p, std::vector<std::future<Matrix>>& futs,
