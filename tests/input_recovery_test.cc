@@ -180,5 +180,40 @@ TEST(InputRecovery, SuiteMeasurement) {
   EXPECT_GE(rows[4].psnr, 99.0);
 }
 
+// The default configuration's zeros: exact joins are never wrong on real
+// images, and the counts are consistent (the table in docs/SECURITY.md has
+// the full data set).
+TEST(InputRecovery, ZeroPatternJoinsAreExact) {
+  if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
+  testutil::TempDir dir("zeros");
+  fashion_subset(dir.path(), 2000, 1000);
+  TrainConfig c;
+  c.model = "cnn";
+  c.data = "fashion-mnist:" + dir.path();
+  c.seed = 1;
+  c.threads = 2;
+  c.progress = false;
+  const ZeroJigsawResult z = measure_zero_jigsaw(c, 5, 1);
+  std::printf("zeros %.3f; columns: channel %.3f (by count %.3f), offset %.3f; joins right %lld/%lld of %lld, "
+              "down %lld/%lld of %lld; largest fragment %.3f\n",
+              z.zero_fraction, z.channel_purity, z.count_channel_purity, z.offset_purity,
+              static_cast<long long>(z.right.correct), static_cast<long long>(z.right.unique),
+              static_cast<long long>(z.right.adjacencies), static_cast<long long>(z.down.correct),
+              static_cast<long long>(z.down.unique), static_cast<long long>(z.down.adjacencies), z.largest_fragment);
+  EXPECT_EQ(z.rows, 64 * 14 * 14);
+  EXPECT_EQ(z.cols, 32 * 9);
+  EXPECT_EQ(z.right.adjacencies, 64 * 14 * 13);
+  EXPECT_GT(z.zero_fraction, 0.2);
+  EXPECT_LT(z.zero_fraction, 0.9);
+  for (const auto* j : {&z.right, &z.down}) {
+    EXPECT_LE(j->correct, j->unique);
+    EXPECT_GE(j->correct, 0.95 * static_cast<double>(j->unique)) << "exact joins are almost never wrong";
+    EXPECT_GT(j->correct, j->adjacencies / 4) << "a large part of the jigsaw is fixed by the zeros alone";
+  }
+  EXPECT_GT(z.count_channel_purity, 3 * z.channel_chance);
+  EXPECT_GT(z.largest_fragment, 0.25);
+  EXPECT_LE(z.largest_fragment, 1.0);
+}
+
 }  // namespace
 }  // namespace tempo

@@ -202,6 +202,51 @@ int run_inputs(const PrivacyConfig& c) {
   rep.emit("");
   rep.emit("By default the first layer stays in the master: its patches never reach a worker. Channel mode never "
            "applies to the first layer and in `cnn` applies to no layer unless --channel-from is 1.");
+  rep.emit("");
+  // The default configuration's first offloaded product: what its zeros give away.
+  const ZeroJigsawResult z = measure_zero_jigsaw(t, step, c.seed);
+  rep.emit("#### The default configuration: zeros of the second convolution's patches");
+  rep.emit("");
+  std::snprintf(buf, sizeof buf,
+                "The same step's first offloaded product in the default configuration: the im2col operand of the "
+                "second convolution (%lld × %lld: patches of %lld post-ReLU, max-pooled feature maps), under tempo "
+                "keys. %.1f%% of its entries are exact zeros, and a zero stays a zero under any scale, so the "
+                "worker holds the plaintext's zero pattern with rows and columns permuted. Columns: of each "
+                "column's 8 (resp. %lld) columns with the most correlated zero indicators (phi over all rows), the "
+                "fraction of its own channel (resp. kernel offset). Rows, given the column structure: a row's "
+                "right (lower) part must equal its neighbour's left (upper) part bit for bit; joins are made where "
+                "that match is unique both ways.",
+                static_cast<long long>(z.rows), static_cast<long long>(z.cols), static_cast<long long>(z.channels),
+                100 * z.zero_fraction, static_cast<long long>(z.channels - 1));
+  rep.emit(buf);
+  rep.emit("");
+  rep.emit("| measurement | value | chance or total |");
+  rep.emit("|---|---:|---:|");
+  std::snprintf(buf, sizeof buf, "| columns: nearest 8 of the same channel | %.3f | %.3f |", z.channel_purity,
+                z.channel_chance);
+  rep.emit(buf);
+  std::snprintf(buf, sizeof buf, "| columns: nearest 8 by count of zeros, of the same channel | %.3f | %.3f |",
+                z.count_channel_purity, z.channel_chance);
+  rep.emit(buf);
+  std::snprintf(buf, sizeof buf, "| columns: nearest %lld of the same offset | %.3f | %.3f |",
+                static_cast<long long>(z.channels - 1), z.offset_purity, z.offset_chance);
+  rep.emit(buf);
+  for (int d = 0; d < 2; ++d) {
+    const auto& j = d ? z.down : z.right;
+    const char* name = d ? "vertical" : "horizontal";
+    std::snprintf(buf, sizeof buf, "| rows: %s joins made (unique exact match) | %lld | %lld adjacencies |", name,
+                  static_cast<long long>(j.unique), static_cast<long long>(j.adjacencies));
+    rep.emit(buf);
+    std::snprintf(buf, sizeof buf, "| rows: %s joins correct | %lld (%.3f of joins) | %.3f of adjacencies |", name,
+                  static_cast<long long>(j.correct), j.unique ? double(j.correct) / double(j.unique) : 0.0,
+                  j.adjacencies ? double(j.correct) / double(j.adjacencies) : 0.0);
+    rep.emit(buf);
+  }
+  std::snprintf(buf, sizeof buf, "| images: largest fragment assembled by correct joins, mean | %.3f | 1 (whole image) |",
+                z.largest_fragment);
+  rep.emit(buf);
+  std::snprintf(buf, sizeof buf, "| positions in fragments of 10 or more | %.3f | 1 |", z.in_fragments_10);
+  rep.emit(buf);
   rep.write(c.table);
   return 0;
 }

@@ -3,11 +3,14 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <functional>
+#include <string>
 #include <limits>
 #include <numeric>
 #include <unordered_map>
 
 #include "common/error.h"
+#include "common/parallel.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/linear_backend.h"
@@ -839,6 +842,163 @@ std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at
     out.push_back(mrow);
   }
   return out;
+}
+
+ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed) {
+  cfg.mode = "tee-only";
+  cfg.steps = at_step;
+  cfg.save.clear();
+  cfg.metrics.clear();
+  cfg.offload_first = true;  // so the tap sees the first two products
+  const std::unique_ptr<Model> model = build_model(cfg.model, cfg.seed);
+  const Conv2d* conv2 = model->product_layers.size() > 1 ? dynamic_cast<const Conv2d*>(model->product_layers[1]) : nullptr;
+  TEMPO_CHECK(conv2 && conv2->kernel == kK && conv2->stride == 1 && conv2->padding == 1,
+              "zero-pattern measurement: needs a second 3×3 same convolution (as in cnn)");
+  PatchTap tap(at_step);
+  train(cfg, &tap);
+  const auto& g = tap.got[1];
+  TEMPO_CHECK(!g.a.empty(), "zero-pattern measurement: the step was not captured");
+  const int64_t m = g.m, k = g.k, C = k / (kK * kK);
+  // The feature map's side: conv2's input is square (cnn: 14×14).
+  const int64_t images = static_cast<int64_t>(cfg.batch_size);
+  const int64_t P = m / images, side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(P))));
+  TEMPO_CHECK(side * side == P && P * images == m, "zero-pattern measurement: expected square feature maps");
+  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, false);
+  const Traced enc = encrypt_traced(obf->draw_triple(m, k, g.n), g.a.data(), m, k);
+  ZeroJigsawResult r;
+  r.rows = m;
+  r.cols = k;
+  r.channels = C;
+  // What the worker has: the zero pattern of A' (its rows and columns in
+  // the ciphertext's order).
+  const int64_t words = (m + 63) / 64;
+  std::vector<uint64_t> zcol(static_cast<size_t>(k * words), 0);
+  int64_t zeros = 0;
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j)
+      if (enc.values[i * k + j] == 0.0f) {
+        zcol[j * words + i / 64] |= uint64_t{1} << (i % 64);
+        ++zeros;
+      }
+  r.zero_fraction = static_cast<double>(zeros) / static_cast<double>(m * k);
+  // Scoring only: each ciphertext column's channel and offset, each row's position.
+  std::vector<int64_t> col_src(static_cast<size_t>(k)), row_src(static_cast<size_t>(m));
+  for (int64_t j = 0; j < k; ++j) col_src[j] = enc.src_col[j];
+  for (int64_t i = 0; i < m; ++i) row_src[i] = enc.src_row[i * k];
+
+  // Columns: phi coefficient of the zero indicators, nearest columns.
+  std::vector<int64_t> ones(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) {
+    int64_t n1 = 0;
+    for (int64_t w = 0; w < words; ++w) n1 += __builtin_popcountll(zcol[j * words + w]);
+    ones[j] = n1;
+  }
+  std::vector<double> phi(static_cast<size_t>(k * k), -2.0);
+  parallel_for(k, [&](int64_t lo, int64_t hi) {
+    for (int64_t a = lo; a < hi; ++a)
+      for (int64_t b = 0; b < k; ++b) {
+        if (a == b) continue;
+        int64_t both = 0;
+        for (int64_t w = 0; w < words; ++w) both += __builtin_popcountll(zcol[a * words + w] & zcol[b * words + w]);
+        const double n = static_cast<double>(m), na = static_cast<double>(ones[a]), nb = static_cast<double>(ones[b]);
+        const double den = std::sqrt(na * (n - na) * nb * (n - nb));
+        phi[a * k + b] = den > 0 ? (static_cast<double>(both) * n - na * nb) / den : 0.0;
+      }
+  }, 4);
+  const int64_t kk = kK * kK;
+  for (int64_t a = 0; a < k; ++a) {
+    std::vector<int64_t> order;
+    for (int64_t b = 0; b < k; ++b)
+      if (b != a) order.push_back(b);
+    std::stable_sort(order.begin(), order.end(), [&](int64_t x, int64_t y) { return phi[a * k + x] > phi[a * k + y]; });
+    int64_t same_c = 0, same_o = 0;
+    for (int64_t t = 0; t < kk - 1; ++t) same_c += col_src[order[t]] / kk == col_src[a] / kk;
+    for (int64_t t = 0; t < C - 1; ++t) same_o += col_src[order[t]] % kk == col_src[a] % kk;
+    r.channel_purity += static_cast<double>(same_c) / static_cast<double>((kk - 1) * k);
+    r.offset_purity += static_cast<double>(same_o) / static_cast<double>((C - 1) * k);
+  }
+  // The same by zero count alone: a channel's 9 columns hold one map, so
+  // their counts differ only by what the padding and the borders add.
+  for (int64_t a = 0; a < k; ++a) {
+    std::vector<int64_t> order;
+    for (int64_t b = 0; b < k; ++b)
+      if (b != a) order.push_back(b);
+    std::stable_sort(order.begin(), order.end(),
+                     [&](int64_t x, int64_t y) { return std::llabs(ones[x] - ones[a]) < std::llabs(ones[y] - ones[a]); });
+    int64_t same_c = 0;
+    for (int64_t t = 0; t < kk - 1; ++t) same_c += col_src[order[t]] / kk == col_src[a] / kk;
+    r.count_channel_purity += static_cast<double>(same_c) / static_cast<double>((kk - 1) * k);
+  }
+  r.channel_chance = static_cast<double>(kk - 1) / static_cast<double>(k - 1);
+  r.offset_chance = static_cast<double>(C - 1) / static_cast<double>(k - 1);
+
+  // Rows, given the column structure: exact joins of shared zero patterns.
+  std::vector<int64_t> col_of(static_cast<size_t>(k));  // plaintext column → ciphertext column
+  for (int64_t j = 0; j < k; ++j) col_of[col_src[j]] = j;
+  auto zero = [&](int64_t i, int64_t j) { return (zcol[j * words + i / 64] >> (i % 64)) & 1; };
+  // The pattern of row i over offsets (ky, kx) with ky in [y0, y1), kx in [x0, x1).
+  auto signature = [&](int64_t i, int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
+    std::string sig;
+    sig.reserve(static_cast<size_t>(C * kK * kK / 8 + 1));
+    uint8_t byte = 0;
+    int bit = 0;
+    for (int64_t c = 0; c < C; ++c)
+      for (int64_t ky = y0; ky < y1; ++ky)
+        for (int64_t kx = x0; kx < x1; ++kx) {
+          byte = static_cast<uint8_t>(byte | (zero(i, col_of[c * kk + ky * kK + kx]) << bit));
+          if (++bit == 8) sig.push_back(static_cast<char>(byte)), byte = 0, bit = 0;
+        }
+    if (bit) sig.push_back(static_cast<char>(byte));
+    return sig;
+  };
+  std::vector<int64_t> at(static_cast<size_t>(m));  // plaintext row → ciphertext row
+  for (int64_t i = 0; i < m; ++i) at[row_src[i]] = i;
+  std::vector<int64_t> parent(static_cast<size_t>(m));
+  std::iota(parent.begin(), parent.end(), 0);
+  std::function<int64_t(int64_t)> find = [&](int64_t x) { return parent[x] == x ? x : parent[x] = find(parent[x]); };
+  auto join = [&](bool horizontal, ZeroJigsawResult::Joins& out) {
+    // Row i's far part must equal its neighbour's near part.
+    std::unordered_map<std::string, std::pair<int64_t, int64_t>> near, far;  // signature → (count, row)
+    std::vector<std::string> far_sig(static_cast<size_t>(m));
+    for (int64_t i = 0; i < m; ++i) {
+      const std::string a = horizontal ? signature(i, 0, kK, 0, kK - 1) : signature(i, 0, kK - 1, 0, kK);
+      const std::string b = horizontal ? signature(i, 0, kK, 1, kK) : signature(i, 1, kK, 0, kK);
+      auto& na = near[a];
+      ++na.first, na.second = i;
+      auto& fb = far[b];
+      ++fb.first, fb.second = i;
+      far_sig[i] = b;
+    }
+    for (int64_t i = 0; i < m; ++i) {
+      const int64_t src = row_src[i], img = src / P, y = src % P / side, x = src % side;
+      const bool has = horizontal ? x + 1 < side : y + 1 < side;
+      const int64_t truth = has ? at[img * P + (horizontal ? y * side + x + 1 : (y + 1) * side + x)] : -1;
+      out.adjacencies += has;
+      auto it = near.find(far_sig[i]);
+      if (it == near.end() || it->second.first != 1 || far[far_sig[i]].first != 1) continue;
+      const int64_t j = it->second.second;
+      if (j == i) continue;
+      ++out.unique;
+      if (j == truth) {
+        ++out.correct;
+        parent[find(i)] = find(j);
+      }
+    }
+  };
+  join(true, r.right);
+  join(false, r.down);
+  std::unordered_map<int64_t, int64_t> size;
+  for (int64_t i = 0; i < m; ++i) ++size[find(i)];
+  std::vector<int64_t> largest(static_cast<size_t>(images), 0);
+  int64_t in10 = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const int64_t s = size[find(i)];
+    largest[row_src[i] / P] = std::max(largest[row_src[i] / P], s);
+    in10 += s >= 10;
+  }
+  for (int64_t s : largest) r.largest_fragment += static_cast<double>(s) / static_cast<double>(P * images);
+  r.in_fragments_10 = static_cast<double>(in10) / static_cast<double>(m);
+  return r;
 }
 
 }  // namespace tempo

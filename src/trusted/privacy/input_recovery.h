@@ -122,4 +122,40 @@ struct InputRecoveryRow {
 std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at_step, uint64_t seed,
                                                      bool identity = false);
 
+// ---- The default configuration's first offloaded product: its zeros -------
+//
+// The second convolution's im2col operand holds patches of post-ReLU,
+// max-pooled feature maps: many exact zeros, and a zero stays a zero under
+// any scale. So the zero pattern of A' is the plaintext's zero pattern with
+// rows and columns permuted, which is what a jigsaw needs:
+//  - columns: the 9 columns of one channel are shifted copies of one map,
+//    and the C columns of one kernel offset share the padding's zeros; both
+//    show as correlated zero indicators (phi coefficient over all rows);
+//  - rows: horizontally adjacent positions share 6 of 9 offsets in every
+//    channel, so a row's right part (offsets kx = 1, 2) equals its right
+//    neighbour's left part (kx = 0, 1) bit for bit; likewise vertically.
+// This measures how far that goes: how well the zero correlations single
+// out each column's channel and offset, and, given the column structure,
+// how many adjacencies the exact patterns determine uniquely, and how much
+// of each image the correct ones assemble. It does not rebuild values or
+// images (that needs the row and column scales as well).
+struct ZeroJigsawResult {
+  int64_t rows = 0, cols = 0, channels = 0;
+  double zero_fraction = 0;
+  // Of each column's k²−1 most correlated columns, the fraction of its
+  // channel; of its C−1 most correlated, the fraction of its offset.
+  double channel_purity = 0, channel_chance = 0, offset_purity = 0, offset_chance = 0;
+  double count_channel_purity = 0;  // the same, nearest by the count of zeros
+  struct Joins {
+    int64_t adjacencies = 0;  // true neighbour pairs in this direction
+    int64_t unique = 0;       // rows joined by a mutually unique exact match
+    int64_t correct = 0;      // of those, the true neighbour
+  } right, down;
+  // With the correct joins: the mean over images of the largest assembled
+  // fragment (fraction of the image's positions), and the fraction of
+  // positions in fragments of at least 10.
+  double largest_fragment = 0, in_fragments_10 = 0;
+};
+ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed);
+
 }  // namespace tempo
