@@ -211,6 +211,11 @@ TEST(InputRecovery, ZeroPatternJoinsAreExact) {
     EXPECT_GT(j->correct, j->adjacencies / 4) << "a large part of the jigsaw is fixed by the zeros alone";
   }
   EXPECT_GT(z.count_channel_purity, 3 * z.channel_chance);
+  // Maps without zeros give away the image borders exactly.
+  std::printf("columns without zeros %lld; border columns %lld, exact %lld\n",
+              static_cast<long long>(z.no_zero_columns), static_cast<long long>(z.border_columns),
+              static_cast<long long>(z.border_columns_exact));
+  EXPECT_EQ(z.border_columns_exact, z.border_columns);
   EXPECT_GT(z.largest_fragment, 0.25);
   EXPECT_LE(z.largest_fragment, 1.0);
 }

@@ -228,6 +228,13 @@ int run_inputs(const PrivacyConfig& c) {
   std::snprintf(buf, sizeof buf, "| columns: nearest 8 by count of zeros, of the same channel | %.3f | %.3f |",
                 z.count_channel_purity, z.channel_chance);
   rep.emit(buf);
+  std::snprintf(buf, sizeof buf, "| columns with no zero at all (the centre of a map without zeros) | %lld | %lld columns |",
+                static_cast<long long>(z.no_zero_columns), static_cast<long long>(z.cols));
+  rep.emit(buf);
+  std::snprintf(buf, sizeof buf,
+                "| columns with exactly images × side zeros; of them, zeros exactly one image border | %lld; %lld | |",
+                static_cast<long long>(z.border_columns), static_cast<long long>(z.border_columns_exact));
+  rep.emit(buf);
   std::snprintf(buf, sizeof buf, "| columns: nearest %lld of the same offset | %.3f | %.3f |",
                 static_cast<long long>(z.channels - 1), z.offset_purity, z.offset_chance);
   rep.emit(buf);

@@ -886,12 +886,34 @@ ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t 
   for (int64_t j = 0; j < k; ++j) col_src[j] = enc.src_col[j];
   for (int64_t i = 0; i < m; ++i) row_src[i] = enc.src_row[i * k];
 
+  auto zero = [&](int64_t i, int64_t j) { return (zcol[j * words + i / 64] >> (i % 64)) & 1; };
   // Columns: phi coefficient of the zero indicators, nearest columns.
   std::vector<int64_t> ones(static_cast<size_t>(k));
   for (int64_t j = 0; j < k; ++j) {
     int64_t n1 = 0;
     for (int64_t w = 0; w < words; ++w) n1 += __builtin_popcountll(zcol[j * words + w]);
     ones[j] = n1;
+  }
+  // Channels whose map has no zero at all: their centre column has no zero,
+  // and each edge column's zeros are exactly one image border (the padding),
+  // m / side rows, which the attacker can tell from the shapes alone.
+  {
+    const int64_t border = images * side;
+    for (int64_t j = 0; j < k; ++j) r.no_zero_columns += ones[j] == 0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (ones[j] != border) continue;
+      ++r.border_columns;
+      // Scoring: are these zeros exactly one border's positions?
+      const int64_t o = col_src[j] % (kK * kK), ky = o / kK, kx = o % kK;
+      bool exact = (ky == 1) != (kx == 1);  // an edge offset, not a corner or the centre
+      for (int64_t i = 0; i < m && exact; ++i) {
+        const int64_t y = row_src[i] % P / side, x = row_src[i] % side;
+        const bool pad = (ky == 0 && y == 0) || (ky == 2 && y == side - 1) || (kx == 0 && x == 0) ||
+                         (kx == 2 && x == side - 1);
+        exact = zero(i, j) == pad;
+      }
+      r.border_columns_exact += exact;
+    }
   }
   std::vector<double> phi(static_cast<size_t>(k * k), -2.0);
   parallel_for(k, [&](int64_t lo, int64_t hi) {
@@ -935,7 +957,6 @@ ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t 
   // Rows, given the column structure: exact joins of shared zero patterns.
   std::vector<int64_t> col_of(static_cast<size_t>(k));  // plaintext column → ciphertext column
   for (int64_t j = 0; j < k; ++j) col_of[col_src[j]] = j;
-  auto zero = [&](int64_t i, int64_t j) { return (zcol[j * words + i / 64] >> (i % 64)) & 1; };
   // The pattern of row i over offsets (ky, kx) with ky in [y0, y1), kx in [x0, x1).
   auto signature = [&](int64_t i, int64_t y0, int64_t y1, int64_t x0, int64_t x1) {
     std::string sig;

@@ -146,6 +146,10 @@ struct ZeroJigsawResult {
   // channel; of its C−1 most correlated, the fraction of its offset.
   double channel_purity = 0, channel_chance = 0, offset_purity = 0, offset_chance = 0;
   double count_channel_purity = 0;  // the same, nearest by the count of zeros
+  // Columns with no zero (the centre of a map with no zero), and columns
+  // with exactly images·side zeros, of which those whose zeros are exactly
+  // one image border (the padding): the border positions, exposed.
+  int64_t no_zero_columns = 0, border_columns = 0, border_columns_exact = 0;
   struct Joins {
     int64_t adjacencies = 0;  // true neighbour pairs in this direction
     int64_t unique = 0;       // rows joined by a mutually unique exact match
