@@ -149,19 +149,25 @@ void fashion_subset(const std::string& dir, int64_t train, int64_t test) {
   put("t10k", d.test_x, d.test_y, test);
 }
 
+// The suite's run (seed 1) on the first 2000 training images in dir.
+TrainConfig suite_run(const std::string& dir) {
+  fashion_subset(dir, 2000, 1000);
+  TrainConfig c;
+  c.model = "cnn";
+  c.data = "fashion-mnist:" + dir;
+  c.seed = 1;
+  c.threads = 2;
+  c.progress = false;
+  return c;
+}
+
 // What `tempo privacy --suite inputs` measures, the same way (its defaults:
 // seed 1, step 5), on 2000 training images: the table in docs/SECURITY.md
 // (the full data set) has 63 of 64 images exact blind.
 TEST(InputRecovery, SuiteMeasurement) {
   if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
   testutil::TempDir dir("inputs");
-  fashion_subset(dir.path(), 2000, 1000);
-  TrainConfig c;
-  c.model = "cnn";
-  c.data = "fashion-mnist:" + dir.path();
-  c.seed = 1;
-  c.threads = 2;
-  c.progress = false;
+  const TrainConfig c = suite_run(dir.path());
   const auto rows = measure_input_recovery(c, 5, 1);
   ASSERT_EQ(rows.size(), 5u);
   for (const auto& r : rows)
@@ -186,13 +192,7 @@ TEST(InputRecovery, SuiteMeasurement) {
 TEST(InputRecovery, ZeroPatternJoinsAreExact) {
   if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
   testutil::TempDir dir("zeros");
-  fashion_subset(dir.path(), 2000, 1000);
-  TrainConfig c;
-  c.model = "cnn";
-  c.data = "fashion-mnist:" + dir.path();
-  c.seed = 1;
-  c.threads = 2;
-  c.progress = false;
+  const TrainConfig c = suite_run(dir.path());
   const ZeroJigsawResult z = measure_zero_jigsaw(c, 5, 1);
   std::printf("zeros %.3f; columns: channel %.3f (by count %.3f), offset %.3f; joins right %lld/%lld of %lld, "
               "down %lld/%lld of %lld; largest fragment %.3f\n",
