@@ -24,7 +24,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
                  "tempo (obfuscated, verified) | offload (insecure ablation) | tee-only (all in the master)")
       ->capture_default_str();
   app.add_option("--workers", c.workers,
-                 "local:N (in-process) and/or HOST:PORT of `tempo worker` processes, comma-separated")
+                 "local:N (in-process) and/or HOST:PORT of `tempo worker` processes, comma-separated; each "
+                 "product is split across them by rows, or by columns when it has fewer rows than outputs")
       ->capture_default_str();
   app.add_option("--token-file", c.remote.token_file,
                  "File holding the workers' access token (see `tempo worker --token-file`)")
@@ -68,7 +69,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--key-scale", c.offload.key_scale, "Key scales are log-uniform in [1/σ, σ]")
       ->capture_default_str();
   app.add_flag("--no-key-shift", [&c](int64_t) { c.offload.key_shift = false; },
-               "Re-encrypt both operands of backward products with fresh keys");
+               "Re-encrypt both operands of backward products with fresh keys (with several workers, a "
+               "layer's input and weight gradients then run on two workers at once)");
   app.add_option("--verify-rounds", c.offload.verify.rounds, "Freivalds rounds per product (0: none)")
       ->capture_default_str();
   app.add_option("--verify-rate", c.offload.verify.rate, "Fraction of products checked")
