@@ -112,9 +112,9 @@ bool OffloadBackend::sample_verify() {
 
 bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector<size_t>& ws, Held& h) {
   const int64_t m = p.m, k = p.k, n = p.n;
-  h.by_cols = split_by_cols(m, n, ws.size());
-  stats_.column_splits += h.by_cols;
-  auto shares = split_rows(h.by_cols ? n : m, ws.size());
+  const bool by_cols = split_by_cols(m, n, ws.size());
+  stats_.column_splits += by_cols;
+  auto shares = split_rows(by_cols ? n : m, ws.size());
   h.chunks.clear();
   h.kept.clear();
   h.valid = false;
@@ -128,19 +128,19 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     // whole, W' by rows (the columns of C).
     CipherMatrix whole = [&] {
       PhaseTimer t(phases_.encrypt);
-      return h.by_cols ? obf_->encrypt_x(h.fwd, p.a, m, k) : obf_->encrypt_yt(h.fwd, p.w, n, k);
+      return by_cols ? obf_->encrypt_x(h.fwd, p.a, m, k) : obf_->encrypt_yt(h.fwd, p.w, n, k);
     }();
-    if (h.by_cols) h.kept.push_back(whole);
+    if (by_cols) h.kept.push_back(whole);
     for (size_t i = 0; i < shares.size(); ++i) {
       const size_t w = ws[i];
       Chunk ch{w, shares[i].first, shares[i].second, next_handle_++, next_handle_++};
       CipherMatrix share = [&] {
         PhaseTimer t(phases_.encrypt);
-        return h.by_cols ? obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1)
+        return by_cols ? obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1)
                          : obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1);
       }();
-      const CipherMatrix& ac = h.by_cols ? whole : share;
-      const CipherMatrix& wc = h.by_cols ? share : whole;
+      const CipherMatrix& ac = by_cols ? whole : share;
+      const CipherMatrix& wc = by_cols ? share : whole;
       try {
         PhaseTimer t(phases_.transfer);
         slots_[w].api->put(ch.w, wc);
@@ -153,11 +153,11 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
       }
       stats_.bytes_sent += (wc.rows() * wc.cols() + ac.rows() * ac.cols()) * 4;
       h.chunks.push_back(ch);
-      if (h.by_cols) h.kept.push_back(share);
+      if (by_cols) h.kept.push_back(share);
     }
   }
   std::vector<Matrix> parts;
-  const float* cp = collect(p, futs, h.chunks, m, n, h.by_cols, parts);
+  const float* cp = collect(p, futs, h.chunks, m, n, by_cols, parts);
   if (!cp) return false;
   const bool verify = sample_verify();
   const bool fuse = verify && cfg_.verify.rounds == 1;
@@ -175,7 +175,7 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums,
                        fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
     h.sums_valid = bad.empty();
-    if (!bad.empty() && h.by_cols) {
+    if (!bad.empty() && by_cols) {
       // Each worker's columns of C' checked against what it was sent.
       blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
         return checked(parts[i].data(), m, h.chunks[i].r1 - h.chunks[i].r0, k, {h.kept[0].matrix().data(), false},
@@ -337,12 +337,12 @@ bool OffloadBackend::input_send(const Product& p, const float* dc, const Held& h
   }
   // Row split: each worker gets its rows of G1. Column split: its columns
   // (those of its W' rows), and the partial products are summed.
-  if (h.by_cols) {
+  if (h.by_cols()) {
     PhaseTimer t(phases_.encrypt);
     f.blocks.push_back(obf_->encrypt_x(f.t, dc, m, n));
   }
   return send_gradient(p, h, ProductOp::kNN, f.futs, [&](const Chunk& ch) {
-    if (!h.by_cols) return obf_->encrypt_x(f.t, dc, m, n, ch.r0, ch.r1);
+    if (!h.by_cols()) return obf_->encrypt_x(f.t, dc, m, n, ch.r0, ch.r1);
     f.blocks.push_back(Obfuscator::columns(f.blocks[0], ch.r0, ch.r1));
     return f.blocks.back();
   });
@@ -354,7 +354,7 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
   const Triple& t1 = f.t;
   const bool fuse = f.fuse;
   std::vector<Matrix> parts;
-  const float* zp = h.by_cols ? collect_sum(p, f.futs, h.chunks, m, k, parts)
+  const float* zp = h.by_cols() ? collect_sum(p, f.futs, h.chunks, m, k, parts)
                               : collect(p, f.futs, h.chunks, m, k, false, parts);
   if (!zp) return false;
   KeyStream ks = obf_->stream();
@@ -374,7 +374,7 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
   auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks, nullptr, 0, nullptr,
                      fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
   if (bad.empty()) return true;
-  if (h.by_cols) {
+  if (h.by_cols()) {
     blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
       return checked(parts[i].data(), m, k, h.chunks[i].r1 - h.chunks[i].r0, {f.blocks[1 + i].matrix().data(), false},
                      {h.kept[1 + i].matrix().data(), false}, ks2).empty();
@@ -411,10 +411,10 @@ bool OffloadBackend::weight_send(const Product& p, const float* dc, const Held& 
   {
     PhaseTimer t(phases_.encrypt);
     f.t = h.fwd.shift_weight(obf_->draw(n));
-    if (h.by_cols) f.blocks.push_back(obf_->encrypt_y(f.t, dc, m, n));
+    if (h.by_cols()) f.blocks.push_back(obf_->encrypt_y(f.t, dc, m, n));
   }
   const bool sent = send_gradient(p, h, ProductOp::kTN, f.futs, [&](const Chunk& ch) {
-    if (!h.by_cols) return obf_->encrypt_y(f.t, dc, m, n, ch.r0, ch.r1);
+    if (!h.by_cols()) return obf_->encrypt_y(f.t, dc, m, n, ch.r0, ch.r1);
     f.blocks.push_back(Obfuscator::columns(f.blocks[0], ch.r0, ch.r1));
     return f.blocks.back();
   });
@@ -425,7 +425,7 @@ bool OffloadBackend::weight_send(const Product& p, const float* dc, const Held& 
 bool OffloadBackend::weight_finish(const Product& p, const float* dc, float* dw, const Held& h, Flight& f) {
   const int64_t m = p.m, k = p.k, n = p.n;
   const Triple& t2 = f.t;
-  if (h.by_cols) {
+  if (h.by_cols()) {
     std::vector<Matrix> parts;
     const float* zp = collect(p, f.futs, h.chunks, n, k, false, parts);
     if (!zp) return false;
@@ -627,7 +627,6 @@ bool OffloadBackend::standalone_finish(Kind kind, const Product& p, const float*
     h.valid = true;
     h.fwd = std::move(t);
     h.chunks = {Chunk{w, 0, m, s.h0, s.h1}};
-    h.by_cols = false;
     h.kept.clear();
   }
   return true;
@@ -802,7 +801,6 @@ bool OffloadBackend::conv_once(Kind kind, const ConvProduct& p, const float* dy,
     h.valid = true;
     h.fwd = std::move(t);
     h.chunks = {Chunk{w, 0, g.n, ha, hb}};
-    h.by_cols = false;
     h.kept.clear();
   }
   return true;

@@ -92,11 +92,11 @@ class OffloadBackend final : public LinearBackend {
   struct Held {  // what the workers keep of a forward product until end_step
     bool valid = false;
     Triple fwd;
-    bool by_cols = false;
     std::vector<Chunk> chunks;
     // Column split: the ciphertexts sent (A', then each chunk's W' rows), to
-    // find which worker lied when a check fails.
+    // find which worker lied when a check fails. Empty for a row split.
     std::vector<CipherMatrix> kept;
+    bool by_cols() const { return !kept.empty(); }
     bool sums_valid = false;  // row sums of A from a verified forward
     RowSums sums;
   };

@@ -7,13 +7,14 @@
 #include <string>
 #include <limits>
 #include <numeric>
+#include <optional>
 #include <unordered_map>
 
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
-#include "trusted/linear_backend.h"
+#include "trusted/privacy/tap.h"
 #include "trusted/nn/layers.h"
 #include "trusted/privacy/traced.h"
 
@@ -179,38 +180,57 @@ uint64_t shared_key(const int32_t* p, const std::array<int, 6>& e, const std::ve
   return h | 1;
 }
 
+// Rows joined by a part they share exactly: row a's far part (toward its
+// neighbour) equals row b's near part, and that pattern occurs exactly once
+// as a far part and once as a near part. key(i, far) is row i's far or near
+// pattern, or nothing where the row carries no information. Calls
+// join(a, b) for each join; returns how many.
+template <class Key, class KeyOf, class Join>
+int64_t unique_matches(int64_t rows, KeyOf&& key, Join&& join) {
+  struct Seen {
+    int32_t n_far = 0, n_near = 0;
+    int64_t far = -1, near = -1;
+  };
+  std::unordered_map<Key, Seen> seen;
+  seen.reserve(static_cast<size_t>(rows) * 2);
+  for (int64_t i = 0; i < rows; ++i) {
+    if (std::optional<Key> k = key(i, true)) {
+      Seen& s = seen[*k];
+      ++s.n_far, s.far = i;
+    }
+    if (std::optional<Key> k = key(i, false)) {
+      Seen& s = seen[*k];
+      ++s.n_near, s.near = i;
+    }
+  }
+  int64_t joins = 0;
+  for (const auto& [k, s] : seen) {
+    if (s.n_far != 1 || s.n_near != 1 || s.far == s.near) continue;
+    join(s.far, s.near);
+    ++joins;
+  }
+  return joins;
+}
+
 // Joins rows whose shared part occurs exactly once on each side; nb: rows × 4
 // (−1: none). Returns the number of joins.
 int64_t find_edges(const std::vector<int32_t>& raw, const std::vector<uint8_t>& ok, int64_t rows,
                    const std::vector<int32_t>& layout, std::vector<int32_t>& nb) {
   nb.assign(static_cast<size_t>(rows * 4), -1);
-  struct Seen {
-    int32_t na = 0, nb = 0, a = -1, b = -1;
-  };
-  std::unordered_map<uint64_t, Seen> seen;
-  seen.reserve(static_cast<size_t>(rows) * 2);
   int64_t joins = 0;
   for (int dir = 0; dir < 2; ++dir) {
-    seen.clear();
     const auto ea = shared_entries(dir, true), eb = shared_entries(dir, false);
-    for (int64_t i = 0; i < rows; ++i) {
-      if (!ok[i]) continue;
-      const int32_t* p = raw.data() + i * kKK;
-      if (const uint64_t ka = shared_key(p, ea, layout)) {
-        Seen& s = seen[ka];
-        ++s.na, s.a = static_cast<int32_t>(i);
-      }
-      if (const uint64_t kb = shared_key(p, eb, layout)) {
-        Seen& s = seen[kb];
-        ++s.nb, s.b = static_cast<int32_t>(i);
-      }
-    }
-    for (const auto& [key, s] : seen) {
-      if (s.na != 1 || s.nb != 1 || s.a == s.b) continue;
-      nb[s.a * 4 + dir] = s.b;
-      nb[s.b * 4 + dir + 2] = s.a;
-      ++joins;
-    }
+    joins += unique_matches<uint64_t>(
+        rows,
+        [&](int64_t i, bool far) -> std::optional<uint64_t> {
+          if (!ok[i]) return std::nullopt;
+          const uint64_t k = shared_key(raw.data() + i * kKK, far ? ea : eb, layout);
+          return k ? std::optional<uint64_t>(k) : std::nullopt;
+        },
+        [&](int64_t a, int64_t b) {
+          nb[a * 4 + dir] = static_cast<int32_t>(b);
+          nb[b * 4 + dir + 2] = static_cast<int32_t>(a);
+        });
   }
   return joins;
 }
@@ -609,22 +629,20 @@ namespace {
 // Keeps the input operand (im2col patches) of the first two products at one
 // step; up to it everything is computed in the master. After it nothing is:
 // the evaluation that ends train() is not part of the measurement.
-class PatchTap final : public LinearBackend {
+class PatchTap final : public TapBackend {
  public:
   explicit PatchTap(int64_t at_step) : at_(at_step) {}
-  const char* name() const override { return "tap"; }
+  // After the captured step nothing is computed (the evaluation that
+  // follows training is not needed).
   void forward(const Product& p, float* c) override {
-    if (step_ >= at_) {
+    if (steps() >= at_) {
       std::fill(c, c + p.m * p.n, 0.0f);
       return;
     }
-    if (step_ + 1 == at_ && p.id >= 0 && p.id < 2 && got[p.id].a.empty())
+    if (steps() + 1 == at_ && p.id >= 0 && p.id < 2 && got[p.id].a.empty())
       got[p.id] = {p.m, p.k, p.n, std::vector<float>(p.a, p.a + p.m * p.k)};
     inner_.forward(p, c);
   }
-  void backward_input(const Product& p, const float* dc, float* da) override { inner_.backward_input(p, dc, da); }
-  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
-  void end_step() override { ++step_; }
   struct Got {
     int64_t m = 0, k = 0, n = 0;
     std::vector<float> a;
@@ -632,8 +650,7 @@ class PatchTap final : public LinearBackend {
   std::array<Got, 2> got;
 
  private:
-  TeeOnlyBackend inner_;
-  int64_t at_, step_ = 0;
+  int64_t at_;
 };
 
 // Reconstructions and the baseline, scored image by image after the affine
@@ -978,33 +995,26 @@ ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t 
   std::iota(parent.begin(), parent.end(), 0);
   std::function<int64_t(int64_t)> find = [&](int64_t x) { return parent[x] == x ? x : parent[x] = find(parent[x]); };
   auto join = [&](bool horizontal, ZeroJigsawResult::Joins& out) {
-    // Row i's far part must equal its neighbour's near part.
-    std::unordered_map<std::string, std::pair<int64_t, int64_t>> near, far;  // signature → (count, row)
-    std::vector<std::string> far_sig(static_cast<size_t>(m));
-    for (int64_t i = 0; i < m; ++i) {
-      const std::string a = horizontal ? signature(i, 0, kK, 0, kK - 1) : signature(i, 0, kK - 1, 0, kK);
-      const std::string b = horizontal ? signature(i, 0, kK, 1, kK) : signature(i, 1, kK, 0, kK);
-      auto& na = near[a];
-      ++na.first, na.second = i;
-      auto& fb = far[b];
-      ++fb.first, fb.second = i;
-      far_sig[i] = b;
-    }
+    // Row i's far part (right or lower offsets) must equal its neighbour's
+    // near part (left or upper).
+    std::vector<int64_t> truth(static_cast<size_t>(m), -1);
     for (int64_t i = 0; i < m; ++i) {
       const int64_t src = row_src[i], img = src / P, y = src % P / side, x = src % side;
       const bool has = horizontal ? x + 1 < side : y + 1 < side;
-      const int64_t truth = has ? at[img * P + (horizontal ? y * side + x + 1 : (y + 1) * side + x)] : -1;
+      if (has) truth[i] = at[img * P + (horizontal ? y * side + x + 1 : (y + 1) * side + x)];
       out.adjacencies += has;
-      auto it = near.find(far_sig[i]);
-      if (it == near.end() || it->second.first != 1 || far[far_sig[i]].first != 1) continue;
-      const int64_t j = it->second.second;
-      if (j == i) continue;
-      ++out.unique;
-      if (j == truth) {
-        ++out.correct;
-        parent[find(i)] = find(j);
-      }
     }
+    out.unique = unique_matches<std::string>(
+        m,
+        [&](int64_t i, bool far) -> std::optional<std::string> {
+          if (horizontal) return far ? signature(i, 0, kK, 1, kK) : signature(i, 0, kK, 0, kK - 1);
+          return far ? signature(i, 1, kK, 0, kK) : signature(i, 0, kK - 1, 0, kK);
+        },
+        [&](int64_t a, int64_t b) {
+          if (b != truth[a]) return;
+          ++out.correct;
+          parent[find(a)] = find(b);
+        });
   };
   join(true, r.right);
   join(false, r.down);

@@ -8,7 +8,7 @@
 #include "common/error.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
-#include "trusted/linear_backend.h"
+#include "trusted/privacy/tap.h"
 #include "trusted/privacy/traced.h"
 
 namespace tempo {
@@ -39,17 +39,9 @@ namespace {
 
 // Keeps every gradient of the logits: the dC of the product with one output
 // column per class.
-class LogitGradTap final : public LinearBackend {
+class LogitGradTap final : public TapBackend {
  public:
   explicit LogitGradTap(int64_t classes) : classes_(classes) {}
-  const char* name() const override { return "tap"; }
-  void forward(const Product& p, float* c) override { inner_.forward(p, c); }
-  void backward_input(const Product& p, const float* dc, float* da) override {
-    if (p.n == classes_) got.push_back({p.m, p.n, std::vector<float>(dc, dc + p.m * p.n)});
-    inner_.backward_input(p, dc, da);
-  }
-  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
-  void end_step() override {}
   struct Grad {
     int64_t rows, cols;
     std::vector<float> v;
@@ -57,7 +49,9 @@ class LogitGradTap final : public LinearBackend {
   std::vector<Grad> got;
 
  private:
-  TeeOnlyBackend inner_;
+  void on_backward_input(const Product& p, const float* dc) override {
+    if (p.n == classes_) got.push_back({p.m, p.n, std::vector<float>(dc, dc + p.m * p.n)});
+  }
   int64_t classes_;
 };
 

@@ -9,7 +9,7 @@
 #include "common/rng.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
-#include "trusted/linear_backend.h"
+#include "trusted/privacy/tap.h"
 #include "trusted/privacy/traced.h"
 
 namespace tempo {
@@ -90,34 +90,25 @@ struct Captured {
 
 // Passes every product to the tee-only backend; at the given steps, keeps a
 // copy of each plaintext operand.
-class Tap final : public LinearBackend {
+class Tap final : public TapBackend {
  public:
   explicit Tap(std::vector<int64_t> at_steps) : at_(std::move(at_steps)) {}
-  const char* name() const override { return "tap"; }
-  void forward(const Product& p, float* c) override {
-    keep(p.name, "input", p.a, p.m, p.k);
-    keep(p.name, "weight", p.w, p.n, p.k);
-    inner_.forward(p, c);
-  }
-  void backward_input(const Product& p, const float* dc, float* da) override {
-    keep(p.name, "gradient", dc, p.m, p.n);
-    inner_.backward_input(p, dc, da);
-  }
-  void backward_weight(const Product& p, const float* dc, float* dw) override { inner_.backward_weight(p, dc, dw); }
-  void end_step() override { ++step_; }
   std::vector<Captured> got;
 
  private:
+  void on_forward(const Product& p, const float*) override {
+    keep(p.name, "input", p.a, p.m, p.k);
+    keep(p.name, "weight", p.w, p.n, p.k);
+  }
+  void on_backward_input(const Product& p, const float* dc) override { keep(p.name, "gradient", dc, p.m, p.n); }
   void keep(const std::string& layer, const char* what, const float* d, int64_t r, int64_t c) {
-    const int64_t step = step_ + 1;
+    const int64_t step = steps() + 1;
     if (std::find(at_.begin(), at_.end(), step) == at_.end()) return;
     for (const auto& g : got)
       if (g.step == step && g.layer == layer && g.operand == what) return;
     got.push_back({step, layer, what, r, c, std::vector<float>(d, d + r * c)});
   }
-  TeeOnlyBackend inner_;
   std::vector<int64_t> at_;
-  int64_t step_ = 0;
 };
 
 }  // namespace

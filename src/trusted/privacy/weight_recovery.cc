@@ -14,7 +14,7 @@
 #include "common/rng.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
-#include "trusted/linear_backend.h"
+#include "trusted/privacy/tap.h"
 #include "trusted/privacy/traced.h"
 
 namespace tempo {
@@ -262,7 +262,7 @@ std::vector<int8_t> unit_signs(const float* c_enc, const std::vector<int8_t>& ro
 // each offloaded product's operands under a fresh forward triple for every
 // key set, as OffloadBackend does (with the key shift for the weight
 // gradient), and keeps what the worker would have received.
-class Recorder final : public LinearBackend {
+class Recorder final : public TapBackend {
  public:
   // Records the training steps [first_step, end_step): once per product and
   // step (the evaluation after training goes through here too).
@@ -272,13 +272,16 @@ class Recorder final : public LinearBackend {
       : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), shift_(std::move(shift)),
         first_(first_step), end_(end_step) {}
   const char* name() const override { return "weight-recorder"; }
-  void forward(const Product& p, float* c) override {
-    inner_.forward(p, c);
-    if (step_ >= first_ && step_ < end_ && static_cast<int64_t>(got[0][p.id].size()) == step_ - first_)
+  std::vector<Obfuscator*> keys_;
+  std::vector<std::map<int, std::vector<Record>>> got;  // per key set, by product id, in step order
+
+ private:
+  void on_forward(const Product& p, const float* c) override {
+    const int64_t step = steps();
+    if (step >= first_ && step < end_ && static_cast<int64_t>(got[0][p.id].size()) == step - first_)
       for (size_t s = 0; s < keys_.size(); ++s) record(s, p, c);
   }
-  void backward_input(const Product& p, const float* dc, float* da) override { inner_.backward_input(p, dc, da); }
-  void backward_weight(const Product& p, const float* dc, float* dw) override {
+  void on_backward_weight(const Product& p, const float* dc) override {
     for (size_t s = 0; s < keys_.size(); ++s) {
       auto it = pending_[s].find(p.id);
       if (it == pending_[s].end()) continue;
@@ -291,13 +294,7 @@ class Recorder final : public LinearBackend {
       r.unit_sign = unit_signs(it->second.c_enc.data(), it->second.a_rows, g2.matrix().data(), p.m, p.n);
       pending_[s].erase(it);
     }
-    inner_.backward_weight(p, dc, dw);
   }
-  void end_step() override { ++step_; }
-  std::vector<Obfuscator*> keys_;
-  std::vector<std::map<int, std::vector<Record>>> got;  // per key set, by product id, in step order
-
- private:
   struct Pending {
     Triple t;
     std::vector<float> c_enc;   // C' = L·C·R⁻¹, what the worker computed
@@ -333,10 +330,9 @@ class Recorder final : public LinearBackend {
     for (int64_t j = 0; j < p.k; ++j) r.src_col.push_back(tr.src_col[static_cast<size_t>(j)]);
     got[s][p.id].push_back(std::move(r));
   }
-  TeeOnlyBackend inner_;
   std::vector<std::map<int, Pending>> pending_;
   std::vector<bool> shift_;
-  int64_t first_, end_, step_ = 0;
+  int64_t first_, end_;
 };
 
 double correlation(const std::vector<double>& x, const std::vector<double>& y) {
