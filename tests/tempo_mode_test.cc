@@ -60,21 +60,26 @@ const std::string& tee_only_reference() {
 struct ModeCase {
   int workers;
   bool key_shift;
+  int mask_rank = 0;
 };
 
 class TempoParity : public ::testing::TestWithParam<ModeCase> {};
 
 TEST_P(TempoParity, MatchesTeeOnlyTraining) {
-  const auto [nw, shift] = GetParam();
-  std::string out = (temp_dir() / ("tempo_" + std::to_string(nw) + (shift ? "s" : "n") + ".safetensors")).string();
+  const auto [nw, shift, mask] = GetParam();
+  std::string out = (temp_dir() / ("tempo_" + std::to_string(nw) + (shift ? "s" : "n") + std::to_string(mask) +
+                                   ".safetensors")).string();
   TrainConfig c = small_run(out);
   c.mode = "tempo";
   c.offload.key_shift = shift;
+  c.offload.mask_rank = mask;
   OffloadBackend be(c.offload, local_workers(nw), secret_from_seed(__LINE__));
   train(c, &be);
   EXPECT_EQ(be.stats().rejected, 0) << "false alarm on honest workers";
   EXPECT_EQ(be.stats().local_fallbacks, 0);
   EXPECT_GT(be.stats().products, 0);
+  if (mask > 0) EXPECT_GT(be.stats().masked, 0);
+  else EXPECT_EQ(be.stats().masked, 0);
   // With several workers the fully connected layer (batch 32 < 128 outputs)
   // is split by columns, the convolution by rows.
   if (nw > 1) EXPECT_GT(be.stats().column_splits, 0);
@@ -83,13 +88,14 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   if (nw > 1 && !shift) EXPECT_GT(be.stats().apart, 0);
   else EXPECT_EQ(be.stats().apart, 0);
   const double err = testutil::max_rel_error(out, tee_only_reference());
-  std::printf("tempo, %d worker(s), key shift %s: max error %.3g·max|w|\n", nw, shift ? "on" : "off", err);
+  std::printf("tempo, %d worker(s), key shift %s, mask rank %d: max error %.3g·max|w|\n", nw, shift ? "on" : "off",
+              mask, err);
   EXPECT_LT(err, 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
                          ::testing::Values(ModeCase{1, true}, ModeCase{1, false}, ModeCase{3, true},
-                                           ModeCase{3, false}));
+                                           ModeCase{3, false}, ModeCase{1, true, 32}, ModeCase{3, false, 32}));
 
 class Tampering : public ::testing::TestWithParam<std::string> {};
 
@@ -315,6 +321,65 @@ TEST(Decryption, Im2colProductsEqualPlaintext) {
     EXPECT_LT(rel_diff(da1, da2), 1e-5);
     EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
     EXPECT_EQ(be.stats().rejected, 0);
+  }
+}
+
+// The additive mask: results still equal the plaintext products (forward,
+// each backward product alone and both at once; with and without the key
+// shift, on one and two workers), and no zero of a post-ReLU operand
+// reaches a worker, where without the mask they all do.
+TEST(Decryption, MaskedProductsEqualPlaintextAndHideZeros) {
+  const int64_t m = 97, k = 61, n = 13;
+  auto a = random_vec(m * k, 1), w = random_vec(n * k, 2), dc = random_vec(m * n, 3);
+  int64_t plain_zeros = 0;
+  for (auto& x : a) plain_zeros += (x = std::max(x, 0.0f)) == 0.0f;  // post-ReLU: half zeros
+  ASSERT_GT(plain_zeros, m * k / 3);
+  TeeOnlyBackend tee;
+  Product p{0, "test", a.data(), w.data(), m, k, n};
+  std::vector<float> c2(m * n), da2(m * k), dw2(n * k);
+  tee.forward(p, c2.data());
+  tee.backward_input(p, dc.data(), da2.data());
+  tee.backward_weight(p, dc.data(), dw2.data());
+  for (int rank : {0, 8}) {
+    for (int shift = 0; shift < 2; ++shift) {
+      for (int nw : {1, 2}) {
+        OffloadConfig oc;
+        oc.key_shift = shift == 1;
+        oc.mask_rank = rank;
+        auto ws = local_workers(nw);
+        auto* rec = new RecordingWorker(std::move(ws[0]));
+        ws[0].reset(rec);
+        OffloadBackend be(oc, std::move(ws), secret_from_seed(__LINE__ + 10 * rank + shift));
+        for (int both = 0; both < 2; ++both) {
+          std::vector<float> c1(m * n), da1(m * k), dw1(n * k);
+          be.forward(p, c1.data());
+          if (both) {
+            be.backward(p, dc.data(), dw1.data(), da1.data());
+          } else {
+            be.backward_input(p, dc.data(), da1.data());
+            be.backward_weight(p, dc.data(), dw1.data());
+          }
+          be.end_step();
+          SCOPED_TRACE("rank " + std::to_string(rank) + ", shift " + std::to_string(shift) + ", workers " +
+                       std::to_string(nw) + ", both " + std::to_string(both));
+          EXPECT_LT(rel_diff(c1, c2), 1e-5);
+          EXPECT_LT(rel_diff(da1, da2), 1e-5);
+          EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
+        }
+        EXPECT_EQ(be.stats().rejected, 0);
+        EXPECT_EQ(be.stats().masked, rank > 0 ? 2 : 0);
+        // Zeros in what the first worker received (operands of the shape of A').
+        int64_t zeros = 0, seen = 0;
+        for (const auto& r : rec->records()) {
+          if (!r.received || r.cols != k || r.rows == n) continue;
+          seen += static_cast<int64_t>(r.data.size());
+          for (float x : r.data) zeros += x == 0.0f;
+        }
+        ASSERT_GT(seen, 0);
+        if (rank > 0) EXPECT_EQ(zeros, 0) << "a zero of the plaintext reached a worker";
+        else EXPECT_GT(zeros, seen / 3);
+      }
+    }
   }
 }
 

@@ -158,6 +158,7 @@ struct Config {
   bool key_shift = true;
   int rounds = 1;
   std::string workers;
+  int mask_rank = 0;
 };
 
 // Every configuration on every model, interleaved, as one table.
@@ -178,6 +179,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
         oc.insecure_identity = conf.mode == "offload";
         oc.key_shift = conf.key_shift;
         oc.verify.rounds = conf.rounds;
+        oc.mask_rank = conf.mask_rank;
         be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
@@ -207,6 +209,7 @@ int run_modes(const BenchConfig& cfg) {
   return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
                            {"offload (insecure)", "offload", true, 0, w},
                            {"tempo", "tempo", true, 1, w},
+                           {"tempo, mask rank 32", "tempo", true, 1, w, 32},
                            {"tempo, no key shift", "tempo", false, 1, w},
                            {"tempo, no verification", "tempo", true, 0, w},
                            {"tempo, no shift, no verif.", "tempo", false, 0, w}});

@@ -71,6 +71,12 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_flag("--no-key-shift", [&c](int64_t) { c.offload.key_shift = false; },
                "Re-encrypt both operands of backward products with fresh keys (with several workers, a "
                "layer's input and weight gradients then run on two workers at once)");
+  app.add_option("--mask-rank", c.offload.mask_rank,
+                 "Add a fresh secret rank-r mask to the input operand of every offloaded product, so that its "
+                 "zeros (post-ReLU) do not reach a worker; the master removes it with thin products (0: none; "
+                 "docs/SECURITY.md)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--verify-rounds", c.offload.verify.rounds, "Freivalds rounds per product (0: none)")
       ->capture_default_str();
   app.add_option("--verify-rate", c.offload.verify.rate, "Fraction of products checked")

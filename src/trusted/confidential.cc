@@ -75,6 +75,7 @@ nlohmann::json run_config(const TrainConfig& cfg) {
     c["channel_from"] = cfg.channel_from;
     c["key_scale"] = cfg.offload.key_scale;
     c["key_shift"] = cfg.offload.key_shift;
+    c["mask_rank"] = cfg.offload.mask_rank;
     c["verify"] = {{"rounds", cfg.offload.verify.rounds},
                    {"rate", cfg.offload.verify.rate},
                    {"tolerance", cfg.offload.verify.tolerance}};

@@ -56,6 +56,8 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
   for (auto& w : workers) slots_.push_back({std::move(w), 0, false});
   obf_ = cfg.insecure_identity ? Obfuscator::insecure_identity(secret)
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);
+  TEMPO_CHECK(cfg.mask_rank >= 0, "--mask-rank must not be negative");
+  if (cfg.mask_rank > 0) mask_ = std::make_unique<AdditiveMask>(cfg.mask_rank, cfg.mask_magnitude);
 }
 
 size_t OffloadBackend::healthy_workers() const {
@@ -687,14 +689,33 @@ void OffloadBackend::retry(Kind kind, const Product& p, const float* dc, float* 
   local(kind, p, dc, out);
 }
 
-void OffloadBackend::forward(const Product& p, float* c) { run(Kind::kForward, p, nullptr, c); }
+void OffloadBackend::forward(const Product& p, float* c) {
+  if (!mask_) {
+    run(Kind::kForward, p, nullptr, c);
+    return;
+  }
+  const Product* q = nullptr;
+  {
+    PhaseTimer t(phases_.encrypt);
+    KeyStream ks = obf_->stream();
+    q = &mask_->apply(p, ks);
+  }
+  ++stats_.masked;
+  run(Kind::kForward, *q, nullptr, c);
+  PhaseTimer t(phases_.decrypt);
+  mask_->unmask_forward(*q, c);
+}
 
 void OffloadBackend::backward_input(const Product& p, const float* dc, float* da) {
-  run(Kind::kInput, p, dc, da);
+  run(Kind::kInput, as_sent(p), dc, da);
 }
 
 void OffloadBackend::backward_weight(const Product& p, const float* dc, float* dw) {
-  run(Kind::kWeight, p, dc, dw);
+  const Product& q = as_sent(p);
+  run(Kind::kWeight, q, dc, dw);
+  if (&q == &p) return;
+  PhaseTimer t(phases_.decrypt);
+  mask_->unmask_weight(q, dc, dw);
 }
 
 // ---- Channel mode ----------------------------------------------------------
@@ -845,7 +866,9 @@ void OffloadBackend::conv_backward_weight(const ConvProduct& p, const float* dy,
   conv_run(Kind::kWeight, p, dy, dw);
 }
 
-void OffloadBackend::backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) {
+void OffloadBackend::backward_input_col2im(const Product& plain, const float* dc, const ConvGeometry& g,
+                                           float* dx) {
+  const Product& p = as_sent(plain);
   Held& h = held(p);
   // Fused only with at most one verification round (whose products are
   // taken in the same pass); otherwise the check needs dA itself.
@@ -858,8 +881,18 @@ void OffloadBackend::backward_input_col2im(const Product& p, const float* dc, co
   col2im(g, dcols_.data(), dx);
 }
 
-void OffloadBackend::backward(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g,
+void OffloadBackend::backward(const Product& plain, const float* dc, float* dw, float* da, const ConvGeometry* g,
                               float* dx) {
+  const Product& p = as_sent(plain);
+  backward_plain(p, dc, dw, da, g, dx);
+  if (&p == &plain || !dw) return;
+  PhaseTimer t(phases_.decrypt);
+  mask_->unmask_weight(p, dc, dw);
+}
+
+// backward() on the product as sent (dw is still masked when it returns).
+void OffloadBackend::backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g,
+                                    float* dx) {
   Held& h = held(p);
   const bool input = g || da;
   if (!cfg_.key_shift && input) {

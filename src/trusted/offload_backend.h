@@ -18,6 +18,7 @@
 #include <string>
 #include <vector>
 
+#include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/linear_backend.h"
 #include "trusted/verifier.h"
@@ -33,12 +34,17 @@ struct OffloadConfig {
   int quarantine_after = 2;
   bool fallback = true;
   bool log = true;  // a stderr line per rejected result, quarantine and fallback
+  // Additive mask of this rank on the data operand of every product (0:
+  // none); see trusted/crypto/mask.h. Entries of A's rms × mask_magnitude.
+  int mask_rank = 0;
+  float mask_magnitude = 1.0f;
 };
 
 struct OffloadStats {
   int64_t products = 0;          // products computed by workers
   int64_t column_splits = 0;     // forward products split by columns (tensor parallel)
   int64_t apart = 0;             // backward passes with dW and dA on two workers at once
+  int64_t masked = 0;            // forward products whose data operand was masked
   int64_t verified = 0;          // of which checked
   int64_t rejected = 0;          // results discarded (failed check or error)
   int64_t local_fallbacks = 0;   // products computed in the master
@@ -157,12 +163,16 @@ class OffloadBackend final : public LinearBackend {
                                KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0,
                                RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
                                const double* cr_pre = nullptr);
+  // The product as the workers know it: with its masked operand, if any.
+  const Product& as_sent(const Product& p) const { return mask_ ? mask_->masked(p) : p; }
+  void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);
   Held& held(int id);
   Held& held(const Product& p) { return held(p.id); }
 
   OffloadConfig cfg_;
   std::vector<Slot> slots_;
   std::unique_ptr<Obfuscator> obf_;
+  std::unique_ptr<AdditiveMask> mask_;
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;
