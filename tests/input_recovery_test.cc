@@ -193,7 +193,8 @@ TEST(InputRecovery, ZeroPatternJoinsAreExact) {
   if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
   testutil::TempDir dir("zeros");
   const TrainConfig c = suite_run(dir.path());
-  const ZeroJigsawResult z = measure_zero_jigsaw(c, 5, 1);
+  const std::vector<ZeroJigsawResult> zs = measure_zero_jigsaw(c, 5, 1, {0, 64});
+  const ZeroJigsawResult& z = zs[0];
   std::printf("zeros %.3f; columns: channel %.3f (by count %.3f), offset %.3f; joins right %lld/%lld of %lld, "
               "down %lld/%lld of %lld; largest fragment %.3f\n",
               z.zero_fraction, z.channel_purity, z.count_channel_purity, z.offset_purity,
@@ -218,6 +219,27 @@ TEST(InputRecovery, ZeroPatternJoinsAreExact) {
   EXPECT_EQ(z.border_columns_exact, z.border_columns);
   EXPECT_GT(z.largest_fragment, 0.25);
   EXPECT_LE(z.largest_fragment, 1.0);
+  // Without a mask the worker's zero guess is exact, and nearest matches
+  // are at least the exact ones.
+  EXPECT_DOUBLE_EQ(z.zero_auc, 1.0);
+  EXPECT_DOUBLE_EQ(z.pattern_precision, 1.0);
+  EXPECT_GE(z.right_nearest.correct, z.right.correct * 95 / 100);
+  // The default mask (rank 64): no exact zero reaches the worker, the
+  // low-rank-plus-sparse split guesses them far from exactly, and neither
+  // exact nor nearest matches rebuild the layout.
+  const ZeroJigsawResult& mz = zs[1];
+  std::printf("mask rank 64: AUC %.3f, precision %.3f, recall %.3f; nearest joins right %lld/%lld, down %lld/%lld\n",
+              mz.zero_auc, mz.pattern_precision, mz.pattern_recall, static_cast<long long>(mz.right_nearest.correct),
+              static_cast<long long>(mz.right_nearest.unique), static_cast<long long>(mz.down_nearest.correct),
+              static_cast<long long>(mz.down_nearest.unique));
+  EXPECT_EQ(mz.mask_rank, 64);
+  EXPECT_DOUBLE_EQ(mz.zero_fraction, z.zero_fraction) << "the same operand";
+  EXPECT_EQ(mz.no_zero_columns, 0);
+  EXPECT_EQ(mz.border_columns_exact, 0);
+  EXPECT_LT(mz.zero_auc, 0.8);
+  for (const auto* j : {&mz.right, &mz.down, &mz.right_nearest, &mz.down_nearest})
+    EXPECT_LT(j->correct, j->adjacencies / 100) << "the mask leaves under 1% of the jigsaw";
+  EXPECT_LT(mz.largest_fragment, 0.05);
 }
 
 }  // namespace

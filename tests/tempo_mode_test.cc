@@ -95,7 +95,7 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
 
 INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
                          ::testing::Values(ModeCase{1, true}, ModeCase{1, false}, ModeCase{3, true},
-                                           ModeCase{3, false}, ModeCase{1, true, 32}, ModeCase{3, false, 32}));
+                                           ModeCase{3, false}, ModeCase{1, true, 64}, ModeCase{3, false, 64}));
 
 class Tampering : public ::testing::TestWithParam<std::string> {};
 

@@ -158,7 +158,7 @@ struct Config {
   bool key_shift = true;
   int rounds = 1;
   std::string workers;
-  int mask_rank = 0;
+  int mask_rank = OffloadConfig{}.mask_rank;
 };
 
 // Every configuration on every model, interleaved, as one table.
@@ -210,6 +210,7 @@ int run_modes(const BenchConfig& cfg) {
                            {"offload (insecure)", "offload", true, 0, w},
                            {"tempo", "tempo", true, 1, w},
                            {"tempo, mask rank 32", "tempo", true, 1, w, 32},
+                           {"tempo, no mask", "tempo", true, 1, w, 0},
                            {"tempo, no key shift", "tempo", false, 1, w},
                            {"tempo, no verification", "tempo", true, 0, w},
                            {"tempo, no shift, no verif.", "tempo", false, 0, w}});

@@ -59,6 +59,7 @@ struct PrivacyConfig {
   std::vector<int64_t> budgets = {100, 300, 1000, 3000, 10000};  // stealing: queries per substitute
   std::string substitute;  // stealing: the attacker's model ("": the victim's)
   std::vector<int64_t> at_steps;  // mi: measure along one run at these steps instead
+  std::vector<int> mask_ranks = {0, 1, 8, 32, 64};  // inputs: the zero-pattern table's columns (0: no mask)
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
 int run_privacy(const PrivacyConfig& cfg);

@@ -11,6 +11,7 @@
 //   weights    weight recovery from the weight ciphertexts alone (no keys).
 #include <algorithm>
 #include <cstdio>
+#include <functional>
 
 #include "cli/commands.h"
 #include "common/error.h"
@@ -44,6 +45,12 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
                  "instead of the estimator check and step 5")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  app.add_option("--mask-ranks", c.mask_ranks,
+                 "inputs: the zero-pattern attack on the second convolution's operand with these --mask-rank "
+                 "values (0: no mask), comma-separated")
+      ->delimiter(',')
+      ->capture_default_str()
+      ->check(CLI::Range(0, 4096));
   app.add_option("--samples", c.samples, "mi: value pairs per estimate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{100}, int64_t{1000000}));
@@ -204,56 +211,80 @@ int run_inputs(const PrivacyConfig& c) {
            "applies to the first layer and in `cnn` applies to no layer unless --channel-from is 1.");
   rep.emit("");
   // The default configuration's first offloaded product: what its zeros give away.
-  const ZeroJigsawResult z = measure_zero_jigsaw(t, step, c.seed);
+  const std::vector<ZeroJigsawResult> zs = measure_zero_jigsaw(t, step, c.seed, c.mask_ranks);
+  const ZeroJigsawResult& z = zs.front();
   rep.emit("#### The default configuration: zeros of the second convolution's patches");
   rep.emit("");
   std::snprintf(buf, sizeof buf,
                 "The same step's first offloaded product in the default configuration: the im2col operand of the "
                 "second convolution (%lld × %lld: patches of %lld post-ReLU, max-pooled feature maps), under tempo "
-                "keys. %.1f%% of its entries are exact zeros, and a zero stays a zero under any scale, so the "
-                "worker holds the plaintext's zero pattern with rows and columns permuted. Columns: of each "
-                "column's 8 (resp. %lld) columns with the most correlated zero indicators (phi over all rows), the "
-                "fraction of its own channel (resp. kernel offset). Rows, given the column structure: a row's "
-                "right (lower) part must equal its neighbour's left (upper) part bit for bit; joins are made where "
-                "that match is unique both ways.",
+                "keys. %.1f%% of its entries are exact zeros, and a zero stays a zero under any scale, so without a "
+                "mask the worker holds the plaintext's zero pattern with rows and columns permuted. With "
+                "`--mask-rank r` the worker receives (A + U·Vᵀ)' instead, and first guesses the zeros: where the "
+                "sparse part of a robust-PCA split (principal component pursuit, 30 iterations, standard λ) of the "
+                "ciphertext is zero. Columns: of each column's 8 (resp. %lld) columns with the most correlated zero "
+                "indicators (phi over all rows), the fraction of its own channel (resp. kernel offset). Rows, given "
+                "the column structure: a row's right (lower) part must equal its neighbour's left (upper) part bit "
+                "for bit; joins are made where that match is unique both ways (exact), or where the two are each "
+                "other's unique nearest in Hamming distance (nearest).",
                 static_cast<long long>(z.rows), static_cast<long long>(z.cols), static_cast<long long>(z.channels),
                 100 * z.zero_fraction, static_cast<long long>(z.channels - 1));
   rep.emit(buf);
   rep.emit("");
-  rep.emit("| measurement | value | chance or total |");
-  rep.emit("|---|---:|---:|");
-  std::snprintf(buf, sizeof buf, "| columns: nearest 8 of the same channel | %.3f | %.3f |", z.channel_purity,
-                z.channel_chance);
-  rep.emit(buf);
-  std::snprintf(buf, sizeof buf, "| columns: nearest 8 by count of zeros, of the same channel | %.3f | %.3f |",
-                z.count_channel_purity, z.channel_chance);
-  rep.emit(buf);
-  std::snprintf(buf, sizeof buf, "| columns with no zero at all (the centre of a map without zeros) | %lld | %lld columns |",
-                static_cast<long long>(z.no_zero_columns), static_cast<long long>(z.cols));
-  rep.emit(buf);
-  std::snprintf(buf, sizeof buf,
-                "| columns with exactly images × side zeros; of them, zeros exactly one image border | %lld; %lld | |",
-                static_cast<long long>(z.border_columns), static_cast<long long>(z.border_columns_exact));
-  rep.emit(buf);
-  std::snprintf(buf, sizeof buf, "| columns: nearest %lld of the same offset | %.3f | %.3f |",
-                static_cast<long long>(z.channels - 1), z.offset_purity, z.offset_chance);
-  rep.emit(buf);
-  for (int d = 0; d < 2; ++d) {
-    const auto& j = d ? z.down : z.right;
-    const char* name = d ? "vertical" : "horizontal";
-    std::snprintf(buf, sizeof buf, "| rows: %s joins made (unique exact match) | %lld | %lld adjacencies |", name,
-                  static_cast<long long>(j.unique), static_cast<long long>(j.adjacencies));
-    rep.emit(buf);
-    std::snprintf(buf, sizeof buf, "| rows: %s joins correct | %lld (%.3f of joins) | %.3f of adjacencies |", name,
-                  static_cast<long long>(j.correct), j.unique ? double(j.correct) / double(j.unique) : 0.0,
-                  j.adjacencies ? double(j.correct) / double(j.adjacencies) : 0.0);
-    rep.emit(buf);
+  std::string head = "| measurement |", rule = "|---|";
+  for (const auto& x : zs) {
+    head += x.mask_rank ? " --mask-rank " + std::to_string(x.mask_rank) + " |" : " no mask |";
+    rule += "---:|";
   }
-  std::snprintf(buf, sizeof buf, "| images: largest fragment assembled by correct joins, mean | %.3f | 1 (whole image) |",
-                z.largest_fragment);
-  rep.emit(buf);
-  std::snprintf(buf, sizeof buf, "| positions in fragments of 10 or more | %.3f | 1 |", z.in_fragments_10);
-  rep.emit(buf);
+  rep.emit(head + " chance or total |");
+  rep.emit(rule + "---:|");
+  // One row: a label, one cell per mask rank, and the chance column.
+  auto row = [&](const std::string& label, const std::function<std::string(const ZeroJigsawResult&)>& cell,
+                 const std::string& chance) {
+    std::string line = "| " + label + " |";
+    for (const auto& x : zs) line += " " + cell(x) + " |";
+    rep.emit(line + " " + chance + " |");
+  };
+  auto f3 = [](double v) {
+    char b[32];
+    std::snprintf(b, sizeof b, "%.3f", v);
+    return std::string(b);
+  };
+  auto i64 = [](int64_t v) { return std::to_string(v); };
+  row("zeros: fraction of entries the worker takes for zeros", [&](const auto& x) { return f3(x.pattern_fraction); },
+      f3(z.zero_fraction) + " are");
+  row("zeros: precision, recall of that guess", [&](const auto& x) {
+        return f3(x.pattern_precision) + ", " + f3(x.pattern_recall);
+      }, "1, 1: exact");
+  row("zeros: AUC of the worker's zero detector", [&](const auto& x) { return f3(x.zero_auc); }, "0.5");
+  row("rows of A entirely zero (each shows a worker one row of the mask alone)",
+      [&](const auto& x) { return i64(x.zero_rows); }, i64(z.rows) + " rows");
+  row("columns: nearest 8 of the same channel", [&](const auto& x) { return f3(x.channel_purity); },
+      f3(z.channel_chance));
+  row("columns: nearest 8 by count of zeros, of the same channel",
+      [&](const auto& x) { return f3(x.count_channel_purity); }, f3(z.channel_chance));
+  row("columns with no zero at all (the centre of a map without zeros)",
+      [&](const auto& x) { return i64(x.no_zero_columns); }, i64(z.cols) + " columns");
+  row("columns with exactly images × side zeros; of them, zeros exactly one image border",
+      [&](const auto& x) { return i64(x.border_columns) + "; " + i64(x.border_columns_exact); }, "");
+  row("columns: nearest " + i64(z.channels - 1) + " of the same offset",
+      [&](const auto& x) { return f3(x.offset_purity); }, f3(z.offset_chance));
+  for (int d = 0; d < 4; ++d) {
+    auto pick = [d](const ZeroJigsawResult& x) -> const ZeroJigsawResult::Joins& {
+      return d == 0 ? x.right : d == 1 ? x.down : d == 2 ? x.right_nearest : x.down_nearest;
+    };
+    const std::string name = std::string(d % 2 ? "vertical" : "horizontal") + (d < 2 ? " exact" : " nearest");
+    row("rows: " + name + " joins made", [&](const auto& x) { return i64(pick(x).unique); },
+        i64(pick(z).adjacencies) + " adjacencies");
+    row("rows: " + name + " joins correct (of joins; of adjacencies)", [&](const auto& x) {
+          const auto& j = pick(x);
+          return i64(j.correct) + " (" + f3(j.unique ? double(j.correct) / double(j.unique) : 0.0) + "; " +
+                 f3(j.adjacencies ? double(j.correct) / double(j.adjacencies) : 0.0) + ")";
+        }, "");
+  }
+  row("images: largest fragment assembled by correct exact joins, mean",
+      [&](const auto& x) { return f3(x.largest_fragment); }, "1 (whole image)");
+  row("positions in fragments of 10 or more", [&](const auto& x) { return f3(x.in_fragments_10); }, "1");
   rep.write(c.table);
   return 0;
 }

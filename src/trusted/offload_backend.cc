@@ -57,7 +57,7 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
   obf_ = cfg.insecure_identity ? Obfuscator::insecure_identity(secret)
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);
   TEMPO_CHECK(cfg.mask_rank >= 0, "--mask-rank must not be negative");
-  if (cfg.mask_rank > 0) mask_ = std::make_unique<AdditiveMask>(cfg.mask_rank, cfg.mask_magnitude);
+  if (cfg.mask_rank > 0 && !cfg.insecure_identity) mask_ = std::make_unique<AdditiveMask>(cfg.mask_rank, cfg.mask_magnitude);
 }
 
 size_t OffloadBackend::healthy_workers() const {

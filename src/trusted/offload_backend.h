@@ -35,8 +35,9 @@ struct OffloadConfig {
   bool fallback = true;
   bool log = true;  // a stderr line per rejected result, quarantine and fallback
   // Additive mask of this rank on the data operand of every product (0:
-  // none); see trusted/crypto/mask.h. Entries of A's rms × mask_magnitude.
-  int mask_rank = 0;
+  // none; tempo mode only); see trusted/crypto/mask.h. Entries of A's rms ×
+  // mask_magnitude.
+  int mask_rank = 64;
   float mask_magnitude = 1.0f;
 };
 

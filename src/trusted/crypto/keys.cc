@@ -10,6 +10,7 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "common/error.h"
 #include "common/parallel.h"
 
 namespace tempo {
@@ -185,6 +186,14 @@ void KeyStream::refill() {
                                      nonce_.data(), block_, key_.data());
   block_ += static_cast<uint32_t>(sizeof buf_ / 64);
   pos_ = 0;
+}
+
+KeyStream KeyStream::fork(uint32_t i) const {
+  TEMPO_CHECK(i < 1023 && block_ <= (uint32_t{1} << 22), "KeyStream::fork out of range");
+  KeyStream f(key_, 0);
+  f.nonce_ = nonce_;
+  f.block_ = (i + 1) << 22;
+  return f;
 }
 
 uint32_t KeyStream::u32() {

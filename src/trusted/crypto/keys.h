@@ -67,6 +67,10 @@ class KeyStream {
   double uniform();            // [0, 1), 53 bits
   // Magnitude log-uniform in [1/sigma, sigma], random sign.
   ScaledPerm scaled_perm(int64_t d, double sigma);
+  // An independent stretch of this stream (ChaCha20 is seekable), for
+  // drawing in parallel: the keystream from block (i + 1)·2²² on (256 MiB
+  // each, i < 1023); the stream itself must stay within its first 2²² blocks.
+  KeyStream fork(uint32_t i) const;
 
  private:
   void refill();

@@ -36,7 +36,8 @@ const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
   if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m, k = p.k;
-  e.r = std::min<int64_t>(rank_, std::min(m, k));
+  const int64_t side = std::min(m, k);
+  e.r = side <= 2 * int64_t{rank_} ? side : rank_;
   const int64_t r = e.r;
   e.am.resize(static_cast<size_t>(m * k));
   e.u.resize(static_cast<size_t>(m * r));
@@ -65,7 +66,16 @@ const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
   // Entries of U·Vᵀ: a sum of r products of variance 1 and rms²·magnitude²/r.
   const float hu = std::sqrt(3.0f);
   const float hv = static_cast<float>(std::sqrt(3.0) * rms * magnitude_ / std::sqrt(static_cast<double>(r)));
-  fill_uniform(ks, hu, e.u.data(), m * r);
+  // U in a fixed number of pieces, each from its own stretch of the stream,
+  // in parallel: the draws depend on the stream only, not on the threads.
+  constexpr int64_t kPieces = 16;
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      KeyStream piece = ks.fork(static_cast<uint32_t>(c));
+      const int64_t r0 = m * c / kPieces, r1 = m * (c + 1) / kPieces;
+      fill_uniform(piece, hu, e.u.data() + r0 * r, (r1 - r0) * r);
+    }
+  });
   fill_uniform(ks, hv, e.v.data(), k * r);
   sgemm(false, true, m, k, r, 1.0f, e.u.data(), r, e.v.data(), r, 1.0f, e.am.data(), k);
   e.q = p;

@@ -28,7 +28,8 @@ class AdditiveMask {
   int rank() const { return rank_; }
   // p with `a` replaced by A + U·Vᵀ (fresh U, V drawn from ks); it stays
   // valid until the next apply() for the same p.id. The rank used is
-  // min(rank, m, k).
+  // rank, or min(m, k) (full) where that is at most twice the rank: a small
+  // side (a batch of rows) is masked in full, cheaply.
   const Product& apply(const Product& p, KeyStream& ks);
   // The masked product last applied for p.id (p itself if none was).
   const Product& masked(const Product& p) const;

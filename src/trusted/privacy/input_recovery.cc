@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <limits>
@@ -13,9 +14,11 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/crypto/keys.h"
+#include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/privacy/tap.h"
 #include "trusted/nn/layers.h"
+#include "trusted/privacy/low_rank.h"
 #include "trusted/privacy/traced.h"
 
 namespace tempo {
@@ -861,43 +864,107 @@ std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at
   return out;
 }
 
-ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed) {
-  cfg.mode = "tee-only";
-  cfg.steps = at_step;
-  cfg.save.clear();
-  cfg.metrics.clear();
-  cfg.offload_first = true;  // so the tap sees the first two products
-  const std::unique_ptr<Model> model = build_model(cfg.model, cfg.seed);
-  const Conv2d* conv2 = model->product_layers.size() > 1 ? dynamic_cast<const Conv2d*>(model->product_layers[1]) : nullptr;
-  TEMPO_CHECK(conv2 && conv2->kernel == kK && conv2->stride == 1 && conv2->padding == 1,
-              "zero-pattern measurement: needs a second 3×3 same convolution (as in cnn)");
-  PatchTap tap(at_step);
-  train(cfg, &tap);
-  const auto& g = tap.got[1];
-  TEMPO_CHECK(!g.a.empty(), "zero-pattern measurement: the step was not captured");
-  const int64_t m = g.m, k = g.k, C = k / (kK * kK);
+namespace {
+
+// Mutual nearest matches between the rows' far and near signatures (rows ×
+// words bit rows): row a's far part is nearest (Hamming) to row b's near
+// part and no other row's, and the reverse. Calls join(a, b) for each;
+// returns how many.
+template <class Join>
+int64_t nearest_matches(const std::vector<uint64_t>& far, const std::vector<uint64_t>& near, int64_t rows,
+                        int64_t words, Join&& join) {
+  auto dist = [&](int64_t a, int64_t b) {
+    int d = 0;
+    for (int64_t w = 0; w < words; ++w) d += __builtin_popcountll(far[a * words + w] ^ near[b * words + w]);
+    return d;
+  };
+  // best[0][a]: the near row nearest to a's far part; best[1][b]: the far row
+  // nearest to b's near part; −1 where the least distance is not unique.
+  std::array<std::vector<int64_t>, 2> best;
+  for (int side = 0; side < 2; ++side) {
+    best[side].assign(static_cast<size_t>(rows), -1);
+    parallel_for(rows, [&](int64_t lo, int64_t hi) {
+      for (int64_t a = lo; a < hi; ++a) {
+        int least = std::numeric_limits<int>::max(), ties = 0;
+        int64_t arg = -1;
+        for (int64_t b = 0; b < rows; ++b) {
+          if (b == a) continue;
+          const int d = side == 0 ? dist(a, b) : dist(b, a);
+          if (d < least) least = d, ties = 1, arg = b;
+          else if (d == least) ++ties;
+        }
+        best[side][a] = ties == 1 ? arg : -1;
+      }
+    }, 64);
+  }
+  int64_t joins = 0;
+  for (int64_t a = 0; a < rows; ++a) {
+    const int64_t b = best[0][a];
+    if (b < 0 || best[1][b] != a) continue;
+    join(a, b);
+    ++joins;
+  }
+  return joins;
+}
+
+ZeroJigsawResult zero_jigsaw(const std::vector<float>& a, int64_t m, int64_t k, int64_t n, int64_t images,
+                             uint64_t seed, double key_scale, int mask_rank) {
+  const int64_t C = k / (kK * kK);
   // The feature map's side: conv2's input is square (cnn: 14×14).
-  const int64_t images = static_cast<int64_t>(cfg.batch_size);
   const int64_t P = m / images, side = static_cast<int64_t>(std::lround(std::sqrt(static_cast<double>(P))));
   TEMPO_CHECK(side * side == P && P * images == m, "zero-pattern measurement: expected square feature maps");
-  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, false);
-  const Traced enc = encrypt_traced(obf->draw_triple(m, k, g.n), g.a.data(), m, k);
+  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, key_scale, false);
+  const Triple triple = obf->draw_triple(m, k, n);
+  // With a mask, the worker receives (A + U·Vᵀ)' (as OffloadBackend sends it).
+  AdditiveMask mask(std::max(1, mask_rank));
+  const float* sent = a.data();
+  if (mask_rank > 0) {
+    KeyStream ks = obf->stream();
+    sent = mask.apply(Product{0, "conv2", a.data(), nullptr, m, k, n}, ks).a;
+  }
+  const Traced enc = encrypt_traced(triple, sent, m, k);
   ZeroJigsawResult r;
   r.rows = m;
   r.cols = k;
   r.channels = C;
-  // What the worker has: the zero pattern of A' (its rows and columns in
-  // the ciphertext's order).
+  r.mask_rank = mask_rank;
+  // The plaintext's zeros at each ciphertext position (scoring only).
+  std::vector<uint8_t> truth(static_cast<size_t>(m * k));
+  int64_t zeros = 0;
+  for (int64_t e = 0; e < m * k; ++e) {
+    truth[e] = a[static_cast<size_t>(enc.src_row[e] * k + enc.src_col[e])] == 0.0f;
+    zeros += truth[e];
+  }
+  r.zero_fraction = static_cast<double>(zeros) / static_cast<double>(m * k);
+  for (int64_t i = 0; i < m; ++i)
+    r.zero_rows += std::all_of(a.begin() + i * k, a.begin() + (i + 1) * k, [](float v) { return v == 0.0f; });
+  // What the worker takes for zeros: exact zeros of A'; with a mask, the
+  // zeros of the sparse part of a low-rank-plus-sparse split of A'.
+  std::vector<double> score(static_cast<size_t>(m * k));
+  std::vector<uint8_t> guess(static_cast<size_t>(m * k));
+  if (mask_rank > 0) {
+    const SparseSplit sp = split_low_rank_sparse(enc.values.data(), m, k);
+    for (int64_t e = 0; e < m * k; ++e) {
+      score[e] = -std::fabs(sp.s[e]);
+      guess[e] = sp.s[e] == 0.0;
+    }
+  } else {
+    for (int64_t e = 0; e < m * k; ++e) {
+      score[e] = -std::fabs(static_cast<double>(enc.values[e]));
+      guess[e] = enc.values[e] == 0.0f;
+    }
+  }
+  r.zero_auc = roc_auc(score, truth);
+  int64_t guessed = 0, hit = 0;
+  for (int64_t e = 0; e < m * k; ++e) guessed += guess[e], hit += guess[e] && truth[e];
+  r.pattern_fraction = static_cast<double>(guessed) / static_cast<double>(m * k);
+  r.pattern_precision = guessed ? static_cast<double>(hit) / static_cast<double>(guessed) : 0.0;
+  r.pattern_recall = zeros ? static_cast<double>(hit) / static_cast<double>(zeros) : 0.0;
   const int64_t words = (m + 63) / 64;
   std::vector<uint64_t> zcol(static_cast<size_t>(k * words), 0);
-  int64_t zeros = 0;
   for (int64_t i = 0; i < m; ++i)
     for (int64_t j = 0; j < k; ++j)
-      if (enc.values[i * k + j] == 0.0f) {
-        zcol[j * words + i / 64] |= uint64_t{1} << (i % 64);
-        ++zeros;
-      }
-  r.zero_fraction = static_cast<double>(zeros) / static_cast<double>(m * k);
+      if (guess[i * k + j]) zcol[j * words + i / 64] |= uint64_t{1} << (i % 64);
   // Scoring only: each ciphertext column's channel and offset, each row's position.
   std::vector<int64_t> col_src(static_cast<size_t>(k)), row_src(static_cast<size_t>(m));
   for (int64_t j = 0; j < k; ++j) col_src[j] = enc.src_col[j];
@@ -1018,6 +1085,26 @@ ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t 
   };
   join(true, r.right);
   join(false, r.down);
+  // Nearest instead of exact matches, scored only (not joined into fragments).
+  auto near_join = [&](bool horizontal, ZeroJigsawResult::Joins& out) {
+    const std::string probe = signature(0, 0, kK, 1, kK);
+    const int64_t wds = static_cast<int64_t>((probe.size() + 7) / 8);
+    std::vector<uint64_t> far(static_cast<size_t>(m * wds), 0), near(static_cast<size_t>(m * wds), 0);
+    for (int64_t i = 0; i < m; ++i) {
+      const std::string f = horizontal ? signature(i, 0, kK, 1, kK) : signature(i, 1, kK, 0, kK);
+      const std::string n0 = horizontal ? signature(i, 0, kK, 0, kK - 1) : signature(i, 0, kK - 1, 0, kK);
+      std::memcpy(far.data() + i * wds, f.data(), f.size());
+      std::memcpy(near.data() + i * wds, n0.data(), n0.size());
+    }
+    out.adjacencies = (horizontal ? r.right : r.down).adjacencies;
+    out.unique = nearest_matches(far, near, m, wds, [&](int64_t a, int64_t b) {
+      const int64_t src = row_src[a], img = src / P, y = src % P / side, x = src % side;
+      const bool has = horizontal ? x + 1 < side : y + 1 < side;
+      out.correct += has && b == at[img * P + (horizontal ? y * side + x + 1 : (y + 1) * side + x)];
+    });
+  };
+  near_join(true, r.right_nearest);
+  near_join(false, r.down_nearest);
   std::unordered_map<int64_t, int64_t> size;
   for (int64_t i = 0; i < m; ++i) ++size[find(i)];
   std::vector<int64_t> largest(static_cast<size_t>(images), 0);
@@ -1030,6 +1117,29 @@ ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t 
   for (int64_t s : largest) r.largest_fragment += static_cast<double>(s) / static_cast<double>(P * images);
   r.in_fragments_10 = static_cast<double>(in10) / static_cast<double>(m);
   return r;
+}
+
+}  // namespace
+
+std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed,
+                                                  const std::vector<int>& mask_ranks) {
+  cfg.mode = "tee-only";
+  cfg.steps = at_step;
+  cfg.save.clear();
+  cfg.metrics.clear();
+  cfg.offload_first = true;  // so the tap sees the first two products
+  const std::unique_ptr<Model> model = build_model(cfg.model, cfg.seed);
+  const Conv2d* conv2 = model->product_layers.size() > 1 ? dynamic_cast<const Conv2d*>(model->product_layers[1]) : nullptr;
+  TEMPO_CHECK(conv2 && conv2->kernel == kK && conv2->stride == 1 && conv2->padding == 1,
+              "zero-pattern measurement: needs a second 3×3 same convolution (as in cnn)");
+  PatchTap tap(at_step);
+  train(cfg, &tap);
+  const auto& g = tap.got[1];
+  TEMPO_CHECK(!g.a.empty(), "zero-pattern measurement: the step was not captured");
+  std::vector<ZeroJigsawResult> out;
+  for (int rank : mask_ranks) out.push_back(zero_jigsaw(g.a, g.m, g.k, g.n, cfg.batch_size, seed,
+                                                        cfg.offload.key_scale, rank));
+  return out;
 }
 
 }  // namespace tempo

@@ -141,7 +141,16 @@ std::vector<InputRecoveryRow> measure_input_recovery(TrainConfig cfg, int64_t at
 // images (that needs the row and column scales as well).
 struct ZeroJigsawResult {
   int64_t rows = 0, cols = 0, channels = 0;
-  double zero_fraction = 0;
+  int mask_rank = 0;  // the additive mask on A (0: none, the default)
+  double zero_fraction = 0;  // of the plaintext
+  // Rows of A that are entirely zero: each would show a worker a row of
+  // the mask alone, and enough of them its row space.
+  int64_t zero_rows = 0;
+  // The worker's guess of the zero pattern: the exact zeros of A', or with
+  // a mask the zeros of the sparse part of a low-rank-plus-sparse split
+  // (privacy/low_rank.h): the fraction guessed, their precision and recall,
+  // and the AUC of the guess's score as a zero detector (0.5: chance).
+  double pattern_fraction = 0, pattern_precision = 0, pattern_recall = 0, zero_auc = 0;
   // Of each column's k²−1 most correlated columns, the fraction of its
   // channel; of its C−1 most correlated, the fraction of its offset.
   double channel_purity = 0, channel_chance = 0, offset_purity = 0, offset_chance = 0;
@@ -155,11 +164,18 @@ struct ZeroJigsawResult {
     int64_t unique = 0;       // rows joined by a mutually unique exact match
     int64_t correct = 0;      // of those, the true neighbour
   } right, down;
+  // The same with mutual nearest matches (least Hamming distance, unique
+  // both ways) instead of exact ones: what is left of the jigsaw when the
+  // guessed pattern has errors.
+  Joins right_nearest, down_nearest;
   // With the correct joins: the mean over images of the largest assembled
   // fragment (fraction of the image's positions), and the fraction of
   // positions in fragments of at least 10.
   double largest_fragment = 0, in_fragments_10 = 0;
 };
-ZeroJigsawResult measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed);
+// One result per mask rank (0: the default, no mask), all on the same
+// captured operand and keys.
+std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed,
+                                                  const std::vector<int>& mask_ranks = {0});
 
 }  // namespace tempo
