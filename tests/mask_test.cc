@@ -11,16 +11,12 @@
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/mask.h"
 #include "trusted/privacy/low_rank.h"
+#include "test_util.h"
 
 namespace tempo {
 namespace {
 
-std::vector<float> normal(int64_t n, uint64_t seed) {
-  Rng r(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(r.normal());
-  return v;
-}
+using testutil::normal_vec;
 
 TEST(RocAuc, KnownValues) {
   EXPECT_DOUBLE_EQ(roc_auc({0.1, 0.2, 0.8, 0.9}, {0, 0, 1, 1}), 1.0);
@@ -35,7 +31,7 @@ TEST(RocAuc, KnownValues) {
 // column scales.
 TEST(LowRank, SplitsALowRankPlusSparseMatrix) {
   const int64_t m = 400, k = 100, r = 4;
-  auto u = normal(m * r, 1), v = normal(k * r, 2);
+  auto u = normal_vec(m * r, 1), v = normal_vec(k * r, 2);
   std::vector<float> x(static_cast<size_t>(m * k));
   sgemm(false, true, m, k, r, 1.0f, u.data(), r, v.data(), r, 0.0f, x.data(), k);
   Rng rng(3);
@@ -79,7 +75,7 @@ TEST(KeyStream, ForksAreDistinctStretches) {
 
 TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
   const int64_t m = 300, k = 90, n = 17;
-  auto a = normal(m * k, 4), w = normal(n * k, 5), dc = normal(m * n, 6);
+  auto a = normal_vec(m * k, 4), w = normal_vec(n * k, 5), dc = normal_vec(m * n, 6);
   for (auto& x : a) x = std::max(x, 0.0f);
   Product p{3, "p", a.data(), w.data(), m, k, n};
   std::vector<float> c0(m * n), dw0(n * k);

@@ -284,12 +284,7 @@ namespace tempo {
 namespace {
 
 // Decrypted worker results against plaintext products, both conv modes.
-std::vector<float> random_vec(int64_t n, uint64_t seed) {
-  Rng r(seed);
-  std::vector<float> v(static_cast<size_t>(n));
-  for (auto& x : v) x = static_cast<float>(r.normal());
-  return v;
-}
+using testutil::normal_vec;
 
 double rel_diff(const std::vector<float>& a, const std::vector<float>& b) {
   double mx = 1e-30, err = 0;
@@ -307,7 +302,7 @@ TEST(Decryption, Im2colProductsEqualPlaintext) {
     OffloadBackend be(oc, local_workers(2), secret_from_seed(__LINE__));
     TeeOnlyBackend tee;
     const int64_t m = 97, k = 61, n = 13;
-    auto a = random_vec(m * k, 1), w = random_vec(n * k, 2), dc = random_vec(m * n, 3);
+    auto a = normal_vec(m * k, 1), w = normal_vec(n * k, 2), dc = normal_vec(m * n, 3);
     Product p{0, "test", a.data(), w.data(), m, k, n};
     std::vector<float> c1(m * n), c2(m * n), da1(m * k), da2(m * k), dw1(n * k), dw2(n * k);
     be.forward(p, c1.data());
@@ -330,7 +325,7 @@ TEST(Decryption, Im2colProductsEqualPlaintext) {
 // reaches a worker, where without the mask they all do.
 TEST(Decryption, MaskedProductsEqualPlaintextAndHideZeros) {
   const int64_t m = 97, k = 61, n = 13;
-  auto a = random_vec(m * k, 1), w = random_vec(n * k, 2), dc = random_vec(m * n, 3);
+  auto a = normal_vec(m * k, 1), w = normal_vec(n * k, 2), dc = normal_vec(m * n, 3);
   int64_t plain_zeros = 0;
   for (auto& x : a) plain_zeros += (x = std::max(x, 0.0f)) == 0.0f;  // post-ReLU: half zeros
   ASSERT_GT(plain_zeros, m * k / 3);
@@ -390,8 +385,8 @@ TEST(Decryption, ChannelModeConvolutionsEqualPlaintext) {
     OffloadBackend be(oc, local_workers(1), secret_from_seed(__LINE__));
     TeeOnlyBackend tee;
     ConvGeometry g = ConvGeometry::make(5, 7, 11, 9, 6, 3, 2, 1);
-    auto x = random_vec(g.n * g.c * g.h * g.w, 4), w = random_vec(g.o * g.c * 9, 5);
-    auto dy = random_vec(g.n * g.o * g.oh * g.ow, 6);
+    auto x = normal_vec(g.n * g.c * g.h * g.w, 4), w = normal_vec(g.o * g.c * 9, 5);
+    auto dy = normal_vec(g.n * g.o * g.oh * g.ow, 6);
     ConvProduct p{0, "conv", x.data(), w.data(), g};
     std::vector<float> y1(dy.size()), y2(dy.size()), dx1(x.size()), dx2(x.size()), dw1(w.size()), dw2(w.size());
     be.conv_forward(p, y1.data());

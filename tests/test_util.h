@@ -10,13 +10,23 @@
 #include <cstdlib>
 #include <filesystem>
 #include <string>
+#include <vector>
 
 #include "common/error.h"
+#include "common/rng.h"
 #include "trusted/io/safetensors.h"
 #include "trusted/model.h"
 #include "trusted/trainer.h"
 
 namespace tempo::testutil {
+
+// n standard normal floats from a seeded generator.
+inline std::vector<float> normal_vec(int64_t n, uint64_t seed) {
+  Rng r(seed);
+  std::vector<float> v(static_cast<size_t>(n));
+  for (auto& x : v) x = static_cast<float>(r.normal());
+  return v;
+}
 
 // Where tests/ref/make_references.py wrote the references (set by CTest).
 inline std::string ref_dir() {
