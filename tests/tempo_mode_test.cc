@@ -95,7 +95,11 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
 
 INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
                          ::testing::Values(ModeCase{1, true}, ModeCase{1, false}, ModeCase{3, true},
-                                           ModeCase{3, false}, ModeCase{1, true, 64}, ModeCase{3, false, 64}));
+                                           ModeCase{3, false}, ModeCase{1, true, 64}, ModeCase{3, false, 64}),
+                         [](const ::testing::TestParamInfo<ModeCase>& i) {
+                           return std::to_string(i.param.workers) + "workers" + (i.param.key_shift ? "Shift" : "NoShift") +
+                                  "Mask" + std::to_string(i.param.mask_rank);
+                         });
 
 class Tampering : public ::testing::TestWithParam<std::string> {};
 
