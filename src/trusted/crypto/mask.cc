@@ -42,7 +42,6 @@ const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
   e.am.resize(static_cast<size_t>(m * k));
   e.u.resize(static_cast<size_t>(m * r));
   e.v.resize(static_cast<size_t>(k * r));
-  e.t.resize(static_cast<size_t>(p.n * r));
   // A's rms (per-thread partial sums, combined in order: deterministic for a
   // thread count) and the copy into the masked buffer, in one pass.
   const int threads = std::max(1, num_threads());
@@ -92,19 +91,19 @@ const Product& AdditiveMask::masked(const Product& p) const {
 void AdditiveMask::unmask_forward(const Product& p, float* c) {
   const Entry* e = find(p.id);
   TEMPO_CHECK(e, "unmask of a product that was not masked: " + p.name);
-  Entry& m = entries_[static_cast<size_t>(p.id)];
   const int64_t r = e->r;
-  sgemm(false, false, p.n, r, p.k, 1.0f, p.w, p.k, m.v.data(), r, 0.0f, m.t.data(), r);         // W·V
-  sgemm(false, true, p.m, p.n, r, -1.0f, m.u.data(), r, m.t.data(), r, 1.0f, c, p.n);            // −U·(W·V)ᵀ
+  thin_.resize(static_cast<size_t>(p.n * r));
+  sgemm(false, false, p.n, r, p.k, 1.0f, p.w, p.k, e->v.data(), r, 0.0f, thin_.data(), r);       // W·V
+  sgemm(false, true, p.m, p.n, r, -1.0f, e->u.data(), r, thin_.data(), r, 1.0f, c, p.n);          // −U·(W·V)ᵀ
 }
 
 void AdditiveMask::unmask_weight(const Product& p, const float* dc, float* dw) {
   const Entry* e = find(p.id);
   TEMPO_CHECK(e, "unmask of a product that was not masked: " + p.name);
-  Entry& m = entries_[static_cast<size_t>(p.id)];
   const int64_t r = e->r;
-  sgemm(true, false, p.n, r, p.m, 1.0f, dc, p.n, m.u.data(), r, 0.0f, m.t.data(), r);            // dCᵀ·U
-  sgemm(false, true, p.n, p.k, r, -1.0f, m.t.data(), r, m.v.data(), r, 1.0f, dw, p.k);           // −(dCᵀ·U)·Vᵀ
+  thin_.resize(static_cast<size_t>(p.n * r));
+  sgemm(true, false, p.n, r, p.m, 1.0f, dc, p.n, e->u.data(), r, 0.0f, thin_.data(), r);          // dCᵀ·U
+  sgemm(false, true, p.n, p.k, r, -1.0f, thin_.data(), r, e->v.data(), r, 1.0f, dw, p.k);         // −(dCᵀ·U)·Vᵀ
 }
 
 }  // namespace tempo

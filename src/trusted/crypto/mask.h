@@ -25,7 +25,6 @@ namespace tempo {
 class AdditiveMask {
  public:
   explicit AdditiveMask(int rank, float magnitude = 1.0f);
-  int rank() const { return rank_; }
   // p with `a` replaced by A + U·Vᵀ (fresh U, V drawn from ks); it stays
   // valid until the next apply() for the same p.id. The rank used is
   // rank, or min(m, k) (full) where that is at most twice the rank: a small
@@ -43,13 +42,14 @@ class AdditiveMask {
     bool valid = false;
     Product q;
     int64_t r = 0;
-    std::vector<float> am, u, v, t;  // A + U·Vᵀ, U, V, and a thin n×r scratch
+    std::vector<float> am, u, v;  // A + U·Vᵀ, U, V
   };
   const Entry* find(int id) const;
   int rank_;
   float magnitude_;
   std::vector<Entry> entries_;
-  std::vector<double> part_;
+  std::vector<double> part_;     // per-thread sums of squares
+  std::vector<float> thin_;      // n×r: W·V or dCᵀ·U
 };
 
 }  // namespace tempo

@@ -1087,8 +1087,7 @@ ZeroJigsawResult zero_jigsaw(const std::vector<float>& a, int64_t m, int64_t k, 
   join(false, r.down);
   // Nearest instead of exact matches, scored only (not joined into fragments).
   auto near_join = [&](bool horizontal, ZeroJigsawResult::Joins& out) {
-    const std::string probe = signature(0, 0, kK, 1, kK);
-    const int64_t wds = static_cast<int64_t>((probe.size() + 7) / 8);
+    const int64_t wds = (C * kK * (kK - 1) + 63) / 64;  // bits of a far or near part, in words
     std::vector<uint64_t> far(static_cast<size_t>(m * wds), 0), near(static_cast<size_t>(m * wds), 0);
     for (int64_t i = 0; i < m; ++i) {
       const std::string f = horizontal ? signature(i, 0, kK, 1, kK) : signature(i, 1, kK, 0, kK);
