@@ -7,7 +7,9 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
+#include "trusted/crypto/row_mix.h"
 #include "trusted/verifier.h"
 
 namespace tempo {
@@ -49,7 +51,47 @@ void BM_Freivalds(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * sizeof(float) * (kRows * kCols + kOut * kCols + kRows * kOut));
 }
 
+// Row mixing (groups of 8) of A: drawing the grouping and the orthogonal
+// matrices plus M·A (as the forward pass does), and Mᵀ·X alone (dA).
+void BM_RowMixDrawAndMix(benchmark::State& st) {
+  std::vector<float> a(kRows * kCols, 1.0f);
+  RowMix mix(8);
+  Obfuscator obf(random_secret(), 4.0);
+  for (auto _ : st) {
+    KeyStream ks = obf.stream();
+    benchmark::DoNotOptimize(mix.apply(Product{0, "a", a.data(), nullptr, kRows, kCols, kOut}, ks).a);
+  }
+  st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
+}
+
+void BM_RowUnmix(benchmark::State& st) {
+  std::vector<float> a(kRows * kCols, 1.0f), b(a.size());
+  RowMix mix(8);
+  Obfuscator obf(random_secret(), 4.0);
+  KeyStream ks = obf.stream();
+  mix.apply(Product{0, "a", a.data(), nullptr, kRows, kCols, kOut}, ks);
+  for (auto _ : st) {
+    mix.unmix(0, a.data(), kCols, b.data());
+    benchmark::DoNotOptimize(b.data());
+  }
+  st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
+}
+
+void BM_MaskDraw(benchmark::State& st) {
+  std::vector<float> a(kRows * kCols, 1.0f);
+  AdditiveMask mask(64);
+  Obfuscator obf(random_secret(), 4.0);
+  for (auto _ : st) {
+    KeyStream ks = obf.stream();
+    benchmark::DoNotOptimize(mask.apply(Product{0, "a", a.data(), nullptr, kRows, kCols, kOut}, ks).a);
+  }
+  st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
+}
+
 BENCHMARK(BM_Copy)->UseRealTime();
+BENCHMARK(BM_RowMixDrawAndMix)->UseRealTime();
+BENCHMARK(BM_RowUnmix)->UseRealTime();
+BENCHMARK(BM_MaskDraw)->UseRealTime();
 BENCHMARK(BM_ApplyKeys)->UseRealTime();
 BENCHMARK(BM_Freivalds)->UseRealTime();
 

@@ -243,4 +243,36 @@ TEST(InputRecovery, ZeroPatternJoinsAreExact) {
 }
 
 }  // namespace
+// The attack on the mask through repeated rows (background patches): it
+// works on the masked operand alone, which is why rows are mixed by default,
+// and finds no subspace once they are.
+TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
+  if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
+  testutil::TempDir dir("subspace");
+  const TrainConfig c = suite_run(dir.path());
+  const std::vector<MaskSubspaceResult> rs = measure_mask_subspace(c, 5, 1, {{64, 0}, {64, 8}});
+  for (const auto& r : rs)
+    std::printf("rank %d, mix %d: repeated rows %lld; subspace dim %lld, rows in it %lld (repeated %lld); mask "
+                "captured %.3f; zeros sent %.4f; AUC projected %.3f, with signs %.3f (precision %.3f, recall %.3f, "
+                "rows exact %lld of %lld)\n",
+                r.mask_rank, r.row_mix, static_cast<long long>(r.repeated_rows), static_cast<long long>(r.subspace_dim),
+                static_cast<long long>(r.rows_in), static_cast<long long>(r.rows_in_repeated), r.mask_captured,
+                r.zeros_sent, r.auc_projected, r.auc_signs, r.precision_signs, r.recall_signs,
+                static_cast<long long>(r.exact_rows), static_cast<long long>(r.decoded_rows));
+  const MaskSubspaceResult &plain = rs[0], &mixed = rs[1];
+  EXPECT_GT(plain.repeated_rows, plain.rows / 20) << "the background repeats";
+  EXPECT_GT(plain.rows_in, 3 * plain.subspace_dim);
+  EXPECT_GE(plain.rows_in_repeated, plain.rows_in * 95 / 100) << "the rows found are the repeated ones";
+  EXPECT_GT(plain.mask_captured, 0.99) << "the mask's row space is found";
+  EXPECT_GT(plain.auc_signs, 0.75);
+  EXPECT_GT(plain.auc_signs, plain.auc_projected);
+  EXPECT_EQ(mixed.repeated_rows, plain.repeated_rows);
+  EXPECT_LT(mixed.rows_in, mixed.subspace_dim) << "no subspace holds more rows than its dimension";
+  EXPECT_GT(plain.zeros_sent, 0.3);
+  // A zero survives mixing only where its whole group of 8 rows has one
+  // (columns that are mostly zero: sparse channels, the padding).
+  EXPECT_LT(mixed.zeros_sent, plain.zeros_sent / 2);
+  EXPECT_LT(mixed.auc_signs, plain.auc_signs);
+}
+
 }  // namespace tempo

@@ -10,6 +10,7 @@
 #include "common/rng.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/mask.h"
+#include "trusted/crypto/row_mix.h"
 #include "trusted/privacy/low_rank.h"
 #include "test_util.h"
 
@@ -134,6 +135,142 @@ TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
   }
   EXPECT_EQ(rank, 12);
   EXPECT_THROW(AdditiveMask(0), std::exception);
+}
+
+
+// Row mixing: M is orthogonal (unmix undoes mix), block diagonal after a
+// secret grouping (every row of M·A combines one group of b to 2b − 1 rows
+// of A, every row of A is in one group), fresh per stream, and the same for
+// the same stream; the in-place mask on top of it removes itself as before.
+TEST(RowMix, IsASecretOrthogonalGroupingAndUndoesItself) {
+  for (int64_t m : {int64_t{5}, int64_t{8}, int64_t{203}}) {
+    const int b = 8;
+    SCOPED_TRACE("m = " + std::to_string(m));
+    std::vector<float> eye(m * m, 0.0f);
+    for (int64_t i = 0; i < m; ++i) eye[i * m + i] = 1.0f;
+    Product p{2, "p", eye.data(), nullptr, m, m, 1};
+    RowMix mix(b);
+    KeyStream ks(secret_from_seed(11), 0);
+    const Product& q = mix.apply(p, ks);  // q.a = M
+    ASSERT_EQ(mix.sent(p), &q);
+    std::vector<int> group_of(m, -1);
+    for (int64_t i = 0; i < m; ++i) {
+      int nz = 0;
+      for (int64_t j = 0; j < m; ++j) nz += std::fabs(q.a[i * m + j]) > 1e-7f;
+      if (m >= b) {
+        EXPECT_GE(nz, b);
+        EXPECT_LE(nz, 2 * b - 1);
+      } else {
+        EXPECT_EQ(nz, m);
+      }
+      for (int64_t j = 0; j < m; ++j) {
+        double d = 0;
+        for (int64_t c = 0; c < m; ++c) d += double(q.a[i * m + c]) * q.a[j * m + c];
+        EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << "M·Mᵀ at " << i << ", " << j;
+      }
+    }
+    // Unmixing M gives the identity back; mixing is linear in its input.
+    std::vector<float> back(m * m);
+    mix.unmix(p.id, q.a, m, back.data());
+    for (int64_t e = 0; e < m * m; ++e) EXPECT_NEAR(back[e], eye[e], 1e-5);
+    // The same stream draws the same M, another stream another.
+    RowMix again(b);
+    KeyStream ks2(secret_from_seed(11), 0), ks3(secret_from_seed(11), 1);
+    std::vector<float> first(q.a, q.a + m * m);
+    EXPECT_EQ(0, std::memcmp(again.apply(p, ks2).a, first.data(), first.size() * sizeof(float)));
+    EXPECT_NE(0, std::memcmp(again.apply(p, ks3).a, first.data(), first.size() * sizeof(float)));
+  }
+  // Repeated rows do not survive: half the rows are one and the same (as
+  // an image's background patches are). A row of M·A is parallel to it only
+  // where its whole group is made of it: 1 in 2⁸ rows.
+  const int64_t m = 400, k = 40;
+  std::vector<float> a(m * k);
+  auto row = normal_vec(k, 12), other = normal_vec(m * k, 13);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j) a[i * k + j] = i % 2 ? row[j] : other[i * k + j];
+  RowMix mix(8);
+  KeyStream ks(secret_from_seed(14), 0);
+  const Product& q = mix.apply(Product{0, "a", a.data(), nullptr, m, k, 1}, ks);
+  auto parallel_rows = [&](const float* x) {
+    int64_t n = 0;
+    for (int64_t i = 0; i < m; ++i) {
+      double d = 0, n1 = 0, n2 = 0;
+      for (int64_t j = 0; j < k; ++j)
+        d += double(x[i * k + j]) * row[j], n1 += double(x[i * k + j]) * x[i * k + j], n2 += double(row[j]) * row[j];
+      n += std::fabs(d) > (1 - 1e-5) * std::sqrt(n1 * n2);
+    }
+    return n;
+  };
+  EXPECT_EQ(parallel_rows(a.data()), m / 2);
+  EXPECT_LE(parallel_rows(q.a), m / 40);
+  // The mask, added in place to the mixed rows, still removes itself.
+  auto w = normal_vec(5 * k, 15);
+  Product pw{0, "a", a.data(), w.data(), m, k, 5};
+  const Product& qm = mix.apply(pw, ks);
+  AdditiveMask mask(4);
+  const Product& qq = mask.apply_in_place(qm, mix.mixed_a(0), ks);
+  EXPECT_EQ(qq.a, mix.mixed_a(0));
+  std::vector<float> c(m * 5), c0(m * 5), cu(m * 5);
+  sgemm(false, true, m, 5, k, 1.0f, qq.a, k, w.data(), k, 0.0f, c.data(), 5);
+  mask.unmask_forward(qq, c.data());
+  mix.unmix(0, c.data(), 5, cu.data());
+  sgemm(false, true, m, 5, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c0.data(), 5);
+  for (int64_t e = 0; e < m * 5; ++e) EXPECT_NEAR(cu[e], c0[e], 1e-4 * (1 + std::fabs(c0[e])));
+  EXPECT_THROW(RowMix(1), std::exception);
+}
+
+// The repeated-rows attack on a known case: 30% of the rows are one
+// non-negative row c, the rest sparse non-negative; a rank-6 mask, row and
+// column scales with signs. The subspace found holds exactly the repeated
+// rows and the mask's row space (dimension 6 + 1), and with the signs the
+// other rows' zeros come back.
+TEST(LowRank, RepeatedRowsGiveTheMaskRowSpace) {
+  const int64_t m = 600, k = 40, r = 6;
+  Rng rng(21);
+  std::vector<float> a(m * k), c(k);
+  for (auto& x : c) x = static_cast<float>(rng.uniform());
+  std::vector<uint8_t> rep(m);
+  for (int64_t i = 0; i < m; ++i) {
+    rep[i] = rng.uniform() < 0.3;
+    for (int64_t j = 0; j < k; ++j)
+      a[i * k + j] = rep[i] ? c[j] : (rng.uniform() < 0.6 ? 0.0f : static_cast<float>(rng.uniform()));
+  }
+  auto u = normal_vec(m * r, 22), v = normal_vec(k * r, 23);
+  std::vector<float> rs(m), cs(k), x(m * k);
+  for (auto& s : rs) s = static_cast<float>((rng.uniform() < 0.5 ? -1 : 1) * std::exp(rng.uniform() * 2 - 1));
+  for (auto& s : cs) s = static_cast<float>((rng.uniform() < 0.5 ? -1 : 1) * std::exp(rng.uniform() * 2 - 1));
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < k; ++j) {
+      double mk = 0;
+      for (int64_t t = 0; t < r; ++t) mk += double(u[i * r + t]) * v[j * r + t];
+      x[i * k + j] = static_cast<float>(rs[i] * cs[j] * (a[i * k + j] + 0.3 * mk));
+    }
+  const CommonSubspace s = find_common_subspace(x.data(), m, k, r + 3, 0.1);
+  EXPECT_EQ(s.dim, r + 1);
+  int64_t in = 0, wrong = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    const bool found = s.residual[i] < 1e-4;
+    in += found;
+    wrong += found != static_cast<bool>(rep[i]);
+  }
+  EXPECT_GT(in, m / 5);
+  EXPECT_EQ(wrong, 0);
+  int64_t exact = 0, rows = 0;
+  for (int64_t i = 0; i < m; ++i) {
+    if (rep[i]) continue;
+    std::vector<float> sign(k);
+    for (int64_t j = 0; j < k; ++j) sign[j] = rs[i] * cs[j] >= 0 ? 1.0f : -1.0f;
+    std::vector<double> row(x.begin() + i * k, x.begin() + (i + 1) * k);
+    const std::vector<double> z = decode_with_signs(row.data(), s, sign.data(), 2000);
+    double mx = 0;
+    for (double w : z) mx = std::max(mx, std::fabs(w));
+    bool same = true;
+    for (int64_t j = 0; j < k; ++j) same &= (std::fabs(z[j]) < 1e-2 * mx) == (a[i * k + j] == 0.0f);
+    exact += same;
+    ++rows;
+  }
+  std::printf("rows decoded exactly: %lld of %lld\n", static_cast<long long>(exact), static_cast<long long>(rows));
+  EXPECT_GT(exact, rows / 2);
 }
 
 }  // namespace

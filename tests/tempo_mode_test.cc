@@ -323,15 +323,18 @@ TEST(Decryption, Im2colProductsEqualPlaintext) {
   }
 }
 
-// The additive mask: results still equal the plaintext products (forward,
-// each backward product alone and both at once; with and without the key
-// shift, on one and two workers), and no zero of a post-ReLU operand
-// reaches a worker, where without the mask they all do.
-TEST(Decryption, MaskedProductsEqualPlaintextAndHideZeros) {
+// The additive mask and the row mixing: results still equal the plaintext
+// products (forward, each backward product alone and both at once; with and
+// without the key shift, on one and two workers). Without either, every zero
+// of a post-ReLU operand and of a sparse output gradient reaches a worker;
+// with the mask no zero of A does; with the mixing a zero survives only where
+// a whole group of rows has one.
+TEST(Decryption, BlindedProductsEqualPlaintextAndHideZeros) {
   const int64_t m = 97, k = 61, n = 13;
   auto a = normal_vec(m * k, 1), w = normal_vec(n * k, 2), dc = normal_vec(m * n, 3);
   int64_t plain_zeros = 0;
   for (auto& x : a) plain_zeros += (x = std::max(x, 0.0f)) == 0.0f;  // post-ReLU: half zeros
+  for (auto& x : dc) x = std::max(x, 0.0f);                           // ReLU backward: half zeros
   ASSERT_GT(plain_zeros, m * k / 3);
   TeeOnlyBackend tee;
   Product p{0, "test", a.data(), w.data(), m, k, n};
@@ -340,43 +343,59 @@ TEST(Decryption, MaskedProductsEqualPlaintextAndHideZeros) {
   tee.backward_input(p, dc.data(), da2.data());
   tee.backward_weight(p, dc.data(), dw2.data());
   for (int rank : {0, 8}) {
-    for (int shift = 0; shift < 2; ++shift) {
-      for (int nw : {1, 2}) {
-        OffloadConfig oc;
-        oc.key_shift = shift == 1;
-        oc.mask_rank = rank;
-        auto ws = local_workers(nw);
-        auto* rec = new RecordingWorker(std::move(ws[0]));
-        ws[0].reset(rec);
-        OffloadBackend be(oc, std::move(ws), secret_from_seed(__LINE__ + 10 * rank + shift));
-        for (int both = 0; both < 2; ++both) {
-          std::vector<float> c1(m * n), da1(m * k), dw1(n * k);
-          be.forward(p, c1.data());
-          if (both) {
-            be.backward(p, dc.data(), dw1.data(), da1.data());
-          } else {
-            be.backward_input(p, dc.data(), da1.data());
-            be.backward_weight(p, dc.data(), dw1.data());
+    for (int mix : {0, 8}) {
+      for (int shift = 0; shift < 2; ++shift) {
+        for (int nw : {1, 2}) {
+          OffloadConfig oc;
+          oc.key_shift = shift == 1;
+          oc.mask_rank = rank;
+          oc.row_mix = mix;
+          auto ws = local_workers(nw);
+          auto* rec = new RecordingWorker(std::move(ws[0]));
+          ws[0].reset(rec);
+          OffloadBackend be(oc, std::move(ws), secret_from_seed(__LINE__ + 10 * rank + 100 * mix + shift));
+          for (int both = 0; both < 2; ++both) {
+            std::vector<float> c1(m * n), da1(m * k), dw1(n * k);
+            be.forward(p, c1.data());
+            if (both) {
+              be.backward(p, dc.data(), dw1.data(), da1.data());
+            } else {
+              be.backward_input(p, dc.data(), da1.data());
+              be.backward_weight(p, dc.data(), dw1.data());
+            }
+            be.end_step();
+            SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix) + ", shift " +
+                         std::to_string(shift) + ", workers " + std::to_string(nw) + ", both " +
+                         std::to_string(both));
+            EXPECT_LT(rel_diff(c1, c2), 1e-5);
+            EXPECT_LT(rel_diff(da1, da2), 1e-5);
+            EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
           }
-          be.end_step();
-          SCOPED_TRACE("rank " + std::to_string(rank) + ", shift " + std::to_string(shift) + ", workers " +
-                       std::to_string(nw) + ", both " + std::to_string(both));
-          EXPECT_LT(rel_diff(c1, c2), 1e-5);
-          EXPECT_LT(rel_diff(da1, da2), 1e-5);
-          EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
+          EXPECT_EQ(be.stats().rejected, 0);
+          EXPECT_EQ(be.stats().masked, rank > 0 ? 2 : 0);
+          EXPECT_EQ(be.stats().mixed, mix > 0 ? 2 : 0);
+          // Zeros in what the first worker received: operands of the shape
+          // of A', and of the output gradient G' (m×n).
+          int64_t zeros = 0, seen = 0, g_zeros = 0, g_seen = 0;
+          for (const auto& r : rec->records()) {
+            if (!r.received) continue;
+            if (r.cols == k && r.rows != n) {
+              seen += static_cast<int64_t>(r.data.size());
+              for (float x : r.data) zeros += x == 0.0f;
+            } else if (r.cols == n && r.rows != k) {
+              g_seen += static_cast<int64_t>(r.data.size());
+              for (float x : r.data) g_zeros += x == 0.0f;
+            }
+          }
+          ASSERT_GT(seen, 0);
+          ASSERT_GT(g_seen, 0);
+          SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix));
+          if (rank > 0) EXPECT_EQ(zeros, 0) << "a zero of the plaintext reached a worker";
+          else if (mix > 0) EXPECT_LT(zeros, seen / 50);  // all 8 rows of a group zero: 1 in 256
+          else EXPECT_GT(zeros, seen / 3);
+          if (mix > 0) EXPECT_LT(g_zeros, g_seen / 50);
+          else EXPECT_GT(g_zeros, g_seen / 3);
         }
-        EXPECT_EQ(be.stats().rejected, 0);
-        EXPECT_EQ(be.stats().masked, rank > 0 ? 2 : 0);
-        // Zeros in what the first worker received (operands of the shape of A').
-        int64_t zeros = 0, seen = 0;
-        for (const auto& r : rec->records()) {
-          if (!r.received || r.cols != k || r.rows == n) continue;
-          seen += static_cast<int64_t>(r.data.size());
-          for (float x : r.data) zeros += x == 0.0f;
-        }
-        ASSERT_GT(seen, 0);
-        if (rank > 0) EXPECT_EQ(zeros, 0) << "a zero of the plaintext reached a worker";
-        else EXPECT_GT(zeros, seen / 3);
       }
     }
   }

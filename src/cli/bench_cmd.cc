@@ -159,6 +159,7 @@ struct Config {
   int rounds = 1;
   std::string workers;
   int mask_rank = OffloadConfig{}.mask_rank;
+  int row_mix = OffloadConfig{}.row_mix;
 };
 
 // Every configuration on every model, interleaved, as one table.
@@ -180,6 +181,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
         oc.key_shift = conf.key_shift;
         oc.verify.rounds = conf.rounds;
         oc.mask_rank = conf.mask_rank;
+        oc.row_mix = conf.row_mix;
         be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
@@ -209,8 +211,9 @@ int run_modes(const BenchConfig& cfg) {
   return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
                            {"offload (insecure)", "offload", true, 0, w},
                            {"tempo", "tempo", true, 1, w},
+                           {"tempo, no row mix", "tempo", true, 1, w, OffloadConfig{}.mask_rank, 0},
                            {"tempo, mask rank 32", "tempo", true, 1, w, 32},
-                           {"tempo, no mask", "tempo", true, 1, w, 0},
+                           {"tempo, no mask, no mix", "tempo", true, 1, w, 0, 0},
                            {"tempo, no key shift", "tempo", false, 1, w},
                            {"tempo, no verification", "tempo", true, 0, w},
                            {"tempo, no shift, no verif.", "tempo", false, 0, w}});

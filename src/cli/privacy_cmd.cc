@@ -20,6 +20,7 @@
 #include "trusted/io/file_util.h"
 #include "common/rng.h"
 #include "trusted/privacy/input_recovery.h"
+#include "trusted/offload_backend.h"
 #include "trusted/privacy/integrity.h"
 #include "trusted/privacy/label_attack.h"
 #include "trusted/privacy/model_stealing.h"
@@ -185,7 +186,7 @@ int run_inputs(const PrivacyConfig& c) {
   rep.emit("");
   rep.emit("| keys | worker receives | PSNR | SSIM | baseline PSNR | baseline SSIM | rows placed | images placed | images ≥ 40 dB | notes |");
   rep.emit("|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
-  char buf[1024];
+  char buf[4096];
   for (bool identity : {false, true}) {
     for (const InputRecoveryRow& r : measure_input_recovery(t, step, c.seed, identity)) {
       if (!r.attempted) {
@@ -285,6 +286,65 @@ int run_inputs(const PrivacyConfig& c) {
   row("images: largest fragment assembled by correct exact joins, mean",
       [&](const auto& x) { return f3(x.largest_fragment); }, "1 (whole image)");
   row("positions in fragments of 10 or more", [&](const auto& x) { return f3(x.in_fragments_10); }, "1");
+  rep.emit("");
+  // The mask's row space, from the image background; and the row mixing.
+  const OffloadConfig dflt;
+  const std::vector<MaskSubspaceResult> ms =
+      measure_mask_subspace(t, step, c.seed, {{dflt.mask_rank, 0}, {dflt.mask_rank, dflt.row_mix}});
+  rep.emit("#### The mask's row space, from repeated rows; and row mixing");
+  rep.emit("");
+  std::snprintf(buf, sizeof buf,
+                "The same operand. %lld of its %lld rows repeat exactly (at least 20 copies: patches of the image "
+                "background, where every pixel is 0 and the first layer gives a constant). Under the mask each "
+                "such row arrives as s·(c + U_i·Vᵀ)': all of them in one subspace of dimension r plus the number "
+                "of distinct repeated rows, which holds the mask's row space. The worker finds it by trimmed PCA "
+                "(the r + 8 leading directions of the unit rows; keep the 8%% of rows nearest to them; "
+                "recompute from those; 30 rounds; privacy/low_rank.h) and projects it off every other row, which "
+                "leaves that row of A with the mask gone, minus A's own part in the subspace. To read zeros from "
+                "that, the worker also needs the sign of each column's key: here an oracle gives them (an upper "
+                "bound on the attack), and alternating projections onto the signs' orthant and the row's "
+                "affine set, then a least-squares polish, decode %lld rows outside the subspace. With "
+                "`--row-mix B` (default %d) the master first replaces each secret group of B rows by a random "
+                "orthogonal combination of them (fresh for every product and step; the output gradient's rows "
+                "too, which the key shift requires): a row then repeats only if its whole group does.",
+                static_cast<long long>(ms[0].repeated_rows), static_cast<long long>(ms[0].rows),
+                static_cast<long long>(ms[0].decoded_rows), dflt.row_mix);
+  rep.emit(buf);
+  rep.emit("");
+  std::string mhead = "| measurement |", mrule = "|---|";
+  for (const auto& x : ms) {
+    mhead += " --mask-rank " + std::to_string(x.mask_rank) + ", " +
+             (x.row_mix ? "--row-mix " + std::to_string(x.row_mix) + " (default)" : "--row-mix 0") + " |";
+    mrule += "---:|";
+  }
+  rep.emit(mhead);
+  rep.emit(mrule);
+  auto mrow = [&](const std::string& label, const std::function<std::string(const MaskSubspaceResult&)>& cell) {
+    std::string line = "| " + label + " |";
+    for (const auto& x : ms) line += " " + cell(x) + " |";
+    rep.emit(line);
+  };
+  auto opt3 = [&](double v) { return v < 0 ? std::string("—") : f3(v); };
+  mrow("exact zeros in the operand before the mask (fraction of entries)",
+       [&](const auto& x) { return f3(x.zeros_sent); });
+  mrow("dimension of the subspace found", [&](const auto& x) { return i64(x.subspace_dim); });
+  mrow("rows of the ciphertext in it (distance < 1e-4 as unit rows)", [&](const auto& x) {
+    return i64(x.rows_in) + (x.row_mix ? "" : " (" + i64(x.rows_in_repeated) + " repeated in A)");
+  });
+  mrow("fraction of the mask's row space inside it", [&](const auto& x) { return f3(x.mask_captured); });
+  mrow("zeros: AUC of −\\|entry\\| after projecting it off (0.5 = chance)",
+       [&](const auto& x) { return opt3(x.auc_projected); });
+  mrow("zeros: AUC after decoding with the true signs (oracle)", [&](const auto& x) { return opt3(x.auc_signs); });
+  mrow("zeros: precision, recall of that decode (\\|z\\| < 0.01·max)",
+       [&](const auto& x) { return opt3(x.precision_signs) + ", " + opt3(x.recall_signs); });
+  mrow("rows decoded with every zero right", [&](const auto& x) {
+    return i64(x.exact_rows) + " of " + i64(x.decoded_rows);
+  });
+  rep.emit("");
+  rep.emit("Without mixing the subspace is exact and the zeros it yields are those of single rows of A, each one "
+           "image position. With mixing no row lies in it, the subspace found is the mask's row space only "
+           "approximately (its energy dominates the leading directions), and a zero left in the mixed operand is "
+           "one where all rows of a secret group of positions, from different images, are zero at once.");
   rep.write(c.table);
   return 0;
 }

@@ -76,6 +76,7 @@ nlohmann::json run_config(const TrainConfig& cfg) {
     c["key_scale"] = cfg.offload.key_scale;
     c["key_shift"] = cfg.offload.key_shift;
     c["mask_rank"] = cfg.offload.mask_rank;
+    c["row_mix"] = cfg.offload.row_mix;
     c["verify"] = {{"rounds", cfg.offload.verify.rounds},
                    {"rate", cfg.offload.verify.rate},
                    {"tolerance", cfg.offload.verify.tolerance}};

@@ -58,6 +58,8 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);
   TEMPO_CHECK(cfg.mask_rank >= 0, "--mask-rank must not be negative");
   if (cfg.mask_rank > 0 && !cfg.insecure_identity) mask_ = std::make_unique<AdditiveMask>(cfg.mask_rank, cfg.mask_magnitude);
+  TEMPO_CHECK(cfg.row_mix == 0 || (cfg.row_mix >= 2 && cfg.row_mix <= 32), "--row-mix must be 0 (off) or 2 to 32");
+  if (cfg.row_mix > 0 && !cfg.insecure_identity) mix_ = std::make_unique<RowMix>(cfg.row_mix);
 }
 
 size_t OffloadBackend::healthy_workers() const {
@@ -689,33 +691,79 @@ void OffloadBackend::retry(Kind kind, const Product& p, const float* dc, float* 
   local(kind, p, dc, out);
 }
 
+float* OffloadBackend::scratch(std::vector<float>& buf, int64_t n) {
+  if (buf.size() < static_cast<size_t>(n)) buf.resize(static_cast<size_t>(n));
+  return buf.data();
+}
+
+const Product& OffloadBackend::as_sent(const Product& p) const {
+  if (mask_) return mask_->masked(p);
+  const Product* q = mix_ ? mix_->sent(p) : nullptr;
+  return q ? *q : p;
+}
+
+bool OffloadBackend::mixed(const Product& plain, const Product& q) const {
+  return &q != &plain && mix_ && mix_->sent(q);
+}
+
+const float* OffloadBackend::sent_gradient(const Product& plain, const Product& q, const float* dc) {
+  if (!mixed(plain, q)) return dc;
+  PhaseTimer t(phases_.encrypt);
+  float* out = scratch(mix_dc_, q.m * q.n);
+  mix_->mix(q.id, dc, q.n, out);
+  return out;
+}
+
+// Blinding (mix, then mask) happens in the master's plaintext space, before
+// the keys: every check below sees the product exactly as sent, and the
+// corrections run after it has passed. The mask is added to the mixed rows,
+// so its correction comes before the rows are unmixed.
 void OffloadBackend::forward(const Product& p, float* c) {
-  if (!mask_) {
+  if (!mask_ && !mix_) {
     run(Kind::kForward, p, nullptr, c);
     return;
   }
-  const Product* q = nullptr;
+  const Product* q = &p;
   {
     PhaseTimer t(phases_.encrypt);
-    KeyStream ks = obf_->stream();
-    q = &mask_->apply(p, ks);
+    if (mix_) {
+      KeyStream ks = obf_->stream();
+      q = &mix_->apply(p, ks);
+      ++stats_.mixed;
+    }
+    if (mask_) {
+      KeyStream ks = obf_->stream();
+      q = mix_ ? &mask_->apply_in_place(*q, mix_->mixed_a(p.id), ks) : &mask_->apply(p, ks);
+      ++stats_.masked;
+    }
   }
-  ++stats_.masked;
-  run(Kind::kForward, *q, nullptr, c);
+  float* out = mix_ ? scratch(mix_out_, p.m * p.n) : c;
+  run(Kind::kForward, *q, nullptr, out);
   PhaseTimer t(phases_.decrypt);
-  mask_->unmask_forward(*q, c);
+  if (mask_) mask_->unmask_forward(*q, out);
+  if (mix_) mix_->unmix(p.id, out, p.n, c);
 }
 
 void OffloadBackend::backward_input(const Product& p, const float* dc, float* da) {
-  run(Kind::kInput, as_sent(p), dc, da);
+  const Product& q = as_sent(p);
+  if (!mixed(p, q)) {
+    run(Kind::kInput, q, dc, da);
+    return;
+  }
+  const float* g = sent_gradient(p, q, dc);
+  float* out = scratch(mix_out_, q.m * q.k);
+  run(Kind::kInput, q, g, out);
+  PhaseTimer t(phases_.decrypt);
+  mix_->unmix(q.id, out, q.k, da);
 }
 
 void OffloadBackend::backward_weight(const Product& p, const float* dc, float* dw) {
   const Product& q = as_sent(p);
-  run(Kind::kWeight, q, dc, dw);
-  if (&q == &p) return;
+  const float* g = sent_gradient(p, q, dc);  // (M·dC)ᵀ·(M·A) = dCᵀ·A: nothing to unmix
+  run(Kind::kWeight, q, g, dw);
+  if (&q == &p || !mask_) return;
   PhaseTimer t(phases_.decrypt);
-  mask_->unmask_weight(q, dc, dw);
+  mask_->unmask_weight(q, g, dw);
 }
 
 // ---- Channel mode ----------------------------------------------------------
@@ -869,6 +917,12 @@ void OffloadBackend::conv_backward_weight(const ConvProduct& p, const float* dy,
 void OffloadBackend::backward_input_col2im(const Product& plain, const float* dc, const ConvGeometry& g,
                                            float* dx) {
   const Product& p = as_sent(plain);
+  if (mixed(plain, p)) {  // dA must be unmixed before its columns are summed into the image
+    float* da = scratch(mix_da_, p.m * p.k);
+    backward_input(plain, dc, da);
+    col2im(g, da, dx);
+    return;
+  }
   Held& h = held(p);
   // Fused only with at most one verification round (whose products are
   // taken in the same pass); otherwise the check needs dA itself.
@@ -884,8 +938,21 @@ void OffloadBackend::backward_input_col2im(const Product& plain, const float* dc
 void OffloadBackend::backward(const Product& plain, const float* dc, float* dw, float* da, const ConvGeometry* g,
                               float* dx) {
   const Product& p = as_sent(plain);
+  if (mixed(plain, p)) {
+    const float* gs = sent_gradient(plain, p, dc);
+    float* das = (da || g) ? scratch(mix_out_, p.m * p.k) : nullptr;
+    backward_plain(p, gs, dw, das, nullptr, nullptr);
+    PhaseTimer t(phases_.decrypt);
+    if (dw && mask_) mask_->unmask_weight(p, gs, dw);
+    if (das) {
+      float* out = g ? scratch(mix_da_, p.m * p.k) : da;
+      mix_->unmix(p.id, das, p.k, out);
+      if (g) col2im(*g, out, dx);
+    }
+    return;
+  }
   backward_plain(p, dc, dw, da, g, dx);
-  if (&p == &plain || !dw) return;
+  if (&p == &plain || !dw || !mask_) return;
   PhaseTimer t(phases_.decrypt);
   mask_->unmask_weight(p, dc, dw);
 }

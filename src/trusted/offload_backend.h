@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "trusted/crypto/mask.h"
+#include "trusted/crypto/row_mix.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/linear_backend.h"
 #include "trusted/verifier.h"
@@ -39,6 +40,10 @@ struct OffloadConfig {
   // mask_magnitude.
   int mask_rank = 64;
   float mask_magnitude = 1.0f;
+  // Secret orthogonal mixing of the data operand's rows (and the output
+  // gradient's) in groups of this size before the mask (0: none; tempo mode
+  // only); see trusted/crypto/row_mix.h.
+  int row_mix = 8;
 };
 
 struct OffloadStats {
@@ -46,6 +51,7 @@ struct OffloadStats {
   int64_t column_splits = 0;     // forward products split by columns (tensor parallel)
   int64_t apart = 0;             // backward passes with dW and dA on two workers at once
   int64_t masked = 0;            // forward products whose data operand was masked
+  int64_t mixed = 0;             // forward products whose rows were mixed
   int64_t verified = 0;          // of which checked
   int64_t rejected = 0;          // results discarded (failed check or error)
   int64_t local_fallbacks = 0;   // products computed in the master
@@ -164,8 +170,16 @@ class OffloadBackend final : public LinearBackend {
                                KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0,
                                RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
                                const double* cr_pre = nullptr);
-  // The product as the workers know it: with its masked operand, if any.
-  const Product& as_sent(const Product& p) const { return mask_ ? mask_->masked(p) : p; }
+  // The product as the workers know it: with its mixed and masked operand,
+  // if any (p itself if it was sent as it is).
+  const Product& as_sent(const Product& p) const;
+  // Whether the plaintext product `plain` went out row-mixed as q (false
+  // when plain is already the product as sent, as in the base class's
+  // backward()). For such a product M·dc in a scratch buffer, timed as
+  // encryption; dc itself otherwise.
+  bool mixed(const Product& plain, const Product& q) const;
+  const float* sent_gradient(const Product& plain, const Product& q, const float* dc);
+  float* scratch(std::vector<float>& buf, int64_t n);
   void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);
   Held& held(int id);
   Held& held(const Product& p) { return held(p.id); }
@@ -174,6 +188,8 @@ class OffloadBackend final : public LinearBackend {
   std::vector<Slot> slots_;
   std::unique_ptr<Obfuscator> obf_;
   std::unique_ptr<AdditiveMask> mask_;
+  std::unique_ptr<RowMix> mix_;
+  std::vector<float> mix_dc_, mix_out_, mix_da_;  // M·dC; a result before Mᵀ; dA before col2im
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;

@@ -34,12 +34,25 @@ const AdditiveMask::Entry* AdditiveMask::find(int id) const {
 const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
   TEMPO_CHECK(p.id >= 0, "a masked product needs an id");
   if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
+  std::vector<float>& am = entries_[static_cast<size_t>(p.id)].am;
+  am.resize(static_cast<size_t>(p.m * p.k));
+  return add(p, am.data(), ks);
+}
+
+const Product& AdditiveMask::apply_in_place(const Product& p, float* a, KeyStream& ks) {
+  TEMPO_CHECK(p.id >= 0, "a masked product needs an id");
+  if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
+  std::vector<float>().swap(entries_[static_cast<size_t>(p.id)].am);
+  return add(p, a, ks);
+}
+
+// dst (m×k) receives A + U·Vᵀ; it may be p.a itself.
+const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m, k = p.k;
   const int64_t side = std::min(m, k);
   e.r = side <= 2 * int64_t{rank_} ? side : rank_;
   const int64_t r = e.r;
-  e.am.resize(static_cast<size_t>(m * k));
   e.u.resize(static_cast<size_t>(m * r));
   e.v.resize(static_cast<size_t>(k * r));
   // A's rms (per-thread partial sums, combined in order: deterministic for a
@@ -52,7 +65,7 @@ const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
     for (int64_t t = lo; t < hi; ++t) {
       const int64_t r0 = std::min(m, t * per), r1 = std::min(m, r0 + per);
       const float* a = p.a + r0 * k;
-      std::memcpy(e.am.data() + r0 * k, a, static_cast<size_t>((r1 - r0) * k) * sizeof(float));
+      if (dst != p.a) std::memcpy(dst + r0 * k, a, static_cast<size_t>((r1 - r0) * k) * sizeof(float));
       double s = 0;
       for (int64_t i = 0; i < (r1 - r0) * k; ++i) s += static_cast<double>(a[i]) * a[i];
       part[static_cast<size_t>(t)] = s;
@@ -76,9 +89,9 @@ const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
     }
   });
   fill_uniform(ks, hv, e.v.data(), k * r);
-  sgemm(false, true, m, k, r, 1.0f, e.u.data(), r, e.v.data(), r, 1.0f, e.am.data(), k);
+  sgemm(false, true, m, k, r, 1.0f, e.u.data(), r, e.v.data(), r, 1.0f, dst, k);
   e.q = p;
-  e.q.a = e.am.data();
+  e.q.a = dst;
   e.valid = true;
   return e.q;
 }

@@ -30,6 +30,9 @@ class AdditiveMask {
   // rank, or min(m, k) (full) where that is at most twice the rank: a small
   // side (a batch of rows) is masked in full, cheaply.
   const Product& apply(const Product& p, KeyStream& ks);
+  // The same on a buffer the caller owns and keeps (m×k, holding p's A; the
+  // row-mixed operand, row_mix.h): A + U·Vᵀ is written over it.
+  const Product& apply_in_place(const Product& p, float* a, KeyStream& ks);
   // The masked product last applied for p.id (p itself if none was).
   const Product& masked(const Product& p) const;
   // c (m×n) holds (A + R)·Wᵀ; removes U·(W·V)ᵀ.
@@ -45,6 +48,7 @@ class AdditiveMask {
     std::vector<float> am, u, v;  // A + U·Vᵀ, U, V
   };
   const Entry* find(int id) const;
+  const Product& add(const Product& p, float* dst, KeyStream& ks);
   int rank_;
   float magnitude_;
   std::vector<Entry> entries_;

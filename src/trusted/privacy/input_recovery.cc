@@ -1,5 +1,6 @@
 #include "trusted/privacy/input_recovery.h"
 
+#include <Eigen/Dense>
 #include <algorithm>
 #include <array>
 #include <cmath>
@@ -16,6 +17,7 @@
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
+#include "trusted/crypto/row_mix.h"
 #include "trusted/privacy/tap.h"
 #include "trusted/nn/layers.h"
 #include "trusted/privacy/low_rank.h"
@@ -1120,8 +1122,14 @@ ZeroJigsawResult zero_jigsaw(const std::vector<float>& a, int64_t m, int64_t k, 
 
 }  // namespace
 
-std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed,
-                                                  const std::vector<int>& mask_ranks) {
+namespace {
+
+// The im2col operand of the second convolution at a step of a real run.
+struct Captured {
+  std::vector<float> a;
+  int64_t m = 0, k = 0, n = 0;
+};
+Captured capture_conv2(TrainConfig cfg, int64_t at_step) {
   cfg.mode = "tee-only";
   cfg.steps = at_step;
   cfg.save.clear();
@@ -1133,11 +1141,147 @@ std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_st
               "zero-pattern measurement: needs a second 3×3 same convolution (as in cnn)");
   PatchTap tap(at_step);
   train(cfg, &tap);
-  const auto& g = tap.got[1];
+  auto& g = tap.got[1];
   TEMPO_CHECK(!g.a.empty(), "zero-pattern measurement: the step was not captured");
+  return {std::move(g.a), g.m, g.k, g.n};
+}
+
+MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_scale, int rank, int mix) {
+  const int64_t m = cap.m, k = cap.k;
+  MaskSubspaceResult r;
+  r.mask_rank = rank;
+  r.row_mix = mix;
+  r.rows = m;
+  // Repeated rows of A (scoring only): rows with at least 19 exact copies.
+  std::vector<uint8_t> repeated(static_cast<size_t>(m));
+  {
+    std::unordered_map<std::string, int64_t> count;
+    auto key = [&](int64_t i) {
+      return std::string(reinterpret_cast<const char*>(cap.a.data() + i * k), static_cast<size_t>(k) * sizeof(float));
+    };
+    for (int64_t i = 0; i < m; ++i) ++count[key(i)];
+    for (int64_t i = 0; i < m; ++i) r.repeated_rows += repeated[static_cast<size_t>(i)] = count[key(i)] >= 20;
+  }
+  std::unique_ptr<Obfuscator> obf = measurement_keys(seed, key_scale, false);
+  const Triple triple = obf->draw_triple(m, k, cap.n);
+  // As OffloadBackend sends it: rows mixed, then the mask added in place.
+  Product p{0, "conv2", cap.a.data(), nullptr, m, k, cap.n};
+  RowMix mixer(std::max(2, mix));
+  std::vector<float> before;  // the operand before the mask
+  if (mix > 0) {
+    KeyStream ks = obf->stream();
+    p = mixer.apply(p, ks);
+  }
+  before.assign(p.a, p.a + m * k);
+  r.zeros_sent = static_cast<double>(std::count(before.begin(), before.end(), 0.0f)) / static_cast<double>(m * k);
+  AdditiveMask mask(std::max(1, rank));
+  KeyStream ks = obf->stream();
+  const Product& q = mix > 0 ? mask.apply_in_place(p, mixer.mixed_a(0), ks) : mask.apply(p, ks);
+  const Traced enc = encrypt_traced(triple, q.a, m, k);
+  // The mask alone under the same keys: its row space, for scoring.
+  std::vector<float> mask_only(static_cast<size_t>(m * k));
+  for (int64_t e = 0; e < m * k; ++e) mask_only[static_cast<size_t>(e)] = q.a[e] - before[static_cast<size_t>(e)];
+  const Traced enc_r = encrypt_traced(triple, mask_only.data(), m, k);
+  const std::vector<float> ones(static_cast<size_t>(m * k), 1.0f);
+  const Traced enc_1 = encrypt_traced(triple, ones.data(), m, k);  // the keys' signs
+  const int64_t rank_used = std::min<int64_t>(rank, std::min(m, k));
+
+  // The attack: the worker knows r (a public flag) and looks a little wider.
+  const CommonSubspace s = find_common_subspace(enc.values.data(), m, k, std::min<int64_t>(k - 1, rank_used + 8));
+  r.subspace_dim = s.dim;
+  for (int64_t i = 0; i < m; ++i) {
+    if (s.residual[static_cast<size_t>(i)] >= 1e-4) continue;
+    ++r.rows_in;
+    if (mix == 0) r.rows_in_repeated += repeated[static_cast<size_t>(enc.src_row[static_cast<size_t>(i * k)])];
+  }
+  // Fraction of the mask's row space inside S: top-r eigenvectors of R'ᵀR'.
+  {
+    Eigen::MatrixXd gram = Eigen::MatrixXd::Zero(k, k);
+    Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> R(enc_r.values.data(), m, k);
+    gram.noalias() = (R.transpose() * R).cast<double>();
+    Eigen::SelfAdjointEigenSolver<Eigen::MatrixXd> eig(gram);
+    const Eigen::MatrixXd qr = eig.eigenvectors().rightCols(rank_used);  // k × r
+    Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> S(s.basis.data(), s.dim, k);
+    r.mask_captured = (S * qr).squaredNorm() / static_cast<double>(rank_used);
+  }
+  // Zeros of the rows outside S, where there are any to find.
+  std::vector<double> score_p, score_s;
+  std::vector<uint8_t> truth;
+  int64_t guessed = 0, hit = 0, zeros = 0;
+  std::vector<int64_t> outside;
+  for (int64_t i = 0; i < m; ++i)
+    if (s.residual[static_cast<size_t>(i)] >= 1e-4) outside.push_back(i);
+  if (outside.empty()) return r;
+  // A fixed sample of rows (the decode costs ~k·dim·600 flops a row).
+  const size_t want = std::min<size_t>(outside.size(), 300);
+  std::vector<int64_t> sample;
+  for (size_t t = 0; t < want; ++t) sample.push_back(outside[t * outside.size() / want]);
+  std::vector<float> sign(static_cast<size_t>(k));
+  std::vector<double> row(static_cast<size_t>(k));
+  for (int64_t i : sample) {
+    for (int64_t j = 0; j < k; ++j) {
+      const size_t e = static_cast<size_t>(i * k + j);
+      row[static_cast<size_t>(j)] = enc.values[e];
+      // The oracle: the sign the ciphertext entry would have with the mask gone.
+      const float plain = before[static_cast<size_t>(enc.src_row[e] * k + enc.src_col[e])];
+      sign[static_cast<size_t>(j)] = (plain >= 0) == (enc_1.values[e] >= 0) ? 1.0f : -1.0f;
+      truth.push_back(plain == 0.0f);
+      zeros += plain == 0.0f;
+    }
+    double norm = 0, mx = 0;
+    for (double v : row) norm += v * v;
+    for (double& v : row) v /= std::sqrt(norm);
+    // Projected: the row minus its part in S.
+    std::vector<double> proj(row);
+    for (int64_t d = 0; d < s.dim; ++d) {
+      double c = 0;
+      for (int64_t j = 0; j < k; ++j) c += s.basis[static_cast<size_t>(d * k + j)] * row[static_cast<size_t>(j)];
+      for (int64_t j = 0; j < k; ++j) proj[static_cast<size_t>(j)] -= c * s.basis[static_cast<size_t>(d * k + j)];
+    }
+    for (double v : proj) mx = std::max(mx, std::fabs(v));
+    for (double v : proj) score_p.push_back(-std::fabs(v) / mx);
+    const std::vector<double> z = decode_with_signs(row.data(), s, sign.data());
+    mx = 0;
+    for (double v : z) mx = std::max(mx, std::fabs(v));
+    bool exact = true;
+    for (int64_t j = 0; j < k; ++j) {
+      const double a = mx > 0 ? std::fabs(z[static_cast<size_t>(j)]) / mx : 0.0;
+      score_s.push_back(-a);
+      const bool g = a < 0.01, t = truth[truth.size() - static_cast<size_t>(k - j)];
+      guessed += g;
+      hit += g && t;
+      exact &= g == t;
+    }
+    r.exact_rows += exact;
+  }
+  r.decoded_rows = static_cast<int64_t>(sample.size());
+  if (zeros == 0 || zeros == static_cast<int64_t>(truth.size())) return r;
+  r.auc_projected = roc_auc(score_p, truth);
+  r.auc_signs = roc_auc(score_s, truth);
+  r.precision_signs = guessed ? static_cast<double>(hit) / static_cast<double>(guessed) : 0.0;
+  r.recall_signs = static_cast<double>(hit) / static_cast<double>(zeros);
+  return r;
+}
+
+}  // namespace
+
+std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed,
+                                                  const std::vector<int>& mask_ranks) {
+  const Captured cap = capture_conv2(cfg, at_step);
   std::vector<ZeroJigsawResult> out;
-  for (int rank : mask_ranks) out.push_back(zero_jigsaw(g.a, g.m, g.k, g.n, cfg.batch_size, seed,
+  for (int rank : mask_ranks) out.push_back(zero_jigsaw(cap.a, cap.m, cap.k, cap.n, cfg.batch_size, seed,
                                                         cfg.offload.key_scale, rank));
+  return out;
+}
+
+std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
+                                                      const std::vector<std::pair<int, int>>& rank_and_mix) {
+  const Captured cap = capture_conv2(cfg, at_step);
+  std::vector<MaskSubspaceResult> out;
+  for (const auto& [rank, mix] : rank_and_mix) {
+    TEMPO_CHECK(rank > 0, "mask subspace measurement: needs a mask");
+    out.push_back(mask_subspace(cap, seed, cfg.offload.key_scale, rank, mix));
+  }
   return out;
 }
 

@@ -173,9 +173,38 @@ struct ZeroJigsawResult {
   // positions in fragments of at least 10.
   double largest_fragment = 0, in_fragments_10 = 0;
 };
-// One result per mask rank (0: the default, no mask), all on the same
-// captured operand and keys.
+// One result per mask rank (0: no mask), all on the same captured operand
+// and keys (without row mixing: the mixing alone already hides almost
+// every zero, and this measures the mask).
 std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_step, uint64_t seed,
                                                   const std::vector<int>& mask_ranks = {0});
+
+// The attack on the mask through repeated rows (privacy/low_rank.h,
+// find_common_subspace), on the same operand: the worker looks for many rows
+// of the ciphertext in one low-dimensional subspace. Without row mixing the
+// image background gives thousands (each a repeated row of A plus a row of
+// the mask), and the subspace found holds the mask's row space; projected
+// off it, every other row is A's row with the mask gone, up to the part of
+// A in that subspace, and with the columns' signs (an oracle here) the
+// zeros follow. With row mixing a row lies in that subspace only if its
+// whole group is background.
+struct MaskSubspaceResult {
+  int mask_rank = 0, row_mix = 0;
+  int64_t rows = 0;
+  int64_t repeated_rows = 0;   // rows of A equal to at least 19 others
+  int64_t subspace_dim = 0;    // numerical rank of the rows kept
+  int64_t rows_in = 0;         // rows at distance < 1e-4 (unit rows) from it
+  int64_t rows_in_repeated = 0;  // of which repeated rows of A (without mixing; scoring only)
+  double mask_captured = 0;    // ‖P_S·Q_R‖²/r: the fraction of the mask's row space inside S
+  // Zero detection on rows outside S, score −|entry| after projecting S
+  // off (AUC; 0.5 chance), and after decoding with the true signs; -1 where
+  // not measured (no subspace found, or no zeros left to find).
+  double auc_projected = -1, auc_signs = -1;
+  double precision_signs = -1, recall_signs = -1;  // decoded |z| < 0.01·max|z| taken for zero
+  int64_t decoded_rows = 0, exact_rows = 0;  // rows decoded; of which with every zero right
+  double zeros_sent = 0;  // fraction of exact zeros in the operand before the mask (after any mixing)
+};
+std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
+                                                      const std::vector<std::pair<int, int>>& rank_and_mix);
 
 }  // namespace tempo
