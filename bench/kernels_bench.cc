@@ -51,19 +51,31 @@ void BM_Freivalds(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * sizeof(float) * (kRows * kCols + kOut * kCols + kRows * kOut));
 }
 
-// Row mixing (groups of 8) of A: drawing the grouping and the orthogonal
-// matrices plus M·A (as the forward pass does), and Mᵀ·X alone (dA).
-void BM_RowMixDrawAndMix(benchmark::State& st) {
+// A fresh draw of a blinding of A per iteration, as the forward pass makes
+// one: row mixing (groups of 8: the grouping, the orthogonal matrices and
+// M·A) or the rank-64 mask (U, V and A + U·Vᵀ).
+template <typename Blinding>
+void draw_and_apply(benchmark::State& st, Blinding& blinding) {
   std::vector<float> a(kRows * kCols, 1.0f);
-  RowMix mix(8);
   Obfuscator obf(random_secret(), 4.0);
   for (auto _ : st) {
     KeyStream ks = obf.stream();
-    benchmark::DoNotOptimize(mix.apply(Product{0, "a", a.data(), nullptr, kRows, kCols, kOut}, ks).a);
+    benchmark::DoNotOptimize(blinding.apply(Product{0, "a", a.data(), nullptr, kRows, kCols, kOut}, ks).a);
   }
   st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
 }
 
+void BM_RowMixDrawAndMix(benchmark::State& st) {
+  RowMix mix(8);
+  draw_and_apply(st, mix);
+}
+
+void BM_MaskDraw(benchmark::State& st) {
+  AdditiveMask mask(64);
+  draw_and_apply(st, mask);
+}
+
+// Mᵀ·X alone (the input gradient's unmixing).
 void BM_RowUnmix(benchmark::State& st) {
   std::vector<float> a(kRows * kCols, 1.0f), b(a.size());
   RowMix mix(8);
@@ -73,17 +85,6 @@ void BM_RowUnmix(benchmark::State& st) {
   for (auto _ : st) {
     mix.unmix(0, a.data(), kCols, b.data());
     benchmark::DoNotOptimize(b.data());
-  }
-  st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
-}
-
-void BM_MaskDraw(benchmark::State& st) {
-  std::vector<float> a(kRows * kCols, 1.0f);
-  AdditiveMask mask(64);
-  Obfuscator obf(random_secret(), 4.0);
-  for (auto _ : st) {
-    KeyStream ks = obf.stream();
-    benchmark::DoNotOptimize(mask.apply(Product{0, "a", a.data(), nullptr, kRows, kCols, kOut}, ks).a);
   }
   st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
 }

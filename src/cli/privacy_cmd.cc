@@ -221,7 +221,8 @@ int run_inputs(const PrivacyConfig& c) {
                 "second convolution (%lld × %lld: patches of %lld post-ReLU, max-pooled feature maps), under tempo "
                 "keys. %.1f%% of its entries are exact zeros, and a zero stays a zero under any scale, so without a "
                 "mask the worker holds the plaintext's zero pattern with rows and columns permuted. With "
-                "`--mask-rank r` the worker receives (A + U·Vᵀ)' instead, and first guesses the zeros: where the "
+                "`--mask-rank r` (and, in this table, `--row-mix 0`: mixing is measured in the next one) the "
+                "worker receives (A + U·Vᵀ)' instead, and first guesses the zeros: where the "
                 "sparse part of a robust-PCA split (principal component pursuit, 30 iterations, standard λ) of the "
                 "ciphertext is zero. Columns: of each column's 8 (resp. %lld) columns with the most correlated zero "
                 "indicators (phi over all rows), the fraction of its own channel (resp. kernel offset). Rows, given "
@@ -350,7 +351,7 @@ int run_inputs(const PrivacyConfig& c) {
 }
 
 int run_weights(const PrivacyConfig& c) {
-  char buf[1536];
+  char buf[4096];
   Report rep;
   WeightRecoveryConfig w;
   w.train = measured_run(c);
@@ -361,7 +362,9 @@ int run_weights(const PrivacyConfig& c) {
   std::snprintf(buf, sizeof buf,
                 "`%s` on %s, %lld training steps of batch 64 (SGD lr 0.01, momentum 0.9); the weight, the input "
                 "and the weight gradient of every offloaded product of the last %lld steps encrypted under fresh "
-                "keys as the pipeline does (key shift on, the default). The attack sees ciphertexts only: it "
+                "keys as the pipeline does (key shift on, and, except for the keyless rows, the input and the "
+                "gradient row-mixed and the input masked as the defaults do: --row-mix %d, --mask-rank %d). The "
+                "attack sees ciphertexts only: it "
                 "double-centres log|W'| (removes the scales), takes column signs from the sign pattern of the ReLU "
                 "operand A' (same column key), unit (row) signs from the ReLU zeros of the weight gradient lined "
                 "up with the worker's own result C', and matches rows and columns of consecutive steps to chain "
@@ -369,7 +372,8 @@ int run_weights(const PrivacyConfig& c) {
                 "last step traced back to their source at the first step. Errors ‖Ŵ−W‖/‖W‖ at the last step, with "
                 "the true placement (which the attack does not find) and the best positive scale per row: with "
                 "the attacker's signs; with the best sign per row; with no sign recovered.",
-                c.model.c_str(), c.data.c_str(), static_cast<long long>(r.steps), static_cast<long long>(r.window));
+                c.model.c_str(), c.data.c_str(), static_cast<long long>(r.steps), static_cast<long long>(r.window),
+                w.train.offload.row_mix, w.train.offload.mask_rank);
   rep.emit(buf);
   rep.emit("");
   rep.emit("| keys | layer | W | rows / cols chained | cols signed | units signed (right) | entry signs right | "

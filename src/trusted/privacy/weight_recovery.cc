@@ -12,7 +12,10 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+#include "common/blas.h"
 #include "trusted/crypto/keys.h"
+#include "trusted/crypto/mask.h"
+#include "trusted/crypto/row_mix.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/privacy/tap.h"
 #include "trusted/privacy/traced.h"
@@ -261,16 +264,27 @@ std::vector<int8_t> unit_signs(const float* c_enc, const std::vector<int8_t>& ro
 // Computes every product in the master; over the recorded steps, encrypts
 // each offloaded product's operands under a fresh forward triple for every
 // key set, as OffloadBackend does (with the key shift for the weight
-// gradient), and keeps what the worker would have received.
+// gradient; with the row mixing and the mask of the run's configuration on
+// the data operand and the output gradient, except for the keyless set),
+// and keeps what the worker would have received.
 class Recorder final : public TapBackend {
  public:
   // Records the training steps [first_step, end_step): once per product and
   // step (the evaluation after training goes through here too).
   // shift[s]: key set s encrypts the weight gradient with the key shift (the
   // default) or, as --no-key-shift does, under fresh keys on both sides.
-  Recorder(std::vector<Obfuscator*> keys, std::vector<bool> shift, int64_t first_step, int64_t end_step)
+  // blind[s]: key set s mixes rows (row_mix > 0) and masks (mask_rank > 0).
+  Recorder(std::vector<Obfuscator*> keys, std::vector<bool> shift, std::vector<bool> blind, int row_mix,
+           int mask_rank, int64_t first_step, int64_t end_step)
       : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), shift_(std::move(shift)),
-        first_(first_step), end_(end_step) {}
+        first_(first_step), end_(end_step) {
+    for (size_t s = 0; s < keys_.size(); ++s) {
+      blinds_.emplace_back();
+      if (!blind[s]) continue;
+      if (row_mix > 0) blinds_.back().mix = std::make_unique<RowMix>(row_mix);
+      if (mask_rank > 0) blinds_.back().mask = std::make_unique<AdditiveMask>(mask_rank);
+    }
+  }
   const char* name() const override { return "weight-recorder"; }
   std::vector<Obfuscator*> keys_;
   std::vector<std::map<int, std::vector<Record>>> got;  // per key set, by product id, in step order
@@ -289,7 +303,13 @@ class Recorder final : public TapBackend {
       // Key shift: L⁻ᵀ·dC·R2, its rows lined up with C'. Without: dC under
       // a fresh inner (rows) and right (columns) key.
       const Triple t2 = shift_[s] ? it->second.t.shift_weight(obf.draw(p.n)) : obf.draw_triple(p.k, p.m, p.n);
-      const CipherMatrix g2 = obf.encrypt_y(t2, dc, p.m, p.n);
+      const float* g = dc;
+      if (blinds_[s].mix) {  // M·dC, as sent
+        mixed_dc_.resize(static_cast<size_t>(p.m * p.n));
+        blinds_[s].mix->mix(p.id, dc, p.n, mixed_dc_.data());
+        g = mixed_dc_.data();
+      }
+      const CipherMatrix g2 = obf.encrypt_y(t2, g, p.m, p.n);
       Record& r = got[s][p.id].back();
       r.unit_sign = unit_signs(it->second.c_enc.data(), it->second.a_rows, g2.matrix().data(), p.m, p.n);
       pending_[s].erase(it);
@@ -300,11 +320,32 @@ class Recorder final : public TapBackend {
     std::vector<float> c_enc;   // C' = L·C·R⁻¹, what the worker computed
     std::vector<int8_t> a_rows; // row signs of A'
   };
+  struct Blind {
+    std::unique_ptr<RowMix> mix;
+    std::unique_ptr<AdditiveMask> mask;
+  };
   void record(size_t s, const Product& p, const float* c) {
     Obfuscator& obf = *keys_[s];
+    // The data operand as sent: mixed, then masked; the worker's product is
+    // then that operand times Wᵀ.
+    const Product* q = &p;
+    Blind& b = blinds_[s];
+    if (b.mix) {
+      KeyStream ks = obf.stream();
+      q = &b.mix->apply(p, ks);
+    }
+    if (b.mask) {
+      KeyStream ks = obf.stream();
+      q = b.mix ? &b.mask->apply_in_place(*q, b.mix->mixed_a(p.id), ks) : &b.mask->apply(p, ks);
+    }
+    if (q != &p) {
+      sent_c_.resize(static_cast<size_t>(p.m * p.n));
+      sgemm(false, true, p.m, p.n, p.k, 1.0f, q->a, p.k, p.w, p.k, 0.0f, sent_c_.data(), p.n);
+      c = sent_c_.data();
+    }
     const Triple t = obf.draw_triple(p.m, p.k, p.n);
     const CipherMatrix wc = obf.encrypt_yt(t, p.w, p.n, p.k);  // B'ᵀ = R⁻ᵀ·W·Qᵀ
-    const CipherMatrix ac = obf.encrypt_x(t, p.a, p.m, p.k);   // A' = L·A·Q⁻¹
+    const CipherMatrix ac = obf.encrypt_x(t, q->a, p.m, p.k);  // A' = L·A·Q⁻¹
     Record r;
     r.id = p.id;
     r.name = p.name;
@@ -332,6 +373,8 @@ class Recorder final : public TapBackend {
   }
   std::vector<std::map<int, Pending>> pending_;
   std::vector<bool> shift_;
+  std::vector<Blind> blinds_;
+  std::vector<float> sent_c_, mixed_dc_;
   int64_t first_, end_;
 };
 
@@ -592,7 +635,8 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   std::unique_ptr<Obfuscator> keyed = measurement_keys(cfg.seed, tc.offload.key_scale, false);
   std::unique_ptr<Obfuscator> none = measurement_keys(cfg.seed, tc.offload.key_scale, true);
   std::unique_ptr<Obfuscator> unshifted = measurement_keys(cfg.seed + 1, tc.offload.key_scale, false);
-  Recorder rec({keyed.get(), none.get(), unshifted.get()}, {true, true, false}, cfg.steps - cfg.window, cfg.steps);
+  Recorder rec({keyed.get(), none.get(), unshifted.get()}, {true, true, false}, {true, false, true},
+               tc.offload.row_mix, tc.offload.mask_rank, cfg.steps - cfg.window, cfg.steps);
   const TrainResult tr = train(tc, &rec);
   TEMPO_CHECK(tr.steps == cfg.steps, "weight recovery: training stopped after " + std::to_string(tr.steps) +
                                          " steps, " + std::to_string(cfg.steps) + " were asked for");
