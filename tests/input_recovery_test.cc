@@ -254,11 +254,12 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   for (const auto& r : rs)
     std::printf("rank %d, mix %d: repeated rows %lld; subspace dim %lld, rows in it %lld (repeated %lld); mask "
                 "captured %.3f; zeros sent %.4f; AUC projected %.3f, with signs %.3f (precision %.3f, recall %.3f, "
-                "rows exact %lld of %lld)\n",
+                "rows exact %lld of %lld); Gram signs %.3f, AUC %.3f\n",
                 r.mask_rank, r.row_mix, static_cast<long long>(r.repeated_rows), static_cast<long long>(r.subspace_dim),
                 static_cast<long long>(r.rows_in), static_cast<long long>(r.rows_in_repeated), r.mask_captured,
                 r.zeros_sent, r.auc_projected, r.auc_signs, r.precision_signs, r.recall_signs,
-                static_cast<long long>(r.exact_rows), static_cast<long long>(r.decoded_rows));
+                static_cast<long long>(r.exact_rows), static_cast<long long>(r.decoded_rows), r.col_signs_right,
+                r.auc_gram);
   const MaskSubspaceResult &plain = rs[0], &mixed = rs[1];
   EXPECT_GT(plain.repeated_rows, plain.rows / 20) << "the background repeats";
   EXPECT_GT(plain.rows_in, 3 * plain.subspace_dim);
@@ -266,6 +267,9 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   EXPECT_GT(plain.mask_captured, 0.99) << "the mask's row space is found";
   EXPECT_GT(plain.auc_signs, 0.75);
   EXPECT_GT(plain.auc_signs, plain.auc_projected);
+  // No oracle needed: the column Gram matrix gives the keys' signs.
+  EXPECT_GT(plain.col_signs_right, 0.85);
+  EXPECT_GT(plain.auc_gram, 0.75);
   EXPECT_EQ(mixed.repeated_rows, plain.repeated_rows);
   EXPECT_LT(mixed.rows_in, mixed.subspace_dim) << "no subspace holds more rows than its dimension";
   EXPECT_GT(plain.zeros_sent, 0.3);
@@ -273,6 +277,7 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   // (columns that are mostly zero: sparse channels, the padding).
   EXPECT_LT(mixed.zeros_sent, plain.zeros_sent / 2);
   EXPECT_LT(mixed.auc_signs, plain.auc_signs);
+  EXPECT_LT(mixed.auc_gram, plain.auc_gram);
 }
 
 }  // namespace tempo

@@ -302,8 +302,9 @@ int run_inputs(const PrivacyConfig& c) {
                 "(the r + 8 leading directions of the unit rows; keep the 8%% of rows nearest to them; "
                 "recompute from those; 30 rounds; privacy/low_rank.h) and projects it off every other row, which "
                 "leaves that row of A with the mask gone, minus A's own part in the subspace. To read zeros from "
-                "that, the worker also needs the sign of each column's key: here an oracle gives them (an upper "
-                "bound on the attack), and alternating projections onto the signs' orthant and the row's "
+                "that, the worker also needs the sign of each column's key: an oracle gives them (an upper "
+                "bound), or the worker reads them from the leading eigenvector of the ciphertext's column Gram "
+                "matrix (A ≥ 0 makes AᵀA non-negative); alternating projections onto the signs' orthant and the row's "
                 "affine set, then a least-squares polish, decode %lld rows outside the subspace. With "
                 "`--row-mix B` (default %d) the master first replaces each secret group of B rows by a random "
                 "orthogonal combination of them (fresh for every product and step; the output gradient's rows "
@@ -338,12 +339,19 @@ int run_inputs(const PrivacyConfig& c) {
   mrow("zeros: AUC after decoding with the true signs (oracle)", [&](const auto& x) { return opt3(x.auc_signs); });
   mrow("zeros: precision, recall of that decode (\\|z\\| < 0.01·max)",
        [&](const auto& x) { return opt3(x.precision_signs) + ", " + opt3(x.recall_signs); });
-  mrow("rows decoded with every zero right", [&](const auto& x) {
+  mrow("columns' key signs read from the ciphertext's column Gram matrix (right, up to one sign)",
+       [&](const auto& x) { return opt3(x.col_signs_right); });
+  mrow("zeros: AUC after decoding with those signs (no oracle)", [&](const auto& x) { return opt3(x.auc_gram); });
+  mrow("zeros: precision, recall of that decode",
+       [&](const auto& x) { return opt3(x.precision_gram) + ", " + opt3(x.recall_gram); });
+  mrow("rows decoded with every zero right (oracle signs)", [&](const auto& x) {
     return i64(x.exact_rows) + " of " + i64(x.decoded_rows);
   });
   rep.emit("");
-  rep.emit("Without mixing the subspace is exact and the zeros it yields are those of single rows of A, each one "
-           "image position. With mixing no row lies in it, the subspace found is the mask's row space only "
+  rep.emit("Without mixing the subspace is exact, the signs the decode needs are the keys' (A is non-negative), "
+           "which the Gram matrix gives, and the zeros it yields are those of single rows of A, each one image "
+           "position. With mixing no row lies in it, the mixed operand's entries have signs of their own, which the "
+           "keys' signs fit only in part, the subspace found is the mask's row space only "
            "approximately (its energy dominates the leading directions), and a zero left in the mixed operand is "
            "one where all rows of a secret group of positions, from different images, are zero at once.");
   rep.write(c.table);

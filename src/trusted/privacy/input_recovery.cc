@@ -22,6 +22,7 @@
 #include "trusted/nn/layers.h"
 #include "trusted/privacy/low_rank.h"
 #include "trusted/privacy/traced.h"
+#include "trusted/privacy/weight_recovery.h"
 
 namespace tempo {
 
@@ -1216,8 +1217,16 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
   const size_t want = std::min<size_t>(outside.size(), 300);
   std::vector<int64_t> sample;
   for (size_t t = 0; t < want; ++t) sample.push_back(outside[t * outside.size() / want]);
-  std::vector<float> sign(static_cast<size_t>(k));
+  std::vector<float> sign(static_cast<size_t>(k)), gsign(static_cast<size_t>(k));
   std::vector<double> row(static_cast<size_t>(k));
+  const SignFactors gs = gram_sign_factors(enc.values.data(), m, k);
+  {
+    int64_t agree = 0;  // against the keys' signs (row 0's entries of enc_1, up to its row sign)
+    for (int64_t j = 0; j < k; ++j) agree += gs.col[static_cast<size_t>(j)] == (enc_1.values[static_cast<size_t>(j)] >= 0 ? 1 : -1);
+    r.col_signs_right = static_cast<double>(std::max(agree, k - agree)) / static_cast<double>(k);
+  }
+  std::vector<double> score_g;
+  int64_t g_guessed = 0, g_hit = 0;
   for (int64_t i : sample) {
     for (int64_t j = 0; j < k; ++j) {
       const size_t e = static_cast<size_t>(i * k + j);
@@ -1253,6 +1262,19 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
       exact &= g == t;
     }
     r.exact_rows += exact;
+    // The worker's own signs.
+    for (int64_t j = 0; j < k; ++j)
+      gsign[static_cast<size_t>(j)] = static_cast<float>(gs.row[static_cast<size_t>(i)] * gs.col[static_cast<size_t>(j)]);
+    const std::vector<double> zg = decode_with_signs(row.data(), s, gsign.data());
+    mx = 0;
+    for (double v : zg) mx = std::max(mx, std::fabs(v));
+    for (int64_t j = 0; j < k; ++j) {
+      const double a = mx > 0 ? std::fabs(zg[static_cast<size_t>(j)]) / mx : 0.0;
+      score_g.push_back(-a);
+      const bool g = a < 0.01;
+      g_guessed += g;
+      g_hit += g && truth[truth.size() - static_cast<size_t>(k - j)];
+    }
   }
   r.decoded_rows = static_cast<int64_t>(sample.size());
   if (zeros == 0 || zeros == static_cast<int64_t>(truth.size())) return r;
@@ -1260,6 +1282,9 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
   r.auc_signs = roc_auc(score_s, truth);
   r.precision_signs = guessed ? static_cast<double>(hit) / static_cast<double>(guessed) : 0.0;
   r.recall_signs = static_cast<double>(hit) / static_cast<double>(zeros);
+  r.auc_gram = roc_auc(score_g, truth);
+  r.precision_gram = g_guessed ? static_cast<double>(g_hit) / static_cast<double>(g_guessed) : 0.0;
+  r.recall_gram = static_cast<double>(g_hit) / static_cast<double>(zeros);
   return r;
 }
 

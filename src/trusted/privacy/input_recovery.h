@@ -201,6 +201,11 @@ struct MaskSubspaceResult {
   // not measured (no subspace found, or no zeros left to find).
   double auc_projected = -1, auc_signs = -1;
   double precision_signs = -1, recall_signs = -1;  // decoded |z| < 0.01·max|z| taken for zero
+  // The same decode with the signs the worker can read itself: the column
+  // keys' signs from the ciphertext's column Gram matrix and each row's
+  // sign from those (privacy/weight_recovery.h, gram_sign_factors).
+  double col_signs_right = -1;  // fraction of the column keys' signs, up to one global sign
+  double auc_gram = -1, precision_gram = -1, recall_gram = -1;
   int64_t decoded_rows = 0, exact_rows = 0;  // rows decoded; of which with every zero right
   double zeros_sent = 0;  // fraction of exact zeros in the operand before the mask (after any mixing)
 };

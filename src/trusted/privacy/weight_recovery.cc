@@ -94,6 +94,38 @@ SignFactors nonnegative_sign_factors(const float* x, int64_t rows, int64_t cols)
   return s;
 }
 
+SignFactors gram_sign_factors(const float* x, int64_t rows, int64_t cols, int iterations) {
+  Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> X(x, rows, cols);
+  Eigen::VectorXd inv_norm(cols);
+  for (int64_t j = 0; j < cols; ++j) {
+    const double n = X.col(j).cast<double>().norm();
+    inv_norm(j) = n > 0 ? 1.0 / n : 0.0;
+  }
+  // v ← D·Xᵀ·X·D·v, D = diag(1/‖column‖): the normalised Gram matrix.
+  Eigen::VectorXd v = Eigen::VectorXd::Ones(cols);
+  for (int it = 0; it < iterations; ++it) {
+    const Eigen::VectorXf dv = inv_norm.cwiseProduct(v).cast<float>();
+    const Eigen::VectorXf xv = X * dv;
+    v = inv_norm.cwiseProduct((X.transpose() * xv).cast<double>());
+    const double n = v.norm();
+    if (!(n > 0)) break;
+    v /= n;
+  }
+  SignFactors s;
+  s.col.resize(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) s.col[static_cast<size_t>(j)] = v(j) >= 0 ? 1 : -1;
+  s.row.resize(static_cast<size_t>(rows));
+  const Eigen::VectorXf w = inv_norm.cwiseProduct(v.cwiseSign()).cast<float>();
+  const Eigen::VectorXf rs = X * w;
+  for (int64_t i = 0; i < rows; ++i) s.row[static_cast<size_t>(i)] = rs(i) >= 0 ? 1 : -1;
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < cols; ++j) {
+      const float e = x[i * cols + j];
+      s.inconsistent += e != 0 && (e > 0 ? 1 : -1) != s.row[static_cast<size_t>(i)] * s.col[static_cast<size_t>(j)];
+    }
+  return s;
+}
+
 namespace {
 
 using MatF = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -355,6 +387,9 @@ class Recorder final : public TapBackend {
     const float* we = wc.matrix().data();
     r.w_enc.assign(we, we + p.n * p.k);
     r.a_signs = nonnegative_sign_factors(ac.matrix().data(), p.m, p.k);
+    // An operand that is visibly not L·A·Q⁻¹ with A ≥ 0 (the mask, the row
+    // mixing): the attacker falls back to the Gram matrix's signs.
+    if (r.a_signs.inconsistent > p.m * p.k / 100) r.a_signs = gram_sign_factors(ac.matrix().data(), p.m, p.k);
     // The worker's product A'·B' is L·C·R⁻¹; encrypting C with those keys
     // gives it without an m×k×n product here.
     Pending pend{t, std::vector<float>(static_cast<size_t>(p.m * p.n)), r.a_signs.row};

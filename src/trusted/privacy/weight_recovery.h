@@ -66,6 +66,15 @@ struct SignFactors {
 };
 SignFactors nonnegative_sign_factors(const float* x, int64_t rows, int64_t cols);
 
+// The same factors where x is no longer exactly L·A·Q⁻¹ with A ≥ 0 (the
+// mask, the row mixing): the column Gram matrix AᵀA of a non-negative A is
+// non-negative, and the mixing's orthogonal groups keep it (up to the row
+// scales and the mask's share), so the leading eigenvector of x's
+// column-normalised Gram matrix (power iteration, never formed) has the
+// column keys' signs; a row's sign is that of its entries weighted by those
+// column signs over the column norms. `inconsistent` as above.
+SignFactors gram_sign_factors(const float* x, int64_t rows, int64_t cols, int iterations = 100);
+
 // rows[i]: the row of `a` matched to row i of `b` (both rows × cols, the
 // double-centred log-magnitudes of two near-copies); cols[j] likewise.
 struct Matching {
