@@ -57,9 +57,9 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
   obf_ = cfg.insecure_identity ? Obfuscator::insecure_identity(secret)
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);
   TEMPO_CHECK(cfg.mask_rank >= 0, "--mask-rank must not be negative");
-  if (cfg.mask_rank > 0 && !cfg.insecure_identity) mask_ = std::make_unique<AdditiveMask>(cfg.mask_rank, cfg.mask_magnitude);
   TEMPO_CHECK(cfg.row_mix == 0 || (cfg.row_mix >= 2 && cfg.row_mix <= 32), "--row-mix must be 0 (off) or 2 to 32");
-  if (cfg.row_mix > 0 && !cfg.insecure_identity) mix_ = std::make_unique<RowMix>(cfg.row_mix);
+  if ((cfg.mask_rank > 0 || cfg.row_mix > 0) && !cfg.insecure_identity)
+    blind_ = std::make_unique<Blinding>(cfg.row_mix, cfg.mask_rank, cfg.mask_magnitude);
 }
 
 size_t OffloadBackend::healthy_workers() const {
@@ -696,52 +696,33 @@ float* OffloadBackend::scratch(std::vector<float>& buf, int64_t n) {
   return buf.data();
 }
 
-const Product& OffloadBackend::as_sent(const Product& p) const {
-  if (mask_) return mask_->masked(p);
-  const Product* q = mix_ ? mix_->sent(p) : nullptr;
-  return q ? *q : p;
-}
-
-bool OffloadBackend::mixed(const Product& plain, const Product& q) const {
-  return &q != &plain && mix_ && mix_->sent(q);
-}
+const Product& OffloadBackend::as_sent(const Product& p) const { return blind_ ? blind_->sent(p) : p; }
 
 const float* OffloadBackend::sent_gradient(const Product& plain, const Product& q, const float* dc) {
   if (!mixed(plain, q)) return dc;
   PhaseTimer t(phases_.encrypt);
-  float* out = scratch(mix_dc_, q.m * q.n);
-  mix_->mix(q.id, dc, q.n, out);
-  return out;
+  return blind_->gradient(q, dc);
 }
 
-// Blinding (mix, then mask) happens in the master's plaintext space, before
-// the keys: every check below sees the product exactly as sent, and the
-// corrections run after it has passed. The mask is added to the mixed rows,
-// so its correction comes before the rows are unmixed.
+// Blinding (mix, then mask; trusted/crypto/blinding.h) happens in the
+// master's plaintext space, before the keys: every check below sees the
+// product exactly as sent, and the corrections run after it has passed.
 void OffloadBackend::forward(const Product& p, float* c) {
-  if (!mask_ && !mix_) {
+  if (!blind_) {
     run(Kind::kForward, p, nullptr, c);
     return;
   }
-  const Product* q = &p;
+  const Product* q = nullptr;
   {
     PhaseTimer t(phases_.encrypt);
-    if (mix_) {
-      KeyStream ks = obf_->stream();
-      q = &mix_->apply(p, ks);
-      ++stats_.mixed;
-    }
-    if (mask_) {
-      KeyStream ks = obf_->stream();
-      q = mix_ ? &mask_->apply_in_place(*q, mix_->mixed_a(p.id), ks) : &mask_->apply(p, ks);
-      ++stats_.masked;
-    }
+    q = &blind_->apply(p, *obf_);
   }
-  float* out = mix_ ? scratch(mix_out_, p.m * p.n) : c;
+  stats_.mixed += blind_->mixes();
+  stats_.masked += blind_->masks();
+  float* out = blind_->mixes() ? scratch(mix_out_, p.m * p.n) : c;
   run(Kind::kForward, *q, nullptr, out);
   PhaseTimer t(phases_.decrypt);
-  if (mask_) mask_->unmask_forward(*q, out);
-  if (mix_) mix_->unmix(p.id, out, p.n, c);
+  blind_->finish_forward(*q, out, c);
 }
 
 void OffloadBackend::backward_input(const Product& p, const float* dc, float* da) {
@@ -754,16 +735,16 @@ void OffloadBackend::backward_input(const Product& p, const float* dc, float* da
   float* out = scratch(mix_out_, q.m * q.k);
   run(Kind::kInput, q, g, out);
   PhaseTimer t(phases_.decrypt);
-  mix_->unmix(q.id, out, q.k, da);
+  blind_->finish_input(q, out, da);
 }
 
 void OffloadBackend::backward_weight(const Product& p, const float* dc, float* dw) {
   const Product& q = as_sent(p);
   const float* g = sent_gradient(p, q, dc);  // (M·dC)ᵀ·(M·A) = dCᵀ·A: nothing to unmix
   run(Kind::kWeight, q, g, dw);
-  if (&q == &p || !mask_) return;
+  if (&q == &p) return;
   PhaseTimer t(phases_.decrypt);
-  mask_->unmask_weight(q, g, dw);
+  blind_->finish_weight(q, g, dw);
 }
 
 // ---- Channel mode ----------------------------------------------------------
@@ -938,23 +919,19 @@ void OffloadBackend::backward_input_col2im(const Product& plain, const float* dc
 void OffloadBackend::backward(const Product& plain, const float* dc, float* dw, float* da, const ConvGeometry* g,
                               float* dx) {
   const Product& p = as_sent(plain);
-  if (mixed(plain, p)) {
-    const float* gs = sent_gradient(plain, p, dc);
-    float* das = (da || g) ? scratch(mix_out_, p.m * p.k) : nullptr;
-    backward_plain(p, gs, dw, das, nullptr, nullptr);
-    PhaseTimer t(phases_.decrypt);
-    if (dw && mask_) mask_->unmask_weight(p, gs, dw);
-    if (das) {
-      float* out = g ? scratch(mix_da_, p.m * p.k) : da;
-      mix_->unmix(p.id, das, p.k, out);
-      if (g) col2im(*g, out, dx);
-    }
-    return;
-  }
-  backward_plain(p, dc, dw, da, g, dx);
-  if (&p == &plain || !dw || !mask_) return;
+  const bool mix = mixed(plain, p);
+  const float* gs = sent_gradient(plain, p, dc);
+  // Mixed, dA must be unmixed before its columns are summed into the image.
+  float* das = mix && (da || g) ? scratch(mix_out_, p.m * p.k) : nullptr;
+  if (mix) backward_plain(p, gs, dw, das, nullptr, nullptr);
+  else backward_plain(p, dc, dw, da, g, dx);
+  if (&p == &plain) return;
   PhaseTimer t(phases_.decrypt);
-  mask_->unmask_weight(p, dc, dw);
+  if (dw) blind_->finish_weight(p, gs, dw);
+  if (!das) return;
+  float* out = g ? scratch(mix_da_, p.m * p.k) : da;
+  blind_->finish_input(p, das, out);
+  if (g) col2im(*g, out, dx);
 }
 
 // backward() on the product as sent (dw is still masked when it returns).

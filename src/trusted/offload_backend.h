@@ -18,8 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "trusted/crypto/mask.h"
-#include "trusted/crypto/row_mix.h"
+#include "trusted/crypto/blinding.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/linear_backend.h"
 #include "trusted/verifier.h"
@@ -175,9 +174,9 @@ class OffloadBackend final : public LinearBackend {
   const Product& as_sent(const Product& p) const;
   // Whether the plaintext product `plain` went out row-mixed as q (false
   // when plain is already the product as sent, as in the base class's
-  // backward()). For such a product M·dc in a scratch buffer, timed as
+  // backward()). For such a product the gradient as sent (M·dc), timed as
   // encryption; dc itself otherwise.
-  bool mixed(const Product& plain, const Product& q) const;
+  bool mixed(const Product& plain, const Product& q) const { return &q != &plain && blind_->mixes(); }
   const float* sent_gradient(const Product& plain, const Product& q, const float* dc);
   float* scratch(std::vector<float>& buf, int64_t n);
   void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);
@@ -187,9 +186,8 @@ class OffloadBackend final : public LinearBackend {
   OffloadConfig cfg_;
   std::vector<Slot> slots_;
   std::unique_ptr<Obfuscator> obf_;
-  std::unique_ptr<AdditiveMask> mask_;
-  std::unique_ptr<RowMix> mix_;
-  std::vector<float> mix_dc_, mix_out_, mix_da_;  // M·dC; a result before Mᵀ; dA before col2im
+  std::unique_ptr<Blinding> blind_;       // null when neither is on, and in offload mode
+  std::vector<float> mix_out_, mix_da_;  // a result before Mᵀ; dA before col2im
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;

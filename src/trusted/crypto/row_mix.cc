@@ -126,7 +126,10 @@ const Product& RowMix::apply(const Product& p, KeyStream& ks) {
   return e.q;
 }
 
-float* RowMix::mixed_a(int id) { return const_cast<float*>(entry(id).a.data()); }
+float* RowMix::mixed_a(int id) {
+  entry(id);  // checks that it was mixed
+  return entries_[static_cast<size_t>(id)].a.data();
+}
 
 const Product* RowMix::sent(const Product& p) const {
   if (p.id < 0 || static_cast<size_t>(p.id) >= entries_.size()) return nullptr;

@@ -6,7 +6,7 @@
 // number of distinct repeated rows, which a worker finds by trimmed PCA; with
 // it the worker projects the mask away from every row. Mixing removes the
 // repeats before the mask is added: the master groups the m rows of A by a
-// secret permutation into groups of b and replaces each group by Q·(its
+// secret permutation into groups of b to 2b − 1 rows and replaces each group by Q·(its
 // rows), with Q a fresh random orthogonal b×b matrix per group, product and
 // step (Haar: Gram–Schmidt of a Gaussian matrix from the key stream):
 //     A_mix = M·A,  M = blockdiag(Q₁, Q₂, …)·Π,  M⁻¹ = Mᵀ.
@@ -29,7 +29,6 @@ namespace tempo {
 class RowMix {
  public:
   explicit RowMix(int block);
-  int block() const { return block_; }
   // Draws a fresh mixing M for p (p.m rows) and returns p with `a` replaced
   // by M·A (a buffer kept per p.id, writable through mixed_a()); valid until
   // the next apply() for the same id.
@@ -45,8 +44,8 @@ class RowMix {
   struct Entry {
     bool valid = false;
     Product q;
-    std::vector<int32_t> perm;  // group g holds rows perm[g·b .. g·b + b)
-    std::vector<float> q_mats;  // one b×b (row-major) per group; the last one may be smaller
+    std::vector<int32_t> perm;  // group g holds rows perm[s_g .. s_g+1) (sizes b to 2b − 1)
+    std::vector<float> q_mats;  // one n_g×n_g matrix per group, row-major, at stride (largest size)²
     std::vector<float> a;       // M·A
   };
   const Entry& entry(int id) const;

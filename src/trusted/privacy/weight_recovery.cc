@@ -13,9 +13,8 @@
 #include "common/error.h"
 #include "common/rng.h"
 #include "common/blas.h"
+#include "trusted/crypto/blinding.h"
 #include "trusted/crypto/keys.h"
-#include "trusted/crypto/mask.h"
-#include "trusted/crypto/row_mix.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/privacy/tap.h"
 #include "trusted/privacy/traced.h"
@@ -310,12 +309,8 @@ class Recorder final : public TapBackend {
            int mask_rank, int64_t first_step, int64_t end_step)
       : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), shift_(std::move(shift)),
         first_(first_step), end_(end_step) {
-    for (size_t s = 0; s < keys_.size(); ++s) {
-      blinds_.emplace_back();
-      if (!blind[s]) continue;
-      if (row_mix > 0) blinds_.back().mix = std::make_unique<RowMix>(row_mix);
-      if (mask_rank > 0) blinds_.back().mask = std::make_unique<AdditiveMask>(mask_rank);
-    }
+    for (size_t s = 0; s < keys_.size(); ++s)
+      blinds_.push_back(std::make_unique<Blinding>(blind[s] ? row_mix : 0, blind[s] ? mask_rank : 0));
   }
   const char* name() const override { return "weight-recorder"; }
   std::vector<Obfuscator*> keys_;
@@ -335,12 +330,7 @@ class Recorder final : public TapBackend {
       // Key shift: L⁻ᵀ·dC·R2, its rows lined up with C'. Without: dC under
       // a fresh inner (rows) and right (columns) key.
       const Triple t2 = shift_[s] ? it->second.t.shift_weight(obf.draw(p.n)) : obf.draw_triple(p.k, p.m, p.n);
-      const float* g = dc;
-      if (blinds_[s].mix) {  // M·dC, as sent
-        mixed_dc_.resize(static_cast<size_t>(p.m * p.n));
-        blinds_[s].mix->mix(p.id, dc, p.n, mixed_dc_.data());
-        g = mixed_dc_.data();
-      }
+      const float* g = blinds_[s]->gradient(blinds_[s]->sent(p), dc);  // as sent
       const CipherMatrix g2 = obf.encrypt_y(t2, g, p.m, p.n);
       Record& r = got[s][p.id].back();
       r.unit_sign = unit_signs(it->second.c_enc.data(), it->second.a_rows, g2.matrix().data(), p.m, p.n);
@@ -352,24 +342,11 @@ class Recorder final : public TapBackend {
     std::vector<float> c_enc;   // C' = L·C·R⁻¹, what the worker computed
     std::vector<int8_t> a_rows; // row signs of A'
   };
-  struct Blind {
-    std::unique_ptr<RowMix> mix;
-    std::unique_ptr<AdditiveMask> mask;
-  };
   void record(size_t s, const Product& p, const float* c) {
     Obfuscator& obf = *keys_[s];
-    // The data operand as sent: mixed, then masked; the worker's product is
+    // The data operand as sent (mixed, then masked); the worker's product is
     // then that operand times Wᵀ.
-    const Product* q = &p;
-    Blind& b = blinds_[s];
-    if (b.mix) {
-      KeyStream ks = obf.stream();
-      q = &b.mix->apply(p, ks);
-    }
-    if (b.mask) {
-      KeyStream ks = obf.stream();
-      q = b.mix ? &b.mask->apply_in_place(*q, b.mix->mixed_a(p.id), ks) : &b.mask->apply(p, ks);
-    }
+    const Product* q = &blinds_[s]->apply(p, obf);
     if (q != &p) {
       sent_c_.resize(static_cast<size_t>(p.m * p.n));
       sgemm(false, true, p.m, p.n, p.k, 1.0f, q->a, p.k, p.w, p.k, 0.0f, sent_c_.data(), p.n);
@@ -408,8 +385,8 @@ class Recorder final : public TapBackend {
   }
   std::vector<std::map<int, Pending>> pending_;
   std::vector<bool> shift_;
-  std::vector<Blind> blinds_;
-  std::vector<float> sent_c_, mixed_dc_;
+  std::vector<std::unique_ptr<Blinding>> blinds_;
+  std::vector<float> sent_c_;
   int64_t first_, end_;
 };
 
