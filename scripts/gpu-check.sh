@@ -9,7 +9,10 @@
 #   (c) the table: tempo with a CUDA worker (im2col and channel mode) against
 #       tee-only on one core and on all cores, offload, and PyTorch's own GPU
 #       step, for resnet18 batch 128 and cnn batch 256, with the floors;
-#   (d) writes everything to OUT_DIR (default $OUT, else ./gpu-check-out).
+#   (d) writes everything to OUT_DIR (default $OUT, else ./gpu-check-out);
+#   (e) with GPU_CHECK_DATA=DIR (Fashion-MNIST's four .gz files): the main
+#       job, tempo-mode training of `cnn` through a remote CUDA worker;
+#   (f) with GPU_CHECK_TRANSFER=1: loopback transfer throughput.
 # GPU_CHECK_BACKEND=cpu lets the CPU stand in (to test this script without a GPU).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -25,6 +28,14 @@ py=${PYTHON:-python3}
 # The machine's libstdc++ if it is new enough (GCC 12's symbols), else ours.
 sys_cxx=$(ldconfig -p 2>/dev/null | awk '/libstdc\+\+\.so\.6 / {print $NF; exit}')
 if [ -z "$sys_cxx" ] || ! grep -qa GLIBCXX_3.4.30 "$sys_cxx"; then libs="$libs:$t/lib/fallback"; fi
+# cuBLAS and the CUDA runtime: the machine's own, wherever its toolkit or its PyTorch keeps them.
+if [ "$backend" = cuda ]; then
+  for lib in libcublas.so.13 libcublasLt.so.13 libcudart.so.13; do
+    ldconfig -p 2>/dev/null | grep -q "$lib " && continue
+    found=$(find /usr/local/cuda* /usr/lib /opt -name "$lib" 2>/dev/null | head -1)
+    [ -n "$found" ] && libs="$libs:$(dirname "$found")"
+  done
+fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export TEMPO_BINARY_PATH="$t/bin/tempo" TEMPO_TEST_BACKEND="$backend"
 log="$out/gpu-check.log"
@@ -36,11 +47,36 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 
 status=0
 say "== (a, b) worker tests against the $backend backend"
-(cd "$work" && timeout 300 "$t/bin/tempo_gpu_tests" 2>&1) | tee -a "$log" | grep -E "^\[|backend under test|x .* x|conv n|tf32|mode, 20 steps" ; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+(cd "$work" && timeout "${GPU_CHECK_TEST_TIMEOUT:-300}" "$t/bin/tempo_gpu_tests" 2>&1) | tee -a "$log" | grep -E "^\[|backend under test|x .* x|conv n|tf32|mode, 20 steps" ; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 say "== (c) step times"
-timeout 420 "$t/bin/tempo" bench --suite gpu --backend "$backend" --models "${GPU_CHECK_MODELS:-resnet18:128,cnn:256}" --steps "${GPU_CHECK_STEPS:-3}" \
+timeout "${GPU_CHECK_BENCH_TIMEOUT:-420}" "$t/bin/tempo" bench --suite gpu --backend "$backend" --models "${GPU_CHECK_MODELS:-resnet18:128,cnn:256}" --steps "${GPU_CHECK_STEPS:-3}" \
   --python "$py" --source-dir "$t" --table "$out/gpu-table.md" 2>>"$log" | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# (e) The main job on a GPU: tempo-mode training of `cnn` through a `tempo worker --backend cuda` process on
+# loopback (gRPC), with the default flags; needs Fashion-MNIST (GPU_CHECK_DATA=DIR of the four .gz files).
+if [ -n "${GPU_CHECK_DATA:-}" ]; then
+  say "== (e) tempo train --model cnn --epochs ${GPU_CHECK_EPOCHS:-3} through a remote $backend worker"
+  head -c 32 /dev/urandom | base64 > "$work/token"
+  "$t/bin/tempo" worker --listen 127.0.0.1:0 --port-file "$work/port" --token-file "$work/token" \
+    --backend "$backend" 2>"$out/worker.log" &
+  wpid=$!
+  for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
+  start=$SECONDS
+  timeout "${GPU_CHECK_TRAIN_TIMEOUT:-240}" "$t/bin/tempo" train --model cnn --data "fashion-mnist:$GPU_CHECK_DATA" \
+    --mode tempo --workers "127.0.0.1:$(cat "$work/port")" --token-file "$work/token" \
+    --epochs "${GPU_CHECK_EPOCHS:-3}" ${GPU_CHECK_TRAIN_STEPS:+--steps "$GPU_CHECK_TRAIN_STEPS"} --metrics "$out/train-metrics.jsonl" 2>&1 | tee -a "$log" | tail -n 4
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  say "gpu-check: training took $((SECONDS - start)) s"
+  kill "$wpid" 2>/dev/null; wait "$wpid" 2>/dev/null
+fi
+
+# (f) With GPU_CHECK_TRANSFER=1: loopback transfer throughput to a worker process (CPU backend), on this
+# machine's cores.
+if [ -n "${GPU_CHECK_TRANSFER:-}" ]; then
+  say "== (f) tempo bench --suite transfer"
+  timeout 120 "$t/bin/tempo" bench --suite transfer --threads "$(nproc)" 2>&1 | tee -a "$log"
+fi
+
 say "gpu-check: table in $out/gpu-table.md, log in $log, status $status"
 exit $status
