@@ -67,13 +67,13 @@ def detection(block, path):
 def mutual_info(block, path):
     t = tables(block)[-1]
     layer, op = column(t, "layer"), column(t, "operand")
-    cols = ["tempo, position-aligned", "tempo, key-aligned", "offload (no keys)"]
+    cols = ["default, position-aligned", "keys only, key-aligned", "default, key-aligned", "offload (no keys)"]
     idx = [column(t, c) for c in cols]
     labels = [f"layer {r[layer]} {r[op]}" for r in t[1]]
     fig, ax = plt.subplots(figsize=(7, 3.6))
-    w = 0.27
+    w = 0.2
     for k, (c, i) in enumerate(zip(cols, idx)):
-        ax.bar([x + (k - 1) * w for x in range(len(labels))], [float(r[i]) for r in t[1]], w, label=c)
+        ax.bar([x + (k - 1.5) * w for x in range(len(labels))], [float(r[i]) for r in t[1]], w, label=c)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, rotation=20, fontsize=8)
     ax.set_ylabel("mutual information (nats)")

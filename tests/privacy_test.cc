@@ -121,6 +121,17 @@ TEST(MutualInformation, ObfuscationRemovesWhatOffloadShows) {
     EXPECT_GT(plain[i].position_aligned, 1.0) << keyed[i].layer << " " << keyed[i].operand;
     EXPECT_LT(keyed[i].position_aligned, 0.2) << keyed[i].layer << " " << keyed[i].operand;
     EXPECT_GT(plain[i].position_aligned, 10 * keyed[i].position_aligned);
+    // As the defaults send them (mixed and masked inputs and gradients): a
+    // worker that knew the permutations no longer holds the values either.
+    std::printf("  default: position-aligned %.3f, key-aligned %.3f nats\n", keyed[i].blinded_position,
+                keyed[i].blinded_key);
+    EXPECT_LT(keyed[i].blinded_position, 0.2) << keyed[i].layer << " " << keyed[i].operand;
+    if (keyed[i].operand == "weight") {
+      EXPECT_EQ(keyed[i].blinded_key, keyed[i].key_aligned);  // weights are sent unblinded
+    } else {
+      EXPECT_GT(keyed[i].key_aligned, 0.2) << keyed[i].layer << " " << keyed[i].operand;
+      EXPECT_LT(keyed[i].blinded_key, 0.5 * keyed[i].key_aligned) << keyed[i].layer << " " << keyed[i].operand;
+    }
   }
 }
 

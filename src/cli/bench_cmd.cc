@@ -441,11 +441,13 @@ int run_gpu(const BenchConfig& cfg) {
     std::string label, mode, conv;
     int threads;
     bool hardened = true;  // the mask and row mixing (the defaults); false: key shift and checks only
+    bool mix = true;       // with hardened: the row mixing too
   };
   const std::vector<Row> rows = {{"tee-only, 1 core", "tee-only", "im2col", 1},
                                  {"tee-only, all cores", "tee-only", "im2col", all},
                                  {"offload (insecure), im2col", "offload", "im2col", all},
                                  {"tempo, im2col, no mask, no mix", "tempo", "im2col", all, false},
+                                 {"tempo, im2col, mask, no mix", "tempo", "im2col", all, true, false},
                                  {"tempo, im2col", "tempo", "im2col", all},
                                  {"tempo, channel", "tempo", "channel", all}};
   for (const auto& m : cfg.models) {
@@ -459,6 +461,7 @@ int run_gpu(const BenchConfig& cfg) {
         oc.insecure_identity = r.mode == "offload";
         oc.verify.rounds = r.mode == "offload" ? 0 : 1;
         if (!r.hardened) oc.mask_rank = oc.row_mix = 0;
+        if (!r.mix) oc.row_mix = 0;
         be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv));

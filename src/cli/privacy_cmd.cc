@@ -291,7 +291,8 @@ int run_inputs(const PrivacyConfig& c) {
   // The mask's row space, from the image background; and the row mixing.
   const OffloadConfig dflt;
   const std::vector<MaskSubspaceResult> ms =
-      measure_mask_subspace(t, step, c.seed, {{dflt.mask_rank, 0}, {dflt.mask_rank, dflt.row_mix}});
+      measure_mask_subspace(t, step, c.seed,
+                            {{dflt.mask_rank, 0}, {16, dflt.row_mix}, {32, dflt.row_mix}, {dflt.mask_rank, dflt.row_mix}});
   rep.emit("#### The mask's row space, from repeated rows; and row mixing");
   rep.emit("");
   std::snprintf(buf, sizeof buf,
@@ -315,8 +316,9 @@ int run_inputs(const PrivacyConfig& c) {
   rep.emit("");
   std::string mhead = "| measurement |", mrule = "|---|";
   for (const auto& x : ms) {
-    mhead += " --mask-rank " + std::to_string(x.mask_rank) + ", " +
-             (x.row_mix ? "--row-mix " + std::to_string(x.row_mix) + " (default)" : "--row-mix 0") + " |";
+    const bool is_default = x.mask_rank == dflt.mask_rank && x.row_mix == dflt.row_mix;
+    mhead += " --mask-rank " + std::to_string(x.mask_rank) + ", --row-mix " + std::to_string(x.row_mix) +
+             (is_default ? " (default)" : "") + " |";
     mrule += "---:|";
   }
   rep.emit(mhead);
@@ -463,7 +465,8 @@ int run_mi_along(const PrivacyConfig& c) {
   rep.emit("");
   rep.emit("`" + c.model + "` on " + c.data + " (batch 64), operands of training steps " + list +
            " of one run, each encrypted under fresh keys as the pipeline does; " + std::to_string(c.samples) +
-           " pairs per estimate. Each cell: position-aligned / key-aligned (as in the table above).");
+           " pairs per estimate. Each cell: position-aligned / key-aligned, keys only / default (as in the "
+           "table above).");
   rep.emit("");
   std::string head = "| layer | operand |", rule = "|---|---|";
   for (int64_t s : steps) head += " step " + std::to_string(s) + " |", rule += "---:|";
@@ -475,7 +478,8 @@ int run_mi_along(const PrivacyConfig& c) {
     for (int64_t s : steps)
       for (const MiRow& r : rows)
         if (r.step == s && r.layer == rows[i].layer && r.operand == rows[i].operand) {
-          std::snprintf(buf, sizeof buf, " %.3f / %.3f |", r.position_aligned, r.key_aligned);
+          std::snprintf(buf, sizeof buf, " %.3f / %.3f, %.3f / %.3f |", r.position_aligned, r.key_aligned,
+                        r.blinded_position, r.blinded_key);
           line += buf;
         }
     rep.emit(line);
@@ -514,16 +518,21 @@ int run_mi(const PrivacyConfig& c) {
        " (batch 64), each encrypted under fresh keys as the pipeline does; " + std::to_string(c.samples) +
        " pairs per estimate. Position-aligned: the value at the same index (what a worker can pair up). "
        "Key-aligned: the value each ciphertext entry was made from (a worker that knew the permutations). "
-       "Offload: no obfuscation.");
+       "Keys only: the obfuscation without the mask and the row mixing (--mask-rank 0 --row-mix 0). Default: "
+       "inputs and gradients mixed (" + std::to_string(t.offload.row_mix) + ") and masked (rank " +
+       std::to_string(t.offload.mask_rank) + ") before the keys, key-aligned to the position each value was "
+       "encrypted from (weights are not blinded). Offload: no obfuscation.");
   rep.emit("");
-  rep.emit("| layer | operand | shape | tempo, position-aligned | tempo, key-aligned | offload (no keys) |");
-  rep.emit("|---|---|---|---:|---:|---:|");
+  rep.emit("| layer | operand | shape | keys only, position-aligned | keys only, key-aligned | default, "
+           "position-aligned | default, key-aligned | offload (no keys) |");
+  rep.emit("|---|---|---|---:|---:|---:|---:|---:|");
   const auto rows = measure_mutual_information(t, step, c.samples, c.seed);
   const auto plain = measure_mutual_information(t, step, c.samples, c.seed, true);
   for (size_t i = 0; i < rows.size(); ++i) {
-    std::snprintf(buf, sizeof buf, "| %s | %s | %lldx%lld | %.3f | %.3f | %.3f |", rows[i].layer.c_str(),
-                  rows[i].operand.c_str(), static_cast<long long>(rows[i].rows), static_cast<long long>(rows[i].cols),
-                  rows[i].position_aligned, rows[i].key_aligned, plain[i].position_aligned);
+    std::snprintf(buf, sizeof buf, "| %s | %s | %lldx%lld | %.3f | %.3f | %.3f | %.3f | %.3f |",
+                  rows[i].layer.c_str(), rows[i].operand.c_str(), static_cast<long long>(rows[i].rows),
+                  static_cast<long long>(rows[i].cols), rows[i].position_aligned, rows[i].key_aligned,
+                  rows[i].blinded_position, rows[i].blinded_key, plain[i].position_aligned);
     rep.emit(buf);
   }
   rep.write(c.table);

@@ -3,7 +3,11 @@
 #include <cblas.h>
 #include <omp.h>
 
+#include <algorithm>
+#include <cstring>
 #include <thread>
+
+#include "common/copy.h"
 
 namespace tempo {
 
@@ -24,5 +28,16 @@ void set_num_threads(int n) {
 }
 
 int num_threads() { return g_threads > 0 ? g_threads : hardware_threads(); }
+
+void parallel_copy(void* dst, const void* src, size_t bytes) {
+  constexpr size_t kPiece = size_t{256} << 10;
+  const auto pieces = static_cast<int64_t>((bytes + kPiece - 1) / kPiece);
+  auto* d = static_cast<char*>(dst);
+  const auto* s = static_cast<const char*>(src);
+  parallel_for(pieces, [&](int64_t lo, int64_t hi) {
+    const size_t b = static_cast<size_t>(lo) * kPiece, e = std::min(bytes, static_cast<size_t>(hi) * kPiece);
+    std::memcpy(d + b, s + b, e - b);
+  });
+}
 
 }  // namespace tempo

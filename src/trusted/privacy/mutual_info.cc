@@ -7,6 +7,7 @@
 
 #include "common/error.h"
 #include "common/rng.h"
+#include "trusted/crypto/blinding.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/privacy/tap.h"
@@ -129,13 +130,51 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector
   Tap tap(at_steps);
   train(cfg, &tap);
   std::unique_ptr<Obfuscator> obf = measurement_keys(seed, cfg.offload.key_scale, identity);
+  // The data operand and the output gradient of each layer and step as the
+  // run's blinding sends them: one mixing per product, as in the pipeline.
+  std::vector<std::vector<float>> blinded(tap.got.size());
+  if (!identity) {
+    // Its own keys, so that the measurement keys above do not depend on
+    // how many operands were blinded (a step's rows are the same measured
+    // alone or along a run).
+    std::unique_ptr<Obfuscator> bobf = measurement_keys(seed ^ 0x626c696e64ULL, cfg.offload.key_scale, false);
+    Blinding blind(cfg.offload.row_mix, cfg.offload.mask_rank, cfg.offload.mask_magnitude);
+    auto find = [&](const Captured& like, const char* what) -> int {
+      for (size_t j = 0; j < tap.got.size(); ++j)
+        if (tap.got[j].step == like.step && tap.got[j].layer == like.layer && tap.got[j].operand == what)
+          return static_cast<int>(j);
+      return -1;
+    };
+    for (size_t i = 0; i < tap.got.size(); ++i) {
+      const Captured& in = tap.got[i];
+      if (in.operand != "input") continue;
+      const int wi = find(in, "weight"), gi = find(in, "gradient");
+      Product p;
+      p.id = 0;
+      p.m = in.rows, p.k = in.cols, p.n = wi >= 0 ? tap.got[static_cast<size_t>(wi)].rows : 1;
+      p.a = in.v.data();
+      p.w = wi >= 0 ? tap.got[static_cast<size_t>(wi)].v.data() : nullptr;
+      const Product& q = blind.apply(p, *bobf);
+      blinded[i].assign(q.a, q.a + p.m * p.k);
+      if (gi >= 0 && tap.got[static_cast<size_t>(gi)].rows == p.m) {
+        const Captured& g = tap.got[static_cast<size_t>(gi)];
+        Product pg = q;
+        pg.n = g.cols;
+        const float* dc = blind.gradient(pg, g.v.data());
+        blinded[static_cast<size_t>(gi)].assign(dc, dc + g.rows * g.cols);
+      }
+    }
+  }
   Rng rng = Rng::derive(seed, 3);
   std::vector<MiRow> out;
-  for (const auto& g : tap.got) {
+  for (size_t gi = 0; gi < tap.got.size(); ++gi) {
+    const Captured& g = tap.got[gi];
     const int64_t r = g.rows, c = g.cols, n = r * c;
     // X' = L·X·Q⁻¹ with a fresh triple, as encrypt_x does for inputs and
     // gradients (weights go in transposed, the same gather).
     const Traced enc = encrypt_traced(obf->draw_triple(r, c, 1), g.v.data(), r, c);
+    const bool blind = !blinded[gi].empty();
+    const Traced benc = blind ? encrypt_traced(obf->draw_triple(r, c, 1), blinded[gi].data(), r, c) : Traced{};
     // Ties (ReLU and max-pool zeros) are broken by a jitter far below the
     // values' spread, drawn independently for plaintext and ciphertext.
     auto spread = [](const float* v, int64_t count) {
@@ -155,14 +194,24 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector
         if (seen.insert(p).second) picks.push_back(p);
       }
     }
-    std::vector<double> px, cx, kx;
+    std::vector<double> px, cx, kx, bkx, bcx;
+    const double jb = blind ? 1e-6 * spread(benc.values.data(), n) : 0;
     for (const int64_t p : picks) {
-      const int64_t src = int64_t{enc.src_row[static_cast<size_t>(p)]} * c + enc.src_col[static_cast<size_t>(p)];
-      px.push_back(g.v[static_cast<size_t>(p)] + jp * rng.normal());
+      const auto at = static_cast<size_t>(p);
+      const int64_t src = int64_t{enc.src_row[at]} * c + enc.src_col[at];
+      px.push_back(g.v[at] + jp * rng.normal());
       kx.push_back(g.v[static_cast<size_t>(src)] + jp * rng.normal());
-      cx.push_back(enc.values[static_cast<size_t>(p)] + jc * rng.normal());
+      cx.push_back(enc.values[at] + jc * rng.normal());
+      if (blind) {
+        const int64_t bsrc = int64_t{benc.src_row[at]} * c + benc.src_col[at];
+        bkx.push_back(g.v[static_cast<size_t>(bsrc)] + jp * rng.normal());
+        bcx.push_back(benc.values[at] + jb * rng.normal());
+      }
     }
     MiRow row{g.step, g.layer, g.operand, r, c, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
+    // Weights are sent unblinded: the same measurement as above.
+    row.blinded_position = blind ? ksg_mutual_information(px, bcx) : row.position_aligned;
+    row.blinded_key = blind ? ksg_mutual_information(bkx, bcx) : row.key_aligned;
     out.push_back(row);
   }
   return out;
