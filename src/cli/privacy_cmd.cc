@@ -344,6 +344,12 @@ int run_inputs(const PrivacyConfig& c) {
   mrow("columns' key signs read from the ciphertext's column Gram matrix (right, up to one sign)",
        [&](const auto& x) { return opt3(x.col_signs_right); });
   mrow("zeros: AUC after decoding with those signs (no oracle)", [&](const auto& x) { return opt3(x.auc_gram); });
+  mrow("the mixing's secret groups: of each row's nearest rows by their small entries (as many as a group has "
+       "partners), the share in its own group (chance in brackets)",
+       [&](const auto& x) {
+         return x.group_precision < 0 ? std::string("—")
+                                      : f3(x.group_precision) + " (" + f3(x.group_chance) + ")";
+       });
   mrow("zeros: precision, recall of that decode",
        [&](const auto& x) { return opt3(x.precision_gram) + ", " + opt3(x.recall_gram); });
   mrow("rows decoded with every zero right (oracle signs)", [&](const auto& x) {

@@ -1147,6 +1147,57 @@ Captured capture_conv2(TrainConfig cfg, int64_t at_step) {
   return {std::move(g.a), g.m, g.k, g.n};
 }
 
+// The attack on the row mixing's grouping (MaskSubspaceResult). Each
+// ciphertext row, as a unit vector with the subspace s projected off (most of
+// the mask), becomes the profile −log|entry| (a zero of A shared by its
+// whole group is a small entry there), centred and normalised; rows are
+// compared by the cosine of their profiles (tried and kept as the best of
+// three: the indicator of each row's quarter of smallest entries found a
+// third as many partners, the profile without normalising as many). Scored
+// on a fixed sample of rows against the true groups: the mixed operand
+// holds group g in rows [m·g/G, m·(g+1)/G) with G = max(1, m/mix)
+// (row_mix.cc), and each ciphertext row's trace names its mixed row.
+void find_mixing_groups(const Traced& enc, const CommonSubspace& s, int64_t m, int64_t k, int mix,
+                        MaskSubspaceResult& r) {
+  using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  RowMajor x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
+                   enc.values.data(), m, k).cast<double>();
+  x.rowwise().normalize();
+  if (s.dim > 0) {
+    Eigen::Map<const RowMajor> basis(s.basis.data(), s.dim, k);
+    x -= (x * basis.transpose()) * basis;
+  }
+  Eigen::MatrixXf feat(k, m);  // one column per row: its profile
+  for (int64_t i = 0; i < m; ++i) {
+    double mean = 0;
+    for (int64_t j = 0; j < k; ++j) mean += std::log(std::fabs(x(i, j)) + 1e-12);
+    mean /= static_cast<double>(k);
+    for (int64_t j = 0; j < k; ++j) feat(j, i) = static_cast<float>(mean - std::log(std::fabs(x(i, j)) + 1e-12));
+    feat.col(i).normalize();
+  }
+  const int64_t groups = std::max<int64_t>(1, m / mix);
+  std::vector<int64_t> group_of_mixed(static_cast<size_t>(m));
+  for (int64_t g = 0; g < groups; ++g)
+    for (int64_t i = m * g / groups; i < m * (g + 1) / groups; ++i) group_of_mixed[static_cast<size_t>(i)] = g;
+  auto group = [&](int64_t row) { return group_of_mixed[static_cast<size_t>(enc.src_row[static_cast<size_t>(row * k)])]; };
+  const int64_t queries = std::min<int64_t>(m, 300), nb = std::max(1, mix - 1);
+  int64_t hits = 0;
+  for (int64_t t = 0; t < queries; ++t) {
+    const int64_t q = t * m / queries;
+    const Eigen::VectorXf sim = feat.transpose() * feat.col(q);
+    std::vector<int64_t> idx(static_cast<size_t>(m));
+    std::iota(idx.begin(), idx.end(), int64_t{0});
+    idx.erase(idx.begin() + q);
+    std::partial_sort(idx.begin(), idx.begin() + nb, idx.end(),
+                      [&](int64_t a, int64_t b) { return sim[a] > sim[b] || (sim[a] == sim[b] && a < b); });
+    for (int64_t u = 0; u < nb; ++u) hits += group(idx[static_cast<size_t>(u)]) == group(q);
+  }
+  r.group_neighbours = nb;
+  r.group_queries = queries;
+  r.group_precision = static_cast<double>(hits) / static_cast<double>(nb * queries);
+  r.group_chance = (static_cast<double>(m) / static_cast<double>(groups) - 1) / static_cast<double>(m - 1);
+}
+
 MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_scale, int rank, int mix) {
   const int64_t m = cap.m, k = cap.k;
   MaskSubspaceResult r;
@@ -1205,6 +1256,7 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
     Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> S(s.basis.data(), s.dim, k);
     r.mask_captured = (S * qr).squaredNorm() / static_cast<double>(rank_used);
   }
+  if (mix > 0) find_mixing_groups(enc, s, m, k, mix, r);
   // Zeros of the rows outside S, where there are any to find.
   std::vector<double> score_p, score_s;
   std::vector<uint8_t> truth;

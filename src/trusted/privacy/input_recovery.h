@@ -208,6 +208,14 @@ struct MaskSubspaceResult {
   double auc_gram = -1, precision_gram = -1, recall_gram = -1;
   int64_t decoded_rows = 0, exact_rows = 0;  // rows decoded; of which with every zero right
   double zeros_sent = 0;  // fraction of exact zeros in the operand before the mask (after any mixing)
+  // An attack on the mixing itself (mixing on): the rows of one secret group
+  // share that group's zero columns (a column zero in all its rows of A), so
+  // the worker pairs rows by their small entries after projecting the
+  // subspace off (cosine of −log|entry| profiles): each row's
+  // `group_neighbours` most similar rows, and the share of them in its own
+  // group; chance is (group size − 1)/(m − 1).
+  int64_t group_neighbours = 0, group_queries = 0;
+  double group_precision = -1, group_chance = -1;
 };
 std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
                                                       const std::vector<std::pair<int, int>>& rank_and_mix);
