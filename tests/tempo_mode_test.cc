@@ -61,18 +61,20 @@ struct ModeCase {
   int workers;
   bool key_shift;
   int mask_rank = 0;
+  int row_mix = 0;
 };
 
 class TempoParity : public ::testing::TestWithParam<ModeCase> {};
 
 TEST_P(TempoParity, MatchesTeeOnlyTraining) {
-  const auto [nw, shift, mask] = GetParam();
-  std::string out = (temp_dir() / ("tempo_" + std::to_string(nw) + (shift ? "s" : "n") + std::to_string(mask) +
-                                   ".safetensors")).string();
+  const auto [nw, shift, mask, mix] = GetParam();
+  std::string out = (temp_dir() / ("tempo_" + std::to_string(nw) + (shift ? "s" : "n") + std::to_string(mask) + "_" +
+                                   std::to_string(mix) + ".safetensors")).string();
   TrainConfig c = small_run(out);
   c.mode = "tempo";
   c.offload.key_shift = shift;
   c.offload.mask_rank = mask;
+  c.offload.row_mix = mix;
   OffloadBackend be(c.offload, local_workers(nw), secret_from_seed(__LINE__));
   train(c, &be);
   EXPECT_EQ(be.stats().rejected, 0) << "false alarm on honest workers";
@@ -80,6 +82,8 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   EXPECT_GT(be.stats().products, 0);
   if (mask > 0) EXPECT_GT(be.stats().masked, 0);
   else EXPECT_EQ(be.stats().masked, 0);
+  if (mix > 0) EXPECT_GT(be.stats().mixed, 0);
+  else EXPECT_EQ(be.stats().mixed, 0);
   // With several workers the fully connected layer (batch 32 < 128 outputs)
   // is split by columns, the convolution by rows.
   if (nw > 1) EXPECT_GT(be.stats().column_splits, 0);
@@ -88,17 +92,20 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   if (nw > 1 && !shift) EXPECT_GT(be.stats().apart, 0);
   else EXPECT_EQ(be.stats().apart, 0);
   const double err = testutil::max_rel_error(out, tee_only_reference());
-  std::printf("tempo, %d worker(s), key shift %s, mask rank %d: max error %.3g·max|w|\n", nw, shift ? "on" : "off",
-              mask, err);
+  std::printf("tempo, %d worker(s), key shift %s, mask rank %d, row mix %d: max error %.3g·max|w|\n", nw,
+              shift ? "on" : "off", mask, mix, err);
   EXPECT_LT(err, 1e-3);
 }
 
 INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
+                         // Keys only; the mixing alone; the mask alone; both (the defaults).
                          ::testing::Values(ModeCase{1, true}, ModeCase{1, false}, ModeCase{3, true},
-                                           ModeCase{3, false}, ModeCase{1, true, 64}, ModeCase{3, false, 64}),
+                                           ModeCase{3, false}, ModeCase{1, true, 0, 8}, ModeCase{3, false, 0, 8},
+                                           ModeCase{1, true, 64, 0}, ModeCase{1, true, 64, 8},
+                                           ModeCase{3, false, 64, 8}),
                          [](const ::testing::TestParamInfo<ModeCase>& i) {
                            return std::to_string(i.param.workers) + "workers" + (i.param.key_shift ? "Shift" : "NoShift") +
-                                  "Mask" + std::to_string(i.param.mask_rank);
+                                  "Mask" + std::to_string(i.param.mask_rank) + "Mix" + std::to_string(i.param.row_mix);
                          });
 
 class Tampering : public ::testing::TestWithParam<std::string> {};
