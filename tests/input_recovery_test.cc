@@ -250,7 +250,7 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
   testutil::TempDir dir("subspace");
   const TrainConfig c = suite_run(dir.path());
-  const std::vector<MaskSubspaceResult> rs = measure_mask_subspace(c, 5, 1, {{64, 0}, {64, 8}});
+  const std::vector<MaskSubspaceResult> rs = measure_mask_subspace(c, 5, 1, {{64, 0}, {64, 8}, {0, 8}});
   for (const auto& r : rs)
     std::printf("rank %d, mix %d: repeated rows %lld; subspace dim %lld, rows in it %lld (repeated %lld); mask "
                 "captured %.3f; zeros sent %.4f; AUC projected %.3f, with signs %.3f (precision %.3f, recall %.3f, "
@@ -287,6 +287,17 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   EXPECT_EQ(mixed.group_neighbours, 7);
   EXPECT_GT(mixed.group_precision, 5 * mixed.group_chance);
   EXPECT_LT(mixed.group_precision, 0.1);
+  // Given the groups, the rows of A: the mixing alone gives them up exactly
+  // (the known answer: the attack works where nothing protects), the mask
+  // makes the search hopeless.
+  const MaskSubspaceResult& mix_only = rs[2];
+  std::printf("given the groups: exact rows in %lld of %lld groups without a mask (AUC %.3f), %lld with it (AUC %.3f)\n",
+              static_cast<long long>(mix_only.sparse_exact), static_cast<long long>(mix_only.sparse_groups),
+              mix_only.sparse_auc, static_cast<long long>(mixed.sparse_exact), mixed.sparse_auc);
+  EXPECT_GE(mix_only.sparse_exact, mix_only.sparse_groups / 10);
+  EXPECT_GT(mix_only.sparse_auc, 0.85);
+  EXPECT_EQ(mixed.sparse_exact, 0);
+  EXPECT_LT(mixed.sparse_auc, 0.65);
 }
 
 }  // namespace tempo

@@ -292,7 +292,8 @@ int run_inputs(const PrivacyConfig& c) {
   const OffloadConfig dflt;
   const std::vector<MaskSubspaceResult> ms =
       measure_mask_subspace(t, step, c.seed,
-                            {{dflt.mask_rank, 0}, {16, dflt.row_mix}, {32, dflt.row_mix}, {dflt.mask_rank, dflt.row_mix}});
+                            {{dflt.mask_rank, 0}, {0, dflt.row_mix}, {16, dflt.row_mix}, {32, dflt.row_mix},
+                             {dflt.mask_rank, dflt.row_mix}});
   rep.emit("#### The mask's row space, from repeated rows; and row mixing");
   rep.emit("");
   std::snprintf(buf, sizeof buf,
@@ -335,7 +336,7 @@ int run_inputs(const PrivacyConfig& c) {
   mrow("rows of the ciphertext in it (distance < 1e-4 as unit rows)", [&](const auto& x) {
     return i64(x.rows_in) + (x.row_mix ? "" : " (" + i64(x.rows_in_repeated) + " repeated in A)");
   });
-  mrow("fraction of the mask's row space inside it", [&](const auto& x) { return f3(x.mask_captured); });
+  mrow("fraction of the mask's row space inside it", [&](const auto& x) { return opt3(x.mask_captured); });
   mrow("zeros: AUC of −\\|entry\\| after projecting it off (0.5 = chance)",
        [&](const auto& x) { return opt3(x.auc_projected); });
   mrow("zeros: AUC after decoding with the true signs (oracle)", [&](const auto& x) { return opt3(x.auc_signs); });
@@ -344,17 +345,25 @@ int run_inputs(const PrivacyConfig& c) {
   mrow("columns' key signs read from the ciphertext's column Gram matrix (right, up to one sign)",
        [&](const auto& x) { return opt3(x.col_signs_right); });
   mrow("zeros: AUC after decoding with those signs (no oracle)", [&](const auto& x) { return opt3(x.auc_gram); });
+  mrow("zeros: precision, recall of that decode",
+       [&](const auto& x) { return opt3(x.precision_gram) + ", " + opt3(x.recall_gram); });
+  mrow("rows decoded with every zero right (oracle signs)", [&](const auto& x) {
+    return i64(x.exact_rows) + " of " + i64(x.decoded_rows);
+  });
   mrow("the mixing's secret groups: of each row's nearest rows by their small entries (as many as a group has "
        "partners), the share in its own group (chance in brackets)",
        [&](const auto& x) {
          return x.group_precision < 0 ? std::string("—")
                                       : f3(x.group_precision) + " (" + f3(x.group_chance) + ")";
        });
-  mrow("zeros: precision, recall of that decode",
-       [&](const auto& x) { return opt3(x.precision_gram) + ", " + opt3(x.recall_gram); });
-  mrow("rows decoded with every zero right (oracle signs)", [&](const auto& x) {
-    return i64(x.exact_rows) + " of " + i64(x.decoded_rows);
-  });
+  mrow("given the groups (oracle): groups where the sparsest vector of their span plus the subspace is exactly a row "
+       "of A (of groups tried)",
+       [&](const auto& x) {
+         return x.sparse_groups ? i64(x.sparse_exact) + " of " + i64(x.sparse_groups) : std::string("—");
+       });
+  mrow("zeros of single rows of A from that vector: AUC", [&](const auto& x) { return opt3(x.sparse_auc); });
+  mrow("the same from the group's rows with the subspace projected off (reference)",
+       [&](const auto& x) { return opt3(x.sparse_auc_projected); });
   rep.emit("");
   rep.emit("Without mixing the subspace is exact, the signs the decode needs are the keys' (A is non-negative), "
            "which the Gram matrix gives, and the zeros it yields are those of single rows of A, each one image "
@@ -362,6 +371,16 @@ int run_inputs(const PrivacyConfig& c) {
            "keys' signs fit only in part, the subspace found is the mask's row space only "
            "approximately (its energy dominates the leading directions), and a zero left in the mixed operand is "
            "one where all rows of a secret group of positions, from different images, are zero at once.");
+  rep.emit("");
+  rep.emit("The last rows attack the mixing itself. First its secret groups: the rows of one group share the group's "
+           "zero columns, so the worker ranks rows by the cosine of their −log|entry| profiles (after projecting the "
+           "subspace off) and takes each row's nearest as its partners. Then, given the groups by an oracle, the "
+           "rows of A: they lie in the span of the group's ciphertext rows plus the subspace (d dimensions), and a "
+           "vector of that span that is zero in d − 1 chosen columns is fixed up to scale, so the worker tries 300 "
+           "random sets of d − 1 columns per group and keeps the vector with the most further zeros. The column "
+           "without a mask shows what the mixing alone leaves: d is the group's size, and the exact rows of A come "
+           "out. With a mask, d − 1 is the group's size plus the subspace's dimension, more zeros than a random "
+           "choice of columns ever hits in one row.");
   rep.write(c.table);
   return 0;
 }

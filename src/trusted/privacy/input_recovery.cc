@@ -14,6 +14,7 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
+#include "common/rng.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
@@ -1198,6 +1199,116 @@ void find_mixing_groups(const Traced& enc, const CommonSubspace& s, int64_t m, i
   r.group_chance = (static_cast<double>(m) / static_cast<double>(groups) - 1) / static_cast<double>(m - 1);
 }
 
+// The oracle-group second step (MaskSubspaceResult::sparse_auc). a: A
+// (m×k, before mixing); perm: the grouping (RowMix::grouping).
+void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float* a, const std::vector<int32_t>& perm,
+                        int64_t m, int64_t k, int mix, MaskSubspaceResult& r) {
+  const int64_t groups = std::max<int64_t>(1, m / mix);
+  // Ciphertext row of each mixed row, and the plaintext column of each
+  // ciphertext column (the same for every row).
+  std::vector<int64_t> cipher_of(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) cipher_of[static_cast<size_t>(enc.src_row[static_cast<size_t>(i * k)])] = i;
+  std::vector<int64_t> col(static_cast<size_t>(k));
+  for (int64_t j = 0; j < k; ++j) col[static_cast<size_t>(j)] = enc.src_col[static_cast<size_t>(j)];
+  const int64_t want = std::min<int64_t>(groups, 40);
+  double sum_sparse = 0, sum_proj = 0;
+  int64_t scored = 0, scored_proj = 0, exact = 0, skipped = 0;
+  for (int64_t t = 0; t < want; ++t) {
+    const int64_t g = t * groups / want, b = m * g / groups, e = m * (g + 1) / groups, n = e - b;
+    // Basis of span(group rows) + S, orthonormalised.
+    Eigen::MatrixXd span(n + s.dim, k);
+    for (int64_t u = 0; u < n; ++u)
+      for (int64_t j = 0; j < k; ++j)
+        span(u, j) = enc.values[static_cast<size_t>(cipher_of[static_cast<size_t>(b + u)] * k + j)];
+    for (int64_t d = 0; d < s.dim; ++d)
+      for (int64_t j = 0; j < k; ++j) span(n + d, j) = s.basis[static_cast<size_t>(d * k + j)];
+    // (Rows of A repeated within a group make the span smaller: its rank.)
+    Eigen::ColPivHouseholderQR<Eigen::MatrixXd> qr(span.transpose());
+    qr.setThreshold(1e-5);
+    const Eigen::MatrixXd basis = qr.householderQ() * Eigen::MatrixXd::Identity(k, qr.rank());  // k × d
+    // The group's rows of A, in ciphertext column order: the truth.
+    std::vector<std::vector<uint8_t>> zero(static_cast<size_t>(n), std::vector<uint8_t>(static_cast<size_t>(k)));
+    int64_t any = 0;
+    for (int64_t u = 0; u < n; ++u)
+      for (int64_t j = 0; j < k; ++j)
+        any += zero[static_cast<size_t>(u)][static_cast<size_t>(j)] =
+            a[static_cast<size_t>(perm[static_cast<size_t>(b + u)]) * static_cast<size_t>(k) + static_cast<size_t>(col[static_cast<size_t>(j)])] == 0.0f;
+    if (any == 0 || any == n * k) continue;
+    auto best_auc = [&](const Eigen::VectorXd& y) {
+      std::vector<double> score(static_cast<size_t>(k));
+      const double mx = y.cwiseAbs().maxCoeff();
+      for (int64_t j = 0; j < k; ++j) score[static_cast<size_t>(j)] = mx > 0 ? -std::fabs(y[j]) / mx : 0.0;
+      double best = -1;
+      for (int64_t u = 0; u < n; ++u) {
+        const auto& z = zero[static_cast<size_t>(u)];
+        const int64_t c = std::count(z.begin(), z.end(), uint8_t{1});
+        if (c > 0 && c < k) best = std::max(best, roc_auc(score, z));
+      }
+      return best;
+    };
+    // A row of A lies in this span and is zero in about half its columns;
+    // a vector of a d-dimensional span that is zero in d − 1 chosen columns
+    // is fixed up to scale. So: random sets of d − 1 columns, the vector
+    // zero there, and the one with the most further zeros (a row of A has
+    // many; a vector made zero by force has none).
+    const int64_t d = basis.cols();
+    constexpr double kZero = 1e-4;  // relative to the vector's largest entry: float ciphertexts
+    if (d - 1 > k / 2) {  // more forced zeros than a row of A has, about: no try can hit one
+      ++skipped;
+    } else {
+      Rng rng = Rng::derive(static_cast<uint64_t>(g), 11);
+      Eigen::VectorXd best_y;
+      int64_t best_extra = -1;
+      std::vector<int64_t> cols(static_cast<size_t>(k));
+      for (int tr = 0; tr < 300; ++tr) {
+        std::iota(cols.begin(), cols.end(), int64_t{0});
+        for (int64_t u = 0; u < d - 1; ++u)
+          std::swap(cols[static_cast<size_t>(u)], cols[static_cast<size_t>(u) + rng.below(static_cast<uint32_t>(k - u))]);
+        Eigen::MatrixXd sub(d - 1, d);
+        for (int64_t u = 0; u < d - 1; ++u) sub.row(u) = basis.row(cols[static_cast<size_t>(u)]);
+        Eigen::FullPivLU<Eigen::MatrixXd> lu(sub);
+        const Eigen::MatrixXd ker = lu.kernel();
+        if (ker.cols() != 1) continue;
+        const Eigen::VectorXd y = basis * ker.col(0);
+        const double mx = y.cwiseAbs().maxCoeff();
+        int64_t zeros = 0;
+        for (int64_t j = 0; j < k; ++j) zeros += std::fabs(y[j]) <= kZero * mx;
+        if (zeros - (d - 1) > best_extra) best_extra = zeros - (d - 1), best_y = y;
+      }
+      if (best_extra >= 0) {
+        const double auc = best_auc(best_y);
+        if (auc >= 0) sum_sparse += auc, ++scored;
+        // Exact: its zeros are exactly those of one row of the group.
+        const double mx = best_y.cwiseAbs().maxCoeff();
+        for (int64_t u = 0; u < n; ++u) {
+          bool same = true;
+          for (int64_t j = 0; j < k && same; ++j)
+            same = (std::fabs(best_y[j]) <= kZero * mx) == static_cast<bool>(zero[static_cast<size_t>(u)][static_cast<size_t>(j)]);
+          if (same) {
+            ++exact;
+            break;
+          }
+        }
+      }
+    }
+    // Reference: the group's rows themselves, with the subspace projected off.
+    for (int64_t u = 0; u < n; ++u) {
+      Eigen::VectorXd y = span.row(u).transpose();
+      if (s.dim > 0) {
+        const Eigen::MatrixXd sb = span.bottomRows(s.dim);
+        y -= sb.transpose() * (sb * y);
+      }
+      const double auc = best_auc(y);
+      if (auc >= 0) sum_proj += auc, ++scored_proj;
+    }
+  }
+  r.sparse_groups = want;
+  r.sparse_exact = exact;
+  r.sparse_hopeless = skipped;
+  if (scored) r.sparse_auc = sum_sparse / static_cast<double>(scored);
+  if (scored_proj) r.sparse_auc_projected = sum_proj / static_cast<double>(scored_proj);
+}
+
 MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_scale, int rank, int mix) {
   const int64_t m = cap.m, k = cap.k;
   MaskSubspaceResult r;
@@ -1228,7 +1339,7 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
   r.zeros_sent = static_cast<double>(std::count(before.begin(), before.end(), 0.0f)) / static_cast<double>(m * k);
   AdditiveMask mask(std::max(1, rank));
   KeyStream ks = obf->stream();
-  const Product& q = mix > 0 ? mask.apply_in_place(p, mixer.mixed_a(0), ks) : mask.apply(p, ks);
+  const Product& q = rank == 0 ? p : mix > 0 ? mask.apply_in_place(p, mixer.mixed_a(0), ks) : mask.apply(p, ks);
   const Traced enc = encrypt_traced(triple, q.a, m, k);
   // The mask alone under the same keys: its row space, for scoring.
   std::vector<float> mask_only(static_cast<size_t>(m * k));
@@ -1247,7 +1358,8 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
     if (mix == 0) r.rows_in_repeated += repeated[static_cast<size_t>(enc.src_row[static_cast<size_t>(i * k)])];
   }
   // Fraction of the mask's row space inside S: top-r eigenvectors of R'ᵀR'.
-  {
+  r.mask_captured = -1;  // no mask
+  if (rank_used > 0) {
     Eigen::MatrixXd gram = Eigen::MatrixXd::Zero(k, k);
     Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> R(enc_r.values.data(), m, k);
     gram.noalias() = (R.transpose() * R).cast<double>();
@@ -1256,7 +1368,11 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
     Eigen::Map<const Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> S(s.basis.data(), s.dim, k);
     r.mask_captured = (S * qr).squaredNorm() / static_cast<double>(rank_used);
   }
-  if (mix > 0) find_mixing_groups(enc, s, m, k, mix, r);
+  if (mix > 0) {
+    find_mixing_groups(enc, s, m, k, mix, r);
+    // Without a mask the worker has no subspace to add (the flag is public).
+    sparsest_in_groups(enc, rank > 0 ? s : CommonSubspace{}, cap.a.data(), mixer.grouping(0), m, k, mix, r);
+  }
   // Zeros of the rows outside S, where there are any to find.
   std::vector<double> score_p, score_s;
   std::vector<uint8_t> truth;
@@ -1356,7 +1472,7 @@ std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t a
   const Captured cap = capture_conv2(cfg, at_step);
   std::vector<MaskSubspaceResult> out;
   for (const auto& [rank, mix] : rank_and_mix) {
-    TEMPO_CHECK(rank > 0, "mask subspace measurement: needs a mask");
+    TEMPO_CHECK(rank > 0 || mix > 0, "mask subspace measurement: needs a mask or mixing");
     out.push_back(mask_subspace(cap, seed, cfg.offload.key_scale, rank, mix));
   }
   return out;

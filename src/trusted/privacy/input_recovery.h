@@ -195,7 +195,7 @@ struct MaskSubspaceResult {
   int64_t subspace_dim = 0;    // numerical rank of the rows kept
   int64_t rows_in = 0;         // rows at distance < 1e-4 (unit rows) from it
   int64_t rows_in_repeated = 0;  // of which repeated rows of A (without mixing; scoring only)
-  double mask_captured = 0;    // ‖P_S·Q_R‖²/r: the fraction of the mask's row space inside S
+  double mask_captured = 0;    // ‖P_S·Q_R‖²/r: the fraction of the mask's row space inside S (-1: no mask)
   // Zero detection on rows outside S, score −|entry| after projecting S
   // off (AUC; 0.5 chance), and after decoding with the true signs; -1 where
   // not measured (no subspace found, or no zeros left to find).
@@ -216,6 +216,20 @@ struct MaskSubspaceResult {
   // group; chance is (group size − 1)/(m − 1).
   int64_t group_neighbours = 0, group_queries = 0;
   double group_precision = -1, group_chance = -1;
+  // The second step, given the groups by an oracle: the rows of A that a
+  // group mixes lie in the span of its ciphertext rows plus the subspace
+  // (which holds the mask's rows; none without a mask), d dimensions; a
+  // row of A is zero in about half its columns, and a vector of the span
+  // that is zero in d − 1 given columns is fixed up to scale, so the worker
+  // tries random sets of d − 1 columns and keeps the vector with the most
+  // further zeros (300 tries a group). Groups whose zero set came out
+  // exactly that of one of their rows of A; groups where d − 1 exceeds
+  // half the columns (no try can hit); AUC of −|entry| of the vector kept
+  // as a detector of the zeros of the best-matching row of A (0.5 chance);
+  // and, as a reference, the same score for the group's rows projected off
+  // the subspace.
+  int64_t sparse_groups = 0, sparse_exact = 0, sparse_hopeless = 0;
+  double sparse_auc = -1, sparse_auc_projected = -1;
 };
 std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
                                                       const std::vector<std::pair<int, int>>& rank_and_mix);
