@@ -2,7 +2,12 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <vector>
+
+#include "common/copy.h"
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace tempo {
 
@@ -27,3 +32,23 @@ TEST(Tensor, ReshapeChecksCount) {
 }
 
 }  // namespace tempo
+
+// The CUDA worker's staging copies (no GPU here, so tested on its own):
+// every byte, at sizes around the 256 KiB pieces, for one and two threads.
+TEST(ParallelCopy, CopiesEveryByteAtAnySize) {
+  const int before = tempo::num_threads();
+  for (int threads : {1, 2}) {
+    tempo::set_num_threads(threads);
+    for (size_t bytes : {size_t{0}, size_t{1}, size_t{4093}, size_t{256} << 10, (size_t{256} << 10) + 3,
+                         (size_t{8} << 20) + 17}) {
+      std::vector<unsigned char> src(bytes + 2), dst(bytes + 2, 0xee);
+      for (size_t i = 0; i < src.size(); ++i) src[i] = static_cast<unsigned char>(i * 131 + 7);
+      tempo::parallel_copy(dst.data() + 1, src.data() + 1, bytes);
+      EXPECT_EQ(dst[0], 0xee) << bytes;  // nothing written outside
+      EXPECT_EQ(dst[bytes + 1], 0xee) << bytes;
+      EXPECT_TRUE(std::equal(src.begin() + 1, src.begin() + 1 + static_cast<std::ptrdiff_t>(bytes), dst.begin() + 1))
+          << bytes << " bytes, " << threads << " thread(s)";
+    }
+  }
+  tempo::set_num_threads(before);
+}
