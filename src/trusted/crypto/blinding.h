@@ -19,7 +19,6 @@ namespace tempo {
 class Blinding {
  public:
   Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f);
-  bool on() const { return mix_ || mask_; }
   bool mixes() const { return mix_ != nullptr; }
   bool masks() const { return mask_ != nullptr; }
   // p with its data operand mixed and masked, freshly drawn; valid until

@@ -126,6 +126,15 @@ const Product& RowMix::apply(const Product& p, KeyStream& ks) {
   return e.q;
 }
 
+RowMix::Grouping RowMix::grouping(int id) const {
+  const Entry& e = entry(id);
+  const auto m = static_cast<int64_t>(e.perm.size());
+  const Groups gr(m, block_);
+  Grouping out{e.perm, {}};
+  for (int64_t g = 0; g <= gr.count; ++g) out.starts.push_back(gr.begin(m, g));
+  return out;
+}
+
 float* RowMix::mixed_a(int id) {
   entry(id);  // checks that it was mixed
   return entries_[static_cast<size_t>(id)].a.data();

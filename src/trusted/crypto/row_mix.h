@@ -39,11 +39,14 @@ class RowMix {
   // dst (m×cols) = M·src and dst = Mᵀ·src for the mixing of product `id`.
   void mix(int id, const float* src, int64_t cols, float* dst) const;
   void unmix(int id, const float* src, int64_t cols, float* dst) const;
-  // The secret grouping of product `id` (for measurements): the rows of A
-  // that mixed row i combines are perm[begin(g) .. begin(g + 1)) for the
-  // group g holding i, with the groups at rows [m·g/G, m·(g+1)/G) and
-  // G = max(1, m / block).
-  const std::vector<int32_t>& grouping(int id) const { return entry(id).perm; }
+  // The secret grouping of product `id` (for measurements): group g is
+  // mixed rows [starts[g], starts[g + 1]), and combines the rows
+  // perm[starts[g] .. starts[g + 1]) of A.
+  struct Grouping {
+    const std::vector<int32_t>& perm;
+    std::vector<int64_t> starts;  // one more than the groups
+  };
+  Grouping grouping(int id) const;
 
  private:
   struct Entry {

@@ -1155,11 +1155,10 @@ Captured capture_conv2(TrainConfig cfg, int64_t at_step) {
 // compared by the cosine of their profiles (tried and kept as the best of
 // three: the indicator of each row's quarter of smallest entries found a
 // third as many partners, the profile without normalising as many). Scored
-// on a fixed sample of rows against the true groups: the mixed operand
-// holds group g in rows [m·g/G, m·(g+1)/G) with G = max(1, m/mix)
-// (row_mix.cc), and each ciphertext row's trace names its mixed row.
-void find_mixing_groups(const Traced& enc, const CommonSubspace& s, int64_t m, int64_t k, int mix,
-                        MaskSubspaceResult& r) {
+// on a fixed sample of rows against the true groups (RowMix::grouping; each
+// ciphertext row's trace names its mixed row).
+void find_mixing_groups(const Traced& enc, const CommonSubspace& s, int64_t m, int64_t k,
+                        const RowMix::Grouping& grouping, MaskSubspaceResult& r) {
   using RowMajor = Eigen::Matrix<double, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   RowMajor x = Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>(
                    enc.values.data(), m, k).cast<double>();
@@ -1176,12 +1175,17 @@ void find_mixing_groups(const Traced& enc, const CommonSubspace& s, int64_t m, i
     for (int64_t j = 0; j < k; ++j) feat(j, i) = static_cast<float>(mean - std::log(std::fabs(x(i, j)) + 1e-12));
     feat.col(i).normalize();
   }
-  const int64_t groups = std::max<int64_t>(1, m / mix);
+  const std::vector<int64_t>& starts = grouping.starts;
+  const auto groups = static_cast<int64_t>(starts.size()) - 1;
   std::vector<int64_t> group_of_mixed(static_cast<size_t>(m));
-  for (int64_t g = 0; g < groups; ++g)
-    for (int64_t i = m * g / groups; i < m * (g + 1) / groups; ++i) group_of_mixed[static_cast<size_t>(i)] = g;
+  int64_t smallest = m;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t b = starts[static_cast<size_t>(g)], e = starts[static_cast<size_t>(g) + 1];
+    smallest = std::min(smallest, e - b);
+    for (int64_t i = b; i < e; ++i) group_of_mixed[static_cast<size_t>(i)] = g;
+  }
   auto group = [&](int64_t row) { return group_of_mixed[static_cast<size_t>(enc.src_row[static_cast<size_t>(row * k)])]; };
-  const int64_t queries = std::min<int64_t>(m, 300), nb = std::max(1, mix - 1);
+  const int64_t queries = std::min<int64_t>(m, 300), nb = std::max<int64_t>(1, smallest - 1);
   int64_t hits = 0;
   for (int64_t t = 0; t < queries; ++t) {
     const int64_t q = t * m / queries;
@@ -1200,10 +1204,11 @@ void find_mixing_groups(const Traced& enc, const CommonSubspace& s, int64_t m, i
 }
 
 // The oracle-group second step (MaskSubspaceResult::sparse_auc). a: A
-// (m×k, before mixing); perm: the grouping (RowMix::grouping).
-void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float* a, const std::vector<int32_t>& perm,
-                        int64_t m, int64_t k, int mix, MaskSubspaceResult& r) {
-  const int64_t groups = std::max<int64_t>(1, m / mix);
+// (m×k, before mixing).
+void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float* a, const RowMix::Grouping& grouping,
+                        int64_t m, int64_t k, MaskSubspaceResult& r) {
+  const std::vector<int32_t>& perm = grouping.perm;
+  const auto groups = static_cast<int64_t>(grouping.starts.size()) - 1;
   // Ciphertext row of each mixed row, and the plaintext column of each
   // ciphertext column (the same for every row).
   std::vector<int64_t> cipher_of(static_cast<size_t>(m));
@@ -1212,9 +1217,10 @@ void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float*
   for (int64_t j = 0; j < k; ++j) col[static_cast<size_t>(j)] = enc.src_col[static_cast<size_t>(j)];
   const int64_t want = std::min<int64_t>(groups, 40);
   double sum_sparse = 0, sum_proj = 0;
-  int64_t scored = 0, scored_proj = 0, exact = 0, skipped = 0;
+  int64_t scored = 0, scored_proj = 0, exact = 0;
   for (int64_t t = 0; t < want; ++t) {
-    const int64_t g = t * groups / want, b = m * g / groups, e = m * (g + 1) / groups, n = e - b;
+    const int64_t g = t * groups / want, b = grouping.starts[static_cast<size_t>(g)],
+                  n = grouping.starts[static_cast<size_t>(g) + 1] - b;
     // Basis of span(group rows) + S, orthonormalised.
     Eigen::MatrixXd span(n + s.dim, k);
     for (int64_t u = 0; u < n; ++u)
@@ -1253,9 +1259,7 @@ void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float*
     // many; a vector made zero by force has none).
     const int64_t d = basis.cols();
     constexpr double kZero = 1e-4;  // relative to the vector's largest entry: float ciphertexts
-    if (d - 1 > k / 2) {  // more forced zeros than a row of A has, about: no try can hit one
-      ++skipped;
-    } else {
+    if (d - 1 <= k / 2) {  // else more forced zeros than a row of A has, about: no try can hit one
       Rng rng = Rng::derive(static_cast<uint64_t>(g), 11);
       Eigen::VectorXd best_y;
       int64_t best_extra = -1;
@@ -1304,7 +1308,6 @@ void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float*
   }
   r.sparse_groups = want;
   r.sparse_exact = exact;
-  r.sparse_hopeless = skipped;
   if (scored) r.sparse_auc = sum_sparse / static_cast<double>(scored);
   if (scored_proj) r.sparse_auc_projected = sum_proj / static_cast<double>(scored_proj);
 }
@@ -1369,9 +1372,10 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
     r.mask_captured = (S * qr).squaredNorm() / static_cast<double>(rank_used);
   }
   if (mix > 0) {
-    find_mixing_groups(enc, s, m, k, mix, r);
+    const RowMix::Grouping grouping = mixer.grouping(0);
+    find_mixing_groups(enc, s, m, k, grouping, r);
     // Without a mask the worker has no subspace to add (the flag is public).
-    sparsest_in_groups(enc, rank > 0 ? s : CommonSubspace{}, cap.a.data(), mixer.grouping(0), m, k, mix, r);
+    sparsest_in_groups(enc, rank > 0 ? s : CommonSubspace{}, cap.a.data(), grouping, m, k, r);
   }
   // Zeros of the rows outside S, where there are any to find.
   std::vector<double> score_p, score_s;

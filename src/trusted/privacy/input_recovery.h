@@ -222,13 +222,13 @@ struct MaskSubspaceResult {
   // row of A is zero in about half its columns, and a vector of the span
   // that is zero in d − 1 given columns is fixed up to scale, so the worker
   // tries random sets of d − 1 columns and keeps the vector with the most
-  // further zeros (300 tries a group). Groups whose zero set came out
-  // exactly that of one of their rows of A; groups where d − 1 exceeds
-  // half the columns (no try can hit); AUC of −|entry| of the vector kept
+  // further zeros (300 tries a group; none where d − 1 exceeds half the
+  // columns: no try could hit). Groups whose zero set came out exactly that
+  // of one of their rows of A; AUC of −|entry| of the vector kept
   // as a detector of the zeros of the best-matching row of A (0.5 chance);
   // and, as a reference, the same score for the group's rows projected off
   // the subspace.
-  int64_t sparse_groups = 0, sparse_exact = 0, sparse_hopeless = 0;
+  int64_t sparse_groups = 0, sparse_exact = 0;
   double sparse_auc = -1, sparse_auc_projected = -1;
 };
 std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
