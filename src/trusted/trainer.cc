@@ -119,16 +119,19 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret
   throw Error("unknown --mode '" + cfg.mode + "'; choose tempo, offload or tee-only");
 }
 
-EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend) {
+EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend,
+                    bool progress) {
   EvalResult r;
   if (data.test_y.empty()) return r;
   TeeOnlyBackend local;
   Context ctx{&backend, &local, false, nullptr};
   BatchLoader loader(data, false, batch_size, false, 0);
   loader.start_epoch(1);
+  Progress bar("evaluating", loader.num_batches(), progress);
   Tensor x;
   std::vector<int64_t> y;
   double loss_sum = 0;
+  int64_t batches = 0;
   while (loader.next(x, y)) {
     int64_t hits = 0;
     const Tensor& logits = model.forward(x, ctx);
@@ -136,7 +139,9 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
     backend.end_step();  // workers drop this batch's ciphertexts
     r.correct += hits;
     r.samples += static_cast<int64_t>(y.size());
+    bar.update(++batches);
   }
+  bar.finish();
   r.loss = loss_sum / static_cast<double>(r.samples);
   r.accuracy = static_cast<double>(r.correct) / static_cast<double>(r.samples);
   return r;
@@ -320,7 +325,9 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
       res.epochs_completed = epoch;
       const bool last = epoch == cfg.epochs || (cfg.steps > 0 && res.steps >= cfg.steps);
       if (!data.test_y.empty()) {
-        res.test = evaluate(*model, data, std::max<int64_t>(cfg.batch_size, 256), *backend);
+        // At the training batch size: every buffer of the step (layers, blinding,
+        // ciphertexts) is reused as it is, so evaluating adds no memory.
+        res.test = evaluate(*model, data, cfg.batch_size, *backend, true);
         res.evaluated = true;
         metrics.epoch(epoch, &res.test);
         std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,

@@ -81,8 +81,10 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* backend = nullptr);
 // cfg.init if given.
 std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
 
-// Evaluates `model` on the test split (eval mode: running BatchNorm stats).
-EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend);
+// Evaluates `model` on the test split (eval mode: running BatchNorm stats);
+// with `progress`, shows its progress on stderr (common/progress.h).
+EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend,
+                    bool progress = false);
 
 // What `tempo predict` answers for every sample of a split: the class
 // probabilities (softmax of the logits, N×classes, row-major) and the
