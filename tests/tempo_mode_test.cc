@@ -108,6 +108,44 @@ INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
                                   "Mask" + std::to_string(i.param.mask_rank) + "Mix" + std::to_string(i.param.row_mix);
                          });
 
+// The evaluation after each epoch runs at the training batch size (so that
+// it reuses the step's buffers): its result must not depend on the batch
+// size (BatchNorm uses its running statistics, partial batches count by
+// their size), and through blinded workers it must match the master's own.
+TEST(Evaluation, SameResultAtAnyBatchSizeAndThroughWorkers) {
+  TrainConfig c = small_run("");
+  c.init = tee_only_reference();  // 12 trained steps
+  c.mode = "tempo";
+  std::unique_ptr<Model> model = prepare_model(c);
+  const Dataset data = load_dataset(c.data, model->input_shape, static_cast<uint64_t>(c.seed));
+  ASSERT_EQ(data.test_y.size(), 128u);
+  TeeOnlyBackend tee;
+  const EvalResult ref = evaluate(*model, data, 128, tee);
+  EXPECT_EQ(ref.samples, 128);
+  for (int64_t b : {1, 17, 50}) {  // 50: two full batches and one of 28
+    const EvalResult r = evaluate(*model, data, b, tee);
+    EXPECT_EQ(r.samples, 128);
+    EXPECT_NEAR(r.loss, ref.loss, 1e-5 * std::fabs(ref.loss)) << "batch " << b;
+    EXPECT_LE(std::abs(r.correct - ref.correct), 1) << "batch " << b;
+  }
+  OffloadBackend be(c.offload, local_workers(2), secret_from_seed(__LINE__));
+  const EvalResult t = evaluate(*model, data, 32, be);
+  EXPECT_GT(be.stats().masked, 0);
+  EXPECT_EQ(be.stats().rejected, 0);
+  EXPECT_NEAR(t.loss, ref.loss, 1e-4 * std::fabs(ref.loss));
+  EXPECT_LE(std::abs(t.correct - ref.correct), 1);
+  std::printf("evaluation: loss %.6f, %lld/128 correct at batch 128; through 2 blinded workers at batch 32: %.6f, %lld\n",
+              ref.loss, static_cast<long long>(ref.correct), t.loss, static_cast<long long>(t.correct));
+
+  // resnet18 (BatchNorm in eval mode) on CIFAR-shaped synthetic data.
+  std::unique_ptr<Model> rn = build_model("resnet18", 5);
+  const Dataset cifar = load_dataset("synthetic:160", rn->input_shape, 5);
+  const EvalResult r32 = evaluate(*rn, cifar, 32, tee), r7 = evaluate(*rn, cifar, 7, tee);
+  EXPECT_EQ(r7.samples, 32);
+  EXPECT_NEAR(r7.loss, r32.loss, 1e-5 * std::fabs(r32.loss));
+  EXPECT_LE(std::abs(r7.correct - r32.correct), 1);
+}
+
 class Tampering : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Tampering, EveryLieIsCaughtAndTrainingStaysCorrect) {
