@@ -19,6 +19,8 @@ trap 'rm -rf "$out"' EXIT
 ./build/tempo privacy --suite stealing --budgets "$budgets" --table "$out/stealing.md"
 ./build/tempo privacy --suite inputs --table "$out/inputs.md"
 ./build/tempo privacy --suite weights --table "$out/weights.md"
+./build/tempo privacy --suite weights --model resnet18 --data synthetic:640 --steps 6 --window 3 \
+  --table "$out/weights_resnet18.md"
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
 } > "$out/machine.md"
@@ -26,7 +28,8 @@ trap 'rm -rf "$out"' EXIT
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "mi", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights"):
+for name in ("machine", "integrity", "mi", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights",
+             "weights_resnet18"):
     body = open(os.path.join(out, name + ".md")).read().strip()
     pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)
     if not pat.search(text):

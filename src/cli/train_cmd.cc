@@ -193,7 +193,7 @@ int run_eval(const TrainConfig& cfg) {
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);
   TEMPO_CHECK(!data.test_y.empty(), "data set '" + cfg.data + "' has no test split to evaluate on");
   auto backend = make_backend(cfg);
-  EvalResult r = evaluate(*model, data, cfg.batch_size, *backend, true);
+  EvalResult r = evaluate(*model, data, cfg.batch_size, *backend, cfg.progress);
   std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.accuracy,
               static_cast<long long>(r.correct), static_cast<long long>(r.samples), r.loss);
   return 0;

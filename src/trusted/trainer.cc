@@ -327,7 +327,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
       if (!data.test_y.empty()) {
         // At the training batch size: every buffer of the step (layers, blinding,
         // ciphertexts) is reused as it is, so evaluating adds no memory.
-        res.test = evaluate(*model, data, cfg.batch_size, *backend, true);
+        res.test = evaluate(*model, data, cfg.batch_size, *backend, cfg.progress);
         res.evaluated = true;
         metrics.epoch(epoch, &res.test);
         std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
