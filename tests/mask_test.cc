@@ -8,6 +8,7 @@
 
 #include "common/blas.h"
 #include "common/rng.h"
+#include "trusted/crypto/col_mix.h"
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/mask.h"
 #include "trusted/crypto/row_mix.h"
@@ -224,6 +225,59 @@ TEST(RowMix, IsASecretOrthogonalGroupingAndUndoesItself) {
 // column scales with signs. The subspace found holds exactly the repeated
 // rows and the mask's row space (dimension 6 + 1), and with the signs the
 // other rows' zeros come back.
+// Column mixing: every row x becomes G·x with G orthogonal and made of
+// secret groups of b to 2b − 1 columns; A·Gᵀ·(W·Gᵀ)ᵀ = A·Wᵀ, and unmixing
+// (in place, as the master does) gives the operand back.
+TEST(ColMix, IsASecretOrthogonalGroupingThatCancelsInTheProduct) {
+  Rng rng(5);
+  for (int64_t k : {int64_t{3}, int64_t{8}, int64_t{19}, int64_t{288}}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    const int b = 8;
+    ColMix mix(b);
+    KeyStream ks(secret_from_seed(12), 0);
+    mix.draw(4, k, ks);
+    EXPECT_EQ(mix.cols(4), k);
+    // G itself: the rows of the identity, mixed.
+    std::vector<float> eye(k * k, 0.0f), g(k * k);
+    for (int64_t i = 0; i < k; ++i) eye[i * k + i] = 1.0f;
+    mix.mix(4, eye.data(), k, g.data());  // row i: G·e_i, i.e. row i of Gᵀ
+    for (int64_t i = 0; i < k; ++i) {
+      int nz = 0;
+      for (int64_t j = 0; j < k; ++j) nz += std::fabs(g[i * k + j]) > 1e-7f;
+      if (k >= b) {
+        EXPECT_GE(nz, b);
+        EXPECT_LE(nz, 2 * b - 1);
+      } else {
+        EXPECT_EQ(nz, k);
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        double d = 0;
+        for (int64_t c = 0; c < k; ++c) d += double(g[i * k + c]) * g[j * k + c];
+        EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << "Gᵀ·G at " << i << ", " << j;
+      }
+    }
+    // The product of the mixed operands is the plain product.
+    const int64_t m = 37, n = 5;
+    std::vector<float> a(m * k), w(n * k), am(m * k), wm(n * k), c(m * n), cm(m * n);
+    for (auto& v : a) v = static_cast<float>(rng.normal());
+    for (auto& v : w) v = static_cast<float>(rng.normal());
+    mix.mix(4, a.data(), m, am.data());
+    mix.mix(4, w.data(), n, wm.data());
+    sgemm(false, true, m, n, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c.data(), n);
+    sgemm(false, true, m, n, k, 1.0f, am.data(), k, wm.data(), k, 0.0f, cm.data(), n);
+    for (int64_t e = 0; e < m * n; ++e) EXPECT_NEAR(cm[e], c[e], 1e-4 * (1 + std::fabs(c[e])));
+    // Unmixing in place restores A; the entries of a mixed row are not A's.
+    int moved = 0;
+    for (int64_t e = 0; e < m * k; ++e) moved += std::fabs(am[e] - a[e]) > 1e-3f;
+    if (k > 1) EXPECT_GT(moved, m * k / 2);
+    mix.unmix(4, am.data(), m, am.data());
+    for (int64_t e = 0; e < m * k; ++e) EXPECT_NEAR(am[e], a[e], 1e-5 * (1 + std::fabs(a[e])));
+  }
+  ColMix mix(8);
+  std::vector<float> x(8);
+  EXPECT_THROW(mix.mix(0, x.data(), 1, x.data()), Error) << "a product never drawn";
+}
+
 TEST(LowRank, RepeatedRowsGiveTheMaskRowSpace) {
   const int64_t m = 600, k = 40, r = 6;
   Rng rng(21);

@@ -62,19 +62,21 @@ struct ModeCase {
   bool key_shift;
   int mask_rank = 0;
   int row_mix = 0;
+  int col_mix = 0;
 };
 
 class TempoParity : public ::testing::TestWithParam<ModeCase> {};
 
 TEST_P(TempoParity, MatchesTeeOnlyTraining) {
-  const auto [nw, shift, mask, mix] = GetParam();
+  const auto [nw, shift, mask, mix, col] = GetParam();
   std::string out = (temp_dir() / ("tempo_" + std::to_string(nw) + (shift ? "s" : "n") + std::to_string(mask) + "_" +
-                                   std::to_string(mix) + ".safetensors")).string();
+                                   std::to_string(mix) + "_" + std::to_string(col) + ".safetensors")).string();
   TrainConfig c = small_run(out);
   c.mode = "tempo";
   c.offload.key_shift = shift;
   c.offload.mask_rank = mask;
   c.offload.row_mix = mix;
+  c.offload.col_mix = col;
   OffloadBackend be(c.offload, local_workers(nw), secret_from_seed(__LINE__));
   train(c, &be);
   EXPECT_EQ(be.stats().rejected, 0) << "false alarm on honest workers";
@@ -84,6 +86,8 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   else EXPECT_EQ(be.stats().masked, 0);
   if (mix > 0) EXPECT_GT(be.stats().mixed, 0);
   else EXPECT_EQ(be.stats().mixed, 0);
+  if (col > 0) EXPECT_GT(be.stats().col_mixed, 0);
+  else EXPECT_EQ(be.stats().col_mixed, 0);
   // With several workers the fully connected layer (batch 32 < 128 outputs)
   // is split by columns, the convolution by rows.
   if (nw > 1) EXPECT_GT(be.stats().column_splits, 0);
@@ -92,8 +96,8 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   if (nw > 1 && !shift) EXPECT_GT(be.stats().apart, 0);
   else EXPECT_EQ(be.stats().apart, 0);
   const double err = testutil::max_rel_error(out, tee_only_reference());
-  std::printf("tempo, %d worker(s), key shift %s, mask rank %d, row mix %d: max error %.3g·max|w|\n", nw,
-              shift ? "on" : "off", mask, mix, err);
+  std::printf("tempo, %d worker(s), key shift %s, mask rank %d, row mix %d, column mix %d: max error %.3g·max|w|\n",
+              nw, shift ? "on" : "off", mask, mix, col, err);
   EXPECT_LT(err, 1e-3);
 }
 
@@ -102,10 +106,14 @@ INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
                          ::testing::Values(ModeCase{1, true}, ModeCase{1, false}, ModeCase{3, true},
                                            ModeCase{3, false}, ModeCase{1, true, 0, 8}, ModeCase{3, false, 0, 8},
                                            ModeCase{1, true, 64, 0}, ModeCase{1, true, 64, 8},
-                                           ModeCase{3, false, 64, 8}),
+                                           ModeCase{3, false, 64, 8},
+                                           // The column mixing alone, and with everything.
+                                           ModeCase{1, true, 0, 0, 8}, ModeCase{3, false, 0, 0, 8},
+                                           ModeCase{1, true, 64, 8, 8}, ModeCase{3, false, 64, 8, 8}),
                          [](const ::testing::TestParamInfo<ModeCase>& i) {
                            return std::to_string(i.param.workers) + "workers" + (i.param.key_shift ? "Shift" : "NoShift") +
-                                  "Mask" + std::to_string(i.param.mask_rank) + "Mix" + std::to_string(i.param.row_mix);
+                                  "Mask" + std::to_string(i.param.mask_rank) + "Mix" + std::to_string(i.param.row_mix) +
+                                  (i.param.col_mix ? "Col" + std::to_string(i.param.col_mix) : "");
                          });
 
 // The evaluation after each epoch runs at the training batch size (so that

@@ -153,7 +153,8 @@ TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
   ASSERT_EQ(r.layers.size(), 2u);  // cnn offloads its second convolution and first linear layer
   ASSERT_EQ(r.offload_layers.size(), 2u);
   ASSERT_EQ(r.unshifted_layers.size(), 2u);
-  ASSERT_EQ(r.models.size(), 6u);
+  ASSERT_EQ(r.col_mixed_layers.size(), 2u);
+  ASSERT_EQ(r.models.size(), 7u);
   for (const auto* set : {&r.offload_layers, &r.layers})
     for (const auto& L : *set) {
       const bool identity = set == &r.offload_layers;
@@ -199,6 +200,16 @@ TEST(WeightRecovery, UnkeyedTranscriptIsRecoveredAndKeyedOneIsScored) {
                 fresh.layer.c_str(), fresh.units_signed, fresh.units_right, fresh.sign_agreement, fresh.cols_chained);
     EXPECT_LT(fresh.units_signed * fresh.units_right, 0.05) << fresh.layer;
     EXPECT_GE(fresh.cols_chained, 0.95) << fresh.layer << ": the forward ciphertexts are the same as with the shift";
+  }
+  // With the column mixing the weight sent is W·Gᵀ under fresh G: its
+  // magnitudes no longer follow |W|, and its columns cannot be followed
+  // from step to step (each step's are fresh mixtures).
+  for (const auto& L : r.col_mixed_layers) {
+    std::printf("--col-mix %d %s: corr %.3f, cols chained %.3f, err best %.3f\n", r.col_mix, L.layer.c_str(),
+                L.abs_correlation, L.cols_chained, L.rel_error);
+    EXPECT_LT(L.abs_correlation, 0.2) << L.layer;
+    EXPECT_LT(L.cols_chained, 0.2) << L.layer;
+    EXPECT_GT(L.rel_error, 0.9) << L.layer;
   }
 }
 

@@ -58,8 +58,9 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);
   TEMPO_CHECK(cfg.mask_rank >= 0, "--mask-rank must not be negative");
   TEMPO_CHECK(cfg.row_mix == 0 || (cfg.row_mix >= 2 && cfg.row_mix <= 32), "--row-mix must be 0 (off) or 2 to 32");
-  if ((cfg.mask_rank > 0 || cfg.row_mix > 0) && !cfg.insecure_identity)
-    blind_ = std::make_unique<Blinding>(cfg.row_mix, cfg.mask_rank, cfg.mask_magnitude);
+  TEMPO_CHECK(cfg.col_mix == 0 || (cfg.col_mix >= 2 && cfg.col_mix <= 32), "--col-mix must be 0 (off) or 2 to 32");
+  if ((cfg.mask_rank > 0 || cfg.row_mix > 0 || cfg.col_mix > 0) && !cfg.insecure_identity)
+    blind_ = std::make_unique<Blinding>(cfg.row_mix, cfg.mask_rank, cfg.mask_magnitude, cfg.col_mix);
 }
 
 size_t OffloadBackend::healthy_workers() const {
@@ -718,6 +719,7 @@ void OffloadBackend::forward(const Product& p, float* c) {
     q = &blind_->apply(p, *obf_);
   }
   stats_.mixed += blind_->mixes();
+  stats_.col_mixed += blind_->mixes_cols();
   stats_.masked += blind_->masks();
   float* out = blind_->mixes() ? scratch(mix_out_, p.m * p.n) : c;
   run(Kind::kForward, *q, nullptr, out);

@@ -43,6 +43,10 @@ struct OffloadConfig {
   // gradient's) in groups of this size before the mask (0: none; tempo mode
   // only); see trusted/crypto/row_mix.h.
   int row_mix = 8;
+  // Secret orthogonal mixing of the inner dimension of both operands, in
+  // groups of this size (0: none, the default; tempo mode only); hides the
+  // weights' magnitudes; see trusted/crypto/col_mix.h.
+  int col_mix = 0;
 };
 
 struct OffloadStats {
@@ -51,6 +55,7 @@ struct OffloadStats {
   int64_t apart = 0;             // backward passes with dW and dA on two workers at once
   int64_t masked = 0;            // forward products whose data operand was masked
   int64_t mixed = 0;             // forward products whose rows were mixed
+  int64_t col_mixed = 0;         // forward products whose inner dimension was mixed
   int64_t verified = 0;          // of which checked
   int64_t rejected = 0;          // results discarded (failed check or error)
   int64_t local_fallbacks = 0;   // products computed in the master
@@ -176,7 +181,9 @@ class OffloadBackend final : public LinearBackend {
   // when plain is already the product as sent, as in the base class's
   // backward()). For such a product the gradient as sent (M·dc), timed as
   // encryption; dc itself otherwise.
-  bool mixed(const Product& plain, const Product& q) const { return &q != &plain && blind_->mixes(); }
+  bool mixed(const Product& plain, const Product& q) const {
+    return &q != &plain && blind_->transforms_input_gradient();
+  }
   const float* sent_gradient(const Product& plain, const Product& q, const float* dc);
   float* scratch(std::vector<float>& buf, int64_t n);
   void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);

@@ -1,6 +1,7 @@
-// The data operand's blinding before the keys, in one place: row mixing
-// (row_mix.h), then the additive mask added to the mixed rows (mask.h), each
-// off at 0; and what undoes each on the results. OffloadBackend sends every
+// The operands' blinding before the keys, in one place: row mixing
+// (row_mix.h), column mixing of both operands (col_mix.h), then the
+// additive mask added to the mixed data operand (mask.h), each off at 0;
+// and what undoes each on the results. OffloadBackend sends every
 // product through it, and the privacy suites reproduce what a worker
 // receives with it. Both draw their randomness from two fresh streams of the
 // run's obfuscator, mixing first.
@@ -9,6 +10,7 @@
 #include <memory>
 #include <vector>
 
+#include "trusted/crypto/col_mix.h"
 #include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
 #include "trusted/crypto/row_mix.h"
@@ -18,11 +20,14 @@ namespace tempo {
 
 class Blinding {
  public:
-  Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f);
+  Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f, int col_mix = 0);
   bool mixes() const { return mix_ != nullptr; }
+  bool mixes_cols() const { return col_ != nullptr; }
   bool masks() const { return mask_ != nullptr; }
-  // p with its data operand mixed and masked, freshly drawn; valid until
-  // the next apply() for p.id.
+  // Whether the input gradient as returned needs finish_input().
+  bool transforms_input_gradient() const { return mix_ || col_; }
+  // p with its data operand mixed and masked and (column mixing) its weight
+  // mixed, freshly drawn; valid until the next apply() for p.id.
   const Product& apply(const Product& p, Obfuscator& obf);
   // The product last sent for p's id and shape, or p itself if none was.
   const Product& sent(const Product& p) const;
@@ -37,8 +42,15 @@ class Blinding {
   void finish_weight(const Product& q, const float* g, float* dw);
 
  private:
+  struct Sent {  // column mixing: the operands as sent, per product id
+    bool valid = false;
+    Product q;
+    std::vector<float> a, w;  // A·Gᵀ (when not row-mixed: the row mixing's buffer holds it then), W·Gᵀ
+  };
   std::unique_ptr<RowMix> mix_;
+  std::unique_ptr<ColMix> col_;
   std::unique_ptr<AdditiveMask> mask_;
+  std::vector<Sent> sent_;
   std::vector<float> dc_;
 };
 

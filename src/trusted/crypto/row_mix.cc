@@ -1,5 +1,7 @@
 #include "trusted/crypto/row_mix.h"
 
+#include "trusted/crypto/orthogonal.h"
+
 #include <algorithm>
 #include <cmath>
 
@@ -9,45 +11,6 @@
 namespace tempo {
 
 namespace {
-
-// Groups of m rows: floor(m / b) of them (one if m < b), sizes as even as
-// possible, so no group is smaller than b (a group of one would be a row
-// merely scaled by ±1).
-struct Groups {
-  int64_t count, largest;
-  Groups(int64_t m, int b) : count(std::max<int64_t>(1, m / b)), largest((m + count - 1) / count) {}
-  int64_t begin(int64_t m, int64_t g) const { return m * g / count; }
-};
-
-// A Haar-random orthogonal n×n matrix (row-major, leading dimension ld):
-// Gram–Schmidt (twice, in double) of a Gaussian matrix.
-void random_orthogonal(KeyStream& ks, int64_t n, int64_t ld, float* out) {
-  // Box–Muller on 24-bit uniforms in (0, 1]: Gaussian to single precision.
-  constexpr float kTwoPi = 6.2831853f, kUnit = 0x1.0p-24f;
-  double g[64 * 64];
-  for (int64_t i = 0; i < n * n; i += 2) {
-    const float u1 = static_cast<float>((ks.u32() >> 8) + 1) * kUnit, u2 = static_cast<float>(ks.u32() >> 8) * kUnit;
-    const float r = std::sqrt(-2.0f * std::log(u1)), t = kTwoPi * u2;
-    g[i] = r * std::cos(t);
-    if (i + 1 < n * n) g[i + 1] = r * std::sin(t);
-  }
-  for (int64_t i = 0; i < n; ++i) {
-    double* gi = g + i * n;
-    for (int pass = 0; pass < 2; ++pass)
-      for (int64_t j = 0; j < i; ++j) {
-        const double* gj = g + j * n;
-        double d = 0;
-        for (int64_t c = 0; c < n; ++c) d += gi[c] * gj[c];
-        for (int64_t c = 0; c < n; ++c) gi[c] -= d * gj[c];
-      }
-    double s = 0;
-    for (int64_t c = 0; c < n; ++c) s += gi[c] * gi[c];
-    const double inv = 1.0 / std::sqrt(s);
-    for (int64_t c = 0; c < n; ++c) gi[c] *= inv;
-  }
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t c = 0; c < n; ++c) out[i * ld + c] = static_cast<float>(g[i * n + c]);
-}
 
 // out[o] = Σ_i coef[o·co + i·ci] · in[i] for o, i < n, rows of `cols`
 // floats: 16 columns at a time with the n input vectors in registers, so
@@ -101,7 +64,7 @@ const Product& RowMix::apply(const Product& p, KeyStream& ks) {
   if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m;
-  const Groups gr(m, block_);
+  const MixGroups gr(m, block_);
   e.perm.resize(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) e.perm[static_cast<size_t>(i)] = static_cast<int32_t>(i);
   for (int64_t i = m - 1; i > 0; --i)
@@ -129,7 +92,7 @@ const Product& RowMix::apply(const Product& p, KeyStream& ks) {
 RowMix::Grouping RowMix::grouping(int id) const {
   const Entry& e = entry(id);
   const auto m = static_cast<int64_t>(e.perm.size());
-  const Groups gr(m, block_);
+  const MixGroups gr(m, block_);
   Grouping out{e.perm, {}};
   for (int64_t g = 0; g <= gr.count; ++g) out.starts.push_back(gr.begin(m, g));
   return out;
@@ -155,7 +118,7 @@ void RowMix::unmix(int id, const float* src, int64_t cols, float* dst) const { t
 void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool back) const {
   const Entry& e = entry(id);
   const int64_t m = static_cast<int64_t>(e.perm.size());
-  const Groups gr(m, block_);
+  const MixGroups gr(m, block_);
   const int64_t sq = gr.largest * gr.largest, ld = gr.largest;
   parallel_for(gr.count, [&](int64_t lo, int64_t hi) {
     const float* in[64];

@@ -304,13 +304,15 @@ class Recorder final : public TapBackend {
   // step (the evaluation after training goes through here too).
   // shift[s]: key set s encrypts the weight gradient with the key shift (the
   // default) or, as --no-key-shift does, under fresh keys on both sides.
-  // blind[s]: key set s mixes rows (row_mix > 0) and masks (mask_rank > 0).
-  Recorder(std::vector<Obfuscator*> keys, std::vector<bool> shift, std::vector<bool> blind, int row_mix,
-           int mask_rank, int64_t first_step, int64_t end_step)
+  // blind[s]: key set s mixes rows (row_mix > 0) and masks (mask_rank > 0);
+  // col[s]: it mixes the inner dimension in groups of col[s] (0: not).
+  Recorder(std::vector<Obfuscator*> keys, std::vector<bool> shift, std::vector<bool> blind, std::vector<int> col,
+           int row_mix, int mask_rank, int64_t first_step, int64_t end_step)
       : keys_(std::move(keys)), got(keys_.size()), pending_(keys_.size()), shift_(std::move(shift)),
         first_(first_step), end_(end_step) {
     for (size_t s = 0; s < keys_.size(); ++s)
-      blinds_.push_back(std::make_unique<Blinding>(blind[s] ? row_mix : 0, blind[s] ? mask_rank : 0));
+      blinds_.push_back(
+          std::make_unique<Blinding>(blind[s] ? row_mix : 0, blind[s] ? mask_rank : 0, 1.0f, col[s]));
   }
   const char* name() const override { return "weight-recorder"; }
   std::vector<Obfuscator*> keys_;
@@ -344,16 +346,17 @@ class Recorder final : public TapBackend {
   };
   void record(size_t s, const Product& p, const float* c) {
     Obfuscator& obf = *keys_[s];
-    // The data operand as sent (mixed, then masked); the worker's product is
-    // then that operand times Wᵀ.
+    // The operands as sent (the data operand mixed, then masked; with column
+    // mixing both operands' inner dimension mixed); the worker's product is
+    // their product. The truth scored below stays the plain W.
     const Product* q = &blinds_[s]->apply(p, obf);
     if (q != &p) {
       sent_c_.resize(static_cast<size_t>(p.m * p.n));
-      sgemm(false, true, p.m, p.n, p.k, 1.0f, q->a, p.k, p.w, p.k, 0.0f, sent_c_.data(), p.n);
+      sgemm(false, true, p.m, p.n, p.k, 1.0f, q->a, p.k, q->w, p.k, 0.0f, sent_c_.data(), p.n);
       c = sent_c_.data();
     }
     const Triple t = obf.draw_triple(p.m, p.k, p.n);
-    const CipherMatrix wc = obf.encrypt_yt(t, p.w, p.n, p.k);  // B'ᵀ = R⁻ᵀ·W·Qᵀ
+    const CipherMatrix wc = obf.encrypt_yt(t, q->w, p.n, p.k);  // B'ᵀ = R⁻ᵀ·W·Qᵀ (W·Gᵀ when column-mixed)
     const CipherMatrix ac = obf.encrypt_x(t, q->a, p.m, p.k);  // A' = L·A·Q⁻¹
     Record r;
     r.id = p.id;
@@ -375,7 +378,7 @@ class Recorder final : public TapBackend {
     // The trace: the same keys as encrypt_yt, in encrypt_x's convention
     // (left R⁻ᵀ, inner⁻¹ = Qᵀ).
     const Triple tw{t.right.inv_t(), t.inner.inv_t(), ScaledPerm::identity(1)};
-    const Traced tr = encrypt_traced(tw, p.w, p.n, p.k);
+    const Traced tr = encrypt_traced(tw, q->w, p.n, p.k);
     for (size_t q = 0; q < tr.values.size(); ++q)
       TEMPO_CHECK(std::fabs(tr.values[q] - r.w_enc[q]) <= 1e-5f * (std::fabs(r.w_enc[q]) + 1e-30f),
                   "weight recovery: the trace does not match the weight ciphertext");
@@ -647,8 +650,19 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   std::unique_ptr<Obfuscator> keyed = measurement_keys(cfg.seed, tc.offload.key_scale, false);
   std::unique_ptr<Obfuscator> none = measurement_keys(cfg.seed, tc.offload.key_scale, true);
   std::unique_ptr<Obfuscator> unshifted = measurement_keys(cfg.seed + 1, tc.offload.key_scale, false);
-  Recorder rec({keyed.get(), none.get(), unshifted.get()}, {true, true, false}, {true, false, true},
-               tc.offload.row_mix, tc.offload.mask_rank, cfg.steps - cfg.window, cfg.steps);
+  // A fourth (optional): the defaults plus the column mixing.
+  std::unique_ptr<Obfuscator> col_mixed = measurement_keys(cfg.seed + 2, tc.offload.key_scale, false);
+  std::vector<Obfuscator*> sets{keyed.get(), none.get(), unshifted.get()};
+  std::vector<bool> shifts{true, true, false}, blinds{true, false, true};
+  std::vector<int> cols{0, 0, 0};
+  if (cfg.col_mix > 0) {
+    sets.push_back(col_mixed.get());
+    shifts.push_back(true);
+    blinds.push_back(true);
+    cols.push_back(cfg.col_mix);
+  }
+  Recorder rec(sets, shifts, blinds, cols, tc.offload.row_mix, tc.offload.mask_rank, cfg.steps - cfg.window,
+               cfg.steps);
   const TrainResult tr = train(tc, &rec);
   TEMPO_CHECK(tr.steps == cfg.steps, "weight recovery: training stopped after " + std::to_string(tr.steps) +
                                          " steps, " + std::to_string(cfg.steps) + " were asked for");
@@ -657,16 +671,20 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   WeightRecoveryReport rep;
   rep.steps = cfg.steps;
   rep.window = cfg.window;
+  rep.col_mix = cfg.col_mix;
   // What each layer's recovered weight is, in ciphertext order of the last
   // step (real keys).
-  std::map<int, std::vector<float>> recovered, recovered_unshifted;
+  std::map<int, std::vector<float>> recovered[4];  // per key set
   for (size_t s = 0; s < rec.got.size(); ++s)
     for (auto& [id, steps] : rec.got[s]) {
       TEMPO_CHECK(static_cast<int64_t>(steps.size()) == cfg.window, "weight recovery: a step was not recorded");
       std::vector<float> est;
-      (s == 0 ? rep.layers : s == 1 ? rep.offload_layers : rep.unshifted_layers).push_back(attack_layer(steps, est));
-      if (s == 0) recovered[id] = std::move(est);
-      if (s == 2) recovered_unshifted[id] = std::move(est);
+      (s == 0   ? rep.layers
+       : s == 1 ? rep.offload_layers
+       : s == 2 ? rep.unshifted_layers
+                : rep.col_mixed_layers)
+          .push_back(attack_layer(steps, est));
+      recovered[s][id] = std::move(est);
     }
 
   // Assembled models, evaluated on the test split.
@@ -691,7 +709,7 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
       const Record& last = steps.back();
       Tensor& w = weight_of(id);
       TEMPO_CHECK(w.numel() == last.n * last.k, "weight recovery: layer " + last.name + " changed shape");
-      const std::vector<float>& est = (set == 2 ? recovered_unshifted : recovered).at(id);
+      const std::vector<float>& est = recovered[set].at(id);
       const int64_t k = last.k;
       if (how == Put::kTrue) {
         std::copy(last.w.begin(), last.w.end(), w.data());
@@ -728,6 +746,9 @@ WeightRecoveryReport measure_weight_recovery(const WeightRecoveryConfig& cfg) {
   assemble_and_score(Put::kPlacedRandomSigns, "recovered, true placement, random unit signs");
   assemble_and_score(Put::kOwnOrder, "recovered, the attacker's own order and signs");
   assemble_and_score(Put::kPlacedOwnSigns, "--no-key-shift: recovered, true placement, the attacker's unit signs", 2);
+  if (cfg.col_mix > 0)
+    assemble_and_score(Put::kPlacedBestSigns,
+                       "--col-mix " + std::to_string(cfg.col_mix) + ": recovered, true placement, best unit signs", 3);
   return rep;
 }
 

@@ -87,6 +87,7 @@ struct WeightRecoveryConfig {
   int64_t steps = 938;          // training steps (one epoch of Fashion-MNIST at batch 64)
   int64_t window = 10;          // the last `window` steps are recorded and attacked
   uint64_t seed = 0;            // keys
+  int col_mix = 8;              // a fourth key set: the defaults plus --col-mix (0: not measured)
 };
 
 struct LayerRecovery {
@@ -123,6 +124,8 @@ struct WeightRecoveryReport {
   std::vector<LayerRecovery> layers;          // real keys
   std::vector<LayerRecovery> offload_layers;  // the same attack without keys (offload mode)
   std::vector<LayerRecovery> unshifted_layers;  // real keys, --no-key-shift
+  int col_mix = 0;                             // the column mixing measured below (WeightRecoveryConfig)
+  std::vector<LayerRecovery> col_mixed_layers;  // real keys, the defaults plus --col-mix col_mix
   std::vector<ModelRecovery> models;  // test accuracy of assembled models
   double chance = 0;
 };
