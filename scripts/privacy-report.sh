@@ -12,6 +12,9 @@ out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
 ./build/tempo privacy --suite integrity --products "$products" --trials "$trials" --table "$out/integrity.md"
 ./build/tempo privacy --suite mi --samples "$samples" --table "$out/mi.md"
+./build/tempo privacy --suite mi --col-mix 8 --samples "$samples" --table "$out/mi_colmix_full.md"
+# Only the operand table of that run (the estimator check is the same as above).
+sed -n '/^| layer /,$p' "$out/mi_colmix_full.md" | sed 's/| default, /| default + --col-mix 8, /g' > "$out/mi_colmix.md"
 ./build/tempo privacy --suite mi --at-steps 5,300,600,900 --samples "$samples" --table "$out/mi_epoch.md"
 ./build/tempo privacy --suite mi --model resnet18 --data synthetic:640 --samples $((samples / 2)) \
   --table "$out/mi_resnet18.md"
@@ -28,7 +31,7 @@ trap 'rm -rf "$out"' EXIT
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "mi", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights",
+for name in ("machine", "integrity", "mi", "mi_colmix", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights",
              "weights_resnet18"):
     body = open(os.path.join(out, name + ".md")).read().strip()
     pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)

@@ -133,6 +133,21 @@ TEST(MutualInformation, ObfuscationRemovesWhatOffloadShows) {
       EXPECT_LT(keyed[i].blinded_key, 0.5 * keyed[i].key_aligned) << keyed[i].layer << " " << keyed[i].operand;
     }
   }
+  // With the column mixing the weights are mixed too: a worker that knew
+  // the permutations no longer holds their values.
+  c.offload.col_mix = 8;
+  const auto mixed = measure_mutual_information(c, 3, 1500, 9);
+  ASSERT_EQ(mixed.size(), keyed.size());
+  int weights = 0;
+  for (const auto& r : mixed) {
+    if (r.operand != "weight") continue;
+    ++weights;
+    std::printf("--col-mix 8: %s weight: keys only key-aligned %.3f, blinded key-aligned %.3f nats\n",
+                r.layer.c_str(), r.key_aligned, r.blinded_key);
+    EXPECT_GT(r.key_aligned, 0.1) << r.layer;
+    EXPECT_LT(r.blinded_key, 0.25 * r.key_aligned) << r.layer;
+  }
+  EXPECT_EQ(weights, 2);
 }
 
 // Along one run: the rows of each step are those of a run measured at that

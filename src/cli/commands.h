@@ -61,6 +61,7 @@ struct PrivacyConfig {
   std::vector<int64_t> at_steps;  // mi: measure along one run at these steps instead
   std::vector<int> mask_ranks = {0, 1, 8, 32, 64};  // inputs: the zero-pattern table's columns (0: no mask)
   int64_t weight_steps = 938, weight_window = 10;   // weights: training steps; the last ones attacked
+  int col_mix = 0;  // mi: add --col-mix to the measured defaults
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
 int run_privacy(const PrivacyConfig& cfg);

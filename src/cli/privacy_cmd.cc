@@ -59,6 +59,11 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
   app.add_option("--window", c.weight_window, "weights: the last steps recorded and attacked (at least 2)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{2}, int64_t{100000}));
+  app.add_option("--col-mix", c.col_mix,
+                 "mi: measure the defaults with the column mixing added (--col-mix B of tempo train; 0: as the "
+                 "defaults are)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 32));
   app.add_option("--samples", c.samples, "mi: value pairs per estimate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{100}, int64_t{1000000}));
@@ -109,6 +114,7 @@ TrainConfig measured_run(const PrivacyConfig& c) {
   t.data = c.data;
   t.seed = c.seed;
   t.progress = false;
+  t.offload.col_mix = c.col_mix;
   return t;
 }
 
@@ -576,7 +582,11 @@ int run_mi(const PrivacyConfig& c) {
        "Keys only: the obfuscation without the mask and the row mixing (--mask-rank 0 --row-mix 0). Default: "
        "inputs and gradients mixed (" + std::to_string(t.offload.row_mix) + ") and masked (rank " +
        std::to_string(t.offload.mask_rank) + ") before the keys, key-aligned to the position each value was "
-       "encrypted from (weights are not blinded). Offload: no obfuscation.");
+       "encrypted from (" +
+       (t.offload.col_mix > 0 ? "with --col-mix " + std::to_string(t.offload.col_mix) +
+                                    ": both operands' inner dimension mixed, the weights included"
+                              : std::string("weights are not blinded")) +
+       "). Offload: no obfuscation.");
   rep.emit("");
   rep.emit("| layer | operand | shape | keys only, position-aligned | keys only, key-aligned | default, "
            "position-aligned | default, key-aligned | offload (no keys) |");

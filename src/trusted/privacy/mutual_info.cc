@@ -138,7 +138,7 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector
     // how many operands were blinded (a step's rows are the same measured
     // alone or along a run).
     std::unique_ptr<Obfuscator> bobf = measurement_keys(seed ^ 0x626c696e64ULL, cfg.offload.key_scale, false);
-    Blinding blind(cfg.offload.row_mix, cfg.offload.mask_rank, cfg.offload.mask_magnitude);
+    Blinding blind(cfg.offload.row_mix, cfg.offload.mask_rank, cfg.offload.mask_magnitude, cfg.offload.col_mix);
     auto find = [&](const Captured& like, const char* what) -> int {
       for (size_t j = 0; j < tap.got.size(); ++j)
         if (tap.got[j].step == like.step && tap.got[j].layer == like.layer && tap.got[j].operand == what)
@@ -156,6 +156,7 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector
       p.w = wi >= 0 ? tap.got[static_cast<size_t>(wi)].v.data() : nullptr;
       const Product& q = blind.apply(p, *bobf);
       blinded[i].assign(q.a, q.a + p.m * p.k);
+      if (wi >= 0 && blind.mixes_cols()) blinded[static_cast<size_t>(wi)].assign(q.w, q.w + p.n * p.k);
       if (gi >= 0 && tap.got[static_cast<size_t>(gi)].rows == p.m) {
         const Captured& g = tap.got[static_cast<size_t>(gi)];
         Product pg = q;
