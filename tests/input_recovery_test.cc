@@ -250,7 +250,7 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   if (!std::filesystem::exists(kFashion)) GTEST_SKIP() << "no Fashion-MNIST at " << kFashion;
   testutil::TempDir dir("subspace");
   const TrainConfig c = suite_run(dir.path());
-  const std::vector<MaskSubspaceResult> rs = measure_mask_subspace(c, 5, 1, {{64, 0}, {64, 8}, {0, 8}});
+  const std::vector<MaskSubspaceResult> rs = measure_mask_subspace(c, 5, 1, {{64, 0}, {64, 8}, {0, 8}, {64, 8, 8}});
   for (const auto& r : rs)
     std::printf("rank %d, mix %d: repeated rows %lld; subspace dim %lld, rows in it %lld (repeated %lld); mask "
                 "captured %.3f; zeros sent %.4f; AUC projected %.3f, with signs %.3f (precision %.3f, recall %.3f, "
@@ -298,6 +298,16 @@ TEST(InputRecovery, RepeatedRowsExposeTheMaskUnlessRowsAreMixed) {
   EXPECT_GT(mix_only.sparse_auc, 0.85);
   EXPECT_EQ(mixed.sparse_exact, 0);
   EXPECT_LT(mixed.sparse_auc, 0.65);
+  // With the columns mixed too (--col-mix 8): a zero needs a whole block of
+  // 8 rows by 8 columns, and A·Gᵀ is no longer non-negative, so the column
+  // Gram matrix says nothing about the keys' signs.
+  const MaskSubspaceResult& cols = rs[3];
+  std::printf("--col-mix 8: zeros sent %.5f, Gram signs %.3f, groups %.4f, sparsest AUC %.3f\n", cols.zeros_sent,
+              cols.col_signs_right, cols.group_precision, cols.sparse_auc);
+  EXPECT_LT(cols.zeros_sent, mixed.zeros_sent / 20);
+  EXPECT_LT(cols.col_signs_right, 0.65);
+  EXPECT_EQ(cols.sparse_exact, 0);
+  EXPECT_LT(cols.sparse_auc, 0.65);
 }
 
 }  // namespace tempo

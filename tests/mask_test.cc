@@ -139,6 +139,26 @@ TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
 }
 
 
+// x (d×d, row-major) is orthogonal and each row mixes one secret group of
+// b to 2b − 1 indices (all d when d < b).
+void expect_grouped_orthogonal(const float* x, int64_t d, int b) {
+  for (int64_t i = 0; i < d; ++i) {
+    int nz = 0;
+    for (int64_t j = 0; j < d; ++j) nz += std::fabs(x[i * d + j]) > 1e-7f;
+    if (d >= b) {
+      EXPECT_GE(nz, b);
+      EXPECT_LE(nz, 2 * b - 1);
+    } else {
+      EXPECT_EQ(nz, d);
+    }
+    for (int64_t j = 0; j < d; ++j) {
+      double dot = 0;
+      for (int64_t c = 0; c < d; ++c) dot += double(x[i * d + c]) * x[j * d + c];
+      EXPECT_NEAR(dot, i == j ? 1.0 : 0.0, 1e-5) << "rows " << i << " and " << j;
+    }
+  }
+}
+
 // Row mixing: M is orthogonal (unmix undoes mix), block diagonal after a
 // secret grouping (every row of M·A combines one group of b to 2b − 1 rows
 // of A, every row of A is in one group), fresh per stream, and the same for
@@ -154,22 +174,7 @@ TEST(RowMix, IsASecretOrthogonalGroupingAndUndoesItself) {
     KeyStream ks(secret_from_seed(11), 0);
     const Product& q = mix.apply(p, ks);  // q.a = M
     ASSERT_EQ(mix.sent(p), &q);
-    std::vector<int> group_of(m, -1);
-    for (int64_t i = 0; i < m; ++i) {
-      int nz = 0;
-      for (int64_t j = 0; j < m; ++j) nz += std::fabs(q.a[i * m + j]) > 1e-7f;
-      if (m >= b) {
-        EXPECT_GE(nz, b);
-        EXPECT_LE(nz, 2 * b - 1);
-      } else {
-        EXPECT_EQ(nz, m);
-      }
-      for (int64_t j = 0; j < m; ++j) {
-        double d = 0;
-        for (int64_t c = 0; c < m; ++c) d += double(q.a[i * m + c]) * q.a[j * m + c];
-        EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << "M·Mᵀ at " << i << ", " << j;
-      }
-    }
+    expect_grouped_orthogonal(q.a, m, b);
     // Unmixing M gives the identity back; mixing is linear in its input.
     std::vector<float> back(m * m);
     mix.unmix(p.id, q.a, m, back.data());
@@ -241,21 +246,7 @@ TEST(ColMix, IsASecretOrthogonalGroupingThatCancelsInTheProduct) {
     std::vector<float> eye(k * k, 0.0f), g(k * k);
     for (int64_t i = 0; i < k; ++i) eye[i * k + i] = 1.0f;
     mix.mix(4, eye.data(), k, g.data());  // row i: G·e_i, i.e. row i of Gᵀ
-    for (int64_t i = 0; i < k; ++i) {
-      int nz = 0;
-      for (int64_t j = 0; j < k; ++j) nz += std::fabs(g[i * k + j]) > 1e-7f;
-      if (k >= b) {
-        EXPECT_GE(nz, b);
-        EXPECT_LE(nz, 2 * b - 1);
-      } else {
-        EXPECT_EQ(nz, k);
-      }
-      for (int64_t j = 0; j < k; ++j) {
-        double d = 0;
-        for (int64_t c = 0; c < k; ++c) d += double(g[i * k + c]) * g[j * k + c];
-        EXPECT_NEAR(d, i == j ? 1.0 : 0.0, 1e-5) << "Gᵀ·G at " << i << ", " << j;
-      }
-    }
+    expect_grouped_orthogonal(g.data(), k, b);
     // The product of the mixed operands is the plain product.
     const int64_t m = 37, n = 5;
     std::vector<float> a(m * k), w(n * k), am(m * k), wm(n * k), c(m * n), cm(m * n);

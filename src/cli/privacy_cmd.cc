@@ -307,7 +307,7 @@ int run_inputs(const PrivacyConfig& c) {
   const std::vector<MaskSubspaceResult> ms =
       measure_mask_subspace(t, step, c.seed,
                             {{dflt.mask_rank, 0}, {0, dflt.row_mix}, {16, dflt.row_mix}, {32, dflt.row_mix},
-                             {dflt.mask_rank, dflt.row_mix}});
+                             {dflt.mask_rank, dflt.row_mix}, {dflt.mask_rank, dflt.row_mix, 8}});
   rep.emit("#### The mask's row space, from repeated rows; and row mixing");
   rep.emit("");
   std::snprintf(buf, sizeof buf,
@@ -324,16 +324,18 @@ int run_inputs(const PrivacyConfig& c) {
                 "affine set, then a least-squares polish, decode %lld rows outside the subspace. With "
                 "`--row-mix B` (default %d) the master first replaces each secret group of B rows by a random "
                 "orthogonal combination of them (fresh for every product and step; the output gradient's rows "
-                "too, which the key shift requires): a row then repeats only if its whole group does.",
+                "too, which the key shift requires): a row then repeats only if its whole group does. The last "
+                "column adds `--col-mix 8` (off by default): the operand's columns are also mixed, in secret "
+                "groups of 8, before the mask; its zeros are then those of whole blocks of 8 rows by 8 columns.",
                 static_cast<long long>(ms[0].repeated_rows), static_cast<long long>(ms[0].rows),
                 static_cast<long long>(ms[0].decoded_rows), dflt.row_mix);
   rep.emit(buf);
   rep.emit("");
   std::string mhead = "| measurement |", mrule = "|---|";
   for (const auto& x : ms) {
-    const bool is_default = x.mask_rank == dflt.mask_rank && x.row_mix == dflt.row_mix;
+    const bool is_default = x.mask_rank == dflt.mask_rank && x.row_mix == dflt.row_mix && x.col_mix == dflt.col_mix;
     mhead += " --mask-rank " + std::to_string(x.mask_rank) + ", --row-mix " + std::to_string(x.row_mix) +
-             (is_default ? " (default)" : "") + " |";
+             (x.col_mix ? ", --col-mix " + std::to_string(x.col_mix) : "") + (is_default ? " (default)" : "") + " |";
     mrule += "---:|";
   }
   rep.emit(mhead);

@@ -18,6 +18,7 @@
 #include "trusted/crypto/keys.h"
 #include "trusted/crypto/mask.h"
 #include "trusted/crypto/obfuscator.h"
+#include "trusted/crypto/col_mix.h"
 #include "trusted/crypto/row_mix.h"
 #include "trusted/privacy/tap.h"
 #include "trusted/nn/layers.h"
@@ -1312,11 +1313,12 @@ void sparsest_in_groups(const Traced& enc, const CommonSubspace& s, const float*
   if (scored_proj) r.sparse_auc_projected = sum_proj / static_cast<double>(scored_proj);
 }
 
-MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_scale, int rank, int mix) {
+MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_scale, int rank, int mix, int col) {
   const int64_t m = cap.m, k = cap.k;
   MaskSubspaceResult r;
   r.mask_rank = rank;
   r.row_mix = mix;
+  r.col_mix = col;
   r.rows = m;
   // Repeated rows of A (scoring only): rows with at least 19 exact copies.
   std::vector<uint8_t> repeated(static_cast<size_t>(m));
@@ -1330,7 +1332,8 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
   }
   std::unique_ptr<Obfuscator> obf = measurement_keys(seed, key_scale, false);
   const Triple triple = obf->draw_triple(m, k, cap.n);
-  // As OffloadBackend sends it: rows mixed, then the mask added in place.
+  // As OffloadBackend sends it: rows mixed, columns mixed, then the mask
+  // added in place.
   Product p{0, "conv2", cap.a.data(), nullptr, m, k, cap.n};
   RowMix mixer(std::max(2, mix));
   std::vector<float> before;  // the operand before the mask
@@ -1338,11 +1341,24 @@ MaskSubspaceResult mask_subspace(const Captured& cap, uint64_t seed, double key_
     KeyStream ks = obf->stream();
     p = mixer.apply(p, ks);
   }
+  std::vector<float> own;  // the column-mixed operand when not row-mixed
+  float* buf = mix > 0 ? mixer.mixed_a(0) : nullptr;
+  if (col > 0) {
+    ColMix cols(col);
+    KeyStream ks = obf->stream();
+    cols.draw(0, k, ks);
+    if (!buf) {
+      own.resize(static_cast<size_t>(m * k));
+      buf = own.data();
+    }
+    cols.mix(0, p.a, m, buf);
+    p.a = buf;
+  }
   before.assign(p.a, p.a + m * k);
   r.zeros_sent = static_cast<double>(std::count(before.begin(), before.end(), 0.0f)) / static_cast<double>(m * k);
   AdditiveMask mask(std::max(1, rank));
   KeyStream ks = obf->stream();
-  const Product& q = rank == 0 ? p : mix > 0 ? mask.apply_in_place(p, mixer.mixed_a(0), ks) : mask.apply(p, ks);
+  const Product& q = rank == 0 ? p : buf ? mask.apply_in_place(p, buf, ks) : mask.apply(p, ks);
   const Traced enc = encrypt_traced(triple, q.a, m, k);
   // The mask alone under the same keys: its row space, for scoring.
   std::vector<float> mask_only(static_cast<size_t>(m * k));
@@ -1472,12 +1488,12 @@ std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_st
 }
 
 std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
-                                                      const std::vector<std::pair<int, int>>& rank_and_mix) {
+                                                      const std::vector<BlindingCase>& cases) {
   const Captured cap = capture_conv2(cfg, at_step);
   std::vector<MaskSubspaceResult> out;
-  for (const auto& [rank, mix] : rank_and_mix) {
-    TEMPO_CHECK(rank > 0 || mix > 0, "mask subspace measurement: needs a mask or mixing");
-    out.push_back(mask_subspace(cap, seed, cfg.offload.key_scale, rank, mix));
+  for (const BlindingCase& c : cases) {
+    TEMPO_CHECK(c.mask_rank > 0 || c.row_mix > 0, "mask subspace measurement: needs a mask or row mixing");
+    out.push_back(mask_subspace(cap, seed, cfg.offload.key_scale, c.mask_rank, c.row_mix, c.col_mix));
   }
   return out;
 }

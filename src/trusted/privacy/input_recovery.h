@@ -189,7 +189,7 @@ std::vector<ZeroJigsawResult> measure_zero_jigsaw(TrainConfig cfg, int64_t at_st
 // zeros follow. With row mixing a row lies in that subspace only if its
 // whole group is background.
 struct MaskSubspaceResult {
-  int mask_rank = 0, row_mix = 0;
+  int mask_rank = 0, row_mix = 0, col_mix = 0;
   int64_t rows = 0;
   int64_t repeated_rows = 0;   // rows of A equal to at least 19 others
   int64_t subspace_dim = 0;    // numerical rank of the rows kept
@@ -231,7 +231,13 @@ struct MaskSubspaceResult {
   int64_t sparse_groups = 0, sparse_exact = 0;
   double sparse_auc = -1, sparse_auc_projected = -1;
 };
+// One column of that measurement: the blinding as --mask-rank, --row-mix
+// and --col-mix set it (the column mixing, if any, after the row mixing and
+// before the mask, as the pipeline applies them).
+struct BlindingCase {
+  int mask_rank = 0, row_mix = 0, col_mix = 0;
+};
 std::vector<MaskSubspaceResult> measure_mask_subspace(TrainConfig cfg, int64_t at_step, uint64_t seed,
-                                                      const std::vector<std::pair<int, int>>& rank_and_mix);
+                                                      const std::vector<BlindingCase>& cases);
 
 }  // namespace tempo
