@@ -64,6 +64,8 @@ struct PrivacyConfig {
   int col_mix = 0;  // mi: add --col-mix to the measured defaults
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
+// CLI11 check of a mixing group size (--row-mix, --col-mix): 0 (off) or 2 to 32.
+std::string check_mixing_block(const std::string& v);
 int run_privacy(const PrivacyConfig& cfg);
 
 struct OwnerConfig {

@@ -63,7 +63,7 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
                  "mi: measure the defaults with the column mixing added (--col-mix B of tempo train; 0: as the "
                  "defaults are)")
       ->capture_default_str()
-      ->check(CLI::Range(0, 32));
+      ->check(check_mixing_block);
   app.add_option("--samples", c.samples, "mi: value pairs per estimate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{100}, int64_t{1000000}));

@@ -13,6 +13,15 @@
 
 namespace tempo::cli {
 
+std::string check_mixing_block(const std::string& v) {
+  try {
+    const int b = std::stoi(v);
+    return b == 0 || (b >= 2 && b <= 32) ? std::string() : std::string("must be 0 (off) or 2 to 32");
+  } catch (const std::exception&) {
+    return std::string("must be an integer");
+  }
+}
+
 void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   std::string models;
   for (const auto& n : model_names()) models += (models.empty() ? "" : " | ") + n;
@@ -78,29 +87,20 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
                  "docs/SECURITY.md)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  // A mixing group size: 0 (off) or 2 to 32.
-  const auto mixing_block = [](const std::string& v) {
-    try {
-      const int b = std::stoi(v);
-      return b == 0 || (b >= 2 && b <= 32) ? std::string() : std::string("must be 0 (off) or 2 to 32");
-    } catch (const std::exception&) {
-      return std::string("must be an integer");
-    }
-  };
   app.add_option("--row-mix", c.offload.row_mix,
                  "tempo mode: before the mask, mix the rows of the input operand (and of the output gradient) in "
                  "secret groups of B by fresh random orthogonal matrices, so that repeated rows (image background) "
                  "do not reveal the mask's row space and the gradient's zeros do not reach a worker; 0: off "
                  "(docs/SECURITY.md)")
       ->capture_default_str()
-      ->check(mixing_block);
+      ->check(check_mixing_block);
   app.add_option("--col-mix", c.offload.col_mix,
                  "tempo mode: mix the inner dimension of both operands of every offloaded product (the weight's "
                  "columns, the input's) in secret groups of B by fresh random orthogonal matrices, so that the "
                  "weights' magnitudes do not reach a worker; 0: off, the default (its cost and effect: "
                  "docs/SECURITY.md)")
       ->capture_default_str()
-      ->check(mixing_block);
+      ->check(check_mixing_block);
   app.add_option("--verify-rounds", c.offload.verify.rounds, "Freivalds rounds per product (0: none)")
       ->capture_default_str();
   app.add_option("--verify-rate", c.offload.verify.rate, "Fraction of products checked")
