@@ -24,6 +24,7 @@ sed -n '/^| layer /,$p' "$out/mi_colmix_full.md" | sed 's/| default, /| default 
 ./build/tempo privacy --suite weights --table "$out/weights.md"
 ./build/tempo privacy --suite weights --model resnet18 --data synthetic:640 --steps 6 --window 3 \
   --table "$out/weights_resnet18.md"
+sed -i '1s/.*/#### `resnet18`, per layer/' "$out/weights_resnet18.md"
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
 } > "$out/machine.md"
