@@ -17,11 +17,11 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     q = &mix_->apply(p, ks);
   }
   float* a = mix_ ? mix_->mixed_a(p.id) : nullptr;  // the data operand's own buffer, if any yet
+  if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
+  Sent& s = sent_[static_cast<size_t>(p.id)];
   if (col_) {
     KeyStream ks = obf.stream();
     col_->draw(p.id, p.k, ks);
-    if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
-    Sent& s = sent_[static_cast<size_t>(p.id)];
     if (!a) {
       s.a.resize(static_cast<size_t>(p.m * p.k));
       a = s.a.data();
@@ -32,25 +32,21 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     s.q = *q;
     s.q.a = a;
     s.q.w = s.w.data();
-    s.valid = true;
     q = &s.q;
   }
   if (mask_) {
     KeyStream ks = obf.stream();
     q = a ? &mask_->apply_in_place(*q, a, ks) : &mask_->apply(p, ks);
   }
-  return *q;
+  s.q = *q;
+  s.valid = true;
+  return s.q;
 }
 
 const Product& Blinding::sent(const Product& p) const {
-  if (mask_) return mask_->masked(p);
-  if (col_) {
-    if (p.id < 0 || static_cast<size_t>(p.id) >= sent_.size()) return p;
-    const Sent& s = sent_[static_cast<size_t>(p.id)];
-    return s.valid && s.q.m == p.m && s.q.k == p.k && s.q.n == p.n ? s.q : p;
-  }
-  const Product* q = mix_ ? mix_->sent(p) : nullptr;
-  return q ? *q : p;
+  if (p.id < 0 || static_cast<size_t>(p.id) >= sent_.size()) return p;
+  const Sent& s = sent_[static_cast<size_t>(p.id)];
+  return s.valid && s.q.m == p.m && s.q.k == p.k && s.q.n == p.n ? s.q : p;
 }
 
 const float* Blinding::gradient(const Product& q, const float* dc) {

@@ -7,6 +7,7 @@
 // run's obfuscator, mixing first.
 #pragma once
 
+#include <deque>
 #include <memory>
 #include <vector>
 
@@ -42,7 +43,7 @@ class Blinding {
   void finish_weight(const Product& q, const float* g, float* dw);
 
  private:
-  struct Sent {  // column mixing: the operands as sent, per product id
+  struct Sent {  // per product id: the product as last sent, and the column mixing's buffers
     bool valid = false;
     Product q;
     std::vector<float> a, w;  // A·Gᵀ (when not row-mixed: the row mixing's buffer holds it then), W·Gᵀ
@@ -50,7 +51,7 @@ class Blinding {
   std::unique_ptr<RowMix> mix_;
   std::unique_ptr<ColMix> col_;
   std::unique_ptr<AdditiveMask> mask_;
-  std::vector<Sent> sent_;
+  std::deque<Sent> sent_;  // a deque: growing it keeps references to the products as sent
   std::vector<float> dc_;
 };
 

@@ -35,10 +35,12 @@ void ColMix::draw(int id, int64_t k, KeyStream& ks) {
     std::swap(e.perm[static_cast<size_t>(i)], e.perm[ks.below(static_cast<uint32_t>(i + 1))]);
   const MixGroups gr(k, block_);
   const int64_t ld = gr.largest, sq = ld * ld;
+  e.starts.resize(static_cast<size_t>(gr.count + 1));
+  for (int64_t g = 0; g <= gr.count; ++g) e.starts[static_cast<size_t>(g)] = gr.begin(k, g);
   e.q.assign(static_cast<size_t>(gr.count * sq), 0.0f);
   e.qt.assign(e.q.size(), 0.0f);
   for (int64_t g = 0; g < gr.count; ++g) {
-    const int64_t n = gr.begin(k, g + 1) - gr.begin(k, g);
+    const int64_t n = e.starts[static_cast<size_t>(g + 1)] - e.starts[static_cast<size_t>(g)];
     float* q = e.q.data() + g * sq;
     random_orthogonal(ks, n, ld, q);
     float* qt = e.qt.data() + g * sq;
@@ -61,6 +63,7 @@ void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool 
   const MixGroups gr(k, block_);
   const int64_t ld = gr.largest, sq = ld * ld;
   const int32_t* perm = e.perm.data();
+  const int64_t* starts = e.starts.data();
   parallel_for(rows, [&](int64_t lo, int64_t hi) {
     thread_local std::vector<float> row;  // grows once per thread
     if (row.size() < static_cast<size_t>(k)) row.resize(static_cast<size_t>(k));
@@ -68,7 +71,7 @@ void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool 
     for (int64_t i = lo; i < hi; ++i) {
       const float* x = src + i * k;
       for (int64_t g = 0; g < gr.count; ++g) {
-        const int64_t s = gr.begin(k, g), n = gr.begin(k, g + 1) - s;
+        const int64_t s = starts[g], n = starts[g + 1] - s;
         const int32_t* pg = perm + s;
         if (n == 8) {
           // out = Σ_j in[j]·M[j] with M the rows of Qᵀ (mixing) or of Q (unmixing).

@@ -37,6 +37,7 @@ class ColMix {
     bool valid = false;
     int64_t k = 0;
     std::vector<int32_t> perm;  // group g mixes columns perm[s_g .. s_g+1)
+    std::vector<int64_t> starts;  // s_g, one more than the groups
     std::vector<float> q, qt;   // per group: Q and Qᵀ, row-major, at stride (largest size)²
   };
   const Entry& entry(int id) const;

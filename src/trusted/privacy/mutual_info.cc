@@ -210,7 +210,7 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector
       }
     }
     MiRow row{g.step, g.layer, g.operand, r, c, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
-    // Weights are sent unblinded: the same measurement as above.
+    // Weights without column mixing are sent unblinded: the same measurement as above.
     row.blinded_position = blind ? ksg_mutual_information(px, bcx) : row.position_aligned;
     row.blinded_key = blind ? ksg_mutual_information(bkx, bcx) : row.key_aligned;
     out.push_back(row);

@@ -15,7 +15,8 @@
 // the data operand and the output gradient mixed and masked (blinding.h)
 // before the keys; key-aligned there pairs each ciphertext value with the
 // plaintext at the position it was encrypted from (a worker that knew the
-// permutations but not the mixing or the mask). Weights are not blinded.
+// permutations but not the mixing or the mask). Weights are blinded only
+// by the column mixing (--col-mix, off by default).
 #pragma once
 
 #include <cstdint>
@@ -33,7 +34,7 @@ struct MiRow {
   std::string layer, operand;  // operand: input, weight, gradient
   int64_t rows = 0, cols = 0;
   double position_aligned = 0, key_aligned = 0;  // nats
-  double blinded_position = 0, blinded_key = 0;  // the same with the run's mask and row mixing
+  double blinded_position = 0, blinded_key = 0;  // the same with the run's blinding (blinding.h)
 };
 
 // Captures the operands of step `at_step` of `cfg` (run in tee-only mode) and
