@@ -75,6 +75,22 @@ TEST(KeyStream, ForksAreDistinctStretches) {
   EXPECT_LT(same_main, 3);
 }
 
+TEST(KeyStream, FillGivesTheSameWordsAsOneAtATime) {
+  // Lengths that start and end inside the buffered blocks, span whole
+  // blocks, and cross from the buffer into direct generation.
+  for (size_t head : {0, 1, 7, 255, 256, 300}) {
+    KeyStream a(secret_from_seed(3), 5), b(secret_from_seed(3), 5);
+    for (size_t i = 0; i < head; ++i) ASSERT_EQ(a.u32(), b.u32());
+    for (size_t n : {0, 1, 15, 16, 17, 1000, 4096, 5003}) {
+      std::vector<uint32_t> got(n + 1, 0xdeadbeef);
+      a.fill(got.data(), n);
+      for (size_t i = 0; i < n; ++i) ASSERT_EQ(got[i], b.u32()) << "head " << head << " n " << n << " i " << i;
+      EXPECT_EQ(got[n], 0xdeadbeefu);  // nothing written past n
+      ASSERT_EQ(a.u32(), b.u32());     // and the stream goes on in step
+    }
+  }
+}
+
 TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
   const int64_t m = 300, k = 90, n = 17;
   auto a = normal_vec(m * k, 4), w = normal_vec(n * k, 5), dc = normal_vec(m * n, 6);

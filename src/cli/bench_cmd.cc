@@ -160,6 +160,7 @@ struct Config {
   std::string workers;
   int mask_rank = OffloadConfig{}.mask_rank;
   int row_mix = OffloadConfig{}.row_mix;
+  int col_mix = OffloadConfig{}.col_mix;
 };
 
 // Every configuration on every model, interleaved, as one table.
@@ -182,6 +183,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
         oc.verify.rounds = conf.rounds;
         oc.mask_rank = conf.mask_rank;
         oc.row_mix = conf.row_mix;
+        oc.col_mix = conf.col_mix;
         be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
@@ -217,6 +219,22 @@ int run_modes(const BenchConfig& cfg) {
                            {"tempo, no key shift", "tempo", false, 1, w},
                            {"tempo, no verification", "tempo", true, 0, w},
                            {"tempo, no shift, no verif.", "tempo", false, 0, w}});
+}
+
+// What each hardening of docs/SECURITY.md costs, against the unhardened
+// step: the mask, the row mixing and the column mixing, alone and together.
+int run_hardening(const BenchConfig& cfg) {
+  set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
+  const std::string& w = cfg.workers;
+  const int r = OffloadConfig{}.mask_rank, b = 8;
+  return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
+                           {"tempo, unhardened", "tempo", true, 1, w, 0, 0, 0},
+                           {"tempo, mask only", "tempo", true, 1, w, r, 0, 0},
+                           {"tempo, row mix only", "tempo", true, 1, w, 0, b, 0},
+                           {"tempo, col mix only", "tempo", true, 1, w, 0, 0, b},
+                           {"tempo, mask + row mix", "tempo", true, 1, w, r, b, 0},
+                           {"tempo, row + col mix", "tempo", true, 1, w, 0, b, b},
+                           {"tempo, all three", "tempo", true, 1, w, r, b, b}});
 }
 
 // Worker processes of this binary on loopback, for the remote suites.
@@ -539,11 +557,12 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
   app.add_option("--python", c.python, "Python with torch")->capture_default_str();
   app.add_option("--suite", c.suite,
                  "torch: tee-only against PyTorch per thread count; modes: tempo vs tee-only vs offload "
-                 "with a per-phase breakdown (threads: the last of --threads); remote: worker processes on "
+                 "with a per-phase breakdown (threads: the last of --threads); hardening: the mask, row and column "
+                 "mixing alone and together against the unhardened tempo step (same breakdown); remote: worker processes on "
                  "loopback vs in-process workers vs tee-only; transfer: loopback tensor throughput; gpu: a worker "
                  "on a GPU; confidential: encrypted files and sealed checkpoints against plain I/O and a step")
       ->capture_default_str()
-      ->check(CLI::IsMember({"torch", "modes", "remote", "transfer", "gpu", "confidential"}));
+      ->check(CLI::IsMember({"torch", "modes", "hardening", "remote", "transfer", "gpu", "confidential"}));
   app.add_option("--backend", c.backend, "Worker backend of the gpu suite: cuda | cpu (cpu stands in for tests)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -558,6 +577,7 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
 
 int run_bench(const BenchConfig& cfg) {
   if (cfg.suite == "modes") return run_modes(cfg);
+  if (cfg.suite == "hardening") return run_hardening(cfg);
   if (cfg.suite == "remote") return run_remote(cfg);
   if (cfg.suite == "transfer") return run_transfer(cfg);
   if (cfg.suite == "gpu") return run_gpu(cfg);

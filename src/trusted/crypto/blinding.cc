@@ -1,6 +1,7 @@
 #include "trusted/crypto/blinding.h"
 
 #include <algorithm>
+#include <optional>
 
 namespace tempo {
 
@@ -11,22 +12,35 @@ Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix
 }
 
 const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
-  const Product* q = &p;
-  if (mix_) {
-    KeyStream ks = obf.stream();
-    q = &mix_->apply(p, ks);
-  }
-  float* a = mix_ ? mix_->mixed_a(p.id) : nullptr;  // the data operand's own buffer, if any yet
   if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
   Sent& s = sent_[static_cast<size_t>(p.id)];
+  const Product* q = &p;
+  float* a = nullptr;  // the data operand's own buffer, once there is one
+  {
+    // Streams in a fixed order (row mixing, column mixing, mask), whichever
+    // are on. With both mixings, the columns of each group of rows are
+    // mixed as soon as the row pass has written them.
+    std::optional<KeyStream> row_ks, col_ks;
+    if (mix_) row_ks.emplace(obf.stream());
+    if (col_) {
+      col_ks.emplace(obf.stream());
+      col_->draw(p.id, p.k, *col_ks);
+    }
+    if (mix_) {
+      const int id = p.id;
+      const ColMix* col = col_.get();
+      q = &mix_->apply(p, *row_ks, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
+        for (int64_t t = 0; t < n; ++t) col->mix_here(id, rows[t], 1);
+      }) : RowMix::After());
+      a = mix_->mixed_a(p.id);
+    }
+  }
   if (col_) {
-    KeyStream ks = obf.stream();
-    col_->draw(p.id, p.k, ks);
     if (!a) {
       s.a.resize(static_cast<size_t>(p.m * p.k));
       a = s.a.data();
+      col_->mix(p.id, p.a, p.m, a);
     }
-    col_->mix(p.id, q->a, p.m, a);  // in place on the row-mixed operand
     s.w.resize(static_cast<size_t>(p.n * p.k));
     col_->mix(p.id, p.w, p.n, s.w.data());
     s.q = *q;
@@ -62,11 +76,20 @@ void Blinding::finish_forward(const Product& q, float* c_sent, float* c) {
   else if (c != c_sent) std::copy(c_sent, c_sent + q.m * q.n, c);
 }
 
-// Row and column unmixing commute (one acts on the left, one on the right).
+// Row and column unmixing commute (one acts on the left, one on the right):
+// with both, each group's rows are unmixed by columns as soon as the row
+// pass has written them.
 void Blinding::finish_input(const Product& q, const float* da_sent, float* da) const {
-  if (mix_) mix_->unmix(q.id, da_sent, q.k, da);
-  else if (da != da_sent) std::copy(da_sent, da_sent + q.m * q.k, da);
-  if (col_) col_->unmix(q.id, da, q.m, da);  // M·dA·Gᵀ·G
+  const ColMix* col = col_.get();
+  const int id = q.id;
+  if (mix_)
+    mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
+      for (int64_t t = 0; t < n; ++t) col->unmix_here(id, rows[t], 1);
+    }) : RowMix::After());
+  else if (col)
+    col->unmix(q.id, da_sent, q.m, da);  // dA·Gᵀ·G
+  else if (da != da_sent)
+    std::copy(da_sent, da_sent + q.m * q.k, da);
 }
 
 void Blinding::finish_weight(const Product& q, const float* g, float* dw) {

@@ -31,6 +31,10 @@ class ColMix {
   void mix(int id, const float* src, int64_t rows, float* dst) const;
   void unmix(int id, const float* src, int64_t rows, float* dst) const;
   int64_t cols(int id) const;
+  // The same on `rows` rows in place, on the calling thread (for a pass
+  // that already holds them in cache: RowMix's).
+  void mix_here(int id, float* x, int64_t rows) const;
+  void unmix_here(int id, float* x, int64_t rows) const;
 
  private:
   struct Entry {
@@ -42,6 +46,7 @@ class ColMix {
   };
   const Entry& entry(int id) const;
   void transform(int id, const float* src, int64_t rows, float* dst, bool back) const;
+  void transform_rows(const Entry& e, const float* src, int64_t lo, int64_t hi, float* dst, bool back) const;
   int block_;
   std::vector<Entry> entries_;
 };

@@ -6,6 +6,7 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
@@ -199,6 +200,22 @@ KeyStream KeyStream::fork(uint32_t i) const {
 uint32_t KeyStream::u32() {
   if (pos_ == buf_.size()) refill();
   return buf_[pos_++];
+}
+
+void KeyStream::fill(uint32_t* out, size_t n) {
+  while (n > 0 && pos_ < buf_.size()) *out++ = buf_[pos_++], --n;
+  // Whole 64-byte blocks straight into out (the keystream XOR zeros), from
+  // the block refill() would generate next; the rest through buf_ as usual.
+  static const unsigned char kZeros[4096] = {};
+  while (n >= 16) {
+    const size_t blocks = std::min<size_t>(n / 16, sizeof kZeros / 64);
+    crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(out), kZeros, blocks * 64, nonce_.data(),
+                                       block_, key_.data());
+    block_ += static_cast<uint32_t>(blocks);
+    out += blocks * 16;
+    n -= blocks * 16;
+  }
+  for (size_t i = 0; i < n; ++i) out[i] = u32();
 }
 
 uint32_t KeyStream::below(uint32_t n) {

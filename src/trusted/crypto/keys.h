@@ -62,6 +62,9 @@ class KeyStream {
  public:
   KeyStream(const Secret& secret, uint64_t stream_id);
   uint32_t u32();
+  // n successive u32() values at once (the same ones), most of them
+  // generated straight into out.
+  void fill(uint32_t* out, size_t n);
   uint64_t u64() { return (static_cast<uint64_t>(u32()) << 32) | u32(); }
   uint32_t below(uint32_t n);  // unbiased
   double uniform();            // [0, 1), 53 bits

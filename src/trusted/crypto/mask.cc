@@ -12,10 +12,16 @@ namespace tempo {
 
 namespace {
 
-// Uniform on [-h, h] from 24 random bits: variance h²/3.
+// Uniform on [-h, h] from 24 random bits: variance h²/3. The stream's words
+// come a few thousand at a time and are converted in a vector loop.
 void fill_uniform(KeyStream& ks, float h, float* out, int64_t n) {
   const float step = 2.0f * h * 0x1.0p-24f;
-  for (int64_t i = 0; i < n; ++i) out[i] = static_cast<float>(ks.u32() >> 8) * step - h;
+  uint32_t bits[2048];
+  for (int64_t i0 = 0; i0 < n; i0 += 2048) {
+    const int64_t len = std::min<int64_t>(2048, n - i0);
+    ks.fill(bits, static_cast<size_t>(len));
+    for (int64_t i = 0; i < len; ++i) out[i0 + i] = static_cast<float>(bits[i] >> 8) * step - h;
+  }
 }
 
 }  // namespace
@@ -67,6 +73,7 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
       const float* a = p.a + r0 * k;
       if (dst != p.a) std::memcpy(dst + r0 * k, a, static_cast<size_t>((r1 - r0) * k) * sizeof(float));
       double s = 0;
+#pragma omp simd reduction(+ : s)
       for (int64_t i = 0; i < (r1 - r0) * k; ++i) s += static_cast<double>(a[i]) * a[i];
       part[static_cast<size_t>(t)] = s;
     }

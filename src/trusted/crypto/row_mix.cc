@@ -59,7 +59,7 @@ const RowMix::Entry& RowMix::entry(int id) const {
   return entries_[static_cast<size_t>(id)];
 }
 
-const Product& RowMix::apply(const Product& p, KeyStream& ks) {
+const Product& RowMix::apply(const Product& p, KeyStream& ks, const After& after) {
   TEMPO_CHECK(p.id >= 0, "a mixed product needs an id");
   if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
   Entry& e = entries_[static_cast<size_t>(p.id)];
@@ -85,7 +85,7 @@ const Product& RowMix::apply(const Product& p, KeyStream& ks) {
   e.valid = true;
   e.q = p;
   e.q.a = e.a.data();
-  mix(p.id, p.a, p.k, e.a.data());
+  mix(p.id, p.a, p.k, e.a.data(), after);
   return e.q;
 }
 
@@ -111,11 +111,15 @@ const Product* RowMix::sent(const Product& p) const {
 
 // Mixing sends group g's rows perm[s..s+n) to rows s..s+n through Q_g;
 // unmixing sends them back through Q_gᵀ.
-void RowMix::mix(int id, const float* src, int64_t cols, float* dst) const { transform(id, src, cols, dst, false); }
+void RowMix::mix(int id, const float* src, int64_t cols, float* dst, const After& after) const {
+  transform(id, src, cols, dst, false, after);
+}
 
-void RowMix::unmix(int id, const float* src, int64_t cols, float* dst) const { transform(id, src, cols, dst, true); }
+void RowMix::unmix(int id, const float* src, int64_t cols, float* dst, const After& after) const {
+  transform(id, src, cols, dst, true, after);
+}
 
-void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool back) const {
+void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after) const {
   const Entry& e = entry(id);
   const int64_t m = static_cast<int64_t>(e.perm.size());
   const MixGroups gr(m, block_);
@@ -133,6 +137,7 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
       const float* q = e.q_mats.data() + g * sq;
       if (back) combine_any(n, q, 1, ld, in, out, cols);  // out[u] = Σ_t Q[t][u]·in[t]
       else combine_any(n, q, ld, 1, in, out, cols);       // out[t] = Σ_u Q[t][u]·in[u]
+      if (after) after(out, n);
     }
   }, 16);
 }

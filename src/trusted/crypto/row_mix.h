@@ -19,6 +19,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "trusted/crypto/keys.h"
@@ -28,17 +29,20 @@ namespace tempo {
 
 class RowMix {
  public:
+  // Called on each group's output rows as soon as the pass has written
+  // them (still in cache), on the thread that wrote them.
+  using After = std::function<void(float* const* rows, int64_t n)>;
   explicit RowMix(int block);
   // Draws a fresh mixing M for p (p.m rows) and returns p with `a` replaced
   // by M·A (a buffer kept per p.id, writable through mixed_a()); valid until
   // the next apply() for the same id.
-  const Product& apply(const Product& p, KeyStream& ks);
+  const Product& apply(const Product& p, KeyStream& ks, const After& after = nullptr);
   float* mixed_a(int id);
   // The mixed product last applied for p.id with p's shape, or nullptr.
   const Product* sent(const Product& p) const;
   // dst (m×cols) = M·src and dst = Mᵀ·src for the mixing of product `id`.
-  void mix(int id, const float* src, int64_t cols, float* dst) const;
-  void unmix(int id, const float* src, int64_t cols, float* dst) const;
+  void mix(int id, const float* src, int64_t cols, float* dst, const After& after = nullptr) const;
+  void unmix(int id, const float* src, int64_t cols, float* dst, const After& after = nullptr) const;
   // The secret grouping of product `id` (for measurements): group g is
   // mixed rows [starts[g], starts[g + 1]), and combines the rows
   // perm[starts[g] .. starts[g + 1]) of A.
@@ -57,7 +61,7 @@ class RowMix {
     std::vector<float> a;       // M·A
   };
   const Entry& entry(int id) const;
-  void transform(int id, const float* src, int64_t cols, float* dst, bool back) const;
+  void transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after) const;
   int block_;
   std::vector<Entry> entries_;
 };
