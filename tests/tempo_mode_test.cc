@@ -399,14 +399,16 @@ TEST(Decryption, BlindedProductsEqualPlaintextAndHideZeros) {
     for (int mix : {0, 8}) {
       for (int shift = 0; shift < 2; ++shift) {
         for (int nw : {1, 2}) {
+         for (int col : {0, 8}) {
           OffloadConfig oc;
           oc.key_shift = shift == 1;
           oc.mask_rank = rank;
           oc.row_mix = mix;
+          oc.col_mix = col;
           auto ws = local_workers(nw);
           auto* rec = new RecordingWorker(std::move(ws[0]));
           ws[0].reset(rec);
-          OffloadBackend be(oc, std::move(ws), secret_from_seed(__LINE__ + 10 * rank + 100 * mix + shift));
+          OffloadBackend be(oc, std::move(ws), secret_from_seed(__LINE__ + 10 * rank + 100 * mix + shift + 1000 * col));
           for (int both = 0; both < 2; ++both) {
             std::vector<float> c1(m * n), da1(m * k), dw1(n * k);
             be.forward(p, c1.data());
@@ -417,9 +419,9 @@ TEST(Decryption, BlindedProductsEqualPlaintextAndHideZeros) {
               be.backward_weight(p, dc.data(), dw1.data());
             }
             be.end_step();
-            SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix) + ", shift " +
-                         std::to_string(shift) + ", workers " + std::to_string(nw) + ", both " +
-                         std::to_string(both));
+            SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix) + ", col " +
+                         std::to_string(col) + ", shift " + std::to_string(shift) + ", workers " +
+                         std::to_string(nw) + ", both " + std::to_string(both));
             EXPECT_LT(rel_diff(c1, c2), 1e-5);
             EXPECT_LT(rel_diff(da1, da2), 1e-5);
             EXPECT_LT(rel_diff(dw1, dw2), 1e-5);
@@ -427,6 +429,7 @@ TEST(Decryption, BlindedProductsEqualPlaintextAndHideZeros) {
           EXPECT_EQ(be.stats().rejected, 0);
           EXPECT_EQ(be.stats().masked, rank > 0 ? 2 : 0);
           EXPECT_EQ(be.stats().mixed, mix > 0 ? 2 : 0);
+          EXPECT_EQ(be.stats().col_mixed, col > 0 ? 2 : 0);
           // Zeros in what the first worker received: operands of the shape
           // of A', and of the output gradient G' (m×n).
           int64_t zeros = 0, seen = 0, g_zeros = 0, g_seen = 0;
@@ -442,16 +445,62 @@ TEST(Decryption, BlindedProductsEqualPlaintextAndHideZeros) {
           }
           ASSERT_GT(seen, 0);
           ASSERT_GT(g_seen, 0);
-          SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix));
+          SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix) + ", col " +
+                       std::to_string(col));
           if (rank > 0) EXPECT_EQ(zeros, 0) << "a zero of the plaintext reached a worker";
-          else if (mix > 0) EXPECT_LT(zeros, seen / 50);  // all 8 rows of a group zero: 1 in 256
+          // A zero left needs all 8 rows of a group (or 8 columns) zero: 1 in 256.
+          else if (mix > 0 || col > 0) EXPECT_LT(zeros, seen / 50);
           else EXPECT_GT(zeros, seen / 3);
+          // The column mixing leaves the output gradient (m×n) as it is.
           if (mix > 0) EXPECT_LT(g_zeros, g_seen / 50);
           else EXPECT_GT(g_zeros, g_seen / 3);
+         }
         }
       }
     }
   }
+}
+
+// Training changes the weight (and the input) between steps while the
+// blinding's buffers and the key shift's held ciphertexts stay: every step's
+// results must be those of that step's operands, for every blinding.
+TEST(Decryption, BlindedProductsFollowChangingOperands) {
+  const int64_t m = 97, k = 61, n = 13;
+  for (int rank : {0, 8})
+    for (int mix : {0, 8})
+      for (int col : {0, 8})
+        for (int shift = 0; shift < 2; ++shift) {
+          OffloadConfig oc;
+          oc.key_shift = shift == 1;
+          oc.mask_rank = rank;
+          oc.row_mix = mix;
+          oc.col_mix = col;
+          OffloadBackend be(oc, local_workers(1), secret_from_seed(7 + rank + mix + col + shift));
+          TeeOnlyBackend tee;
+          SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix) + ", col " +
+                       std::to_string(col) + ", shift " + std::to_string(shift));
+          // The same buffers every step, as a layer keeps them.
+          std::vector<float> a(m * k), w(n * k), dc(m * n);
+          for (int step = 0; step < 3; ++step) {
+            for (auto [v, seed] : {std::pair{&a, 10}, {&w, 20}, {&dc, 30}}) {
+              const auto x = normal_vec(static_cast<int64_t>(v->size()), seed + step);
+              std::copy(x.begin(), x.end(), v->begin());
+            }
+            for (auto& x : a) x = std::max(x, 0.0f);
+            Product p{0, "test", a.data(), w.data(), m, k, n};
+            std::vector<float> c1(m * n), da1(m * k), dw1(n * k), c2(m * n), da2(m * k), dw2(n * k);
+            tee.forward(p, c2.data());
+            tee.backward_input(p, dc.data(), da2.data());
+            tee.backward_weight(p, dc.data(), dw2.data());
+            be.forward(p, c1.data());
+            be.backward(p, dc.data(), dw1.data(), da1.data());
+            be.end_step();
+            EXPECT_LT(rel_diff(c1, c2), 1e-5) << "step " << step;
+            EXPECT_LT(rel_diff(da1, da2), 1e-5) << "step " << step;
+            EXPECT_LT(rel_diff(dw1, dw2), 1e-5) << "step " << step;
+          }
+          EXPECT_EQ(be.stats().rejected, 0);
+        }
 }
 
 TEST(Decryption, ChannelModeConvolutionsEqualPlaintext) {
