@@ -12,10 +12,12 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <map>
 #include <memory>
 #include <set>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "common/error.h"
@@ -192,6 +194,60 @@ TEST(LayerParity, MaxPool2d) {
   check_plain_layer(*refs, "maxpool", 6, [](const std::vector<int64_t>& c) {
     return std::make_unique<MaxPool2d>(c[0], c[1], c[2]);
   });
+}
+
+// PyTorch's max-pooling rule on the cases random data never hits: ties
+// (the first maximum wins), -inf everywhere, and NaN (the first NaN of a
+// window wins and is propagated), against a direct reading of the rule; the
+// backward pass sends each gradient to the window's winner.
+TEST(MaxPool2d, TiesInfinitiesAndNanFollowPyTorch) {
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  const int64_t H = 7, W = 9;
+  Rng rng(3);
+  std::vector<float> plane(H * W);
+  for (auto& v : plane) v = static_cast<float>(static_cast<int>(rng.below(4)));  // small integers: many ties
+  plane[0] = plane[1] = -inf;
+  plane[9] = plane[10] = -inf;                      // a whole 2×2 window of -inf
+  std::vector<float> with_nan = plane;
+  with_nan[3] = nan;                                      // a NaN first in its window...
+  with_nan[2 * W + 5] = 7.0f, with_nan[3 * W + 4] = nan;  // ...and one after a larger value
+  with_nan[4 * W + 7] = nan, with_nan[4 * W + 8] = nan;   // two NaNs: the first wins
+  Backends be;
+  // Without a NaN, 2×2 windows of stride 2 take a path of their own.
+  for (bool nans : {false, true})
+  for (auto [k, st, pad] : {std::tuple{2, 2, 0}, {3, 2, 1}, {2, 1, 0}}) {
+    if (nans) plane = with_nan;
+    char trace[64];
+    std::snprintf(trace, sizeof trace, "kernel %d, stride %d, padding %d, NaNs %d", k, st, pad, nans);
+    SCOPED_TRACE(trace);
+    MaxPool2d pool(k, st, pad);
+    Tensor x({1, 1, H, W});
+    std::copy(plane.begin(), plane.end(), x.data());
+    Context ctx = be.ctx(true);
+    const Tensor y = pool.forward(x, ctx);
+    const int64_t OH = y.dim(2), OW = y.dim(3);
+    Tensor dy({1, 1, OH, OW});
+    for (int64_t i = 0; i < dy.numel(); ++i) dy[i] = static_cast<float>(i + 1);
+    const Tensor dx = pool.backward(dy, ctx);
+    std::vector<float> want_dx(H * W, 0.0f);
+    for (int64_t oy = 0; oy < OH; ++oy)
+      for (int64_t ox = 0; ox < OW; ++ox) {
+        float best = -inf;
+        int64_t at = -1;
+        for (int64_t iy = oy * st - pad; iy < oy * st - pad + k; ++iy)
+          for (int64_t ix = ox * st - pad; ix < ox * st - pad + k; ++ix) {
+            if (iy < 0 || iy >= H || ix < 0 || ix >= W) continue;
+            const float v = plane[iy * W + ix];
+            if (at >= 0 && std::isnan(best)) continue;  // a NaN already won
+            if (at < 0 || v > best || std::isnan(v)) best = v, at = iy * W + ix;
+          }
+        const float got = y[oy * OW + ox];
+        if (std::isnan(best)) EXPECT_TRUE(std::isnan(got)) << oy << "," << ox;
+        else EXPECT_EQ(got, best) << oy << "," << ox;
+        want_dx[static_cast<size_t>(at)] += dy[oy * OW + ox];
+      }
+    for (int64_t i = 0; i < H * W; ++i) EXPECT_EQ(dx[i], want_dx[static_cast<size_t>(i)]) << "input " << i;
+  }
 }
 
 TEST(LayerParity, AvgPool2dCountIncludePad) {
