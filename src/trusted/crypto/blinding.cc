@@ -30,7 +30,7 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
       const int id = p.id;
       const ColMix* col = col_.get();
       q = &mix_->apply(p, *row_ks, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
-        for (int64_t t = 0; t < n; ++t) col->mix_here(id, rows[t], 1);
+        col->mix_here(id, rows, n);
       }) : RowMix::After());
       a = mix_->mixed_a(p.id);
     }
@@ -52,7 +52,7 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     KeyStream ks = obf.stream();
     q = a ? &mask_->apply_in_place(*q, a, ks) : &mask_->apply(p, ks);
   }
-  s.q = *q;
+  if (q != &s.q) s.q = *q;
   s.valid = true;
   return s.q;
 }
@@ -84,7 +84,7 @@ void Blinding::finish_input(const Product& q, const float* da_sent, float* da) c
   const int id = q.id;
   if (mix_)
     mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
-      for (int64_t t = 0; t < n; ++t) col->unmix_here(id, rows[t], 1);
+      col->unmix_here(id, rows, n);
     }) : RowMix::After());
   else if (col)
     col->unmix(q.id, da_sent, q.m, da);  // dA·Gᵀ·G

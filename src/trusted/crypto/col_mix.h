@@ -31,10 +31,10 @@ class ColMix {
   void mix(int id, const float* src, int64_t rows, float* dst) const;
   void unmix(int id, const float* src, int64_t rows, float* dst) const;
   int64_t cols(int id) const;
-  // The same on `rows` rows in place, on the calling thread (for a pass
-  // that already holds them in cache: RowMix's).
-  void mix_here(int id, float* x, int64_t rows) const;
-  void unmix_here(int id, float* x, int64_t rows) const;
+  // The same on n rows (each k floats, anywhere) in place, on the calling
+  // thread: for a pass that already holds them in cache (RowMix's groups).
+  void mix_here(int id, float* const* rows, int64_t n) const;
+  void unmix_here(int id, float* const* rows, int64_t n) const;
 
  private:
   struct Entry {
@@ -42,11 +42,14 @@ class ColMix {
     int64_t k = 0;
     std::vector<int32_t> perm;  // group g mixes columns perm[s_g .. s_g+1)
     std::vector<int64_t> starts;  // s_g, one more than the groups
-    std::vector<float> q, qt;   // per group: Q and Qᵀ, row-major, at stride (largest size)²
+    std::vector<float> q, qt;   // per group: Q and Qᵀ, row-major, at stride ld²
+    int64_t ld = 0;             // the largest group's size
   };
   const Entry& entry(int id) const;
   void transform(int id, const float* src, int64_t rows, float* dst, bool back) const;
-  void transform_rows(const Entry& e, const float* src, int64_t lo, int64_t hi, float* dst, bool back) const;
+  // One row x (k floats) into dst (which may be x), built in y (k floats).
+  void transform_row(const Entry& e, const float* x, float* dst, float* y, bool back) const;
+  static float* row_buffer(int64_t k);  // this thread's scratch row
   int block_;
   std::vector<Entry> entries_;
 };
