@@ -7,11 +7,11 @@
 #include <vector>
 
 #include "common/parallel.h"
-#include "trusted/crypto/col_mix.h"
-#include "trusted/crypto/mask.h"
-#include "trusted/crypto/obfuscator.h"
-#include "trusted/crypto/row_mix.h"
-#include "trusted/verifier.h"
+#include "trusted/obfuscation/col_mix.h"
+#include "trusted/obfuscation/mask.h"
+#include "trusted/obfuscation/obfuscator.h"
+#include "trusted/obfuscation/row_mix.h"
+#include "trusted/offload/verifier.h"
 
 namespace tempo {
 namespace {

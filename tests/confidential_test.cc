@@ -17,9 +17,9 @@
 
 #include "process_util.h"
 #include "test_util.h"
-#include "trusted/confidential.h"
-#include "trusted/crypto/attestation.h"
-#include "trusted/crypto/container.h"
+#include "trusted/confidential/confidential.h"
+#include "trusted/confidential/attestation.h"
+#include "trusted/confidential/container.h"
 #include "trusted/data/dataset.h"
 #include "trusted/io/file_util.h"
 

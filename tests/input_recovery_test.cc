@@ -11,11 +11,11 @@
 
 #include "common/conv.h"
 #include "common/error.h"
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "test_util.h"
 #include "trusted/data/dataset.h"
-#include "trusted/privacy/input_recovery.h"
-#include "trusted/privacy/traced.h"
+#include "eval/attacks/input_recovery.h"
+#include "eval/measurements/traced.h"
 
 namespace tempo {
 namespace {

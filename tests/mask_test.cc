@@ -1,5 +1,5 @@
-// The additive mask (trusted/crypto/mask.h) and the low-rank-plus-sparse
-// attack on it (trusted/privacy/low_rank.h), on cases with known answers.
+// The additive mask (trusted/obfuscation/mask.h) and the low-rank-plus-sparse
+// attack on it (eval/attacks/low_rank.h), on cases with known answers.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,12 +7,12 @@
 #include <vector>
 
 #include "common/blas.h"
-#include "common/rng.h"
-#include "trusted/crypto/col_mix.h"
-#include "trusted/crypto/keys.h"
-#include "trusted/crypto/mask.h"
-#include "trusted/crypto/row_mix.h"
-#include "trusted/privacy/low_rank.h"
+#include "trusted/rng.h"
+#include "trusted/obfuscation/col_mix.h"
+#include "trusted/obfuscation/keys.h"
+#include "trusted/obfuscation/mask.h"
+#include "trusted/obfuscation/row_mix.h"
+#include "eval/attacks/low_rank.h"
 #include "test_util.h"
 
 namespace tempo {

@@ -22,9 +22,9 @@
 #include <vector>
 
 #include "common/error.h"
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "trusted/io/safetensors.h"
-#include "trusted/linear_backend.h"
+#include "trusted/offload/linear_backend.h"
 #include "trusted/model.h"
 
 namespace tempo {

@@ -9,9 +9,9 @@
 #include "common/blas.h"
 #include "common/conv.h"
 #include "common/parallel.h"
-#include "trusted/crypto/keys.h"
-#include "trusted/crypto/obfuscator.h"
-#include "trusted/verifier.h"
+#include "trusted/obfuscation/keys.h"
+#include "trusted/obfuscation/obfuscator.h"
+#include "trusted/offload/verifier.h"
 
 namespace tempo {
 namespace {

@@ -1,7 +1,7 @@
 // Worker processes of the `tempo` binary under test.
 #pragma once
 
-#include "common/subprocess.h"
+#include "eval/subprocess.h"
 
 namespace tempo::testutil {
 

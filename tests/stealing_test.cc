@@ -10,9 +10,9 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "trusted/nn/layers.h"
-#include "trusted/privacy/model_stealing.h"
+#include "eval/attacks/model_stealing.h"
 
 namespace tempo {
 namespace {

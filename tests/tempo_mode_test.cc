@@ -13,11 +13,11 @@
 #include <unordered_set>
 
 #include "common/error.h"
-#include "trusted/crypto/keys.h"
+#include "trusted/obfuscation/keys.h"
 #include "trusted/io/safetensors.h"
-#include "trusted/offload_backend.h"
+#include "trusted/offload/offload_backend.h"
 #include "trusted/trainer.h"
-#include "worker/faulty_worker.h"
+#include "eval/doubles/faulty_worker.h"
 #include "worker/local_worker.h"
 #include "test_util.h"
 

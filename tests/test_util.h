@@ -13,7 +13,7 @@
 #include <vector>
 
 #include "common/error.h"
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "trusted/io/safetensors.h"
 #include "trusted/model.h"
 #include "trusted/trainer.h"

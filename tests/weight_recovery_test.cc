@@ -10,13 +10,13 @@
 #include <cstdio>
 #include <vector>
 
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "test_util.h"
-#include "trusted/crypto/keys.h"
-#include "trusted/crypto/mask.h"
-#include "trusted/crypto/row_mix.h"
-#include "trusted/privacy/traced.h"
-#include "trusted/privacy/weight_recovery.h"
+#include "trusted/obfuscation/keys.h"
+#include "trusted/obfuscation/mask.h"
+#include "trusted/obfuscation/row_mix.h"
+#include "eval/measurements/traced.h"
+#include "eval/attacks/weight_recovery.h"
 
 namespace tempo {
 namespace {

@@ -10,11 +10,13 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
-#include "common/subprocess.h"
-#include "trusted/confidential.h"
+#include "eval/subprocess.h"
+#include "trusted/confidential/confidential.h"
 #include "trusted/io/file_util.h"
-#include "trusted/offload_backend.h"
-#include "worker/connect.h"
+#include "trusted/offload/offload_backend.h"
+#include "trusted/offload/workers.h"
+#include "trusted/train_step.h"
+#include "worker/backends.h"
 #include "worker/cuda/cuda_backend.h"
 
 #include <cstring>
@@ -68,7 +70,8 @@ class StepRunner {
         opt_(make_optimizer(OptimConfig{}, model_->parameters())),
         backend_(std::move(backend)),
         rng_(1),
-        ctx_{backend_ ? static_cast<LinearBackend*>(backend_.get()) : &tee_, &tee_, true, &rng_} {
+        ctx_{backend_ ? static_cast<LinearBackend*>(backend_.get()) : &tee_, &tee_, true, &rng_},
+        step_(*model_, *opt_, ctx_) {
     Shape xs = {c.batch};
     xs.insert(xs.end(), model_->input_shape.begin(), model_->input_shape.end());
     x_.resize(xs);
@@ -85,10 +88,7 @@ class StepRunner {
       const int64_t t0b = backend_ ? backend_->stats().trusted_bytes() : 0;
       const int64_t t0m = backend_ ? backend_->stats().bytes_sent + backend_->stats().bytes_received : 0;
       auto t = std::chrono::steady_clock::now();
-      cross_entropy(model_->forward(x_, ctx_), y_, &dlogits_);
-      model_->backward(dlogits_, ctx_);
-      opt_->step(0.01);
-      ctx_.offload->end_step();
+      step_.run(x_, y_, 0.01);
       const PhaseSeconds ph = ctx_.offload->take_phase_seconds();
       if (warmed_++ < warmup) continue;
       times_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
@@ -120,7 +120,8 @@ class StepRunner {
   TeeOnlyBackend tee_;
   Rng rng_;
   Context ctx_;
-  Tensor x_, dlogits_;
+  TrainStep step_;
+  Tensor x_;
   std::vector<int64_t> y_;
   std::vector<double> times_;
   PhaseSeconds sum_;
@@ -424,6 +425,35 @@ int run_confidential(const BenchConfig& cfg) {
   return 0;
 }
 
+// One configuration of the GPU table.
+struct GpuRow {
+  std::string label, mode, conv;
+  int threads;
+  bool hardened = true;  // the mask and row mixing (the defaults); false: key shift and checks only
+  bool mix = true;       // with hardened: the row mixing too
+};
+
+// A runner per row for case c, each warmed up by one step; tempo and offload
+// rows get one in-process worker on ro.local_backend.
+std::vector<std::unique_ptr<StepRunner>> gpu_runners(const Case& c, const std::vector<GpuRow>& rows,
+                                                     const RemoteOptions& ro) {
+  std::vector<std::unique_ptr<StepRunner>> runners;
+  for (const auto& r : rows) {
+    std::unique_ptr<OffloadBackend> be;
+    if (r.mode != "tee-only") {
+      OffloadConfig oc;
+      oc.insecure_identity = r.mode == "offload";
+      oc.verify.rounds = r.mode == "offload" ? 0 : 1;
+      if (!r.hardened) oc.mask_rank = oc.row_mix = 0;
+      if (!r.mix) oc.row_mix = 0;
+      be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());
+    }
+    runners.push_back(std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv));
+    runners.back()->run(1, 1);
+  }
+  return runners;
+}
+
 // The GPU table (scripts/gpu-check.sh): tempo with a worker on cfg.backend,
 // in-process, against tee-only on one core and on all cores, offload, and
 // PyTorch's own training on the same device; with the floors that bound
@@ -455,13 +485,7 @@ int run_gpu(const BenchConfig& cfg) {
   emit("| model | batch | configuration | ms/step | × tee-only 1 core | × tee-only all cores | trusted floor ms | "
        "transfer floor ms | worker ms |");
   emit("|---|---:|---|---:|---:|---:|---:|---:|---:|");
-  struct Row {
-    std::string label, mode, conv;
-    int threads;
-    bool hardened = true;  // the mask and row mixing (the defaults); false: key shift and checks only
-    bool mix = true;       // with hardened: the row mixing too
-  };
-  const std::vector<Row> rows = {{"tee-only, 1 core", "tee-only", "im2col", 1},
+  const std::vector<GpuRow> rows = {{"tee-only, 1 core", "tee-only", "im2col", 1},
                                  {"tee-only, all cores", "tee-only", "im2col", all},
                                  {"offload (insecure), im2col", "offload", "im2col", all},
                                  {"tempo, im2col, no mask, no mix", "tempo", "im2col", all, false},
@@ -471,20 +495,7 @@ int run_gpu(const BenchConfig& cfg) {
   for (const auto& m : cfg.models) {
     Case c = parse_case(m);
     const int steps = cfg.steps > 0 ? cfg.steps : 4;
-    std::vector<std::unique_ptr<StepRunner>> runners;
-    for (const auto& r : rows) {
-      std::unique_ptr<OffloadBackend> be;
-      if (r.mode != "tee-only") {
-        OffloadConfig oc;
-        oc.insecure_identity = r.mode == "offload";
-        oc.verify.rounds = r.mode == "offload" ? 0 : 1;
-        if (!r.hardened) oc.mask_rank = oc.row_mix = 0;
-        if (!r.mix) oc.row_mix = 0;
-        be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());
-      }
-      runners.push_back(std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv));
-      runners.back()->run(1, 1);
-    }
+    std::vector<std::unique_ptr<StepRunner>> runners = gpu_runners(c, rows, ro);
     for (int s = 0; s < steps; ++s)
       for (auto& run : runners) run->run(1);
     const double tee1 = runners[0]->result().median_ms, teeall = runners[1]->result().median_ms;

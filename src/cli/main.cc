@@ -1,4 +1,6 @@
 // `tempo`: the one binary. Subcommands: train, eval, predict, worker, privacy, owner, bench.
+// Built with TEMPO_MASTER_ONLY it is `tempo-master`, the master-only build:
+// train, eval, predict and owner, with no worker, evaluation or CUDA code.
 #include <CLI/CLI.hpp>
 
 #include <malloc.h>
@@ -12,6 +14,9 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/trainer.h"
+#ifndef TEMPO_MASTER_ONLY
+#include "eval/wiring.h"
+#endif
 
 namespace {
 
@@ -32,7 +37,12 @@ int main(int argc, char** argv) {
   mallopt(M_TRIM_THRESHOLD, 1 << 30);
   CLI::App app{
       "Tempo: confidential deep-learning training. A trusted master keeps data, weights and\n"
-      "keys; untrusted workers see only blinded matrix products, each result is checked.\n"};
+      "keys; untrusted workers see only blinded matrix products, each result is checked.\n"
+#ifdef TEMPO_MASTER_ONLY
+      "This is tempo-master, the master-only build (what an enclave runs): no workers of its\n"
+      "own (--workers HOST:PORT,... of `tempo worker` processes), no evaluation suites.\n"
+#endif
+  };
   app.require_subcommand(1);
   app.set_version_flag("--version", std::string("tempo ") + TEMPO_VERSION);
 
@@ -49,6 +59,7 @@ int main(int argc, char** argv) {
       "predict", "Write class probabilities of a saved model for a data set (secure inference)");
   tempo::cli::add_predict_flags(*predict, predict_cfg);
 
+#ifndef TEMPO_MASTER_ONLY
   tempo::cli::WorkerConfig worker_cfg;
   CLI::App* worker = app.add_subcommand(
       "worker", "Serve as an untrusted worker: multiply the blinded matrices masters send (gRPC)");
@@ -57,18 +68,24 @@ int main(int argc, char** argv) {
   tempo::cli::PrivacyConfig privacy_cfg;
   CLI::App* privacy = app.add_subcommand(
       "privacy",
-      "Measure what the protection achieves: the integrity check, what ciphertext values reveal, label recovery");
+      "Measure what the protection achieves, attack by attack (--suite integrity | mi | labels | stealing | inputs "
+      "| weights)");
   tempo::cli::add_privacy_flags(*privacy, privacy_cfg);
+#endif
 
   tempo::cli::OwnerConfig owner_cfg;
   CLI::App* owner = app.add_subcommand(
       "owner", "The data owner's tools: keys, encrypted data, key release to an attested master, model decryption");
   tempo::cli::add_owner_commands(*owner, owner_cfg);
 
+#ifndef TEMPO_MASTER_ONLY
   tempo::cli::BenchConfig bench_cfg;
   CLI::App* bench = app.add_subcommand(
-      "bench", "Time training steps in tee-only mode against PyTorch on the same threads");
+      "bench", "Time training steps: tee-only against PyTorch, tempo's phases, the hardenings' cost, remote and GPU "
+      "workers (--suite)");
   tempo::cli::add_bench_flags(*bench, bench_cfg);
+  tempo::install_local_workers();
+#endif
 
   try {
     app.parse(argc, argv);
@@ -81,9 +98,11 @@ int main(int argc, char** argv) {
     if (*train) return tempo::cli::run_train(train_cfg);
     if (*eval) return tempo::cli::run_eval(eval_cfg);
     if (*predict) return tempo::cli::run_predict(predict_cfg);
+#ifndef TEMPO_MASTER_ONLY
     if (*bench) return tempo::cli::run_bench(bench_cfg);
     if (*worker) return tempo::cli::run_worker(worker_cfg);
     if (*privacy) return tempo::cli::run_privacy(privacy_cfg);
+#endif
     if (*owner) return tempo::cli::run_owner(*owner, owner_cfg);
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());

@@ -14,9 +14,9 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
-#include "trusted/confidential.h"
-#include "trusted/crypto/attestation.h"
-#include "trusted/crypto/container.h"
+#include "trusted/confidential/confidential.h"
+#include "trusted/confidential/attestation.h"
+#include "trusted/confidential/container.h"
 #include "trusted/io/file_util.h"
 #include "trusted/io/safetensors.h"
 

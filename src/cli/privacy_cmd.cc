@@ -16,16 +16,16 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
-#include "common/progress.h"
+#include "trusted/progress.h"
 #include "trusted/io/file_util.h"
-#include "common/rng.h"
-#include "trusted/privacy/input_recovery.h"
-#include "trusted/offload_backend.h"
-#include "trusted/privacy/integrity.h"
-#include "trusted/privacy/label_attack.h"
-#include "trusted/privacy/model_stealing.h"
-#include "trusted/privacy/mutual_info.h"
-#include "trusted/privacy/weight_recovery.h"
+#include "trusted/rng.h"
+#include "eval/attacks/input_recovery.h"
+#include "trusted/offload/offload_backend.h"
+#include "eval/measurements/integrity.h"
+#include "eval/attacks/label_attack.h"
+#include "eval/attacks/model_stealing.h"
+#include "eval/measurements/mutual_info.h"
+#include "eval/attacks/weight_recovery.h"
 
 #include <cmath>
 
@@ -184,10 +184,18 @@ int run_stealing(const PrivacyConfig& c) {
   return 0;
 }
 
-int run_inputs(const PrivacyConfig& c) {
-  Report rep;
-  const TrainConfig t = measured_run(c);
-  const int64_t step = 5;
+// A value with three decimals, as the tables print it.
+std::string f3(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3f", v);
+  return std::string(b);
+}
+
+// An integer, as the tables print it.
+std::string i64(int64_t v) { return std::to_string(v); }
+
+// The first inputs table: images rebuilt from first-layer patches and feature maps, with and without keys.
+void emit_input_recovery(Report& rep, const PrivacyConfig& c, const TrainConfig& t, int64_t step) {
   rep.emit("### Input recovery from what a worker receives");
   rep.emit("");
   rep.emit("`" + c.model + "` on " + c.data + ", the batch of training step " + std::to_string(step) +
@@ -225,6 +233,11 @@ int run_inputs(const PrivacyConfig& c) {
   rep.emit("By default the first layer stays in the master: its patches never reach a worker. Channel mode never "
            "applies to the first layer and in `cnn` applies to no layer unless --channel-from is 1.");
   rep.emit("");
+}
+
+// The zero-pattern table: what the zeros of the second convolution's operand give away, by mask rank.
+void emit_zero_jigsaw(Report& rep, const PrivacyConfig& c, const TrainConfig& t, int64_t step) {
+  char buf[4096];
   // The default configuration's first offloaded product: what its zeros give away.
   const std::vector<ZeroJigsawResult> zs = measure_zero_jigsaw(t, step, c.seed, c.mask_ranks);
   const ZeroJigsawResult& z = zs.front();
@@ -261,12 +274,6 @@ int run_inputs(const PrivacyConfig& c) {
     for (const auto& x : zs) line += " " + cell(x) + " |";
     rep.emit(line + " " + chance + " |");
   };
-  auto f3 = [](double v) {
-    char b[32];
-    std::snprintf(b, sizeof b, "%.3f", v);
-    return std::string(b);
-  };
-  auto i64 = [](int64_t v) { return std::to_string(v); };
   row("zeros: fraction of entries the worker takes for zeros", [&](const auto& x) { return f3(x.pattern_fraction); },
       f3(z.zero_fraction) + " are");
   row("zeros: precision, recall of that guess", [&](const auto& x) {
@@ -302,12 +309,11 @@ int run_inputs(const PrivacyConfig& c) {
       [&](const auto& x) { return f3(x.largest_fragment); }, "1 (whole image)");
   row("positions in fragments of 10 or more", [&](const auto& x) { return f3(x.in_fragments_10); }, "1");
   rep.emit("");
-  // The mask's row space, from the image background; and the row mixing.
-  const OffloadConfig dflt;
-  const std::vector<MaskSubspaceResult> ms =
-      measure_mask_subspace(t, step, c.seed,
-                            {{dflt.mask_rank, 0}, {0, dflt.row_mix}, {16, dflt.row_mix}, {32, dflt.row_mix},
-                             {dflt.mask_rank, dflt.row_mix}, {dflt.mask_rank, dflt.row_mix, 8}});
+}
+
+// The mask-subspace table's description and header: one column per blinding case.
+void emit_mask_subspace_head(Report& rep, const std::vector<MaskSubspaceResult>& ms, const OffloadConfig& dflt) {
+  char buf[4096];
   rep.emit("#### The mask's row space, from repeated rows; and row mixing");
   rep.emit("");
   std::snprintf(buf, sizeof buf,
@@ -340,6 +346,10 @@ int run_inputs(const PrivacyConfig& c) {
   }
   rep.emit(mhead);
   rep.emit(mrule);
+}
+
+// The mask-subspace table's rows, one cell per blinding case.
+void emit_mask_subspace_rows(Report& rep, const std::vector<MaskSubspaceResult>& ms) {
   auto mrow = [&](const std::string& label, const std::function<std::string(const MaskSubspaceResult&)>& cell) {
     std::string line = "| " + label + " |";
     for (const auto& x : ms) line += " " + cell(x) + " |";
@@ -397,21 +407,35 @@ int run_inputs(const PrivacyConfig& c) {
            "without a mask shows what the mixing alone leaves: d is the group's size, and the exact rows of A come "
            "out. With a mask, d − 1 is the group's size plus the subspace's dimension, more zeros than a random "
            "choice of columns ever hits in one row.");
+}
+
+// The mask-subspace table: the mask's row space from repeated rows, and the row mixing.
+void emit_mask_subspace(Report& rep, const TrainConfig& t, int64_t step, uint64_t seed) {
+  // The mask's row space, from the image background; and the row mixing.
+  const OffloadConfig dflt;
+  const std::vector<MaskSubspaceResult> ms =
+      measure_mask_subspace(t, step, seed,
+                            {{dflt.mask_rank, 0}, {0, dflt.row_mix}, {16, dflt.row_mix}, {32, dflt.row_mix},
+                             {dflt.mask_rank, dflt.row_mix}, {dflt.mask_rank, dflt.row_mix, 8}});
+  emit_mask_subspace_head(rep, ms, dflt);
+  emit_mask_subspace_rows(rep, ms);
+}
+
+int run_inputs(const PrivacyConfig& c) {
+  Report rep;
+  const TrainConfig t = measured_run(c);
+  const int64_t step = 5;
+  emit_input_recovery(rep, c, t, step);
+  emit_zero_jigsaw(rep, c, t, step);
+  emit_mask_subspace(rep, t, step, c.seed);
   rep.write(c.table);
   return 0;
 }
 
-int run_weights(const PrivacyConfig& c) {
+// The weights tables: recovery per layer and key set, and the test accuracy of the assembled models.
+void emit_weight_recovery(Report& rep, const PrivacyConfig& c, const WeightRecoveryConfig& w,
+                          const WeightRecoveryReport& r) {
   char buf[4096];
-  Report rep;
-  WeightRecoveryConfig w;
-  w.train = measured_run(c);
-  w.seed = c.seed;
-  w.steps = c.weight_steps;
-  w.window = c.weight_window;
-  if (w.window > w.steps) throw Error("--window (" + std::to_string(w.window) + ") must not exceed --steps (" +
-                                      std::to_string(w.steps) + ")");
-  const WeightRecoveryReport r = measure_weight_recovery(w);
   rep.emit("### Weight recovery from the weight ciphertexts (no keys)");
   rep.emit("");
   std::snprintf(buf, sizeof buf,
@@ -465,14 +489,11 @@ int run_weights(const PrivacyConfig& c) {
   }
   std::snprintf(buf, sizeof buf, "| chance | %.4f |", r.chance);
   rep.emit(buf);
-  // The hardening's cost, measured here: tempo-mode steps through one
-  // in-process worker with and without the key shift, alternated (this
-  // machine's speed drifts), on synthetic data of the model's shape; for
-  // `cnn` only (other models' steps are measured by `tempo bench`).
-  if (c.model != "cnn") {
-    rep.write(c.table);
-    return 0;
-  }
+}
+
+// The hardening's cost table: ms per tempo-mode step with and without the key shift (and with --col-mix).
+void emit_hardening_cost(Report& rep, const PrivacyConfig& c, int col_mix) {
+  char buf[4096];
   TrainConfig t = measured_run(c);
   t.mode = "tempo";
   t.workers = "local:1";
@@ -484,8 +505,8 @@ int run_weights(const PrivacyConfig& c) {
   for (int round = 0; round < 3; ++round)
     for (int conf = 0; conf < 3; ++conf) {
       t.offload.key_shift = conf != 1;
-      t.offload.col_mix = conf == 2 ? r.col_mix : 0;
-      if (conf == 2 && r.col_mix == 0) continue;
+      t.offload.col_mix = conf == 2 ? col_mix : 0;
+      if (conf == 2 && col_mix == 0) continue;
       const TrainResult tr = train(t);
       ms[conf].push_back(1e3 * tr.seconds / static_cast<double>(tr.steps));
     }
@@ -505,9 +526,27 @@ int run_weights(const PrivacyConfig& c) {
   std::snprintf(buf, sizeof buf, "| --no-key-shift | %.1f | %.2f |", med(ms[1]), med(ms[1]) / med(ms[0]));
   rep.emit(buf);
   if (!ms[2].empty()) {
-    std::snprintf(buf, sizeof buf, "| --col-mix %d | %.1f | %.2f |", r.col_mix, med(ms[2]), med(ms[2]) / med(ms[0]));
+    std::snprintf(buf, sizeof buf, "| --col-mix %d | %.1f | %.2f |", col_mix, med(ms[2]), med(ms[2]) / med(ms[0]));
     rep.emit(buf);
   }
+}
+
+int run_weights(const PrivacyConfig& c) {
+  Report rep;
+  WeightRecoveryConfig w;
+  w.train = measured_run(c);
+  w.seed = c.seed;
+  w.steps = c.weight_steps;
+  w.window = c.weight_window;
+  if (w.window > w.steps) throw Error("--window (" + std::to_string(w.window) + ") must not exceed --steps (" +
+                                      std::to_string(w.steps) + ")");
+  const WeightRecoveryReport r = measure_weight_recovery(w);
+  emit_weight_recovery(rep, c, w, r);
+  // The hardening's cost, measured here: tempo-mode steps through one
+  // in-process worker with and without the key shift, alternated (this
+  // machine's speed drifts), on synthetic data of the model's shape; for
+  // `cnn` only (other models' steps are measured by `tempo bench`).
+  if (c.model == "cnn") emit_hardening_cost(rep, c, r.col_mix);
   rep.write(c.table);
   return 0;
 }

@@ -6,7 +6,7 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
-#include "trusted/confidential.h"
+#include "trusted/confidential/confidential.h"
 #include "trusted/io/safetensors.h"
 
 #include <fstream>

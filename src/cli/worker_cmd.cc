@@ -1,4 +1,5 @@
 // `tempo worker`: an untrusted compute service for masters' blinded products.
+#include <atomic>
 #include <csignal>
 #include <cstdio>
 #include <fstream>
@@ -6,8 +7,9 @@
 #include "cli/commands.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "eval/doubles/faulty_worker.h"
 #include "wire/remote_worker.h"
-#include "worker/connect.h"
+#include "worker/backends.h"
 #include "worker/cuda/cuda_backend.h"
 #include "worker/grpc_server.h"
 
@@ -89,9 +91,14 @@ int run_worker(const WorkerConfig& c) {
   o.node.max_sessions = c.max_sessions;
   o.node.log = !c.quiet;
   if (c.lie_rate > 0) {
-    o.node.lie = parse_tamper(c.lie_kind);
-    o.node.lie_rate = c.lie_rate;
-    o.node.lie_seed = c.lie_seed;
+    // A liar is the production worker with its backend wrapped: session n
+    // lies from seed lie_seed + n.
+    const Tamper how = parse_tamper(c.lie_kind);
+    auto sessions = std::make_shared<std::atomic<uint64_t>>(0);
+    o.node.make_backend = [backend, how, c, sessions](bool tf32) {
+      auto honest = make_backend(backend, tf32);
+      return make_tampering_backend(std::move(honest), how, c.lie_rate, c.lie_seed + (*sessions)++);
+    };
     std::fprintf(stderr, "tempo worker: WARNING: --lie-rate %.3g: this worker returns WRONG results on purpose "
                          "(testing only)\n", c.lie_rate);
   }

@@ -1,4 +1,4 @@
-// A large memory copy spread over the trusted side's threads (--threads):
+// A large memory copy spread over this process's threads (--threads, either side):
 // one core's memcpy does not saturate the memory bus, and for copies into
 // pinned staging memory (the CUDA worker) it is what limits the transfer.
 // Pieces of 256 KiB; a copy of at most one piece stays on the calling thread.

@@ -1,4 +1,4 @@
-// Thread control for the trusted side. One knob (--threads) sets both our own
+// Thread control, on either side of the boundary. One knob (--threads) sets both our own
 // OpenMP loops and OpenBLAS, so that a run's arithmetic, and with it its
 // bitwise result, is a function of the thread count alone.
 #pragma once

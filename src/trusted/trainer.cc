@@ -10,10 +10,11 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
-#include "common/progress.h"
-#include "trusted/confidential.h"
+#include "trusted/progress.h"
+#include "trusted/confidential/confidential.h"
 #include "trusted/io/file_util.h"
-#include "worker/connect.h"
+#include "trusted/train_step.h"
+#include "trusted/offload/workers.h"
 
 #include <nlohmann/json.hpp>
 
@@ -194,169 +195,223 @@ std::unique_ptr<Model> prepare_model(const TrainConfig& cfg) {
   return model;
 }
 
-TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
-  TEMPO_CHECK(cfg.batch_size > 0, "--batch-size must be positive");
-  TEMPO_CHECK(cfg.epochs > 0, "--epochs must be positive");
-  TEMPO_CHECK(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
-  TEMPO_CHECK(cfg.checkpoint_every >= 0, "--checkpoint-every must be positive");
+namespace {
+
+// Fails now, not after hours of training, when an output cannot be written.
+void check_outputs_writable(const TrainConfig& cfg) {
   for (const std::string* out : {&cfg.save, cfg.checkpoint_every > 0 ? &cfg.checkpoint : nullptr}) {
     if (!out || out->empty()) continue;
-    // Fail now, not after hours of training.
     std::string dir = out->substr(0, out->find_last_of('/') == std::string::npos ? 0 : out->find_last_of('/'));
     if (dir.empty()) dir = (*out)[0] == '/' ? "/" : ".";
     TEMPO_CHECK(access(dir.c_str(), W_OK) == 0,
           "cannot write '" + *out + "': directory '" + dir + "' does not exist or is not writable");
   }
-  set_num_threads(cfg.threads);
+}
 
-  auto model = prepare_model(cfg);
-  auto optim = make_optimizer(cfg.optim, model->parameters());
-  const bool sealed = cfg.checkpoint_every > 0 || !cfg.resume.empty();
-  const std::string encrypted = encrypted_data_path(cfg.data);
+// One training job: its model, optimizer, data, backend and sealed state.
+class TrainingJob {
+ public:
+  TrainingJob(const TrainConfig& cfg, LinearBackend* injected);
+  TrainResult run();
+
+ private:
+  void restore_or_start();
+  void load_data();
+  // One epoch's steps; false when training stops inside it (Ctrl-C).
+  bool run_epoch(int epoch);
+  void evaluate_epoch(int epoch);
+  void checkpoint(int epoch, int64_t in_epoch);
+  void save_after_failure();
+
+  const TrainConfig& cfg_;
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<Optimizer> optim_;
+  const bool sealed_, resumed_;
+  const std::string encrypted_;
+  nlohmann::json config_;
+  SymKey seal_key_;
+  RunState st_;
+  Dataset data_;
+  std::unique_ptr<LinearBackend> owned_;
+  LinearBackend* backend_ = nullptr;
+  TeeOnlyBackend local_;
+  OptimConfig ocfg_;
+  Rng dropout_rng_;
+  TrainResult res_;
+  double train_seconds_ = 0;
+  MetricsLog* metrics_ = nullptr;  // run()'s
+  BatchLoader* loader_ = nullptr;  // run()'s
+  Tensor x_;
+  std::vector<int64_t> y_;
+};
+
+TrainingJob::TrainingJob(const TrainConfig& cfg, LinearBackend* injected)
+    : cfg_(cfg),
+      model_(prepare_model(cfg)),
+      optim_(make_optimizer(cfg.optim, model_->parameters())),
+      sealed_(cfg.checkpoint_every > 0 || !cfg.resume.empty()),
+      resumed_(!cfg.resume.empty()),
+      encrypted_(encrypted_data_path(cfg.data)),
+      dropout_rng_(Rng::derive(cfg.seed, 0xd509)) {
   // The measured configuration (hashes --init and reads headers): only what
   // a report or a checkpoint needs.
-  const nlohmann::json config = sealed || !encrypted.empty() ? run_config(cfg) : nlohmann::json::object();
-  const SymKey seal_key = sealed ? sealing_key(cfg.sealing_key, cfg.resume.empty()) : SymKey{};
-  RunState st;
-  const bool resumed = !cfg.resume.empty();
-  if (resumed) {
-    st = read_checkpoint(cfg.resume, seal_key, config, *model, *optim);
-    if (st.threads != num_threads())
+  config_ = sealed_ || !encrypted_.empty() ? run_config(cfg) : nlohmann::json::object();
+  seal_key_ = sealed_ ? sealing_key(cfg.sealing_key, cfg.resume.empty()) : SymKey{};
+  restore_or_start();
+  load_data();
+  if (!injected) owned_ = make_backend(cfg, &st_.secret);
+  backend_ = injected ? injected : owned_.get();
+  if (resumed_) backend_->set_key_position(st_.key_position);
+  ocfg_ = cfg.optim;
+  ocfg_.total_epochs = cfg.epochs;
+  if (resumed_) dropout_rng_.set_state(st_.dropout_rng);
+  res_.steps = st_.step;
+  res_.resumed_after = st_.step;
+  res_.epochs_completed = st_.epoch - 1;
+}
+
+void TrainingJob::restore_or_start() {
+  if (resumed_) {
+    st_ = read_checkpoint(cfg_.resume, seal_key_, config_, *model_, *optim_);
+    if (st_.threads != num_threads())
       std::fprintf(stderr, "tempo: warning: the checkpoint was made with %d threads, this run has %d: the result "
-                   "will differ from an uninterrupted run in rounding\n", st.threads, num_threads());
-    std::fprintf(stderr, "tempo: resuming %s after step %lld (epoch %d, batch %lld)\n", cfg.resume.c_str(),
-                 static_cast<long long>(st.step), st.epoch, static_cast<long long>(st.in_epoch));
+                   "will differ from an uninterrupted run in rounding\n", st_.threads, num_threads());
+    std::fprintf(stderr, "tempo: resuming %s after step %lld (epoch %d, batch %lld)\n", cfg_.resume.c_str(),
+                 static_cast<long long>(st_.step), st_.epoch, static_cast<long long>(st_.in_epoch));
   } else {
-    st.secret = run_secret(cfg);
+    st_.secret = run_secret(cfg_);
   }
-  st.threads = num_threads();
+  st_.threads = num_threads();
+}
 
-  TEMPO_CHECK(encrypted.empty() || !cfg.owner_key.empty(),
-              "--data " + cfg.data + " is encrypted: pass the owner's public key (--owner-key FILE) so that the "
+void TrainingJob::load_data() {
+  TEMPO_CHECK(encrypted_.empty() || !cfg_.owner_key.empty(),
+              "--data " + cfg_.data + " is encrypted: pass the owner's public key (--owner-key FILE) so that the "
               "owner's key release can be checked and the model encrypted to the owner");
-  Dataset data;
-  if (encrypted.empty()) {
-    data = load_dataset(cfg.data, model->input_shape, cfg.seed);
-  } else {
-    lock_memory();
-    if (!st.data_key) st.data_key = await_data_key(cfg, config);
-    const auto td = Clock::now();
-    data = load_encrypted_dataset(encrypted, *st.data_key, model->input_shape);
-    std::fprintf(stderr, "tempo: decrypted the data set in memory in %.2f s\n", since(td));
+  if (encrypted_.empty()) {
+    data_ = load_dataset(cfg_.data, model_->input_shape, cfg_.seed);
+    return;
   }
-  std::unique_ptr<LinearBackend> owned;
-  if (!injected) owned = make_backend(cfg, &st.secret);
-  LinearBackend* backend = injected ? injected : owned.get();
-  if (resumed) backend->set_key_position(st.key_position);
-  TeeOnlyBackend local;
-  MetricsLog metrics(cfg.metrics, resumed ? st.step : -1, st.epoch);
-  OptimConfig ocfg = cfg.optim;
-  ocfg.total_epochs = cfg.epochs;
+  lock_memory();
+  if (!st_.data_key) st_.data_key = await_data_key(cfg_, config_);
+  const auto td = Clock::now();
+  data_ = load_encrypted_dataset(encrypted_, *st_.data_key, model_->input_shape);
+  std::fprintf(stderr, "tempo: decrypted the data set in memory in %.2f s\n", since(td));
+}
 
+void TrainingJob::checkpoint(int epoch, int64_t in_epoch) {
+  st_.step = res_.steps;
+  st_.epoch = epoch;
+  st_.in_epoch = in_epoch;
+  st_.dropout_rng = dropout_rng_.state();
+  st_.key_position = backend_->key_position();
+  write_checkpoint(cfg_.checkpoint, seal_key_, config_, *model_, *optim_, st_);
+}
+
+bool TrainingJob::run_epoch(int epoch) {
+  const double lr = lr_for_epoch(ocfg_, epoch);
+  Context ctx{backend_, &local_, true, &dropout_rng_};
+  TrainStep step(*model_, *optim_, ctx);
+  BatchLoader& loader = *loader_;
+  loader.start_epoch(epoch);
+  int64_t in_epoch = 0;
+  if (resumed_ && epoch == st_.epoch) {
+    in_epoch = std::min(st_.in_epoch, loader.num_batches());
+    loader.skip(in_epoch);
+  }
+  int64_t total = loader.num_batches();
+  if (cfg_.steps > 0) total = std::min(total, in_epoch + cfg_.steps - res_.steps);
+  Progress bar("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg_.epochs), total, cfg_.progress);
+  if (in_epoch > 0) bar.update(in_epoch, "resumed");
+  const auto te = Clock::now();
+  while (in_epoch < total && loader.next(x_, y_)) {
+    const auto ts = Clock::now();
+    const double loss = step.run(x_, y_, lr);
+    ++res_.steps;
+    ++in_epoch;
+    res_.last_loss = loss;
+    metrics_->step(res_.steps, epoch, loss, lr, backend_->take_phase_seconds(), since(ts));
+    if (cfg_.checkpoint_every > 0 && (res_.steps % cfg_.checkpoint_every == 0 || g_stop_requested))
+      checkpoint(epoch, in_epoch);
+    bar.update(in_epoch, "loss " + fmt("%.4f", loss));
+    if (g_stop_requested) break;
+  }
+  train_seconds_ += since(te);
+  bar.finish();
+  if (!g_stop_requested) return true;
+  res_.interrupted = true;
+  std::fprintf(stderr, "tempo: interrupted after step %lld%s\n", static_cast<long long>(res_.steps),
+               cfg_.checkpoint_every > 0 ? ("; continue with --resume " + cfg_.checkpoint).c_str() : "");
+  return false;
+}
+
+void TrainingJob::evaluate_epoch(int epoch) {
+  if (data_.test_y.empty()) {
+    metrics_->epoch(epoch, nullptr);
+    return;
+  }
+  // At the training batch size: every buffer of the step (layers, blinding,
+  // ciphertexts) is reused as it is, so evaluating adds no memory.
+  res_.test = evaluate(*model_, data_, cfg_.batch_size, *backend_, cfg_.progress);
+  res_.evaluated = true;
+  metrics_->epoch(epoch, &res_.test);
+  std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
+               res_.test.accuracy, static_cast<long long>(res_.test.correct),
+               static_cast<long long>(res_.test.samples), res_.test.loss);
+}
+
+// A step failed (e.g. no worker left with --no-fallback): the weights are
+// those of the last completed step; keep them if asked.
+void TrainingJob::save_after_failure() {
+  if (cfg_.save.empty() || res_.steps == 0) return;
+  save_model(cfg_, *model_);
+  std::fprintf(stderr, "tempo: saved %s (after step %lld, the last completed)\n", cfg_.save.c_str(),
+               static_cast<long long>(res_.steps));
+}
+
+TrainResult TrainingJob::run() {
+  MetricsLog metrics(cfg_.metrics, resumed_ ? st_.step : -1, st_.epoch);
+  metrics_ = &metrics;
+  BatchLoader loader(data_, true, cfg_.batch_size, cfg_.shuffle, cfg_.seed);
+  loader_ = &loader;
   std::fprintf(stderr, "tempo: %s (%lld parameters), %s, mode %s, %d threads, batch %lld, %s\n",
-               cfg.model.c_str(), static_cast<long long>(model->parameter_count()),
-               data.description.c_str(), cfg.mode.c_str(), num_threads(),
-               static_cast<long long>(cfg.batch_size), cfg.optim.kind.c_str());
-
-  Rng dropout_rng = Rng::derive(cfg.seed, 0xd509);
-  if (resumed) dropout_rng.set_state(st.dropout_rng);
-  Context ctx{backend, &local, true, &dropout_rng};
-  BatchLoader loader(data, true, cfg.batch_size, cfg.shuffle, cfg.seed);
-  Tensor x, dlogits;
-  std::vector<int64_t> y;
-  TrainResult res;
-  res.steps = st.step;
-  res.resumed_after = st.step;
-  res.epochs_completed = st.epoch - 1;
-  double train_seconds = 0;
-  auto checkpoint = [&](int epoch, int64_t in_epoch) {
-    st.step = res.steps;
-    st.epoch = epoch;
-    st.in_epoch = in_epoch;
-    st.dropout_rng = dropout_rng.state();
-    st.key_position = backend->key_position();
-    write_checkpoint(cfg.checkpoint, seal_key, config, *model, *optim, st);
-  };
-
+               cfg_.model.c_str(), static_cast<long long>(model_->parameter_count()),
+               data_.description.c_str(), cfg_.mode.c_str(), num_threads(),
+               static_cast<long long>(cfg_.batch_size), cfg_.optim.kind.c_str());
   try {
-    for (int epoch = st.epoch; epoch <= cfg.epochs; ++epoch) {
-      const double lr = lr_for_epoch(ocfg, epoch);
-      loader.start_epoch(epoch);
-      int64_t in_epoch = 0;
-      if (resumed && epoch == st.epoch) {
-        in_epoch = std::min(st.in_epoch, loader.num_batches());
-        loader.skip(in_epoch);
-      }
-      int64_t total = loader.num_batches();
-      if (cfg.steps > 0) total = std::min(total, in_epoch + cfg.steps - res.steps);
-      Progress bar("epoch " + std::to_string(epoch) + "/" + std::to_string(cfg.epochs), total,
-                   cfg.progress);
-      if (in_epoch > 0) bar.update(in_epoch, "resumed");
-      const auto te = Clock::now();
-      while (in_epoch < total && loader.next(x, y)) {
-        const auto ts = Clock::now();
-        ctx.training = true;
-        const Tensor& logits = model->forward(x, ctx);
-        const double loss = cross_entropy(logits, y, &dlogits);
-        TEMPO_CHECK(std::isfinite(loss), "training diverged: the loss is " + fmt("%g", loss) +
-                                       " at step " + std::to_string(res.steps + 1) +
-                                       "; lower --lr");
-        model->backward(dlogits, ctx);
-        optim->step(lr);
-        backend->end_step();
-        ++res.steps;
-        ++in_epoch;
-        res.last_loss = loss;
-        metrics.step(res.steps, epoch, loss, lr, backend->take_phase_seconds(), since(ts));
-        if ((cfg.checkpoint_every > 0 && res.steps % cfg.checkpoint_every == 0) ||
-            (g_stop_requested && cfg.checkpoint_every > 0))
-          checkpoint(epoch, in_epoch);
-        bar.update(in_epoch, "loss " + fmt("%.4f", loss));
-        if (g_stop_requested) break;
-      }
-      train_seconds += since(te);
-      bar.finish();
-      if (g_stop_requested) {
-        res.interrupted = true;
-        std::fprintf(stderr, "tempo: interrupted after step %lld%s\n", static_cast<long long>(res.steps),
-                     cfg.checkpoint_every > 0 ? ("; continue with --resume " + cfg.checkpoint).c_str() : "");
-        break;
-      }
-      res.epochs_completed = epoch;
-      const bool last = epoch == cfg.epochs || (cfg.steps > 0 && res.steps >= cfg.steps);
-      if (!data.test_y.empty()) {
-        // At the training batch size: every buffer of the step (layers, blinding,
-        // ciphertexts) is reused as it is, so evaluating adds no memory.
-        res.test = evaluate(*model, data, cfg.batch_size, *backend, cfg.progress);
-        res.evaluated = true;
-        metrics.epoch(epoch, &res.test);
-        std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
-                     res.test.accuracy, static_cast<long long>(res.test.correct),
-                     static_cast<long long>(res.test.samples), res.test.loss);
-      } else {
-        metrics.epoch(epoch, nullptr);
-      }
+    for (int epoch = st_.epoch; epoch <= cfg_.epochs; ++epoch) {
+      if (!run_epoch(epoch)) break;
+      res_.epochs_completed = epoch;
+      const bool last = epoch == cfg_.epochs || (cfg_.steps > 0 && res_.steps >= cfg_.steps);
+      evaluate_epoch(epoch);
       if (last) break;
     }
   } catch (const Error&) {
-    // A step failed (e.g. no worker left with --no-fallback): the weights are
-    // those of the last completed step; keep them if asked, then report.
-    if (!cfg.save.empty() && res.steps > 0) {
-      save_model(cfg, *model);
-      std::fprintf(stderr, "tempo: saved %s (after step %lld, the last completed)\n", cfg.save.c_str(),
-                   static_cast<long long>(res.steps));
-    }
+    save_after_failure();
     throw;
   }
-  res.seconds = train_seconds;
-  res.peak_rss_bytes = peak_rss_bytes();
-  metrics.summary(res, cfg.mode);
-  if (!cfg.save.empty()) {
-    save_model(cfg, *model);
-    std::fprintf(stderr, "tempo: saved %s%s\n", cfg.save.c_str(),
-                 cfg.owner_key.empty() ? "" : " (encrypted to the owner's key)");
+  res_.seconds = train_seconds_;
+  res_.peak_rss_bytes = peak_rss_bytes();
+  metrics.summary(res_, cfg_.mode);
+  if (!cfg_.save.empty()) {
+    save_model(cfg_, *model_);
+    std::fprintf(stderr, "tempo: saved %s%s\n", cfg_.save.c_str(),
+                 cfg_.owner_key.empty() ? "" : " (encrypted to the owner's key)");
   }
-  return res;
+  return res_;
+}
+
+}  // namespace
+
+TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
+  TEMPO_CHECK(cfg.batch_size > 0, "--batch-size must be positive");
+  TEMPO_CHECK(cfg.epochs > 0, "--epochs must be positive");
+  TEMPO_CHECK(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
+  TEMPO_CHECK(cfg.checkpoint_every >= 0, "--checkpoint-every must be positive");
+  check_outputs_writable(cfg);
+  set_num_threads(cfg.threads);
+  TrainingJob job(cfg, injected);
+  return job.run();
 }
 
 }  // namespace tempo

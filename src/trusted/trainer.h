@@ -10,7 +10,7 @@
 
 #include "trusted/data/dataset.h"
 #include "trusted/model.h"
-#include "trusted/offload_backend.h"
+#include "trusted/offload/offload_backend.h"
 #include "wire/remote_worker.h"
 #include "trusted/optim/optimizer.h"
 
@@ -82,7 +82,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* backend = nullptr);
 std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats);
-// with `progress`, shows its progress on stderr (common/progress.h).
+// with `progress`, shows its progress on stderr (trusted/progress.h).
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend,
                     bool progress = false);
 

@@ -1,5 +1,5 @@
 // The trust boundary, in types. Workers accept only CipherMatrix, and only
-// the obfuscator (src/trusted/crypto/obfuscator.h) can make one: its
+// the obfuscator (src/trusted/obfuscation/obfuscator.h) can make one: its
 // constructor takes a Seal, which only the Obfuscator can construct. So
 // handing a plaintext Tensor, or a Matrix built from one, to a worker does
 // not compile (tests/compile_fail proves it). What a worker returns is an

@@ -1,6 +1,6 @@
 // Transcripts: every tensor a worker received and returned, as it saw them
 // (ciphertext). Written by `tempo worker --record DIR` for the privacy
-// measurements (evaluation only), read by src/trusted/privacy.
+// measurements (evaluation only), read by src/eval/measurements and src/eval/attacks.
 //
 // Format of a .tempotx file: records one after another, each a 32-byte
 // little-endian header {char magic[4] = "TTX1"; uint8 received (1: sent by

@@ -56,13 +56,6 @@ WorkerNode::WorkerNode(WorkerNodeOptions opts) : opts_(std::move(opts)) {
   TEMPO_CHECK(static_cast<bool>(opts_.make_backend), "worker: no compute backend");
 }
 
-std::unique_ptr<ComputeBackend> WorkerNode::make_backend(bool tf32) {
-  auto b = opts_.make_backend(tf32);
-  if (opts_.lie != Tamper::kNone && opts_.lie_rate > 0)
-    b = make_tampering_backend(std::move(b), opts_.lie, opts_.lie_rate, opts_.lie_seed + opened_);
-  return b;
-}
-
 void WorkerNode::log(const std::string& line) const {
   if (opts_.log) std::fprintf(stderr, "tempo worker: %s\n", line.c_str());
 }
@@ -94,8 +87,7 @@ wire::HelloReply WorkerNode::hello(const wire::HelloRequest& req, const std::str
   if (static_cast<int>(sessions_.size()) >= opts_.max_sessions)
     throw NodeError(NodeError::Kind::kTooManySessions,
                     "worker is serving its maximum of " + std::to_string(opts_.max_sessions) + " sessions");
-  auto s = std::make_shared<Session>(make_backend(req.tf32()), opts_.quota_bytes);
-  ++opened_;
+  auto s = std::make_shared<Session>(opts_.make_backend(req.tf32()), opts_.quota_bytes);
   s->id = random_id();
   s->client = req.client().substr(0, 200) + " from " + peer;
   s->last_used_ms = steady_ms();

@@ -18,7 +18,6 @@
 #include "wire/proto/worker.pb.h"
 #include "wire/tensor_codec.h"
 #include "worker/transcript.h"
-#include "worker/faulty_worker.h"
 #include "worker/worker_service.h"
 
 namespace tempo {
@@ -32,10 +31,6 @@ struct WorkerNodeOptions {
   size_t quota_bytes = size_t{8} << 30;   // per session
   int idle_timeout_s = 300;               // a silent session is dropped after this
   int max_sessions = 16;
-  // Testing only: lie in a fraction of results (see TamperingWorker).
-  Tamper lie = Tamper::kNone;
-  double lie_rate = 0;
-  uint64_t lie_seed = 0;
   bool log = true;                        // one stderr line per session event
   // Evaluation only: write every tensor received and returned to
   // record_dir/<session>.tempotx (format in transcript.h).
@@ -106,7 +101,6 @@ class WorkerNode {
   const WorkerNodeOptions& options() const { return opts_; }
 
  private:
-  std::unique_ptr<ComputeBackend> make_backend(bool tf32);
   // Starts or continues a tensor in rx (the quota's room bounds a header).
   void receive(Session& s, TensorReceiver& rx, const wire::TensorChunk& chunk);
   static size_t room(Session& s);
@@ -118,7 +112,6 @@ class WorkerNode {
   WorkerNodeOptions opts_;
   mutable std::mutex mu_;
   std::unordered_map<std::string, std::shared_ptr<Session>> sessions_;
-  uint64_t opened_ = 0;
   std::mutex compute_mu_;
 };
 

@@ -10,10 +10,10 @@
 #include <filesystem>
 #include <random>
 
-#include "common/subprocess.h"
+#include "eval/subprocess.h"
 #include "trusted/model.h"
 #include "trusted/trainer.h"
-#include "worker/connect.h"
+#include "worker/backends.h"
 #include "worker/cuda/cuda_backend.h"
 #include "../test_util.h"
 

@@ -9,7 +9,7 @@
 #include <cstring>
 
 #include "common/error.h"
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "trusted/data/gzip_reader.h"
 #include "trusted/io/file_util.h"
 #include "trusted/io/safetensors.h"

@@ -8,7 +8,7 @@
 #include <string>
 #include <vector>
 
-#include "common/rng.h"
+#include "trusted/rng.h"
 #include "trusted/io/safetensors.h"
 #include "trusted/tensor.h"
 

@@ -54,19 +54,11 @@ struct Entry {
 
 const char* dtype_name(DType t) { return t == DType::F32 ? "F32" : "I64"; }
 
-TensorMap parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
-  if (size < 8)
-    fail(what, "file is only " + std::to_string(size) + " bytes, too short for the 8-byte header length");
-  uint64_t n = 0;
-  for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
-  if (n > kMaxHeader)
-    fail(what, "header length " + std::to_string(n) + " is larger than the 100 MiB limit");
-  if (n > size - 8)
-    fail(what, "header length " + std::to_string(n) + " exceeds the " + std::to_string(size - 8) +
-                   " bytes after the length field (truncated file?)");
-  if (n < 2) fail(what, "header length " + std::to_string(n) + " is too small for a JSON object");
+namespace {
 
-  const char* hb = reinterpret_cast<const char*>(data + 8);
+// The JSON header of n bytes at hb, refusing duplicate keys (nlohmann keeps
+// only the last one silently).
+nlohmann::json parse_header(const char* hb, uint64_t n, const std::string& what) {
   const char* he = hb + n;
   // Detect duplicate keys (nlohmann keeps only the last one silently).
   std::vector<std::set<std::string>> keys;
@@ -99,85 +91,81 @@ TensorMap parse_safetensors(const uint8_t* data, size_t size, const std::string&
   }
   if (!header.is_object()) fail(what, "header is not a JSON object");
 
-  const uint64_t data_size = size - 8 - n;
-  const uint8_t* area = data + 8 + n;
-  TensorMap out;
-  std::vector<Entry> entries;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    const std::string& name = it.key();
-    const nlohmann::json& v = it.value();
-    if (name == "__metadata__") {
-      if (!v.is_object()) fail(what, "__metadata__ is not a JSON object");
-      for (auto m = v.begin(); m != v.end(); ++m)
-        if (!m.value().is_string()) fail(what, "__metadata__ value for '" + m.key() + "' is not a string");
-      continue;
-    }
-    const std::string ctx = tensor_ctx(name);
-    if (name.empty()) fail(what, "a tensor has an empty name");
-    if (!v.is_object()) fail(what, ctx + "header entry is not a JSON object");
-    for (auto f = v.begin(); f != v.end(); ++f)
-      if (f.key() != "dtype" && f.key() != "shape" && f.key() != "data_offsets")
-        fail(what, ctx + "unknown field '" + f.key() + "' (expected dtype, shape, data_offsets)");
-    auto dt = v.find("dtype");
-    auto sh = v.find("shape");
-    auto off = v.find("data_offsets");
-    if (dt == v.end() || sh == v.end() || off == v.end())
-      fail(what, ctx + "entry needs dtype, shape and data_offsets");
-    if (!dt->is_string()) fail(what, ctx + "dtype is not a string");
-    NamedTensor t;
-    t.name = name;
-    const std::string& ds = dt->get_ref<const std::string&>();
-    if (ds == "F32") {
-      t.dtype = DType::F32;
-    } else if (ds == "I64") {
-      t.dtype = DType::I64;
-    } else {
-      // Printed via dump() so odd bytes come out escaped.
-      throw Error(what + ": " + ctx + "dtype " + nlohmann::json(ds).dump(-1, ' ', true) +
-                  " is not supported (only F32 and I64 are); convert the tensor to float32 or int64 "
-                  "before saving");
-    }
-    if (!sh->is_array()) fail(what, ctx + "shape is not an array");
-    // The product of the non-zero dimensions must fit in int64 even when a zero
-    // makes the tensor empty, so numel_of() on the shape cannot overflow.
-    uint64_t numel = 1;
-    bool zero = false, overflow = false;
-    for (const auto& d : *sh) {
-      uint64_t dim;
-      if (!get_uint(d, dim))
-        fail(what, ctx + "shape " + sh->dump() + " has an entry that is not a non-negative integer");
-      t.shape.push_back(static_cast<int64_t>(dim));
-      if (dim == 0) zero = true;
-      else overflow |= __builtin_mul_overflow(numel, dim, &numel);
-    }
-    const uint64_t esize = dtype_size(t.dtype);
-    uint64_t nbytes = 0;
-    if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
-        __builtin_mul_overflow(numel, esize, &nbytes))
-      fail(what, ctx + "shape " + shape_str(t.shape) + " is too large");
-    if (zero) numel = nbytes = 0;
-    if (!off->is_array() || off->size() != 2) fail(what, ctx + "data_offsets is not a [begin, end] pair");
-    uint64_t b, e;
-    if (!get_uint((*off)[0], b) || !get_uint((*off)[1], e))
-      fail(what, ctx + "data_offsets " + off->dump() + " are not non-negative integers");
-    if (b > e) fail(what, ctx + "data_offsets " + off->dump() + " end before they begin");
-    if (e > data_size)
-      fail(what, ctx + "data_offsets " + off->dump() + " run past the end of the " + std::to_string(data_size) +
-                     "-byte data area (truncated file?)");
-    if (e - b != nbytes)
-      fail(what, ctx + "data_offsets " + off->dump() + " span " + std::to_string(e - b) + " bytes but " + ds +
-                     " shape " + shape_str(t.shape) + " needs " + std::to_string(nbytes));
-    if (t.dtype == DType::F32) {
-      t.f32.resize(numel);
-      if (nbytes) std::memcpy(t.f32.data(), area + b, nbytes);
-    } else {
-      t.i64.resize(numel);
-      if (nbytes) std::memcpy(t.i64.data(), area + b, nbytes);
-    }
-    entries.push_back({name, b, e});
-    out.emplace(name, std::move(t));
+  return header;
+}
+
+// One tensor's header entry `v`, with its data copied from the data area
+// (data_size bytes at area); its byte range in *range.
+NamedTensor parse_entry(const std::string& name, const nlohmann::json& v, const uint8_t* area, uint64_t data_size,
+                        const std::string& what, Entry* range) {
+  const std::string ctx = tensor_ctx(name);
+  if (name.empty()) fail(what, "a tensor has an empty name");
+  if (!v.is_object()) fail(what, ctx + "header entry is not a JSON object");
+  for (auto f = v.begin(); f != v.end(); ++f)
+    if (f.key() != "dtype" && f.key() != "shape" && f.key() != "data_offsets")
+      fail(what, ctx + "unknown field '" + f.key() + "' (expected dtype, shape, data_offsets)");
+  auto dt = v.find("dtype");
+  auto sh = v.find("shape");
+  auto off = v.find("data_offsets");
+  if (dt == v.end() || sh == v.end() || off == v.end())
+    fail(what, ctx + "entry needs dtype, shape and data_offsets");
+  if (!dt->is_string()) fail(what, ctx + "dtype is not a string");
+  NamedTensor t;
+  t.name = name;
+  const std::string& ds = dt->get_ref<const std::string&>();
+  if (ds == "F32") {
+    t.dtype = DType::F32;
+  } else if (ds == "I64") {
+    t.dtype = DType::I64;
+  } else {
+    // Printed via dump() so odd bytes come out escaped.
+    throw Error(what + ": " + ctx + "dtype " + nlohmann::json(ds).dump(-1, ' ', true) +
+                " is not supported (only F32 and I64 are); convert the tensor to float32 or int64 "
+                "before saving");
   }
-  // The tensors must tile the data area exactly: no overlap, no gap, no tail.
+  if (!sh->is_array()) fail(what, ctx + "shape is not an array");
+  // The product of the non-zero dimensions must fit in int64 even when a zero
+  // makes the tensor empty, so numel_of() on the shape cannot overflow.
+  uint64_t numel = 1;
+  bool zero = false, overflow = false;
+  for (const auto& d : *sh) {
+    uint64_t dim;
+    if (!get_uint(d, dim))
+      fail(what, ctx + "shape " + sh->dump() + " has an entry that is not a non-negative integer");
+    t.shape.push_back(static_cast<int64_t>(dim));
+    if (dim == 0) zero = true;
+    else overflow |= __builtin_mul_overflow(numel, dim, &numel);
+  }
+  const uint64_t esize = dtype_size(t.dtype);
+  uint64_t nbytes = 0;
+  if (overflow || numel > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()) ||
+      __builtin_mul_overflow(numel, esize, &nbytes))
+    fail(what, ctx + "shape " + shape_str(t.shape) + " is too large");
+  if (zero) numel = nbytes = 0;
+  if (!off->is_array() || off->size() != 2) fail(what, ctx + "data_offsets is not a [begin, end] pair");
+  uint64_t b, e;
+  if (!get_uint((*off)[0], b) || !get_uint((*off)[1], e))
+    fail(what, ctx + "data_offsets " + off->dump() + " are not non-negative integers");
+  if (b > e) fail(what, ctx + "data_offsets " + off->dump() + " end before they begin");
+  if (e > data_size)
+    fail(what, ctx + "data_offsets " + off->dump() + " run past the end of the " + std::to_string(data_size) +
+                   "-byte data area (truncated file?)");
+  if (e - b != nbytes)
+    fail(what, ctx + "data_offsets " + off->dump() + " span " + std::to_string(e - b) + " bytes but " + ds +
+                   " shape " + shape_str(t.shape) + " needs " + std::to_string(nbytes));
+  if (t.dtype == DType::F32) {
+    t.f32.resize(numel);
+    if (nbytes) std::memcpy(t.f32.data(), area + b, nbytes);
+  } else {
+    t.i64.resize(numel);
+    if (nbytes) std::memcpy(t.i64.data(), area + b, nbytes);
+  }
+  *range = {name, b, e};
+  return t;
+}
+
+// The tensors must tile the data area exactly: no overlap, no gap, no tail.
+void check_tiling(std::vector<Entry>& entries, uint64_t data_size, const std::string& what) {
   std::sort(entries.begin(), entries.end(),
             [](const Entry& x, const Entry& y) { return x.begin != y.begin ? x.begin < y.begin : x.end < y.end; });
   uint64_t pos = 0;
@@ -193,6 +181,42 @@ TensorMap parse_safetensors(const uint8_t* data, size_t size, const std::string&
   }
   if (pos != data_size)
     fail(what, std::to_string(data_size - pos) + " trailing bytes after the last tensor's data");
+}
+
+}  // namespace
+
+TensorMap parse_safetensors(const uint8_t* data, size_t size, const std::string& what) {
+  if (size < 8)
+    fail(what, "file is only " + std::to_string(size) + " bytes, too short for the 8-byte header length");
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | data[i];
+  if (n > kMaxHeader)
+    fail(what, "header length " + std::to_string(n) + " is larger than the 100 MiB limit");
+  if (n > size - 8)
+    fail(what, "header length " + std::to_string(n) + " exceeds the " + std::to_string(size - 8) +
+                   " bytes after the length field (truncated file?)");
+  if (n < 2) fail(what, "header length " + std::to_string(n) + " is too small for a JSON object");
+
+  const nlohmann::json header = parse_header(reinterpret_cast<const char*>(data + 8), n, what);
+  const uint64_t data_size = size - 8 - n;
+  const uint8_t* area = data + 8 + n;
+  TensorMap out;
+  std::vector<Entry> entries;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const nlohmann::json& v = it.value();
+    if (name == "__metadata__") {
+      if (!v.is_object()) fail(what, "__metadata__ is not a JSON object");
+      for (auto m = v.begin(); m != v.end(); ++m)
+        if (!m.value().is_string()) fail(what, "__metadata__ value for '" + m.key() + "' is not a string");
+      continue;
+    }
+    Entry range;
+    NamedTensor t = parse_entry(name, v, area, data_size, what, &range);
+    entries.push_back(range);
+    out.emplace(name, std::move(t));
+  }
+  check_tiling(entries, data_size, what);
   return out;
 }
 

@@ -12,8 +12,8 @@
 #include <string>
 #include <vector>
 
-#include "common/rng.h"
-#include "trusted/linear_backend.h"
+#include "trusted/rng.h"
+#include "trusted/offload/linear_backend.h"
 #include "trusted/tensor.h"
 
 namespace tempo {

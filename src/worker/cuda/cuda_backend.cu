@@ -111,7 +111,7 @@ class CudaBackend final : public ComputeBackend {
     cudaError_t e = cudaGetDeviceCount(&count);
     if (e != cudaSuccess || count == 0)
       throw WorkerError(std::string("no CUDA GPU found (") + (e != cudaSuccess ? cudaGetErrorString(e) : "0 devices") +
-                        "): use --backend cpu on this machine");
+                        "): use the cpu backend on this machine (--backend cpu, or --local-backend cpu for train)");
     if (o.device < 0 || o.device >= count)
       throw WorkerError("CUDA device " + std::to_string(o.device) + " does not exist (" + std::to_string(count) +
                         " found)");

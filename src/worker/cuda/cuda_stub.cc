@@ -4,8 +4,9 @@
 namespace tempo {
 
 std::unique_ptr<ComputeBackend> make_cuda_backend(const CudaOptions&) {
-  throw WorkerError("this build of tempo has no CUDA backend (nvcc and cuBLAS were not found when it was "
-                    "configured); use --backend cpu, or rebuild on a machine with the CUDA toolkit");
+  throw WorkerError("no CUDA backend in this build of tempo (nvcc and cuBLAS were not found when it was "
+                    "configured): use the cpu backend (--backend cpu, or --local-backend cpu for train), or "
+                    "rebuild on a machine with the CUDA toolkit");
 }
 
 std::string cuda_device_info(int) { return "no CUDA support in this build"; }

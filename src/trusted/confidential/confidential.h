@@ -1,0 +1,78 @@
+// The master's confidential I/O (P6): the measured training configuration,
+// the key release that opens an owner's encrypted data set, the trained
+// model encrypted to its owner, and sealed checkpoints. docs/CONFIDENTIAL.md
+// describes the flow.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "trusted/rng.h"
+#include "trusted/confidential/container.h"
+#include "trusted/obfuscation/keys.h"
+#include "trusted/model.h"
+#include "trusted/optim/optimizer.h"
+#include "trusted/trainer.h"
+
+namespace tempo {
+
+// The training configuration that the attestation report measures and a
+// checkpoint must match: everything that decides what is computed and what
+// leaves the master (model, data identity, optimizer, offload and key
+// settings, the owner's key). Not measured: paths, thread count, progress,
+// and the worker addresses (workers are untrusted by design; they only ever
+// see ciphertext). Canonical: keys sorted, so dump() is stable.
+nlohmann::json run_config(const TrainConfig& cfg);
+
+// "encrypted:FILE" -> FILE; empty if spec is another kind of data.
+std::string encrypted_data_path(const std::string& spec);
+
+// The attestation round of an encrypted data set: writes the report to
+// cfg.attest_dir/report.json, waits (up to cfg.attest_timeout_s, or until
+// g_stop_requested) for the owner's cfg.attest_dir/data-key.wrapped, and
+// returns the data key it opens.
+SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config);
+
+// Locks this process's memory, present and future, into RAM (pages as they
+// are touched), so that decrypted data, weights and keys are never swapped to
+// disk; warns once if the system does not allow it (RLIMIT_MEMLOCK).
+void lock_memory();
+
+// Decrypts an encrypted data set in memory (nothing plaintext touches disk).
+Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const Shape& input_shape);
+
+// --save: plain safetensors, or, with cfg.owner_key, encrypted to the owner.
+void save_model(const TrainConfig& cfg, const Model& model);
+
+// ---- Sealed checkpoints --------------------------------------------------------
+
+// Everything besides the model and optimizer state that a resumed run needs
+// to continue exactly as the original would have.
+struct RunState {
+  int64_t step = 0;       // steps completed
+  int epoch = 1;          // the epoch in progress
+  int64_t in_epoch = 0;   // its batches completed
+  std::array<uint64_t, 4> dropout_rng{};
+  Secret secret{};        // the run secret of the keys
+  uint64_t key_position = 0;
+  std::optional<SymKey> data_key;  // an encrypted data set's key
+  int threads = 0;
+};
+
+// The sealing key (simulation: a key file, made on first use; on SGX it
+// would be the enclave's sealing key).
+SymKey sealing_key(const std::string& path, bool create);
+
+// Writes atomically: a kill at any moment leaves the previous checkpoint.
+void write_checkpoint(const std::string& path, const SymKey& key, const nlohmann::json& config, const Model& model,
+                      Optimizer& optim, const RunState& state);
+// Restores model and optimizer; the checkpoint's configuration must equal
+// `config` (an Error names the settings that differ).
+RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohmann::json& config, Model& model,
+                         Optimizer& optim);
+
+}  // namespace tempo

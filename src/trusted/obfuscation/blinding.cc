@@ -1,0 +1,100 @@
+#include "trusted/obfuscation/blinding.h"
+
+#include <algorithm>
+#include <optional>
+
+namespace tempo {
+
+Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix) {
+  if (row_mix > 0) mix_ = std::make_unique<RowMix>(row_mix);
+  if (col_mix > 0) col_ = std::make_unique<ColMix>(col_mix);
+  if (mask_rank > 0) mask_ = std::make_unique<AdditiveMask>(mask_rank, mask_magnitude);
+}
+
+const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
+  if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
+  Sent& s = sent_[static_cast<size_t>(p.id)];
+  const Product* q = &p;
+  float* a = nullptr;  // the data operand's own buffer, once there is one
+  {
+    // Streams in a fixed order (row mixing, column mixing, mask), whichever
+    // are on. With both mixings, the columns of each group of rows are
+    // mixed as soon as the row pass has written them.
+    std::optional<KeyStream> row_ks, col_ks;
+    if (mix_) row_ks.emplace(obf.stream());
+    if (col_) {
+      col_ks.emplace(obf.stream());
+      col_->draw(p.id, p.k, *col_ks);
+    }
+    if (mix_) {
+      const int id = p.id;
+      const ColMix* col = col_.get();
+      q = &mix_->apply(p, *row_ks, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
+        col->mix_here(id, rows, n);
+      }) : RowMix::After());
+      a = mix_->mixed_a(p.id);
+    }
+  }
+  if (col_) {
+    if (!a) {
+      s.a.resize(static_cast<size_t>(p.m * p.k));
+      a = s.a.data();
+      col_->mix(p.id, p.a, p.m, a);
+    }
+    s.w.resize(static_cast<size_t>(p.n * p.k));
+    col_->mix(p.id, p.w, p.n, s.w.data());
+    s.q = *q;
+    s.q.a = a;
+    s.q.w = s.w.data();
+    q = &s.q;
+  }
+  if (mask_) {
+    KeyStream ks = obf.stream();
+    q = a ? &mask_->apply_in_place(*q, a, ks) : &mask_->apply(p, ks);
+  }
+  if (q != &s.q) s.q = *q;
+  s.valid = true;
+  return s.q;
+}
+
+const Product& Blinding::sent(const Product& p) const {
+  if (p.id < 0 || static_cast<size_t>(p.id) >= sent_.size()) return p;
+  const Sent& s = sent_[static_cast<size_t>(p.id)];
+  return s.valid && s.q.m == p.m && s.q.k == p.k && s.q.n == p.n ? s.q : p;
+}
+
+const float* Blinding::gradient(const Product& q, const float* dc) {
+  if (!mix_) return dc;
+  if (dc_.size() < static_cast<size_t>(q.m * q.n)) dc_.resize(static_cast<size_t>(q.m * q.n));
+  mix_->mix(q.id, dc, q.n, dc_.data());
+  return dc_.data();
+}
+
+void Blinding::finish_forward(const Product& q, float* c_sent, float* c) {
+  if (mask_) mask_->unmask_forward(q, c_sent);  // the mask was added to the mixed rows
+  if (mix_) mix_->unmix(q.id, c_sent, q.n, c);
+  else if (c != c_sent) std::copy(c_sent, c_sent + q.m * q.n, c);
+}
+
+// Row and column unmixing commute (one acts on the left, one on the right):
+// with both, each group's rows are unmixed by columns as soon as the row
+// pass has written them.
+void Blinding::finish_input(const Product& q, const float* da_sent, float* da) const {
+  const ColMix* col = col_.get();
+  const int id = q.id;
+  if (mix_)
+    mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
+      col->unmix_here(id, rows, n);
+    }) : RowMix::After());
+  else if (col)
+    col->unmix(q.id, da_sent, q.m, da);  // dA·Gᵀ·G
+  else if (da != da_sent)
+    std::copy(da_sent, da_sent + q.m * q.k, da);
+}
+
+void Blinding::finish_weight(const Product& q, const float* g, float* dw) {
+  if (mask_) mask_->unmask_weight(q, g, dw);  // (M·dC)ᵀ·(M·A·Gᵀ) = dCᵀ·A·Gᵀ: no rows to unmix
+  if (col_) col_->unmix(q.id, dw, q.n, dw);
+}
+
+}  // namespace tempo

@@ -1,0 +1,58 @@
+// The operands' blinding before the keys, in one place: row mixing
+// (row_mix.h), column mixing of both operands (col_mix.h), then the
+// additive mask added to the mixed data operand (mask.h), each off at 0;
+// and what undoes each on the results. OffloadBackend sends every
+// product through it, and the privacy suites reproduce what a worker
+// receives with it. Both draw their randomness from two fresh streams of the
+// run's obfuscator, mixing first.
+#pragma once
+
+#include <deque>
+#include <memory>
+#include <vector>
+
+#include "trusted/obfuscation/col_mix.h"
+#include "trusted/obfuscation/mask.h"
+#include "trusted/obfuscation/obfuscator.h"
+#include "trusted/obfuscation/row_mix.h"
+#include "trusted/offload/linear_backend.h"
+
+namespace tempo {
+
+class Blinding {
+ public:
+  Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f, int col_mix = 0);
+  bool mixes() const { return mix_ != nullptr; }
+  bool mixes_cols() const { return col_ != nullptr; }
+  bool masks() const { return mask_ != nullptr; }
+  // Whether the input gradient as returned needs finish_input().
+  bool transforms_input_gradient() const { return mix_ || col_; }
+  // p with its data operand mixed and masked and (column mixing) its weight
+  // mixed, freshly drawn; valid until the next apply() for p.id.
+  const Product& apply(const Product& p, Obfuscator& obf);
+  // The product last sent for p's id and shape, or p itself if none was.
+  const Product& sent(const Product& p) const;
+  // For a product q as sent: the output gradient as sent (M·dc, in a buffer
+  // kept here, or dc itself without mixing).
+  const float* gradient(const Product& q, const float* dc);
+  // Undo on the results of q: the forward product (c_sent, m×n, is used as
+  // scratch), the input gradient (da_sent, m×k, to da), and the weight
+  // gradient (in place; g is the gradient as sent).
+  void finish_forward(const Product& q, float* c_sent, float* c);
+  void finish_input(const Product& q, const float* da_sent, float* da) const;
+  void finish_weight(const Product& q, const float* g, float* dw);
+
+ private:
+  struct Sent {  // per product id: the product as last sent, and the column mixing's buffers
+    bool valid = false;
+    Product q;
+    std::vector<float> a, w;  // A·Gᵀ (when not row-mixed: the row mixing's buffer holds it then), W·Gᵀ
+  };
+  std::unique_ptr<RowMix> mix_;
+  std::unique_ptr<ColMix> col_;
+  std::unique_ptr<AdditiveMask> mask_;
+  std::deque<Sent> sent_;  // a deque: growing it keeps references to the products as sent
+  std::vector<float> dc_;
+};
+
+}  // namespace tempo

@@ -1,0 +1,120 @@
+#include "trusted/obfuscation/col_mix.h"
+
+#include <cstring>
+
+#include "common/error.h"
+#include "common/parallel.h"
+#include "trusted/obfuscation/orthogonal.h"
+
+namespace tempo {
+
+namespace {
+typedef float V8 __attribute__((vector_size(32), aligned(4)));  // 8 floats, unaligned access
+}  // namespace
+
+ColMix::ColMix(int block) : block_(block) {
+  TEMPO_CHECK(block >= 2 && block <= 32, "column mixing block must be between 2 and 32");
+}
+
+const ColMix::Entry& ColMix::entry(int id) const {
+  TEMPO_CHECK(id >= 0 && static_cast<size_t>(id) < entries_.size() && entries_[static_cast<size_t>(id)].valid,
+              "column mixing of a product that was not mixed");
+  return entries_[static_cast<size_t>(id)];
+}
+
+int64_t ColMix::cols(int id) const { return entry(id).k; }
+
+void ColMix::draw(int id, int64_t k, KeyStream& ks) {
+  TEMPO_CHECK(id >= 0 && k >= 1, "column mixing needs a product id and columns");
+  if (static_cast<size_t>(id) >= entries_.size()) entries_.resize(static_cast<size_t>(id) + 1);
+  Entry& e = entries_[static_cast<size_t>(id)];
+  e.k = k;
+  e.perm.resize(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) e.perm[static_cast<size_t>(i)] = static_cast<int32_t>(i);
+  for (int64_t i = k - 1; i > 0; --i)
+    std::swap(e.perm[static_cast<size_t>(i)], e.perm[ks.below(static_cast<uint32_t>(i + 1))]);
+  const MixGroups gr(k, block_);
+  const int64_t ld = gr.largest, sq = ld * ld;
+  e.ld = ld;
+  e.starts.resize(static_cast<size_t>(gr.count + 1));
+  for (int64_t g = 0; g <= gr.count; ++g) e.starts[static_cast<size_t>(g)] = gr.begin(k, g);
+  e.q.assign(static_cast<size_t>(gr.count * sq), 0.0f);
+  e.qt.assign(e.q.size(), 0.0f);
+  for (int64_t g = 0; g < gr.count; ++g) {
+    const int64_t n = e.starts[static_cast<size_t>(g + 1)] - e.starts[static_cast<size_t>(g)];
+    float* q = e.q.data() + g * sq;
+    random_orthogonal(ks, n, ld, q);
+    float* qt = e.qt.data() + g * sq;
+    for (int64_t t = 0; t < n; ++t)
+      for (int64_t u = 0; u < n; ++u) qt[u * ld + t] = q[t * ld + u];
+  }
+  e.valid = true;
+}
+
+void ColMix::mix(int id, const float* src, int64_t rows, float* dst) const { transform(id, src, rows, dst, false); }
+
+void ColMix::unmix(int id, const float* src, int64_t rows, float* dst) const { transform(id, src, rows, dst, true); }
+
+// Mixing: y[s + t] = Σ_u Q[t][u]·x[perm[s + u]] (the row's group g, columns
+// s.. of the result); unmixing: x[perm[s + u]] = Σ_t Q[t][u]·y[s + t]. Rows
+// are independent; a row is built in a small buffer, so dst may be src.
+void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool back) const {
+  const Entry& e = entry(id);
+  parallel_for(rows, [&](int64_t lo, int64_t hi) {
+    float* y = row_buffer(e.k);
+    for (int64_t i = lo; i < hi; ++i) transform_row(e, src + i * e.k, dst + i * e.k, y, back);
+  }, 64);
+}
+
+void ColMix::mix_here(int id, float* const* rows, int64_t n) const {
+  const Entry& e = entry(id);
+  float* y = row_buffer(e.k);
+  for (int64_t t = 0; t < n; ++t) transform_row(e, rows[t], rows[t], y, false);
+}
+
+void ColMix::unmix_here(int id, float* const* rows, int64_t n) const {
+  const Entry& e = entry(id);
+  float* y = row_buffer(e.k);
+  for (int64_t t = 0; t < n; ++t) transform_row(e, rows[t], rows[t], y, true);
+}
+
+float* ColMix::row_buffer(int64_t k) {
+  thread_local std::vector<float> row;  // grows once per thread
+  if (row.size() < static_cast<size_t>(k)) row.resize(static_cast<size_t>(k));
+  return row.data();
+}
+
+void ColMix::transform_row(const Entry& e, const float* x, float* dst, float* y, bool back) const {
+  const int64_t k = e.k, ld = e.ld, sq = ld * ld;
+  const int64_t groups = static_cast<int64_t>(e.starts.size()) - 1;
+  const int32_t* perm = e.perm.data();
+  const int64_t* starts = e.starts.data();
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t s = starts[g], n = starts[g + 1] - s;
+    const int32_t* pg = perm + s;
+    if (n == 8) {
+      // out = Σ_j in[j]·M[j] with M the rows of Qᵀ (mixing) or of Q (unmixing).
+      const float* m = (back ? e.q.data() : e.qt.data()) + g * sq;
+      V8 acc = {};
+      for (int64_t j = 0; j < 8; ++j) {
+        const float in = back ? x[s + j] : x[pg[j]];
+        acc += in * *reinterpret_cast<const V8*>(m + j * ld);
+      }
+      if (back)
+        for (int64_t u = 0; u < 8; ++u) y[pg[u]] = acc[u];
+      else
+        *reinterpret_cast<V8*>(y + s) = acc;
+      continue;
+    }
+    const float* q = e.q.data() + g * sq;
+    for (int64_t o = 0; o < n; ++o) {
+      float acc = 0;
+      for (int64_t j = 0; j < n; ++j) acc += back ? q[j * ld + o] * x[s + j] : q[o * ld + j] * x[pg[j]];
+      if (back) y[pg[o]] = acc;
+      else y[s + o] = acc;
+    }
+  }
+  std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
+}
+
+}  // namespace tempo

@@ -1,0 +1,76 @@
+#include "trusted/obfuscation/obfuscator.h"
+
+#include <cstdio>
+#include <cstring>
+
+#include "common/error.h"
+
+namespace tempo {
+
+Obfuscator::Obfuscator(const Secret& secret, double key_scale) : secret_(secret), sigma_(key_scale) {
+  TEMPO_CHECK(key_scale >= 1.0 && key_scale < 1e6, "--key-scale must be at least 1 (and below 1e6)");
+}
+
+std::unique_ptr<Obfuscator> Obfuscator::insecure_identity(const Secret& secret) {
+  std::fprintf(stderr,
+               "tempo: WARNING: INSECURE offload mode: workers receive PLAINTEXT inputs, weights "
+               "and gradients (an ablation for measurements, never for real data)\n");
+  std::unique_ptr<Obfuscator> o(new Obfuscator());
+  o->identity_ = true;
+  o->secret_ = secret;
+  return o;
+}
+
+ScaledPerm Obfuscator::draw(int64_t d) {
+  if (identity_) return ScaledPerm::identity(d);
+  KeyStream ks(secret_, next_stream_++);
+  return ks.scaled_perm(d, sigma_);
+}
+
+Triple Obfuscator::draw_triple(int64_t m, int64_t k, int64_t n) {
+  Triple t;
+  t.left = draw(m);
+  t.inner = draw(k);
+  t.right = draw(n);
+  return t;
+}
+
+// A rows×cols ciphertext filled by one Triple pass.
+template <typename Fill>
+CipherMatrix Obfuscator::seal(int64_t rows, int64_t cols, Fill&& fill) {
+  Matrix out(rows, cols);
+  fill(out.data());
+  return CipherMatrix(CipherMatrix::Seal{}, std::move(out));
+}
+
+CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0,
+                                   int64_t r1, int64_t block) const {
+  if (r1 < 0) r1 = m;
+  return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_x(x, m, k, o, r0, r1, block); });
+}
+
+CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block) const {
+  return seal(k, m * block, [&](float* o) { t.encrypt_xt(xt, k, m, o, block); });
+}
+
+CipherMatrix Obfuscator::encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0,
+                                   int64_t r1, int64_t block) const {
+  if (r1 < 0) r1 = k;
+  return seal(r1 - r0, n * block, [&](float* o) { t.encrypt_y(y, k, n, o, r0, r1, block); });
+}
+
+CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block,
+                                    int64_t r0, int64_t r1) const {
+  if (r1 < 0) r1 = n;
+  return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_yt(yt, n, k, o, block, r0, r1); });
+}
+
+CipherMatrix Obfuscator::columns(const CipherMatrix& c, int64_t c0, int64_t c1) {
+  const Matrix& m = c.matrix();
+  return seal(m.rows(), c1 - c0, [&](float* o) {
+    for (int64_t i = 0; i < m.rows(); ++i)
+      std::memcpy(o + i * (c1 - c0), m.row(i) + c0, sizeof(float) * static_cast<size_t>(c1 - c0));
+  });
+}
+
+}  // namespace tempo

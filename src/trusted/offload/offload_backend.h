@@ -1,0 +1,212 @@
+// The scheduler of the offloading modes (tempo, offload): a LinearBackend
+// that encrypts each product, splits it across workers, decrypts and verifies
+// every result, and survives failing workers.
+//
+// Forward C = A·Wᵀ under a fresh triple (L, Q, R): every worker in the split
+// holds W' and its row share of A'. Backward (key shift, DESIGN.md §2):
+// the same workers compute dA from G1 and their W', and partial dW from G2
+// and their A' rows; the master sums the verified partials in a fixed order.
+// Any failure (an exception, a failed Freivalds check) discards the result,
+// counts against the worker (quarantine after `quarantine_after`), and the
+// product is re-encrypted with fresh keys for the remaining workers. With no
+// worker left the master computes locally (or stops, with fallback off).
+#pragma once
+
+#include <functional>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "trusted/obfuscation/blinding.h"
+#include "trusted/obfuscation/obfuscator.h"
+#include "trusted/offload/linear_backend.h"
+#include "trusted/offload/verifier.h"
+#include "wire/worker_api.h"
+
+namespace tempo {
+
+struct OffloadConfig {
+  bool insecure_identity = false;  // offload mode: no obfuscation
+  double key_scale = 4.0;
+  bool key_shift = true;
+  VerifyConfig verify;
+  int quarantine_after = 2;
+  bool fallback = true;
+  bool log = true;  // a stderr line per rejected result, quarantine and fallback
+  // Additive mask of this rank on the data operand of every product (0:
+  // none; tempo mode only); see trusted/obfuscation/mask.h. Entries of A's rms ×
+  // mask_magnitude.
+  int mask_rank = 64;
+  float mask_magnitude = 1.0f;
+  // Secret orthogonal mixing of the data operand's rows (and the output
+  // gradient's) in groups of this size before the mask (0: none; tempo mode
+  // only); see trusted/obfuscation/row_mix.h.
+  int row_mix = 8;
+  // Secret orthogonal mixing of the inner dimension of both operands, in
+  // groups of this size (0: none, the default; tempo mode only); hides the
+  // weights' magnitudes; see trusted/obfuscation/col_mix.h.
+  int col_mix = 0;
+};
+
+struct OffloadStats {
+  int64_t products = 0;          // products computed by workers
+  int64_t column_splits = 0;     // forward products split by columns (tensor parallel)
+  int64_t apart = 0;             // backward passes with dW and dA on two workers at once
+  int64_t masked = 0;            // forward products whose data operand was masked
+  int64_t mixed = 0;             // forward products whose rows were mixed
+  int64_t col_mixed = 0;         // forward products whose inner dimension was mixed
+  int64_t verified = 0;          // of which checked
+  int64_t rejected = 0;          // results discarded (failed check or error)
+  int64_t local_fallbacks = 0;   // products computed in the master
+  int64_t bytes_sent = 0, bytes_received = 0;
+  int64_t verify_bytes = 0;      // operand bytes read by Freivalds' checks
+  // Memory traffic of the trusted side: each ciphertext is one read and one
+  // write pass (encryption or decryption), plus the checks' reads.
+  int64_t trusted_bytes() const { return 2 * (bytes_sent + bytes_received) + verify_bytes; }
+};
+
+class OffloadBackend final : public LinearBackend {
+ public:
+  OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<WorkerApi>> workers,
+                 const Secret& secret);
+  const char* name() const override { return cfg_.insecure_identity ? "offload" : "tempo"; }
+  void forward(const Product& p, float* c) override;
+  void backward_input(const Product& p, const float* dc, float* da) override;
+  void backward_weight(const Product& p, const float* dc, float* dw) override;
+  void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) override;
+  // Under the key shift, both gradients are sent before either is awaited:
+  // the workers compute dW' while the master encrypts G1, and dA' while it
+  // decrypts and checks dW.
+  void backward(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g = nullptr,
+                float* dx = nullptr) override;
+  void conv_forward(const ConvProduct& p, float* y) override;
+  void conv_backward_input(const ConvProduct& p, const float* dy, float* dx) override;
+  void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) override;
+  void end_step() override;
+  PhaseSeconds take_phase_seconds() override;
+  uint64_t key_position() const override { return obf_->streams_used(); }
+  void set_key_position(uint64_t p) override { obf_->set_streams_used(p); }
+
+  const OffloadStats& stats() const { return stats_; }
+  size_t healthy_workers() const;
+  const Verifier& verifier() const { return verifier_; }
+
+ private:
+  enum class Kind { kForward, kInput, kWeight };
+  struct Slot {
+    std::unique_ptr<WorkerApi> api;
+    int failures = 0;
+    bool quarantined = false;
+  };
+  struct Chunk {
+    size_t worker;
+    // Row split: A' rows [r0, r1) and all of W' on that worker. Column
+    // split: all of A' and W' rows [r0, r1) (columns [r0, r1) of C).
+    int64_t r0, r1;
+    Handle a, w;
+  };
+  struct Held {  // what the workers keep of a forward product until end_step
+    bool valid = false;
+    Triple fwd;
+    std::vector<Chunk> chunks;
+    // Column split: the ciphertexts sent (A', then each chunk's W' rows), to
+    // find which worker lied when a check fails. Empty for a row split.
+    std::vector<CipherMatrix> kept;
+    bool by_cols() const { return !kept.empty(); }
+    bool sums_valid = false;  // row sums of A from a verified forward
+    RowSums sums;
+  };
+
+  std::vector<size_t> usable(const std::vector<char>& excluded) const;
+  bool forward_split(const Product& p, float* c, const std::vector<size_t>& ws, Held& h);
+  // With g, writes col2im(dA) to dx instead of dA to da (decryption fused
+  // with col2im); returns false (nothing written) if that is not possible.
+  bool input_shifted(const Product& p, const float* dc, float* da, const Held& h,
+                     const ConvGeometry* g = nullptr, float* dx = nullptr);
+  bool send_gradient(const Product& p, const Held& h, ProductOp op, std::vector<std::future<Matrix>>& futs,
+                     const std::function<CipherMatrix(const Chunk&)>& encrypt);
+  bool await_parts(const Product& p, std::vector<std::future<Matrix>>& futs, const std::vector<Chunk>& chunks,
+                   std::vector<Matrix>& parts, const std::function<std::pair<int64_t, int64_t>(size_t)>& shape);
+  const float* collect(const Product& p, std::vector<std::future<Matrix>>& futs, const std::vector<Chunk>& chunks,
+                       int64_t rows, int64_t cols, bool by_cols, std::vector<Matrix>& parts);
+  const float* collect_sum(const Product& p, std::vector<std::future<Matrix>>& futs,
+                           const std::vector<Chunk>& chunks, int64_t rows, int64_t cols, std::vector<Matrix>& parts);
+  void blame_blocks(const Product& p, const std::vector<Chunk>& chunks,
+                    const std::function<bool(size_t, KeyStream&)>& block_ok);
+  // A backward product under the key shift between its send and finish.
+  struct Flight {
+    bool verify = false, fuse = false;
+    Triple t;
+    std::vector<std::future<Matrix>> futs;
+    std::vector<CipherMatrix> blocks;  // column split: the whole gradient, then each worker's columns
+  };
+  bool input_send(const Product& p, const float* dc, const Held& h, bool to_image, Flight& f);
+  bool input_finish(const Product& p, const float* dc, float* da, const Held& h, const ConvGeometry* g, float* dx,
+                    Flight& f);
+  bool weight_send(const Product& p, const float* dc, const Held& h, Flight& f);
+  bool weight_finish(const Product& p, const float* dc, float* dw, const Held& h, Flight& f);
+  bool weight_shifted(const Product& p, const float* dc, float* dw, const Held& h);
+  bool standalone(Kind kind, const Product& p, const float* dc, float* out, size_t w);
+  // The same in two halves (sent, then awaited), so that two run at once.
+  struct Solo {
+    Triple t;
+    Handle h0 = 0, h1 = 0;
+    int64_t zr = 0, zc = 0;
+    size_t w = 0;
+    std::future<Matrix> f;
+  };
+  bool standalone_send(Kind kind, const Product& p, const float* dc, size_t w, Solo& s);
+  bool standalone_finish(Kind kind, const Product& p, const float* dc, float* out, Solo& s);
+  void backward_apart(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx,
+                      const std::vector<size_t>& ws);
+  void local(Kind kind, const Product& p, const float* dc, float* out);
+  void fallback_warning(const std::string& what);
+  void conv_run(Kind kind, const ConvProduct& p, const float* dy, float* out);
+  bool conv_once(Kind kind, const ConvProduct& p, const float* dy, float* out, size_t w, Held* shifted);
+  bool conv_verified(Kind kind, const ConvProduct& p, const float* dy, const float* out);
+  void run(Kind kind, const Product& p, const float* dc, float* out);
+  // Fresh keys, one worker at a time, then the master itself.
+  void retry(Kind kind, const Product& p, const float* dc, float* out);
+  void blame(size_t w, const Product& p, const std::string& why);
+  bool sample_verify();
+  std::vector<int64_t> checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
+                               KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0,
+                               RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
+                               const double* cr_pre = nullptr);
+  // The product as the workers know it: with its mixed and masked operand,
+  // if any (p itself if it was sent as it is).
+  const Product& as_sent(const Product& p) const;
+  // Whether the plaintext product `plain` went out row-mixed as q (false
+  // when plain is already the product as sent, as in the base class's
+  // backward()). For such a product the gradient as sent (M·dc), timed as
+  // encryption; dc itself otherwise.
+  bool mixed(const Product& plain, const Product& q) const {
+    return &q != &plain && blind_->transforms_input_gradient();
+  }
+  const float* sent_gradient(const Product& plain, const Product& q, const float* dc);
+  float* scratch(std::vector<float>& buf, int64_t n);
+  void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);
+  Held& held(int id);
+  Held& held(const Product& p) { return held(p.id); }
+
+  OffloadConfig cfg_;
+  std::vector<Slot> slots_;
+  std::unique_ptr<Obfuscator> obf_;
+  std::unique_ptr<Blinding> blind_;       // null when neither is on, and in offload mode
+  std::vector<float> mix_out_, mix_da_;  // a result before Mᵀ; dA before col2im
+  Verifier verifier_;
+  TeeOnlyBackend local_;
+  std::vector<Held> held_;
+  Handle next_handle_ = 1;
+  PhaseSeconds phases_;
+  OffloadStats stats_;
+  bool warned_fallback_ = false;
+  int64_t steps_done_ = 0;
+  std::vector<char> excluded_;
+  Matrix assembled_, partial_;
+  std::vector<double> r_pre_, cr_pre_;
+  std::vector<float> dcols_;
+};
+
+}  // namespace tempo

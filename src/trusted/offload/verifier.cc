@@ -1,0 +1,438 @@
+#include "trusted/offload/verifier.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "common/parallel.h"
+
+namespace tempo {
+
+namespace {
+
+// Dot products in double; `omp simd` lets the reductions vectorise.
+inline void dot2(const float* x, const double* u, const double* w, int64_t n, double& a, double& b) {
+  double s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+  for (int64_t j = 0; j < n; ++j) {
+    const double v = x[j];
+    s1 += v * u[j];
+    s2 += v * v * w[j];
+  }
+  a = s1;
+  b = s2;
+}
+
+inline void dot4(const float* x, const double* u, const double* w, const double* p, const double* q,
+                 int64_t n, double& a, double& b, double& c, double& d) {
+  double s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+#pragma omp simd reduction(+ : s1, s2, s3, s4)
+  for (int64_t j = 0; j < n; ++j) {
+    const double v = x[j], vv = v * v;
+    s1 += v * u[j];
+    s2 += vv * w[j];
+    s3 += v * p[j];
+    s4 += vv * q[j];
+  }
+  a = s1;
+  b = s2;
+  c = s3;
+  d = s4;
+}
+
+inline double dot(const float* x, const double* u, int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += x[j] * u[j];
+  return s;
+}
+
+// An entry of a check vector: a random sign times 1 + u, u uniform in [0, 1).
+inline double random_entry(KeyStream& ks) {
+  const uint32_t x = ks.u32();
+  const double mag = 1.0 + static_cast<double>(x >> 1) * 0x1.0p-31;
+  return (x & 1) ? mag : -mag;
+}
+
+}  // namespace
+
+std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64_t k, Operand a,
+                                     Operand b, KeyStream& ks, const int32_t* rows_k,
+                                     int64_t k_full, RowSums* sums, const std::vector<double>* r_pre,
+                                     const double* cr_pre) {
+  if (sums && (a.stored_t || rows_k)) sums = nullptr;
+  if (r_pre && cfg_.rounds != 1) r_pre = nullptr, cr_pre = nullptr;
+  if (sums) {
+    sums->rounds = cfg_.rounds;
+    sums->m = m;
+    sums->k = k;
+    sums->r.resize(static_cast<size_t>(cfg_.rounds * k));
+    sums->ar.resize(static_cast<size_t>(cfg_.rounds * m));
+    sums->aa.resize(static_cast<size_t>(cfg_.rounds * m));
+  }
+  // k: the inner indices used; kfull: the stored extent of the inner dimension.
+  const Dims d{m, n, k, rows_k ? k_full : k, rows_k};
+  r_.resize(static_cast<size_t>(n));
+  r2_.resize(static_cast<size_t>(n));
+  br_.resize(static_cast<size_t>(k));
+  bb_.resize(static_cast<size_t>(k));
+  y_.resize(static_cast<size_t>(m));
+  s_.resize(static_cast<size_t>(m));
+  failed_.assign(static_cast<size_t>(m), 0);
+  if (rows_k && !a.stored_t) gathered_.resize(static_cast<size_t>(k));
+  const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(k)) * cfg_.unit_roundoff;
+  const int nt = num_threads();
+  std::vector<double> worst_t(static_cast<size_t>(nt), 0.0);
+
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    // r_j = ±(1 + u), u uniform in [0, 1): with ±1 entries a perturbation
+    // whose signs alternate along a row cancels with probability up to 1/2;
+    // with continuous magnitudes it cannot cancel exactly.
+    if (r_pre) {
+      r_ = *r_pre;
+      for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
+    } else {
+      for (int64_t j = 0; j < n; ++j) {
+        r_[static_cast<size_t>(j)] = random_entry(ks);
+        r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
+      }
+    }
+    double* rp = nullptr;
+    if (sums) {
+      rp = sums->r.data() + round * k;
+      for (int64_t t = 0; t < k; ++t) rp[t] = random_entry(ks);
+      rp2_.resize(static_cast<size_t>(k));
+      for (int64_t t = 0; t < k; ++t) rp2_[static_cast<size_t>(t)] = rp[t] * rp[t];
+    }
+    project_b(b, d);
+    project_a(a, d, rp, rp ? sums->ar.data() + round * m : nullptr, rp ? sums->aa.data() + round * m : nullptr);
+    compare_rows(c, d, cr_pre, scale, worst_t);
+  }
+  for (double w : worst_t) worst_ratio_ = std::max(worst_ratio_, w * cfg_.tolerance);
+  std::vector<int64_t> bad;
+  for (int64_t i = 0; i < m; ++i)
+    if (failed_[static_cast<size_t>(i)]) bad.push_back(i);
+  return bad;
+}
+
+// br = b·r and bb = (b∘b)·(r∘r), over the inner indices used.
+void Verifier::project_b(Operand b, const Dims& d) {
+  const int64_t n = d.n, k = d.k, kfull = d.kfull;
+  const int32_t* rows_k = d.rows_k;
+  auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
+  if (!b.stored_t) {
+    parallel_for(k, [&](int64_t lo, int64_t hi) {
+      for (int64_t t = lo; t < hi; ++t)
+        dot2(b.data + kidx(t) * n, r_.data(), r2_.data(), n, br_[static_cast<size_t>(t)],
+             bb_[static_cast<size_t>(t)]);
+    }, 64);
+    return;
+  }
+  std::fill(br_.begin(), br_.end(), 0.0);
+  std::fill(bb_.begin(), bb_.end(), 0.0);
+  parallel_for(k, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float* row = b.data + j * kfull;
+      const double rj = r_[static_cast<size_t>(j)], qj = r2_[static_cast<size_t>(j)];
+      for (int64_t t = lo; t < hi; ++t) {
+        const double v = row[kidx(t)];
+        br_[static_cast<size_t>(t)] += v * rj;
+        bb_[static_cast<size_t>(t)] += v * v * qj;
+      }
+    }
+  }, 256);
+}
+
+// y = a·br and s = (a∘a)·bb; with rp, also a·rp into ar and (a∘a)·(rp∘rp)
+// into aa in the same pass (RowSums).
+void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar, double* aa) {
+  const int64_t m = d.m, k = d.k, kfull = d.kfull;
+  const int32_t* rows_k = d.rows_k;
+  auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
+  if (!a.stored_t) {
+    parallel_for(m, [&](int64_t lo, int64_t hi) {
+      std::vector<float> tmp;
+      for (int64_t i = lo; i < hi; ++i) {
+        const float* row = a.data + i * kfull;
+        if (rows_k) {
+          tmp.resize(static_cast<size_t>(k));
+          for (int64_t t = 0; t < k; ++t) tmp[static_cast<size_t>(t)] = row[rows_k[t]];
+          row = tmp.data();
+        }
+        if (rp)
+          dot4(row, br_.data(), bb_.data(), rp, rp2_.data(), k, y_[static_cast<size_t>(i)],
+               s_[static_cast<size_t>(i)], ar[i], aa[i]);
+        else
+          dot2(row, br_.data(), bb_.data(), k, y_[static_cast<size_t>(i)], s_[static_cast<size_t>(i)]);
+      }
+    }, 64);
+    return;
+  }
+  std::fill(y_.begin(), y_.end(), 0.0);
+  std::fill(s_.begin(), s_.end(), 0.0);
+  parallel_for(m, [&](int64_t lo, int64_t hi) {
+    double* y = y_.data();
+    double* s = s_.data();
+    for (int64_t t = 0; t < k; ++t) {
+      const float* row = a.data + kidx(t) * m;
+      const double bv = br_[static_cast<size_t>(t)], bw = bb_[static_cast<size_t>(t)];
+#pragma omp simd
+      for (int64_t i = lo; i < hi; ++i) {
+        const double v = row[i];
+        y[i] += v * bv;
+        s[i] += v * v * bw;
+      }
+    }
+  }, 256);
+}
+
+// e = c·r − y, row by row: marks the rows over their bound in failed_ and
+// keeps each thread's largest e / bound of the others in worst_t.
+void Verifier::compare_rows(const float* c, const Dims& d, const double* cr_pre, double scale,
+                            std::vector<double>& worst_t) {
+  const int64_t n = d.n;
+  const int nt = static_cast<int>(worst_t.size());
+  parallel_for(d.m, [&](int64_t lo, int64_t hi) {
+    double wl = 0;
+    for (int64_t i = lo; i < hi; ++i) {
+      const double cr = cr_pre ? cr_pre[i] : dot(c + i * n, r_.data(), n);
+      const double e = std::fabs(cr - y_[static_cast<size_t>(i)]);
+      const double bound = scale * std::sqrt(s_[static_cast<size_t>(i)]);
+      if (!(e <= bound)) {
+        failed_[static_cast<size_t>(i)] = 1;
+      } else if (bound > 0) {
+        wl = std::max(wl, e / bound);
+      }
+    }
+    const int tid = omp_get_thread_num();
+    if (tid < nt) worst_t[static_cast<size_t>(tid)] = std::max(worst_t[static_cast<size_t>(tid)], wl);
+  }, 64);
+}
+
+void Verifier::draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out) {
+  out.resize(static_cast<size_t>(n));
+  for (auto& v : out) v = random_entry(ks);
+}
+
+bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,
+                            const int32_t* rows, int64_t count) {
+  if (sums.k != k) return false;
+  cv_lhs_.resize(static_cast<size_t>(n));
+  cv_rhs_.resize(static_cast<size_t>(n));
+  cv_s_.resize(static_cast<size_t>(n));
+  for (int round = 0; round < sums.rounds; ++round) {
+    const double* rp = sums.r.data() + round * k;
+    const double* ar = sums.ar.data() + round * sums.m;
+    const double* aa = sums.aa.data() + round * sums.m;
+    parallel_for(n, [&](int64_t lo, int64_t hi) {
+      for (int64_t i = lo; i < hi; ++i) cv_lhs_[static_cast<size_t>(i)] = dot(dw + i * k, rp, k);
+    }, 16);
+    std::fill(cv_rhs_.begin(), cv_rhs_.end(), 0.0);
+    std::fill(cv_s_.begin(), cv_s_.end(), 0.0);
+    double* y = cv_rhs_.data();
+    double* q = cv_s_.data();
+    for (int64_t j = 0; j < count; ++j) {
+      const int64_t row = rows[j];
+      const float* d = dc + row * n;
+      const double a1 = ar[row], a2 = aa[row];
+#pragma omp simd
+      for (int64_t i = 0; i < n; ++i) {
+        const double v = d[i];
+        y[i] += v * a1;
+        q[i] += v * v * a2;
+      }
+    }
+    if (!compare(n, count)) return false;
+  }
+  return true;
+}
+
+void Verifier::draw(KeyStream& ks, int64_t n) {
+  draw_vector(ks, n, r_);
+  r2_.resize(static_cast<size_t>(n));
+  for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
+}
+
+// |lhs − rhs| ≤ τ·√k·u·√s for every row, NaN failing.
+bool Verifier::compare(int64_t rows, int64_t k_eff) {
+  const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(k_eff)) * cfg_.unit_roundoff;
+  bool ok = true;
+  for (int64_t i = 0; i < rows; ++i) {
+    const double e = std::fabs(cv_lhs_[static_cast<size_t>(i)] - cv_rhs_[static_cast<size_t>(i)]);
+    const double bound = scale * std::sqrt(cv_s_[static_cast<size_t>(i)]);
+    if (!(e <= bound)) {
+      ok = false;
+    } else if (bound > 0) {
+      worst_ratio_ = std::max(worst_ratio_, e / bound * cfg_.tolerance);
+    }
+  }
+  return ok;
+}
+
+bool Verifier::check_conv_forward(const float* y, const float* x, const float* w, const ConvGeometry& g,
+                                  KeyStream& ks) {
+  const int64_t P = g.oh * g.ow, kk = g.k * g.k, HW = g.h * g.w;
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    draw(ks, g.o);
+    cv_a_.assign(static_cast<size_t>(g.c * kk), 0.0);  // Σ_o r_o·W[o]
+    cv_b_.assign(static_cast<size_t>(g.c * kk), 0.0);  // Σ_o r_o²·W[o]²
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = 0; t < g.c * kk; ++t) {
+        const double v = w[o * g.c * kk + t];
+        cv_a_[static_cast<size_t>(t)] += r_[static_cast<size_t>(o)] * v;
+        cv_b_[static_cast<size_t>(t)] += r2_[static_cast<size_t>(o)] * v * v;
+      }
+    cv_lhs_.assign(static_cast<size_t>(g.n * P), 0.0);
+    cv_rhs_.assign(static_cast<size_t>(g.n * P), 0.0);
+    cv_s_.assign(static_cast<size_t>(g.n * P), 0.0);
+    parallel_for(g.n, [&](int64_t lo, int64_t hi) {
+      for (int64_t n = lo; n < hi; ++n) {
+        double* lhs = cv_lhs_.data() + n * P;
+        double* rhs = cv_rhs_.data() + n * P;
+        double* sq = cv_s_.data() + n * P;
+        for (int64_t o = 0; o < g.o; ++o) {
+          const float* yo = y + (n * g.o + o) * P;
+          const double ro = r_[static_cast<size_t>(o)];
+          for (int64_t p = 0; p < P; ++p) lhs[p] += ro * yo[p];
+        }
+        for (int64_t c = 0; c < g.c; ++c) {
+          const float* plane = x + (n * g.c + c) * HW;
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const double a = cv_a_[static_cast<size_t>(c * kk + ky * g.k + kx)];
+              const double b = cv_b_[static_cast<size_t>(c * kk + ky * g.k + kx)];
+              int64_t lo_x, hi_x;
+              g.valid_ox(kx, lo_x, hi_x);
+              for (int64_t oy = 0; oy < g.oh; ++oy) {
+                const int64_t iy = oy * g.s - g.p + ky;
+                if (iy < 0 || iy >= g.h) continue;
+                const float* src = plane + iy * g.w - g.p + kx;
+                double* r = rhs + oy * g.ow;
+                double* q = sq + oy * g.ow;
+                for (int64_t ox = lo_x; ox < hi_x; ++ox) {
+                  const double v = src[ox * g.s];
+                  r[ox] += v * a;
+                  q[ox] += v * v * b;
+                }
+              }
+            }
+        }
+      }
+    });
+    if (!compare(g.n * P, g.c * kk)) return false;
+  }
+  return true;
+}
+
+bool Verifier::check_conv_input(const float* dx, const float* dy, const float* w, const ConvGeometry& g,
+                                KeyStream& ks) {
+  const int64_t P = g.oh * g.ow, kk = g.k * g.k, HW = g.h * g.w;
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    draw(ks, g.c);
+    cv_a_.assign(static_cast<size_t>(g.o * kk), 0.0);  // Σ_c r_c·W[:, c]
+    cv_b_.assign(static_cast<size_t>(g.o * kk), 0.0);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t c = 0; c < g.c; ++c)
+        for (int64_t t = 0; t < kk; ++t) {
+          const double v = w[(o * g.c + c) * kk + t];
+          cv_a_[static_cast<size_t>(o * kk + t)] += r_[static_cast<size_t>(c)] * v;
+          cv_b_[static_cast<size_t>(o * kk + t)] += r2_[static_cast<size_t>(c)] * v * v;
+        }
+    cv_lhs_.assign(static_cast<size_t>(g.n * HW), 0.0);
+    cv_rhs_.assign(static_cast<size_t>(g.n * HW), 0.0);
+    cv_s_.assign(static_cast<size_t>(g.n * HW), 0.0);
+    parallel_for(g.n, [&](int64_t lo, int64_t hi) {
+      for (int64_t n = lo; n < hi; ++n) {
+        double* lhs = cv_lhs_.data() + n * HW;
+        double* rhs = cv_rhs_.data() + n * HW;
+        double* sq = cv_s_.data() + n * HW;
+        for (int64_t c = 0; c < g.c; ++c) {
+          const float* d = dx + (n * g.c + c) * HW;
+          const double rc = r_[static_cast<size_t>(c)];
+          for (int64_t i = 0; i < HW; ++i) lhs[i] += rc * d[i];
+        }
+        for (int64_t o = 0; o < g.o; ++o) {
+          const float* plane = dy + (n * g.o + o) * P;
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const double a = cv_a_[static_cast<size_t>(o * kk + ky * g.k + kx)];
+              const double b = cv_b_[static_cast<size_t>(o * kk + ky * g.k + kx)];
+              int64_t lo_x, hi_x;
+              g.valid_ox(kx, lo_x, hi_x);
+              for (int64_t oy = 0; oy < g.oh; ++oy) {
+                const int64_t iy = oy * g.s - g.p + ky;
+                if (iy < 0 || iy >= g.h) continue;
+                double* r = rhs + iy * g.w - g.p + kx;
+                double* q = sq + iy * g.w - g.p + kx;
+                const float* src = plane + oy * g.ow;
+                for (int64_t ox = lo_x; ox < hi_x; ++ox) {
+                  const double v = src[ox];
+                  r[ox * g.s] += v * a;
+                  q[ox * g.s] += v * v * b;
+                }
+              }
+            }
+        }
+      }
+    });
+    if (!compare(g.n * HW, g.o * kk)) return false;
+  }
+  return true;
+}
+
+bool Verifier::check_conv_weight(const float* dw, const float* x, const float* dy, const ConvGeometry& g,
+                                 KeyStream& ks) {
+  const int64_t P = g.oh * g.ow, kk = g.k * g.k, HW = g.h * g.w;
+  for (int round = 0; round < cfg_.rounds; ++round) {
+    draw(ks, g.o);
+    cv_a_.assign(static_cast<size_t>(g.n * P), 0.0);  // Σ_o r_o·dY[:, o]
+    cv_b_.assign(static_cast<size_t>(g.n * P), 0.0);
+    for (int64_t n = 0; n < g.n; ++n)
+      for (int64_t o = 0; o < g.o; ++o) {
+        const float* d = dy + (n * g.o + o) * P;
+        const double ro = r_[static_cast<size_t>(o)], qo = r2_[static_cast<size_t>(o)];
+        double* a = cv_a_.data() + n * P;
+        double* b = cv_b_.data() + n * P;
+        for (int64_t p = 0; p < P; ++p) {
+          a[p] += ro * d[p];
+          b[p] += qo * double(d[p]) * d[p];
+        }
+      }
+    const int64_t rows = g.c * kk;
+    cv_lhs_.assign(static_cast<size_t>(rows), 0.0);
+    cv_rhs_.assign(static_cast<size_t>(rows), 0.0);
+    cv_s_.assign(static_cast<size_t>(rows), 0.0);
+    for (int64_t o = 0; o < g.o; ++o)
+      for (int64_t t = 0; t < rows; ++t) cv_lhs_[static_cast<size_t>(t)] += r_[static_cast<size_t>(o)] * dw[o * rows + t];
+    parallel_for(g.c, [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c)
+        for (int64_t ky = 0; ky < g.k; ++ky)
+          for (int64_t kx = 0; kx < g.k; ++kx) {
+            int64_t lo_x, hi_x;
+            g.valid_ox(kx, lo_x, hi_x);
+            double acc = 0, sq = 0;
+            for (int64_t n = 0; n < g.n; ++n) {
+              const float* plane = x + (n * g.c + c) * HW;
+              const double* a = cv_a_.data() + n * P;
+              const double* b = cv_b_.data() + n * P;
+              for (int64_t oy = 0; oy < g.oh; ++oy) {
+                const int64_t iy = oy * g.s - g.p + ky;
+                if (iy < 0 || iy >= g.h) continue;
+                const float* src = plane + iy * g.w - g.p + kx;
+                for (int64_t ox = lo_x; ox < hi_x; ++ox) {
+                  const double v = src[ox * g.s];
+                  acc += v * a[oy * g.ow + ox];
+                  sq += v * v * b[oy * g.ow + ox];
+                }
+              }
+            }
+            const size_t t = static_cast<size_t>(c * kk + ky * g.k + kx);
+            cv_rhs_[t] = acc;
+            cv_s_[t] = sq;
+          }
+    });
+    if (!compare(rows, g.n * P)) return false;
+  }
+  return true;
+}
+
+}  // namespace tempo

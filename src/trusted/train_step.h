@@ -1,0 +1,34 @@
+// One training step: forward, loss, backward, the optimizer's update and the
+// end of the step on the offload backend (workers drop its ciphertexts). The
+// trainer, `tempo bench` and the evaluation suites all train through it.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "trusted/model.h"
+#include "trusted/optim/optimizer.h"
+
+namespace tempo {
+
+class TrainStep {
+ public:
+  // Holds references: model, optimizer and context outlive the TrainStep.
+  TrainStep(Model& model, Optimizer& optim, Context& ctx) : model_(model), optim_(optim), ctx_(ctx) {}
+
+  // Hard labels, mean cross-entropy (DESIGN.md §4). Returns the loss; throws
+  // Error when it is not finite (training diverged), before any update.
+  double run(const Tensor& x, const std::vector<int64_t>& y, double lr);
+  // Soft targets: one row of class probabilities per sample (x.dim(0) rows
+  // of model.num_classes); one-hot rows give exactly the step above.
+  double run_soft(const Tensor& x, const float* targets, double lr);
+
+ private:
+  double finish(double loss, double lr);
+  Model& model_;
+  Optimizer& optim_;
+  Context& ctx_;
+  Tensor dlogits_;
+};
+
+}  // namespace tempo

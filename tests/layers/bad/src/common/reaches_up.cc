@@ -1,0 +1,2 @@
+// Fixture: shared code reaching up.
+#include "wire/matrix.h"

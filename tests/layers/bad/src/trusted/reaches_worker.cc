@@ -1,0 +1,2 @@
+// Fixture: the master reaching into the worker side.
+#include "worker/local_worker.h"

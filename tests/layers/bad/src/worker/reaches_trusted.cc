@@ -1,0 +1,2 @@
+// Fixture: the worker side reaching into the master.
+#include "trusted/tensor.h"
