@@ -11,7 +11,10 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <map>
 #include <random>
+#include <set>
+#include <sstream>
 #include <thread>
 #include <unordered_map>
 
@@ -22,6 +25,7 @@
 #include "trusted/confidential/container.h"
 #include "trusted/data/dataset.h"
 #include "trusted/io/file_util.h"
+#include "worker/transcript.h"
 
 namespace tempo {
 namespace {
@@ -417,12 +421,81 @@ TEST(OwnerFlow, DamagedDataSetIsRefused) {
   EXPECT_THROW(load_encrypted_dataset(d / "d.tenc", random_sym_key(), model->input_shape), Error);
 }
 
+// ---- The attested configuration ------------------------------------------------
+
+// Every `tempo train` flag either changes what --print-config prints (the
+// configuration an attestation report measures and a checkpoint must match),
+// or is on the list of flags that bear on no security property, with why. A
+// new flag that is neither fails here.
+TEST(AttestedConfig, EveryTrainFlagIsMeasuredOrListedAsHarmless) {
+  TempDir d("flags");
+  const std::string T = TEMPO_BINARY;
+  ASSERT_EQ(run({T, "owner", "keygen", "--dir", d / "owner"}, d / "keygen.log"), 0);
+  put_file(d / "init.bin", std::vector<uint8_t>{1, 2, 3});
+  // What a worker sees or what is checked: another value must change the
+  // measured configuration.
+  const std::map<std::string, std::vector<std::string>> measured = {
+      {"--model", {"mlp"}}, {"--data", {"synthetic:100"}}, {"--mode", {"offload"}}, {"--seed", {"3"}},
+      {"--batch-size", {"32"}}, {"--init", {d / "init.bin"}}, {"--offload-first", {}}, {"--offload-last", {}},
+      {"--conv-mode", {"channel"}}, {"--channel-from", {"1"}}, {"--key-scale", {"2"}}, {"--no-key-shift", {}},
+      {"--mask-rank", {"8"}}, {"--row-mix", {"4"}}, {"--col-mix", {"8"}}, {"--verify-rounds", {"2"}},
+      {"--verify-rate", {"0.5"}}, {"--verify-tolerance", {"8"}}, {"--quarantine-after", {"5"}},
+      {"--insecure-key-seed", {"1"}}, {"--no-fallback", {}}, {"--epochs", {"2"}}, {"--steps", {"5"}},
+      {"--optimizer", {"adam"}}, {"--lr", {"0.02"}}, {"--momentum", {"0.5"}}, {"--weight-decay", {"0.1"}},
+      {"--lr-schedule", {"step"}}, {"--lr-step-size", {"3"}}, {"--lr-gamma", {"0.5"}}, {"--no-shuffle", {}},
+      {"--owner-key", {d / "owner/owner.pub"}}, {"--checkpoint-every", {"5"}}, {"--tf32", {}}};
+  // Bear on no security property: where to connect and how to authenticate
+  // the channel to untrusted workers (they see only ciphertext either way),
+  // paths, thread counts and display.
+  const std::set<std::string> harmless = {
+      "--workers", "--token-file", "--tls-ca", "--tls-cert", "--tls-key", "--local-backend", "--worker-timeout",
+      "--threads", "--save", "--metrics", "--no-progress", "--attest-dir", "--attest-timeout", "--checkpoint",
+      "--sealing-key", "--resume", "--print-config", "--help"};
+  ASSERT_EQ(run({T, "train", "--help"}, d / "help.txt"), 0);
+  const std::string help = testutil::read_text(d / "help.txt");
+  // The options' own lines: "  --name ..." or "  -h,--name ...".
+  std::set<std::string> flags;
+  std::istringstream lines(help);
+  for (std::string line; std::getline(lines, line);) {
+    const size_t b = line.find_first_not_of(' ');
+    if (b == std::string::npos || line[b] != '-') continue;
+    const size_t p = line.find("--", b);
+    if (p == std::string::npos || p > b + 3) continue;
+    size_t e = p + 2;
+    while (e < line.size() && (std::isalnum(static_cast<unsigned char>(line[e])) || line[e] == '-')) ++e;
+    flags.insert(line.substr(p, e - p));
+  }
+  ASSERT_GT(flags.size(), 40u) << help;
+  auto config = [&](const std::vector<std::string>& extra) {
+    std::vector<std::string> a = {T, "train", "--print-config"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    EXPECT_EQ(run(a, d / "config.json"), 0) << testutil::read_text(d / "config.json");
+    return testutil::read_text(d / "config.json");
+  };
+  const std::string base = config({});
+  for (const std::string& f : flags) {
+    if (harmless.count(f)) continue;
+    auto it = measured.find(f);
+    if (it == measured.end()) {
+      ADD_FAILURE() << f << " is neither measured by --print-config nor listed as bearing on no security property";
+      continue;
+    }
+    std::vector<std::string> extra = {f};
+    extra.insert(extra.end(), it->second.begin(), it->second.end());
+    EXPECT_NE(config(extra), base) << f << " does not change the measured configuration";
+  }
+  for (const auto& [f, v] : measured) EXPECT_TRUE(flags.count(f)) << f << " is no longer a train flag";
+}
+
 // ---- Sealed checkpoints -------------------------------------------------------------
 
 struct ResumeCase {
   std::string mode;
   std::vector<std::string> extra;
   std::string steps = "60";
+  // Tee-only resumes bitwise; a tempo-mode resume draws fresh keys, so it
+  // continues within the parity tolerance of DESIGN.md §4 instead.
+  bool bitwise = true;
 };
 
 std::vector<std::string> train_args(const TempDir& d, const ResumeCase& rc, const std::string& save,
@@ -444,14 +517,16 @@ int64_t steps_logged(const std::string& metrics) {
 }
 
 // kill -9 at a random step, then --resume: bitwise the weights of a run
-// that was never interrupted (2 epochs of 50 steps, stopping at step 60).
+// that was never interrupted (2 epochs of 50 steps, stopping at step 60), or
+// in tempo mode within the tolerance and not bitwise (fresh keys).
 // With SIGINT (Ctrl-C) the run finishes its step, seals a checkpoint of it
 // (the interval is never reached), and exits 130.
 void kill_and_resume(const ResumeCase& rc, int sig = SIGKILL) {
   TempDir d("resume");
   ASSERT_EQ(run(train_args(d, rc, d / "full.safetensors", {}), d / "full.log"), 0) << testutil::read_text(d / "full.log");
   std::random_device rd;
-  const int64_t kill_at = 4 + static_cast<int64_t>(rd() % 50);
+  const int64_t steps = std::stoll(rc.steps);
+  const int64_t kill_at = 4 + static_cast<int64_t>(rd() % static_cast<unsigned>(steps - 10));
   std::printf("%s: signal %d after step %lld\n", rc.mode.c_str(), sig, static_cast<long long>(kill_at));
   const std::string metrics = d / "m.jsonl";
   const std::string every = sig == SIGKILL ? "3" : "1000";
@@ -475,37 +550,98 @@ void kill_and_resume(const ResumeCase& rc, int sig = SIGKILL) {
                 d / "resume.log"),
             0)
       << testutil::read_text(d / "resume.log");
-  EXPECT_EQ(testutil::read_text(d / "res.safetensors"), testutil::read_text(d / "full.safetensors"))
-      << rc.mode << ": resumed weights differ from the uninterrupted run (killed after step " << kill_at << ")";
+  if (rc.bitwise) {
+    EXPECT_EQ(testutil::read_text(d / "res.safetensors"), testutil::read_text(d / "full.safetensors"))
+        << rc.mode << ": resumed weights differ from the uninterrupted run (killed after step " << kill_at << ")";
+  } else {
+    const double err = testutil::max_rel_error(d / "res.safetensors", d / "full.safetensors");
+    std::printf("%s: resumed run within %.3g·max|w| of the uninterrupted one\n", rc.mode.c_str(), err);
+    // Fresh keys move float32 rounding, which ReLU and max-pool decisions
+    // amplify: six key seeds of this 30-step run differ from tee-only by
+    // 4.5e-7 to 7.4e-3 (docs/BENCHMARKS.md, "Tempo mode against PyTorch").
+    EXPECT_LT(err, 3e-2);
+    EXPECT_NE(testutil::read_text(d / "res.safetensors"), testutil::read_text(d / "full.safetensors"))
+        << "a resumed tempo run reproduced the original's rounding: it reused its keys";
+  }
   // The metrics hold every step exactly once, in order.
   const std::string m = testutil::read_text(metrics);
   int64_t expect = 1;
   for (size_t p = m.find("\"step\":"); p != std::string::npos; p = m.find("\"step\":", p + 1))
     EXPECT_EQ(std::stoll(m.substr(p + 7)), expect++) << m;
-  EXPECT_EQ(expect, 61);
+  EXPECT_EQ(expect, steps + 1);
 }
 
 TEST(Checkpoint, KillAndResumeIsBitwiseTeeOnly) { kill_and_resume({"tee-only", {}}); }
 
 TEST(Checkpoint, CtrlCSealsTheStepAndResumesBitwise) { kill_and_resume({"tee-only", {}}, SIGINT); }
 
-TEST(Checkpoint, KillAndResumeIsBitwiseTempo) {
-  // The uninterrupted reference must draw the same keys: a fixed (insecure)
-  // key seed; the next test covers a random run secret.
-  kill_and_resume({"tempo", {"--workers", "local:1", "--insecure-key-seed", "9"}});
+TEST(Checkpoint, KillAndResumeTempoDrawsFreshKeys) {
+  // Even with a fixed (insecure) key seed, which the uninterrupted run shares.
+  kill_and_resume({"tempo", {"--workers", "local:1", "--insecure-key-seed", "9"}, "30", false});
 }
 
-TEST(Checkpoint, ResumedRunKeepsItsRandomSecret) {
-  // A run with a random secret checkpoints after steps 7 and 14 and ends at
-  // 20; resuming its last checkpoint must redo steps 15..20 with the same
-  // keys, hence the same rounding, hence the same bytes.
+// The ciphertexts a resumed execution sends, as its worker recorded them
+// (`tempo worker --record`): the received matrices' bytes.
+std::set<std::string> sent_matrices(const std::string& dir) {
+  std::set<std::string> out;
+  for (const auto& f : fs::directory_iterator(dir))
+    for (const TranscriptRecord& r : read_transcript(f.path().string()))
+      if (r.received)
+        out.insert(std::string(reinterpret_cast<const char*>(r.data.data()), r.data.size() * sizeof(float)));
+  return out;
+}
+
+TEST(Checkpoint, ExecutionsResumedFromOneCheckpointShareNoCiphertext) {
+  // A host replays one sealed checkpoint twice. Each execution draws its own
+  // keys: no matrix one worker receives is sent again to the other.
+  TempDir d("replay");
+  const ResumeCase rc{"tempo", {"--checkpoint-every", "5"}, "12"};  // the last checkpoint: after step 10
+  ASSERT_EQ(run(train_args(d, rc, d / "a.safetensors", {"--workers", "local:1"}), d / "a.log"), 0)
+      << testutil::read_text(d / "a.log");
+  std::vector<std::set<std::string>> sent;
+  for (const std::string run_name : {"r1", "r2"}) {
+    fs::create_directories(d / run_name);
+    fs::copy_file(d / "ck.tenc", d / (run_name + ".tenc"));
+    testutil::WorkerProcess w(d.path(), run_name + "w", {"--record", d / run_name});
+    const ResumeCase again{"tempo", {}, "12"};
+    ASSERT_EQ(run(train_args(d, again, d / (run_name + ".safetensors"),
+                             {"--workers", w.address(), "--resume", d / (run_name + ".tenc")}),
+                  d / (run_name + ".log")),
+              0)
+        << testutil::read_text(d / (run_name + ".log"));
+    w.stop(SIGTERM);
+    sent.push_back(sent_matrices(d / run_name));
+    ASSERT_GT(sent.back().size(), 10u) << "the worker recorded nothing";
+  }
+  size_t common = 0;
+  for (const std::string& m : sent[1]) common += sent[0].count(m);
+  std::printf("two executions resumed from one checkpoint: %zu and %zu matrices sent, %zu in common\n",
+              sent[0].size(), sent[1].size(), common);
+  EXPECT_EQ(common, 0u);
+}
+
+TEST(Checkpoint, ResumeRefusesAnOlderCheckpoint) {
+  // A run checkpoints after steps 7 and 14; a copy of the one after 14 is
+  // kept; resuming it once seals newer checkpoints (monotonic counter beside
+  // the sealing key), after which the copy is refused as a rollback.
   TempDir d("secret");
   const ResumeCase rc{"tempo", {"--workers", "local:1", "--checkpoint-every", "7"}, "20"};
   ASSERT_EQ(run(train_args(d, rc, d / "a.safetensors", {}), d / "a.log"), 0) << testutil::read_text(d / "a.log");
-  ASSERT_EQ(run(train_args(d, rc, d / "b.safetensors", {"--resume", d / "ck.tenc"}), d / "b.log"), 0)
+  EXPECT_EQ(testutil::read_text(d / "seal.key.counter"), "2\n");
+  fs::copy_file(d / "ck.tenc", d / "old.tenc");
+  const ResumeCase more{"tempo", {"--workers", "local:1", "--checkpoint-every", "3"}, "20"};
+  ASSERT_EQ(run(train_args(d, more, d / "b.safetensors", {"--resume", d / "ck.tenc"}), d / "b.log"), 0)
       << testutil::read_text(d / "b.log");
   EXPECT_NE(testutil::read_text(d / "b.log").find("after step 14"), std::string::npos) << testutil::read_text(d / "b.log");
-  EXPECT_EQ(testutil::read_text(d / "a.safetensors"), testutil::read_text(d / "b.safetensors"));
+  EXPECT_LT(testutil::max_rel_error(d / "a.safetensors", d / "b.safetensors"), 5e-3);
+  EXPECT_EQ(testutil::read_text(d / "seal.key.counter"), "4\n");  // after steps 15 and 18
+  EXPECT_EQ(run(train_args(d, more, d / "c.safetensors", {"--resume", d / "old.tenc"}), d / "old.log"), 1);
+  EXPECT_NE(testutil::read_text(d / "old.log").find("older than the last one this master sealed"), std::string::npos)
+      << testutil::read_text(d / "old.log");
+  EXPECT_FALSE(fs::exists(d / "c.safetensors"));
+  // The newest checkpoint still resumes.
+  ASSERT_EQ(run(train_args(d, more, d / "n.safetensors", {"--resume", d / "ck.tenc"}), d / "new.log"), 0)
+      << testutil::read_text(d / "new.log");
   // Other settings, another sealing key, a damaged checkpoint: one error each.
   EXPECT_EQ(run(train_args(d, rc, d / "c.safetensors", {"--resume", d / "ck.tenc", "--lr", "0.02"}), d / "c.log"), 1);
   EXPECT_NE(testutil::read_text(d / "c.log").find("other settings: optimizer"), std::string::npos)

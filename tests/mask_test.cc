@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/blas.h"
+#include "common/error.h"
 #include "trusted/rng.h"
 #include "trusted/obfuscation/col_mix.h"
 #include "trusted/obfuscation/keys.h"
@@ -332,6 +333,52 @@ TEST(LowRank, RepeatedRowsGiveTheMaskRowSpace) {
   }
   std::printf("rows decoded exactly: %lld of %lld\n", static_cast<long long>(exact), static_cast<long long>(rows));
   EXPECT_GT(exact, rows / 2);
+}
+
+}  // namespace
+}  // namespace tempo
+
+namespace tempo {
+namespace {
+
+// A resumed execution's secret (trainer.cc) comes from derive_secret: the
+// same inputs give the same secret, any other label, counter or base another.
+TEST(KeyStream, DerivedSecretsAreRepeatableAndApart) {
+  const Secret base = secret_from_seed(1);
+  const Secret a = derive_secret(base, "tempo resumed execution", 14);
+  EXPECT_EQ(a, derive_secret(base, "tempo resumed execution", 14));
+  EXPECT_NE(a, base);
+  EXPECT_NE(a, derive_secret(base, "tempo resumed execution", 15));
+  EXPECT_NE(a, derive_secret(base, "another use", 14));
+  EXPECT_NE(a, derive_secret(secret_from_seed(2), "tempo resumed execution", 14));
+  // And the streams they key share no block.
+  KeyStream x(a, 0), y(base, 0);
+  EXPECT_NE(x.u32(), y.u32());
+}
+
+}  // namespace
+}  // namespace tempo
+
+namespace tempo {
+namespace {
+
+// A stream and each fork own 2^22 blocks: drawing past them fails before a
+// single word of another stretch is produced.
+TEST(KeyStream, RefusesToRunIntoAnotherStretch) {
+  std::vector<uint32_t> buf(size_t{1} << 20);  // 2^16 blocks
+  const KeyStream parent(secret_from_seed(4), 1);
+  for (KeyStream s : {parent, parent.fork(0), parent.fork(1022)}) {
+    KeyStream* ks = &s;
+    for (int i = 0; i < 64; ++i) ks->fill(buf.data(), buf.size());  // exactly the 2^22 blocks
+    EXPECT_THROW(ks->u32(), Error);
+    EXPECT_THROW(ks->fill(buf.data(), 16), Error);
+  }
+  // 16 blocks short of the limit, one more refill (16 blocks) still fits.
+  KeyStream ks(secret_from_seed(4), 2);
+  for (int i = 0; i < 63; ++i) ks.fill(buf.data(), buf.size());
+  ks.fill(buf.data(), buf.size() - 256);
+  for (int i = 0; i < 256; ++i) EXPECT_NO_THROW(ks.u32());
+  EXPECT_THROW(ks.u32(), Error);
 }
 
 }  // namespace

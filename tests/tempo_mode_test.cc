@@ -19,6 +19,7 @@
 #include "trusted/trainer.h"
 #include "eval/doubles/faulty_worker.h"
 #include "worker/local_worker.h"
+#include "process_util.h"
 #include "test_util.h"
 
 namespace tempo {
@@ -562,6 +563,30 @@ TEST(ChannelMode, EveryLieIsCaught) {
   EXPECT_GT(liar->tampered(), 5);
   EXPECT_EQ(be.stats().rejected, liar->tampered());
   EXPECT_LT(testutil::max_rel_error(out, tee_only_reference()), 1e-3);
+}
+
+// Settings that weaken the protection are said on stderr as loudly as
+// offload mode; the defaults say nothing of the kind.
+TEST(Weakening, IsSaidLoudly) {
+  testutil::TempDir d("weak");
+  const std::vector<std::pair<std::vector<std::string>, std::string>> cases = {
+      {{}, ""},
+      {{"--key-scale", "1"}, "WARNING: WEAKENED --key-scale 1"},
+      {{"--verify-rounds", "0"}, "WARNING: UNCHECKED --verify-rounds 0"},
+      {{"--verify-rate", "0"}, "WARNING: UNCHECKED --verify-rate 0"},
+      {{"--verify-rate", "0.5"}, "warning: --verify-rate 0.5"}};
+  for (const auto& [flags, said] : cases) {
+    std::vector<std::string> args = {TEMPO_BINARY, "train", "--data", "synthetic:64", "--steps", "1",
+                                     "--batch-size", "32", "--threads", "1", "--no-progress"};
+    args.insert(args.end(), flags.begin(), flags.end());
+    const std::string log = d / "out.log";
+    ASSERT_EQ(wait_exit(spawn(args, log), 120), 0) << read_text(log);
+    const std::string out = read_text(log);
+    if (said.empty())
+      EXPECT_EQ(out.find("WARNING"), std::string::npos) << out;
+    else
+      EXPECT_NE(out.find(said), std::string::npos) << out;
+  }
 }
 
 }  // namespace

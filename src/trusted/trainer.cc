@@ -100,6 +100,18 @@ class MetricsLog {
 
 }  // namespace
 
+namespace {
+
+// A resumed execution's run secret: fresh (DESIGN.md §4, "Resume").
+Secret resumed_secret(const TrainConfig& cfg, const RunState& restored) {
+  if (cfg.insecure_key_seed < 0) return random_secret();
+  // Reproducible for tests, and still apart from the interrupted
+  // execution's streams and from those of a resume at another step.
+  return derive_secret(run_secret(cfg), "tempo resumed execution", static_cast<uint64_t>(restored.step));
+}
+
+}  // namespace
+
 Secret run_secret(const TrainConfig& cfg) {
   if (cfg.insecure_key_seed < 0) return random_secret();
   std::fprintf(stderr, "tempo: WARNING: INSECURE --insecure-key-seed: the keys follow from a public number "
@@ -261,7 +273,6 @@ TrainingJob::TrainingJob(const TrainConfig& cfg, LinearBackend* injected)
   load_data();
   if (!injected) owned_ = make_backend(cfg, &st_.secret);
   backend_ = injected ? injected : owned_.get();
-  if (resumed_) backend_->set_key_position(st_.key_position);
   ocfg_ = cfg.optim;
   ocfg_.total_epochs = cfg.epochs;
   if (resumed_) dropout_rng_.set_state(st_.dropout_rng);
@@ -273,11 +284,17 @@ TrainingJob::TrainingJob(const TrainConfig& cfg, LinearBackend* injected)
 void TrainingJob::restore_or_start() {
   if (resumed_) {
     st_ = read_checkpoint(cfg_.resume, seal_key_, config_, *model_, *optim_);
+    check_not_rolled_back(cfg_.resume, st_, counter_path(cfg_.sealing_key));
     if (st_.threads != num_threads())
       std::fprintf(stderr, "tempo: warning: the checkpoint was made with %d threads, this run has %d: the result "
                    "will differ from an uninterrupted run in rounding\n", st_.threads, num_threads());
     std::fprintf(stderr, "tempo: resuming %s after step %lld (epoch %d, batch %lld)\n", cfg_.resume.c_str(),
                  static_cast<long long>(st_.step), st_.epoch, static_cast<long long>(st_.in_epoch));
+    // No key stream is ever used by two executions: a host that replays
+    // this checkpoint, and makes workers fail differently each time, would
+    // otherwise get the same keys, masks and mixings on other plaintexts.
+    st_.secret = resumed_secret(cfg_, st_);
+    st_.key_position = 0;
   } else {
     st_.secret = run_secret(cfg_);
   }
@@ -305,7 +322,13 @@ void TrainingJob::checkpoint(int epoch, int64_t in_epoch) {
   st_.in_epoch = in_epoch;
   st_.dropout_rng = dropout_rng_.state();
   st_.key_position = backend_->key_position();
+  // Sealed with the next counter value, which is recorded only once the
+  // checkpoint is in place: a kill in between leaves a checkpoint that is
+  // still accepted.
+  const std::string counter = counter_path(cfg_.sealing_key);
+  st_.counter = std::max(st_.counter, read_counter(counter)) + 1;
   write_checkpoint(cfg_.checkpoint, seal_key_, config_, *model_, *optim_, st_);
+  advance_counter(counter, st_.counter);
 }
 
 bool TrainingJob::run_epoch(int epoch) {

@@ -77,6 +77,7 @@ nlohmann::json run_config(const TrainConfig& cfg) {
     c["key_shift"] = cfg.offload.key_shift;
     c["mask_rank"] = cfg.offload.mask_rank;
     c["row_mix"] = cfg.offload.row_mix;
+    c["col_mix"] = cfg.offload.col_mix;
     c["verify"] = {{"rounds", cfg.offload.verify.rounds},
                    {"rate", cfg.offload.verify.rate},
                    {"tolerance", cfg.offload.verify.tolerance}};
@@ -179,6 +180,34 @@ SymKey sealing_key(const std::string& path, bool create) {
   return read_sym_key(path, kSealingKeyLabel);
 }
 
+std::string counter_path(const std::string& sealing_key_path) { return sealing_key_path + ".counter"; }
+
+uint64_t read_counter(const std::string& path) {
+  if (!is_regular_file(path)) return 0;
+  const std::vector<uint8_t> raw = read_file(path, "monotonic counter file");
+  std::string text(raw.begin(), raw.end());
+  while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) text.pop_back();
+  TEMPO_CHECK(!text.empty() && text.size() <= 19 && text.find_first_not_of("0123456789") == std::string::npos,
+              "monotonic counter file " + path + " is malformed (expected a decimal number)");
+  return std::stoull(text);
+}
+
+void advance_counter(const std::string& path, uint64_t value) {
+  if (value <= read_counter(path)) return;
+  const std::string text = std::to_string(value) + "\n";
+  AtomicFile f(path);
+  f.write(text.data(), text.size());
+  f.commit();
+}
+
+void check_not_rolled_back(const std::string& checkpoint, const RunState& s, const std::string& counter_file) {
+  const uint64_t last = read_counter(counter_file);
+  if (s.counter < last)
+    throw Error("--resume " + checkpoint + ": this checkpoint is older than the last one this master sealed "
+                "(checkpoint " + std::to_string(s.counter) + ", counter " + std::to_string(last) + " in " +
+                counter_file + "): a host may not roll training back; resume from the newest checkpoint");
+}
+
 void write_checkpoint(const std::string& path, const SymKey& key, const nlohmann::json& config, const Model& model,
                       Optimizer& optim, const RunState& s) {
   std::vector<NamedTensor> t = model.state_tensors();
@@ -197,6 +226,7 @@ void write_checkpoint(const std::string& path, const SymKey& key, const nlohmann
   t.push_back(scalar("run.key_position", static_cast<int64_t>(s.key_position)));
   t.push_back(bytes32("run.dropout_rng", reinterpret_cast<const uint8_t*>(s.dropout_rng.data())));
   t.push_back(bytes32("run.secret", s.secret.data()));
+  t.push_back(scalar("run.counter", static_cast<int64_t>(s.counter)));
   if (s.data_key) t.push_back(bytes32("run.data_key", s.data_key->data()));
   const std::string text = config.dump();
   t.push_back({"run.config", DType::I64, {static_cast<int64_t>(text.size())}, {}, {text.begin(), text.end()}});
@@ -242,6 +272,8 @@ RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohm
   s.key_position = static_cast<uint64_t>(take("run.key_position", 1)[0]);
   std::memcpy(s.dropout_rng.data(), take("run.dropout_rng", 4).data(), 32);
   std::memcpy(s.secret.data(), take("run.secret", 4).data(), 32);
+  // Checkpoints of versions before the counter count as the first.
+  if (m.count("run.counter")) s.counter = static_cast<uint64_t>(take("run.counter", 1)[0]);
   if (m.count("run.data_key")) {
     SymKey k;
     std::memcpy(k.data(), take("run.data_key", 4).data(), 32);

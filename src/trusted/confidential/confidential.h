@@ -61,7 +61,19 @@ struct RunState {
   uint64_t key_position = 0;
   std::optional<SymKey> data_key;  // an encrypted data set's key
   int threads = 0;
+  uint64_t counter = 0;   // the monotonic counter's value when it was sealed
 };
+
+// The monotonic counter that stops a host from rolling the master back to an
+// older checkpoint. SIMULATED: a file beside the sealing key
+// (<sealing key>.counter), standing in for SGX's or a TPM's counter, which a
+// host could not reset. 0 when the file does not exist yet.
+std::string counter_path(const std::string& sealing_key_path);
+uint64_t read_counter(const std::string& path);
+// Records that checkpoint `value` was written (atomically; never lowers it).
+void advance_counter(const std::string& path, uint64_t value);
+// Refuses a checkpoint sealed before the last one this master wrote.
+void check_not_rolled_back(const std::string& checkpoint, const RunState& s, const std::string& counter_file);
 
 // The sealing key (simulation: a key file, made on first use; on SGX it
 // would be the enclave's sealing key).

@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 #include <stdexcept>
+#include <vector>
 
 #include "common/error.h"
 #include "common/parallel.h"
@@ -174,6 +175,16 @@ Secret secret_from_seed(uint64_t seed) {
   return s;
 }
 
+Secret derive_secret(const Secret& base, const char* label, uint64_t counter) {
+  if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
+  Secret s;
+  std::vector<unsigned char> in(label, label + std::strlen(label) + 1);
+  const auto* c = reinterpret_cast<const unsigned char*>(&counter);
+  in.insert(in.end(), c, c + sizeof counter);
+  crypto_generichash(s.data(), s.size(), in.data(), in.size(), base.data(), base.size());
+  return s;
+}
+
 KeyStream::KeyStream(const Secret& secret, uint64_t stream_id) : key_(secret) {
   std::memcpy(nonce_.data(), &stream_id, sizeof stream_id);
 }
@@ -181,11 +192,12 @@ KeyStream::KeyStream(const Secret& secret, uint64_t stream_id) : key_(secret) {
 void KeyStream::refill() {
   static_assert(sizeof(buf_) % 64 == 0);
   // The keystream is ChaCha20 applied to zeros.
+  reserve(sizeof buf_ / 64);
   std::memset(buf_.data(), 0, sizeof buf_);
   crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(buf_.data()),
                                      reinterpret_cast<const unsigned char*>(buf_.data()), sizeof buf_,
-                                     nonce_.data(), block_, key_.data());
-  block_ += static_cast<uint32_t>(sizeof buf_ / 64);
+                                     nonce_.data(), static_cast<uint32_t>(block_), key_.data());
+  block_ += sizeof buf_ / 64;
   pos_ = 0;
 }
 
@@ -193,8 +205,14 @@ KeyStream KeyStream::fork(uint32_t i) const {
   TEMPO_CHECK(i < 1023 && block_ <= (uint32_t{1} << 22), "KeyStream::fork out of range");
   KeyStream f(key_, 0);
   f.nonce_ = nonce_;
-  f.block_ = (i + 1) << 22;
+  f.block_ = uint64_t{i + 1} << 22;
+  f.limit_ = uint64_t{i + 2} << 22;
   return f;
+}
+
+void KeyStream::reserve(uint64_t blocks) const {
+  TEMPO_CHECK(block_ + blocks <= limit_, "key stream exhausted: a single product drew more than its 2^22 ChaCha20 "
+                                         "blocks (256 MiB) of key material; this shape is too large for one stream");
 }
 
 uint32_t KeyStream::u32() {
@@ -209,9 +227,10 @@ void KeyStream::fill(uint32_t* out, size_t n) {
   static const unsigned char kZeros[4096] = {};
   while (n >= 16) {
     const size_t blocks = std::min<size_t>(n / 16, sizeof kZeros / 64);
+    reserve(blocks);
     crypto_stream_chacha20_ietf_xor_ic(reinterpret_cast<unsigned char*>(out), kZeros, blocks * 64, nonce_.data(),
-                                       block_, key_.data());
-    block_ += static_cast<uint32_t>(blocks);
+                                       static_cast<uint32_t>(block_), key_.data());
+    block_ += blocks;
     out += blocks * 16;
     n -= blocks * 16;
   }

@@ -55,6 +55,10 @@ Secret random_secret();
 // (BLAKE2b) from a public number, so that a run's keys, and with them its
 // rounding, repeat exactly.
 Secret secret_from_seed(uint64_t seed);
+// A secret derived from `base` for another use, named by `label` and
+// `counter` (BLAKE2b keyed by base): distinct labels or counters give
+// independent secrets.
+Secret derive_secret(const Secret& base, const char* label, uint64_t counter);
 
 // ChaCha20 keystream (IETF variant) under the run secret, one stream per
 // 64-bit stream id; the caller never reuses an id within a run.
@@ -72,14 +76,19 @@ class KeyStream {
   ScaledPerm scaled_perm(int64_t d, double sigma);
   // An independent stretch of this stream (ChaCha20 is seekable), for
   // drawing in parallel: the keystream from block (i + 1)·2²² on (256 MiB
-  // each, i < 1023); the stream itself must stay within its first 2²² blocks.
+  // each, i < 1023); the stream itself must stay within its first 2²² blocks,
+  // and a fork within its own: drawing past them is an Error, never an overlap.
   KeyStream fork(uint32_t i) const;
 
  private:
   void refill();
+  // Error, before any of it is generated, if the next `blocks` blocks would
+  // run past this stream's stretch (and into a fork's).
+  void reserve(uint64_t blocks) const;
   Secret key_;
   std::array<uint8_t, 12> nonce_{};
-  uint32_t block_ = 0;
+  uint64_t block_ = 0;                  // the next block (ChaCha20's 32-bit counter)
+  uint64_t limit_ = uint64_t{1} << 22;  // the first block past this stream's stretch
   std::array<uint32_t, 16 * 16> buf_{};
   size_t pos_ = buf_.size();
 };

@@ -29,6 +29,21 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
   TEMPO_CHECK(cfg.col_mix == 0 || (cfg.col_mix >= 2 && cfg.col_mix <= 32), "--col-mix must be 0 (off) or 2 to 32");
   if ((cfg.mask_rank > 0 || cfg.row_mix > 0 || cfg.col_mix > 0) && !cfg.insecure_identity)
     blind_ = std::make_unique<Blinding>(cfg.row_mix, cfg.mask_rank, cfg.mask_magnitude, cfg.col_mix);
+  warn_if_weakened(cfg);
+}
+
+// Settings that weaken the protection are said as loudly as offload mode.
+void OffloadBackend::warn_if_weakened(const OffloadConfig& cfg) {
+  if (cfg.insecure_identity) return;  // the obfuscator already says it: plaintext
+  if (cfg.key_scale <= 1.0)
+    std::fprintf(stderr, "tempo: WARNING: WEAKENED --key-scale 1: the keys only permute and flip signs, every "
+                         "magnitude reaches the workers as it is\n");
+  if (cfg.verify.rounds == 0 || cfg.verify.rate <= 0)
+    std::fprintf(stderr, "tempo: WARNING: UNCHECKED --verify-%s 0: workers' results are used WITHOUT Freivalds' "
+                         "check, so a lying worker goes unnoticed\n", cfg.verify.rounds == 0 ? "rounds" : "rate");
+  else if (cfg.verify.rate < 1)
+    std::fprintf(stderr, "tempo: warning: --verify-rate %g: only that fraction of products is checked\n",
+                 cfg.verify.rate);
 }
 
 size_t OffloadBackend::healthy_workers() const {

@@ -93,6 +93,7 @@ class OffloadBackend final : public LinearBackend {
   const Verifier& verifier() const { return verifier_; }
 
  private:
+  static void warn_if_weakened(const OffloadConfig& cfg);
   enum class Kind { kForward, kInput, kWeight };
   struct Slot {
     std::unique_ptr<WorkerApi> api;
