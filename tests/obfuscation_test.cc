@@ -307,3 +307,40 @@ TEST(Freivalds, ProductsTakenDuringDecryption) {
 
 }  // namespace
 }  // namespace tempo
+
+namespace tempo {
+namespace {
+
+// Why `--tf32` is refused while results are checked: a bound wide enough
+// for TF32's rounding (u = 2⁻¹¹) lets a single entry off by half its row's
+// largest value through, at cnn's fully connected shape, while fp32's bound
+// catches a 1e-2 lie there every time.
+TEST(Freivalds, Tf32BoundAdmitsLargeLies) {
+  std::mt19937_64 g(5);
+  const int64_t m = 64, k = 3136, n = 128;
+  Case cs = make_case(m, k, n, g, true);
+  VerifyConfig tf32;
+  tf32.unit_roundoff = 0x1.0p-11;
+  Verifier wide(tf32), fp32(VerifyConfig{});
+  KeyStream ks(secret_from_seed(8), 0);
+  int passed_wide = 0, caught_fp32 = 0;
+  const int trials = 50;
+  for (int t = 0; t < trials; ++t) {
+    const int64_t i = static_cast<int64_t>(g() % m), j = static_cast<int64_t>(g() % n);
+    float row_max = 0;
+    for (int64_t c = 0; c < n; ++c) row_max = std::max(row_max, std::fabs(cs.c[static_cast<size_t>(i * n + c)]));
+    std::vector<float> lie = cs.c;
+    lie[static_cast<size_t>(i * n + j)] += 0.5f * row_max;
+    passed_wide += wide.check(lie.data(), m, n, k, {cs.a.data(), false}, {cs.w.data(), true}, ks).empty();
+    lie = cs.c;
+    lie[static_cast<size_t>(i * n + j)] += 1e-2f * row_max;
+    caught_fp32 += !fp32.check(lie.data(), m, n, k, {cs.a.data(), false}, {cs.w.data(), true}, ks).empty();
+  }
+  std::printf("TF32 bound: %d of %d lies of 0.5·max|row| pass; fp32 bound: %d of %d lies of 1e-2 caught\n",
+              passed_wide, trials, caught_fp32, trials);
+  EXPECT_EQ(passed_wide, trials);
+  EXPECT_EQ(caught_fp32, trials);
+}
+
+}  // namespace
+}  // namespace tempo

@@ -589,5 +589,21 @@ TEST(Weakening, IsSaidLoudly) {
   }
 }
 
+// TF32 products cannot be checked (tests/obfuscation_test.cc,
+// Freivalds.Tf32BoundAdmitsLargeLies): --tf32 is refused while results are,
+// and runs, loudly unchecked, with --verify-rounds 0.
+TEST(Weakening, Tf32IsRefusedWhileResultsAreChecked) {
+  testutil::TempDir d("tf32");
+  const std::vector<std::string> base = {TEMPO_BINARY, "train", "--data", "synthetic:64", "--steps", "1",
+                                         "--batch-size", "32", "--threads", "1", "--no-progress", "--tf32"};
+  const std::string log = d / "out.log";
+  EXPECT_EQ(wait_exit(spawn(base, log), 120), 1) << read_text(log);
+  EXPECT_NE(read_text(log).find("tempo: error: --tf32 cannot be checked"), std::string::npos) << read_text(log);
+  std::vector<std::string> unchecked = base;
+  unchecked.insert(unchecked.end(), {"--verify-rounds", "0"});
+  EXPECT_EQ(wait_exit(spawn(unchecked, log), 120), 0) << read_text(log);
+  EXPECT_NE(read_text(log).find("WARNING: UNCHECKED"), std::string::npos) << read_text(log);
+}
+
 }  // namespace
 }  // namespace tempo

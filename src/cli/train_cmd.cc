@@ -48,8 +48,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_flag("--tf32", c.remote.tf32,
-               "Let workers use TF32 tensor cores for products (faster on GPUs; results carry ~1e-3 relative "
-               "error, which the verifier then allows)");
+               "Let workers use TF32 tensor cores for products (faster on GPUs; ~1e-3 relative error per "
+               "product). Only with --verify-rounds 0: TF32's rounding would hide lies of percents from the check");
   app.add_option("--worker-timeout", c.remote.call_timeout_s,
                  "Seconds a remote worker may take for one call (plus 1 s per 100 MB) before it counts as failed")
       ->capture_default_str()

@@ -124,7 +124,14 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret
   if (cfg.mode == "tempo" || cfg.mode == "offload") {
     OffloadConfig oc = cfg.offload;
     oc.insecure_identity = cfg.mode == "offload";
-    // TF32 keeps 10 bits of mantissa: the check's bound follows its unit round-off.
+    // TF32 keeps 10 bits of mantissa: an honest product term is off by up
+    // to 2⁻¹¹ of itself, so a bound that admits honest TF32 results admits
+    // far larger lies (Freivalds.Tf32BoundAdmitsLargeLies: 50 of 50
+    // single-entry lies of 0.5·max|row| pass at cnn's fc shape).
+    TEMPO_CHECK(!cfg.remote.tf32 || oc.verify.rounds == 0 || oc.verify.rate <= 0 || cfg.mode == "offload",
+                "--tf32 cannot be checked: TF32's rounding (2^-11 per product term) is larger than the lies "
+                "Freivalds' check must catch (1e-2 of a row), so with it a worker could change results unnoticed; "
+                "train in FP32 (drop --tf32), or give up the check explicitly with --verify-rounds 0");
     if (cfg.remote.tf32) oc.verify.unit_roundoff = 0x1.0p-11;
     const Secret secret = given ? *given : run_secret(cfg);
     return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers, cfg.remote), secret);
