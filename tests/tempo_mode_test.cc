@@ -68,6 +68,10 @@ struct ModeCase {
 
 class TempoParity : public ::testing::TestWithParam<ModeCase> {};
 
+// Key seeds below are fixed numbers (once the line each test was on): the
+// errors these tests print are those of these keys, whatever is edited
+// around them.
+
 TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   const auto [nw, shift, mask, mix, col] = GetParam();
   std::string out = (temp_dir() / ("tempo_" + std::to_string(nw) + (shift ? "s" : "n") + std::to_string(mask) + "_" +
@@ -78,7 +82,7 @@ TEST_P(TempoParity, MatchesTeeOnlyTraining) {
   c.offload.mask_rank = mask;
   c.offload.row_mix = mix;
   c.offload.col_mix = col;
-  OffloadBackend be(c.offload, local_workers(nw), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, local_workers(nw), secret_from_seed(80));
   train(c, &be);
   EXPECT_EQ(be.stats().rejected, 0) << "false alarm on honest workers";
   EXPECT_EQ(be.stats().local_fallbacks, 0);
@@ -137,7 +141,7 @@ TEST(Evaluation, SameResultAtAnyBatchSizeAndThroughWorkers) {
     EXPECT_NEAR(r.loss, ref.loss, 1e-5 * std::fabs(ref.loss)) << "batch " << b;
     EXPECT_LE(std::abs(r.correct - ref.correct), 1) << "batch " << b;
   }
-  OffloadBackend be(c.offload, local_workers(2), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, local_workers(2), secret_from_seed(139));
   const EvalResult t = evaluate(*model, data, 32, be);
   EXPECT_GT(be.stats().masked, 0);
   EXPECT_EQ(be.stats().rejected, 0);
@@ -165,7 +169,7 @@ TEST_P(Tampering, EveryLieIsCaughtAndTrainingStaysCorrect) {
   auto ws = local_workers(2);
   auto* liar = new TamperingWorker(std::move(ws[1]), parse_tamper(GetParam()), 0.3, 42);
   ws[1].reset(liar);
-  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(167));
   train(c, &be);
   std::printf("%s: %lld lies, %lld rejected\n", GetParam().c_str(), static_cast<long long>(liar->tampered()),
               static_cast<long long>(be.stats().rejected));
@@ -188,7 +192,7 @@ TEST(Tampering, LiesInBackwardProductsOnTwoWorkersAreCaught) {
   auto ws = local_workers(2);
   auto* liar = new TamperingWorker(std::move(ws[1]), Tamper::kEntry, 0.3, 43);
   ws[1].reset(liar);
-  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(190));
   train(c, &be);
   std::printf("no key shift: %lld lies, %lld rejected, %lld backward passes apart\n",
               static_cast<long long>(liar->tampered()), static_cast<long long>(be.stats().rejected),
@@ -207,7 +211,7 @@ TEST(Quarantine, LiarIsDroppedAfterConfiguredFailures) {
   auto ws = local_workers(2);
   auto* liar = new TamperingWorker(std::move(ws[0]), Tamper::kEntry, 1.0, 1);
   ws[0].reset(liar);
-  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(209));
   train(c, &be);
   EXPECT_EQ(be.healthy_workers(), 1u);
   EXPECT_EQ(be.stats().rejected, 2);
@@ -222,7 +226,7 @@ TEST(Fallback, NoWorkerLeftContinuesInMasterOrStops) {
   {
     auto ws = local_workers(1);
     ws[0] = std::make_unique<TamperingWorker>(std::move(ws[0]), Tamper::kZeros, 1.0, 1);
-    OffloadBackend be(c.offload, std::move(ws), secret_from_seed(__LINE__));
+    OffloadBackend be(c.offload, std::move(ws), secret_from_seed(224));
     train(c, &be);
     EXPECT_EQ(be.healthy_workers(), 0u);
     EXPECT_GT(be.stats().local_fallbacks, 0);
@@ -233,7 +237,7 @@ TEST(Fallback, NoWorkerLeftContinuesInMasterOrStops) {
   auto ws = local_workers(1);
   auto* liar = new TamperingWorker(std::move(ws[0]), Tamper::kZeros, 1.0, 5, 20);  // lies from the 21st product
   ws[0].reset(liar);
-  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(235));
   EXPECT_THROW(train(c, &be), Error);
   // The first lie stops the run; the other backward half, sent beside it,
   // may have been answered (and lied about) too.
@@ -357,7 +361,7 @@ TEST(Decryption, Im2colProductsEqualPlaintext) {
   for (int shift = 0; shift < 2; ++shift) {
     OffloadConfig oc;
     oc.key_shift = shift == 1;
-    OffloadBackend be(oc, local_workers(2), secret_from_seed(__LINE__));
+    OffloadBackend be(oc, local_workers(2), secret_from_seed(359));
     TeeOnlyBackend tee;
     const int64_t m = 97, k = 61, n = 13;
     auto a = normal_vec(m * k, 1), w = normal_vec(n * k, 2), dc = normal_vec(m * n, 3);
@@ -508,7 +512,7 @@ TEST(Decryption, ChannelModeConvolutionsEqualPlaintext) {
   for (int shift = 0; shift < 2; ++shift) {
     OffloadConfig oc;
     oc.key_shift = shift == 1;
-    OffloadBackend be(oc, local_workers(1), secret_from_seed(__LINE__));
+    OffloadBackend be(oc, local_workers(1), secret_from_seed(510));
     TeeOnlyBackend tee;
     ConvGeometry g = ConvGeometry::make(5, 7, 11, 9, 6, 3, 2, 1);
     auto x = normal_vec(g.n * g.c * g.h * g.w, 4), w = normal_vec(g.o * g.c * 9, 5);
@@ -535,7 +539,7 @@ TEST(ChannelMode, TrainingMatchesTeeOnly) {
   c.mode = "tempo";
   c.conv_mode = "channel";
   c.channel_from = 1;
-  OffloadBackend be(c.offload, local_workers(2), secret_from_seed(__LINE__));
+  OffloadBackend be(c.offload, local_workers(2), secret_from_seed(537));
   train(c, &be);
   EXPECT_EQ(be.stats().rejected, 0);
   const double err = testutil::max_rel_error(out, tee_only_reference());
@@ -603,6 +607,55 @@ TEST(Weakening, Tf32IsRefusedWhileResultsAreChecked) {
   unchecked.insert(unchecked.end(), {"--verify-rounds", "0"});
   EXPECT_EQ(wait_exit(spawn(unchecked, log), 120), 0) << read_text(log);
   EXPECT_NE(read_text(log).find("WARNING: UNCHECKED"), std::string::npos) << read_text(log);
+}
+
+// Records the handles a worker is given.
+class HandleSpy final : public WorkerApi {
+ public:
+  HandleSpy(std::unique_ptr<WorkerApi> inner, std::vector<Handle>* seen) : inner_(std::move(inner)), seen_(seen) {}
+  std::string name() const override { return inner_->name(); }
+  void put(Handle h, const CipherMatrix& m) override {
+    seen_->push_back(h);
+    inner_->put(h, m);
+  }
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override { return inner_->product(op, x, y); }
+  std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override {
+    return inner_->conv(op, a, b, g);
+  }
+  void release(Handle h) override { inner_->release(h); }
+  void end_step() override { inner_->end_step(); }
+
+ private:
+  std::unique_ptr<WorkerApi> inner_;
+  std::vector<Handle>* seen_;
+};
+
+// Handles are random: they do not count the products, workers and retries
+// of a run for the workers (a counter shared by all workers did).
+TEST(Handles, AreRandomPerWorker) {
+  std::vector<Handle> seen[2];
+  std::vector<std::unique_ptr<WorkerApi>> ws;
+  for (int i = 0; i < 2; ++i)
+    ws.push_back(std::make_unique<HandleSpy>(std::make_unique<LocalWorker>("local:" + std::to_string(i),
+                                                                           make_cpu_backend()),
+                                             &seen[i]));
+  TrainConfig c = small_run((temp_dir() / "handles.safetensors").string(), 3);
+  c.mode = "tempo";
+  OffloadBackend be(c.offload, std::move(ws), secret_from_seed(640));
+  train(c, &be);
+  std::unordered_set<Handle> all;
+  size_t count = 0, close = 0;
+  for (const auto& s : seen) {
+    ASSERT_GT(s.size(), 4u);
+    for (size_t i = 0; i < s.size(); ++i) {
+      EXPECT_NE(s[i], 0u);
+      all.insert(s[i]);
+      ++count;
+      if (i > 0 && (s[i] > s[i - 1] ? s[i] - s[i - 1] : s[i - 1] - s[i]) < (Handle{1} << 32)) ++close;
+    }
+  }
+  EXPECT_EQ(all.size(), count) << "a handle was given twice";
+  EXPECT_EQ(close, 0u) << "successive handles are near each other: a counter";
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <cstdio>
 #include <cstring>
 
+#include <sodium.h>
+
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/offload/offload_internal.h"
@@ -17,6 +19,7 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
                                const Secret& secret)
     : cfg_(cfg), verifier_(cfg.verify) {
   TEMPO_CHECK(!workers.empty(), "no workers given");
+  TEMPO_CHECK(sodium_init() >= 0, "libsodium failed to initialise");
   TEMPO_CHECK(cfg.quarantine_after >= 1, "--quarantine-after must be at least 1");
   TEMPO_CHECK(cfg.verify.rounds >= 0 && cfg.verify.rounds <= 64, "--verify-rounds must be from 0 to 64");
   TEMPO_CHECK(cfg.verify.rate >= 0 && cfg.verify.rate <= 1, "--verify-rate must be in [0, 1]");
@@ -44,6 +47,12 @@ void OffloadBackend::warn_if_weakened(const OffloadConfig& cfg) {
   else if (cfg.verify.rate < 1)
     std::fprintf(stderr, "tempo: warning: --verify-rate %g: only that fraction of products is checked\n",
                  cfg.verify.rate);
+}
+
+Handle OffloadBackend::new_handle() {
+  Handle h = 0;
+  while (h == 0) randombytes_buf(&h, sizeof h);
+  return h;
 }
 
 size_t OffloadBackend::healthy_workers() const {

@@ -199,7 +199,10 @@ class OffloadBackend final : public LinearBackend {
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;
-  Handle next_handle_ = 1;
+  // A fresh handle for a stored operand: 64 random bits (never 0), so that
+  // handles tell a worker nothing of how many products, workers or retries
+  // there are. From the system CSPRNG, apart from the key streams.
+  static Handle new_handle();
   PhaseSeconds phases_;
   OffloadStats stats_;
   bool warned_fallback_ = false;

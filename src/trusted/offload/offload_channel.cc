@@ -78,14 +78,14 @@ bool OffloadBackend::conv_once(Kind kind, const ConvProduct& p, const float* dy,
     {
       PhaseTimer timer(phases_.transfer);
       if (shifted && kind == Kind::kInput) {
-        ha = next_handle_++;
+        ha = new_handle();
         slots_[w].api->put(ha, ops[0]);
       } else if (shifted) {
-        hb = next_handle_++;
+        hb = new_handle();
         slots_[w].api->put(hb, ops[0]);
       } else {
-        ha = next_handle_++;
-        hb = next_handle_++;
+        ha = new_handle();
+        hb = new_handle();
         slots_[w].api->put(ha, ops[0]);
         slots_[w].api->put(hb, ops[1]);
       }

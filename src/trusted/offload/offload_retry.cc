@@ -63,8 +63,8 @@ bool OffloadBackend::standalone_send(Kind kind, const Product& p, const float* d
         break;
     }
   }
-  s.h0 = next_handle_++;
-  s.h1 = next_handle_++;
+  s.h0 = new_handle();
+  s.h1 = new_handle();
   try {
     PhaseTimer timer(phases_.transfer);
     slots_[w].api->put(s.h0, ops[0]);

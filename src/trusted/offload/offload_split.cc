@@ -38,7 +38,7 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     if (by_cols) h.kept.push_back(whole);
     for (size_t i = 0; i < shares.size(); ++i) {
       const size_t w = ws[i];
-      Chunk ch{w, shares[i].first, shares[i].second, next_handle_++, next_handle_++};
+      Chunk ch{w, shares[i].first, shares[i].second, new_handle(), new_handle()};
       CipherMatrix share = [&] {
         PhaseTimer t(phases_.encrypt);
         return by_cols ? obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1)
@@ -119,7 +119,7 @@ bool OffloadBackend::send_gradient(const Product& p, const Held& h, ProductOp op
       PhaseTimer t(phases_.encrypt);
       return encrypt(ch);
     }();
-    const Handle hg = next_handle_++;
+    const Handle hg = new_handle();
     try {
       PhaseTimer t(phases_.transfer);
       slots_[ch.worker].api->put(hg, g);
