@@ -6,11 +6,14 @@
 // uninterrupted run.
 #include <gtest/gtest.h>
 #include <sodium.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <new>
 #include <map>
 #include <random>
 #include <set>
@@ -419,6 +422,79 @@ TEST(OwnerFlow, DamagedDataSetIsRefused) {
   put_file(d / "bad.tenc", f);
   EXPECT_THROW(load_encrypted_dataset(d / "bad.tenc", key, model->input_shape), Error);
   EXPECT_THROW(load_encrypted_dataset(d / "d.tenc", random_sym_key(), model->input_shape), Error);
+}
+
+// ---- Memory hygiene ----------------------------------------------------------------
+
+// The locked memory (VmLck) of a running process, in kB; -1 once it is gone.
+long locked_kb(pid_t pid) {
+  std::ifstream f("/proc/" + std::to_string(pid) + "/status");
+  if (!f) return -1;
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind("VmLck:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+// train, eval and predict hold plaintext weights and data: each locks its
+// memory whatever the data, or, where the locked-memory limit forbids it,
+// says so.
+TEST(MemoryHygiene, CommandsWithPlaintextLockTheirMemory) {
+  struct rlimit rl{};
+  const bool can_lock = geteuid() == 0 || (getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY);
+  TempDir d("lock");
+  const std::string T = TEMPO_BINARY;
+  ASSERT_EQ(run({T, "train", "--data", "synthetic:64", "--steps", "1", "--batch-size", "32", "--no-progress",
+                 "--save", d / "m.safetensors", "--mode", "tee-only"},
+                d / "save.log"),
+            0);
+  const std::vector<std::vector<std::string>> commands = {
+      {T, "train", "--data", "synthetic:20000", "--model", "resnet18", "--batch-size", "8", "--no-progress"},
+      {T, "eval", "--data", "synthetic:20000", "--init", d / "m.safetensors", "--batch-size", "1"},
+      {T, "predict", "--data", "synthetic:20000", "--init", d / "m.safetensors", "--batch-size", "1", "--output",
+       d / "p.csv"}};
+  for (const auto& args : commands) {
+    const pid_t pid = testutil::spawn(args, d / "cmd.log");
+    long kb = 0;
+    for (int i = 0; i < 400 && kb <= 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(25));
+      kb = locked_kb(pid);
+      if (kb < 0) break;
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, nullptr, 0);
+    if (can_lock)
+      EXPECT_GT(kb, 0) << args[1] << " did not lock its memory: " << testutil::read_text(d / "cmd.log");
+    else
+      EXPECT_NE(testutil::read_text(d / "cmd.log").find("cannot lock memory"), std::string::npos) << args[1];
+  }
+}
+
+// Key holders wipe their secrets when they are destroyed.
+TEST(MemoryHygiene, KeyHoldersWipeTheirSecrets) {
+  const Secret s = secret_from_seed(77);
+  auto holds_secret = [&](const unsigned char* p, size_t n) {
+    for (size_t i = 0; i + s.size() <= n; ++i)
+      if (std::memcmp(p + i, s.data(), s.size()) == 0) return true;
+    return false;
+  };
+  alignas(KeyStream) unsigned char ks_mem[sizeof(KeyStream)];
+  auto* ks = new (ks_mem) KeyStream(s, 3);
+  ks->u32();
+  ASSERT_TRUE(holds_secret(ks_mem, sizeof ks_mem));
+  ks->~KeyStream();
+  EXPECT_FALSE(holds_secret(ks_mem, sizeof ks_mem));
+  alignas(RunState) unsigned char rs_mem[sizeof(RunState)];
+  auto* rs = new (rs_mem) RunState();
+  rs->secret = s;
+  ASSERT_TRUE(holds_secret(rs_mem, sizeof rs_mem));
+  rs->~RunState();
+  EXPECT_FALSE(holds_secret(rs_mem, sizeof rs_mem));
+  alignas(BoxKeyPair) unsigned char kp_mem[sizeof(BoxKeyPair)];
+  auto* kp = new (kp_mem) BoxKeyPair();
+  std::memcpy(kp->sk.data(), s.data(), s.size());
+  ASSERT_TRUE(holds_secret(kp_mem, sizeof kp_mem));
+  kp->~BoxKeyPair();
+  EXPECT_FALSE(holds_secret(kp_mem, sizeof kp_mem));
 }
 
 // ---- The attested configuration ------------------------------------------------

@@ -176,9 +176,8 @@ int run_train(const TrainConfig& cfg) {
     std::printf("%s\n", run_config(cfg).dump(2).c_str());
     return 0;
   }
-  // The master holds plaintext data, weights and keys: no core dumps, no
-  // ptrace by other processes of the user.
-  prctl(PR_SET_DUMPABLE, 0);
+  // The master holds plaintext data, weights and keys.
+  protect_process();
   TrainResult r = train(cfg);
   const int64_t ran = r.steps - r.resumed_after;
   std::printf("steps %lld%s, %.1f s training (%.1f ms/step), peak memory %.0f MiB%s\n",
@@ -195,6 +194,7 @@ int run_train(const TrainConfig& cfg) {
 }
 
 int run_eval(const TrainConfig& cfg) {
+  protect_process();  // plaintext weights and data
   set_num_threads(cfg.threads);
   if (cfg.init.empty())
     std::fprintf(stderr, "tempo: warning: no --init given: evaluating freshly initialised weights\n");
@@ -220,6 +220,7 @@ void add_predict_flags(CLI::App& app, PredictConfig& c) {
 
 int run_predict(const PredictConfig& pc) {
   const TrainConfig& cfg = pc.model;
+  protect_process();  // plaintext weights and data
   set_num_threads(cfg.threads);
   TEMPO_CHECK(!cfg.init.empty(), "predict needs the model's weights: pass --init FILE");
   auto model = prepare_model(cfg);

@@ -316,7 +316,7 @@ void TrainingJob::load_data() {
     data_ = load_dataset(cfg_.data, model_->input_shape, cfg_.seed);
     return;
   }
-  lock_memory();
+  lock_memory();  // also when train() is called other than from `tempo train`
   if (!st_.data_key) st_.data_key = await_data_key(cfg_, config_);
   const auto td = Clock::now();
   data_ = load_encrypted_dataset(encrypted_, *st_.data_key, model_->input_shape);

@@ -2,6 +2,8 @@
 
 #include <sodium.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -135,11 +137,28 @@ SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config) {
 }
 
 void lock_memory() {
+  // Under a finite limit, MCL_FUTURE would make allocations fail once the
+  // limit is reached: lock only when the whole process may be locked
+  // (no limit, or root's CAP_IPC_LOCK).
+  struct rlimit rl{};
+  const bool unlimited = ::getrlimit(RLIMIT_MEMLOCK, &rl) == 0 && rl.rlim_cur == RLIM_INFINITY;
+  if (!unlimited && ::geteuid() != 0) {
+    std::fprintf(stderr, "tempo: warning: cannot lock memory (the locked-memory limit is %llu KiB): plaintext "
+                 "data, weights and keys may be swapped to disk; raise it (ulimit -l unlimited, or "
+                 "LimitMEMLOCK=infinity in a systemd unit) or disable swap\n",
+                 static_cast<unsigned long long>(rl.rlim_cur / 1024));
+    return;
+  }
   if (::mlockall(MCL_CURRENT | MCL_FUTURE | MCL_ONFAULT) == 0) return;
   const int e = errno;
   std::fprintf(stderr, "tempo: warning: cannot lock memory (%s): decrypted data may be swapped to disk; raise "
                "the locked-memory limit (ulimit -l unlimited, or LimitMEMLOCK= in a systemd unit) or disable swap\n",
                std::strerror(e));
+}
+
+void protect_process() {
+  ::prctl(PR_SET_DUMPABLE, 0);
+  lock_memory();
 }
 
 Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const Shape& input_shape) {
@@ -178,6 +197,11 @@ SymKey sealing_key(const std::string& path, bool create) {
     return k;
   }
   return read_sym_key(path, kSealingKeyLabel);
+}
+
+RunState::~RunState() {
+  sodium_memzero(secret.data(), secret.size());
+  if (data_key) sodium_memzero(data_key->data(), data_key->size());
 }
 
 std::string counter_path(const std::string& sealing_key_path) { return sealing_key_path + ".counter"; }
@@ -242,7 +266,20 @@ void write_checkpoint(const std::string& path, const SymKey& key, const nlohmann
 RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohmann::json& config, Model& model,
                          Optimizer& optim) {
   std::vector<uint8_t> plain = read_container(path, ContainerKind::kCheckpoint, &key, nullptr);
-  TensorMap m = parse_safetensors(plain.data(), plain.size(), path + " (decrypted)");
+  TensorMap m;
+  // The decrypted bytes and tensors are wiped on every way out, errors too.
+  struct Wipe {
+    std::vector<uint8_t>& plain;
+    TensorMap& m;
+    ~Wipe() {
+      sodium_memzero(plain.data(), plain.size());
+      for (auto& [name, t] : m) {
+        sodium_memzero(t.f32.data(), t.f32.size() * sizeof(float));
+        sodium_memzero(t.i64.data(), t.i64.size() * sizeof(int64_t));
+      }
+    }
+  } wipe{plain, m};
+  m = parse_safetensors(plain.data(), plain.size(), path + " (decrypted)");
   sodium_memzero(plain.data(), plain.size());
   auto take = [&](const std::string& name, size_t n) -> const std::vector<int64_t>& {
     auto it = m.find(name);
@@ -298,10 +335,6 @@ RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohm
       weights.emplace(w.name, std::move(w));
     }
   model.load_map(std::move(weights), path);
-  for (auto& [name, t] : m) {
-    sodium_memzero(t.f32.data(), t.f32.size() * sizeof(float));
-    sodium_memzero(t.i64.data(), t.i64.size() * sizeof(int64_t));
-  }
   return s;
 }
 

@@ -42,6 +42,10 @@ SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config);
 // disk; warns once if the system does not allow it (RLIMIT_MEMLOCK).
 void lock_memory();
 
+// For every command that holds plaintext or keys (train, eval, predict):
+// no core dumps, no ptrace by the user's other processes, memory locked.
+void protect_process();
+
 // Decrypts an encrypted data set in memory (nothing plaintext touches disk).
 Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const Shape& input_shape);
 
@@ -62,6 +66,10 @@ struct RunState {
   std::optional<SymKey> data_key;  // an encrypted data set's key
   int threads = 0;
   uint64_t counter = 0;   // the monotonic counter's value when it was sealed
+  RunState() = default;
+  RunState(const RunState&) = default;
+  RunState& operator=(const RunState&) = default;
+  ~RunState();  // wipes the secret and the data key
 };
 
 // The monotonic counter that stops a host from rolling the master back to an

@@ -146,6 +146,8 @@ SymKey random_sym_key() {
   return k;
 }
 
+BoxKeyPair::~BoxKeyPair() { sodium_memzero(sk.data(), sk.size()); }
+
 BoxKeyPair random_box_keypair() {
   init_sodium();
   BoxKeyPair kp;

@@ -32,8 +32,12 @@ enum class ContainerKind : uint32_t { kData = 1, kModel = 2, kCheckpoint = 3 };
 const char* container_kind_name(ContainerKind k);  // "data set", "model", "checkpoint"
 
 using SymKey = std::array<uint8_t, 32>;
-struct BoxKeyPair {  // X25519 (crypto_box)
+struct BoxKeyPair {  // X25519 (crypto_box); the secret half is wiped with the pair
   std::array<uint8_t, 32> pk{}, sk{};
+  BoxKeyPair() = default;
+  BoxKeyPair(const BoxKeyPair&) = default;
+  BoxKeyPair& operator=(const BoxKeyPair&) = default;
+  ~BoxKeyPair();
 };
 
 SymKey random_sym_key();

@@ -175,6 +175,11 @@ Secret secret_from_seed(uint64_t seed) {
   return s;
 }
 
+KeyStream::~KeyStream() {
+  sodium_memzero(key_.data(), key_.size());
+  sodium_memzero(buf_.data(), sizeof buf_);
+}
+
 Secret derive_secret(const Secret& base, const char* label, uint64_t counter) {
   if (sodium_init() < 0) throw std::runtime_error("libsodium failed to initialise");
   Secret s;

@@ -65,6 +65,9 @@ Secret derive_secret(const Secret& base, const char* label, uint64_t counter);
 class KeyStream {
  public:
   KeyStream(const Secret& secret, uint64_t stream_id);
+  KeyStream(const KeyStream&) = default;
+  KeyStream& operator=(const KeyStream&) = default;
+  ~KeyStream();  // wipes its copy of the secret and the buffered key material
   uint32_t u32();
   // n successive u32() values at once (the same ones), most of them
   // generated straight into out.

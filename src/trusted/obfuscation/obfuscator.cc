@@ -1,11 +1,15 @@
 #include "trusted/obfuscation/obfuscator.h"
 
+#include <sodium.h>
+
 #include <cstdio>
 #include <cstring>
 
 #include "common/error.h"
 
 namespace tempo {
+
+Obfuscator::~Obfuscator() { sodium_memzero(secret_.data(), secret_.size()); }
 
 Obfuscator::Obfuscator(const Secret& secret, double key_scale) : secret_(secret), sigma_(key_scale) {
   TEMPO_CHECK(key_scale >= 1.0 && key_scale < 1e6, "--key-scale must be at least 1 (and below 1e6)");

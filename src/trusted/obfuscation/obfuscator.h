@@ -17,6 +17,9 @@ class Obfuscator {
  public:
   // Keys drawn from ChaCha20 under `secret`; scales log-uniform in [1/σ, σ].
   Obfuscator(const Secret& secret, double key_scale);
+  Obfuscator(const Obfuscator&) = delete;
+  Obfuscator& operator=(const Obfuscator&) = delete;
+  ~Obfuscator();  // wipes the run secret
   // Identity keys: workers see plaintext. Logs a warning on stderr.
   // The secret still keys the verifier's random vectors.
   static std::unique_ptr<Obfuscator> insecure_identity(const Secret& secret);
