@@ -99,7 +99,7 @@ def container(kind, wrap, chunk, size, body_extra=0):
     (random-looking bytes: authentication fails, the parsing is exercised)."""
     chunks = 1 if size == 0 else (size + chunk - 1) // chunk
     head = b"TEMPOENC" + struct.pack("<IIIIQ", 1, kind, wrap, chunk, size)
-    head += bytes(range(16)) if wrap == 1 else bytes(80)
+    head += bytes(range(16)) if wrap == 1 else bytes(80) if wrap == 2 else bytes(range(104))
     head += bytes(24)
     body = bytes((i * 7 + 3) % 256 for i in range(size + 17 * chunks + body_extra))
     return head + body
@@ -132,6 +132,7 @@ def main():
         "container": {
             "data": container(1, 1, 64, 150),
             "model": container(2, 2, 1024, 10),
+            "model-from-master": container(2, 3, 1024, 10),
             "checkpoint": container(3, 1, 16, 0),
             "trailing": container(1, 1, 64, 100, 5),
         },

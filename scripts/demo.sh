@@ -70,7 +70,8 @@ status=0
 $tempo train "${flags[@]}" --save "$master/model.tenc" || status=$?
 if [ "$status" -eq 0 ] || [ -s "$master/model.tenc" ]; then
   echo "demo: [owner] decrypting and evaluating the model"
-  $tempo owner decrypt-model --owner-key "$owner/owner.key" --in "$master/model.tenc" -o "$owner/model.safetensors"
+  $tempo owner decrypt-model --owner-key "$owner/owner.key" --report "$master/attest/report.json" --allow-simulated \
+    --in "$master/model.tenc" -o "$owner/model.safetensors"
   $tempo eval --model cnn --data fashion-mnist --mode tee-only --init "$owner/model.safetensors"
 fi
 if [ -n "${TEMPO_DEMO_KEEP:-}" ]; then

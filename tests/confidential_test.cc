@@ -345,8 +345,8 @@ TEST(OwnerFlow, EncryptedDataInEncryptedModelOutNoPlaintextAnywhere) {
 
   // The owner decrypts the model; PyTorch loads it strictly.
   const std::string plain_model = d / "model.safetensors";
-  ASSERT_EQ(run({T, "owner", "decrypt-model", "--owner-key", d / "owner/owner.key", "--in",
-                 run_dir + "/model.tenc", "-o", plain_model},
+  ASSERT_EQ(run({T, "owner", "decrypt-model", "--owner-key", d / "owner/owner.key", "--report",
+                 att + "/report.json", "--allow-simulated", "--in", run_dir + "/model.tenc", "-o", plain_model},
                 d / "dec.log"),
             0)
       << testutil::read_text(d / "dec.log");
@@ -392,6 +392,14 @@ TEST(OwnerFlow, EncryptedDataInEncryptedModelOutNoPlaintextAnywhere) {
                 d / "resume.log"),
             0)
       << testutil::read_text(d / "resume.log");
+  // It keeps the attested key (sealed in the checkpoint): the owner accepts
+  // its model against the report it released the key to.
+  EXPECT_EQ(run({T, "owner", "decrypt-model", "--owner-key", d / "owner/owner.key", "--report",
+                 att + "/report.json", "--allow-simulated", "--in", run_dir + "/again.tenc", "-o",
+                 d / "again.safetensors"},
+                d / "dec2.log"),
+            0)
+      << testutil::read_text(d / "dec2.log");
 
   // Damaged or foreign model files: one error, no output.
   std::vector<uint8_t> m = file_bytes(run_dir + "/model.tenc");
@@ -400,10 +408,75 @@ TEST(OwnerFlow, EncryptedDataInEncryptedModelOutNoPlaintextAnywhere) {
   for (const auto& [in, key] : {std::pair<std::string, std::string>{d / "bad.tenc", d / "owner/owner.key"},
                                 {run_dir + "/model.tenc", d / "owner/owner.pub"}}) {
     const std::string out = d / "never.safetensors";
-    EXPECT_EQ(run({T, "owner", "decrypt-model", "--owner-key", key, "--in", in, "-o", out}, d / "bad.log"), 1);
+    EXPECT_EQ(run({T, "owner", "decrypt-model", "--owner-key", key, "--report", att + "/report.json",
+                   "--allow-simulated", "--in", in, "-o", out},
+                  d / "bad.log"),
+              1);
     EXPECT_FALSE(fs::exists(out));
     EXPECT_NE(testutil::read_text(d / "bad.log").find("tempo: error:"), std::string::npos);
   }
+}
+
+// P8 item 4: the owner accepts only a model sealed by the attested master.
+// Before, `decrypt-model` opened anything sealed to the owner's public key
+// (crypto_box_seal), so a host could hand over a model of its own.
+TEST(OwnerFlow, ModelFromAnyoneButTheAttestedMasterIsRefused) {
+  TempDir d("auth");
+  const std::string T = TEMPO_BINARY;
+  ASSERT_EQ(run({T, "owner", "keygen", "--dir", d / "owner"}, d / "keygen.log"), 0);
+  const auto owner_pk = read_owner_public(d / "owner/owner.pub");
+  const BoxKeyPair master = random_box_keypair(), host = random_box_keypair();
+  const nlohmann::json config = {{"model", "mlp"}, {"owner_public_key", to_hex(owner_pk.data(), 32)}};
+  const std::string report = make_report(self_binary_sha256(), config, master.pk);
+  put_file(d / "report.json", std::vector<uint8_t>(report.begin(), report.end()));
+  auto model = build_model("mlp", 3);
+  std::vector<uint8_t> plain = serialize_safetensors(model->state_tensors(), "m");
+  write_container_from(d / "good.tenc", ContainerKind::kModel, master, owner_pk, plain.data(), plain.size());
+  write_container_from(d / "other.tenc", ContainerKind::kModel, host, owner_pk, plain.data(), plain.size());
+  write_container_to(d / "anon.tenc", ContainerKind::kModel, owner_pk, plain.data(), plain.size());
+  // A forged sender field: the host's box under the master's public key.
+  std::vector<uint8_t> forged = file_bytes(d / "other.tenc");
+  std::memcpy(forged.data() + 32, master.pk.data(), 32);  // wrap bytes start after the 32-byte fixed header
+  put_file(d / "forged.tenc", forged);
+  auto decrypt = [&](const std::string& in, const std::string& log, std::vector<std::string> extra = {"--allow-simulated"}) {
+    std::vector<std::string> a = {T, "owner", "decrypt-model", "--owner-key", d / "owner/owner.key", "--report",
+                                  d / "report.json", "--in", in, "-o", d / "out.safetensors"};
+    a.insert(a.end(), extra.begin(), extra.end());
+    return run(a, d / log);
+  };
+  EXPECT_EQ(decrypt(d / "good.tenc", "good.log", {}), 1) << "a simulated report needs --allow-simulated";
+  EXPECT_NE(testutil::read_text(d / "good.log").find("SIMULATED"), std::string::npos);
+  for (const auto& [file, why] : {std::pair<std::string, std::string>{"other.tenc", "not sealed by the attested master"},
+                                  {"anon.tenc", "sealed anonymously"},
+                                  {"forged.tenc", "forged"}}) {
+    EXPECT_EQ(decrypt(d / file, file + ".log"), 1) << file;
+    const std::string log = testutil::read_text(d / (file + ".log"));
+    EXPECT_NE(log.find("tempo: error: "), std::string::npos) << log;
+    EXPECT_NE(log.find(why), std::string::npos) << file << ": " << log;
+    EXPECT_FALSE(fs::exists(d / "out.safetensors")) << file;
+  }
+  ASSERT_EQ(decrypt(d / "good.tenc", "ok.log"), 0) << testutil::read_text(d / "ok.log");
+  EXPECT_EQ(read_safetensors(d / "out.safetensors").size(), model->state_tensors().size());
+  // A report naming another owner is refused before any model is opened.
+  const BoxKeyPair stranger = random_box_keypair();
+  const std::string foreign = make_report(self_binary_sha256(), {{"owner_public_key", to_hex(stranger.pk.data(), 32)}},
+                                          master.pk);
+  EXPECT_THROW(attested_master_key(foreign, "r", true, owner_pk), Error);
+  EXPECT_EQ(attested_master_key(report, "r", true, owner_pk), master.pk);
+}
+
+// A master with an owner attests even on plain data, so it needs --attest-dir.
+TEST(OwnerFlow, OwnerKeyWithoutAttestDirIsOneClearError) {
+  TempDir d("noatt");
+  const std::string T = TEMPO_BINARY;
+  ASSERT_EQ(run({T, "owner", "keygen", "--dir", d / "owner"}, d / "keygen.log"), 0);
+  EXPECT_EQ(run({T, "train", "--model", "mlp", "--data", "synthetic:64", "--steps", "1", "--mode", "tee-only",
+                 "--owner-key", d / "owner/owner.pub", "--save", d / "m.tenc", "--no-progress"},
+                d / "train.log"),
+            1);
+  const std::string log = testutil::read_text(d / "train.log");
+  EXPECT_NE(log.find("tempo: error: --owner-key: pass --attest-dir"), std::string::npos) << log;
+  EXPECT_FALSE(fs::exists(d / "m.tenc"));
 }
 
 TEST(OwnerFlow, DamagedDataSetIsRefused) {

@@ -93,7 +93,10 @@ int release(const OwnerConfig& c) {
 
 int decrypt_model(const OwnerConfig& c) {
   const BoxKeyPair owner = read_owner_secret(c.owner_key);
-  std::vector<uint8_t> plain = read_container(c.in, ContainerKind::kModel, nullptr, &owner);
+  // Only a model sealed by the master of a report this owner accepts.
+  const std::array<uint8_t, 32> master =
+      attested_master_key(text_of(c.report, "attestation report"), c.report, c.allow_simulated, owner.pk);
+  std::vector<uint8_t> plain = read_container(c.in, ContainerKind::kModel, nullptr, &owner, &master);
   // Only a complete, valid model is written.
   const TensorMap m = parse_safetensors(plain.data(), plain.size(), c.in + " (decrypted)");
   AtomicFile f(c.out);
@@ -146,9 +149,17 @@ void add_owner_commands(CLI::App& owner, OwnerConfig& c) {
   rel->add_option("--out,-o", c.out, "Key release to write (ATTEST_DIR/data-key.wrapped)")->required();
 
   CLI::App* dec = owner.add_subcommand("decrypt-model",
-                                       "Decrypt a model saved with --owner-key into a plain safetensors file");
+                                       "Decrypt a model saved with --owner-key into a plain safetensors file, "
+                                       "after checking that the attested master sealed it");
   dec->add_option("--owner-key", c.owner_key, "Your secret key (owner.key)")->required()->check(CLI::ExistingFile);
   dec->add_option("--in", c.in, "The encrypted model (the master's --save)")->required()->check(CLI::ExistingFile);
+  dec->add_option("--report", c.report,
+                  "The attestation report of the run that made the model (ATTEST_DIR/report.json, the one you "
+                  "checked with `owner release`): only a model sealed with its master's key is accepted")
+      ->required()
+      ->check(CLI::ExistingFile);
+  dec->add_flag("--allow-simulated", c.allow_simulated,
+                "Accept a simulated report (no SGX: it proves nothing about the machine; testing only)");
   dec->add_option("--out,-o", c.out, "Plain safetensors file to write (PyTorch state_dict names)")->required();
 }
 

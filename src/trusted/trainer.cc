@@ -274,7 +274,7 @@ TrainingJob::TrainingJob(const TrainConfig& cfg, LinearBackend* injected)
       dropout_rng_(Rng::derive(cfg.seed, 0xd509)) {
   // The measured configuration (hashes --init and reads headers): only what
   // a report or a checkpoint needs.
-  config_ = sealed_ || !encrypted_.empty() ? run_config(cfg) : nlohmann::json::object();
+  config_ = sealed_ || !encrypted_.empty() || !cfg.owner_key.empty() ? run_config(cfg) : nlohmann::json::object();
   seal_key_ = sealed_ ? sealing_key(cfg.sealing_key, cfg.resume.empty()) : SymKey{};
   restore_or_start();
   load_data();
@@ -312,12 +312,23 @@ void TrainingJob::load_data() {
   TEMPO_CHECK(encrypted_.empty() || !cfg_.owner_key.empty(),
               "--data " + cfg_.data + " is encrypted: pass the owner's public key (--owner-key FILE) so that the "
               "owner's key release can be checked and the model encrypted to the owner");
+  // A master with an owner attests once per run: a resumed execution keeps
+  // the key of the report the owner accepted (sealed in the checkpoint).
+  std::optional<Attestation> attested;
+  if (!cfg_.owner_key.empty() && (!encrypted_.empty() || !cfg_.save.empty()) && !st_.master_key) {
+    attested = attest(cfg_, config_);
+    st_.master_key = attested->master;
+  }
   if (encrypted_.empty()) {
     data_ = load_dataset(cfg_.data, model_->input_shape, cfg_.seed);
     return;
   }
   lock_memory();  // also when train() is called other than from `tempo train`
-  if (!st_.data_key) st_.data_key = await_data_key(cfg_, config_);
+  if (!st_.data_key) {
+    TEMPO_CHECK(attested.has_value(), "--resume " + cfg_.resume + ": the checkpoint has the attested key but not "
+                                      "the data key; resume from a checkpoint of this run");
+    st_.data_key = await_data_key(cfg_, *attested);
+  }
   const auto td = Clock::now();
   data_ = load_encrypted_dataset(encrypted_, *st_.data_key, model_->input_shape);
   std::fprintf(stderr, "tempo: decrypted the data set in memory in %.2f s\n", since(td));
@@ -394,7 +405,7 @@ void TrainingJob::evaluate_epoch(int epoch) {
 // those of the last completed step; keep them if asked.
 void TrainingJob::save_after_failure() {
   if (cfg_.save.empty() || res_.steps == 0) return;
-  save_model(cfg_, *model_);
+  save_model(cfg_, *model_, st_.master_key ? &*st_.master_key : nullptr);
   std::fprintf(stderr, "tempo: saved %s (after step %lld, the last completed)\n", cfg_.save.c_str(),
                static_cast<long long>(res_.steps));
 }
@@ -424,7 +435,7 @@ TrainResult TrainingJob::run() {
   res_.peak_rss_bytes = peak_rss_bytes();
   metrics.summary(res_, cfg_.mode);
   if (!cfg_.save.empty()) {
-    save_model(cfg_, *model_);
+    save_model(cfg_, *model_, st_.master_key ? &*st_.master_key : nullptr);
     std::fprintf(stderr, "tempo: saved %s%s\n", cfg_.save.c_str(),
                  cfg_.owner_key.empty() ? "" : " (encrypted to the owner's key)");
   }

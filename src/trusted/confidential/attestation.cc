@@ -74,9 +74,13 @@ std::string make_report(const Bytes32& binary_sha256, const nlohmann::json& conf
   return r.dump(2) + "\n";
 }
 
-CheckedReport check_report(const std::string& text, const std::string& what, bool allow_simulated,
-                           const Bytes32& expected_binary, const nlohmann::json& expected_config,
-                           const Bytes32& owner_pk) {
+namespace {
+
+// What every reader of a report checks: the format, the signature, the
+// platform, the measurement's consistency with the configuration it states,
+// and that the model goes to this owner. Returns the parsed report.
+nlohmann::json open_report(const std::string& text, const std::string& what, bool allow_simulated,
+                           const char* refusing, const Bytes32& owner_pk) {
   TEMPO_CHECK(sodium_init() >= 0, "libsodium failed to initialise");
   nlohmann::json r = nlohmann::json::parse(text, nullptr, false);
   TEMPO_CHECK(r.is_object() && r.value("format", "") == kReportFormat,
@@ -95,29 +99,44 @@ CheckedReport check_report(const std::string& text, const std::string& what, boo
   TEMPO_CHECK(platform == "simulated", what + ": unknown platform '" + platform +
                                            "' (this tempo checks simulated reports only)");
   TEMPO_CHECK(allow_simulated, what + " is a SIMULATED report (no SGX): it does not prove that the master runs "
-                                      "in an enclave. Refusing to release the data key; pass --allow-simulated "
+                                      "in an enclave. Refusing to " + refusing + "; pass --allow-simulated "
                                       "to accept it anyway (testing and demonstration only)");
+  const Bytes32 binary = hex32(r, "binary_sha256", what);
+  TEMPO_CHECK(r.contains("config") && r["config"].is_object(), what + ": field 'config' is missing");
+  const Bytes32 config_sha = sha_of(r["config"].dump());
+  TEMPO_CHECK(hex32(r, "config_sha256", what) == config_sha &&
+                  hex32(r, "measurement", what) == measurement(binary, config_sha),
+              what + ": the measurement does not match the configuration it states (the report is inconsistent)");
+  const std::string owner_hex = to_hex(owner_pk.data(), 32);
+  TEMPO_CHECK(r["config"].value("owner_public_key", "") == owner_hex,
+              what + ": the master would encrypt the trained model to another owner key, not to yours");
+  return r;
+}
+
+}  // namespace
+
+CheckedReport check_report(const std::string& text, const std::string& what, bool allow_simulated,
+                           const Bytes32& expected_binary, const nlohmann::json& expected_config,
+                           const Bytes32& owner_pk) {
+  const nlohmann::json r = open_report(text, what, allow_simulated, "release the data key", owner_pk);
   const Bytes32 binary = hex32(r, "binary_sha256", what);
   TEMPO_CHECK(binary == expected_binary,
               what + ": measurement mismatch: the master runs a binary with SHA-256 " + short_hex(binary) +
                   ", the expected binary has " + short_hex(expected_binary) +
                   " (a different or modified tempo; check --expect-binary)");
-  TEMPO_CHECK(r.contains("config") && r["config"].is_object(), what + ": field 'config' is missing");
-  const nlohmann::json& config = r["config"];
-  const Bytes32 config_sha = sha_of(config.dump());
-  TEMPO_CHECK(hex32(r, "config_sha256", what) == config_sha &&
-                  hex32(r, "measurement", what) == measurement(binary, config_sha),
-              what + ": the measurement does not match the configuration it states (the report is inconsistent)");
-  if (config != expected_config)
+  if (r["config"] != expected_config)
     throw Error(what + ": measurement mismatch: the master's training configuration differs from the expected one "
-                       "in " + config_differences(config, expected_config, "master", "expected"));
-  const std::string owner_hex = to_hex(owner_pk.data(), 32);
-  TEMPO_CHECK(config.value("owner_public_key", "") == owner_hex,
-              what + ": the master would encrypt the trained model to another owner key, not to yours");
+                       "in " + config_differences(r["config"], expected_config, "master", "expected"));
   CheckedReport out;
   out.master_pk = hex32(r, "master_public_key", what);
   out.report_sha256 = sha_of(text);
   return out;
+}
+
+Bytes32 attested_master_key(const std::string& text, const std::string& what, bool allow_simulated,
+                            const Bytes32& owner_pk) {
+  const nlohmann::json r = open_report(text, what, allow_simulated, "trust a model sealed under it", owner_pk);
+  return hex32(r, "master_public_key", what);
 }
 
 std::string wrap_data_key(const SymKey& data_key, const CheckedReport& report, const BoxKeyPair& owner) {

@@ -43,6 +43,13 @@ CheckedReport check_report(const std::string& report_text, const std::string& wh
                            const std::array<uint8_t, 32>& expected_binary, const nlohmann::json& expected_config,
                            const std::array<uint8_t, 32>& owner_pk);
 
+// The owner's check of a trained model's origin: a report it accepted at
+// release time (signature, platform, consistency, its own key in the
+// configuration). Returns the master's public key, the only key whose sealed
+// model the owner then accepts.
+std::array<uint8_t, 32> attested_master_key(const std::string& report_text, const std::string& what,
+                                            bool allow_simulated, const std::array<uint8_t, 32>& owner_pk);
+
 // The owner wraps the data key for the master of a checked report.
 std::string wrap_data_key(const SymKey& data_key, const CheckedReport& report, const BoxKeyPair& owner);
 // The master opens it: it must come from the owner (owner_pk) and answer the

@@ -95,32 +95,37 @@ nlohmann::json run_config(const TrainConfig& cfg) {
   return c;
 }
 
-SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config) {
-  TEMPO_CHECK(!cfg.owner_key.empty(), "--data " + cfg.data + " is encrypted: pass the owner's public key "
-                                      "(--owner-key FILE) so that the owner's key release can be checked and the "
-                                      "model encrypted to the owner");
-  TEMPO_CHECK(!cfg.attest_dir.empty(), "--data " + cfg.data + " is encrypted: pass --attest-dir DIR, where the "
-                                       "attestation report is written and the owner's key release is read");
+Attestation attest(const TrainConfig& cfg, const nlohmann::json& config) {
+  TEMPO_CHECK(!cfg.attest_dir.empty(),
+              "--owner-key: pass --attest-dir DIR, where the master writes its attestation report (the owner "
+              "checks it before releasing a data key, and to accept the trained model, which the master seals "
+              "with the report's key)");
   struct stat st;
   TEMPO_CHECK(::stat(cfg.attest_dir.c_str(), &st) == 0 && S_ISDIR(st.st_mode),
               "--attest-dir " + cfg.attest_dir + " is not a directory (create it first)");
   const std::string report_path = cfg.attest_dir + "/" + kReportName;
+  ::unlink((cfg.attest_dir + "/" + kReleaseName).c_str());  // a release from an earlier run answers another report
+  Attestation a;
+  a.master = random_box_keypair();
+  const std::string report = make_report(self_binary_sha256(), config, a.master.pk);
+  AtomicFile f(report_path);
+  f.write(report.data(), report.size());
+  f.commit();
+  a.report_sha256 = sha256(reinterpret_cast<const uint8_t*>(report.data()), report.size());
+  std::fprintf(stderr, "tempo: attestation report (SIMULATED: no SGX) written to %s\n", report_path.c_str());
+  return a;
+}
+
+SymKey await_data_key(const TrainConfig& cfg, const Attestation& a) {
+  TEMPO_CHECK(!cfg.owner_key.empty(), "--data " + cfg.data + " is encrypted: pass the owner's public key "
+                                      "(--owner-key FILE) so that the owner's key release can be checked and the "
+                                      "model encrypted to the owner");
+  const std::string report_path = cfg.attest_dir + "/" + kReportName;
   const std::string release_path = cfg.attest_dir + "/" + kReleaseName;
-  ::unlink(release_path.c_str());  // a release from an earlier run answers another report
-  const BoxKeyPair master = random_box_keypair();
-  const std::string report = make_report(self_binary_sha256(), config, master.pk);
-  {
-    AtomicFile f(report_path);
-    f.write(report.data(), report.size());
-    f.commit();
-  }
-  const auto report_sha = sha256(reinterpret_cast<const uint8_t*>(report.data()), report.size());
   std::fprintf(stderr,
-               "tempo: attestation report (SIMULATED: no SGX) written to %s\n"
                "tempo: waiting up to %.0f s for the owner's key release %s\n"
                "tempo:   (owner: tempo owner release --report %s --out %s ...)\n",
-               report_path.c_str(), cfg.attest_timeout_s, release_path.c_str(), report_path.c_str(),
-               release_path.c_str());
+               cfg.attest_timeout_s, release_path.c_str(), report_path.c_str(), release_path.c_str());
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(cfg.attest_timeout_s);
   while (!is_regular_file(release_path)) {
     TEMPO_CHECK(!g_stop_requested, "interrupted while waiting for the owner's key release");
@@ -131,7 +136,7 @@ SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config) {
   }
   std::vector<uint8_t> raw = read_file(release_path, "key release");
   const SymKey key = unwrap_data_key(std::string(raw.begin(), raw.end()), release_path,
-                                     read_owner_public(cfg.owner_key), master, report_sha);
+                                     read_owner_public(cfg.owner_key), a.master, a.report_sha256);
   std::fprintf(stderr, "tempo: data key released by the owner\n");
   return key;
 }
@@ -174,13 +179,15 @@ Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const
   return dataset_from_tensors(std::move(m), "encrypted data set " + path, input_shape);
 }
 
-void save_model(const TrainConfig& cfg, const Model& model) {
+void save_model(const TrainConfig& cfg, const Model& model, const BoxKeyPair* master) {
   if (cfg.owner_key.empty()) {
     model.save(cfg.save);
     return;
   }
+  TEMPO_CHECK(master != nullptr, "internal: a model for the owner is sealed with the attested master's key");
   std::vector<uint8_t> plain = serialize_safetensors(model.state_tensors(), cfg.save);
-  write_container_to(cfg.save, ContainerKind::kModel, read_owner_public(cfg.owner_key), plain.data(), plain.size());
+  write_container_from(cfg.save, ContainerKind::kModel, *master, read_owner_public(cfg.owner_key), plain.data(),
+                       plain.size());
   sodium_memzero(plain.data(), plain.size());
 }
 
@@ -202,7 +209,7 @@ SymKey sealing_key(const std::string& path, bool create) {
 RunState::~RunState() {
   sodium_memzero(secret.data(), secret.size());
   if (data_key) sodium_memzero(data_key->data(), data_key->size());
-}
+}  // master_key wipes itself
 
 std::string counter_path(const std::string& sealing_key_path) { return sealing_key_path + ".counter"; }
 
@@ -252,6 +259,10 @@ void write_checkpoint(const std::string& path, const SymKey& key, const nlohmann
   t.push_back(bytes32("run.secret", s.secret.data()));
   t.push_back(scalar("run.counter", static_cast<int64_t>(s.counter)));
   if (s.data_key) t.push_back(bytes32("run.data_key", s.data_key->data()));
+  if (s.master_key) {
+    t.push_back(bytes32("run.master_pk", s.master_key->pk.data()));
+    t.push_back(bytes32("run.master_sk", s.master_key->sk.data()));
+  }
   const std::string text = config.dump();
   t.push_back({"run.config", DType::I64, {static_cast<int64_t>(text.size())}, {}, {text.begin(), text.end()}});
   std::vector<uint8_t> plain = serialize_safetensors(t, path);
@@ -315,6 +326,13 @@ RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohm
     SymKey k;
     std::memcpy(k.data(), take("run.data_key", 4).data(), 32);
     s.data_key = k;
+    sodium_memzero(k.data(), k.size());
+  }
+  if (m.count("run.master_sk")) {
+    BoxKeyPair kp;
+    std::memcpy(kp.pk.data(), take("run.master_pk", 4).data(), 32);
+    std::memcpy(kp.sk.data(), take("run.master_sk", 4).data(), 32);
+    s.master_key = kp;
   }
   TEMPO_CHECK(s.step >= 0 && s.epoch >= 1 && s.in_epoch >= 0, path + ": checkpoint position is malformed");
   const auto opt = optim.state_tensors();

@@ -31,11 +31,21 @@ nlohmann::json run_config(const TrainConfig& cfg);
 // "encrypted:FILE" -> FILE; empty if spec is another kind of data.
 std::string encrypted_data_path(const std::string& spec);
 
-// The attestation round of an encrypted data set: writes the report to
-// cfg.attest_dir/report.json, waits (up to cfg.attest_timeout_s, or until
-// g_stop_requested) for the owner's cfg.attest_dir/data-key.wrapped, and
-// returns the data key it opens.
-SymKey await_data_key(const TrainConfig& cfg, const nlohmann::json& config);
+// A master with an owner (--owner-key) attests: it makes a key pair, writes
+// the report that binds its public key to the binary and `config` to
+// cfg.attest_dir/report.json, and keeps the secret half. The owner releases
+// the data key to that key, and accepts only a model sealed with it.
+struct Attestation {
+  BoxKeyPair master;
+  std::array<uint8_t, 32> report_sha256{};
+};
+Attestation attest(const TrainConfig& cfg, const nlohmann::json& config);
+
+// The key release of an encrypted data set: waits (up to
+// cfg.attest_timeout_s, or until g_stop_requested) for the owner's
+// cfg.attest_dir/data-key.wrapped answering `a`'s report, and returns the
+// data key it opens.
+SymKey await_data_key(const TrainConfig& cfg, const Attestation& a);
 
 // Locks this process's memory, present and future, into RAM (pages as they
 // are touched), so that decrypted data, weights and keys are never swapped to
@@ -49,8 +59,9 @@ void protect_process();
 // Decrypts an encrypted data set in memory (nothing plaintext touches disk).
 Dataset load_encrypted_dataset(const std::string& path, const SymKey& key, const Shape& input_shape);
 
-// --save: plain safetensors, or, with cfg.owner_key, encrypted to the owner.
-void save_model(const TrainConfig& cfg, const Model& model);
+// --save: plain safetensors, or, with cfg.owner_key, encrypted to the owner
+// and authenticated with the attested master's key (`master`).
+void save_model(const TrainConfig& cfg, const Model& model, const BoxKeyPair* master);
 
 // ---- Sealed checkpoints --------------------------------------------------------
 
@@ -64,6 +75,7 @@ struct RunState {
   Secret secret{};        // the run secret of the keys
   uint64_t key_position = 0;
   std::optional<SymKey> data_key;  // an encrypted data set's key
+  std::optional<BoxKeyPair> master_key;  // the attested key that seals the model to its owner
   int threads = 0;
   uint64_t counter = 0;   // the monotonic counter's value when it was sealed
   RunState() = default;

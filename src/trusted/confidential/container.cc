@@ -15,9 +15,12 @@ namespace {
 
 constexpr char kMagic[8] = {'T', 'E', 'M', 'P', 'O', 'E', 'N', 'C'};
 constexpr uint32_t kVersion = 1;
-constexpr uint32_t kWrapSymmetric = 1, kWrapPublic = 2;
+constexpr uint32_t kWrapSymmetric = 1, kWrapPublic = 2, kWrapFromTo = 3;
 constexpr size_t kKeyIdBytes = 16;
 constexpr size_t kSealedKeyBytes = crypto_box_SEALBYTES + 32;
+// sender's public key | nonce | crypto_box of the stream key
+constexpr size_t kBoxedKeyBytes = 32 + crypto_box_NONCEBYTES + crypto_box_MACBYTES + 32;
+constexpr size_t kMaxWrapBytes = kBoxedKeyBytes;
 constexpr size_t kFixedHeader = 8 + 4 * 4 + 8;
 constexpr uint32_t kChunkBytes = 1u << 20;
 constexpr uint32_t kMaxChunkBytes = 64u << 20;
@@ -72,14 +75,16 @@ Header parse_header(const uint8_t* data, size_t avail, size_t size, const std::s
                                        "; this tempo reads version 1 (use a matching tempo)");
   TEMPO_CHECK(kind >= 1 && kind <= 3, bad + " (unknown kind " + std::to_string(kind) + ")");
   h.info.kind = static_cast<ContainerKind>(kind);
-  TEMPO_CHECK(h.wrap == kWrapSymmetric || h.wrap == kWrapPublic, bad + " (unknown key wrapping " +
-                                                                     std::to_string(h.wrap) + ")");
+  TEMPO_CHECK(h.wrap == kWrapSymmetric || h.wrap == kWrapPublic || h.wrap == kWrapFromTo,
+              bad + " (unknown key wrapping " + std::to_string(h.wrap) + ")");
   TEMPO_CHECK(h.chunk >= 1 && h.chunk <= kMaxChunkBytes, bad + " (chunk size " + std::to_string(h.chunk) + ")");
-  h.info.to_public_key = h.wrap == kWrapPublic;
-  h.wrap_size = h.info.to_public_key ? kSealedKeyBytes : kKeyIdBytes;
+  h.info.to_public_key = h.wrap != kWrapSymmetric;
+  h.info.authenticated_sender = h.wrap == kWrapFromTo;
+  h.wrap_size = h.wrap == kWrapSymmetric ? kKeyIdBytes : h.wrap == kWrapPublic ? kSealedKeyBytes : kBoxedKeyBytes;
   h.size = kFixedHeader + h.wrap_size + kStreamHeader;
   TEMPO_CHECK(avail >= h.size, what + " is truncated (the header is incomplete)");
   h.wrap_bytes = data + kFixedHeader;
+  if (h.info.authenticated_sender) std::memcpy(h.info.sender_pk.data(), h.wrap_bytes, 32);
   h.stream_header = h.wrap_bytes + h.wrap_size;
   // The ciphertext is the payload plus one tag per chunk: check before any
   // allocation that the file can hold what the header claims.
@@ -173,6 +178,22 @@ void write_container_to(const std::string& path, ContainerKind kind, const std::
   sodium_memzero(key.data(), key.size());
 }
 
+void write_container_from(const std::string& path, ContainerKind kind, const BoxKeyPair& sender,
+                          const std::array<uint8_t, 32>& recipient_pk, const uint8_t* payload, size_t size) {
+  init_sodium();
+  SymKey key = random_sym_key();
+  std::array<uint8_t, kBoxedKeyBytes> wrap{};
+  std::memcpy(wrap.data(), sender.pk.data(), 32);
+  uint8_t* nonce = wrap.data() + 32;
+  randombytes_buf(nonce, crypto_box_NONCEBYTES);
+  const bool ok = crypto_box_easy(nonce + crypto_box_NONCEBYTES, key.data(), key.size(), nonce, recipient_pk.data(),
+                                  sender.sk.data()) == 0;
+  if (!ok) sodium_memzero(key.data(), key.size());
+  TEMPO_CHECK(ok, "cannot encrypt " + path + " to the owner's public key (is it a valid X25519 key?)");
+  encrypt_to(path, kind, kWrapFromTo, wrap.data(), wrap.size(), key, payload, size);
+  sodium_memzero(key.data(), key.size());
+}
+
 ContainerInfo container_info(const uint8_t* data, size_t size, const std::string& what) {
   return parse_header(data, size, size, what).info;
 }
@@ -184,13 +205,14 @@ ContainerInfo read_container_info(const std::string& path) {
   struct stat st;
   TEMPO_CHECK(f.good() && ::stat(path.c_str(), &st) == 0 && S_ISREG(st.st_mode),
               "cannot open encrypted file " + path + " (check the path)");
-  std::vector<uint8_t> head(kFixedHeader + kSealedKeyBytes + kStreamHeader);
+  std::vector<uint8_t> head(kFixedHeader + kMaxWrapBytes + kStreamHeader);
   f.read(reinterpret_cast<char*>(head.data()), static_cast<std::streamsize>(head.size()));
   return parse_header(head.data(), static_cast<size_t>(f.gcount()), static_cast<size_t>(st.st_size), path).info;
 }
 
 std::vector<uint8_t> open_container(const uint8_t* data, size_t size, const std::string& what,
-                                    ContainerKind expect, const SymKey* key, const BoxKeyPair* keypair) {
+                                    ContainerKind expect, const SymKey* key, const BoxKeyPair* keypair,
+                                    const std::array<uint8_t, 32>* sender) {
   init_sodium();
   const Header h = parse_header(data, size, size, what);
   TEMPO_CHECK(h.info.kind == expect, what + " is an encrypted " + container_kind_name(h.info.kind) + ", not a " +
@@ -199,8 +221,26 @@ std::vector<uint8_t> open_container(const uint8_t* data, size_t size, const std:
   if (h.info.to_public_key) {
     TEMPO_CHECK(keypair != nullptr, what + " is encrypted to an owner's public key: open it with the owner's "
                                            "secret key (tempo owner decrypt-model --owner-key FILE)");
-    TEMPO_CHECK(crypto_box_seal_open(k.data(), h.wrap_bytes, h.wrap_size, keypair->pk.data(), keypair->sk.data()) == 0,
-                what + " was not encrypted to this owner key (wrong --owner-key?)");
+    if (sender != nullptr) {
+      TEMPO_CHECK(h.info.authenticated_sender,
+                  what + " is sealed anonymously: anyone who knows your public key could have made it, not "
+                         "necessarily the attested master. Refused (a master seals its model with the key of "
+                         "its attestation report)");
+      TEMPO_CHECK(sodium_memcmp(h.info.sender_pk.data(), sender->data(), 32) == 0,
+                  what + " was not sealed by the attested master: its sender key " + to_hex(h.info.sender_pk.data(), 8) +
+                      "... is not the report's master key " + to_hex(sender->data(), 8) +
+                      "... (a substituted model, or another run's report)");
+    }
+    const bool opened =
+        h.info.authenticated_sender
+            ? crypto_box_open_easy(k.data(), h.wrap_bytes + 32 + crypto_box_NONCEBYTES,
+                                   h.wrap_size - 32 - crypto_box_NONCEBYTES, h.wrap_bytes + 32,
+                                   h.info.sender_pk.data(), keypair->sk.data()) == 0
+            : crypto_box_seal_open(k.data(), h.wrap_bytes, h.wrap_size, keypair->pk.data(), keypair->sk.data()) == 0;
+    TEMPO_CHECK(opened, what + (h.info.authenticated_sender
+                                    ? " does not open with this owner key and its sender's key (wrong --owner-key, "
+                                      "or the file was forged)"
+                                    : " was not encrypted to this owner key (wrong --owner-key?)"));
   } else {
     TEMPO_CHECK(key != nullptr, what + " is encrypted with a symmetric key, not to an owner's public key");
     const auto id = key_id(*key);
@@ -242,9 +282,9 @@ std::vector<uint8_t> open_container(const uint8_t* data, size_t size, const std:
 }
 
 std::vector<uint8_t> read_container(const std::string& path, ContainerKind expect, const SymKey* key,
-                                    const BoxKeyPair* keypair) {
+                                    const BoxKeyPair* keypair, const std::array<uint8_t, 32>* sender) {
   std::vector<uint8_t> file = read_file(path, std::string("encrypted ") + container_kind_name(expect));
-  return open_container(file.data(), file.size(), path, expect, key, keypair);
+  return open_container(file.data(), file.size(), path, expect, key, keypair, sender);
 }
 
 // ---- Key files ----------------------------------------------------------------

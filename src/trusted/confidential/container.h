@@ -17,7 +17,12 @@
 // sealing key); the wrap bytes are a 16-byte key id (a keyed BLAKE2b hash of
 // the key), so a wrong key is reported as such. wrap = 2 (to a public key):
 // a fresh stream key, sealed to the recipient's X25519 key (crypto_box_seal,
-// 80 bytes); only the recipient's secret key opens it.
+// 80 bytes); only the recipient's secret key opens it, but anyone who knows
+// the public key can make one. wrap = 3 (from a sender to a public key): the
+// sender's X25519 public key (32), a nonce (24) and the fresh stream key in
+// a crypto_box from the sender's secret key to the recipient's (48): only
+// the holder of the sender's secret key can make one. A trained model is
+// written this way by the master, with the key its attestation report names.
 #pragma once
 
 #include <array>
@@ -47,6 +52,8 @@ BoxKeyPair random_box_keypair();
 struct ContainerInfo {
   ContainerKind kind{};
   bool to_public_key = false;
+  bool authenticated_sender = false;      // wrap 3
+  std::array<uint8_t, 32> sender_pk{};    // wrap 3: who made it (unverified until opened)
   uint64_t payload_bytes = 0;
   std::array<uint8_t, 32> id{};  // SHA-256 of the clear header: names this encryption
 };
@@ -57,16 +64,23 @@ void write_container(const std::string& path, ContainerKind kind, const SymKey& 
                      size_t size);
 void write_container_to(const std::string& path, ContainerKind kind, const std::array<uint8_t, 32>& recipient_pk,
                         const uint8_t* payload, size_t size);
+// wrap 3: from `sender` (whose public key the recipient knows, from an
+// attestation report) to the recipient.
+void write_container_from(const std::string& path, ContainerKind kind, const BoxKeyPair& sender,
+                          const std::array<uint8_t, 32>& recipient_pk, const uint8_t* payload, size_t size);
 
 // Decrypts a whole file image. Exactly one of key / keypair is given,
 // matching how the file was written. Every problem is one tempo::Error naming
 // `what` and the chunk: wrong kind, wrong key, corrupt or reordered chunk,
-// truncation, trailing bytes.
+// truncation, trailing bytes. With `sender`, a file to a public key must be
+// wrap 3 from exactly that sender: an anonymously sealed one (wrap 2) or one
+// from another key is refused.
 std::vector<uint8_t> open_container(const uint8_t* data, size_t size, const std::string& what,
-                                    ContainerKind expect, const SymKey* key, const BoxKeyPair* keypair);
+                                    ContainerKind expect, const SymKey* key, const BoxKeyPair* keypair,
+                                    const std::array<uint8_t, 32>* sender = nullptr);
 // read_file + open_container.
 std::vector<uint8_t> read_container(const std::string& path, ContainerKind expect, const SymKey* key,
-                                    const BoxKeyPair* keypair);
+                                    const BoxKeyPair* keypair, const std::array<uint8_t, 32>* sender = nullptr);
 // The clear header only (checks magic, version and sizes).
 ContainerInfo container_info(const uint8_t* data, size_t size, const std::string& what);
 ContainerInfo read_container_info(const std::string& path);
