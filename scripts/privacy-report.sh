@@ -6,11 +6,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 [ -x build/tempo ] || bash scripts/build.sh
-products=100000 trials=200 samples=4000 budgets=100,300,1000,3000,10000
-if [ "${1:-}" = "--quick" ]; then products=3000 trials=20 samples=1000 budgets=100,1000; fi
+products=100000 trials=200 pair_trials=3000 samples=4000 budgets=100,300,1000,3000,10000
+if [ "${1:-}" = "--quick" ]; then products=3000 trials=20 pair_trials=500 samples=1000 budgets=100,1000; fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
-./build/tempo privacy --suite integrity --products "$products" --trials "$trials" --table "$out/integrity.md"
+./build/tempo privacy --suite integrity --products "$products" --trials "$trials" --pair-trials "$pair_trials" \
+  --table "$out/integrity.md"
+./build/tempo privacy --suite replay --table "$out/replay.md"
 ./build/tempo privacy --suite mi --samples "$samples" --table "$out/mi.md"
 ./build/tempo privacy --suite mi --col-mix 8 --samples "$samples" --table "$out/mi_colmix_full.md"
 # Only the operand table of that run (the estimator check is the same as above).
@@ -32,7 +34,7 @@ sed -i '1s/.*/#### `resnet18`, per layer/' "$out/weights_resnet18.md"
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "mi", "mi_colmix", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights",
+for name in ("machine", "integrity", "replay", "mi", "mi_colmix", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights",
              "weights_resnet18"):
     body = open(os.path.join(out, name + ".md")).read().strip()
     pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)

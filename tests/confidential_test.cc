@@ -587,7 +587,7 @@ TEST(AttestedConfig, EveryTrainFlagIsMeasuredOrListedAsHarmless) {
       {"--model", {"mlp"}}, {"--data", {"synthetic:100"}}, {"--mode", {"offload"}}, {"--seed", {"3"}},
       {"--batch-size", {"32"}}, {"--init", {d / "init.bin"}}, {"--offload-first", {}}, {"--offload-last", {}},
       {"--conv-mode", {"channel"}}, {"--channel-from", {"1"}}, {"--key-scale", {"2"}}, {"--no-key-shift", {}},
-      {"--mask-rank", {"8"}}, {"--row-mix", {"4"}}, {"--col-mix", {"8"}}, {"--verify-rounds", {"2"}},
+      {"--mask-rank", {"8"}}, {"--row-mix", {"4"}}, {"--col-mix", {"4"}}, {"--verify-rounds", {"3"}},
       {"--verify-rate", {"0.5"}}, {"--verify-tolerance", {"8"}}, {"--quarantine-after", {"5"}},
       {"--insecure-key-seed", {"1"}}, {"--no-fallback", {}}, {"--epochs", {"2"}}, {"--steps", {"5"}},
       {"--optimizer", {"adam"}}, {"--lr", {"0.02"}}, {"--momentum", {"0.5"}}, {"--weight-decay", {"0.1"}},

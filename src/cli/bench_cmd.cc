@@ -153,11 +153,14 @@ double memory_bandwidth_gbs() {
   return 2.0 * sizeof(float) * static_cast<double>(n) / best / 1e9;
 }
 
+// The default Freivalds rounds, for the bench rows that run the defaults.
+const int kR = VerifyConfig{}.rounds;
+
 struct Config {
   std::string label;
   std::string mode;
   bool key_shift = true;
-  int rounds = 1;
+  int rounds = VerifyConfig{}.rounds;
   std::string workers;
   int mask_rank = OffloadConfig{}.mask_rank;
   int row_mix = OffloadConfig{}.row_mix;
@@ -213,11 +216,12 @@ int run_modes(const BenchConfig& cfg) {
   const std::string& w = cfg.workers;
   return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
                            {"offload (insecure)", "offload", true, 0, w},
-                           {"tempo", "tempo", true, 1, w},
-                           {"tempo, no row mix", "tempo", true, 1, w, OffloadConfig{}.mask_rank, 0},
-                           {"tempo, mask rank 32", "tempo", true, 1, w, 32},
-                           {"tempo, no mask, no mix", "tempo", true, 1, w, 0, 0},
-                           {"tempo, no key shift", "tempo", false, 1, w},
+                           {"tempo", "tempo", true, kR, w},
+                           {"tempo, 1 verify round", "tempo", true, 1, w},
+                           {"tempo, no row mix", "tempo", true, kR, w, OffloadConfig{}.mask_rank, 0},
+                           {"tempo, mask rank 32", "tempo", true, kR, w, 32},
+                           {"tempo, no mask, no mix", "tempo", true, kR, w, 0, 0},
+                           {"tempo, no key shift", "tempo", false, kR, w},
                            {"tempo, no verification", "tempo", true, 0, w},
                            {"tempo, no shift, no verif.", "tempo", false, 0, w}});
 }
@@ -229,13 +233,13 @@ int run_hardening(const BenchConfig& cfg) {
   const std::string& w = cfg.workers;
   const int r = OffloadConfig{}.mask_rank, b = 8;
   return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
-                           {"tempo, unhardened", "tempo", true, 1, w, 0, 0, 0},
-                           {"tempo, mask only", "tempo", true, 1, w, r, 0, 0},
-                           {"tempo, row mix only", "tempo", true, 1, w, 0, b, 0},
-                           {"tempo, col mix only", "tempo", true, 1, w, 0, 0, b},
-                           {"tempo, mask + row mix", "tempo", true, 1, w, r, b, 0},
-                           {"tempo, row + col mix", "tempo", true, 1, w, 0, b, b},
-                           {"tempo, all three", "tempo", true, 1, w, r, b, b}});
+                           {"tempo, unhardened", "tempo", true, kR, w, 0, 0, 0},
+                           {"tempo, mask only", "tempo", true, kR, w, r, 0, 0},
+                           {"tempo, row mix only", "tempo", true, kR, w, 0, b, 0},
+                           {"tempo, col mix only", "tempo", true, kR, w, 0, 0, b},
+                           {"tempo, mask + row mix", "tempo", true, kR, w, r, b, 0},
+                           {"tempo, row + col mix", "tempo", true, kR, w, 0, b, b},
+                           {"tempo, all three", "tempo", true, kR, w, r, b, b}});
 }
 
 // Worker processes of this binary on loopback, for the remote suites.
@@ -272,9 +276,9 @@ int run_remote(const BenchConfig& cfg) {
   BenchWorkers ws(2, cfg.worker_threads);
   std::printf("remote workers: processes on 127.0.0.1, %d compute thread(s) each\n", cfg.worker_threads);
   return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
-                           {"tempo, local:1", "tempo", true, 1, "local:1"},
-                           {"tempo, 1 remote", "tempo", true, 1, ws.list(1)},
-                           {"tempo, 2 remote", "tempo", true, 1, ws.list(2)}});
+                           {"tempo, local:1", "tempo", true, kR, "local:1"},
+                           {"tempo, 1 remote", "tempo", true, kR, ws.list(1)},
+                           {"tempo, 2 remote", "tempo", true, kR, ws.list(2)}});
 }
 
 double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps,
@@ -443,7 +447,7 @@ std::vector<std::unique_ptr<StepRunner>> gpu_runners(const Case& c, const std::v
     if (r.mode != "tee-only") {
       OffloadConfig oc;
       oc.insecure_identity = r.mode == "offload";
-      oc.verify.rounds = r.mode == "offload" ? 0 : 1;
+      oc.verify.rounds = r.mode == "offload" ? 0 : VerifyConfig{}.rounds;
       if (!r.hardened) oc.mask_rank = oc.row_mix = 0;
       if (!r.mix) oc.row_mix = 0;
       be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());

@@ -52,6 +52,7 @@ struct PrivacyConfig {
   std::string model = "cnn", data = "fashion-mnist";
   int64_t products = 100000;
   int64_t trials = 200;
+  int64_t pair_trials = 3000;
   double tau = 16.0;
   uint64_t seed = 1;
   int threads = 0;
@@ -61,7 +62,7 @@ struct PrivacyConfig {
   std::vector<int64_t> at_steps;  // mi: measure along one run at these steps instead
   std::vector<int> mask_ranks = {0, 1, 8, 32, 64};  // inputs: the zero-pattern table's columns (0: no mask)
   int64_t weight_steps = 938, weight_window = 10;   // weights: training steps; the last ones attacked
-  int col_mix = 0;  // mi: add --col-mix to the measured defaults
+  int col_mix = OffloadConfig{}.col_mix;  // mi, labels, ...: the measured run's --col-mix
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);
 // CLI11 check of a mixing group size (--row-mix, --col-mix): 0 (off) or 2 to 32.

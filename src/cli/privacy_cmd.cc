@@ -9,6 +9,7 @@
 //   inputs     input recovery: images rebuilt from what workers receive
 //              (first-layer im2col patches, channel-mode feature maps).
 //   weights    weight recovery from the weight ciphertexts alone (no keys).
+//   replay     averaging the re-encryptions of one operand (rollback).
 #include <algorithm>
 #include <cstdio>
 #include <functional>
@@ -22,6 +23,7 @@
 #include "eval/attacks/input_recovery.h"
 #include "trusted/offload/offload_backend.h"
 #include "eval/measurements/integrity.h"
+#include "eval/measurements/replay.h"
 #include "eval/attacks/label_attack.h"
 #include "eval/attacks/model_stealing.h"
 #include "eval/measurements/mutual_info.h"
@@ -38,9 +40,10 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
                  "when the last layer is offloaded; stealing: a substitute model trained on the answers of `tempo "
                  "predict`, against the number of queries; inputs: images rebuilt from first-layer im2col patches "
                  "(--offload-first) and from channel-mode feature maps, PSNR and SSIM against a baseline; weights: "
-                 "weight recovery from the weight ciphertexts of training, without keys")
+                 "weight recovery from the weight ciphertexts of training, without keys; replay: what averaging the "
+                 "re-encryptions of replayed executions gives an attacker granted their keys")
       ->capture_default_str()
-      ->check(CLI::IsMember({"integrity", "mi", "labels", "stealing", "inputs", "weights"}));
+      ->check(CLI::IsMember({"integrity", "mi", "labels", "stealing", "inputs", "weights", "replay"}));
   app.add_option("--at-steps", c.at_steps,
                  "mi: measure at these steps of one training run (e.g. 5,300,600,900: across an epoch) "
                  "instead of the estimator check and step 5")
@@ -60,8 +63,8 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{2}, int64_t{100000}));
   app.add_option("--col-mix", c.col_mix,
-                 "mi: measure the defaults with the column mixing added (--col-mix B of tempo train; 0: as the "
-                 "defaults are)")
+                 "mi: the column mixing of the measured run (--col-mix B of tempo train, on by default; 0: the "
+                 "defaults without it)")
       ->capture_default_str()
       ->check(check_mixing_block);
   app.add_option("--samples", c.samples, "mi: value pairs per estimate")
@@ -83,6 +86,10 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
   app.add_option("--trials", c.trials, "Lies per row of the detection table")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--pair-trials", c.pair_trials,
+                 "integrity: lies per row of the two-entry table (rare passes need a large sample)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--verify-tolerance", c.tau, "τ under test")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seed", c.seed, "Seed of keys and operands")->capture_default_str();
   app.add_option("--threads", c.threads, "Threads (0: all cores)")->capture_default_str();
@@ -90,6 +97,12 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
 }
 
 namespace {
+
+std::string fmt_sci(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.1e", v);
+  return b;
+}
 
 // Prints the tables as they are made and keeps them for --table.
 struct Report {
@@ -331,7 +344,7 @@ void emit_mask_subspace_head(Report& rep, const std::vector<MaskSubspaceResult>&
                 "`--row-mix B` (default %d) the master first replaces each secret group of B rows by a random "
                 "orthogonal combination of them (fresh for every product and step; the output gradient's rows "
                 "too, which the key shift requires): a row then repeats only if its whole group does. The last "
-                "column adds `--col-mix 8` (off by default): the operand's columns are also mixed, in secret "
+                "column adds `--col-mix 8` (on by default since 2026-12-03): the operand's columns are also mixed, in secret "
                 "groups of 8, before the mask; its zeros are then those of whole blocks of 8 rows by 8 columns.",
                 static_cast<long long>(ms[0].repeated_rows), static_cast<long long>(ms[0].rows),
                 static_cast<long long>(ms[0].decoded_rows), dflt.row_mix);
@@ -452,7 +465,7 @@ void emit_weight_recovery(Report& rep, const PrivacyConfig& c, const WeightRecov
                 "the true placement (which the attack does not find) and the best positive scale per row: with "
                 "the attacker's signs; with the best sign per row; with no sign recovered. The `--col-mix` rows "
                 "add the column mixing to the defaults: the weight sent is then W·Gᵀ, a fresh secret orthogonal "
-                "mixing of groups of its columns, and the attack is scored against W as before.",
+                "mixing of groups of its columns, and the attack is scored against W as before; these rows are the defaults since 2026-12-03.",
                 c.model.c_str(), c.data.c_str(), static_cast<long long>(r.steps), static_cast<long long>(r.window),
                 w.train.offload.row_mix, w.train.offload.mask_rank);
   rep.emit(buf);
@@ -460,16 +473,16 @@ void emit_weight_recovery(Report& rep, const PrivacyConfig& c, const WeightRecov
   rep.emit("| keys | layer | W | rows / cols chained | cols signed | units signed (right) | entry signs right | "
            "corr \\|w\\| | error, attacker's signs | error, best unit signs | error, no signs | centring residual |");
   rep.emit("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-  const std::string col_label = "tempo, --col-mix " + std::to_string(r.col_mix);
+  const std::string col_label = "tempo, defaults (--col-mix " + std::to_string(r.col_mix) + ")";
   for (const auto* set : {&r.layers, &r.unshifted_layers, &r.col_mixed_layers, &r.offload_layers})
     for (const auto& L : *set) {
       std::snprintf(buf, sizeof buf,
                     "| %s | %s | %lldx%lld | %.3f / %.3f | %.3f | %.3f (%.3f) | %.3f | %.3f | %.3f | %.3f | %.3f | "
                     "%.0e |",
-                    set == &r.layers               ? "tempo"
+                    set == &r.layers               ? "tempo, without --col-mix"
                     : set == &r.offload_layers     ? "none (offload)"
                     : set == &r.col_mixed_layers   ? col_label.c_str()
-                                                   : "tempo, --no-key-shift",
+                                                   : "tempo, without --col-mix, --no-key-shift",
                     L.layer.c_str(), static_cast<long long>(L.rows),
                     static_cast<long long>(L.cols), L.rows_chained, L.cols_chained, L.cols_signed, L.units_signed,
                     L.units_right, L.sign_agreement, L.abs_correlation, L.rel_error_attacker, L.rel_error,
@@ -645,6 +658,26 @@ int run_mi(const PrivacyConfig& c) {
   return 0;
 }
 
+// Rollback: averaging re-encryptions of one plaintext (replayed executions).
+int run_replay(const PrivacyConfig& c) {
+  Report rep;
+  char buf[256];
+  rep.emit("### Averaging re-encryptions of one operand (replayed checkpoints)");
+  rep.emit("");
+  rep.emit("Post-ReLU operand 64×3136 (cnn's fc input shape), weight 128×3136; N executions, each with a fresh "
+           "secret; the attacker is granted every execution's keys and averages the N blinded operands. "
+           "Pearson correlation of the average with the plaintext operand, entry by entry.");
+  rep.emit("");
+  rep.emit("| blinding the attacker faces | N = executions averaged | correlation with the plaintext |");
+  rep.emit("|---|---:|---:|");
+  for (const ReplayRow& r : measure_replay_averaging(64, 3136, 128, {1, 2, 4, 16, 64, 256}, c.seed)) {
+    std::snprintf(buf, sizeof buf, "| %s | %d | %.3f |", r.blinding.c_str(), r.executions, r.correlation);
+    rep.emit(buf);
+  }
+  rep.write(c.table);
+  return 0;
+}
+
 }  // namespace
 
 int run_privacy(const PrivacyConfig& c) {
@@ -654,21 +687,30 @@ int run_privacy(const PrivacyConfig& c) {
   if (c.suite == "stealing") return run_stealing(c);
   if (c.suite == "inputs") return run_inputs(c);
   if (c.suite == "weights") return run_weights(c);
+  if (c.suite == "replay") return run_replay(c);
   Report rep;
   char buf[512];
   rep.emit("### Detection of wrong results (Freivalds' check, τ = " + std::to_string(c.tau).substr(0, 4) + ")");
   rep.emit("");
-  rep.emit("| lie | size (× max \\|row\\|) | rounds | lies | caught | rate |");
-  rep.emit("|---|---:|---:|---:|---:|---:|");
-  const auto rows = measure_detection({Tamper::kEntry, Tamper::kRow}, {1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7},
-                                      {1, 2}, c.trials, c.tau, c.seed);
-  for (const auto& r : rows) {
-    std::snprintf(buf, sizeof buf, "| %s | %.0e | %d | %lld | %lld | %.3f |", tamper_name(r.kind).c_str(), r.size,
-                  r.rounds, static_cast<long long>(r.trials), static_cast<long long>(r.caught),
-                  r.trials ? static_cast<double>(r.caught) / static_cast<double>(r.trials) : 0.0);
-    rep.emit(buf);
-  }
+  auto table = [&](const std::vector<DetectionRow>& rows) {
+    rep.emit("| lie | size (× max \\|row\\|) | rounds | lies | caught | rate | passed | largest error passed, after unblinding (× max \\|row\\|) |");
+    rep.emit("|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (const auto& r : rows) {
+      const int64_t passed = r.trials - r.caught;
+      std::snprintf(buf, sizeof buf, "| %s | %.0e | %d | %lld | %lld | %.4f | %.2e | %s |", tamper_name(r.kind).c_str(),
+                    r.size, r.rounds, static_cast<long long>(r.trials), static_cast<long long>(r.caught),
+                    r.trials ? static_cast<double>(r.caught) / static_cast<double>(r.trials) : 0.0,
+                    r.trials ? static_cast<double>(passed) / static_cast<double>(r.trials) : 0.0,
+                    passed > 0 ? fmt_sci(r.passed_error).c_str() : "–");
+      rep.emit(buf);
+    }
+    rep.emit("");
+  };
+  table(measure_detection({Tamper::kEntry, Tamper::kPair, Tamper::kRow}, {1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7},
+                          {1, 2}, c.trials, c.tau, c.seed));
+  rep.emit("### Two-entry lies, large sample (the rare passes of several rounds)");
   rep.emit("");
+  table(measure_detection({Tamper::kPair}, {1e-2}, {1, 2}, c.pair_trials, c.tau, c.seed + 11));
   Progress bar("honest products", c.products, true);
   const HonestReport h = measure_false_alarms(c.products, c.tau, c.seed + 7, [&](int64_t n) { bar.update(n); });
   bar.finish();

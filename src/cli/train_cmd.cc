@@ -97,7 +97,7 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--col-mix", c.offload.col_mix,
                  "tempo mode: mix the inner dimension of both operands of every offloaded product (the weight's "
                  "columns, the input's) in secret groups of B by fresh random orthogonal matrices, so that the "
-                 "weights' magnitudes do not reach a worker; 0: off, the default (its cost and effect: "
+                 "weights' magnitudes and column signs do not reach a worker; 0: off (its cost and effect: "
                  "docs/SECURITY.md)")
       ->capture_default_str()
       ->check(check_mixing_block);

@@ -63,7 +63,7 @@ void add_worker_flags(CLI::App& app, WorkerConfig& c) {
       ->check(CLI::Range(0.0, 1.0));
   app.add_option("--lie-kind", c.lie_kind, "TESTING ONLY: entry | row | zeros | nan | inf | shape")
       ->capture_default_str()
-      ->check(CLI::IsMember({"entry", "row", "zeros", "nan", "inf", "shape"}));
+      ->check(CLI::IsMember({"entry", "pair", "row", "zeros", "nan", "inf", "shape"}));
   app.add_option("--lie-seed", c.lie_seed, "TESTING ONLY: seed of the lies")->capture_default_str();
   app.add_option("--record", c.record_dir,
                  "EVALUATION ONLY: write every ciphertext received and returned to DIR/<session>.tempotx "

@@ -10,6 +10,7 @@ namespace tempo {
 Tamper parse_tamper(const std::string& s) {
   if (s == "none") return Tamper::kNone;
   if (s == "entry") return Tamper::kEntry;
+  if (s == "pair") return Tamper::kPair;
   if (s == "row") return Tamper::kRow;
   if (s == "zeros") return Tamper::kZeros;
   if (s == "nan") return Tamper::kNaN;
@@ -53,6 +54,11 @@ Matrix tamper_result(Matrix z, Tamper how, uint64_t pick, float size) {
   const float delta = size * (mx > 0 ? mx : 1.0f);
   switch (how) {
     case Tamper::kEntry: row[j] += delta; break;
+    case Tamper::kPair: {  // +δ and −δ in one row: cancels where the check vector's two entries nearly agree
+      row[j] += delta;
+      if (z.cols() > 1) row[(j + 1 + static_cast<int64_t>((pick >> 16) % static_cast<uint64_t>(z.cols() - 1))) % z.cols()] -= delta;
+      break;
+    }
     case Tamper::kRow:
       for (int64_t c = 0; c < z.cols(); ++c) row[c] += (c % 2 ? delta : -delta);
       break;

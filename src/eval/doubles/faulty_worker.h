@@ -15,8 +15,8 @@
 
 namespace tempo {
 
-enum class Tamper { kNone, kEntry, kRow, kZeros, kNaN, kInf, kShape };
-Tamper parse_tamper(const std::string& s);  // entry|row|zeros|nan|inf|shape
+enum class Tamper { kNone, kEntry, kPair, kRow, kZeros, kNaN, kInf, kShape };
+Tamper parse_tamper(const std::string& s);  // entry|pair|row|zeros|nan|inf|shape
 
 // z with one perturbation of kind `how` at a place chosen by `pick`; entry
 // and row perturbations are `size`·max|row| (1e-2: the size DESIGN.md §2
@@ -29,7 +29,8 @@ std::unique_ptr<ComputeBackend> make_tampering_backend(std::unique_ptr<ComputeBa
                                                        double rate, uint64_t seed);
 
 // Returns wrong results for a fraction `rate` of products (deterministic in
-// `seed`): kEntry adds 1e-2·max|row| to one entry, kRow perturbs a whole row
+// `seed`): kEntry adds 1e-2·max|row| to one entry, kPair adds it to one entry
+// and subtracts it from another of the same row, kRow perturbs a whole row
 // by 1e-2·max|row| per entry, kZeros returns zeros, kNaN/kInf put one
 // non-finite value, kShape drops the last row.
 class TamperingWorker final : public WorkerApi {

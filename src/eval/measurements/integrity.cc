@@ -60,6 +60,7 @@ std::vector<std::unique_ptr<WorkerApi>> one_worker(std::unique_ptr<WorkerApi> w)
 std::string tamper_name(Tamper t) {
   switch (t) {
     case Tamper::kEntry: return "one entry";
+    case Tamper::kPair: return "two entries, opposite signs";
     case Tamper::kRow: return "whole row, alternating signs";
     case Tamper::kZeros: return "zeros";
     case Tamper::kNaN: return "NaN";
@@ -67,6 +68,23 @@ std::string tamper_name(Tamper t) {
     case Tamper::kShape: return "wrong shape";
     default: return "none";
   }
+}
+
+double max_row_relative_error(const float* out, const float* a, const float* w, int64_t m, int64_t k, int64_t n) {
+  double worst = 0;
+  std::vector<double> ref(static_cast<size_t>(n));
+  for (int64_t i = 0; i < m; ++i) {
+    double big = 0, err = 0;
+    for (int64_t j = 0; j < n; ++j) {
+      double v = 0;
+      for (int64_t t = 0; t < k; ++t) v += static_cast<double>(a[i * k + t]) * w[j * k + t];
+      ref[static_cast<size_t>(j)] = v;
+      big = std::max(big, std::fabs(v));
+    }
+    for (int64_t j = 0; j < n; ++j) err = std::max(err, std::fabs(out[i * n + j] - ref[static_cast<size_t>(j)]));
+    if (big > 0) worst = std::max(worst, err / big);
+  }
+  return worst;
 }
 
 HonestReport measure_false_alarms(int64_t products, double tau, uint64_t seed,
@@ -113,6 +131,7 @@ std::vector<DetectionRow> measure_detection(const std::vector<Tamper>& kinds, co
         oc.log = false;
         oc.quarantine_after = 1;  // one lie per trial: a caught liar is dropped, the product recomputed locally
         int64_t lies = 0, caught = 0;
+        double passed = 0;
         for (int64_t i = 0; i < trials; ++i) {
           const uint64_t trial_seed = seed + 1000003 * out.size() + static_cast<uint64_t>(i);
           auto liar = std::make_unique<TamperingWorker>(std::make_unique<LocalWorker>("liar", make_cpu_backend()),
@@ -124,8 +143,10 @@ std::vector<DetectionRow> measure_detection(const std::vector<Tamper>& kinds, co
           be.forward(ops.product(s), ops.out.data());
           lies += w->tampered();
           caught += be.stats().rejected;
+          if (w->tampered() > be.stats().rejected)
+            passed = std::max(passed, max_row_relative_error(ops.out.data(), ops.a.data(), ops.w.data(), s.m, s.k, s.n));
         }
-        out.push_back({kind, size, t, lies, caught});
+        out.push_back({kind, size, t, lies, caught, passed});
       }
   return out;
 }

@@ -30,6 +30,11 @@ struct DetectionRow {
   double size;   // the change, relative to max |row| of the result
   int rounds;
   int64_t trials = 0, caught = 0;
+  // Over the lies that passed: the largest error they left in the plaintext
+  // result, after unblinding, as max over rows of max|out − A·Wᵀ| / max|row
+  // of A·Wᵀ| (0 if every lie was caught). The check bounds the error in the
+  // rows as sent (mixed and masked); this is what reaches training.
+  double passed_error = 0;
 };
 
 // For every kind × size × rounds: `trials` forward products on a worker that
@@ -39,5 +44,9 @@ std::vector<DetectionRow> measure_detection(const std::vector<Tamper>& kinds, co
                                             uint64_t seed);
 
 std::string tamper_name(Tamper t);
+
+// The per-row relative error of `out` (m×n) against a·wᵀ (a: m×k, w: n×k),
+// in double: max over rows of max_j |out − ref| / max_j |ref|.
+double max_row_relative_error(const float* out, const float* a, const float* w, int64_t m, int64_t k, int64_t n);
 
 }  // namespace tempo

@@ -44,9 +44,9 @@ struct OffloadConfig {
   // only); see trusted/obfuscation/row_mix.h.
   int row_mix = 8;
   // Secret orthogonal mixing of the inner dimension of both operands, in
-  // groups of this size (0: none, the default; tempo mode only); hides the
-  // weights' magnitudes; see trusted/obfuscation/col_mix.h.
-  int col_mix = 0;
+  // groups of this size (0: none; tempo mode only); hides the weights'
+  // magnitudes and column signs; see trusted/obfuscation/col_mix.h.
+  int col_mix = 8;
 };
 
 struct OffloadStats {
