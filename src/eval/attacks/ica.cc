@@ -63,7 +63,13 @@ IcaResult fast_ica(const double* x, int64_t n, int64_t t, const IcaOptions& o) {
   int64_t keep = 0;
   for (int64_t i = 0; i < n; ++i) keep += ev(i) > 1e-10 * top;
   Mat K(keep, n);
-  for (int64_t c = 0; c < keep; ++c) K.row(c) = es.eigenvectors().col(n - 1 - c).transpose() / std::sqrt(ev(n - 1 - c));
+  if (o.orthogonal) {
+    keep = n;
+    K = Mat::Identity(n, n) / std::sqrt(ev.mean());
+  } else {
+    for (int64_t c = 0; c < keep; ++c)
+      K.row(c) = es.eigenvectors().col(n - 1 - c).transpose() / std::sqrt(ev(n - 1 - c));
+  }
   const Mat Z = K * X;
   std::mt19937_64 rng(o.seed);
   std::normal_distribution<double> gauss;
@@ -146,7 +152,8 @@ IcaRow ica_attack(const std::string& layer, int id, const float* a, const float*
   const auto groups = static_cast<int64_t>(grouping.starts.size()) - 1;
   const int64_t take = std::min(groups, max_groups);
   std::vector<double> truth, truth_cols, recv, keyed, noise;
-  double sum_ica = 0, sum_rec = 0, sum_recv = 0, sum_noise = 0, sum_keyed = 0, sum_cols = 0;
+  double sum_ica = 0, sum_rec = 0, sum_recv = 0, sum_recv_rec = 0, sum_noise = 0, sum_keyed = 0, sum_cols = 0;
+  double sum_ortho = 0, sum_ortho_rec = 0, sum_cols_recv = 0;
   for (int64_t s = 0; s < take; ++s) {
     const int64_t g = s * groups / take, b0 = grouping.starts[static_cast<size_t>(g)],
                   b = grouping.starts[static_cast<size_t>(g) + 1] - b0;
@@ -170,6 +177,9 @@ IcaRow ica_attack(const std::string& layer, int id, const float* a, const float*
     og.seed = o.seed + static_cast<uint64_t>(g);
     const IcaResult ica = fast_ica(recv.data(), b, k, og);
     const IcaResult ica_keyed = fast_ica(keyed.data(), b, k, og);
+    IcaOptions oo = og;
+    oo.orthogonal = true;
+    const IcaResult ortho = fast_ica(recv.data(), b, k, oo);
     row.not_converged += !ica.converged;
     int64_t scored = 0;
     const std::vector<double> best = best_correlations(truth.data(), b, ica.s.data(), ica.components, k);
@@ -178,20 +188,32 @@ IcaRow ica_attack(const std::string& layer, int id, const float* a, const float*
     ++row.groups;
     row.sources += scored;
     sum_ica += mean_ica;
-    int64_t above = 0;
-    for (double v : best) above += std::isfinite(v) && v > 0.9;
-    sum_rec += static_cast<double>(above) / static_cast<double>(scored);
-    sum_recv += finite_mean(best_correlations(truth.data(), b, recv.data(), b, k));
+    const auto above = [&](const std::vector<double>& v) {
+      int64_t n = 0;
+      for (double x : v) n += std::isfinite(x) && x > 0.9;
+      return static_cast<double>(n) / static_cast<double>(scored);
+    };
+    sum_rec += above(best);
+    const std::vector<double> best_recv = best_correlations(truth.data(), b, recv.data(), b, k);
+    sum_recv += finite_mean(best_recv);
+    sum_recv_rec += above(best_recv);
+    const std::vector<double> best_ortho = best_correlations(truth.data(), b, ortho.s.data(), ortho.components, k);
+    sum_ortho += finite_mean(best_ortho);
+    sum_ortho_rec += above(best_ortho);
     sum_noise += finite_mean(best_correlations(truth.data(), b, noise.data(), b, k));
     sum_keyed += finite_mean(best_correlations(truth.data(), b, ica_keyed.s.data(), ica_keyed.components, k));
-    if (c.col_mix > 0)
+    if (c.col_mix > 0) {
       sum_cols += finite_mean(best_correlations(truth_cols.data(), b, ica.s.data(), ica.components, k));
+      sum_cols_recv += finite_mean(best_correlations(truth_cols.data(), b, recv.data(), b, k));
+    }
   }
   if (row.groups > 0) {
     const double gs = static_cast<double>(row.groups);
     row.ica = sum_ica / gs, row.ica_recovered = sum_rec / gs, row.received = sum_recv / gs;
+    row.received_recovered = sum_recv_rec / gs;
+    row.orthogonal = sum_ortho / gs, row.orthogonal_recovered = sum_ortho_rec / gs;
     row.noise = sum_noise / gs, row.ica_column_key = sum_keyed / gs;
-    if (c.col_mix > 0) row.ica_vs_col_mixed = sum_cols / gs;
+    if (c.col_mix > 0) row.ica_vs_col_mixed = sum_cols / gs, row.received_vs_col_mixed = sum_cols_recv / gs;
   }
   return row;
 }

@@ -24,6 +24,12 @@ struct IcaOptions {
   int max_iterations = 200;
   double tolerance = 1e-6;  // on 1 − |⟨w_new, w_old⟩|, the worst component
   uint64_t seed = 1;        // the initial unmixing (Gaussian)
+  // The mixing is known to be orthogonal (the row mixing's Q, keys undone):
+  // scale by one global factor instead of whitening, so the unmixing
+  // searched is orthogonal too. Whitening assumes uncorrelated sources;
+  // rows of a real operand are not (they share the channels' mean
+  // activations), and whitening then mixes what it should separate.
+  bool orthogonal = false;
 };
 
 struct IcaResult {
@@ -35,7 +41,8 @@ struct IcaResult {
 
 // Symmetric FastICA on n signals of t samples (x: n × t, row-major):
 // centring, whitening by the eigen-decomposition of the covariance
-// (directions with eigenvalue below 1e-10 of the largest are dropped), then
+// (directions with eigenvalue below 1e-10 of the largest are dropped; with
+// o.orthogonal, one global scale instead), then
 // fixed-point iterations W ← E[g(WZ)·Zᵀ] − diag(E[g′(WZ)])·W, each followed
 // by the symmetric decorrelation W ← (W·Wᵀ)^(−1/2)·W.
 IcaResult fast_ica(const double* x, int64_t n, int64_t t, const IcaOptions& o = {});
@@ -58,17 +65,22 @@ struct IcaRow {
   // Mean over groups of the mean over a group's source rows (rows of A) of
   // the best |correlation| with: the components FastICA recovers (ica; and
   // the fraction of source rows above 0.9), the rows as received (no
-  // attack), as many rows of Gaussian noise (chance), and the components
-  // when the column key is left on (the oracle undoes only the row key).
-  double ica = 0, ica_recovered = 0, received = 0, noise = 0, ica_column_key = 0;
-  // With column mixing: the same for FastICA's components against the rows
-  // of A·Gᵀ (what separating the rows alone can give); −1 without.
-  double ica_vs_col_mixed = -1;
+  // attack; and the fraction above 0.9), as many rows of Gaussian noise
+  // (chance), the components when the column key is left on (the oracle
+  // undoes only the row key), and those of FastICA told that the mixing is
+  // orthogonal (IcaOptions::orthogonal; and the fraction above 0.9).
+  double ica = 0, ica_recovered = 0, received = 0, received_recovered = 0, noise = 0, ica_column_key = 0;
+  double orthogonal = 0, orthogonal_recovered = 0;
+  // With column mixing: the same for FastICA's components, and for the rows
+  // as received, against the rows of A·Gᵀ (what separating the rows alone
+  // can give); −1 without.
+  double ica_vs_col_mixed = -1, received_vs_col_mixed = -1;
 };
 
 // Blinds A (m×k; w: the weight, n×k) as the master does for product `id`
 // with Blinding(c), keys from `seed`, and attacks up to max_groups of the
-// row mixing's groups (evenly spread) with FastICA.
+// row mixing's groups (evenly spread) with FastICA (o, and o made
+// orthogonal).
 IcaRow ica_attack(const std::string& layer, int id, const float* a, const float* w, int64_t m, int64_t k, int64_t n,
                   const IcaCase& c, uint64_t seed, double key_scale, int64_t max_groups, const IcaOptions& o = {});
 
