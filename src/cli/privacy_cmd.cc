@@ -652,7 +652,7 @@ int run_keyshift(const PrivacyConfig& c) {
   rep.emit("| step | layer (rows) | blinding | key shift | vs blinded rows | vs ‖A_s‖·‖dC_s‖ | vs ‖dC_s‖ | vs "
            "per-sample error | ‖A'_i‖ alone vs ‖A_s‖·‖dC_s‖ | ‖A'_i‖ alone vs ‖A_s‖ |");
   rep.emit("|---:|---|---|---|---:|---:|---:|---:|---:|---:|");
-  const std::vector<KeyShiftCase> blindings = {{true, 0, 0, 0}, {true, 8, 0, 0}, {true, 8, 64, 8}};
+  const std::vector<KeyShiftCase> blindings = {{true, 0, 0, 0}, {true, 8, 0, 0}, {true, 8, 64, 0}, {true, 8, 64, 8}};
   for (int64_t step : steps) {
     const StepOperands ops = capture_step(t, step);
     const std::vector<int> ids = offloaded_ids(ops);
