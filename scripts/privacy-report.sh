@@ -27,6 +27,8 @@ sed -n '/^| layer /,$p' "$out/mi_colmix_full.md" | sed 's/| default, /| default 
 ./build/tempo privacy --suite weights --model resnet18 --data synthetic:640 --steps 6 --window 3 \
   --table "$out/weights_resnet18.md"
 sed -i '1s/.*/#### `resnet18`, per layer/' "$out/weights_resnet18.md"
+./build/tempo privacy --suite ica --table "$out/ica.md"
+./build/tempo privacy --suite keyshift --table "$out/keyshift.md"
 {
   echo "Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'); $(date -u +%F)."
 } > "$out/machine.md"
@@ -34,8 +36,8 @@ sed -i '1s/.*/#### `resnet18`, per layer/' "$out/weights_resnet18.md"
 import os, re, sys
 out, path = sys.argv[1], sys.argv[2]
 text = open(path).read()
-for name in ("machine", "integrity", "replay", "mi", "mi_colmix", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs", "weights",
-             "weights_resnet18"):
+for name in ("machine", "integrity", "replay", "mi", "mi_colmix", "mi_epoch", "mi_resnet18", "labels", "stealing", "inputs",
+             "weights", "weights_resnet18", "ica", "keyshift"):
     body = open(os.path.join(out, name + ".md")).read().strip()
     pat = re.compile(r"<!-- %s:begin -->\n.*?<!-- %s:end -->" % (name, name), re.S)
     if not pat.search(text):

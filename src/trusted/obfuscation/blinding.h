@@ -25,6 +25,11 @@ class Blinding {
   bool mixes() const { return mix_ != nullptr; }
   bool mixes_cols() const { return col_ != nullptr; }
   bool masks() const { return mask_ != nullptr; }
+  // Read-only views of the mixings, for measurements only (scoring an
+  // attack needs the secret grouping, and the column mixing to apply to a
+  // plaintext); nullptr where off. Nothing on the offload path calls them.
+  const RowMix* row_mixing() const { return mix_.get(); }
+  const ColMix* col_mixing() const { return col_.get(); }
   // Whether the input gradient as returned needs finish_input().
   bool transforms_input_gradient() const { return mix_ || col_; }
   // p with its data operand mixed and masked and (column mixing) its weight
