@@ -167,12 +167,20 @@ struct Config {
   int col_mix = OffloadConfig{}.col_mix;
 };
 
+double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps,
+                     const std::string& device = "cpu");
+
 // Every configuration on every model, interleaved, as one table.
 int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
   const double bw = memory_bandwidth_gbs();
   std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write)\n", num_threads(), bw);
-  std::printf("%-9s %5s %-26s %9s %7s %8s %8s %8s %8s %8s %9s %9s\n", "model", "batch", "configuration",
-              "ms/step", "x tee", "encrypt", "transfer", "worker", "decrypt", "verify", "MB moved", "floor ms");
+  // master ms: the step minus the worker's compute and the transfers the
+  // master waits for (what an infinitely fast GPU and network would leave);
+  // ideal GPU x: the tee-only step over that (the speed-up such a worker
+  // would give).
+  std::printf("%-9s %5s %-26s %9s %7s %8s %8s %8s %8s %8s %9s %9s %9s %8s\n", "model", "batch", "configuration",
+              "ms/step", "x tee", "encrypt", "transfer", "worker", "decrypt", "verify", "MB moved", "floor ms",
+              "master ms", "ideal x");
   for (const auto& s : cfg.models) {
     Case c = parse_case(s);
     const int steps = cfg.steps > 0 ? cfg.steps : (c.model == "cnn" || c.model == "mlp" ? 30 : 6);
@@ -201,10 +209,19 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
       const StepTiming t = runners[i]->result();
       if (i == 0) tee_ms = t.median_ms;
       const double ms = 1e3;
-      std::printf("%-9s %5lld %-26s %9.1f %7.2f %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f\n", c.model.c_str(),
-                  static_cast<long long>(c.batch), configs[i].label.c_str(), t.median_ms, t.median_ms / tee_ms,
-                  t.phases.encrypt * ms, t.phases.transfer * ms, t.phases.worker * ms, t.phases.decrypt * ms,
-                  t.phases.verify * ms, t.trusted_mb, t.trusted_mb / 1e3 / bw * ms);
+      const double master = std::max(0.0, t.median_ms - (t.phases.worker + t.phases.transfer) * ms);
+      std::printf("%-9s %5lld %-26s %9.1f %7.2f %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f %9.1f %8.2f\n",
+                  c.model.c_str(), static_cast<long long>(c.batch), configs[i].label.c_str(), t.median_ms,
+                  t.median_ms / tee_ms, t.phases.encrypt * ms, t.phases.transfer * ms, t.phases.worker * ms,
+                  t.phases.decrypt * ms, t.phases.verify * ms, t.trusted_mb, t.trusted_mb / 1e3 / bw * ms, master,
+                  master > 0 ? tee_ms / master : 0.0);
+      std::fflush(stdout);
+    }
+    if (cfg.torch) {  // PyTorch's whole CPU step on the same threads
+      const double torch_ms = torch_step_ms(cfg, c, num_threads(), steps, "cpu");
+      std::printf("%-9s %5lld %-26s %9.1f %7.2f %8s %8s %8s %8s %8s %9s %9s %9.1f %8s\n", c.model.c_str(),
+                  static_cast<long long>(c.batch), "pytorch (cpu, same threads)", torch_ms, torch_ms / tee_ms, "-",
+                  "-", "-", "-", "-", "-", "-", torch_ms, "-");
       std::fflush(stdout);
     }
   }
@@ -280,9 +297,6 @@ int run_remote(const BenchConfig& cfg) {
                            {"tempo, 1 remote", "tempo", true, kR, ws.list(1)},
                            {"tempo, 2 remote", "tempo", true, kR, ws.list(2)}});
 }
-
-double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps,
-                     const std::string& device = "cpu");
 
 struct Rates {
   double up_gbs, down_gbs;
