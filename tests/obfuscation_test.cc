@@ -2,7 +2,9 @@
 // routine, key shift reuse, and Freivalds' check on honest and lying results.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <iterator>
 #include <limits>
 #include <random>
 
@@ -253,6 +255,54 @@ TEST(Freivalds, SubsetOfInnerIndices) {
   c[5] += 0.5f;
   KeyStream ks2 = obf.stream();
   EXPECT_FALSE(v.check(c.data(), N, K, static_cast<int64_t>(S.size()), {dC.data(), true}, {A.data(), false}, ks2, S.data(), M).empty());
+}
+
+// Rounds share each pass over the operands; the outcome must be what the
+// same rounds give one after another: a row fails iff it fails in a round.
+// Two-entry lies (+δ, −δ) near the bound make the rounds disagree.
+TEST(Freivalds, FusedRoundsEqualSuccessiveRounds) {
+  std::mt19937_64 g(33);
+  const int64_t M = 200, K = 64, N = 48;
+  Case cs = make_case(M, K, N, g, true);
+  std::vector<float> c = cs.c;
+  for (int64_t i = 0; i < M; ++i) {  // lies of 1e-5 .. 1e-3 of the row's max on every row
+    float mx = 0;
+    for (int64_t j = 0; j < N; ++j) mx = std::max(mx, std::fabs(c[static_cast<size_t>(i * N + j)]));
+    const float delta = mx * static_cast<float>(std::pow(10.0, -5.0 + 2.0 * static_cast<double>(i) / M));
+    c[static_cast<size_t>(i * N + i % N)] += delta;
+    c[static_cast<size_t>(i * N + (i * 7 + 3) % N)] -= delta;
+  }
+  VerifyConfig two;
+  two.rounds = 2;
+  VerifyConfig one;
+  one.rounds = 1;
+  int disagree = 0;
+  for (const bool with_sums : {false, true}) {
+    Verifier fused(two), single(one);
+    KeyStream ks1(secret_from_seed(4), 9), ks2(secret_from_seed(4), 9);
+    RowSums s2, s1a, s1b;
+    const auto both = fused.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks1, nullptr, 0,
+                                  with_sums ? &s2 : nullptr);
+    const auto first = single.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks2, nullptr, 0,
+                                    with_sums ? &s1a : nullptr);
+    const auto second = single.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks2, nullptr, 0,
+                                     with_sums ? &s1b : nullptr);
+    std::vector<int64_t> either;
+    std::set_union(first.begin(), first.end(), second.begin(), second.end(), std::back_inserter(either));
+    EXPECT_EQ(both, either);
+    EXPECT_GT(either.size(), 0u);
+    EXPECT_LT(either.size(), static_cast<size_t>(M));
+    std::vector<int64_t> common;
+    std::set_intersection(first.begin(), first.end(), second.begin(), second.end(), std::back_inserter(common));
+    disagree += static_cast<int>(either.size() - common.size());
+    if (with_sums) {  // the forward sums of both rounds, as the rounds one after another drew them
+      EXPECT_EQ(std::vector<double>(s2.r.begin(), s2.r.begin() + K), s1a.r);
+      EXPECT_EQ(std::vector<double>(s2.r.begin() + K, s2.r.end()), s1b.r);
+      EXPECT_EQ(std::vector<double>(s2.ar.begin(), s2.ar.begin() + M), s1a.ar);
+      EXPECT_EQ(std::vector<double>(s2.ar.begin() + M, s2.ar.end()), s1b.ar);
+    }
+  }
+  EXPECT_GT(disagree, 0) << "some rows must fail one round and pass the other, or the test shows nothing";
 }
 
 TEST(Freivalds, WeightGradientFromForwardRowSums) {

@@ -59,54 +59,50 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
                                      Operand b, KeyStream& ks, const int32_t* rows_k,
                                      int64_t k_full, RowSums* sums, const std::vector<double>* r_pre,
                                      const double* cr_pre) {
+  const int R = cfg_.rounds;
   if (sums && (a.stored_t || rows_k)) sums = nullptr;
-  if (r_pre && cfg_.rounds != 1) r_pre = nullptr, cr_pre = nullptr;
+  if (r_pre && R != 1) r_pre = nullptr, cr_pre = nullptr;
   if (sums) {
-    sums->rounds = cfg_.rounds;
+    sums->rounds = R;
     sums->m = m;
     sums->k = k;
-    sums->r.resize(static_cast<size_t>(cfg_.rounds * k));
-    sums->ar.resize(static_cast<size_t>(cfg_.rounds * m));
-    sums->aa.resize(static_cast<size_t>(cfg_.rounds * m));
+    sums->r.resize(static_cast<size_t>(R * k));
+    sums->ar.resize(static_cast<size_t>(R * m));
+    sums->aa.resize(static_cast<size_t>(R * m));
   }
   // k: the inner indices used; kfull: the stored extent of the inner dimension.
-  const Dims d{m, n, k, rows_k ? k_full : k, rows_k};
-  r_.resize(static_cast<size_t>(n));
-  r2_.resize(static_cast<size_t>(n));
-  br_.resize(static_cast<size_t>(k));
-  bb_.resize(static_cast<size_t>(k));
-  y_.resize(static_cast<size_t>(m));
-  s_.resize(static_cast<size_t>(m));
+  const Dims d{m, n, k, rows_k ? k_full : k, rows_k, R};
+  // Every round's vectors first, in the order the rounds used to draw them
+  // (r, then r'), so that all rounds share each pass over the operands:
+  // each row is read once for all of them. r_j = ±(1 + u), u uniform in
+  // [0, 1): with ±1 entries a perturbation whose signs alternate along a
+  // row cancels with probability up to 1/2; with continuous magnitudes it
+  // cannot cancel exactly.
+  r_.resize(static_cast<size_t>(R * n));
+  r2_.resize(static_cast<size_t>(R * n));
+  if (sums) rp2_.resize(static_cast<size_t>(R * k));
+  for (int round = 0; round < R; ++round) {
+    double* r = r_.data() + round * n;
+    for (int64_t j = 0; j < n; ++j) r[j] = r_pre ? (*r_pre)[static_cast<size_t>(j)] : random_entry(ks);
+    for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(round * n + j)] = r[j] * r[j];
+    if (sums) {
+      double* rp = sums->r.data() + round * k;
+      for (int64_t t = 0; t < k; ++t) rp[t] = random_entry(ks);
+      for (int64_t t = 0; t < k; ++t) rp2_[static_cast<size_t>(round * k + t)] = rp[t] * rp[t];
+    }
+  }
+  br_.resize(static_cast<size_t>(R * k));
+  bb_.resize(static_cast<size_t>(R * k));
+  y_.resize(static_cast<size_t>(R * m));
+  s_.resize(static_cast<size_t>(R * m));
   failed_.assign(static_cast<size_t>(m), 0);
-  if (rows_k && !a.stored_t) gathered_.resize(static_cast<size_t>(k));
   const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(k)) * cfg_.unit_roundoff;
   const int nt = num_threads();
   std::vector<double> worst_t(static_cast<size_t>(nt), 0.0);
-
-  for (int round = 0; round < cfg_.rounds; ++round) {
-    // r_j = ±(1 + u), u uniform in [0, 1): with ±1 entries a perturbation
-    // whose signs alternate along a row cancels with probability up to 1/2;
-    // with continuous magnitudes it cannot cancel exactly.
-    if (r_pre) {
-      r_ = *r_pre;
-      for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
-    } else {
-      for (int64_t j = 0; j < n; ++j) {
-        r_[static_cast<size_t>(j)] = random_entry(ks);
-        r2_[static_cast<size_t>(j)] = r_[static_cast<size_t>(j)] * r_[static_cast<size_t>(j)];
-      }
-    }
-    double* rp = nullptr;
-    if (sums) {
-      rp = sums->r.data() + round * k;
-      for (int64_t t = 0; t < k; ++t) rp[t] = random_entry(ks);
-      rp2_.resize(static_cast<size_t>(k));
-      for (int64_t t = 0; t < k; ++t) rp2_[static_cast<size_t>(t)] = rp[t] * rp[t];
-    }
-    project_b(b, d);
-    project_a(a, d, rp, rp ? sums->ar.data() + round * m : nullptr, rp ? sums->aa.data() + round * m : nullptr);
-    compare_rows(c, d, cr_pre, scale, worst_t);
-  }
+  project_b(b, d);
+  project_a(a, d, sums ? sums->r.data() : nullptr, sums ? sums->ar.data() : nullptr,
+            sums ? sums->aa.data() : nullptr);
+  compare_rows(c, d, cr_pre, scale, worst_t);
   for (double w : worst_t) worst_ratio_ = std::max(worst_ratio_, w * cfg_.tolerance);
   std::vector<int64_t> bad;
   for (int64_t i = 0; i < m; ++i)
@@ -114,16 +110,19 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
   return bad;
 }
 
-// br = b·r and bb = (b∘b)·(r∘r), over the inner indices used.
+// Per round ρ: br_ρ = b·r_ρ and bb_ρ = (b∘b)·(r_ρ∘r_ρ), over the inner
+// indices used (round-major: br_[ρ·k + t]).
 void Verifier::project_b(Operand b, const Dims& d) {
   const int64_t n = d.n, k = d.k, kfull = d.kfull;
+  const int R = d.rounds;
   const int32_t* rows_k = d.rows_k;
   auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
   if (!b.stored_t) {
     parallel_for(k, [&](int64_t lo, int64_t hi) {
       for (int64_t t = lo; t < hi; ++t)
-        dot2(b.data + kidx(t) * n, r_.data(), r2_.data(), n, br_[static_cast<size_t>(t)],
-             bb_[static_cast<size_t>(t)]);
+        for (int q = 0; q < R; ++q)
+          dot2(b.data + kidx(t) * n, r_.data() + q * n, r2_.data() + q * n, n, br_[static_cast<size_t>(q * k + t)],
+               bb_[static_cast<size_t>(q * k + t)]);
     }, 64);
     return;
   }
@@ -132,20 +131,25 @@ void Verifier::project_b(Operand b, const Dims& d) {
   parallel_for(k, [&](int64_t lo, int64_t hi) {
     for (int64_t j = 0; j < n; ++j) {
       const float* row = b.data + j * kfull;
-      const double rj = r_[static_cast<size_t>(j)], qj = r2_[static_cast<size_t>(j)];
-      for (int64_t t = lo; t < hi; ++t) {
-        const double v = row[kidx(t)];
-        br_[static_cast<size_t>(t)] += v * rj;
-        bb_[static_cast<size_t>(t)] += v * v * qj;
+      for (int q = 0; q < R; ++q) {
+        const double rj = r_[static_cast<size_t>(q * n + j)], qj = r2_[static_cast<size_t>(q * n + j)];
+        double* br = br_.data() + q * k;
+        double* bb = bb_.data() + q * k;
+        for (int64_t t = lo; t < hi; ++t) {
+          const double v = row[kidx(t)];
+          br[t] += v * rj;
+          bb[t] += v * v * qj;
+        }
       }
     }
   }, 256);
 }
 
-// y = a·br and s = (a∘a)·bb; with rp, also a·rp into ar and (a∘a)·(rp∘rp)
-// into aa in the same pass (RowSums).
+// Per round: y_ρ = a·br_ρ and s_ρ = (a∘a)·bb_ρ; with rp (sums), also a·rp_ρ
+// into ar and (a∘a)·(rp_ρ∘rp_ρ) into aa in the same pass (RowSums).
 void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar, double* aa) {
   const int64_t m = d.m, k = d.k, kfull = d.kfull;
+  const int R = d.rounds;
   const int32_t* rows_k = d.rows_k;
   auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
   if (!a.stored_t) {
@@ -158,11 +162,14 @@ void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar,
           for (int64_t t = 0; t < k; ++t) tmp[static_cast<size_t>(t)] = row[rows_k[t]];
           row = tmp.data();
         }
-        if (rp)
-          dot4(row, br_.data(), bb_.data(), rp, rp2_.data(), k, y_[static_cast<size_t>(i)],
-               s_[static_cast<size_t>(i)], ar[i], aa[i]);
-        else
-          dot2(row, br_.data(), bb_.data(), k, y_[static_cast<size_t>(i)], s_[static_cast<size_t>(i)]);
+        for (int q = 0; q < R; ++q) {
+          const size_t at = static_cast<size_t>(q * m + i);
+          if (rp)
+            dot4(row, br_.data() + q * k, bb_.data() + q * k, rp + q * k, rp2_.data() + q * k, k, y_[at], s_[at],
+                 ar[at], aa[at]);
+          else
+            dot2(row, br_.data() + q * k, bb_.data() + q * k, k, y_[at], s_[at]);
+        }
       }
     }, 64);
     return;
@@ -170,39 +177,45 @@ void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar,
   std::fill(y_.begin(), y_.end(), 0.0);
   std::fill(s_.begin(), s_.end(), 0.0);
   parallel_for(m, [&](int64_t lo, int64_t hi) {
-    double* y = y_.data();
-    double* s = s_.data();
     for (int64_t t = 0; t < k; ++t) {
       const float* row = a.data + kidx(t) * m;
-      const double bv = br_[static_cast<size_t>(t)], bw = bb_[static_cast<size_t>(t)];
+      for (int q = 0; q < R; ++q) {
+        double* y = y_.data() + q * m;
+        double* s = s_.data() + q * m;
+        const double bv = br_[static_cast<size_t>(q * k + t)], bw = bb_[static_cast<size_t>(q * k + t)];
 #pragma omp simd
-      for (int64_t i = lo; i < hi; ++i) {
-        const double v = row[i];
-        y[i] += v * bv;
-        s[i] += v * v * bw;
+        for (int64_t i = lo; i < hi; ++i) {
+          const double v = row[i];
+          y[i] += v * bv;
+          s[i] += v * v * bw;
+        }
       }
     }
   }, 256);
 }
 
-// e = c·r − y, row by row: marks the rows over their bound in failed_ and
-// keeps each thread's largest e / bound of the others in worst_t.
+// e_ρ = c·r_ρ − y_ρ, row by row (each row of c read once for every round):
+// marks the rows over their bound in any round in failed_ and keeps each
+// thread's largest e / bound of the others in worst_t.
 void Verifier::compare_rows(const float* c, const Dims& d, const double* cr_pre, double scale,
                             std::vector<double>& worst_t) {
-  const int64_t n = d.n;
+  const int64_t n = d.n, m = d.m;
+  const int R = d.rounds;
   const int nt = static_cast<int>(worst_t.size());
-  parallel_for(d.m, [&](int64_t lo, int64_t hi) {
+  parallel_for(m, [&](int64_t lo, int64_t hi) {
     double wl = 0;
-    for (int64_t i = lo; i < hi; ++i) {
-      const double cr = cr_pre ? cr_pre[i] : dot(c + i * n, r_.data(), n);
-      const double e = std::fabs(cr - y_[static_cast<size_t>(i)]);
-      const double bound = scale * std::sqrt(s_[static_cast<size_t>(i)]);
-      if (!(e <= bound)) {
-        failed_[static_cast<size_t>(i)] = 1;
-      } else if (bound > 0) {
-        wl = std::max(wl, e / bound);
+    for (int64_t i = lo; i < hi; ++i)
+      for (int q = 0; q < R; ++q) {
+        const size_t at = static_cast<size_t>(q * m + i);
+        const double cr = cr_pre ? cr_pre[i] : dot(c + i * n, r_.data() + q * n, n);
+        const double e = std::fabs(cr - y_[at]);
+        const double bound = scale * std::sqrt(s_[at]);
+        if (!(e <= bound)) {
+          failed_[static_cast<size_t>(i)] = 1;
+        } else if (bound > 0) {
+          wl = std::max(wl, e / bound);
+        }
       }
-    }
     const int tid = omp_get_thread_num();
     if (tid < nt) worst_t[static_cast<size_t>(tid)] = std::max(worst_t[static_cast<size_t>(tid)], wl);
   }, 64);
@@ -216,34 +229,32 @@ void Verifier::draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out) {
 bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,
                             const int32_t* rows, int64_t count) {
   if (sums.k != k) return false;
-  cv_lhs_.resize(static_cast<size_t>(n));
-  cv_rhs_.resize(static_cast<size_t>(n));
-  cv_s_.resize(static_cast<size_t>(n));
-  for (int round = 0; round < sums.rounds; ++round) {
-    const double* rp = sums.r.data() + round * k;
-    const double* ar = sums.ar.data() + round * sums.m;
-    const double* aa = sums.aa.data() + round * sums.m;
-    parallel_for(n, [&](int64_t lo, int64_t hi) {
-      for (int64_t i = lo; i < hi; ++i) cv_lhs_[static_cast<size_t>(i)] = dot(dw + i * k, rp, k);
-    }, 16);
-    std::fill(cv_rhs_.begin(), cv_rhs_.end(), 0.0);
-    std::fill(cv_s_.begin(), cv_s_.end(), 0.0);
-    double* y = cv_rhs_.data();
-    double* q = cv_s_.data();
-    for (int64_t j = 0; j < count; ++j) {
-      const int64_t row = rows[j];
-      const float* d = dc + row * n;
-      const double a1 = ar[row], a2 = aa[row];
+  const int R = sums.rounds;
+  // All rounds in one pass over dw and one over dc (round-major vectors).
+  cv_lhs_.resize(static_cast<size_t>(R * n));
+  cv_rhs_.assign(static_cast<size_t>(R * n), 0.0);
+  cv_s_.assign(static_cast<size_t>(R * n), 0.0);
+  parallel_for(n, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i)
+      for (int q = 0; q < R; ++q)
+        cv_lhs_[static_cast<size_t>(q * n + i)] = dot(dw + i * k, sums.r.data() + q * k, k);
+  }, 16);
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t row = rows[j];
+    const float* d = dc + row * n;
+    for (int q = 0; q < R; ++q) {
+      const double a1 = sums.ar[static_cast<size_t>(q * sums.m + row)], a2 = sums.aa[static_cast<size_t>(q * sums.m + row)];
+      double* y = cv_rhs_.data() + q * n;
+      double* s = cv_s_.data() + q * n;
 #pragma omp simd
       for (int64_t i = 0; i < n; ++i) {
         const double v = d[i];
         y[i] += v * a1;
-        q[i] += v * v * a2;
+        s[i] += v * v * a2;
       }
     }
-    if (!compare(n, count)) return false;
   }
-  return true;
+  return compare(R * n, count);
 }
 
 void Verifier::draw(KeyStream& ks, int64_t n) {

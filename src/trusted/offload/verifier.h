@@ -85,13 +85,13 @@ class Verifier {
   VerifyConfig cfg_;
   double worst_ratio_ = 0;
   std::vector<double> r_, r2_, rp2_, br_, bb_, y_, s_;
-  std::vector<float> gathered_;
   std::vector<double> cv_a_, cv_b_, cv_lhs_, cv_rhs_, cv_s_;
   // The shape of one check(): c is m×n, k inner indices used (rows_k, or
   // 0..k-1) of operands whose inner extent is kfull.
   struct Dims {
     int64_t m, n, k, kfull;
     const int32_t* rows_k;
+    int rounds;  // every round's vectors at once, round-major
   };
   void project_b(Operand b, const Dims& d);
   void project_a(Operand a, const Dims& d, const double* rp, double* ar, double* aa);
