@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <thread>
+#include <type_traits>
 #include <unordered_map>
 
 #include "process_util.h"
@@ -543,6 +544,28 @@ TEST(MemoryHygiene, CommandsWithPlaintextLockTheirMemory) {
 }
 
 // Key holders wipe their secrets when they are destroyed.
+// Keys cannot be copied by accident: every further copy is an explicit
+// clone(), and a key moved elsewhere leaves zeros behind.
+static_assert(!std::is_copy_constructible_v<SymKey> && !std::is_copy_assignable_v<SymKey>);
+static_assert(!std::is_copy_constructible_v<Secret> && std::is_nothrow_move_constructible_v<Secret>);
+static_assert(!std::is_copy_constructible_v<BoxKeyPair> && !std::is_copy_constructible_v<RunState>);
+
+TEST(MemoryHygiene, SecretsAreMoveOnlyAndMovingWipesTheSource) {
+  SymKey a = random_sym_key();
+  const SymKey copy = a.clone();
+  EXPECT_TRUE(a == copy);
+  SymKey b = std::move(a);
+  EXPECT_TRUE(b == copy);
+  const SymKey zero{};
+  EXPECT_TRUE(a == zero) << "the moved-from key must be wiped";  // NOLINT(bugprone-use-after-move)
+  RunState s;
+  s.secret = random_secret();
+  s.data_key = b.clone();
+  RunState t = std::move(s);
+  EXPECT_TRUE(s.secret == Secret{});  // NOLINT(bugprone-use-after-move)
+  EXPECT_TRUE(*t.data_key == copy);
+}
+
 TEST(MemoryHygiene, KeyHoldersWipeTheirSecrets) {
   const Secret s = secret_from_seed(77);
   auto holds_secret = [&](const unsigned char* p, size_t n) {
@@ -558,7 +581,7 @@ TEST(MemoryHygiene, KeyHoldersWipeTheirSecrets) {
   EXPECT_FALSE(holds_secret(ks_mem, sizeof ks_mem));
   alignas(RunState) unsigned char rs_mem[sizeof(RunState)];
   auto* rs = new (rs_mem) RunState();
-  rs->secret = s;
+  rs->secret = s.clone();
   ASSERT_TRUE(holds_secret(rs_mem, sizeof rs_mem));
   rs->~RunState();
   EXPECT_FALSE(holds_secret(rs_mem, sizeof rs_mem));

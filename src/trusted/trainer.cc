@@ -133,7 +133,7 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret
                 "Freivalds' check must catch (1e-2 of a row), so with it a worker could change results unnoticed; "
                 "train in FP32 (drop --tf32), or give up the check explicitly with --verify-rounds 0");
     if (cfg.remote.tf32) oc.verify.unit_roundoff = 0x1.0p-11;
-    const Secret secret = given ? *given : run_secret(cfg);
+    const Secret secret = given ? given->clone() : run_secret(cfg);
     return std::make_unique<OffloadBackend>(oc, connect_workers(cfg.workers, cfg.remote), secret);
   }
   throw Error("unknown --mode '" + cfg.mode + "'; choose tempo, offload or tee-only");
@@ -315,19 +315,20 @@ void TrainingJob::load_data() {
   // A master with an owner attests once per run: a resumed execution keeps
   // the key of the report the owner accepted (sealed in the checkpoint).
   std::optional<Attestation> attested;
-  if (!cfg_.owner_key.empty() && (!encrypted_.empty() || !cfg_.save.empty()) && !st_.master_key) {
+  if (!cfg_.owner_key.empty() && (!encrypted_.empty() || !cfg_.save.empty()) && !st_.master_key)
     attested = attest(cfg_, config_);
-    st_.master_key = attested->master;
+  if (!encrypted_.empty()) {
+    lock_memory();  // also when train() is called other than from `tempo train`
+    if (!st_.data_key) {
+      TEMPO_CHECK(attested.has_value(), "--resume " + cfg_.resume + ": the checkpoint has the attested key but "
+                                        "not the data key; resume from a checkpoint of this run");
+      st_.data_key = await_data_key(cfg_, *attested);
+    }
   }
+  if (attested) st_.master_key = std::move(attested->master);
   if (encrypted_.empty()) {
     data_ = load_dataset(cfg_.data, model_->input_shape, cfg_.seed);
     return;
-  }
-  lock_memory();  // also when train() is called other than from `tempo train`
-  if (!st_.data_key) {
-    TEMPO_CHECK(attested.has_value(), "--resume " + cfg_.resume + ": the checkpoint has the attested key but not "
-                                      "the data key; resume from a checkpoint of this run");
-    st_.data_key = await_data_key(cfg_, *attested);
   }
   const auto td = Clock::now();
   data_ = load_encrypted_dataset(encrypted_, *st_.data_key, model_->input_shape);

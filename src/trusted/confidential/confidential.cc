@@ -135,7 +135,7 @@ SymKey await_data_key(const TrainConfig& cfg, const Attestation& a) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
   }
   std::vector<uint8_t> raw = read_file(release_path, "key release");
-  const SymKey key = unwrap_data_key(std::string(raw.begin(), raw.end()), release_path,
+  SymKey key = unwrap_data_key(std::string(raw.begin(), raw.end()), release_path,
                                      read_owner_public(cfg.owner_key), a.master, a.report_sha256);
   std::fprintf(stderr, "tempo: data key released by the owner\n");
   return key;
@@ -197,7 +197,7 @@ SymKey sealing_key(const std::string& path, bool create) {
   TEMPO_CHECK(!path.empty(), "sealed checkpoints need --sealing-key FILE (simulation of the enclave's sealing "
                              "key; made on first use, keep it to resume)");
   if (create && !is_regular_file(path)) {
-    const SymKey k = random_sym_key();
+    SymKey k = random_sym_key();
     write_key_file(path, kSealingKeyLabel, k.data(), k.size());
     std::fprintf(stderr, "tempo: made sealing key %s (SIMULATED sealing: on SGX the enclave's own key is used)\n",
                  path.c_str());
@@ -205,11 +205,6 @@ SymKey sealing_key(const std::string& path, bool create) {
   }
   return read_sym_key(path, kSealingKeyLabel);
 }
-
-RunState::~RunState() {
-  sodium_memzero(secret.data(), secret.size());
-  if (data_key) sodium_memzero(data_key->data(), data_key->size());
-}  // master_key wipes itself
 
 std::string counter_path(const std::string& sealing_key_path) { return sealing_key_path + ".counter"; }
 
@@ -325,14 +320,13 @@ RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohm
   if (m.count("run.data_key")) {
     SymKey k;
     std::memcpy(k.data(), take("run.data_key", 4).data(), 32);
-    s.data_key = k;
-    sodium_memzero(k.data(), k.size());
+    s.data_key = std::move(k);
   }
   if (m.count("run.master_sk")) {
     BoxKeyPair kp;
     std::memcpy(kp.pk.data(), take("run.master_pk", 4).data(), 32);
     std::memcpy(kp.sk.data(), take("run.master_sk", 4).data(), 32);
-    s.master_key = kp;
+    s.master_key = std::move(kp);
   }
   TEMPO_CHECK(s.step >= 0 && s.epoch >= 1 && s.in_epoch >= 0, path + ": checkpoint position is malformed");
   const auto opt = optim.state_tensors();

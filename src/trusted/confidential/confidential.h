@@ -78,10 +78,7 @@ struct RunState {
   std::optional<BoxKeyPair> master_key;  // the attested key that seals the model to its owner
   int threads = 0;
   uint64_t counter = 0;   // the monotonic counter's value when it was sealed
-  RunState() = default;
-  RunState(const RunState&) = default;
-  RunState& operator=(const RunState&) = default;
-  ~RunState();  // wipes the secret and the data key
+  // Move-only: the secret, the data key and the master's key wipe themselves.
 };
 
 // The monotonic counter that stops a host from rolling the master back to an

@@ -151,8 +151,6 @@ SymKey random_sym_key() {
   return k;
 }
 
-BoxKeyPair::~BoxKeyPair() { sodium_memzero(sk.data(), sk.size()); }
-
 BoxKeyPair random_box_keypair() {
   init_sodium();
   BoxKeyPair kp;
@@ -246,7 +244,7 @@ std::vector<uint8_t> open_container(const uint8_t* data, size_t size, const std:
     const auto id = key_id(*key);
     TEMPO_CHECK(sodium_memcmp(id.data(), h.wrap_bytes, id.size()) == 0,
                 what + " was encrypted with a different key (wrong key file?)");
-    k = *key;
+    k = key->clone();
   }
   crypto_secretstream_xchacha20poly1305_state st;
   if (crypto_secretstream_xchacha20poly1305_init_pull(&st, h.stream_header, k.data()) != 0) {

@@ -31,18 +31,17 @@
 #include <string>
 #include <vector>
 
+#include "trusted/secret.h"
+
 namespace tempo {
 
 enum class ContainerKind : uint32_t { kData = 1, kModel = 2, kCheckpoint = 3 };
 const char* container_kind_name(ContainerKind k);  // "data set", "model", "checkpoint"
 
-using SymKey = std::array<uint8_t, 32>;
-struct BoxKeyPair {  // X25519 (crypto_box); the secret half is wiped with the pair
-  std::array<uint8_t, 32> pk{}, sk{};
-  BoxKeyPair() = default;
-  BoxKeyPair(const BoxKeyPair&) = default;
-  BoxKeyPair& operator=(const BoxKeyPair&) = default;
-  ~BoxKeyPair();
+using SymKey = SecretBytes<32>;  // move-only, wiped when destroyed (trusted/secret.h)
+struct BoxKeyPair {  // X25519 (crypto_box); move-only, the secret half wiped with the pair
+  std::array<uint8_t, 32> pk{};
+  SecretBytes<32> sk;
 };
 
 SymKey random_sym_key();

@@ -175,9 +175,21 @@ Secret secret_from_seed(uint64_t seed) {
   return s;
 }
 
-KeyStream::~KeyStream() {
-  sodium_memzero(key_.data(), key_.size());
-  sodium_memzero(buf_.data(), sizeof buf_);
+KeyStream::~KeyStream() { sodium_memzero(buf_.data(), sizeof buf_); }  // key_ wipes itself
+
+KeyStream::KeyStream(const KeyStream& o)
+    : key_(o.key_.clone()), nonce_(o.nonce_), block_(o.block_), limit_(o.limit_), buf_(o.buf_), pos_(o.pos_) {}
+
+KeyStream& KeyStream::operator=(const KeyStream& o) {
+  if (this != &o) {
+    key_ = o.key_.clone();
+    nonce_ = o.nonce_;
+    block_ = o.block_;
+    limit_ = o.limit_;
+    buf_ = o.buf_;
+    pos_ = o.pos_;
+  }
+  return *this;
 }
 
 Secret derive_secret(const Secret& base, const char* label, uint64_t counter) {
@@ -190,7 +202,7 @@ Secret derive_secret(const Secret& base, const char* label, uint64_t counter) {
   return s;
 }
 
-KeyStream::KeyStream(const Secret& secret, uint64_t stream_id) : key_(secret) {
+KeyStream::KeyStream(const Secret& secret, uint64_t stream_id) : key_(secret.clone()) {
   std::memcpy(nonce_.data(), &stream_id, sizeof stream_id);
 }
 

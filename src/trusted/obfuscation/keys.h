@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "common/conv.h"
+#include "trusted/secret.h"
 
 namespace tempo {
 
@@ -48,8 +49,9 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
 void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,
                        float* dx, const double* dot_r = nullptr, double* dot_out = nullptr);
 
-// The run secret: 256 bits from the system CSPRNG (libsodium).
-using Secret = std::array<uint8_t, 32>;
+// The run secret: 256 bits from the system CSPRNG (libsodium); move-only,
+// wiped when destroyed (trusted/secret.h).
+using Secret = SecretBytes<32>;
 Secret random_secret();
 // INSECURE, for tests and reproducible measurements only: a secret derived
 // (BLAKE2b) from a public number, so that a run's keys, and with them its
@@ -65,8 +67,10 @@ Secret derive_secret(const Secret& base, const char* label, uint64_t counter);
 class KeyStream {
  public:
   KeyStream(const Secret& secret, uint64_t stream_id);
-  KeyStream(const KeyStream&) = default;
-  KeyStream& operator=(const KeyStream&) = default;
+  // A copy of a stream is a copy of its key, on purpose (forks, replays of
+  // a draw in tests).
+  KeyStream(const KeyStream& o);
+  KeyStream& operator=(const KeyStream& o);
   ~KeyStream();  // wipes its copy of the secret and the buffered key material
   uint32_t u32();
   // n successive u32() values at once (the same ones), most of them

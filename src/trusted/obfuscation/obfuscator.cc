@@ -9,9 +9,9 @@
 
 namespace tempo {
 
-Obfuscator::~Obfuscator() { sodium_memzero(secret_.data(), secret_.size()); }
+Obfuscator::~Obfuscator() = default;  // secret_ wipes itself
 
-Obfuscator::Obfuscator(const Secret& secret, double key_scale) : secret_(secret), sigma_(key_scale) {
+Obfuscator::Obfuscator(const Secret& secret, double key_scale) : secret_(secret.clone()), sigma_(key_scale) {
   TEMPO_CHECK(key_scale >= 1.0 && key_scale < 1e6, "--key-scale must be at least 1 (and below 1e6)");
 }
 
@@ -21,7 +21,7 @@ std::unique_ptr<Obfuscator> Obfuscator::insecure_identity(const Secret& secret) 
                "and gradients (an ablation for measurements, never for real data)\n");
   std::unique_ptr<Obfuscator> o(new Obfuscator());
   o->identity_ = true;
-  o->secret_ = secret;
+  o->secret_ = secret.clone();
   return o;
 }
 
