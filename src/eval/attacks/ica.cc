@@ -24,20 +24,6 @@ Mat decorrelate(const Mat& w) {
   return es.eigenvectors() * d.asDiagonal() * es.eigenvectors().transpose() * w;
 }
 
-// Pearson correlation of two rows of t samples; NaN if either is constant.
-double pearson(const double* x, const double* y, int64_t t) {
-  double mx = 0, my = 0;
-  for (int64_t j = 0; j < t; ++j) mx += x[j], my += y[j];
-  mx /= static_cast<double>(t), my /= static_cast<double>(t);
-  double sxy = 0, sxx = 0, syy = 0;
-  for (int64_t j = 0; j < t; ++j) {
-    const double a = x[j] - mx, b = y[j] - my;
-    sxy += a * b, sxx += a * a, syy += b * b;
-  }
-  if (sxx <= 0 || syy <= 0) return std::numeric_limits<double>::quiet_NaN();
-  return sxy / std::sqrt(sxx * syy);
-}
-
 // The mean of the finite values of v over count (how many there were).
 double finite_mean(const std::vector<double>& v, int64_t* count = nullptr) {
   double s = 0;
@@ -107,6 +93,19 @@ IcaResult fast_ica(const double* x, int64_t n, int64_t t, const IcaOptions& o) {
   const Mat S = W * Z;
   r.s.assign(S.data(), S.data() + keep * t);
   return r;
+}
+
+double pearson(const double* x, const double* y, int64_t t) {
+  double mx = 0, my = 0;
+  for (int64_t j = 0; j < t; ++j) mx += x[j], my += y[j];
+  mx /= static_cast<double>(t), my /= static_cast<double>(t);
+  double sxy = 0, sxx = 0, syy = 0;
+  for (int64_t j = 0; j < t; ++j) {
+    const double a = x[j] - mx, b = y[j] - my;
+    sxy += a * b, sxx += a * a, syy += b * b;
+  }
+  if (sxx <= 0 || syy <= 0) return std::numeric_limits<double>::quiet_NaN();
+  return sxy / std::sqrt(sxx * syy);
 }
 
 std::vector<double> best_correlations(const double* sources, int64_t ns, const double* est, int64_t ne, int64_t t) {

@@ -47,6 +47,9 @@ struct IcaResult {
 // by the symmetric decorrelation W ← (W·Wᵀ)^(−1/2)·W.
 IcaResult fast_ica(const double* x, int64_t n, int64_t t, const IcaOptions& o = {});
 
+// Pearson correlation of two rows of t samples; NaN if either is constant.
+double pearson(const double* x, const double* y, int64_t t);
+
 // For each source row (sources: ns × t), the largest |Pearson correlation|
 // with any row of est (ne × t); NaN for a constant source row.
 std::vector<double> best_correlations(const double* sources, int64_t ns, const double* est, int64_t ne, int64_t t);

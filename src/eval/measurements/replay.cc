@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "eval/attacks/ica.h"
 #include "trusted/obfuscation/blinding.h"
 #include "trusted/obfuscation/keys.h"
 #include "trusted/obfuscation/obfuscator.h"
@@ -10,26 +11,6 @@
 #include "trusted/rng.h"
 
 namespace tempo {
-
-namespace {
-
-double pearson(const std::vector<double>& x, const std::vector<float>& y) {
-  const double n = static_cast<double>(x.size());
-  double mx = 0, my = 0;
-  for (size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
-  mx /= n;
-  my /= n;
-  double sxy = 0, sxx = 0, syy = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    const double a = x[i] - mx, b = y[i] - my;
-    sxy += a * b;
-    sxx += a * a;
-    syy += b * b;
-  }
-  return sxx > 0 && syy > 0 ? sxy / std::sqrt(sxx * syy) : 0.0;
-}
-
-}  // namespace
 
 std::vector<ReplayRow> measure_replay_averaging(int64_t m, int64_t k, int64_t n, const std::vector<int>& counts,
                                                 uint64_t seed) {
@@ -46,6 +27,7 @@ std::vector<ReplayRow> measure_replay_averaging(int64_t m, int64_t k, int64_t n,
   p.k = k;
   p.n = n;
   const int most = counts.empty() ? 0 : *std::max_element(counts.begin(), counts.end());
+  const std::vector<double> plain(a.begin(), a.end());
   std::vector<ReplayRow> out;
   for (const bool defaults : {true, false}) {
     const OffloadConfig dflt;
@@ -58,7 +40,7 @@ std::vector<ReplayRow> measure_replay_averaging(int64_t m, int64_t k, int64_t n,
       for (size_t i = 0; i < sum.size(); ++i) sum[i] += q.a[i];
       if (std::find(counts.begin(), counts.end(), e) == counts.end()) continue;
       for (size_t i = 0; i < sum.size(); ++i) avg[i] = sum[i] / e;
-      out.push_back({defaults ? "defaults" : "mask only", e, pearson(avg, a)});
+      out.push_back({defaults ? "defaults" : "mask only", e, pearson(avg.data(), plain.data(), static_cast<int64_t>(avg.size()))});
     }
   }
   return out;
