@@ -20,6 +20,7 @@
 #include <tuple>
 #include <vector>
 
+#include "common/conv.h"
 #include "common/error.h"
 #include "trusted/rng.h"
 #include "trusted/io/safetensors.h"
@@ -139,6 +140,63 @@ TEST(LayerParity, Conv2d) {
     conv.forward(x, ctx);
     EXPECT_TRUE(conv.backward(dy, ctx).empty());
     expect_close(conv.dweight, field(*refs, "conv", c, "dweight"), "conv/" + c + " dweight (no dx)");
+  }
+}
+
+// The convolution kernels against each other: oneDNN's direct kernels (the
+// default where the build has them) and im2col + sgemm, on the geometries
+// models use (3×3 stride 1 and 2, 1×1 stride 2 whose right padding is
+// negative, 7×7 stride 2 on 3 channels, odd sizes), forward, both backward
+// products alone and together, twice each (the second reuses the cached
+// primitives).
+TEST(ConvKernels, DefaultKernelsEqualIm2col) {
+  ConvWorkspace best, im2col(ConvKernels::kIm2col);
+  EXPECT_FALSE(im2col.uses_onednn());
+  std::printf("  default kernels: %s (oneDNN in use: %d)\n", conv_kernels_name().c_str(), best.uses_onednn());
+  Rng rng(7);
+  struct Case { int64_t n, c, h, w, o, k, s, p; };
+  for (const Case& t : {Case{4, 16, 12, 12, 24, 3, 1, 1}, Case{3, 16, 13, 11, 32, 3, 2, 1},
+                        Case{2, 16, 14, 14, 32, 1, 2, 0}, Case{2, 3, 21, 19, 8, 7, 2, 3},
+                        Case{5, 8, 9, 9, 8, 5, 1, 0}}) {
+    const ConvGeometry g = ConvGeometry::make(t.n, t.c, t.h, t.w, t.o, t.k, t.s, t.p);
+    SCOPED_TRACE(std::to_string(t.c) + "->" + std::to_string(t.o) + " k" + std::to_string(t.k) + " s" +
+                 std::to_string(t.s));
+    auto fill = [&](int64_t n) {
+      std::vector<float> v(static_cast<size_t>(n));
+      for (float& f : v) f = static_cast<float>(rng.normal());
+      return v;
+    };
+    const auto x = fill(g.n * g.c * g.h * g.w), w = fill(g.o * g.cols()), dy = fill(g.n * g.o * g.positions());
+    auto close = [](const std::vector<float>& a, const std::vector<float>& b, const char* what) {
+      ASSERT_EQ(a.size(), b.size());
+      double m = 0, d = 0;
+      for (size_t i = 0; i < a.size(); ++i) {
+        m = std::max(m, static_cast<double>(std::fabs(b[i])));
+        d = std::max(d, static_cast<double>(std::fabs(a[i] - b[i])));
+      }
+      EXPECT_GT(m, 0.0) << what;
+      EXPECT_LE(d, 1e-5 * m) << what << ": max difference " << d << " of max " << m;
+    };
+    for (int pass = 0; pass < 2; ++pass) {
+      std::vector<float> y1(dy.size()), y2(dy.size()), dx1(x.size()), dx2(x.size(), 1.0f), dw1(w.size()),
+          dw2(w.size(), 1.0f), dx3(x.size(), 1.0f), dw3(w.size(), 1.0f);
+      conv2d_forward(g, x.data(), w.data(), y1.data(), im2col);
+      conv2d_forward(g, x.data(), w.data(), y2.data(), best);
+      close(y2, y1, "forward");
+      conv2d_backward_input(g, dy.data(), w.data(), dx1.data(), im2col);
+      conv2d_backward_input(g, dy.data(), w.data(), dx2.data(), best);
+      close(dx2, dx1, "backward input");
+      conv2d_backward_weight(g, x.data(), dy.data(), dw1.data(), im2col);
+      conv2d_backward_weight(g, x.data(), dy.data(), dw2.data(), best);
+      close(dw2, dw1, "backward weight");
+      conv2d_backward(g, x.data(), dy.data(), w.data(), dw3.data(), dx3.data(), best);
+      close(dw3, dw1, "both: weight");
+      close(dx3, dx1, "both: input");
+      std::fill(dx3.begin(), dx3.end(), 7.0f);
+      conv2d_backward(g, x.data(), dy.data(), w.data(), dw3.data(), nullptr, best);
+      close(dw3, dw1, "weight only");
+      EXPECT_EQ(dx3[0], 7.0f);
+    }
   }
 }
 

@@ -1,4 +1,5 @@
 #include "common/conv.h"
+#include "common/conv_dnnl.h"
 
 #include "common/blas.h"
 #include "common/parallel.h"
@@ -114,10 +115,19 @@ float* grow(std::vector<float>& v, size_t n) {
 }
 }  // namespace
 
-void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
-                    std::vector<float>& scratch) {
+#if !TEMPO_DNNL
+struct ConvWorkspace::Dnnl {};
+ConvWorkspace::ConvWorkspace(ConvKernels) {}
+ConvWorkspace::~ConvWorkspace() = default;
+std::string conv_kernels_name() { return "im2col+sgemm"; }
+#endif
+
+void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y, ConvWorkspace& ws) {
+#if TEMPO_DNNL
+  if (ws.uses_onednn()) return dnnl_conv_forward(*ws.dnnl(), g, x, w, y);
+#endif
   const int64_t M = g.n * g.positions(), K = g.cols();
-  float* buf = grow(scratch, static_cast<size_t>(M * K + M * g.o));
+  float* buf = grow(ws.scratch, static_cast<size_t>(M * K + M * g.o));
   float* cols = buf;
   float* rows = buf + M * K;
   im2col(g, x, cols);
@@ -126,9 +136,12 @@ void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float
 }
 
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
-                           std::vector<float>& scratch) {
+                           ConvWorkspace& ws) {
+#if TEMPO_DNNL
+  if (ws.uses_onednn()) return dnnl_conv_backward_input(*ws.dnnl(), g, dy, w, dx);
+#endif
   const int64_t M = g.n * g.positions(), K = g.cols();
-  float* buf = grow(scratch, static_cast<size_t>(M * K + M * g.o));
+  float* buf = grow(ws.scratch, static_cast<size_t>(M * K + M * g.o));
   float* dcols = buf;
   float* drows = buf + M * K;
   nchw_to_rows(dy, g.n, g.positions(), g.o, drows);
@@ -137,14 +150,26 @@ void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* 
 }
 
 void conv2d_backward_weight(const ConvGeometry& g, const float* x, const float* dy, float* dw,
-                            std::vector<float>& scratch) {
+                            ConvWorkspace& ws) {
+#if TEMPO_DNNL
+  if (ws.uses_onednn()) return dnnl_conv_backward_weight(*ws.dnnl(), g, x, dy, dw);
+#endif
   const int64_t M = g.n * g.positions(), K = g.cols();
-  float* buf = grow(scratch, static_cast<size_t>(M * K + M * g.o));
+  float* buf = grow(ws.scratch, static_cast<size_t>(M * K + M * g.o));
   float* cols = buf;
   float* drows = buf + M * K;
   im2col(g, x, cols);
   nchw_to_rows(dy, g.n, g.positions(), g.o, drows);
   sgemm(true, false, g.o, K, M, 1.0f, drows, g.o, cols, K, 0.0f, dw, K);
+}
+
+void conv2d_backward(const ConvGeometry& g, const float* x, const float* dy, const float* w, float* dw, float* dx,
+                     ConvWorkspace& ws) {
+#if TEMPO_DNNL
+  if (ws.uses_onednn()) return dnnl_conv_backward(*ws.dnnl(), g, x, dy, w, dw, dx);
+#endif
+  conv2d_backward_weight(g, x, dy, dw, ws);
+  if (dx) conv2d_backward_input(g, dy, w, dx, ws);
 }
 
 }  // namespace tempo

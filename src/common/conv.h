@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <memory>
+#include <string>
 #include <vector>
 
 namespace tempo {
@@ -37,13 +39,46 @@ void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, in
 // rows[img·P + p, o] = dy[img, o, p]
 void nchw_to_rows(const float* dy, int64_t n, int64_t P, int64_t O, float* rows);
 
-// Whole convolutions (no bias) with g.o output channels, through sgemm.
-// `scratch` grows to the largest size needed and is reused across calls.
-void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y,
-                    std::vector<float>& scratch);
+// Which kernels whole convolutions use. kBest: oneDNN's direct convolutions
+// (the kernels PyTorch's CPU path runs) when the build has them
+// (TEMPO_DNNL), else im2col + sgemm. kIm2col: im2col + sgemm always (tests
+// compare the two).
+enum class ConvKernels { kBest, kIm2col };
+
+// What whole convolutions reuse across calls: the im2col scratch, and with
+// oneDNN the primitives and blocked-layout buffers of each geometry seen (a
+// handful per model), so that a step allocates nothing after the first.
+// Not thread-safe: one per caller thread.
+class ConvWorkspace {
+ public:
+  explicit ConvWorkspace(ConvKernels kernels = ConvKernels::kBest);
+  ~ConvWorkspace();
+  ConvWorkspace(const ConvWorkspace&) = delete;
+  ConvWorkspace& operator=(const ConvWorkspace&) = delete;
+  bool uses_onednn() const { return dnnl_ != nullptr; }
+
+  std::vector<float> scratch;  // im2col path
+  struct Dnnl;
+  Dnnl* dnnl() const { return dnnl_.get(); }
+
+ private:
+  std::unique_ptr<Dnnl> dnnl_;
+};
+
+// The kernels a default ConvWorkspace runs, for logs and benchmarks:
+// "onednn 2.6.3" or "im2col+sgemm".
+std::string conv_kernels_name();
+
+// Whole convolutions (no bias) with g.o output channels. All three are
+// plain NCHW / OIHW in and out; dx and dw are overwritten.
+void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y, ConvWorkspace& ws);
 void conv2d_backward_input(const ConvGeometry& g, const float* dy, const float* w, float* dx,
-                           std::vector<float>& scratch);
+                           ConvWorkspace& ws);
 void conv2d_backward_weight(const ConvGeometry& g, const float* x, const float* dy, float* dw,
-                            std::vector<float>& scratch);
+                            ConvWorkspace& ws);
+// Both: dw, then dx unless it is null (a layer's backward; with oneDNN, dy
+// is moved into the kernels' layout once for the two).
+void conv2d_backward(const ConvGeometry& g, const float* x, const float* dy, const float* w, float* dw, float* dx,
+                     ConvWorkspace& ws);
 
 }  // namespace tempo

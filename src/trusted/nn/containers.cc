@@ -72,10 +72,10 @@ const Tensor& ResidualBlock::forward(const Tensor& x, Context& ctx) {
   TEMPO_CHECK(h.shape() == id.shape(), "residual shapes differ: " + shape_str(h.shape()) + " vs " +
                                      shape_str(id.shape()));
   out_.resize(h.shape());
-  const float* a = h.data();
-  const float* b = id.data();
-  float* y = out_.data();
-  parallel_for(h.numel(), [&](int64_t lo, int64_t hi) {
+  const float* __restrict a = h.data();
+  const float* __restrict b = id.data();
+  float* __restrict y = out_.data();
+  parallel_for(h.numel(), [a, b, y](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) {
       float s = a[i] + b[i];
       y[i] = s > 0.0f ? s : 0.0f;
@@ -86,19 +86,19 @@ const Tensor& ResidualBlock::forward(const Tensor& x, Context& ctx) {
 
 const Tensor& ResidualBlock::backward(const Tensor& dy, Context& ctx) {
   dsum_.resize(dy.shape());
-  const float* y = out_.data();
-  const float* d = dy.data();
-  float* g = dsum_.data();
-  parallel_for(dy.numel(), [&](int64_t lo, int64_t hi) {
+  const float* __restrict y = out_.data();
+  const float* __restrict d = dy.data();
+  float* __restrict g = dsum_.data();
+  parallel_for(dy.numel(), [y, d, g](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) g[i] = y[i] > 0.0f ? d[i] : 0.0f;
   }, 1 << 14);
   const Tensor& dmain = main_.backward(dsum_, ctx);
   const Tensor& did = downsample_ ? downsample_->backward(dsum_, ctx) : dsum_;
   dx_.resize(dmain.shape());
-  const float* a = dmain.data();
-  const float* b = did.data();
-  float* o = dx_.data();
-  parallel_for(dx_.numel(), [&](int64_t lo, int64_t hi) {
+  const float* __restrict a = dmain.data();
+  const float* __restrict b = did.data();
+  float* __restrict o = dx_.data();
+  parallel_for(dx_.numel(), [a, b, o](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i) o[i] = a[i] + b[i];
   }, 1 << 14);
   return dx_;

@@ -31,7 +31,11 @@ const Tensor& Conv2d::forward(const Tensor& x, Context& ctx) {
   g.ow = (g.w + 2 * padding - kernel) / stride + 1;
   TEMPO_CHECK(g.oh > 0 && g.ow > 0, "Conv2d input " + shape_str(x.shape()) + " is smaller than its kernel");
   x_ = &x;
-  if (channel_mode && offloaded) {
+  // Whole convolutions: offloaded in channel mode, or computed here by a
+  // backend that runs them on direct kernels (oneDNN) instead of im2col.
+  LinearBackend& be = ctx.backend_for(prod_, offloaded);
+  whole_ = (channel_mode && offloaded) || be.computes_here();
+  if (whole_) {
     g.o = out_channels;
     cprod_.id = prod_.id;
     cprod_.name = prod_.name;
@@ -39,7 +43,7 @@ const Tensor& Conv2d::forward(const Tensor& x, Context& ctx) {
     cprod_.w = weight.data();
     cprod_.g = g;
     out_.resize({g.n, out_channels, g.oh, g.ow});
-    ctx.offload->conv_forward(cprod_, out_.data());
+    be.conv_forward(cprod_, out_.data());
     if (has_bias) {
       const int64_t P = g.positions();
       parallel_for(g.n * out_channels, [&](int64_t lo, int64_t hi) {
@@ -61,7 +65,7 @@ const Tensor& Conv2d::forward(const Tensor& x, Context& ctx) {
   prod_.m = M;
   prod_.k = K;
   prod_.n = out_channels;
-  ctx.backend_for(prod_, offloaded).forward(prod_, rows_.data());
+  be.forward(prod_, rows_.data());
   out_.resize({g.n, out_channels, g.oh, g.ow});
   rows_to_nchw(rows_.data(), has_bias ? bias.data() : nullptr, g.n, g.positions(), out_channels,
                out_.data());
@@ -86,19 +90,15 @@ const Tensor& Conv2d::backward(const Tensor& dy, Context& ctx) {
       }
     });
   }
-  if (channel_mode && offloaded) {
-    ctx.offload->conv_backward_weight(cprod_, dy.data(), dweight.data());
-    if (!needs_input_grad) {
-      dx_.resize({0});
-      return dx_;
-    }
-    dx_.resize(x.shape());
-    ctx.offload->conv_backward_input(cprod_, dy.data(), dx_.data());
+  LinearBackend& be = ctx.backend_for(prod_, offloaded);
+  if (whole_) {
+    if (needs_input_grad) dx_.resize(x.shape());
+    else dx_.resize({0});
+    be.conv_backward(cprod_, dy.data(), dweight.data(), needs_input_grad ? dx_.data() : nullptr);
     return dx_;
   }
   drows_.resize({g.n * P, O});
   nchw_to_rows(dy.data(), g.n, P, O, drows_.data());
-  LinearBackend& be = ctx.backend_for(prod_, offloaded);
   if (needs_input_grad) dx_.resize(x.shape());
   else dx_.resize({0});
   be.backward(prod_, drows_.data(), dweight.data(), nullptr, needs_input_grad ? &g : nullptr,

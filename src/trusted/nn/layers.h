@@ -33,6 +33,7 @@ class Conv2d final : public Layer {
   Product prod_;
   ConvProduct cprod_;
   const Tensor* x_ = nullptr;
+  bool whole_ = false;  // last forward ran as a whole convolution (channel mode, or computed here)
   Tensor cols_, rows_, drows_;
 };
 

@@ -30,15 +30,24 @@ void LinearBackend::backward(const Product& p, const float* dc, float* dw, float
 }
 
 void LinearBackend::conv_forward(const ConvProduct& p, float* y) {
-  conv2d_forward(p.g, p.x, p.w, y, conv_scratch_);
+  conv2d_forward(p.g, p.x, p.w, y, conv_ws_);
 }
 
 void LinearBackend::conv_backward_input(const ConvProduct& p, const float* dy, float* dx) {
-  conv2d_backward_input(p.g, dy, p.w, dx, conv_scratch_);
+  conv2d_backward_input(p.g, dy, p.w, dx, conv_ws_);
 }
 
 void LinearBackend::conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) {
-  conv2d_backward_weight(p.g, p.x, dy, dw, conv_scratch_);
+  conv2d_backward_weight(p.g, p.x, dy, dw, conv_ws_);
+}
+
+void LinearBackend::conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx) {
+  conv_backward_weight(p, dy, dw);
+  if (dx) conv_backward_input(p, dy, dx);
+}
+
+void TeeOnlyBackend::conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx) {
+  conv2d_backward(p.g, p.x, dy, p.w, dw, dx, conv_ws_);
 }
 
 }  // namespace tempo

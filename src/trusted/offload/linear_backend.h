@@ -64,6 +64,13 @@ class LinearBackend {
   virtual void conv_forward(const ConvProduct& p, float* y);
   virtual void conv_backward_input(const ConvProduct& p, const float* dy, float* dx);
   virtual void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw);
+  // A layer's backward: dw, then dx unless null. By default the two calls
+  // above; the tee-only backend runs them together (common/conv.h).
+  virtual void conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx);
+  // True when this backend computes every product in the master: a layer
+  // then hands it whole convolutions (conv_*), which run on direct kernels,
+  // instead of im2col products.
+  virtual bool computes_here() const { return false; }
   // Called once after each optimizer step; frees per-step state.
   virtual void end_step() {}
   // Returns and resets the per-phase times.
@@ -73,8 +80,11 @@ class LinearBackend {
   virtual uint64_t key_position() const { return 0; }
   virtual void set_key_position(uint64_t) {}
 
+ protected:
+  ConvWorkspace conv_ws_;
+
  private:
-  std::vector<float> conv_scratch_, dcols_scratch_;
+  std::vector<float> dcols_scratch_;
 };
 
 // Every product computed in the trusted master with BLAS (the secure
@@ -82,6 +92,8 @@ class LinearBackend {
 class TeeOnlyBackend final : public LinearBackend {
  public:
   const char* name() const override { return "tee-only"; }
+  bool computes_here() const override { return true; }
+  void conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx) override;
   void forward(const Product& p, float* c) override;
   void backward_input(const Product& p, const float* dc, float* da) override;
   void backward_weight(const Product& p, const float* dc, float* dw) override;

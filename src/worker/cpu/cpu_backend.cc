@@ -32,22 +32,22 @@ class CpuBackend final : public ComputeBackend {
   }
 
   Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) override {
-    std::lock_guard<std::mutex> lock(mu_);  // one scratch buffer
+    std::lock_guard<std::mutex> lock(mu_);  // one workspace
     switch (op) {
       case ConvOp::kForward: {
         Matrix y(g.n, g.o * g.oh * g.ow);
-        conv2d_forward(g, a.data(), b.data(), y.data(), scratch_);
+        conv2d_forward(g, a.data(), b.data(), y.data(), ws_);
         return y;
       }
       case ConvOp::kBackwardInput: {
         Matrix dx(g.n, g.c * g.h * g.w);
-        conv2d_backward_input(g, a.data(), b.data(), dx.data(), scratch_);
+        conv2d_backward_input(g, a.data(), b.data(), dx.data(), ws_);
         return dx;
       }
       case ConvOp::kBackwardWeight:
       default: {
         Matrix dw(g.o, g.c * g.k * g.k);
-        conv2d_backward_weight(g, a.data(), b.data(), dw.data(), scratch_);
+        conv2d_backward_weight(g, a.data(), b.data(), dw.data(), ws_);
         return dw;
       }
     }
@@ -55,7 +55,7 @@ class CpuBackend final : public ComputeBackend {
 
  private:
   std::mutex mu_;
-  std::vector<float> scratch_;
+  ConvWorkspace ws_;
 };
 
 }  // namespace
