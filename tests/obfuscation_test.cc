@@ -7,6 +7,7 @@
 #include <iterator>
 #include <limits>
 #include <random>
+#include <stdexcept>
 
 #include "common/blas.h"
 #include "common/conv.h"
@@ -332,7 +333,8 @@ TEST(Freivalds, WeightGradientFromForwardRowSums) {
 }
 
 TEST(Freivalds, ProductsTakenDuringDecryption) {
-  // c·r computed in the decryption pass gives the same verdicts.
+  // c·r of every round computed in the decryption pass (plain, and fused
+  // with col2im) gives the same products and the same verdicts.
   std::mt19937_64 g(23);
   const int64_t M = 50, K = 64, N = 33;
   Case cs = make_case(M, K, N, g, false);
@@ -342,17 +344,58 @@ TEST(Freivalds, ProductsTakenDuringDecryption) {
   t.encrypt_x(cs.a.data(), M, K, ap.data());
   t.encrypt_yt(cs.w.data(), N, K, wp.data());
   sgemm(false, true, M, N, K, 1.0f, ap.data(), K, wp.data(), K, 0.0f, cp.data(), N);
-  Verifier v(VerifyConfig{});
-  for (int lie = 0; lie < 2; ++lie) {
-    if (lie) cp[static_cast<size_t>(7 * N + 3)] += 0.5f;
+  for (int rounds : {1, 2, 3}) {
+    SCOPED_TRACE("rounds " + std::to_string(rounds));
+    VerifyConfig vc;
+    vc.rounds = rounds;
+    Verifier v(vc);
+    std::vector<float> lying = cp;
+    for (int lie = 0; lie < 2; ++lie) {
+      if (lie) lying[static_cast<size_t>(7 * N + 3)] += 0.5f;
+      KeyStream ks = obf.stream();
+      std::vector<double> r, cr(static_cast<size_t>(rounds * M));
+      v.draw_vectors(ks, N, r);
+      ASSERT_EQ(r.size(), static_cast<size_t>(rounds * N));
+      t.decrypt(lying.data(), M, N, c.data(), 1, r.data(), cr.data(), rounds);
+      for (int q = 0; q < rounds; ++q)
+        for (int64_t i = 0; i < M; ++i) {
+          double want = 0;
+          for (int64_t j = 0; j < N; ++j) want += static_cast<double>(c[static_cast<size_t>(i * N + j)]) * r[static_cast<size_t>(q * N + j)];
+          EXPECT_NEAR(cr[static_cast<size_t>(q * M + i)], want, 1e-9 * (1 + std::fabs(want)));
+        }
+      auto bad = v.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, nullptr, &r,
+                         cr.data());
+      EXPECT_EQ(bad.empty(), lie == 0);
+    }
+    std::vector<double> wrong(static_cast<size_t>(N));
     KeyStream ks = obf.stream();
-    std::vector<double> r, cr(static_cast<size_t>(M));
-    v.draw_vector(ks, N, r);
-    t.decrypt(cp.data(), M, N, c.data(), 1, r.data(), cr.data());
-    auto bad = v.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, nullptr, &r,
-                       cr.data());
-    EXPECT_EQ(bad.empty(), lie == 0);
+    if (rounds > 1)
+      EXPECT_THROW(v.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, nullptr,
+                           &wrong, nullptr),
+                   std::logic_error);
   }
+  // Fused with col2im: the products are those of the rows before they are
+  // summed into the image.
+  const ConvGeometry geo = ConvGeometry::make(2, 4, 5, 5, 0, 3, 1, 1);
+  const int64_t rows = geo.n * geo.positions(), cols = geo.cols();
+  Triple tc = obf.draw_triple(rows, 8, cols);
+  std::vector<float> z(static_cast<size_t>(rows * cols));
+  for (float& f : z) f = static_cast<float>(std::normal_distribution<double>()(g));
+  std::vector<float> dense(z.size()), img(static_cast<size_t>(geo.n * geo.c * geo.h * geo.w));
+  tc.decrypt(z.data(), rows, cols, dense.data());
+  VerifyConfig vc;
+  vc.rounds = 3;
+  Verifier v(vc);
+  KeyStream ks = obf.stream();
+  std::vector<double> r, cr(static_cast<size_t>(3 * rows));
+  v.draw_vectors(ks, cols, r);
+  apply_keys_col2im(z.data(), tc.left.inverse(), tc.right.transpose(), geo, img.data(), r.data(), cr.data(), 3);
+  for (int q = 0; q < 3; ++q)
+    for (int64_t i = 0; i < rows; ++i) {
+      double want = 0;
+      for (int64_t j = 0; j < cols; ++j) want += static_cast<double>(dense[static_cast<size_t>(i * cols + j)]) * r[static_cast<size_t>(q * cols + j)];
+      EXPECT_NEAR(cr[static_cast<size_t>(q * rows + i)], want, 1e-9 * (1 + std::fabs(want)));
+    }
 }
 
 }  // namespace

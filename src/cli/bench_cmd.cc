@@ -1,6 +1,7 @@
 // `tempo bench`: training-step time of tee-only mode against PyTorch's CPU
 // step on the same thread counts, measured in one run, printed side by side.
 #include <algorithm>
+#include <stdexcept>
 #include <chrono>
 #include <filesystem>
 #include <cstdio>
@@ -170,8 +171,24 @@ struct Config {
 double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps,
                      const std::string& device = "cpu");
 
-// Every configuration on every model, interleaved, as one table.
-int run_configs(const BenchConfig& cfg, const std::vector<Config>& configs) {
+// Every configuration on every model, interleaved, as one table. With
+// --configs, only the rows named there, after tee-only (the baseline of the
+// ratios): all runners are alive at once, and on large models a full table
+// does not fit in memory.
+int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
+  std::vector<Config> configs;
+  for (size_t i = 0; i < all.size(); ++i)
+    if (i == 0 || cfg.configs.empty() ||
+        std::find(cfg.configs.begin(), cfg.configs.end(), all[i].label) != cfg.configs.end())
+      configs.push_back(all[i]);
+  for (const auto& want : cfg.configs) {
+    bool found = std::any_of(all.begin(), all.end(), [&](const Config& c) { return c.label == want; });
+    if (!found) {
+      std::string names;
+      for (const auto& c : all) names += "\n  " + c.label;
+      throw std::runtime_error("--configs: no row \"" + want + "\" in suite " + cfg.suite + "; its rows:" + names);
+    }
+  }
   const double bw = memory_bandwidth_gbs();
   std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write)\n", num_threads(), bw);
   // master ms: the step minus the worker's compute and the transfers the
@@ -598,6 +615,10 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
   app.add_option("--table", c.table, "gpu suite: also write the table (markdown) to this file");
   app.add_option("--source-dir", c.source_dir, "Where bench/torch_step.py lies")->capture_default_str();
   app.add_option("--workers", c.workers, "Workers of the modes suite")->capture_default_str();
+  app.add_option("--configs", c.configs,
+                 "modes, hardening, remote: only these rows, by label (one argument each, e.g. "
+                 "--configs tempo 'tempo, 1 verify round'), after tee-only; default all (a large model's full "
+                 "table may not fit in memory)");
   app.add_option("--worker-threads", c.worker_threads,
                  "Compute threads of each worker process (remote and transfer suites)")
       ->capture_default_str()

@@ -38,6 +38,7 @@ struct BenchConfig {
   std::string python = "/usr/bin/python3";
   std::string suite = "torch";
   std::string workers = "local:1";
+  std::vector<std::string> configs;  // modes/hardening/remote: only these rows (and tee-only); empty: all
   int worker_threads = 1;
   std::string backend = "cuda";  // gpu suite
   std::string table;             // gpu suite: markdown copy of the table

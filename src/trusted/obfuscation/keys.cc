@@ -89,7 +89,7 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block,
-                     const double* dot_r, double* dot_out) {
+                     const double* dot_r, double* dot_out, int dot_rounds) {
   if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
     throw std::logic_error("apply_keys: key size mismatch");
   const int32_t* cp = c.perm.data();
@@ -116,13 +116,14 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
       const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
       float* dst = y + (i - r0) * cols;
       gather_row(src, r.scale[static_cast<size_t>(i)], cp, cs, cols, dst);
-      if (dot_r) dot_out[i - r0] = row_dot(dst, dot_r, cols);
+      if (dot_r)
+        for (int q = 0; q < dot_rounds; ++q) dot_out[q * (r1 - r0) + i - r0] = row_dot(dst, dot_r + q * cols, cols);
     }
   }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
 }
 
 void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,
-                       float* dx, const double* dot_r, double* dot_out) {
+                       float* dx, const double* dot_r, double* dot_out, int dot_rounds) {
   const int64_t K = g.cols(), P = g.positions();
   if (r.size() != g.n * P || c.size() != K) throw std::logic_error("apply_keys_col2im: key size mismatch");
   parallel_for(g.n, [&](int64_t b, int64_t e) {
@@ -136,7 +137,8 @@ void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c,
           float* dst = block.data() + q * K;
           gather_row(z + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * K, r.scale[static_cast<size_t>(i)],
                      c.perm.data(), c.scale.data(), K, dst);
-          if (dot_r) dot_out[i] = row_dot(dst, dot_r, K);
+          if (dot_r)
+            for (int qr = 0; qr < dot_rounds; ++qr) dot_out[qr * g.n * P + i] = row_dot(dst, dot_r + qr * K, K);
         }
         for (int64_t ch = 0; ch < g.c; ++ch) {
           float* plane = dx + (img * g.c + ch) * g.h * g.w;
@@ -295,8 +297,9 @@ void Triple::encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64
   apply_keys_rows(yt, n, k, right.inv_t(), inner, r0, r1 < 0 ? n : r1, out, block);  // right⁻ᵀ·Yᵀ·innerᵀ
 }
 void Triple::decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block, const double* dot_r,
-                     double* dot_out) const {
-  apply_keys_rows(z, m, n, left.inverse(), right.transpose(), 0, m, out, block, dot_r, dot_out);  // left⁻¹·Z'·right
+                     double* dot_out, int dot_rounds) const {
+  apply_keys_rows(z, m, n, left.inverse(), right.transpose(), 0, m, out, block, dot_r, dot_out,
+                  dot_rounds);  // left⁻¹·Z'·right
 }
 void Triple::decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block) const {
   apply_keys_rows(zt, n, m, right.transpose(), left.inverse(), 0, n, out, block);  // rightᵀ·Z'ᵀ·left⁻ᵀ

@@ -36,18 +36,21 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 // Rows [r0, r1) of that result only, written to y[0 .. r1−r0). With
 // block > 1 every element is a contiguous block of that many floats (a
 // feature map or a kernel in channel mode), moved and scaled as one.
-// dot_r/dot_out (block 1 only): also dot_out[i] = Σ_j y[i, j]·dot_r[j], taken
-// while the row is in cache (a Freivalds product fused into decryption).
+// dot_r/dot_out (block 1 only): also, for each of dot_rounds vectors
+// (dot_r: dot_rounds × cols, round-major), dot_out[q·(r1−r0) + i − r0] =
+// Σ_j y[i, j]·dot_r[q·cols + j], taken while the row is in cache (the
+// Freivalds products of every round fused into decryption).
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1,
-                     const double* dot_r = nullptr, double* dot_out = nullptr);
+                     const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1);
 
 // col2im(R·Z·Cᵀ) for Z: (g.n·P)×(g.c·k·k) without materialising R·Z·Cᵀ: one
 // output row of the image at a time is decrypted into a small buffer (in
-// cache), its products with dot_r taken (if given), and scattered into dx.
-// The decryption of a convolution's input gradient fused with col2im.
+// cache), its products with dot_r taken (if given; dot_rounds vectors as in
+// apply_keys_rows), and scattered into dx. The decryption of a
+// convolution's input gradient fused with col2im.
 void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,
-                       float* dx, const double* dot_r = nullptr, double* dot_out = nullptr);
+                       float* dx, const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1);
 
 // The run secret: 256 bits from the system CSPRNG (libsodium); move-only,
 // wiped when destroyed (trusted/secret.h).
@@ -119,7 +122,8 @@ struct Triple {
   void encrypt_yt(const float* yt, int64_t n, int64_t k, float* out, int64_t block = 1, int64_t r0 = 0,
                   int64_t r1 = -1) const;
   void decrypt(const float* z, int64_t m, int64_t n, float* out, int64_t block = 1,
-               const double* dot_r = nullptr, double* dot_out = nullptr) const;  // Z' = X'·Y' → X·Y
+               const double* dot_r = nullptr, double* dot_out = nullptr,
+               int dot_rounds = 1) const;  // Z' = X'·Y' → X·Y
   void decrypt_t(const float* zt, int64_t n, int64_t m, float* out, int64_t block = 1) const;  // Z'ᵀ → (X·Y)ᵀ
 
   // The circular key shift of DESIGN.md §2. From the forward triple

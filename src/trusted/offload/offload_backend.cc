@@ -174,9 +174,9 @@ void OffloadBackend::backward_input_col2im(const Product& plain, const float* dc
     return;
   }
   Held& h = held(p);
-  // Fused only with at most one verification round (whose products are
-  // taken in the same pass); otherwise the check needs dA itself.
-  if (cfg_.key_shift && h.valid && cfg_.verify.rounds <= 1) {
+  // Decryption fused with col2im: the check's products of every round are
+  // taken in the same pass, so dA itself is never formed.
+  if (cfg_.key_shift && h.valid) {
     if (input_shifted(p, dc, nullptr, h, &g, dx)) return;
     h.valid = false;  // retries below use fresh, unshifted keys
   }
@@ -216,7 +216,7 @@ void OffloadBackend::backward_plain(const Product& p, const float* dc, float* dw
       return;
     }
   }
-  if (!cfg_.key_shift || !h.valid || !input || (g && cfg_.verify.rounds > 1)) {
+  if (!cfg_.key_shift || !h.valid || !input) {
     LinearBackend::backward(p, dc, dw, da, g, dx);
     return;
   }

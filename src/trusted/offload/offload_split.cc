@@ -65,12 +65,15 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   const float* cp = collect(p, futs, h.chunks, m, n, by_cols, parts);
   if (!cp) return false;
   const bool verify = sample_verify();
-  const bool fuse = verify && cfg_.verify.rounds == 1;
+  // The check's products C·r of every round are taken while C is
+  // decrypted (one pass over C instead of two).
+  const bool fuse = verify;
+  const int rounds = cfg_.verify.rounds;
   KeyStream ks = obf_->stream();
-  if (fuse) verifier_.draw_vector(ks, n, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
+  if (fuse) verifier_.draw_vectors(ks, n, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
   {
     PhaseTimer t(phases_.decrypt);
-    h.fwd.decrypt(cp, m, n, c, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
+    h.fwd.decrypt(cp, m, n, c, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr, rounds);
   }
   stats_.products += 1;
   h.sums_valid = false;
@@ -234,8 +237,7 @@ void OffloadBackend::blame_blocks(const Product& p, const std::vector<Chunk>& ch
 bool OffloadBackend::input_send(const Product& p, const float* dc, const Held& h, bool to_image, Flight& f) {
   const int64_t m = p.m, n = p.n;
   f.verify = sample_verify();
-  f.fuse = f.verify && cfg_.verify.rounds == 1;
-  if (to_image && f.verify && !f.fuse) return false;  // the check would need dA itself
+  f.fuse = f.verify;  // the check's products taken during decryption (and col2im: dA is never formed)
   {
     PhaseTimer t(phases_.encrypt);
     f.t = h.fwd.shift_input(obf_->draw(m));
@@ -263,14 +265,15 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
                               : collect(p, f.futs, h.chunks, m, k, false, parts);
   if (!zp) return false;
   KeyStream ks = obf_->stream();
-  if (fuse) verifier_.draw_vector(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(m));
+  const int rounds = cfg_.verify.rounds;
+  if (fuse) verifier_.draw_vectors(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
   {
     PhaseTimer t(phases_.decrypt);
     if (g)
       apply_keys_col2im(zp, t1.left.inverse(), t1.right.transpose(), *g, dx, fuse ? r_pre_.data() : nullptr,
-                        fuse ? cr_pre_.data() : nullptr);
+                        fuse ? cr_pre_.data() : nullptr, rounds);
     else
-      t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr);
+      t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr, rounds);
   }
   stats_.products += 1;
   if (!f.verify) return true;

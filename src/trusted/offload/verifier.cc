@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <stdexcept>
 
 #include "common/parallel.h"
 
@@ -61,7 +62,8 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
                                      const double* cr_pre) {
   const int R = cfg_.rounds;
   if (sums && (a.stored_t || rows_k)) sums = nullptr;
-  if (r_pre && R != 1) r_pre = nullptr, cr_pre = nullptr;
+  if (r_pre && r_pre->size() != static_cast<size_t>(R * n))
+    throw std::logic_error("Verifier::check: r_pre must hold one vector per round");
   if (sums) {
     sums->rounds = R;
     sums->m = m;
@@ -83,7 +85,7 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
   if (sums) rp2_.resize(static_cast<size_t>(R * k));
   for (int round = 0; round < R; ++round) {
     double* r = r_.data() + round * n;
-    for (int64_t j = 0; j < n; ++j) r[j] = r_pre ? (*r_pre)[static_cast<size_t>(j)] : random_entry(ks);
+    for (int64_t j = 0; j < n; ++j) r[j] = r_pre ? (*r_pre)[static_cast<size_t>(round * n + j)] : random_entry(ks);
     for (int64_t j = 0; j < n; ++j) r2_[static_cast<size_t>(round * n + j)] = r[j] * r[j];
     if (sums) {
       double* rp = sums->r.data() + round * k;
@@ -207,7 +209,7 @@ void Verifier::compare_rows(const float* c, const Dims& d, const double* cr_pre,
     for (int64_t i = lo; i < hi; ++i)
       for (int q = 0; q < R; ++q) {
         const size_t at = static_cast<size_t>(q * m + i);
-        const double cr = cr_pre ? cr_pre[i] : dot(c + i * n, r_.data() + q * n, n);
+        const double cr = cr_pre ? cr_pre[at] : dot(c + i * n, r_.data() + q * n, n);
         const double e = std::fabs(cr - y_[at]);
         const double bound = scale * std::sqrt(s_[at]);
         if (!(e <= bound)) {
@@ -224,6 +226,10 @@ void Verifier::compare_rows(const float* c, const Dims& d, const double* cr_pre,
 void Verifier::draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out) {
   out.resize(static_cast<size_t>(n));
   for (auto& v : out) v = random_entry(ks);
+}
+
+void Verifier::draw_vectors(KeyStream& ks, int64_t n, std::vector<double>& out) {
+  draw_vector(ks, n * cfg_.rounds, out);
 }
 
 bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,

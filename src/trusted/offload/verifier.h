@@ -52,9 +52,10 @@ class Verifier {
   // from `ks` (secret).
   //
   // sums (a in rows, no subset): also fill RowSums for check_weight().
-  // r_pre, cr_pre (single round): use this r, drawn earlier with
-  // draw_vector(), and these row products c·r, computed while c was
-  // decrypted, instead of reading c again.
+  // r_pre, cr_pre: use these vectors r (one per round, round-major: rounds
+  // × n), drawn earlier with draw_vectors(), and these row products c·r
+  // (rounds × m, round-major), computed while c was decrypted, instead of
+  // reading c again.
   std::vector<int64_t> check(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,
                              KeyStream& ks, const int32_t* rows_k = nullptr, int64_t k_full = 0,
                              RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
@@ -67,6 +68,8 @@ class Verifier {
 
   // A fresh vector of the check's distribution: entries ±(1 + u).
   void draw_vector(KeyStream& ks, int64_t n, std::vector<double>& out);
+  // One such vector per round, round-major (rounds × n), for r_pre.
+  void draw_vectors(KeyStream& ks, int64_t n, std::vector<double>& out);
 
   // Channel-mode convolutions (no bias), checked by combining channels with
   // a random r: Σ_o r_o·Y[:, o] = conv(X, Σ_o r_o·W[o]) for the forward;
