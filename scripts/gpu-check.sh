@@ -7,8 +7,11 @@
 #       backend on random operands, and training through a CUDA worker with
 #       training through a CPU worker;
 #   (c) the table: tempo with a CUDA worker (im2col and channel mode) against
-#       tee-only on one core and on all cores, offload, and PyTorch's own GPU
-#       step, for resnet18 batch 128 and cnn batch 256, with the floors;
+#       tee-only on one core and on all cores, offload, PyTorch's own GPU
+#       step and its CPU step on all cores, for resnet18 batch 128 and cnn
+#       batch 256, with the floors; and P9's two targets (default tempo ≥ 3×
+#       faster than PyTorch's CPU step on all cores; the hardenings ≤ 1.2×
+#       the unhardened step);
 #   (d) writes everything to OUT_DIR (default $OUT, else ./gpu-check-out);
 #   (e) with GPU_CHECK_DATA=DIR (Fashion-MNIST's four .gz files): the main
 #       job, tempo-mode training of `cnn` through a remote CUDA worker;
