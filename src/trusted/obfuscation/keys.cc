@@ -53,23 +53,34 @@ ScaledPerm ScaledPerm::inv_t() const { return {perm, inv, scale}; }
 
 namespace {
 
-// dst[j] = s·cs[j]·src[cp[j]]: the row of x is in cache; its columns are
-// gathered 16 (or 8) at a time.
-inline void gather_row(const float* src, float s, const int32_t* cp, const float* cs, int64_t cols, float* dst) {
+// dst[j] = s·cs[j]·src[cp[j]], gathered 16 (or 8) columns at a time. The
+// columns are read in the key's random order, so the hardware cannot
+// prefetch the row: `next` (the row the caller gathers after this one, or
+// null) is prefetched a cache line per 16 columns meanwhile, which about
+// doubles the pass's throughput (2.0–2.4× in a micro-benchmark on the
+// 2-core AMD EPYC VM, rows of 288 to 4608 floats).
+inline void gather_row(const float* src, float s, const int32_t* cp, const float* cs, int64_t cols, float* dst,
+                       const float* next) {
   int64_t j = 0;
 #if defined(__AVX512F__)
   const __m512 sv = _mm512_set1_ps(s);
   for (; j + 16 <= cols; j += 16) {
+    if (next) __builtin_prefetch(next + j);
     const __m512 g = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), 0xFFFF, _mm512_loadu_si512(cp + j), src, 4);
     _mm512_storeu_ps(dst + j, _mm512_mul_ps(_mm512_mul_ps(sv, _mm512_loadu_ps(cs + j)), g));
   }
 #elif defined(__AVX2__)
   const __m256 sv = _mm256_set1_ps(s);
-  for (; j + 8 <= cols; j += 8) {
-    const __m256 g = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + j)), 4);
-    _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_mul_ps(sv, _mm256_loadu_ps(cs + j)), g));
+  for (; j + 16 <= cols; j += 16) {
+    if (next) __builtin_prefetch(next + j);
+    const __m256 g0 = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + j)), 4);
+    _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_mul_ps(sv, _mm256_loadu_ps(cs + j)), g0));
+    const __m256 g1 = _mm256_i32gather_ps(src, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cp + j + 8)), 4);
+    _mm256_storeu_ps(dst + j + 8, _mm256_mul_ps(_mm256_mul_ps(sv, _mm256_loadu_ps(cs + j + 8)), g1));
   }
 #endif
+  if (next)
+    for (int64_t t = j; t < cols; t += 16) __builtin_prefetch(next + t);
   for (; j < cols; ++j) dst[j] = s * cs[j] * src[cp[j]];
 }
 
@@ -114,8 +125,10 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
   parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
     for (int64_t i = r0 + b; i < r0 + e; ++i) {
       const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
+      const float* next =
+          i + 1 < r0 + e ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
       float* dst = y + (i - r0) * cols;
-      gather_row(src, r.scale[static_cast<size_t>(i)], cp, cs, cols, dst);
+      gather_row(src, r.scale[static_cast<size_t>(i)], cp, cs, cols, dst, next);
       if (dot_r)
         for (int q = 0; q < dot_rounds; ++q) dot_out[q * (r1 - r0) + i - r0] = row_dot(dst, dot_r + q * cols, cols);
     }
@@ -135,8 +148,10 @@ void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c,
         for (int64_t q = 0; q < g.ow; ++q) {
           const int64_t i = row0 + q;
           float* dst = block.data() + q * K;
+          const float* next = i + 1 < (img + 1) * P ? z + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * K
+                                                    : nullptr;
           gather_row(z + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * K, r.scale[static_cast<size_t>(i)],
-                     c.perm.data(), c.scale.data(), K, dst);
+                     c.perm.data(), c.scale.data(), K, dst, next);
           if (dot_r)
             for (int qr = 0; qr < dot_rounds; ++qr) dot_out[qr * g.n * P + i] = row_dot(dst, dot_r + qr * K, K);
         }
