@@ -101,8 +101,7 @@ struct ConvWorkspace::Dnnl {
   struct Entry {
     ConvGeometry g;
     dnnl::convolution_forward::primitive_desc fwd_pd;
-    Op fwd, bwd_data, bwd_weight;
-    bool have_bwd_data = false, have_bwd_weight = false;
+    Op fwd, bwd_data, bwd_weight;  // a backward Op's prim is empty until first use
   };
   std::vector<std::unique_ptr<Entry>> entries;
 
@@ -141,34 +140,38 @@ struct ConvWorkspace::Dnnl {
     return *entries.back();
   }
 
+  // The backward primitives of g's entry, made on first use: their
+  // descriptors take the same shapes as the forward's and it as a hint.
   Op& bwd_data(const ConvGeometry& g) {
     Entry& e = entry(g);
-    if (!e.have_bwd_data) {
-      dnnl::convolution_backward_data::desc d(dnnl::algorithm::convolution_direct, any(src_dims(g)),
-                                              any(wei_dims(g)), any(dst_dims(g)), strides(g), pads(g), pads(g));
-      dnnl::convolution_backward_data::primitive_desc pd(d, eng, e.fwd_pd);
+    if (!e.bwd_data.prim) {
+      auto pd = backward_pd<dnnl::convolution_backward_data>(e);
       e.bwd_data.init(dnnl::convolution_backward_data(pd), eng, DNNL_ARG_DIFF_DST, plain(dst_dims(g), Tag::nchw),
                       pd.diff_dst_desc(), DNNL_ARG_WEIGHTS, plain(wei_dims(g), Tag::oihw), pd.weights_desc(),
                       DNNL_ARG_DIFF_SRC, plain(src_dims(g), Tag::nchw), pd.diff_src_desc());
       reserve(e.bwd_data.arena_floats);
-      e.have_bwd_data = true;
     }
     return e.bwd_data;
   }
 
   Op& bwd_weight(const ConvGeometry& g) {
     Entry& e = entry(g);
-    if (!e.have_bwd_weight) {
-      dnnl::convolution_backward_weights::desc d(dnnl::algorithm::convolution_direct, any(src_dims(g)),
-                                                 any(wei_dims(g)), any(dst_dims(g)), strides(g), pads(g), pads(g));
-      dnnl::convolution_backward_weights::primitive_desc pd(d, eng, e.fwd_pd);
+    if (!e.bwd_weight.prim) {
+      auto pd = backward_pd<dnnl::convolution_backward_weights>(e);
       e.bwd_weight.init(dnnl::convolution_backward_weights(pd), eng, DNNL_ARG_SRC, plain(src_dims(g), Tag::nchw),
                         pd.src_desc(), DNNL_ARG_DIFF_DST, plain(dst_dims(g), Tag::nchw), pd.diff_dst_desc(),
                         DNNL_ARG_DIFF_WEIGHTS, plain(wei_dims(g), Tag::oihw), pd.diff_weights_desc());
       reserve(e.bwd_weight.arena_floats);
-      e.have_bwd_weight = true;
     }
     return e.bwd_weight;
+  }
+
+  template <typename Prim>
+  typename Prim::primitive_desc backward_pd(const Entry& e) const {
+    const ConvGeometry& g = e.g;
+    typename Prim::desc d(dnnl::algorithm::convolution_direct, any(src_dims(g)), any(wei_dims(g)),
+                          any(dst_dims(g)), strides(g), pads(g), pads(g));
+    return typename Prim::primitive_desc(d, eng, e.fwd_pd);
   }
 
   void reserve(size_t n) {

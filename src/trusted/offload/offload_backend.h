@@ -137,7 +137,7 @@ class OffloadBackend final : public LinearBackend {
                     const std::function<bool(size_t, KeyStream&)>& block_ok);
   // A backward product under the key shift between its send and finish.
   struct Flight {
-    bool verify = false, fuse = false;
+    bool verify = false;
     Triple t;
     std::vector<std::future<Matrix>> futs;
     std::vector<CipherMatrix> blocks;  // column split: the whole gradient, then each worker's columns

@@ -65,23 +65,21 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   const float* cp = collect(p, futs, h.chunks, m, n, by_cols, parts);
   if (!cp) return false;
   const bool verify = sample_verify();
-  // The check's products C·r of every round are taken while C is
+  // A checked result's products C·r, for every round, are taken while C is
   // decrypted (one pass over C instead of two).
-  const bool fuse = verify;
   const int rounds = cfg_.verify.rounds;
   KeyStream ks = obf_->stream();
-  if (fuse) verifier_.draw_vectors(ks, n, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
+  if (verify) verifier_.draw_vectors(ks, n, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
   {
     PhaseTimer t(phases_.decrypt);
-    h.fwd.decrypt(cp, m, n, c, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr, rounds);
+    h.fwd.decrypt(cp, m, n, c, 1, verify ? r_pre_.data() : nullptr, verify ? cr_pre_.data() : nullptr, rounds);
   }
   stats_.products += 1;
   h.sums_valid = false;
   if (verify) {
     PhaseTimer t(phases_.verify);
     ++stats_.verified;
-    auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums,
-                       fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
+    auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums, &r_pre_, cr_pre_.data());
     h.sums_valid = bad.empty();
     if (!bad.empty() && by_cols) {
       // Each worker's columns of C' checked against what it was sent.
@@ -237,7 +235,6 @@ void OffloadBackend::blame_blocks(const Product& p, const std::vector<Chunk>& ch
 bool OffloadBackend::input_send(const Product& p, const float* dc, const Held& h, bool to_image, Flight& f) {
   const int64_t m = p.m, n = p.n;
   f.verify = sample_verify();
-  f.fuse = f.verify;  // the check's products taken during decryption (and col2im: dA is never formed)
   {
     PhaseTimer t(phases_.encrypt);
     f.t = h.fwd.shift_input(obf_->draw(m));
@@ -259,28 +256,29 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
                                   const ConvGeometry* g, float* dx, Flight& f) {
   const int64_t m = p.m, k = p.k, n = p.n;
   const Triple& t1 = f.t;
-  const bool fuse = f.fuse;
   std::vector<Matrix> parts;
   const float* zp = h.by_cols() ? collect_sum(p, f.futs, h.chunks, m, k, parts)
                               : collect(p, f.futs, h.chunks, m, k, false, parts);
   if (!zp) return false;
   KeyStream ks = obf_->stream();
   const int rounds = cfg_.verify.rounds;
-  if (fuse) verifier_.draw_vectors(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
+  // A checked result's products are taken during decryption (with g,
+  // during col2im too: dA is never formed).
+  if (f.verify) verifier_.draw_vectors(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
   {
     PhaseTimer t(phases_.decrypt);
     if (g)
-      apply_keys_col2im(zp, t1.left.inverse(), t1.right.transpose(), *g, dx, fuse ? r_pre_.data() : nullptr,
-                        fuse ? cr_pre_.data() : nullptr, rounds);
+      apply_keys_col2im(zp, t1.left.inverse(), t1.right.transpose(), *g, dx, f.verify ? r_pre_.data() : nullptr,
+                        f.verify ? cr_pre_.data() : nullptr, rounds);
     else
-      t1.decrypt(zp, m, k, da, 1, fuse ? r_pre_.data() : nullptr, fuse ? cr_pre_.data() : nullptr, rounds);
+      t1.decrypt(zp, m, k, da, 1, f.verify ? r_pre_.data() : nullptr, f.verify ? cr_pre_.data() : nullptr, rounds);
   }
   stats_.products += 1;
   if (!f.verify) return true;
   PhaseTimer t(phases_.verify);
   ++stats_.verified;
   auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks, nullptr, 0, nullptr,
-                     fuse ? &r_pre_ : nullptr, fuse ? cr_pre_.data() : nullptr);
+                     &r_pre_, cr_pre_.data());
   if (bad.empty()) return true;
   if (h.by_cols()) {
     blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
