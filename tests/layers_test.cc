@@ -504,5 +504,101 @@ TEST(LayerBehaviour, DropoutEvalIsIdentity) {
   for (int64_t i = 0; i < x.numel(); ++i) ASSERT_EQ(z[i], x[i]);
 }
 
+
+// ---- transformer layers ------------------------------------------------------------------------------
+
+// A module case of make_references.py's module_case: every parameter loaded
+// by its state name (`prefix` + Tempo's name = PyTorch's), forward y,
+// backward dx (when the case has one) and every parameter gradient. Run
+// twice, so that buffers reused from the first pass change nothing.
+void check_module(const TensorMap& refs, const std::string& layer, const std::string& c, Layer& l,
+                  const std::string& prefix) {
+  const std::string w = layer + "/" + c;
+  std::vector<StateEntry> state;
+  l.state(state, prefix);
+  size_t torch_entries = 0;
+  for (const auto& [k, v] : refs)
+    if (k.rfind(w + "/p/", 0) == 0) ++torch_entries;
+  EXPECT_EQ(state.size(), torch_entries) << "parameters";
+  for (const auto& e : state) assign(*e.value, field(refs, layer, c, "p/" + e.name));
+  Backends be;
+  Tensor x = tensor_of(field(refs, layer, c, "x"));
+  Tensor dy = tensor_of(field(refs, layer, c, "dy"));
+  for (int pass = 0; pass < 2; ++pass) {
+    Context ctx = be.ctx(true);
+    expect_close(l.forward(x, ctx), field(refs, layer, c, "y"), w + " y");
+    const Tensor& dx = l.backward(dy, ctx);
+    if (has(refs, layer, c, "dx")) expect_close(dx, field(refs, layer, c, "dx"), w + " dx");
+    for (const auto& e : state) expect_close(*e.grad, field(refs, layer, c, "g/" + e.name), w + " grad " + e.name);
+  }
+}
+
+TEST(LayerParity, LayerNorm) {
+  LOAD_REFS_OR_FAIL(refs);
+  const auto names = cases(*refs, "layernorm");
+  ASSERT_GE(names.size(), 4u);
+  for (const auto& c : names) {
+    SCOPED_TRACE("layernorm/" + c);
+    LayerNorm ln(i64_of(field(*refs, "layernorm", c, "cfg"))[0]);
+    check_module(*refs, "layernorm", c, ln, "");
+  }
+}
+
+TEST(LayerParity, GeluExact) {
+  LOAD_REFS_OR_FAIL(refs);
+  check_plain_layer(*refs, "gelu", 3, [](const std::vector<int64_t>&) { return std::make_unique<GELU>(); });
+}
+
+TEST(LayerParity, MultiheadSelfAttention) {
+  LOAD_REFS_OR_FAIL(refs);
+  const auto names = cases(*refs, "attention");
+  ASSERT_GE(names.size(), 4u);
+  for (const auto& c : names) {
+    SCOPED_TRACE("attention/" + c);
+    const auto cfg = i64_of(field(*refs, "attention", c, "cfg"));  // dim, heads
+    MultiheadAttention mha(cfg[0], cfg[1]);
+    check_module(*refs, "attention", c, mha, "attn.");
+  }
+}
+
+TEST(LayerParity, TransformerEncoderLayerPreNorm) {
+  LOAD_REFS_OR_FAIL(refs);
+  const auto names = cases(*refs, "encoder");
+  ASSERT_GE(names.size(), 2u);
+  for (const auto& c : names) {
+    SCOPED_TRACE("encoder/" + c);
+    const auto cfg = i64_of(field(*refs, "encoder", c, "cfg"));  // dim, heads, ff
+    TransformerEncoderLayer layer(cfg[0], cfg[1], cfg[2]);
+    check_module(*refs, "encoder", c, layer, "");
+  }
+}
+
+TEST(LayerParity, VisionTransformer) {
+  LOAD_REFS_OR_FAIL(refs);
+  const auto names = cases(*refs, "vit");
+  ASSERT_GE(names.size(), 2u);
+  for (const auto& c : names) {
+    SCOPED_TRACE("vit/" + c);
+    const auto k = i64_of(field(*refs, "vit", c, "cfg"));  // C, H, W, patch, dim, depth, heads, mlp, classes
+    VisionTransformer vit({k[0], k[1], k[2], k[3], k[4], k[5], k[6], k[7], k[8]});
+    check_module(*refs, "vit", c, vit, "");
+  }
+}
+
+TEST(LayerBehaviour, TransformerShapesAreChecked) {
+  Backends be;
+  Context ctx = be.ctx(true);
+  EXPECT_THROW(MultiheadAttention(10, 3), Error);
+  MultiheadAttention mha(6, 2);
+  Tensor flat({4, 6});
+  EXPECT_THROW(mha.forward(flat, ctx), Error);
+  LayerNorm ln(5);
+  Tensor wrong({2, 4});
+  EXPECT_THROW(ln.forward(wrong, ctx), Error);
+  VisionTransformer::Config cfg;
+  cfg.height = 30;  // not a multiple of the patch size 4
+  EXPECT_THROW(VisionTransformer{cfg}, Error);
+}
+
 }  // namespace
 }  // namespace tempo

@@ -32,7 +32,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-const std::vector<std::string> kModels = {"mlp", "cnn", "resnet18", "resnet50", "vgg16"};
+const std::vector<std::string> kModels = {"mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit"};
 
 using testutil::ref_dir;
 
@@ -98,8 +98,10 @@ TEST_P(PerModel, StateDictMatchesPyTorchExactly) {
     }
   }
   int64_t torch_params = 0;
-  for (const auto& t : torch)
-    if (param_of(t.name) == "weight" || param_of(t.name) == "bias") torch_params += numel_of(t.shape);
+  for (const auto& t : torch) {
+    const std::string p = param_of(t.name);
+    if (p != "running_mean" && p != "running_var" && p != "num_batches_tracked") torch_params += numel_of(t.shape);
+  }
   EXPECT_EQ(m->parameter_count(), torch_params);
 }
 
@@ -142,6 +144,19 @@ Rule rule_for(const std::string& model, const std::string& name, const Model& m)
     if (e.name == mod + ".weight") weight = &e;
     if (e.name == mod + ".running_mean") batchnorm = true;
   }
+  if (model == "vit") {
+    if (p == "cls_token" || p == "pos_embed") return {Rule::kNormal, 0.02, "vit token embeddings N(0, 0.02^2)"};
+    if (p == "in_proj_weight") {
+      const Shape* ws = nullptr;
+      for (const auto& e : m.state)
+        if (e.name == name) ws = &e.value->shape();
+      return {Rule::kUniform, std::sqrt(6.0 / static_cast<double>((*ws)[0] + (*ws)[1])), "xavier_uniform"};
+    }
+    if (p == "in_proj_bias" || name.size() >= 13 && name.compare(name.size() - 13, 13, "out_proj.bias") == 0)
+      return {Rule::kConst, 0.0, "MultiheadAttention zeroes its biases"};
+    if (mod.substr(mod.rfind('.') + 1).rfind("norm", 0) == 0)
+      return {Rule::kConst, p == "weight" ? 1.0 : 0.0, "LayerNorm weight 1, bias 0"};
+  }
   if (p == "num_batches_tracked" || p == "running_mean") return {Rule::kConst, 0.0, "buffer"};
   if (p == "running_var") return {Rule::kConst, 1.0, "buffer"};
   if (batchnorm) return {Rule::kConst, p == "weight" ? 1.0 : 0.0, "BatchNorm weight 1, bias 0"};
@@ -150,7 +165,7 @@ Rule rule_for(const std::string& model, const std::string& name, const Model& m)
   for (size_t i = 1; i < ws.size(); ++i) fan_in *= ws[i];
   const double uniform_bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
   const bool conv = ws.size() == 4;
-  if (model == "cnn" || model == "mlp")
+  if (model == "cnn" || model == "mlp" || model == "vit")
     return {Rule::kUniform, uniform_bound, "default init U(-1/sqrt(fan_in), 1/sqrt(fan_in))"};
   if (conv) {
     if (p == "bias") return {Rule::kConst, 0.0, "conv bias 0"};
@@ -222,6 +237,43 @@ TEST_P(PerModel, InitialisationFollowsPyTorchRules) {
   const StateEntry& em = m->state[0];
   EXPECT_TRUE(std::equal(ea.value->data(), ea.value->data() + ea.value->numel(), em.value->data()));
   EXPECT_FALSE(std::equal(ea.value->data(), ea.value->data() + ea.value->numel(), eb.value->data()));
+}
+
+// nn.TransformerEncoder deep-copies its layer: every encoder layer of a
+// fresh `vit` holds the same weights, as in PyTorch. vit:CxHxW sizes the
+// patch embedding and the position embeddings; bad shapes are refused.
+TEST(Vit, LayersStartEqualAndInputShapeIsAParameter) {
+  auto m = build_model("vit", 3);
+  std::map<std::string, const Tensor*> by_name;
+  for (const auto& e : m->state) by_name[e.name] = e.value;
+  int compared = 0;
+  for (const auto& [name, t] : by_name) {
+    if (name.rfind("encoder.layers.0.", 0) != 0) continue;
+    const std::string rest = name.substr(17);
+    for (int l = 1; l < 6; ++l) {
+      const Tensor* o = by_name.at("encoder.layers." + std::to_string(l) + "." + rest);
+      EXPECT_TRUE(std::equal(t->data(), t->data() + t->numel(), o->data())) << rest << " of layer " << l;
+      ++compared;
+    }
+  }
+  EXPECT_EQ(compared, 5 * 12);
+  EXPECT_EQ(by_name.at("pos_embed")->shape(), (Shape{1, 50, 192}));
+
+  auto c = build_model("vit:3x32x32", 3);
+  EXPECT_EQ(c->input_shape, (Shape{3, 32, 32}));
+  for (const auto& e : c->state) {
+    if (e.name == "pos_embed") EXPECT_EQ(e.value->shape(), (Shape{1, 65, 192}));
+    if (e.name == "patch_embed.weight") EXPECT_EQ(e.value->shape(), (Shape{192, 3, 4, 4}));
+  }
+  for (const std::string bad : {"vit:3x30x32", "vit:3x32", "vit:0x32x32", "vit:3x32x32x", "vit:", "vitx"}) {
+    try {
+      build_model(bad, 0);
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const Error& e) {
+      std::printf("  %s: %s\n", bad.c_str(), e.what());
+      EXPECT_NE(std::string(e.what()).find(bad), std::string::npos) << e.what();
+    }
+  }
 }
 
 // ---- strict loading -----------------------------------------------------------------------------

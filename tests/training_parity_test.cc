@@ -159,6 +159,10 @@ struct RunCase {
   std::string mode = "--mode tee-only";
   double tol = 1e-4;  // per tensor; DESIGN.md §4: 1e-4 tee-only and tempo with keys only
   double median_tol = 0;  // > 0: also the median over tensors (default blinding, below)
+  // With use_spread: the largest spread of any tensor, not each tensor's own
+  // (kVitNote: round-off amplified in one tensor reaches the others through
+  // the next steps, so per-tensor spreads of one other execution understate it).
+  bool spread_of_run = false;
 };
 
 // The default blinding (mask, row and column mixing) changes the rounding
@@ -170,6 +174,15 @@ struct RunCase {
 // over tensors; the keys-only runs keep §4's 1e-4.
 constexpr double kBlindedTol = 5e-2, kBlindedMedianTol = 2e-3;
 const std::string kKeysOnly = " --mask-rank 0 --row-mix 0 --col-mix 0";
+// vit has no ReLU kink (GELU is smooth), so with the default blinding it is
+// held to the 5e-3 of DESIGN.md §4 per tensor.
+//
+// kVitNote: with AdamW, part of in_proj_bias (the keys' bias) has a gradient
+// that is zero in exact arithmetic (softmax ignores a constant added to a
+// row of scores), so float32 gives it pure round-off, which Adam divides by
+// its own square root: those entries move by ±lr each step whatever the
+// implementation. PyTorch's float32 and float64 runs differ there by ~1e-2.
+constexpr double kVitBlindedTol = 5e-3;
 
 // (For readable test names in ctest, instead of the struct's bytes.)
 void PrintTo(const RunCase& c, std::ostream* os) { *os << c.run << " --threads " << c.threads; }
@@ -204,7 +217,19 @@ INSTANTIATE_TEST_SUITE_P(PyTorch, ReferenceRun,
                                                  "--mode tempo --workers local:1 --insecure-key-seed 1" + kKeysOnly},
                                          RunCase{"cnn_tempo_keys_only_3workers_noshift", "cnn_sgd", 1, false,
                                                  "--mode tempo --workers local:3 --no-key-shift --insecure-key-seed 4" +
-                                                     kKeysOnly}),
+                                                     kKeysOnly},
+                                         // vit on Fashion-MNIST: SGD at the fixed 1e-4 (PyTorch's own
+                                         // float32/float64 spread is 2e-6), AdamW against the spread
+                                         // (1e-2 on in_proj_bias: see kVitNote).
+                                         RunCase{"vit_sgd", "vit_sgd", 1, false},
+                                         RunCase{"vit_sgd_threads2", "vit_sgd", 2, false},
+                                         RunCase{"vit_adamw", "vit_adamw", 2, true, "--mode tee-only", kTol, 1e-4,
+                                                 true},
+                                         RunCase{"vit_tempo_keys_only", "vit_sgd", 2, false,
+                                                 "--mode tempo --workers local:2 --insecure-key-seed 6" + kKeysOnly},
+                                         RunCase{"vit_tempo", "vit_sgd", 2, false,
+                                                 "--mode tempo --workers local:2 --insecure-key-seed 7", kVitBlindedTol,
+                                                 kBlindedMedianTol}),
                          [](const testing::TestParamInfo<RunCase>& i) { return i.param.name; });
 
 TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {
@@ -221,6 +246,11 @@ TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {
   if (rc.use_spread) {
     spread = read_spread(ref_dir() + "/run_" + rc.run + "_spread.txt");
     ASSERT_FALSE(spread.empty()) << "run_" << rc.run << "_spread.txt is missing or empty";
+    if (rc.spread_of_run) {
+      double mx = 0;
+      for (const auto& [name, v] : spread) mx = std::max(mx, v);
+      for (auto& [name, v] : spread) v = mx;
+    }
   }
 
   // Step losses: the first is a forward pass from identical weights.

@@ -1,6 +1,7 @@
 #include "trusted/model.h"
 
 #include <cmath>
+#include <cstdio>
 #include <map>
 
 #include "common/error.h"
@@ -114,6 +115,52 @@ std::unique_ptr<Model> make_vgg16() {
   return m;
 }
 
+// "vit" (1×28×28) or "vit:CxHxW".
+VisionTransformer::Config vit_config(const std::string& name) {
+  VisionTransformer::Config c;
+  if (name == "vit") return c;
+  const std::string shape = name.substr(4);
+  long long ch = 0, h = 0, w = 0;
+  char x1 = 0, x2 = 0;
+  int used = 0;
+  const bool parsed = std::sscanf(shape.c_str(), "%lld%c%lld%c%lld%n", &ch, &x1, &h, &x2, &w, &used) == 5 &&
+                      x1 == 'x' && x2 == 'x' && used == static_cast<int>(shape.size());
+  TEMPO_CHECK(parsed && ch > 0 && h > 0 && w > 0 && ch <= 4096 && h <= 65536 && w <= 65536,
+              "model '" + name + "': write the input shape as vit:CxHxW, for example vit:3x32x32");
+  c.channels = ch;
+  c.height = h;
+  c.width = w;
+  TEMPO_CHECK(h % c.patch == 0 && w % c.patch == 0,
+              "model '" + name + "': the height and width must divide by the patch size " + std::to_string(c.patch));
+  return c;
+}
+
+// PyTorch's initialisation of tests/py/tempo_models.py's ViT: the patch
+// embedding, out_proj, linear1, linear2 and the head keep nn.Conv2d's and
+// nn.Linear's defaults; nn.MultiheadAttention draws in_proj_weight with
+// xavier_uniform (U(±√(6/(D + 3D)))) and zeroes in_proj_bias and
+// out_proj.bias; LayerNorms are 1 and 0; cls_token and pos_embed are
+// N(0, 0.02²). nn.TransformerEncoder deep-copies one layer, so every encoder
+// layer starts from the same weights.
+void init_vit(VisionTransformer& v, Rng& rng) {
+  init_default_all(v, rng);
+  TransformerEncoderLayer& first = *v.layers.front();
+  Linear& in = first.self_attn.in_proj;
+  const double bound = std::sqrt(6.0 / static_cast<double>(in.in_features + in.out_features));
+  for (int64_t i = 0; i < in.weight.numel(); ++i) in.weight[i] = static_cast<float>(rng.uniform(-bound, bound));
+  in.bias.zero();
+  first.self_attn.out_proj.bias.zero();
+  std::vector<StateEntry> src;
+  first.state(src, "");
+  for (size_t l = 1; l < v.layers.size(); ++l) {
+    std::vector<StateEntry> dst;
+    v.layers[l]->state(dst, "");
+    for (size_t i = 0; i < src.size(); ++i) *dst[i].value = *src[i].value;
+  }
+  for (Tensor* t : {&v.cls_token, &v.pos_embed})
+    for (int64_t i = 0; i < t->numel(); ++i) (*t)[i] = static_cast<float>(0.02 * rng.normal());
+}
+
 // The model's input needs no gradient: backward stops at the first product
 // (and layers before it, such as mlp's Flatten, are skipped).
 void mark_no_input_grad(Layer& l) {
@@ -134,7 +181,7 @@ void mark_no_input_grad(Layer& l) {
 }  // namespace
 
 const std::vector<std::string>& model_names() {
-  static const std::vector<std::string> names = {"mlp", "cnn", "resnet18", "resnet50", "vgg16"};
+  static const std::vector<std::string> names = {"mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit"};
   return names;
 }
 
@@ -161,10 +208,17 @@ std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed) {
         f->bias.zero();
       }
     });
+  } else if (name == "vit" || name.rfind("vit:", 0) == 0) {
+    const VisionTransformer::Config c = vit_config(name);
+    m = std::make_unique<Model>();
+    m->input_shape = {c.channels, c.height, c.width};
+    auto v = std::make_unique<VisionTransformer>(c);
+    init_vit(*v, rng);
+    m->root = std::move(v);
   } else {
     std::string list;
     for (const auto& n : model_names()) list += (list.empty() ? "" : ", ") + n;
-    throw Error("unknown model '" + name + "'; choose one of: " + list);
+    throw Error("unknown model '" + name + "'; choose one of: " + list + " (or vit:CxHxW)");
   }
   m->name = name;
   m->root->state(m->state, "");

@@ -8,7 +8,10 @@
           layers.safetensors      '<layer>/<case>/<field>': per-layer cases
                                   (conv, linear, maxpool, avgpool, adaptive,
                                   bn, relu, flatten, xent, block = torchvision
-                                  BasicBlock/Bottleneck) with inputs,
+                                  BasicBlock/Bottleneck, layernorm, gelu,
+                                  attention, encoder = the pre-norm
+                                  nn.TransformerEncoderLayer, vit = a small
+                                  tempo_models.ViT) with inputs,
                                   parameters, dy and the expected y, dx and
                                   parameter gradients; 'cfg' (I64) holds a
                                   case's configuration. 'optim/<case>/...':
@@ -29,7 +32,9 @@
         About 100 MB, 90 of them resnet18's init and final state (45 MB each).
         Runs: cnn_sgd (20 steps, batch 32, SGD lr 0.01 momentum 0.9 wd 5e-4),
         resnet18_sgd (5 steps, batch 16, SGD lr 0.01 momentum 0.9 wd 5e-4),
-        mlp_adam and mlp_adamw (10 steps, batch 32).
+        mlp_adam and mlp_adamw (10 steps, batch 32), vit_sgd (20 steps, batch 16,
+        SGD lr 0.01 momentum 0.9 wd 5e-4) and vit_adamw (AdamW lr 1e-3 wd 0.05),
+        both on the first 320 Fashion-MNIST training images.
 
     /usr/bin/python3 tests/ref/make_references.py logits MODEL WEIGHTS INPUT OUTPUT
         Loads WEIGHTS (safetensors) into the PyTorch MODEL with
@@ -308,6 +313,81 @@ def block_cases(out):
             out.put("block", name, "s/" + key, t.reshape(t.shape or (1,)))
 
 
+def module_case(out, layer, name, module, x, cfg, input_grad=True):
+    """A module in float64 and training mode, on float32-representable
+    parameters: its parameters ('p/<key>'), x, dy, y, dx and the parameter
+    gradients ('g/<key>'). Norm weights near 1, other parameters at the
+    scale of their default initialisation, biases non-zero."""
+    module = module.double().train()
+    with torch.no_grad():
+        for key, t in module.named_parameters():
+            if "norm" in key and key.endswith("weight"):
+                t.copy_(1.0 + 0.2 * f32(*t.shape))
+            elif t.dim() >= 2 and not key.endswith(("cls_token", "pos_embed")):
+                t.copy_(f32(*t.shape, scale=(1.0 / t[0].numel()) ** 0.5))
+            else:
+                t.copy_(f32(*t.shape, scale=0.1))
+    out.put(layer, name, "cfg", cfg)
+    for key, t in module.named_parameters():
+        out.put(layer, name, "p/" + key, t.clone())
+    if input_grad:
+        x.requires_grad_()
+    y = module(x)
+    dy = f32(*y.shape)
+    y.backward(dy)
+    for field, v in (("x", x), ("dy", dy), ("y", y)):
+        out.put(layer, name, field, v)
+    if input_grad:
+        out.put(layer, name, "dx", x.grad)
+    for key, t in module.named_parameters():
+        out.put(layer, name, "g/" + key, grad_of(t))
+
+
+class SelfAttention(nn.Module):
+    """nn.MultiheadAttention as nn.TransformerEncoderLayer calls it."""
+
+    def __init__(self, dim, heads):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(dim, heads, dropout=0.0, batch_first=True)
+
+    def forward(self, x):
+        return self.attn(x, x, x, need_weights=False)[0]
+
+
+def transformer_cases(out):
+    """LayerNorm, exact GELU, self-attention, the pre-norm encoder layer and
+    a small `vit` (the classes of tests/py/tempo_models.py), at odd sizes."""
+    for shape in [(3, 7), (2, 5, 12), (1, 4, 33), (4, 2)]:
+        d = shape[-1]
+        name = "x".join(map(str, shape))
+        module_case(out, "layernorm", name, nn.LayerNorm(d), f32(*shape), [d])
+    for shape, scale in [((3, 4, 5), 3.0), ((7, 13), 1.0), ((2, 1), 8.0)]:
+        name = "x".join(map(str, shape))
+        x = f32(*shape, scale=scale).requires_grad_()
+        y = F.gelu(x)
+        dy = f32(*shape)
+        y.backward(dy)
+        for field, v in (("x", x), ("dy", dy), ("y", y), ("dx", x.grad)):
+            out.put("gelu", name, field, v)
+    # batch, tokens, dim, heads
+    for b, t, d, h in [(2, 5, 12, 3), (3, 4, 10, 2), (1, 7, 6, 1), (2, 3, 9, 3)]:
+        name = f"b{b}t{t}d{d}h{h}"
+        module_case(out, "attention", name, SelfAttention(d, h), f32(b, t, d), [d, h])
+    # batch, tokens, dim, heads, feed-forward width
+    for b, t, d, h, ff in [(2, 5, 12, 3, 20), (1, 6, 10, 2, 7)]:
+        name = f"b{b}t{t}d{d}h{h}f{ff}"
+        layer = nn.TransformerEncoderLayer(d, h, ff, dropout=0.0, activation="gelu", batch_first=True,
+                                           norm_first=True)
+        module_case(out, "encoder", name, layer, f32(b, t, d), [d, h, ff])
+    # C, H, W, patch, dim, depth, heads, mlp, classes; batch
+    for c, hh, ww, patch, d, depth, heads, mlp, classes, b in [(2, 6, 8, 2, 12, 2, 3, 20, 5, 3),
+                                                               (1, 5, 5, 5, 6, 1, 2, 9, 3, 2)]:
+        name = f"c{c}_{hh}x{ww}_p{patch}d{d}l{depth}h{heads}m{mlp}k{classes}_b{b}"
+        vit = tempo_models.ViT((c, hh, ww), patch, d, depth, heads, mlp, classes)
+        module_case(out, "vit", name, vit, f32(b, c, hh, ww),
+                    [c, hh, ww, patch, d, depth, heads, mlp, classes], input_grad=False)
+
+
 def make_layers(path):
     torch.manual_seed(1234)
     out = Cases()
@@ -318,6 +398,7 @@ def make_layers(path):
     simple_cases(out)
     block_cases(out)
     optimizer_cases(out)
+    transformer_cases(out)
     safetensors_io.save(path, out.tensors)
 
 
@@ -325,7 +406,7 @@ def make_layers(path):
 
 
 def make_state_lists(directory):
-    for i, name in enumerate(["mlp", "cnn", "resnet18", "resnet50", "vgg16"]):
+    for i, name in enumerate(["mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit"]):
         torch.manual_seed(100 + i)
         model = tempo_models.build(name)
         lines = []
@@ -356,6 +437,19 @@ def synthetic(n, shape, generator, unit_range):
     return images.float().contiguous(), labels.long()
 
 
+def fashion_mnist(n):
+    """The first n training samples of Debian's Fashion-MNIST, x / 255 as
+    Tempo and torchvision's ToTensor read them."""
+    import gzip
+    root = "/usr/share/datasets/fashion-mnist"
+    with gzip.open(os.path.join(root, "train-images-idx3-ubyte.gz")) as f:
+        images = np.frombuffer(f.read(), dtype=np.uint8, offset=16)[:n * 784]
+    with gzip.open(os.path.join(root, "train-labels-idx1-ubyte.gz")) as f:
+        labels = np.frombuffer(f.read(), dtype=np.uint8, offset=8)[:n]
+    x = torch.from_numpy(images.astype(np.float32).reshape(n, 1, 28, 28)) / 255.0
+    return x.contiguous(), torch.from_numpy(labels.astype(np.int64))
+
+
 def run_steps(model, optimizer, lr, momentum, weight_decay, images, labels, batch, steps):
     params = model.parameters()
     if optimizer == "sgd":
@@ -378,7 +472,7 @@ def run_steps(model, optimizer, lr, momentum, weight_decay, images, labels, batc
 
 
 def train_run(directory, run, model_name, optimizer, lr, momentum, weight_decay, batch, steps,
-              seed, variant):
+              seed, variant, data="synthetic"):
     """One training run in float32 (the reference). With a `variant`, also one
     other correct execution of the same run ("float64", or "no-mkldnn": float32
     with PyTorch's native instead of oneDNN convolutions); their per-tensor
@@ -390,7 +484,10 @@ def train_run(directory, run, model_name, optimizer, lr, momentum, weight_decay,
     model = tempo_models.build(model_name)
     shape = tempo_models.INPUT_SHAPES[model_name]
     g = torch.Generator().manual_seed(seed + 1)
-    images, labels = synthetic(batch * steps, shape, g, unit_range=shape[0] == 1)
+    if data == "fashion-mnist":
+        images, labels = fashion_mnist(batch * steps)
+    else:
+        images, labels = synthetic(batch * steps, shape, g, unit_range=shape[0] == 1)
     prefix = os.path.join(directory, f"run_{run}")
     init = {k: v.clone() for k, v in model.state_dict().items()}
     safetensors_io.save(prefix + "_init.safetensors", init)
@@ -441,6 +538,10 @@ def make_runs(directory):
     train_run(directory, "mlp_adam", "mlp", "adam", 1e-3, 0.0, 1e-4, 32, 10, seed=9, variant="float64")
     train_run(directory, "mlp_adamw", "mlp", "adamw", 2e-3, 0.0, 0.05, 32, 10, seed=10,
               variant="float64")
+    train_run(directory, "vit_sgd", "vit", "sgd", 0.01, 0.9, 5e-4, 16, 20, seed=11, variant="float64",
+              data="fashion-mnist")
+    train_run(directory, "vit_adamw", "vit", "adamw", 1e-3, 0.0, 0.05, 16, 20, seed=12, variant="float64",
+              data="fashion-mnist")
 
 
 # ---- optimizer rules ------------------------------------------------------------------------

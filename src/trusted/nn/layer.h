@@ -50,6 +50,8 @@ class Layer {
   // Products (linear layers, convolutions) register here for the scheduler.
   virtual Product* product() { return nullptr; }
   virtual std::string kind() const = 0;
+  // The last forward's output (valid until the next forward).
+  const Tensor& output() const { return out_; }
 
   bool needs_input_grad = true;  // false for the first layer of a model
   bool offloaded = true;         // for product layers: send to the offload backend

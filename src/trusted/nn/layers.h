@@ -37,7 +37,8 @@ class Conv2d final : public Layer {
   Tensor cols_, rows_, drows_;
 };
 
-// y = x·Wᵀ + b on the flattened trailing dimensions of x.
+// y = x·Wᵀ + b over the last dimension of x (PyTorch's nn.Linear): every
+// leading dimension is a row of the product.
 class Linear final : public Layer {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true);
@@ -54,6 +55,7 @@ class Linear final : public Layer {
  private:
   Product prod_;
   const Tensor* x_ = nullptr;
+  Shape out_shape_;
 };
 
 class ReLU final : public Layer {
@@ -181,6 +183,115 @@ class ResidualBlock final : public Layer {
   Sequential main_;                  // conv1, bn1, relu, conv2, bn2[, relu, conv3, bn3]
   std::unique_ptr<Sequential> downsample_;
   Tensor dsum_;
+};
+
+// nn.LayerNorm(features) over the last dimension: eps 1e-5, biased variance,
+// elementwise affine (weight 1, bias 0 at construction).
+class LayerNorm final : public Layer {
+ public:
+  explicit LayerNorm(int64_t features, double eps = 1e-5);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  std::string kind() const override { return "LayerNorm"; }
+
+  int64_t features;
+  double eps;
+  Tensor weight, bias, dweight, dbias;
+
+ private:
+  const Tensor* x_ = nullptr;
+  std::vector<float> mean_, rstd_;
+  std::vector<double> partial_;  // per block of rows: Σ dy·x̂ and Σ dy
+};
+
+// Exact GELU: x·Φ(x) = x/2·(1 + erf(x/√2)) (F.gelu, approximate='none').
+class GELU final : public Layer {
+ public:
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  std::string kind() const override { return "GELU"; }
+
+ private:
+  const Tensor* x_ = nullptr;
+};
+
+// Multi-head self-attention on B×T×D tokens, as nn.TransformerEncoderLayer
+// calls nn.MultiheadAttention(D, heads, batch_first=True): one input
+// projection to Q, K, V (in_proj_weight 3D×D, in_proj_bias), per head
+// softmax(Q·Kᵀ/√E)·V with E = D/heads, the heads side by side, then
+// out_proj. The two projections are products like any Linear; the per-head
+// products of two activations run in the master.
+class MultiheadAttention final : public Layer {
+ public:
+  MultiheadAttention(int64_t dim, int64_t heads);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  // in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias.
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  void for_each_child(const std::function<void(Layer&)>& fn) override;
+  std::string kind() const override { return "MultiheadAttention"; }
+
+  int64_t dim, heads;
+  Linear in_proj, out_proj;
+
+ private:
+  int64_t batch_ = 0, tokens_ = 0;
+  Tensor probs_, dprobs_;  // B×heads×T×T
+  Tensor attn_, dqkv_;     // B×T×D heads side by side; B×T×3D
+};
+
+// nn.TransformerEncoderLayer(dim, heads, ff, dropout=0, activation="gelu",
+// batch_first=True, norm_first=True):
+//   x = x + self_attn(norm1(x));  x = x + linear2(gelu(linear1(norm2(x)))).
+class TransformerEncoderLayer final : public Layer {
+ public:
+  TransformerEncoderLayer(int64_t dim, int64_t heads, int64_t ff);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  void for_each_child(const std::function<void(Layer&)>& fn) override;
+  std::string kind() const override { return "TransformerEncoderLayer"; }
+
+  MultiheadAttention self_attn;
+  Linear linear1, linear2;
+  LayerNorm norm1, norm2;
+  GELU gelu;
+
+ private:
+  Tensor x1_, dx1_;
+};
+
+// The `vit` model (tests/py/tempo_models.py's ViT): a patch embedding
+// Conv2d(C, dim, patch, stride=patch), a class token and learned position
+// embeddings, `depth` pre-norm encoder layers, a final LayerNorm and a
+// Linear head on the class token. Names: cls_token, pos_embed,
+// patch_embed.*, encoder.layers.I.*, norm.*, head.*. Its input needs no
+// gradient.
+class VisionTransformer final : public Layer {
+ public:
+  struct Config {
+    int64_t channels = 1, height = 28, width = 28, patch = 4, dim = 192, depth = 6, heads = 3, mlp = 384,
+            classes = 10;
+  };
+  explicit VisionTransformer(const Config& c);
+  const Tensor& forward(const Tensor& x, Context& ctx) override;
+  const Tensor& backward(const Tensor& dy, Context& ctx) override;
+  void state(std::vector<StateEntry>& out, const std::string& prefix) override;
+  void for_each_child(const std::function<void(Layer&)>& fn) override;
+  std::string kind() const override { return "VisionTransformer"; }
+  int64_t tokens() const { return tokens_; }
+
+  Config config;
+  Tensor cls_token, pos_embed, dcls_token, dpos_embed;
+  Conv2d patch_embed;
+  std::vector<std::unique_ptr<TransformerEncoderLayer>> layers;
+  LayerNorm norm;
+  Linear head;
+
+ private:
+  int64_t tokens_;
+  Tensor x0_, cls_rows_, dx_tokens_, dpatches_;
 };
 
 // Mean cross-entropy over a batch of logits (N×C) and class labels.

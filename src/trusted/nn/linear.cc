@@ -19,16 +19,18 @@ Linear::Linear(int64_t in, int64_t out, bool b) : in_features(in), out_features(
 }
 
 const Tensor& Linear::forward(const Tensor& x, Context& ctx) {
-  TEMPO_CHECK(x.ndim() >= 1 && x.dim(0) > 0 && x.numel() == x.dim(0) * in_features,
-        "Linear expects N×" + std::to_string(in_features) + " input, got " + shape_str(x.shape()));
+  TEMPO_CHECK(x.ndim() >= 2 && x.numel() > 0 && x.dim(-1) == in_features,
+        "Linear expects …×" + std::to_string(in_features) + " input, got " + shape_str(x.shape()));
   x_ = &x;
-  const int64_t n = x.dim(0);
+  const int64_t n = x.numel() / in_features;
   prod_.a = x.data();
   prod_.w = weight.data();
   prod_.m = n;
   prod_.k = in_features;
   prod_.n = out_features;
-  out_.resize({n, out_features});
+  out_shape_ = x.shape();  // no allocation once the rank is known
+  out_shape_.back() = out_features;
+  out_.resize(out_shape_);
   ctx.backend_for(prod_, offloaded).forward(prod_, out_.data());
   if (has_bias) {
     float* y = out_.data();
@@ -42,7 +44,7 @@ const Tensor& Linear::forward(const Tensor& x, Context& ctx) {
 }
 
 const Tensor& Linear::backward(const Tensor& dy, Context& ctx) {
-  const int64_t n = x_->dim(0);
+  const int64_t n = x_->numel() / in_features;
   if (has_bias) {
     // Column sums in row order: the same order for every thread count.
     const float* d = dy.data();
