@@ -618,7 +618,9 @@ class HandleSpy final : public WorkerApi {
     seen_->push_back(h);
     inner_->put(h, m);
   }
-  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override { return inner_->product(op, x, y); }
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y, int64_t groups) override {
+    return inner_->product(op, x, y, groups);
+  }
   std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override {
     return inner_->conv(op, a, b, g);
   }

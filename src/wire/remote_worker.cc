@@ -105,7 +105,8 @@ class RemoteWorker final : public WorkerApi {
     pending_.puts.emplace_back(h, std::move(data));
   }
 
-  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override {
+  using WorkerApi::product;
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y, int64_t groups) override {
     int64_t rows = 0, cols = 0;
     std::string bad;
     {
@@ -116,11 +117,7 @@ class RemoteWorker final : public WorkerApi {
       } else {
         const auto [xr, xc] = a->second;
         const auto [yr, yc] = b->second;
-        switch (op) {
-          case ProductOp::kNT: rows = xr; cols = yr; if (xc != yc) bad = "inner dimensions differ"; break;
-          case ProductOp::kNN: rows = xr; cols = yc; if (xc != yr) bad = "inner dimensions differ"; break;
-          default: rows = xc; cols = yc; if (xr != yr) bad = "inner dimensions differ"; break;
-        }
+        bad = product_shape(op, xr, xc, yr, yc, groups, rows, cols);
       }
     }
     if (!bad.empty()) return failed(bad);
@@ -128,6 +125,7 @@ class RemoteWorker final : public WorkerApi {
     req.set_op(wire_op(op));
     req.mutable_x()->set_handle(x);
     req.mutable_y()->set_handle(y);
+    if (groups != 1) req.set_groups(groups);
     return compute(std::move(req), rows, cols);
   }
 

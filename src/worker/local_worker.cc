@@ -33,8 +33,8 @@ void LocalWorker::run() {
 
 void LocalWorker::put(Handle h, const CipherMatrix& m) { service_.put(h, m.shared()); }
 
-std::future<Matrix> LocalWorker::product(ProductOp op, Handle x, Handle y) {
-  return enqueue([this, op, x, y] { return service_.product(op, x, y); });
+std::future<Matrix> LocalWorker::product(ProductOp op, Handle x, Handle y, int64_t groups) {
+  return enqueue([this, op, x, y, groups] { return service_.product(op, x, y, groups); });
 }
 
 std::future<Matrix> LocalWorker::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {

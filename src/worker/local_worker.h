@@ -20,7 +20,8 @@ class LocalWorker final : public WorkerApi {
   ~LocalWorker() override;
   std::string name() const override { return name_; }
   void put(Handle h, const CipherMatrix& m) override;
-  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y, int64_t groups) override;
+  using WorkerApi::product;
   std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override;
   void release(Handle h) override;
   void end_step() override;

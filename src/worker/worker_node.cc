@@ -236,7 +236,7 @@ Matrix WorkerNode::compute(Session& s, const wire::ComputeRequest& req) {
   {
     std::lock_guard<std::mutex> lock(compute_mu_);
     if (is_product) {
-      z = s.service.product(product_op(op), *x, *y);
+      z = s.service.product(product_op(op), *x, *y, req.groups() == 0 ? 1 : req.groups());
     } else {
       const auto& g = req.geometry();
       ConvGeometry geo;

@@ -7,20 +7,10 @@ namespace tempo {
 WorkerService::WorkerService(std::unique_ptr<ComputeBackend> backend, size_t quota_bytes)
     : backend_(std::move(backend)), quota_(quota_bytes) {}
 
-void WorkerService::result_shape(ProductOp op, const Matrix& x, const Matrix& y, int64_t& rows,
+void WorkerService::result_shape(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups, int64_t& rows,
                                  int64_t& cols) {
-  int64_t xi, xk, yk, yj;
-  switch (op) {
-    case ProductOp::kNT: xi = x.rows(); xk = x.cols(); yj = y.rows(); yk = y.cols(); break;
-    case ProductOp::kNN: xi = x.rows(); xk = x.cols(); yk = y.rows(); yj = y.cols(); break;
-    case ProductOp::kTN: xi = x.cols(); xk = x.rows(); yk = y.rows(); yj = y.cols(); break;
-    default: throw WorkerError("unknown product operation " + std::to_string(static_cast<int>(op)));
-  }
-  if (xk != yk)
-    throw WorkerError("operand shapes do not match: inner dimensions " + std::to_string(xk) +
-                      " and " + std::to_string(yk));
-  rows = xi;
-  cols = yj;
+  const std::string why = product_shape(op, x.rows(), x.cols(), y.rows(), y.cols(), groups, rows, cols);
+  if (!why.empty()) throw WorkerError(why);
 }
 
 void WorkerService::put(Handle h, std::shared_ptr<const Matrix> m) {
@@ -54,16 +44,16 @@ void WorkerService::check_result(int64_t rows, int64_t cols) const {
                       " floats exceeds the memory quota of " + std::to_string(quota_) + " bytes");
 }
 
-Matrix WorkerService::product(ProductOp op, Handle x, Handle y) {
+Matrix WorkerService::product(ProductOp op, Handle x, Handle y, int64_t groups) {
   auto a = get(x), b = get(y);
-  return product(op, *a, *b);
+  return product(op, *a, *b, groups);
 }
 
-Matrix WorkerService::product(ProductOp op, const Matrix& a, const Matrix& b) {
+Matrix WorkerService::product(ProductOp op, const Matrix& a, const Matrix& b, int64_t groups) {
   int64_t r, c;
-  result_shape(op, a, b, r, c);
+  result_shape(op, a, b, groups, r, c);
   check_result(r, c);
-  return backend_->product(op, a, b);
+  return backend_->product(op, a, b, groups);
 }
 
 Matrix WorkerService::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {

@@ -17,8 +17,10 @@ class ComputeBackend {
  public:
   virtual ~ComputeBackend() = default;
   virtual std::string name() const = 0;
-  // z = op(x, y); z is allocated by the backend.
-  virtual Matrix product(ProductOp op, const Matrix& x, const Matrix& y) = 0;
+  // z = op(x, y) in `groups` blocks (product_shape); z is allocated by the
+  // backend. Shapes already checked by the service.
+  virtual Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) = 0;
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y) { return product(op, x, y, 1); }
   // Shapes already checked by the service.
   virtual Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) = 0;
   // The service stored, or dropped, a tensor: a device backend mirrors the
@@ -35,10 +37,10 @@ class WorkerService {
  public:
   WorkerService(std::unique_ptr<ComputeBackend> backend, size_t quota_bytes);
   void put(Handle h, std::shared_ptr<const Matrix> m);
-  Matrix product(ProductOp op, Handle x, Handle y);
+  Matrix product(ProductOp op, Handle x, Handle y, int64_t groups = 1);
   Matrix conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g);
   // The same on operands given directly (a remote client's inline tensors).
-  Matrix product(ProductOp op, const Matrix& x, const Matrix& y);
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups = 1);
   Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g);
   // The stored tensor (WorkerError if unknown).
   std::shared_ptr<const Matrix> get(Handle h) const;
@@ -48,8 +50,9 @@ class WorkerService {
   size_t bytes_held() const;
   const ComputeBackend& backend() const { return *backend_; }
 
-  // Checks operand shapes for op; returns the result shape.
-  static void result_shape(ProductOp op, const Matrix& x, const Matrix& y, int64_t& rows,
+  // Checks operand shapes for op in `groups` blocks; returns the result
+  // shape (WorkerError if they do not fit).
+  static void result_shape(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups, int64_t& rows,
                            int64_t& cols);
 
  private:

@@ -23,8 +23,8 @@ TamperingWorker::TamperingWorker(std::unique_ptr<WorkerApi> inner, Tamper how, d
                                  int64_t honest_first, float size)
     : inner_(std::move(inner)), how_(how), rate_(rate), honest_first_(honest_first), size_(size), rng_(seed) {}
 
-std::future<Matrix> TamperingWorker::product(ProductOp op, Handle x, Handle y) {
-  return maybe_lie(inner_->product(op, x, y));
+std::future<Matrix> TamperingWorker::product(ProductOp op, Handle x, Handle y, int64_t groups) {
+  return maybe_lie(inner_->product(op, x, y, groups));
 }
 
 std::future<Matrix> TamperingWorker::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {
@@ -84,8 +84,8 @@ class TamperingBackend final : public ComputeBackend {
   TamperingBackend(std::unique_ptr<ComputeBackend> inner, Tamper how, double rate, uint64_t seed)
       : inner_(std::move(inner)), how_(how), rate_(rate), rng_(seed) {}
   std::string name() const override { return inner_->name(); }
-  Matrix product(ProductOp op, const Matrix& x, const Matrix& y) override {
-    return maybe_lie(inner_->product(op, x, y));
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) override {
+    return maybe_lie(inner_->product(op, x, y, groups));
   }
   Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) override {
     return maybe_lie(inner_->conv(op, a, b, g));
@@ -126,8 +126,8 @@ void RecordingWorker::put(Handle h, const CipherMatrix& m) {
   inner_->put(h, m);
 }
 
-std::future<Matrix> RecordingWorker::product(ProductOp op, Handle x, Handle y) {
-  return record(inner_->product(op, x, y));
+std::future<Matrix> RecordingWorker::product(ProductOp op, Handle x, Handle y, int64_t groups) {
+  return record(inner_->product(op, x, y, groups));
 }
 
 std::future<Matrix> RecordingWorker::conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) {

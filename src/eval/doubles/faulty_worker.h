@@ -40,7 +40,8 @@ class TamperingWorker final : public WorkerApi {
                   int64_t honest_first = 0, float size = 1e-2f);
   std::string name() const override { return inner_->name(); }
   void put(Handle h, const CipherMatrix& m) override { inner_->put(h, m); }
-  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y, int64_t groups) override;
+  using WorkerApi::product;
   std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override;
   void release(Handle h) override { inner_->release(h); }
   void end_step() override { inner_->end_step(); }
@@ -63,7 +64,8 @@ class RecordingWorker final : public WorkerApi {
   explicit RecordingWorker(std::unique_ptr<WorkerApi> inner) : inner_(std::move(inner)) {}
   std::string name() const override { return inner_->name(); }
   void put(Handle h, const CipherMatrix& m) override;
-  std::future<Matrix> product(ProductOp op, Handle x, Handle y) override;
+  std::future<Matrix> product(ProductOp op, Handle x, Handle y, int64_t groups) override;
+  using WorkerApi::product;
   std::future<Matrix> conv(ConvOp op, Handle a, Handle b, const ConvGeometry& g) override;
   void release(Handle h) override { inner_->release(h); }
   void end_step() override { inner_->end_step(); }

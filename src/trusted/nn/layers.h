@@ -220,14 +220,17 @@ class GELU final : public Layer {
 // calls nn.MultiheadAttention(D, heads, batch_first=True): one input
 // projection to Q, K, V (in_proj_weight 3D×D, in_proj_bias), per head
 // softmax(Q·Kᵀ/√E)·V with E = D/heads, the heads side by side, then
-// out_proj. The two projections are products like any Linear; the per-head
-// products of two activations run in the master.
+// out_proj. The two projections are products like any Linear. The per-head
+// products of two activations, S = (Q/√E)·Kᵀ and O = P·V, go to the
+// backend as two batched products (B·heads blocks each) when the layer is
+// offloaded; softmax stays here.
 class MultiheadAttention final : public Layer {
  public:
   MultiheadAttention(int64_t dim, int64_t heads);
   const Tensor& forward(const Tensor& x, Context& ctx) override;
   const Tensor& backward(const Tensor& dy, Context& ctx) override;
-  // in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias.
+  // in_proj_weight, in_proj_bias, out_proj.weight, out_proj.bias. Also
+  // names the two batched products after the prefix.
   void state(std::vector<StateEntry>& out, const std::string& prefix) override;
   void for_each_child(const std::function<void(Layer&)>& fn) override;
   std::string kind() const override { return "MultiheadAttention"; }
@@ -237,8 +240,12 @@ class MultiheadAttention final : public Layer {
 
  private:
   int64_t batch_ = 0, tokens_ = 0;
-  Tensor probs_, dprobs_;  // B×heads×T×T
-  Tensor attn_, dqkv_;     // B×T×D heads side by side; B×T×3D
+  BatchedProduct scores_, mix_;  // (Q/√E)·Kᵀ and P·(Vᵀ)ᵀ, one block per (image, head)
+  // Per block (image-major, then head): Q/√E, K (T×E), Vᵀ (E×T), the
+  // probabilities P (T×T), the heads' outputs O (T×E), and their gradients.
+  Tensor qs_, k_, vt_, probs_, o_;
+  Tensor do_, dprobs_, dvt_, dqs_, dk_;
+  Tensor attn_, dqkv_;  // B×T×D heads side by side; B×T×3D
 };
 
 // nn.TransformerEncoderLayer(dim, heads, ff, dropout=0, activation="gelu",

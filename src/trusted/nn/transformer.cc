@@ -4,7 +4,6 @@
 #include <algorithm>
 #include <cmath>
 
-#include "common/blas.h"
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/nn/layers.h"
@@ -214,22 +213,55 @@ const Tensor& MultiheadAttention::forward(const Tensor& x, Context& ctx) {
               "MultiheadAttention expects B×T×" + std::to_string(dim) + " tokens, got " + shape_str(x.shape()));
   batch_ = x.dim(0);
   tokens_ = x.dim(1);
-  const int64_t T = tokens_, D = dim, E = dim / heads, H = heads;
+  const int64_t T = tokens_, D = dim, E = dim / heads, H = heads, G = batch_ * heads;
   const Tensor& qkv = in_proj.forward(x, ctx);  // B×T×3D: Q, K, V side by side
+  qs_.resize({G, T, E});
+  k_.resize({G, T, E});
+  vt_.resize({G, E, T});
+  probs_.resize({G, T, T});
+  o_.resize({G, T, E});
   attn_.resize({batch_, T, D});
-  probs_.resize({batch_, H, T, T});
   const float alpha = static_cast<float>(1.0 / std::sqrt(static_cast<double>(E)));
-  const float* base = qkv.data();
-  float* probs = probs_.data();
-  float* attn = attn_.data();
-  parallel_for(batch_ * H, [&](int64_t lo, int64_t hi) {
+  const float* src = qkv.data();
+  float* qs = qs_.data();
+  float* ks = k_.data();
+  float* vt = vt_.data();
+  parallel_for(G, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       const int64_t b = j / H, h = j % H;
-      const float* q = base + b * T * 3 * D + h * E;
-      float* s = probs + j * T * T;
-      sgemm(false, true, T, T, E, alpha, q, 3 * D, q + D, 3 * D, 0.0f, s, T);                // S = Q·Kᵀ/√E
-      softmax_in_place(s, T, T);                                                            // P
-      sgemm(false, false, T, E, T, 1.0f, s, T, q + 2 * D, 3 * D, 0.0f, attn + b * T * D + h * E, D);  // P·V
+      for (int64_t t = 0; t < T; ++t) {
+        const float* row = src + (b * T + t) * 3 * D + h * E;
+        for (int64_t e = 0; e < E; ++e) {
+          qs[(j * T + t) * E + e] = row[e] * alpha;
+          ks[(j * T + t) * E + e] = row[D + e];
+          vt[(j * E + e) * T + t] = row[2 * D + e];
+        }
+      }
+    }
+  }, 1);
+  LinearBackend& be = offloaded ? *ctx.offload : *ctx.local;
+  scores_.a = qs_.data();
+  scores_.w = k_.data();
+  scores_.groups = G;
+  scores_.m = T;
+  scores_.k = E;
+  scores_.n = T;
+  be.batched_forward(scores_, probs_.data());  // S = (Q/√E)·Kᵀ
+  float* p = probs_.data();
+  parallel_for(G, [&](int64_t lo, int64_t hi) { softmax_in_place(p + lo * T * T, (hi - lo) * T, T); }, 1);
+  mix_.a = probs_.data();
+  mix_.w = vt_.data();
+  mix_.groups = G;
+  mix_.m = T;
+  mix_.k = T;
+  mix_.n = E;
+  be.batched_forward(mix_, o_.data());  // O = P·V
+  const float* o = o_.data();
+  float* out = attn_.data();
+  parallel_for(G, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      const int64_t b = j / H, h = j % H;
+      for (int64_t t = 0; t < T; ++t) std::copy_n(o + (j * T + t) * E, E, out + (b * T + t) * D + h * E);
     }
   }, 1);
   return out_proj.forward(attn_, ctx);
@@ -239,39 +271,60 @@ const Tensor& MultiheadAttention::forward(const Tensor& x, Context& ctx) {
 //   dP = dO·Vᵀ   dV = Pᵀ·dO   dS = P∘(dP − rowsum(dP∘P))   dQ = dS·K/√E   dK = dSᵀ·Q/√E.
 const Tensor& MultiheadAttention::backward(const Tensor& dy, Context& ctx) {
   const Tensor& dattn = out_proj.backward(dy, ctx);
-  const int64_t T = tokens_, D = dim, E = dim / heads, H = heads;
+  const int64_t T = tokens_, D = dim, E = dim / heads, H = heads, G = batch_ * heads;
   const float alpha = static_cast<float>(1.0 / std::sqrt(static_cast<double>(E)));
+  do_.resize({G, T, E});
+  dprobs_.resize({G, T, T});
+  dvt_.resize({G, E, T});
+  dqs_.resize({G, T, E});
+  dk_.resize({G, T, E});
   dqkv_.resize({batch_, T, 3 * D});
-  dprobs_.resize(probs_.shape());
-  const float* base = in_proj.output().data();  // Q, K, V of the forward pass
-  const float* probs = probs_.data();
-  const float* dout = dattn.data();
-  float* dprobs = dprobs_.data();
-  float* dbase = dqkv_.data();
-  parallel_for(batch_ * H, [&](int64_t lo, int64_t hi) {
+  const float* da = dattn.data();
+  float* dob = do_.data();
+  parallel_for(G, [&](int64_t lo, int64_t hi) {
     for (int64_t j = lo; j < hi; ++j) {
       const int64_t b = j / H, h = j % H;
-      const float* q = base + b * T * 3 * D + h * E;
-      const float* p = probs + j * T * T;
-      const float* dO = dout + b * T * D + h * E;
-      float* ds = dprobs + j * T * T;
-      float* dq = dbase + b * T * 3 * D + h * E;
-      sgemm(false, true, T, T, E, 1.0f, dO, D, q + 2 * D, 3 * D, 0.0f, ds, T);       // dP = dO·Vᵀ
-      sgemm(true, false, T, E, T, 1.0f, p, T, dO, D, 0.0f, dq + 2 * D, 3 * D);      // dV = Pᵀ·dO
-      for (int64_t r = 0; r < T; ++r) {
-        double dot = 0;
-        for (int64_t c = 0; c < T; ++c) dot += static_cast<double>(ds[r * T + c]) * p[r * T + c];
-        const float dt = static_cast<float>(dot);
-        for (int64_t c = 0; c < T; ++c) ds[r * T + c] = p[r * T + c] * (ds[r * T + c] - dt);
+      for (int64_t t = 0; t < T; ++t) std::copy_n(da + (b * T + t) * D + h * E, E, dob + (j * T + t) * E);
+    }
+  }, 1);
+  LinearBackend& be = offloaded ? *ctx.offload : *ctx.local;
+  be.batched_backward(mix_, do_.data(), dvt_.data(), dprobs_.data());  // dVᵀ, dP
+  const float* p = probs_.data();
+  float* ds = dprobs_.data();
+  parallel_for(G * T, [&](int64_t lo, int64_t hi) {
+    for (int64_t r = lo; r < hi; ++r) {
+      const float* pr = p + r * T;
+      float* dr = ds + r * T;
+      double dot = 0;
+      for (int64_t c = 0; c < T; ++c) dot += static_cast<double>(dr[c]) * pr[c];
+      const float dt = static_cast<float>(dot);
+      for (int64_t c = 0; c < T; ++c) dr[c] = pr[c] * (dr[c] - dt);
+    }
+  }, 64);
+  be.batched_backward(scores_, dprobs_.data(), dk_.data(), dqs_.data());  // dK, d(Q/√E)
+  const float* dq = dqs_.data();
+  const float* dk = dk_.data();
+  const float* dv = dvt_.data();
+  float* dst = dqkv_.data();
+  parallel_for(G, [&](int64_t lo, int64_t hi) {
+    for (int64_t j = lo; j < hi; ++j) {
+      const int64_t b = j / H, h = j % H;
+      for (int64_t t = 0; t < T; ++t) {
+        float* row = dst + (b * T + t) * 3 * D + h * E;
+        for (int64_t e = 0; e < E; ++e) {
+          row[e] = dq[(j * T + t) * E + e] * alpha;
+          row[D + e] = dk[(j * T + t) * E + e];
+          row[2 * D + e] = dv[(j * E + e) * T + t];
+        }
       }
-      sgemm(false, false, T, E, T, alpha, ds, T, q + D, 3 * D, 0.0f, dq, 3 * D);    // dQ = dS·K/√E
-      sgemm(true, false, T, E, T, alpha, ds, T, q, 3 * D, 0.0f, dq + D, 3 * D);     // dK = dSᵀ·Q/√E
     }
   }, 1);
   return in_proj.backward(dqkv_, ctx);
 }
 
 void MultiheadAttention::state(std::vector<StateEntry>& out, const std::string& prefix) {
+  scores_.name = prefix + "scores";
+  mix_.name = prefix + "values";
   out.push_back({prefix + "in_proj_weight", &in_proj.weight, &in_proj.dweight, nullptr});
   out.push_back({prefix + "in_proj_bias", &in_proj.bias, &in_proj.dbias, nullptr});
   out_proj.state(out, prefix + "out_proj.");

@@ -1,6 +1,7 @@
 #include "trusted/offload/linear_backend.h"
 
 #include "common/blas.h"
+#include "common/parallel.h"
 
 namespace tempo {
 
@@ -44,6 +45,25 @@ void LinearBackend::conv_backward_weight(const ConvProduct& p, const float* dy, 
 void LinearBackend::conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx) {
   conv_backward_weight(p, dy, dw);
   if (dx) conv_backward_input(p, dy, dx);
+}
+
+void LinearBackend::batched_forward(const BatchedProduct& p, float* c) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  parallel_for(p.groups, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g)
+      sgemm(false, true, m, n, k, 1.0f, p.a + g * m * k, k, p.w + g * n * k, k, 0.0f, c + g * m * n, n);
+  });
+}
+
+void LinearBackend::batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da) {
+  const int64_t m = p.m, k = p.k, n = p.n;
+  parallel_for(p.groups, [&](int64_t b, int64_t e) {
+    for (int64_t g = b; g < e; ++g) {
+      const float* dcg = dc + g * m * n;
+      sgemm(true, false, n, k, m, 1.0f, dcg, n, p.a + g * m * k, k, 0.0f, dw + g * n * k, k);
+      if (da) sgemm(false, false, m, k, n, 1.0f, dcg, n, p.w + g * n * k, k, 0.0f, da + g * m * k, k);
+    }
+  });
 }
 
 void TeeOnlyBackend::conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx) {

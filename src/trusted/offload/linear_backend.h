@@ -34,6 +34,18 @@ struct ConvProduct {
   ConvGeometry g{};
 };
 
+// `groups` independent products of one shape, C_g = A_g·W_gᵀ for g <
+// groups, with A_g (m×k) at a + g·m·k, W_g (n×k) at w + g·n·k and C_g (m×n)
+// at c + g·m·n: attention's per-head products, in which both operands are
+// activations. They travel as one request. Backward as for Product, block
+// by block: dA_g = dC_g·W_g, dW_g = dC_gᵀ·A_g.
+struct BatchedProduct {
+  std::string name;  // for logs: the layer and which product
+  const float* a = nullptr;
+  const float* w = nullptr;
+  int64_t groups = 0, m = 0, k = 0, n = 0;
+};
+
 // Seconds spent per phase since the last take (DESIGN.md §4 metrics).
 struct PhaseSeconds {
   double encrypt = 0, transfer = 0, worker = 0, decrypt = 0, verify = 0;
@@ -67,6 +79,12 @@ class LinearBackend {
   // A layer's backward: dw, then dx unless null. By default the two calls
   // above; the tee-only backend runs them together (common/conv.h).
   virtual void conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx);
+  // Batched products (keyed by the address of p, which must stay the same
+  // from forward to backward; a and w must stay valid until then). By
+  // default computed here, blocks in parallel.
+  virtual void batched_forward(const BatchedProduct& p, float* c);
+  // dw (groups × n×k) and, unless null, da (groups × m×k).
+  virtual void batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da);
   // True when this backend computes every product in the master: a layer
   // then hands it whole convolutions (conv_*), which run on direct kernels,
   // instead of im2col products.

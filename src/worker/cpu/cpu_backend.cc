@@ -4,6 +4,7 @@
 
 #include "common/blas.h"
 #include "common/conv.h"
+#include "common/parallel.h"
 #include "worker/worker_service.h"
 
 namespace tempo {
@@ -13,21 +14,24 @@ namespace {
 class CpuBackend final : public ComputeBackend {
  public:
   std::string name() const override { return "cpu"; }
-  Matrix product(ProductOp op, const Matrix& x, const Matrix& y) override {
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) override {
     int64_t r, c;
-    WorkerService::result_shape(op, x, y, r, c);
+    WorkerService::result_shape(op, x, y, groups, r, c);
     Matrix z(r, c);
-    switch (op) {
-      case ProductOp::kNT:
-        sgemm(false, true, r, c, x.cols(), 1.0f, x.data(), x.cols(), y.data(), y.cols(), 0.0f, z.data(), c);
-        break;
-      case ProductOp::kNN:
-        sgemm(false, false, r, c, x.cols(), 1.0f, x.data(), x.cols(), y.data(), y.cols(), 0.0f, z.data(), c);
-        break;
-      case ProductOp::kTN:
-        sgemm(true, false, r, c, x.rows(), 1.0f, x.data(), x.cols(), y.data(), y.cols(), 0.0f, z.data(), c);
-        break;
-    }
+    // Block g: rows [g·xb, (g+1)·xb) of x, likewise of y and z.
+    const int64_t xb = x.rows() / groups, yb = y.rows() / groups, zb = r / groups;
+    auto block = [&](int64_t g) {
+      const float* xg = x.data() + g * xb * x.cols();
+      const float* yg = y.data() + g * yb * y.cols();
+      float* zg = z.data() + g * zb * c;
+      switch (op) {
+        case ProductOp::kNT: sgemm(false, true, zb, c, x.cols(), 1.0f, xg, x.cols(), yg, y.cols(), 0.0f, zg, c); break;
+        case ProductOp::kNN: sgemm(false, false, zb, c, x.cols(), 1.0f, xg, x.cols(), yg, y.cols(), 0.0f, zg, c); break;
+        case ProductOp::kTN: sgemm(true, false, zb, c, xb, 1.0f, xg, x.cols(), yg, y.cols(), 0.0f, zg, c); break;
+      }
+    };
+    if (groups == 1) block(0);  // OpenBLAS's own threads
+    else parallel_for(groups, [&](int64_t b, int64_t e) { for (int64_t g = b; g < e; ++g) block(g); });
     return z;
   }
 

@@ -162,17 +162,23 @@ class CudaBackend final : public ComputeBackend {
     resident_.erase(it);
   }
 
-  Matrix product(ProductOp op, const Matrix& x, const Matrix& y) override {
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) override {
     std::lock_guard<std::mutex> lock(mu_);
     check(cudaSetDevice(device_), "cudaSetDevice");
     int64_t r, c;
-    WorkerService::result_shape(op, x, y, r, c);
+    WorkerService::result_shape(op, x, y, groups, r, c);
     Operand dx(*this, x), dy(*this, y);
     DevBuf dz = take(static_cast<size_t>(r * c));
-    switch (op) {
-      case ProductOp::kNT: gemm(false, true, r, c, x.cols(), dx.p, x.cols(), dy.p, y.cols(), dz.p, c); break;
-      case ProductOp::kNN: gemm(false, false, r, c, x.cols(), dx.p, x.cols(), dy.p, y.cols(), dz.p, c); break;
-      case ProductOp::kTN: gemm(true, false, r, c, x.rows(), dx.p, x.cols(), dy.p, y.cols(), dz.p, c); break;
+    const int64_t xb = x.rows() / groups, yb = y.rows() / groups, zb = r / groups;
+    for (int64_t g = 0; g < groups; ++g) {  // one GEMM per block, on one stream
+      const float* xg = dx.p + g * xb * x.cols();
+      const float* yg = dy.p + g * yb * y.cols();
+      float* zg = dz.p + g * zb * c;
+      switch (op) {
+        case ProductOp::kNT: gemm(false, true, zb, c, x.cols(), xg, x.cols(), yg, y.cols(), zg, c); break;
+        case ProductOp::kNN: gemm(false, false, zb, c, x.cols(), xg, x.cols(), yg, y.cols(), zg, c); break;
+        case ProductOp::kTN: gemm(true, false, zb, c, xb, xg, x.cols(), yg, y.cols(), zg, c); break;
+      }
     }
     Matrix z(r, c);
     download(dz.p, static_cast<size_t>(z.size()), z.data());
