@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "common/error.h"
+#include "common/parallel.h"
 
 namespace tempo {
 
@@ -67,6 +68,27 @@ CipherMatrix Obfuscator::encrypt_yt(const Triple& t, const float* yt, int64_t n,
                                     int64_t r0, int64_t r1) const {
   if (r1 < 0) r1 = n;
   return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_yt(yt, n, k, o, block, r0, r1); });
+}
+
+CipherMatrix Obfuscator::encrypt_batch(Part part, const std::vector<Triple>& ts, const std::vector<int32_t>& order,
+                                       const float* blocks, int64_t rows, int64_t cols) const {
+  const int64_t groups = static_cast<int64_t>(order.size()), size = rows * cols;
+  return seal(groups * rows, cols, [&](float* o) {
+    parallel_for(groups, [&](int64_t lo, int64_t hi) {
+      for (int64_t j = lo; j < hi; ++j) {
+        const int64_t g = order[static_cast<size_t>(j)];
+        const Triple& t = ts[static_cast<size_t>(g)];
+        const float* in = blocks + g * size;
+        float* out = o + j * size;
+        switch (part) {
+          case Part::kX: t.encrypt_x(in, rows, cols, out); break;
+          case Part::kXt: t.encrypt_xt(in, rows, cols, out); break;
+          case Part::kY: t.encrypt_y(in, rows, cols, out); break;
+          case Part::kYt: t.encrypt_yt(in, rows, cols, out); break;
+        }
+      }
+    });
+  });
 }
 
 CipherMatrix Obfuscator::columns(const CipherMatrix& c, int64_t c0, int64_t c1) {

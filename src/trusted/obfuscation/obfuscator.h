@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "trusted/obfuscation/keys.h"
 #include "wire/cipher.h"
@@ -39,6 +40,15 @@ class Obfuscator {
                          int64_t r1 = -1, int64_t block = 1) const;
   CipherMatrix encrypt_yt(const Triple& t, const float* yt, int64_t n, int64_t k, int64_t block = 1,
                           int64_t r0 = 0, int64_t r1 = -1) const;
+  // A batch of products' operands: `order.size()` plaintext blocks of
+  // rows×cols floats each, as stored (block g at blocks + g·rows·cols),
+  // stacked along the rows so that position j of the ciphertext holds block
+  // order[j] encrypted under ts[order[j]] by the Triple method of `part`
+  // (X: encrypt_x, Xt: encrypt_xt, Y: encrypt_y, Yt: encrypt_yt; each keeps
+  // the block's shape). Blocks in parallel.
+  enum class Part { kX, kXt, kY, kYt };
+  CipherMatrix encrypt_batch(Part part, const std::vector<Triple>& ts, const std::vector<int32_t>& order,
+                             const float* blocks, int64_t rows, int64_t cols) const;
   // Columns [c0, c1) of a ciphertext (still ciphertext): a worker's share
   // of a column split.
   static CipherMatrix columns(const CipherMatrix& c, int64_t c0, int64_t c1);

@@ -285,6 +285,7 @@ void OffloadBackend::end_step() {
     h.chunks.clear();
     h.kept.clear();
   }
+  for (auto& [p, h] : held_batches_) h.valid = false;
 }
 
 PhaseSeconds OffloadBackend::take_phase_seconds() {

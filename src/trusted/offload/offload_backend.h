@@ -16,6 +16,7 @@
 #include <future>
 #include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "trusted/obfuscation/blinding.h"
@@ -83,6 +84,12 @@ class OffloadBackend final : public LinearBackend {
   void conv_forward(const ConvProduct& p, float* y) override;
   void conv_backward_input(const ConvProduct& p, const float* dy, float* dx) override;
   void conv_backward_weight(const ConvProduct& p, const float* dy, float* dw) override;
+  // One request per batched product: every block under its own fresh
+  // triple, the blocks stacked in a secret random order; every block
+  // checked; the backward products under the key shift of the forward's
+  // triples, on the worker that holds its ciphertexts.
+  void batched_forward(const BatchedProduct& p, float* c) override;
+  void batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da) override;
   void end_step() override;
   PhaseSeconds take_phase_seconds() override;
   uint64_t key_position() const override { return obf_->streams_used(); }
@@ -190,6 +197,19 @@ class OffloadBackend final : public LinearBackend {
   void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);
   Held& held(int id);
   Held& held(const Product& p) { return held(p.id); }
+  // Batched products (offload_batched.cc).
+  struct HeldBatch {  // a verified forward's ciphertexts on one worker, until end_step
+    bool valid = false;
+    size_t worker = 0;
+    Handle a = 0, w = 0;
+    std::vector<Triple> fwd;     // block g's triple
+    std::vector<int32_t> order;  // position j of the request holds block order[j]
+  };
+  void batched_run(Kind kind, const BatchedProduct& p, const float* dc, float* out);
+  bool batched_once(Kind kind, const BatchedProduct& p, const float* dc, float* out, size_t w, HeldBatch& h,
+                    bool shifted);
+  std::unordered_map<const BatchedProduct*, HeldBatch> held_batches_;
+  size_t batch_turn_ = 0;  // round robin over workers
 
   OffloadConfig cfg_;
   std::vector<Slot> slots_;
