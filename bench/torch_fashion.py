@@ -1,6 +1,10 @@
-"""PyTorch's own training of `cnn` on Fashion-MNIST with Tempo's defaults
-(SGD lr 0.01, momentum 0.9, batch 64, x/255, shuffled), for comparing test
-accuracy. Usage: /usr/bin/python3 bench/torch_fashion.py [EPOCHS] [SEED] [THREADS]"""
+"""PyTorch's own training on Fashion-MNIST with Tempo's defaults (`cnn`, SGD
+lr 0.01, momentum 0.9, batch 64, x/255, shuffled), for comparing test
+accuracy. Usage:
+    /usr/bin/python3 bench/torch_fashion.py [EPOCHS] [SEED] [THREADS] [MODEL] [OPTIMIZER] [LR] [SAMPLES]
+MODEL: a name of tests/py/tempo_models.py (default cnn); OPTIMIZER: sgd
+(momentum 0.9) or adamw (weight decay 0, as Tempo's default); SAMPLES: train
+on the first SAMPLES training images only (default all)."""
 import gzip
 import os
 import sys
@@ -29,8 +33,16 @@ def main():
     ytr = torch.from_numpy(idx("train-labels-idx1-ubyte.gz", 8).astype(np.int64))
     xte = torch.from_numpy(idx("t10k-images-idx3-ubyte.gz", 16).reshape(-1, 1, 28, 28).astype(np.float32) / 255.0)
     yte = torch.from_numpy(idx("t10k-labels-idx1-ubyte.gz", 8).astype(np.int64))
-    model = tempo_models.cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    name = sys.argv[4] if len(sys.argv) > 4 else "cnn"
+    optimizer = sys.argv[5] if len(sys.argv) > 5 else "sgd"
+    lr = float(sys.argv[6]) if len(sys.argv) > 6 else 0.01
+    if len(sys.argv) > 7:
+        xtr, ytr = xtr[:int(sys.argv[7])], ytr[:int(sys.argv[7])]
+    model = tempo_models.build(name)
+    if optimizer == "adamw":
+        opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)  # Tempo's default
+    else:
+        opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     loss_fn = torch.nn.CrossEntropyLoss()
     t0 = time.time()
     for epoch in range(epochs):
@@ -43,7 +55,8 @@ def main():
             opt.step()
         model.eval()
         with torch.no_grad():
-            acc = (model(xte).argmax(1) == yte).float().mean().item()
+            acc = sum((model(xte[i:i + 1000]).argmax(1) == yte[i:i + 1000]).sum().item()
+                      for i in range(0, len(xte), 1000)) / len(xte)
         print(f"epoch {epoch + 1}: test accuracy {acc:.4f} ({time.time() - t0:.0f} s)", flush=True)
 
 
