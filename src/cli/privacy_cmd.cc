@@ -58,7 +58,8 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
           {"integrity", "mi", "labels", "stealing", "inputs", "weights", "replay", "ica", "keyshift", "attention"}));
   app.add_option("--at-steps", c.at_steps,
                  "mi: measure at these steps of one training run (e.g. 5,300,600,900: across an epoch) "
-                 "instead of the estimator check and step 5; keyshift: the steps measured (default 5,300)")
+                 "instead of the estimator check and step 5; keyshift: the steps measured (default 5,300); "
+                 "attention: the step measured (the first given; default 5)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
   app.add_option("--mask-ranks", c.mask_ranks,
@@ -82,11 +83,12 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
   app.add_option("--groups", c.ica_groups, "ica: row-mixing groups attacked per product (evenly spread)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{1000000}));
-  app.add_option("--samples", c.samples, "mi: value pairs per estimate")
+  app.add_option("--samples", c.samples, "mi, attention: value pairs per estimate")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{100}, int64_t{1000000}));
   app.add_option("--model", c.model,
-                 "mi, labels, inputs, weights, ica, keyshift: model whose training is measured; stealing: the victim")
+                 "mi, labels, inputs, weights, ica, keyshift: model whose training is measured; stealing: the victim; "
+                 "attention: a vit (vit, or vit:CxHxW; default vit)")
       ->capture_default_str();
   app.add_option("--data", c.data, "mi, labels, stealing, inputs, weights, ica, keyshift: data of that training")->capture_default_str();
   app.add_option("--budgets", c.budgets,

@@ -5,6 +5,7 @@
 #include <unordered_set>
 
 #include "common/error.h"
+#include "eval/attacks/ica.h"
 #include "eval/measurements/mutual_info.h"
 #include "eval/measurements/tap.h"
 #include "eval/measurements/traced.h"
@@ -40,20 +41,6 @@ class AttentionTap final : public TapBackend {
  private:
   int64_t at_;
 };
-
-double pearson(const std::vector<double>& x, const std::vector<double>& y) {
-  const double n = static_cast<double>(x.size());
-  double mx = 0, my = 0;
-  for (size_t i = 0; i < x.size(); ++i) mx += x[i], my += y[i];
-  mx /= n, my /= n;
-  double sxy = 0, sxx = 0, syy = 0;
-  for (size_t i = 0; i < x.size(); ++i) {
-    sxy += (x[i] - mx) * (y[i] - my);
-    sxx += (x[i] - mx) * (x[i] - mx);
-    syy += (y[i] - my) * (y[i] - my);
-  }
-  return sxx > 0 && syy > 0 ? sxy / std::sqrt(sxx * syy) : 0.0;
-}
 
 // MI of `blocks` stacked blocks (rows×cols each), every block under a fresh triple.
 AttentionMiRow block_mi(const std::string& layer, const std::string& operand, const float* v, int64_t blocks,
@@ -156,8 +143,12 @@ AttentionReport measure_attention(TrainConfig cfg, int64_t at_step, int64_t samp
         er += std::fabs(back_r[static_cast<size_t>(i)] - p[i]);
         eu += std::fabs(1.0 / static_cast<double>(t) - p[i]);
       }
-      row.corr_balanced += pearson(back_b, truth) / static_cast<double>(blocks);
-      row.corr_rows += pearson(back_r, truth) / static_cast<double>(blocks);
+      auto corr = [&](const std::vector<double>& est) {
+        const double r = pearson(est.data(), truth.data(), size);
+        return std::isnan(r) ? 0.0 : r;  // a constant estimate or block: no correlation
+      };
+      row.corr_balanced += corr(back_b) / static_cast<double>(blocks);
+      row.corr_rows += corr(back_r) / static_cast<double>(blocks);
       row.err_balanced += (eu > 0 ? eb / eu : 0) / static_cast<double>(blocks);
       row.err_rows += (eu > 0 ? er / eu : 0) / static_cast<double>(blocks);
     }

@@ -176,6 +176,10 @@ class OffloadBackend final : public LinearBackend {
   void run(Kind kind, const Product& p, const float* dc, float* out);
   // Fresh keys, one worker at a time, then the master itself.
   void retry(Kind kind, const Product& p, const float* dc, float* out);
+  // attempt(w) on usable workers not in excluded_ (pick(n): which of the n),
+  // excluding each that fails, then on all usable ones again; at most two
+  // tries per worker. False when none succeeded.
+  bool try_workers(const std::function<size_t(size_t)>& pick, const std::function<bool(size_t)>& attempt);
   void blame(size_t w, const Product& p, const std::string& why);
   bool sample_verify();
   std::vector<int64_t> checked(const float* c, int64_t m, int64_t n, int64_t k, Operand a, Operand b,

@@ -54,17 +54,9 @@ void OffloadBackend::batched_run(Kind kind, const BatchedProduct& p, const float
     if (batched_once(kind, p, dc, out, h.worker, h, true)) return;
     excluded_[h.worker] = 1;
   }
-  for (size_t attempt = 0; attempt < 2 * slots_.size() + 1; ++attempt) {
-    auto ws = usable(excluded_);
-    if (ws.empty()) {
-      excluded_.assign(slots_.size(), 0);
-      ws = usable(excluded_);
-      if (ws.empty()) break;
-    }
-    const size_t w = ws[batch_turn_++ % ws.size()];
-    if (batched_once(kind, p, dc, out, w, h, false)) return;
-    excluded_[w] = 1;
-  }
+  if (try_workers([&](size_t n) { return batch_turn_++ % n; },
+                  [&](size_t w) { return batched_once(kind, p, dc, out, w, h, false); }))
+    return;
   fallback_warning(p.name);
   batched_local(static_cast<int>(kind), p, dc, out);
 }

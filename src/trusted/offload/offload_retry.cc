@@ -174,18 +174,24 @@ void OffloadBackend::run(Kind kind, const Product& p, const float* dc, float* ou
 // not in excluded_ first. Every failure counts towards quarantine; and after
 // two tries per worker the master computes the product itself.
 void OffloadBackend::retry(Kind kind, const Product& p, const float* dc, float* out) {
-  for (size_t attempt = 0; attempt < 2 * slots_.size() + 1; ++attempt) {
+  const bool done = try_workers([&](size_t n) { return static_cast<size_t>(p.id) % n; },
+                                [&](size_t w) { return standalone(kind, p, dc, out, w); });
+  if (!done) local(kind, p, dc, out);
+}
+
+bool OffloadBackend::try_workers(const std::function<size_t(size_t)>& pick, const std::function<bool(size_t)>& attempt) {
+  for (size_t tries = 0; tries < 2 * slots_.size() + 1; ++tries) {
     auto ws = usable(excluded_);
     if (ws.empty()) {
       excluded_.assign(slots_.size(), 0);
       ws = usable(excluded_);
-      if (ws.empty()) break;
+      if (ws.empty()) return false;
     }
-    const size_t w = ws[static_cast<size_t>(p.id) % ws.size()];
-    if (standalone(kind, p, dc, out, w)) return;
+    const size_t w = ws[pick(ws.size())];
+    if (attempt(w)) return true;
     excluded_[w] = 1;
   }
-  local(kind, p, dc, out);
+  return false;
 }
 
 }  // namespace tempo
