@@ -64,6 +64,18 @@ TEST(Backend, ProductsMatchTheCpuBackend) {
     EXPECT_LT(nn, 1e-5);
     EXPECT_LT(tn, 1e-5);
   }
+  // Batched products (attention's blocks): 6 blocks of 50×64 by 64×50, stacked along the rows.
+  const int64_t g = 6, t = 50, e = 64;
+  Matrix q = random_matrix(g * t, e, rng), kk = random_matrix(g * t, e, rng), v = random_matrix(g * t, e, rng);
+  Matrix p = random_matrix(g * t, t, rng);
+  const double bnt = rel_diff(dev->product(ProductOp::kNT, q, kk, g), cpu->product(ProductOp::kNT, q, kk, g));
+  const double bnn = rel_diff(dev->product(ProductOp::kNN, p, v, g), cpu->product(ProductOp::kNN, p, v, g));
+  const double btn = rel_diff(dev->product(ProductOp::kTN, p, q, g), cpu->product(ProductOp::kTN, p, q, g));
+  std::printf("batched %lld × %lldx%lld: NT %.2e  NN %.2e  TN %.2e\n", (long long)g, (long long)t, (long long)e, bnt,
+              bnn, btn);
+  EXPECT_LT(bnt, 1e-5);
+  EXPECT_LT(bnn, 1e-5);
+  EXPECT_LT(btn, 1e-5);
 }
 
 TEST(Backend, StoredOperandsAcrossStepsGiveTheSameBits) {
