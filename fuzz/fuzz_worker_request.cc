@@ -23,21 +23,23 @@ using namespace tempo;
 class NaiveBackend final : public ComputeBackend {
  public:
   std::string name() const override { return "naive"; }
-  Matrix product(ProductOp op, const Matrix& x, const Matrix& y) override {
+  Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) override {
     int64_t r, c;
-    WorkerService::result_shape(op, x, y, r, c);
-    const int64_t k = op == ProductOp::kTN ? x.rows() : x.cols();
+    WorkerService::result_shape(op, x, y, groups, r, c);
+    const int64_t xb = x.rows() / groups, yb = y.rows() / groups, zb = r / groups;
+    const int64_t k = op == ProductOp::kTN ? xb : x.cols();
     Matrix z(r, c);
-    for (int64_t i = 0; i < r; ++i)
-      for (int64_t j = 0; j < c; ++j) {
-        float s = 0;
-        for (int64_t t = 0; t < k; ++t) {
-          const float a = op == ProductOp::kTN ? x.row(t)[i] : x.row(i)[t];
-          const float b = op == ProductOp::kNT ? y.row(j)[t] : y.row(t)[j];
-          s += a * b;
+    for (int64_t g = 0; g < groups; ++g)
+      for (int64_t i = 0; i < zb; ++i)
+        for (int64_t j = 0; j < c; ++j) {
+          float s = 0;
+          for (int64_t t = 0; t < k; ++t) {
+            const float a = op == ProductOp::kTN ? x.row(g * xb + t)[i] : x.row(g * xb + i)[t];
+            const float b = op == ProductOp::kNT ? y.row(g * yb + j)[t] : y.row(g * yb + t)[j];
+            s += a * b;
+          }
+          z.row(g * zb + i)[j] = s;
         }
-        z.row(i)[j] = s;
-      }
     return z;
   }
   Matrix conv(ConvOp op, const Matrix& a, const Matrix& b, const ConvGeometry& g) override {
