@@ -33,9 +33,6 @@ class AttentionTap final : public TapBackend {
     got.push_back({p.name, p.groups, p.m, p.k, p.n, std::vector<float>(p.a, p.a + p.groups * p.m * p.k),
                    std::vector<float>(p.w, p.w + p.groups * p.n * p.k)});
   }
-  void batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da) override {
-    inner_.batched_backward(p, dc, dw, da);
-  }
   std::vector<Captured> got;
 
  private:

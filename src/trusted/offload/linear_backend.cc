@@ -47,23 +47,32 @@ void LinearBackend::conv_backward(const ConvProduct& p, const float* dy, float* 
   if (dx) conv_backward_input(p, dy, dx);
 }
 
-void LinearBackend::batched_forward(const BatchedProduct& p, float* c) {
-  const int64_t m = p.m, k = p.k, n = p.n;
-  parallel_for(p.groups, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g)
-      sgemm(false, true, m, n, k, 1.0f, p.a + g * m * k, k, p.w + g * n * k, k, 0.0f, c + g * m * n, n);
-  });
-}
-
-void LinearBackend::batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da) {
+void batched_here(BatchedKind kind, const BatchedProduct& p, const float* dc, float* out) {
   const int64_t m = p.m, k = p.k, n = p.n;
   parallel_for(p.groups, [&](int64_t b, int64_t e) {
     for (int64_t g = b; g < e; ++g) {
-      const float* dcg = dc + g * m * n;
-      sgemm(true, false, n, k, m, 1.0f, dcg, n, p.a + g * m * k, k, 0.0f, dw + g * n * k, k);
-      if (da) sgemm(false, false, m, k, n, 1.0f, dcg, n, p.w + g * n * k, k, 0.0f, da + g * m * k, k);
+      const float* a = p.a + g * m * k;
+      const float* w = p.w + g * n * k;
+      switch (kind) {
+        case BatchedKind::kForward: sgemm(false, true, m, n, k, 1.0f, a, k, w, k, 0.0f, out + g * m * n, n); break;
+        case BatchedKind::kInput:
+          sgemm(false, false, m, k, n, 1.0f, dc + g * m * n, n, w, k, 0.0f, out + g * m * k, k);
+          break;
+        case BatchedKind::kWeight:
+          sgemm(true, false, n, k, m, 1.0f, dc + g * m * n, n, a, k, 0.0f, out + g * n * k, k);
+          break;
+      }
     }
   });
+}
+
+void LinearBackend::batched_forward(const BatchedProduct& p, float* c) {
+  batched_here(BatchedKind::kForward, p, nullptr, c);
+}
+
+void LinearBackend::batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da) {
+  batched_here(BatchedKind::kWeight, p, dc, dw);
+  if (da) batched_here(BatchedKind::kInput, p, dc, da);
 }
 
 void TeeOnlyBackend::conv_backward(const ConvProduct& p, const float* dy, float* dw, float* dx) {

@@ -46,6 +46,12 @@ struct BatchedProduct {
   int64_t groups = 0, m = 0, k = 0, n = 0;
 };
 
+// One kind of a batched product computed in the master, blocks in parallel:
+// the forward C (out: groups × m×n), the input gradient dA (groups × m×k)
+// or the weight gradient dW (groups × n×k) from dc.
+enum class BatchedKind { kForward = 0, kInput = 1, kWeight = 2 };
+void batched_here(BatchedKind kind, const BatchedProduct& p, const float* dc, float* out);
+
 // Seconds spent per phase since the last take (DESIGN.md §4 metrics).
 struct PhaseSeconds {
   double encrypt = 0, transfer = 0, worker = 0, decrypt = 0, verify = 0;

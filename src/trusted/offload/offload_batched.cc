@@ -8,7 +8,6 @@
 // worker left the master computes it.
 #include "trusted/offload/offload_backend.h"
 
-#include "common/blas.h"
 #include "common/parallel.h"
 #include "trusted/offload/offload_internal.h"
 
@@ -17,25 +16,7 @@ namespace tempo {
 using namespace offload_detail;
 
 namespace {
-
 using Part = Obfuscator::Part;
-
-// The product in the master, one kind at a time.
-void batched_local(int kind, const BatchedProduct& p, const float* dc, float* out) {
-  const int64_t m = p.m, k = p.k, n = p.n;
-  parallel_for(p.groups, [&](int64_t b, int64_t e) {
-    for (int64_t g = b; g < e; ++g) {
-      const float* a = p.a + g * m * k;
-      const float* w = p.w + g * n * k;
-      switch (kind) {
-        case 0: sgemm(false, true, m, n, k, 1.0f, a, k, w, k, 0.0f, out + g * m * n, n); break;
-        case 1: sgemm(false, false, m, k, n, 1.0f, dc + g * m * n, n, w, k, 0.0f, out + g * m * k, k); break;
-        default: sgemm(true, false, n, k, m, 1.0f, dc + g * m * n, n, a, k, 0.0f, out + g * n * k, k); break;
-      }
-    }
-  });
-}
-
 }  // namespace
 
 void OffloadBackend::batched_forward(const BatchedProduct& p, float* c) { batched_run(Kind::kForward, p, nullptr, c); }
@@ -58,7 +39,9 @@ void OffloadBackend::batched_run(Kind kind, const BatchedProduct& p, const float
                   [&](size_t w) { return batched_once(kind, p, dc, out, w, h, false); }))
     return;
   fallback_warning(p.name);
-  batched_local(static_cast<int>(kind), p, dc, out);
+  static_assert(static_cast<int>(Kind::kInput) == static_cast<int>(BatchedKind::kInput) &&
+                static_cast<int>(Kind::kWeight) == static_cast<int>(BatchedKind::kWeight));
+  batched_here(static_cast<BatchedKind>(kind), p, dc, out);
 }
 
 // Per kind, block by block (as standalone_send/finish for one product):
