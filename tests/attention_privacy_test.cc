@@ -10,6 +10,7 @@
 
 #include "common/error.h"
 #include "eval/attacks/attention.h"
+#include "trusted/obfuscation/keys.h"
 #include "trusted/rng.h"
 
 namespace tempo {
@@ -59,19 +60,55 @@ TEST(AttentionAttack, BalancingUndoesRowAndColumnScales) {
   EXPECT_LT(worst_rows, 1e-6);
 }
 
+// Trained attention: each row of P peaks on a few tokens. With keys only,
+// normalising the rows of |P'| rebuilds it; mixing the rows and the inner
+// dimension (the default) leaves the attack little better than guessing.
+TEST(AttentionAttack, MixingDefeatsTheRebuildOfTrainedAttention) {
+  const int64_t t = 17, groups = 12;
+  Rng rng(8);
+  std::vector<float> p(groups * t * t);
+  for (int64_t r = 0; r < groups * t; ++r) {
+    double s = 0;
+    std::vector<double> e(t);
+    for (int64_t j = 0; j < t; ++j) s += e[j] = std::exp(3.0 * rng.normal());
+    for (int64_t j = 0; j < t; ++j) p[r * t + j] = static_cast<float>(e[j] / s);
+  }
+  Obfuscator obf(secret_from_seed(4), 4.0);
+  const AttentionRecoveryRow keys = attack_probabilities("l", p.data(), groups, t, 0, 0, obf);
+  const AttentionRecoveryRow mixed = attack_probabilities("l", p.data(), groups, t, 8, 8, obf);
+  EXPECT_FALSE(keys.mixed);
+  EXPECT_TRUE(mixed.mixed);
+  EXPECT_EQ(keys.blocks, groups);
+  EXPECT_GT(keys.corr_rows, 0.7);
+  EXPECT_LT(keys.err_rows, 0.6);
+  EXPECT_LT(std::fabs(mixed.corr_rows), 0.35);
+  EXPECT_LT(std::fabs(mixed.corr_balanced), 0.35);
+  EXPECT_GT(mixed.err_rows, 0.9);
+  EXPECT_GT(mixed.err_balanced, 0.9);
+}
+
 TEST(AttentionAttack, MeasuresEveryLayerOfARealStep) {
   TrainConfig cfg;
   cfg.model = "vit";
   cfg.data = "synthetic:256";
   cfg.progress = false;
   const AttentionReport r = measure_attention(cfg, 1, 800, 5);
-  ASSERT_EQ(r.mi.size(), 6u * 4u);
-  ASSERT_EQ(r.recovery.size(), 6u);
+  ASSERT_EQ(r.mi.size(), 2u * 6u * 4u);  // keys only, then mixed as by default
+  ASSERT_EQ(r.recovery.size(), 2u * 6u);
+  for (size_t i = 0; i < r.mi.size(); ++i) EXPECT_EQ(r.mi[i].mixed, i >= 24);
+  for (size_t i = 0; i < r.recovery.size(); ++i) EXPECT_EQ(r.recovery[i].mixed, i >= 6);
   for (const AttentionMiRow& m : r.mi) {
-    SCOPED_TRACE(m.layer + " " + m.operand);
+    SCOPED_TRACE(m.layer + " " + m.operand + (m.mixed ? " mixed" : ""));
     EXPECT_EQ(m.blocks, 64 * 3);
     EXPECT_LT(m.position_aligned, 0.1);  // the permutations scatter the values
-    if (m.operand != "P") EXPECT_GT(m.key_aligned, m.position_aligned);
+    if (m.operand != "P" && !m.mixed) EXPECT_GT(m.key_aligned, m.position_aligned);
+  }
+  // Mixing takes away what the keys' permutations would give back: Q, K and
+  // V's key-aligned values, which the keys alone leave in plain view.
+  for (size_t i = 0; i < 24; ++i) {
+    SCOPED_TRACE(r.mi[i].layer + " " + r.mi[i].operand);
+    EXPECT_EQ(r.mi[i + 24].operand, r.mi[i].operand);
+    if (r.mi[i].operand != "P") EXPECT_LT(r.mi[i + 24].key_aligned, 0.5 * r.mi[i].key_aligned);
   }
   for (const AttentionRecoveryRow& a : r.recovery) {
     EXPECT_EQ(a.tokens, 50);
@@ -79,6 +116,9 @@ TEST(AttentionAttack, MeasuresEveryLayerOfARealStep) {
     EXPECT_LE(a.corr_balanced, 1.0);
     EXPECT_GT(a.err_balanced, 0.0);
   }
+  cfg.offload.row_mix = 0;
+  cfg.offload.col_mix = 0;
+  EXPECT_EQ(measure_attention(cfg, 1, 800, 5).recovery.size(), 6u);  // keys only alone
   TrainConfig cnn = cfg;
   cnn.model = "cnn";
   EXPECT_THROW(measure_attention(cnn, 1, 800, 5), Error);

@@ -10,8 +10,10 @@
 #include <stdexcept>
 
 #include "common/blas.h"
+#include "common/error.h"
 #include "common/conv.h"
 #include "common/parallel.h"
+#include "trusted/obfuscation/block_mix.h"
 #include "trusted/obfuscation/keys.h"
 #include "trusted/obfuscation/obfuscator.h"
 #include "trusted/offload/verifier.h"
@@ -143,6 +145,64 @@ TEST(Keys, DecryptionFusedWithCol2imEqualsTheTwoPasses) {
   apply_keys_col2im(z.data(), r, c, g, dx2.data(), rv.data(), d2.data());
   EXPECT_EQ(dx1, dx2);
   EXPECT_EQ(d1, d2);
+}
+
+// A block's mixing (attention's batched products): M is orthogonal, so
+// mixing then unmixing is the identity, on rows and on columns, in place
+// for columns; every output mixes a whole group; b = 0 is the identity.
+TEST(BlockMix, OrthogonalRoundTripsOnRowsAndColumns) {
+  std::mt19937 gen(5);
+  std::normal_distribution<float> nd;
+  for (const int64_t d : {1, 5, 8, 17, 50, 64}) {
+    for (const int b : {0, 2, 8, 16}) {  // 16: groups past 16 wide (the scalar path)
+      SCOPED_TRACE("d " + std::to_string(d) + ", b " + std::to_string(b));
+      const int64_t c = 7;
+      std::vector<float> x(d * c), y(d * c), z(d * c);
+      for (float& v : x) v = nd(gen);
+      KeyStream ks(secret_from_seed(3), 9);
+      BlockMix mx;
+      mx.draw(ks, d, b);
+      EXPECT_EQ(mx.identity(), b == 0);
+      mx.rows(x.data(), c, y.data(), false);
+      mx.rows(y.data(), c, z.data(), true);
+      double nx = 0, ny = 0, err = 0;
+      for (int64_t i = 0; i < d * c; ++i) {
+        nx += double(x[i]) * x[i];
+        ny += double(y[i]) * y[i];
+        err = std::max(err, std::fabs(double(z[i]) - x[i]));
+      }
+      EXPECT_NEAR(ny, nx, 1e-4 * nx);
+      EXPECT_LT(err, 1e-5);
+      if (b > 0 && d >= 2) EXPECT_FALSE(std::equal(x.begin(), x.end(), y.begin()));
+      // Columns: c rows of d entries, in place.
+      std::vector<float> cx(c * d);
+      for (float& v : cx) v = nd(gen);
+      std::vector<float> cy = cx;
+      mx.cols(cy.data(), c, cy.data(), false);
+      double n0 = 0, n1 = 0;
+      for (int64_t i = 0; i < c * d; ++i) {
+        n0 += double(cx[i]) * cx[i];
+        n1 += double(cy[i]) * cy[i];
+      }
+      EXPECT_NEAR(n1, n0, 1e-4 * n0);
+      mx.cols(cy.data(), c, cy.data(), true);
+      for (int64_t i = 0; i < c * d; ++i) EXPECT_NEAR(cy[i], cx[i], 1e-5);
+    }
+  }
+  // A positive row-stochastic block: mixed rows are neither positive nor sum to 1.
+  const int64_t t = 16;
+  std::vector<float> p(t * t), q(t * t);
+  for (int64_t i = 0; i < t * t; ++i) p[i] = 1.0f / t;
+  KeyStream ks(secret_from_seed(4), 1);
+  BlockMix mx;
+  mx.draw(ks, t, 8);
+  mx.rows(p.data(), t, q.data(), false);
+  int64_t negative = 0;
+  for (const float v : q) negative += v < 0;
+  EXPECT_GT(negative, t);
+  KeyStream bad(secret_from_seed(4), 2);
+  EXPECT_THROW(mx.draw(bad, t, 1), Error);
+  EXPECT_THROW(mx.draw(bad, 0, 8), Error);
 }
 
 TEST(Keys, DifferentSecretsGiveDifferentKeys) {

@@ -240,6 +240,10 @@ TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {
   std::string log;
   ASSERT_EQ(run_tempo(run_args(rc.run, rc.threads, saved, "--metrics " + metrics, 0, rc.mode), dir / "log", &log), 0)
       << log;
+  if (rc.mode.find("--mode tempo") != std::string::npos) {  // honest workers: every result accepted
+    EXPECT_EQ(log.find("rejected"), std::string::npos) << log;
+    EXPECT_EQ(log.find("no usable worker left"), std::string::npos) << log;
+  }
   const TensorMap got = read_safetensors(saved);
   const TensorMap want = read_safetensors(torch_path);
   std::map<std::string, double> spread;

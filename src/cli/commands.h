@@ -64,6 +64,7 @@ struct PrivacyConfig {
   std::vector<int> mask_ranks = {0, 1, 8, 32, 64};  // inputs: the zero-pattern table's columns (0: no mask)
   int64_t weight_steps = 938, weight_window = 10;   // weights: training steps; the last ones attacked
   int col_mix = OffloadConfig{}.col_mix;  // mi, labels, ...: the measured run's --col-mix
+  int row_mix = OffloadConfig{}.row_mix;  // attention: the mixed blocks' --row-mix
   int64_t ica_groups = 400;  // ica: row-mixing groups attacked per product
 };
 void add_privacy_flags(CLI::App& app, PrivacyConfig& cfg);

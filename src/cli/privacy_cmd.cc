@@ -77,7 +77,12 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
       ->check(CLI::Range(int64_t{2}, int64_t{100000}));
   app.add_option("--col-mix", c.col_mix,
                  "mi: the column mixing of the measured run (--col-mix B of tempo train, on by default; 0: the "
-                 "defaults without it)")
+                 "defaults without it); attention: the mixed blocks' inner-dimension groups")
+      ->capture_default_str()
+      ->check(check_mixing_block);
+  app.add_option("--row-mix", c.row_mix,
+                 "attention: the mixed blocks' row groups (--row-mix B of tempo train; with --col-mix 0 as well, "
+                 "only keys only is measured)")
       ->capture_default_str()
       ->check(check_mixing_block);
   app.add_option("--groups", c.ica_groups, "ica: row-mixing groups attacked per product (evenly spread)")
@@ -831,38 +836,47 @@ int run_attention(const PrivacyConfig& c) {
   PrivacyConfig pc = c;
   if (pc.model.rfind("vit", 0) != 0) pc.model = "vit";  // the suite's default model
   const int64_t step = c.at_steps.empty() ? 5 : c.at_steps.front();
-  const AttentionReport r = measure_attention(measured_run(pc), step, c.samples, c.seed);
+  TrainConfig run = measured_run(pc);
+  run.offload.row_mix = c.row_mix;
+  const AttentionReport r = measure_attention(run, step, c.samples, c.seed);
+  auto how = [&](bool mixed) {
+    if (!mixed) return std::string("keys only");
+    return "mixed (row " + std::to_string(r.row_mix) + ", col " + std::to_string(r.col_mix) + ")";
+  };
   rep.emit("### Attention's ciphertexts (mutual information, nats; KSG, k = 3)");
   rep.emit("");
   rep.emit("Q/√E, K, P and V of every head and image at training step " + std::to_string(step) + " of `" +
            pc.model + "` on " + pc.data + " (batch 64), each block encrypted under its own fresh keys as the "
-           "batched products send them (keys only: no mask, no mixing); " + std::to_string(c.samples) +
-           " pairs per estimate, pooled over blocks.");
+           "batched products send them: with keys only (`--row-mix 0 --col-mix 0`), and mixed first as by default "
+           "(Q and P by a secret orthogonal mixing of their rows, all four by one of the inner dimension; no mask on "
+           "these products); " + std::to_string(c.samples) + " pairs per estimate, pooled over blocks. A pair is a "
+           "plaintext value and the ciphertext value at the same cell (position-aligned) or at the cell the keys' "
+           "permutations moved that cell to (key-aligned: an upper bound for a worker that had found them).");
   rep.emit("");
-  rep.emit("| layer | operand | blocks × shape | position-aligned | key-aligned |");
-  rep.emit("|---|---|---|---:|---:|");
+  rep.emit("| layer | operand | sent | blocks × shape | position-aligned | key-aligned |");
+  rep.emit("|---|---|---|---|---:|---:|");
   for (const AttentionMiRow& m : r.mi) {
-    std::snprintf(buf, sizeof buf, "| %s | %s | %lld × %lldx%lld | %.3f | %.3f |", m.layer.c_str(), m.operand.c_str(),
-                  static_cast<long long>(m.blocks), static_cast<long long>(m.rows), static_cast<long long>(m.cols),
-                  m.position_aligned, m.key_aligned);
+    std::snprintf(buf, sizeof buf, "| %s | %s | %s | %lld × %lldx%lld | %.3f | %.3f |", m.layer.c_str(),
+                  m.operand.c_str(), how(m.mixed).c_str(), static_cast<long long>(m.blocks),
+                  static_cast<long long>(m.rows), static_cast<long long>(m.cols), m.position_aligned, m.key_aligned);
     rep.emit(buf);
   }
   rep.emit("");
   rep.emit("### Attention probabilities rebuilt from P'");
   rep.emit("");
-  rep.emit("P' = L·P·I⁻¹ per block; the attacker takes |P'| and either balances it (Sinkhorn, 50 rounds: rows and "
-           "columns normalised to sum 1 in turn) or normalises its rows. Each estimate is put back in P's order "
-           "(granted: the attacker does not know the permutations) and scored against P: Pearson correlation, and "
-           "mean absolute error relative to that of the uninformed guess 1/T (1.0: no better than it). Means over "
-           "the blocks attacked.");
+  rep.emit("P' = L·P·I⁻¹ per block (mixed: L·M·P·Gᵀ·I⁻¹); the attacker takes |P'| and either balances it "
+           "(Sinkhorn, 50 rounds: rows and columns normalised to sum 1 in turn) or normalises its rows. Each "
+           "estimate is put back in P's order through the keys' permutations (granted: the attacker does not know "
+           "them) and scored against P: Pearson correlation, and mean absolute error relative to that of the "
+           "uninformed guess 1/T (1.0: no better than it). Means over the blocks attacked.");
   rep.emit("");
-  rep.emit("| layer | blocks | T | correlation, balanced | correlation, rows normalised | error / uninformed, "
+  rep.emit("| layer | sent | blocks | T | correlation, balanced | correlation, rows normalised | error / uninformed, "
            "balanced | error / uninformed, rows normalised |");
-  rep.emit("|---|---:|---:|---:|---:|---:|---:|");
+  rep.emit("|---|---|---:|---:|---:|---:|---:|---:|");
   for (const AttentionRecoveryRow& a : r.recovery) {
-    std::snprintf(buf, sizeof buf, "| %s | %lld | %lld | %.3f | %.3f | %.3f | %.3f |", a.layer.c_str(),
-                  static_cast<long long>(a.blocks), static_cast<long long>(a.tokens), a.corr_balanced, a.corr_rows,
-                  a.err_balanced, a.err_rows);
+    std::snprintf(buf, sizeof buf, "| %s | %s | %lld | %lld | %.3f | %.3f | %.3f | %.3f |", a.layer.c_str(),
+                  how(a.mixed).c_str(), static_cast<long long>(a.blocks), static_cast<long long>(a.tokens),
+                  a.corr_balanced, a.corr_rows, a.err_balanced, a.err_rows);
     rep.emit(buf);
   }
   rep.write(c.table);

@@ -9,6 +9,7 @@
 #include "eval/measurements/mutual_info.h"
 #include "eval/measurements/tap.h"
 #include "eval/measurements/traced.h"
+#include "trusted/obfuscation/block_mix.h"
 #include "trusted/rng.h"
 
 namespace tempo {
@@ -39,13 +40,31 @@ class AttentionTap final : public TapBackend {
   int64_t at_;
 };
 
-// MI of `blocks` stacked blocks (rows×cols each), every block under a fresh triple.
-AttentionMiRow block_mi(const std::string& layer, const std::string& operand, const float* v, int64_t blocks,
-                        int64_t rows, int64_t cols, int64_t samples, Obfuscator& obf, Rng& rng) {
+// Block g of v (rows×cols) as the pipeline sends it: M_g·v_g (rows) and/or
+// v_g·G_gᵀ (cols); v itself when neither.
+std::vector<float> mixed_blocks(const float* v, int64_t blocks, int64_t rows, int64_t cols,
+                                const std::vector<BlockMix>* by_rows, const std::vector<BlockMix>* by_cols) {
+  const int64_t size = rows * cols;
+  std::vector<float> out(v, v + blocks * size);
+  for (int64_t g = 0; g < blocks; ++g) {
+    float* o = out.data() + g * size;
+    if (by_rows) (*by_rows)[static_cast<size_t>(g)].rows(v + g * size, cols, o, false);
+    if (by_cols) (*by_cols)[static_cast<size_t>(g)].cols(o, rows, o, false);
+  }
+  return out;
+}
+
+// MI of `blocks` stacked blocks (rows×cols each) of v, sent as `sent` (v
+// mixed, or v), every block under a fresh triple: pairs of a plaintext
+// value and the ciphertext value at the same cell (position-aligned) or
+// at the cell the keys moved it to (key-aligned).
+AttentionMiRow block_mi(const std::string& layer, const std::string& operand, const float* v, const float* sent,
+                        int64_t blocks, int64_t rows, int64_t cols, int64_t samples, Obfuscator& obf, Rng& rng) {
   const int64_t size = rows * cols, total = blocks * size;
   std::vector<Traced> enc;
   enc.reserve(static_cast<size_t>(blocks));
-  for (int64_t g = 0; g < blocks; ++g) enc.push_back(encrypt_traced(obf.draw_triple(rows, cols, 1), v + g * size, rows, cols));
+  for (int64_t g = 0; g < blocks; ++g)
+    enc.push_back(encrypt_traced(obf.draw_triple(rows, cols, 1), sent + g * size, rows, cols));
   auto spread = [](const float* x, int64_t count) {
     double s2 = 0;
     for (int64_t i = 0; i < count; ++i) s2 += double(x[i]) * x[i];
@@ -67,7 +86,7 @@ AttentionMiRow block_mi(const std::string& layer, const std::string& operand, co
     kx.push_back(v[g * size + src] + jp * rng.normal());
     cx.push_back(t.values[static_cast<size_t>(at)] + jc * rng.normal());
   }
-  return {layer, operand, blocks, rows, cols, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
+  return {layer, operand, v != sent, blocks, rows, cols, ksg_mutual_information(px, cx), ksg_mutual_information(kx, cx)};
 }
 
 }  // namespace
@@ -98,6 +117,56 @@ void estimate_probabilities(const float* p_enc, int64_t t, int iterations, std::
   normalise_rows(rows);
 }
 
+// The attack on every block of P (t×t) sent as `sent` (P, or M·P·Gᵀ): the
+// attacker's two estimates from the ciphertext, put back in P's order
+// through the keys' permutations (granted), scored against P.
+static AttentionRecoveryRow recover_probabilities(const std::string& layer, const float* pl, const float* sent,
+                                                  int64_t groups, int64_t t, Obfuscator& obf) {
+  const int64_t size = t * t, blocks = std::min<int64_t>(groups, 64);
+  AttentionRecoveryRow row{layer, sent != pl, blocks, t};
+  std::vector<double> balanced, by_rows, truth(static_cast<size_t>(size)), back_b(truth.size()), back_r(truth.size());
+  for (int64_t g = 0; g < blocks; ++g) {
+    const float* p = pl + g * size;
+    const Traced enc = encrypt_traced(obf.draw_triple(t, t, 1), sent + g * size, t, t);
+    estimate_probabilities(enc.values.data(), t, 50, balanced, by_rows);
+    for (int64_t i = 0; i < size; ++i) {
+      const size_t src = static_cast<size_t>(int64_t{enc.src_row[static_cast<size_t>(i)]} * t +
+                                             enc.src_col[static_cast<size_t>(i)]);
+      back_b[src] = balanced[static_cast<size_t>(i)];
+      back_r[src] = by_rows[static_cast<size_t>(i)];
+    }
+    double eb = 0, er = 0, eu = 0;
+    for (int64_t i = 0; i < size; ++i) {
+      truth[static_cast<size_t>(i)] = p[i];
+      eb += std::fabs(back_b[static_cast<size_t>(i)] - p[i]);
+      er += std::fabs(back_r[static_cast<size_t>(i)] - p[i]);
+      eu += std::fabs(1.0 / static_cast<double>(t) - p[i]);
+    }
+    auto corr = [&](const std::vector<double>& est) {
+      const double r = pearson(est.data(), truth.data(), size);
+      return std::isnan(r) ? 0.0 : r;  // a constant estimate or block: no correlation
+    };
+    row.corr_balanced += corr(back_b) / static_cast<double>(blocks);
+    row.corr_rows += corr(back_r) / static_cast<double>(blocks);
+    row.err_balanced += (eu > 0 ? eb / eu : 0) / static_cast<double>(blocks);
+    row.err_rows += (eu > 0 ? er / eu : 0) / static_cast<double>(blocks);
+  }
+  return row;
+}
+
+AttentionRecoveryRow attack_probabilities(const std::string& layer, const float* p, int64_t groups, int64_t t,
+                                          int row_mix, int col_mix, Obfuscator& obf) {
+  if (row_mix == 0 && col_mix == 0) return recover_probabilities(layer, p, p, groups, t, obf);
+  std::vector<BlockMix> mr(static_cast<size_t>(groups)), mc(static_cast<size_t>(groups));
+  KeyStream ks = obf.stream();
+  for (int64_t g = 0; g < groups; ++g) {
+    mr[static_cast<size_t>(g)].draw(ks, t, row_mix);
+    mc[static_cast<size_t>(g)].draw(ks, t, col_mix);
+  }
+  const std::vector<float> sent = mixed_blocks(p, groups, t, t, &mr, &mc);
+  return recover_probabilities(layer, p, sent.data(), groups, t, obf);
+}
+
 AttentionReport measure_attention(TrainConfig cfg, int64_t at_step, int64_t samples, uint64_t seed) {
   TEMPO_CHECK(cfg.model == "vit" || cfg.model.rfind("vit:", 0) == 0,
               "the attention suite measures a vit (got --model " + cfg.model + ")");
@@ -113,43 +182,38 @@ AttentionReport measure_attention(TrainConfig cfg, int64_t at_step, int64_t samp
   Rng rng = Rng::derive(seed, 11);
   AttentionReport rep;
   rep.step = at_step;
-  for (const Captured& c : tap.got) {
-    const bool scores = c.name.size() >= 6 && c.name.compare(c.name.size() - 6, 6, "scores") == 0;
-    const std::string layer = c.name.substr(0, c.name.rfind('.'));
-    // scores: a = Q/√E (T×E), w = K (T×E); values: a = P (T×T), w = Vᵀ (E×T).
-    rep.mi.push_back(block_mi(layer, scores ? "Q" : "P", c.a.data(), c.groups, c.m, c.k, samples, *obf, rng));
-    rep.mi.push_back(block_mi(layer, scores ? "K" : "V", c.w.data(), c.groups, c.n, c.k, samples, *obf, rng));
-    if (scores) continue;
-    const int64_t t = c.m, size = t * t, blocks = std::min<int64_t>(c.groups, 64);
-    AttentionRecoveryRow row{layer, blocks, t};
-    std::vector<double> balanced, by_rows, truth(static_cast<size_t>(size)), back_b(truth.size()), back_r(truth.size());
-    for (int64_t g = 0; g < blocks; ++g) {
-      const float* p = c.a.data() + g * size;
-      const Traced enc = encrypt_traced(obf->draw_triple(t, t, 1), p, t, t);
-      estimate_probabilities(enc.values.data(), t, 50, balanced, by_rows);
-      for (int64_t i = 0; i < size; ++i) {
-        const size_t src = static_cast<size_t>(int64_t{enc.src_row[static_cast<size_t>(i)]} * t +
-                                               enc.src_col[static_cast<size_t>(i)]);
-        back_b[src] = balanced[static_cast<size_t>(i)];
-        back_r[src] = by_rows[static_cast<size_t>(i)];
+  rep.row_mix = cfg.offload.row_mix;
+  rep.col_mix = cfg.offload.col_mix;
+  const bool can_mix = rep.row_mix > 0 || rep.col_mix > 0;
+  for (const bool mix : {false, true}) {
+    if (mix && !can_mix) break;
+    for (const Captured& c : tap.got) {
+      const bool scores = c.name.size() >= 6 && c.name.compare(c.name.size() - 6, 6, "scores") == 0;
+      const std::string layer = c.name.substr(0, c.name.rfind('.'));
+      // scores: a = Q/√E (T×E), w = K (T×E); values: a = P (T×T), w = Vᵀ (E×T).
+      // Mixed: a by M (its m rows) and G (its k columns), w by G.
+      std::vector<BlockMix> mr, mc;
+      if (mix) {
+        KeyStream ks = obf->stream();
+        mr.resize(static_cast<size_t>(c.groups));
+        mc.resize(static_cast<size_t>(c.groups));
+        for (int64_t g = 0; g < c.groups; ++g) {
+          mr[static_cast<size_t>(g)].draw(ks, c.m, rep.row_mix);
+          mc[static_cast<size_t>(g)].draw(ks, c.k, rep.col_mix);
+        }
       }
-      double eb = 0, er = 0, eu = 0;
-      for (int64_t i = 0; i < size; ++i) {
-        truth[static_cast<size_t>(i)] = p[i];
-        eb += std::fabs(back_b[static_cast<size_t>(i)] - p[i]);
-        er += std::fabs(back_r[static_cast<size_t>(i)] - p[i]);
-        eu += std::fabs(1.0 / static_cast<double>(t) - p[i]);
-      }
-      auto corr = [&](const std::vector<double>& est) {
-        const double r = pearson(est.data(), truth.data(), size);
-        return std::isnan(r) ? 0.0 : r;  // a constant estimate or block: no correlation
-      };
-      row.corr_balanced += corr(back_b) / static_cast<double>(blocks);
-      row.corr_rows += corr(back_r) / static_cast<double>(blocks);
-      row.err_balanced += (eu > 0 ? eb / eu : 0) / static_cast<double>(blocks);
-      row.err_rows += (eu > 0 ? er / eu : 0) / static_cast<double>(blocks);
+      const std::vector<float> a = mix ? mixed_blocks(c.a.data(), c.groups, c.m, c.k, &mr, &mc) : c.a;
+      const std::vector<float> w = mix ? mixed_blocks(c.w.data(), c.groups, c.n, c.k, nullptr, &mc) : c.w;
+      const float* a_sent = mix ? a.data() : c.a.data();
+      const float* w_sent = mix ? w.data() : c.w.data();
+      rep.mi.push_back(
+          block_mi(layer, scores ? "Q" : "P", c.a.data(), a_sent, c.groups, c.m, c.k, samples, *obf, rng));
+      rep.mi.push_back(
+          block_mi(layer, scores ? "K" : "V", c.w.data(), w_sent, c.groups, c.n, c.k, samples, *obf, rng));
+      if (scores) continue;
+      rep.recovery.push_back(attack_probabilities(layer, c.a.data(), c.groups, c.m, mix ? rep.row_mix : 0,
+                                                  mix ? rep.col_mix : 0, *obf));
     }
-    rep.recovery.push_back(row);
   }
   return rep;
 }

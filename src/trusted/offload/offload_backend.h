@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "trusted/obfuscation/blinding.h"
+#include "trusted/obfuscation/block_mix.h"
 #include "trusted/obfuscation/obfuscator.h"
 #include "trusted/offload/linear_backend.h"
 #include "trusted/offload/verifier.h"
@@ -202,18 +203,27 @@ class OffloadBackend final : public LinearBackend {
   Held& held(int id);
   Held& held(const Product& p) { return held(p.id); }
   // Batched products (offload_batched.cc).
+  struct BatchMixes {  // per block: M over its m rows (--row-mix), G over its k columns (--col-mix)
+    std::vector<BlockMix> rows, cols;
+  };
   struct HeldBatch {  // a verified forward's ciphertexts on one worker, until end_step
     bool valid = false;
     size_t worker = 0;
     Handle a = 0, w = 0;
     std::vector<Triple> fwd;     // block g's triple
     std::vector<int32_t> order;  // position j of the request holds block order[j]
+    BatchMixes mix;              // the forward's mixings, reused by the shifted backward
   };
   void batched_run(Kind kind, const BatchedProduct& p, const float* dc, float* out);
   bool batched_once(Kind kind, const BatchedProduct& p, const float* dc, float* out, size_t w, HeldBatch& h,
                     bool shifted);
   std::unordered_map<const BatchedProduct*, HeldBatch> held_batches_;
   size_t batch_turn_ = 0;  // round robin over workers
+  BatchMixes batch_mix_;   // an unshifted attempt's mixings (moved into HeldBatch by a forward)
+  std::vector<float> batch_x_, batch_y_, batch_res_;  // the mixed plaintext operands; a result before unmixing
+  // Draws fresh mixings for `groups` blocks of m×k (none when both are off).
+  bool batch_mixing() const;
+  void draw_batch_mixes(BatchMixes& mx, int64_t groups, int64_t m, int64_t k);
 
   OffloadConfig cfg_;
   std::vector<Slot> slots_;

@@ -2,7 +2,13 @@
 // operands activations). A batch goes to one worker as one request: block g
 // under its own fresh triple, the blocks stacked in an order drawn from the
 // key stream, so that a worker does not learn which block is which image and
-// head. Every block is checked. The backward products reuse the forward's
+// head. Unless --row-mix and --col-mix are both 0, every block is also
+// mixed (block_mix.h): its m rows by M and its inner dimension k by G, the
+// same M and G for a block's forward and backward products:
+//   forward: M·A·Gᵀ and W·Gᵀ        → M·C,         undone by Mᵀ·
+//   input:   M·dC and W·Gᵀ           → M·dA·Gᵀ,     undone by Mᵀ·(·)·G
+//   weight:  M·dC and M·A·Gᵀ         → dW·Gᵀ,       undone by ·G
+// Every block is checked. The backward products reuse the forward's
 // ciphertexts under the key shift (DESIGN.md §2), block by block; a failure
 // re-encrypts the batch with fresh keys for another worker, and with no
 // worker left the master computes it.
@@ -50,20 +56,51 @@ void OffloadBackend::batched_run(Kind kind, const BatchedProduct& p, const float
 //   weight:  G = dC_g (m×n) as Y', Aᵀ (stored A_g) as X'ᵀ  worker: G'ᵀ·X'ᵀ  (n×k, transposed)
 // shifted: the backward triples are the forward's shifted, and the worker
 // reuses the forward's X' (weight) or Y'ᵀ (input) from h.
+bool OffloadBackend::batch_mixing() const { return !obf_->identity() && (cfg_.row_mix > 0 || cfg_.col_mix > 0); }
+
+void OffloadBackend::draw_batch_mixes(BatchMixes& mx, int64_t groups, int64_t m, int64_t k) {
+  mx.rows.resize(static_cast<size_t>(groups));
+  mx.cols.resize(static_cast<size_t>(groups));
+  KeyStream ks = obf_->stream();
+  // In a fixed number of pieces, each from its own stretch of the stream:
+  // the draws depend on the stream only, not on the threads.
+  constexpr int64_t kPieces = 16;
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      KeyStream piece = ks.fork(static_cast<uint32_t>(c));
+      for (int64_t g = groups * c / kPieces; g < groups * (c + 1) / kPieces; ++g) {
+        mx.rows[static_cast<size_t>(g)].draw(piece, m, cfg_.row_mix);
+        mx.cols[static_cast<size_t>(g)].draw(piece, k, cfg_.col_mix);
+      }
+    }
+  });
+}
+
+// Per kind, block by block (as standalone_send/finish for one product):
+//   forward: X = A_g (m×k), Y = W_gᵀ (stored W_g, n×k)  worker: X'·Y'ᵀ     (m×n)
+//   input:   X = dC_g (m×n), Y = W_g (n×k)              worker: X'·Y'      (m×k)
+//   weight:  G = dC_g (m×n) as Y', Aᵀ (stored A_g) as X'ᵀ  worker: G'ᵀ·X'ᵀ  (n×k, transposed)
+// (each operand mixed first, see the top). shifted: the backward triples
+// and mixings are the forward's, and the worker reuses the forward's X'
+// (weight) or Y'ᵀ (input) from h.
 bool OffloadBackend::batched_once(Kind kind, const BatchedProduct& p, const float* dc, float* out, size_t w,
                                   HeldBatch& h, bool shifted) {
   const int64_t G = p.groups, m = p.m, k = p.k, n = p.n;
+  const bool mixing = batch_mixing();
+  BatchMixes& mx = shifted ? h.mix : batch_mix_;
   std::vector<Triple> ts(static_cast<size_t>(G));
   std::vector<int32_t> order;
   std::vector<CipherMatrix> ops;
   ProductOp op;
   int64_t zr, zc;  // one block of the result
+  const float *sent_x = nullptr, *sent_y = nullptr;
   {
     PhaseTimer timer(phases_.encrypt);
     if (shifted) {
       order = h.order;
     } else {
       order = obf_->draw(G).perm;
+      if (mixing) draw_batch_mixes(mx, G, m, k);
     }
     for (int64_t g = 0; g < G; ++g) {
       Triple& t = ts[static_cast<size_t>(g)];
@@ -74,30 +111,56 @@ bool OffloadBackend::batched_once(Kind kind, const BatchedProduct& p, const floa
         case Kind::kWeight: t = f ? f->shift_weight(obf_->draw(n)) : obf_->draw_triple(k, m, n); break;
       }
     }
+    // Block g of src (r×c) mixed: by M over its rows and/or by G over its columns.
+    auto mixed = [&](std::vector<float>& buf, const float* src, int64_t r, int64_t c, bool by_rows,
+                     bool by_cols) -> const float* {
+      if (!mixing) return src;
+      float* dst = scratch(buf, G * r * c);
+      parallel_for(G, [&](int64_t lo, int64_t hi) {
+        for (int64_t g = lo; g < hi; ++g) {
+          const float* sg = src + g * r * c;
+          float* dg = dst + g * r * c;
+          if (by_rows) mx.rows[static_cast<size_t>(g)].rows(sg, c, dg, false);
+          if (by_cols) mx.cols[static_cast<size_t>(g)].cols(by_rows ? dg : sg, r, dg, false);
+        }
+      });
+      return dst;
+    };
+    // The plaintext operands as sent (mixed), kept for the check; under the
+    // key shift the forward's reused operand is mixed again, not sent.
+    const float *xs, *ys;  // block g at + g·(its size)
     switch (kind) {
       case Kind::kForward:
-        ops.push_back(obf_->encrypt_batch(Part::kX, ts, order, p.a, m, k));
-        ops.push_back(obf_->encrypt_batch(Part::kYt, ts, order, p.w, n, k));
+        xs = mixed(batch_x_, p.a, m, k, true, true);  // M·A·Gᵀ
+        ys = mixed(batch_y_, p.w, n, k, false, true);  // W·Gᵀ
+        ops.push_back(obf_->encrypt_batch(Part::kX, ts, order, xs, m, k));
+        ops.push_back(obf_->encrypt_batch(Part::kYt, ts, order, ys, n, k));
         op = ProductOp::kNT;
         zr = m;
         zc = n;
         break;
       case Kind::kInput:
-        ops.push_back(obf_->encrypt_batch(Part::kX, ts, order, dc, m, n));
-        if (!shifted) ops.push_back(obf_->encrypt_batch(Part::kY, ts, order, p.w, n, k));
+        xs = mixed(batch_x_, dc, m, n, true, false);   // M·dC
+        ys = mixed(batch_y_, p.w, n, k, false, true);  // W·Gᵀ
+        ops.push_back(obf_->encrypt_batch(Part::kX, ts, order, xs, m, n));
+        if (!shifted) ops.push_back(obf_->encrypt_batch(Part::kY, ts, order, ys, n, k));
         op = ProductOp::kNN;
         zr = m;
         zc = k;
         break;
       case Kind::kWeight:
       default:
-        ops.push_back(obf_->encrypt_batch(Part::kY, ts, order, dc, m, n));
-        if (!shifted) ops.push_back(obf_->encrypt_batch(Part::kXt, ts, order, p.a, m, k));
+        ys = mixed(batch_y_, dc, m, n, true, false);  // M·dC
+        xs = mixed(batch_x_, p.a, m, k, true, true);  // M·A·Gᵀ
+        ops.push_back(obf_->encrypt_batch(Part::kY, ts, order, ys, m, n));
+        if (!shifted) ops.push_back(obf_->encrypt_batch(Part::kXt, ts, order, xs, m, k));
         op = ProductOp::kTN;
         zr = n;
         zc = k;
         break;
     }
+    sent_x = xs;
+    sent_y = ys;
   }
   Product named;  // for blame()'s message
   named.name = p.name;
@@ -122,6 +185,10 @@ bool OffloadBackend::batched_once(Kind kind, const BatchedProduct& p, const floa
     blame(w, named, e.what());
     return false;
   }
+  // The result as sent (M·C, M·dA·Gᵀ or dW·Gᵀ), checked against the
+  // operands as sent, then unmixed: the worker's rounding is that of the
+  // mixed product, so the check's bound must be too (as for single products).
+  float* res = mixing ? scratch(batch_res_, G * zr * zc) : out;
   {
     PhaseTimer timer(phases_.decrypt);
     parallel_for(G, [&](int64_t lo, int64_t hi) {
@@ -129,8 +196,8 @@ bool OffloadBackend::batched_once(Kind kind, const BatchedProduct& p, const floa
         const int64_t g = order[static_cast<size_t>(j)];
         const Triple& t = ts[static_cast<size_t>(g)];
         const float* zj = z.data() + j * zr * zc;
-        if (kind == Kind::kWeight) t.decrypt_t(zj, n, k, out + g * n * k);
-        else t.decrypt(zj, zr, zc, out + g * zr * zc);
+        if (kind == Kind::kWeight) t.decrypt_t(zj, n, k, res + g * n * k);
+        else t.decrypt(zj, zr, zc, res + g * zr * zc);
       }
     });
   }
@@ -140,20 +207,42 @@ bool OffloadBackend::batched_once(Kind kind, const BatchedProduct& p, const floa
     ++stats_.verified;
     KeyStream ks = obf_->stream();
     for (int64_t g = 0; g < G; ++g) {
-      const float* a = p.a + g * m * k;
-      const float* wg = p.w + g * n * k;
-      const float* dcg = dc ? dc + g * m * n : nullptr;
       std::vector<int64_t> bad;
       switch (kind) {
-        case Kind::kForward: bad = checked(out + g * m * n, m, n, k, {a, false}, {wg, true}, ks); break;
-        case Kind::kInput: bad = checked(out + g * m * k, m, k, n, {dcg, false}, {wg, false}, ks); break;
-        case Kind::kWeight: bad = checked(out + g * n * k, n, k, m, {dcg, true}, {a, false}, ks); break;
+        case Kind::kForward:
+          bad = checked(res + g * m * n, m, n, k, {sent_x + g * m * k, false}, {sent_y + g * n * k, true}, ks);
+          break;
+        case Kind::kInput:
+          bad = checked(res + g * m * k, m, k, n, {sent_x + g * m * n, false}, {sent_y + g * n * k, false}, ks);
+          break;
+        case Kind::kWeight:
+          bad = checked(res + g * n * k, n, k, m, {sent_y + g * m * n, true}, {sent_x + g * m * k, false}, ks);
+          break;
       }
       if (!bad.empty()) {
         blame(w, named, std::string("Freivalds check failed (") + kind_name(static_cast<int>(kind)) + ", batched)");
         return false;
       }
     }
+  }
+  if (mixing) {
+    PhaseTimer timer(phases_.decrypt);
+    parallel_for(G, [&](int64_t lo, int64_t hi) {
+      for (int64_t g = lo; g < hi; ++g) {
+        const float* rg = res + g * zr * zc;
+        float* og = out + g * zr * zc;
+        const BlockMix& rows = mx.rows[static_cast<size_t>(g)];
+        const BlockMix& cols = mx.cols[static_cast<size_t>(g)];
+        switch (kind) {
+          case Kind::kForward: rows.rows(rg, zc, og, true); break;  // Mᵀ·(M·C)
+          case Kind::kInput:                                        // Mᵀ·(M·dA·Gᵀ)·G
+            rows.rows(rg, zc, og, true);
+            cols.cols(og, zr, og, true);
+            break;
+          case Kind::kWeight: cols.cols(rg, zr, og, true); break;  // (dW·Gᵀ)·G
+        }
+      }
+    });
   }
   if (kind == Kind::kForward) {
     h.valid = true;
@@ -162,6 +251,7 @@ bool OffloadBackend::batched_once(Kind kind, const BatchedProduct& p, const floa
     h.w = hy;
     h.fwd = std::move(ts);
     h.order = std::move(order);
+    if (mixing) std::swap(h.mix, batch_mix_);
   }
   return true;
 }
