@@ -7,6 +7,7 @@
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/confidential/confidential.h"
+#include "trusted/dist/collective.h"
 #include "trusted/io/safetensors.h"
 
 #include <fstream>
@@ -34,7 +35,9 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->capture_default_str();
   app.add_option("--workers", c.workers,
                  "local:N (in-process) and/or HOST:PORT of `tempo worker` processes, comma-separated; each "
-                 "product is split across them by rows, or by columns when it has fewer rows than outputs")
+                 "product is split across them by rows, or by columns when it has fewer rows than outputs. Under "
+                 "mpirun (several masters): one list per master separated by '|' (rank 0's first), or one list "
+                 "that every master uses")
       ->capture_default_str();
   app.add_option("--token-file", c.remote.token_file,
                  "File holding the workers' access token (see `tempo worker --token-file`)")
@@ -139,7 +142,9 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_flag("--no-shuffle", [&c](int64_t) { c.shuffle = false; }, "Take batches in file order");
-  app.add_option("--save", c.save, "Write the trained weights to this safetensors file (atomically)");
+  app.add_option("--save", c.save,
+                 "Write the trained weights to this safetensors file (atomically); under mpirun rank 0 writes it, "
+                 "or every master its own if the path has {rank}");
   app.add_option("--metrics", c.metrics, "Write JSON-lines metrics (per step and per epoch) to this file");
   app.add_flag("--no-progress", [&c](int64_t) { c.progress = false; }, "Print no progress");
   // Confidential I/O (docs/CONFIDENTIAL.md).
@@ -164,21 +169,40 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
                  "sealing key takes its place)");
   app.add_option("--resume", c.resume,
                  "Continue from this sealed checkpoint, exactly as the interrupted run would have (same flags; "
-                 "needs its --sealing-key)")
-      ->check(CLI::ExistingFile);
+                 "needs its --sealing-key). Under mpirun, --checkpoint, --resume, --sealing-key and --attest-dir "
+                 "are per master: {rank} in the path is replaced by the rank, or .rankR is appended");
   app.add_flag("--print-config", c.print_config,
                "Print the training configuration the attestation report measures (for `tempo owner release "
                "--expect-config`) and exit");
 }
 
-int run_train(const TrainConfig& cfg) {
-  if (cfg.print_config) {
-    std::printf("%s\n", run_config(cfg).dump(2).c_str());
+int run_train(const TrainConfig& given) {
+  if (given.print_config) {
+    std::printf("%s\n", run_config(given).dump(2).c_str());
     return 0;
   }
+  // Started by mpirun with several ranks: one of several masters (P12).
+  TrainConfig cfg = given;
+  if (launched_ranks() > 1) cfg.masters = &mpi_world();
   // The master holds plaintext data, weights and keys.
   protect_process();
-  TrainResult r = train(cfg);
+  TrainResult r;
+  if (!cfg.masters) {
+    r = train(cfg);
+  } else {
+    // A master that cannot go on ends the job: the others would wait for it
+    // at the next exchange forever.
+    try {
+      r = train(cfg);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "tempo: error on master %d of %d: %s\ntempo: ending the job on every master%s\n",
+                   cfg.masters->rank(), cfg.masters->size(), e.what(),
+                   cfg.checkpoint_every > 0 ? "; continue from the masters' checkpoints with --resume" : "");
+      std::fflush(stderr);
+      cfg.masters->abort();
+    }
+    if (cfg.masters->rank() != 0) return r.interrupted ? 130 : 0;  // rank 0 reports
+  }
   const int64_t ran = r.steps - r.resumed_after;
   std::printf("steps %lld%s, %.1f s training (%.1f ms/step), peak memory %.0f MiB%s\n",
               static_cast<long long>(r.steps),

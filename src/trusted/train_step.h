@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "trusted/dist/data_parallel.h"
 #include "trusted/model.h"
 #include "trusted/optim/optimizer.h"
 
@@ -22,9 +23,16 @@ class TrainStep {
   // Soft targets: one row of class probabilities per sample (x.dim(0) rows
   // of model.num_classes); one-hot rows give exactly the step above.
   double run_soft(const Tensor& x, const float* targets, double lr);
+  // Several masters: x is this rank's shard of the global batch (possibly
+  // empty); after backward the gradients are summed over the masters
+  // (DataParallel), so every rank takes the same step, and run() returns
+  // the global batch's loss.
+  void set_masters(DataParallel* dp);
 
  private:
-  double finish(double loss, double lr);
+  double finish(double loss, double lr, int64_t samples);
+  DataParallel* dp_ = nullptr;
+  std::vector<StateEntry> params_;  // with dp_
   Model& model_;
   Optimizer& optim_;
   Context& ctx_;

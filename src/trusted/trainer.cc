@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 
 #include "common/error.h"
@@ -140,12 +141,13 @@ std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret
 }
 
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend,
-                    bool progress) {
+                    bool progress, DataParallel* masters) {
   EvalResult r;
   if (data.test_y.empty()) return r;
   TeeOnlyBackend local;
   Context ctx{&backend, &local, false, nullptr};
   BatchLoader loader(data, false, batch_size, false, 0);
+  if (masters) loader.set_shard(masters->rank(), masters->size());
   loader.start_epoch(1);
   Progress bar("evaluating", loader.num_batches(), progress);
   Tensor x;
@@ -153,6 +155,10 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
   double loss_sum = 0;
   int64_t batches = 0;
   while (loader.next(x, y)) {
+    if (y.empty()) {  // this master's shard of a short last batch
+      bar.update(++batches);
+      continue;
+    }
     int64_t hits = 0;
     const Tensor& logits = model.forward(x, ctx);
     loss_sum += cross_entropy(logits, y, nullptr, &hits) * static_cast<double>(y.size());
@@ -162,6 +168,13 @@ EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, Linea
     bar.update(++batches);
   }
   bar.finish();
+  if (masters) {
+    double v[3] = {loss_sum, static_cast<double>(r.correct), static_cast<double>(r.samples)};
+    masters->sum(v, 3);
+    loss_sum = v[0];
+    r.correct = std::llround(v[1]);
+    r.samples = std::llround(v[2]);
+  }
   r.loss = loss_sum / static_cast<double>(r.samples);
   r.accuracy = static_cast<double>(r.correct) / static_cast<double>(r.samples);
   return r;
@@ -216,6 +229,45 @@ std::unique_ptr<Model> prepare_model(const TrainConfig& cfg) {
 
 namespace {
 
+std::string per_rank(const std::string& path, int rank) {
+  if (path.empty()) return path;
+  const size_t at = path.find("{rank}");
+  if (at == std::string::npos) return path + ".rank" + std::to_string(rank);
+  return path.substr(0, at) + std::to_string(rank) + path.substr(at + 6);
+}
+
+}  // namespace
+
+TrainConfig rank_config(const TrainConfig& cfg, int rank, int ranks) {
+  TrainConfig r = cfg;
+  TEMPO_CHECK(cfg.batch_size >= ranks, "--batch-size " + std::to_string(cfg.batch_size) + " is the global batch, "
+              "split over the " + std::to_string(ranks) + " masters: it must be at least " + std::to_string(ranks));
+  std::vector<std::string> lists;
+  for (size_t from = 0;;) {
+    const size_t bar = cfg.workers.find('|', from);
+    lists.push_back(cfg.workers.substr(from, bar == std::string::npos ? std::string::npos : bar - from));
+    if (bar == std::string::npos) break;
+    from = bar + 1;
+  }
+  TEMPO_CHECK(lists.size() == 1 || lists.size() == static_cast<size_t>(ranks),
+              "--workers has " + std::to_string(lists.size()) + " lists separated by '|', but the job has " +
+                  std::to_string(ranks) + " masters: give one list per master (rank 0's first), or one for all");
+  r.workers = lists.size() == 1 ? lists[0] : lists[static_cast<size_t>(rank)];
+  r.checkpoint = per_rank(cfg.checkpoint, rank);
+  r.resume = per_rank(cfg.resume, rank);
+  r.sealing_key = per_rank(cfg.sealing_key, rank);
+  r.attest_dir = per_rank(cfg.attest_dir, rank);
+  const bool every_rank_saves = cfg.save.find("{rank}") != std::string::npos;
+  r.save = every_rank_saves || rank == 0 ? (every_rank_saves ? per_rank(cfg.save, rank) : cfg.save) : "";
+  if (rank != 0) {
+    r.progress = false;
+    r.metrics.clear();
+  }
+  return r;
+}
+
+namespace {
+
 // Fails now, not after hours of training, when an output cannot be written.
 void check_outputs_writable(const TrainConfig& cfg) {
   for (const std::string* out : {&cfg.save, cfg.checkpoint_every > 0 ? &cfg.checkpoint : nullptr}) {
@@ -241,6 +293,10 @@ class TrainingJob {
   void evaluate_epoch(int epoch);
   void checkpoint(int epoch, int64_t in_epoch);
   void save_after_failure();
+  // Several masters: the secret all ranks share (from the owner).
+  Secret shared_secret() const;
+  bool stop_now() const { return dp_ ? dp_->agreed_stop() : g_stop_requested.load(); }
+  bool lead() const { return !cfg_.masters || cfg_.masters->rank() == 0; }
 
   const TrainConfig& cfg_;
   std::unique_ptr<Model> model_;
@@ -251,6 +307,7 @@ class TrainingJob {
   SymKey seal_key_;
   RunState st_;
   Dataset data_;
+  std::unique_ptr<DataParallel> dp_;  // several masters
   std::unique_ptr<LinearBackend> owned_;
   LinearBackend* backend_ = nullptr;
   TeeOnlyBackend local_;
@@ -278,6 +335,10 @@ TrainingJob::TrainingJob(const TrainConfig& cfg, LinearBackend* injected)
   seal_key_ = sealed_ ? sealing_key(cfg.sealing_key, cfg.resume.empty()) : SymKey{};
   restore_or_start();
   load_data();
+  if (cfg.masters) {
+    dp_ = std::make_unique<DataParallel>(*cfg.masters, shared_secret());
+    dp_->set_stop_source(&g_stop_requested);
+  }
   if (!injected) owned_ = make_backend(cfg, &st_.secret);
   backend_ = injected ? injected : owned_.get();
   ocfg_ = cfg.optim;
@@ -305,7 +366,24 @@ void TrainingJob::restore_or_start() {
   } else {
     st_.secret = run_secret(cfg_);
   }
+  // Several masters: no two ranks draw the same keys (they would under
+  // --insecure-key-seed), nor a rank those of a one-master run.
+  if (cfg_.masters) st_.secret = derive_secret(st_.secret, "tempo master rank", static_cast<uint64_t>(cfg_.masters->rank()));
   st_.threads = num_threads();
+}
+
+Secret TrainingJob::shared_secret() const {
+  constexpr const char* kLabel = "tempo masters' pads";
+  if (cfg_.insecure_key_seed >= 0)
+    return derive_secret(secret_from_seed(static_cast<uint64_t>(cfg_.insecure_key_seed)), kLabel, 0);
+  TEMPO_CHECK(st_.data_key.has_value(),
+              "several masters need a secret they all share, which only the data owner can give them (it never "
+              "travels over MPI): train on data the owner encrypted (--data encrypted:FILE --owner-key KEY; every "
+              "rank attests and receives the data key, docs/CONFIDENTIAL.md), or, for tests only, pass "
+              "--insecure-key-seed");
+  Secret base;
+  std::memcpy(base.data(), st_.data_key->data(), base.size());
+  return derive_secret(base, kLabel, 0);
 }
 
 void TrainingJob::load_data() {
@@ -354,6 +432,7 @@ bool TrainingJob::run_epoch(int epoch) {
   const double lr = lr_for_epoch(ocfg_, epoch);
   Context ctx{backend_, &local_, true, &dropout_rng_};
   TrainStep step(*model_, *optim_, ctx);
+  step.set_masters(dp_.get());
   BatchLoader& loader = *loader_;
   loader.start_epoch(epoch);
   int64_t in_epoch = 0;
@@ -373,14 +452,14 @@ bool TrainingJob::run_epoch(int epoch) {
     ++in_epoch;
     res_.last_loss = loss;
     metrics_->step(res_.steps, epoch, loss, lr, backend_->take_phase_seconds(), since(ts));
-    if (cfg_.checkpoint_every > 0 && (res_.steps % cfg_.checkpoint_every == 0 || g_stop_requested))
+    if (cfg_.checkpoint_every > 0 && (res_.steps % cfg_.checkpoint_every == 0 || stop_now()))
       checkpoint(epoch, in_epoch);
     bar.update(in_epoch, "loss " + fmt("%.4f", loss));
-    if (g_stop_requested) break;
+    if (stop_now()) break;
   }
   train_seconds_ += since(te);
   bar.finish();
-  if (!g_stop_requested) return true;
+  if (!stop_now()) return true;
   res_.interrupted = true;
   std::fprintf(stderr, "tempo: interrupted after step %lld%s\n", static_cast<long long>(res_.steps),
                cfg_.checkpoint_every > 0 ? ("; continue with --resume " + cfg_.checkpoint).c_str() : "");
@@ -394,10 +473,10 @@ void TrainingJob::evaluate_epoch(int epoch) {
   }
   // At the training batch size: every buffer of the step (layers, blinding,
   // ciphertexts) is reused as it is, so evaluating adds no memory.
-  res_.test = evaluate(*model_, data_, cfg_.batch_size, *backend_, cfg_.progress);
+  res_.test = evaluate(*model_, data_, cfg_.batch_size, *backend_, cfg_.progress, dp_.get());
   res_.evaluated = true;
   metrics_->epoch(epoch, &res_.test);
-  std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
+  if (lead()) std::fprintf(stderr, "tempo: epoch %d: test accuracy %.4f (%lld/%lld), test loss %.4f\n", epoch,
                res_.test.accuracy, static_cast<long long>(res_.test.correct),
                static_cast<long long>(res_.test.samples), res_.test.loss);
 }
@@ -415,11 +494,14 @@ TrainResult TrainingJob::run() {
   MetricsLog metrics(cfg_.metrics, resumed_ ? st_.step : -1, st_.epoch);
   metrics_ = &metrics;
   BatchLoader loader(data_, true, cfg_.batch_size, cfg_.shuffle, cfg_.seed);
+  if (dp_) loader.set_shard(dp_->rank(), dp_->size());
   loader_ = &loader;
-  std::fprintf(stderr, "tempo: %s (%lld parameters), %s, mode %s, %d threads, batch %lld, %s\n",
-               cfg_.model.c_str(), static_cast<long long>(model_->parameter_count()),
-               data_.description.c_str(), cfg_.mode.c_str(), num_threads(),
-               static_cast<long long>(cfg_.batch_size), cfg_.optim.kind.c_str());
+  if (lead())
+    std::fprintf(stderr, "tempo: %s (%lld parameters), %s, mode %s, %d threads, batch %lld%s, %s\n",
+                 cfg_.model.c_str(), static_cast<long long>(model_->parameter_count()),
+                 data_.description.c_str(), cfg_.mode.c_str(), num_threads(),
+                 static_cast<long long>(cfg_.batch_size),
+                 dp_ ? (" over " + std::to_string(dp_->size()) + " masters").c_str() : "", cfg_.optim.kind.c_str());
   try {
     for (int epoch = st_.epoch; epoch <= cfg_.epochs; ++epoch) {
       if (!run_epoch(epoch)) break;
@@ -450,9 +532,10 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   TEMPO_CHECK(cfg.epochs > 0, "--epochs must be positive");
   TEMPO_CHECK(cfg.steps == -1 || cfg.steps > 0, "--steps must be positive");
   TEMPO_CHECK(cfg.checkpoint_every >= 0, "--checkpoint-every must be positive");
-  check_outputs_writable(cfg);
-  set_num_threads(cfg.threads);
-  TrainingJob job(cfg, injected);
+  const TrainConfig own = cfg.masters ? rank_config(cfg, cfg.masters->rank(), cfg.masters->size()) : cfg;
+  check_outputs_writable(own);
+  set_num_threads(own.threads);
+  TrainingJob job(own, injected);
   return job.run();
 }
 

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "trusted/data/dataset.h"
+#include "trusted/dist/data_parallel.h"
 #include "trusted/model.h"
 #include "trusted/offload/offload_backend.h"
 #include "wire/remote_worker.h"
@@ -45,6 +46,9 @@ struct TrainConfig {
   std::string sealing_key;     // simulation of the enclave's sealing key
   std::string resume;          // sealed checkpoint to continue from
   bool print_config = false;   // print the measured configuration and stop
+  // Several masters (`mpirun -np N tempo train`, P12; not owned): the job's
+  // ranks. Null: one master. docs/DESIGN-NOTES.md, "Several masters".
+  Collective* masters = nullptr;
 };
 
 struct EvalResult {
@@ -83,8 +87,17 @@ std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats);
 // with `progress`, shows its progress on stderr (trusted/progress.h).
+// With `masters`, each rank evaluates its shard of every batch and the
+// counts and losses are summed over the ranks (every rank gets the total).
 EvalResult evaluate(Model& model, const Dataset& data, int64_t batch_size, LinearBackend& backend,
-                    bool progress = false);
+                    bool progress = false, DataParallel* masters = nullptr);
+
+// One rank's configuration of a job with several masters: its own list of
+// --workers (the rank-th of lists separated by '|', or the one list), its
+// own --checkpoint, --resume, --sealing-key and --attest-dir (`{rank}`
+// replaced by the rank, or `.rankR` appended), and, except on rank 0, no
+// progress display, --metrics or --save (unless --save has `{rank}`).
+TrainConfig rank_config(const TrainConfig& cfg, int rank, int ranks);
 
 // What `tempo predict` answers for every sample of a split: the class
 // probabilities (softmax of the logits, N×classes, row-major) and the

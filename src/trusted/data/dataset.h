@@ -88,6 +88,9 @@ class BatchLoader {
   // Moves past `batches` batches as next() would (augmentation draws
   // included) without producing them: a resumed run continues mid-epoch.
   void skip(int64_t batches);
+  // Several masters: next() gives only rows [b·shard/shards, b·(shard+1)/shards)
+  // of each global batch of b rows (the same batches, split evenly).
+  void set_shard(int shard, int shards);
 
  private:
   const Dataset& d_;
@@ -95,6 +98,7 @@ class BatchLoader {
   const std::vector<int64_t>& ys_;
   bool shuffle_, augment_;
   int64_t batch_, n_, pos_ = 0;
+  int shard_ = 0, shards_ = 1;
   uint64_t seed_;
   std::vector<int64_t> order_;  // the epoch's permutation (shuffle only)
   Rng aug_rng_;

@@ -56,15 +56,26 @@ void BatchLoader::start_epoch(int epoch) {
 
 bool BatchLoader::next(Tensor& x, std::vector<int64_t>& y) {
   if (pos_ >= n_) return false;
-  const int64_t b = std::min(batch_, n_ - pos_);
+  const int64_t full = std::min(batch_, n_ - pos_);
+  // This shard's rows [lo, hi) of the global batch (all of it with one shard).
+  const int64_t lo = full * shard_ / shards_, hi = full * (shard_ + 1) / shards_, b = hi - lo;
   const int64_t C = batch_shape_[1], H = batch_shape_[2], W = batch_shape_[3];
   const int64_t plane = H * W, per = C * plane;
   batch_shape_[0] = b;
   x.resize(batch_shape_);
   y.resize(static_cast<size_t>(b));
   const bool norm = !d_.norm_mean.empty();
-  for (int64_t i = 0; i < b; ++i) {
-    const int64_t idx = shuffle_ ? order_[static_cast<size_t>(pos_ + i)] : pos_ + i;
+  for (int64_t j = 0; j < full; ++j) {
+    if (j < lo || j >= hi) {  // another shard's sample: only its augmentation draws, in order
+      if (augment_) {
+        aug_rng_.below(2 * kPad + 1);
+        aug_rng_.below(2 * kPad + 1);
+        aug_rng_.uniform();
+      }
+      continue;
+    }
+    const int64_t i = j - lo;
+    const int64_t idx = shuffle_ ? order_[static_cast<size_t>(pos_ + j)] : pos_ + j;
     y[static_cast<size_t>(i)] = ys_[static_cast<size_t>(idx)];
     const float* src = xs_.data() + idx * per;
     float* dst = x.data() + i * per;
@@ -106,8 +117,14 @@ bool BatchLoader::next(Tensor& x, std::vector<int64_t>& y) {
       std::memcpy(dst, src, sizeof(float) * static_cast<size_t>(per));
     }
   }
-  pos_ += b;
+  pos_ += full;
   return true;
+}
+
+void BatchLoader::set_shard(int shard, int shards) {
+  TEMPO_CHECK(shards >= 1 && shard >= 0 && shard < shards, "BatchLoader: shard out of range");
+  shard_ = shard;
+  shards_ = shards;
 }
 
 void BatchLoader::skip(int64_t batches) {
