@@ -516,6 +516,15 @@ TrainResult TrainingJob::run() {
   }
   res_.seconds = train_seconds_;
   res_.peak_rss_bytes = peak_rss_bytes();
+  const int64_t ran = res_.steps - res_.resumed_after;
+  if (dp_ && lead() && ran > 0) {
+    const DataParallel::Seconds& s = dp_->seconds();
+    const double per = 1e3 / static_cast<double>(ran);
+    std::fprintf(stderr, "tempo: gradient all-reduce over %d masters: %.2f ms/step (encode %.2f, pads %.2f, MPI %.2f "
+                 "including waiting for the slowest master, decode %.2f) of %.1f ms/step\n", dp_->size(),
+                 per * (s.encode + s.pads + s.network + s.decode), per * s.encode, per * s.pads, per * s.network,
+                 per * s.decode, per * train_seconds_);
+  }
   metrics.summary(res_, cfg_.mode);
   if (!cfg_.save.empty()) {
     save_model(cfg_, *model_, st_.master_key ? &*st_.master_key : nullptr);

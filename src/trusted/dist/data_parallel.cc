@@ -3,6 +3,8 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <chrono>
+#include <optional>
 #include <cmath>
 #include <cstring>
 
@@ -12,6 +14,15 @@
 namespace tempo {
 
 namespace {
+
+using Clock = std::chrono::steady_clock;
+// Adds the time from construction to destruction to `into`.
+struct Timed {
+  double& into;
+  Clock::time_point t0 = Clock::now();
+  explicit Timed(double& d) : into(d) {}
+  ~Timed() { into += std::chrono::duration<double>(Clock::now() - t0).count(); }
+};
 
 constexpr int64_t kNonce = 32;
 // The exponents the first exchange can name: |v| < 2^e for e in [kLowest, kLowest + kBuckets).
@@ -82,8 +93,15 @@ void DataParallel::add_pad(uint64_t* words, int64_t n, uint64_t call, bool remov
 void DataParallel::padded_sum(uint64_t* words, int64_t n) {
   TEMPO_CHECK(n >= 1 && words[0] == 0, "padded_sum: word 0 is the check word and must be 0");
   const uint64_t call = calls_++;
-  add_pad(words, n, call, false);
-  comm_.sum(words, n);
+  {
+    Timed t(seconds_.pads);
+    add_pad(words, n, call, false);
+  }
+  {
+    Timed t(seconds_.network);
+    comm_.sum(words, n);
+  }
+  Timed t(seconds_.pads);
   add_pad(words, n, call, true);
   TEMPO_CHECK(words[0] == 0, "the masters' all-reduce did not cancel its pads: a rank holds another shared secret, "
                              "or the exchange was changed in transit");
@@ -92,6 +110,7 @@ void DataParallel::padded_sum(uint64_t* words, int64_t n) {
 double DataParallel::reduce_gradients(const std::vector<StateEntry>& params, double loss, int64_t samples,
                                       int64_t step) {
   const double n_here = static_cast<double>(samples);
+  std::optional<Timed> encoding(std::in_place, seconds_.encode);
   // Group 0 is the loss, group t + 1 the t-th gradient; each gets its own
   // scale, so a tensor of small gradients keeps its precision beside a
   // tensor of large ones.
@@ -133,7 +152,9 @@ double DataParallel::reduce_gradients(const std::vector<StateEntry>& params, dou
     else header_[static_cast<size_t>(kFirstBucket + t * kBuckets + e - kLowest)] = 1;
   }
   header_[1] = static_cast<uint64_t>(bad);
+  encoding.reset();
   padded_sum(header_.data(), words);
+  encoding.emplace(seconds_.encode);
   agreed_stop_ = agreed_stop_ || header_[3] != 0;
   if (header_[1] != 0)
     throw Error("training diverged at step " + std::to_string(step) + ": a loss or gradient is not finite (or "
@@ -171,7 +192,9 @@ double DataParallel::reduce_gradients(const std::vector<StateEntry>& params, dou
       }, 4096);
     at += len;
   }
+  encoding.reset();
   padded_sum(words_.data(), static_cast<int64_t>(words_.size()));
+  Timed decoding(seconds_.decode);
   at = 2;
   for (size_t t = 0; t < grads_.size(); ++t) {
     float* g = grads_[t]->data();

@@ -72,6 +72,11 @@ class DataParallel {
   // the pads cancelled (Error if not). Exposed for tests.
   void padded_sum(uint64_t* words, int64_t n);
   int64_t exchanges() const { return calls_; }
+  // Seconds spent in each part of the exchanges so far (benchmarks).
+  struct Seconds {
+    double encode = 0, pads = 0, network = 0, decode = 0;
+  };
+  const Seconds& seconds() const { return seconds_; }
 
  private:
   // Adds (sign +1) this rank's pad for exchange `call`, or subtracts (−1)
@@ -82,6 +87,7 @@ class DataParallel {
   uint64_t calls_ = 0;
   const std::atomic<bool>* stop_ = nullptr;
   bool agreed_stop_ = false;
+  Seconds seconds_;
   std::vector<uint64_t> header_, words_;
   std::vector<Tensor*> grads_;
   std::vector<double> largest_, scale_, unscale_;
