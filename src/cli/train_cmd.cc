@@ -154,8 +154,12 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->check(CLI::ExistingFile);
   app.add_option("--attest-dir", c.attest_dir,
                  "With --data encrypted:FILE: write the attestation report here and wait for the owner's key "
-                 "release (data-key.wrapped) here")
-      ->check(CLI::ExistingDirectory);
+                 "release (data-key.wrapped) here (under mpirun: one per master, made if missing)")
+      ->check([](const std::string& d) {
+        // Under mpirun the directory is per master ({rank}, or .rankR) and made then.
+        if (d.find("{rank}") != std::string::npos || launched_ranks() > 1) return std::string();
+        return CLI::ExistingDirectory(d);
+      });
   app.add_option("--attest-timeout", c.attest_timeout_s, "Seconds to wait for the owner's key release")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

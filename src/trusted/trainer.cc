@@ -1,6 +1,9 @@
 #include "trusted/trainer.h"
 
+#include <sys/stat.h>
 #include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <chrono>
@@ -257,6 +260,8 @@ TrainConfig rank_config(const TrainConfig& cfg, int rank, int ranks) {
   r.resume = per_rank(cfg.resume, rank);
   r.sealing_key = per_rank(cfg.sealing_key, rank);
   r.attest_dir = per_rank(cfg.attest_dir, rank);
+  if (!r.attest_dir.empty() && ::mkdir(r.attest_dir.c_str(), 0700) != 0 && errno != EEXIST)
+    throw Error("cannot make the attestation directory '" + r.attest_dir + "': " + std::strerror(errno));
   const bool every_rank_saves = cfg.save.find("{rank}") != std::string::npos;
   r.save = every_rank_saves || rank == 0 ? (every_rank_saves ? per_rank(cfg.save, rank) : cfg.save) : "";
   if (rank != 0) {
