@@ -9,8 +9,8 @@ packages=(
   libeigen3-dev libopenblas-dev libopenblas-openmp-dev libdnnl-dev libsodium-dev zlib1g-dev
   libgrpc++-dev libprotobuf-dev protobuf-compiler protobuf-compiler-grpc
   libgtest-dev libgmock-dev libbenchmark-dev libcli11-dev nlohmann-json3-dev
-  openmpi-bin libopenmpi-dev
-  openssl python3 python3-numpy python3-torch python3-torchvision python3-matplotlib dataset-fashion-mnist
+  openmpi-bin libopenmpi-dev libonnx-dev
+  openssl python3 python3-numpy python3-torch python3-torchvision python3-onnx python3-matplotlib dataset-fashion-mnist
 )
 
 missing=()

@@ -97,8 +97,9 @@ int run_tempo(const std::string& args, const std::string& log_path, std::string*
 
 // The flags of a reference run (run_<run>.args: --model, --optimizer, --lr,
 // ..., --steps) plus the common ones; `steps` > 0 replaces the run's --steps.
+// `model` replaces the run's --model ({REF}: the references' directory).
 std::string run_args(const std::string& run, int threads, const std::string& save, const std::string& extra = "",
-                     int steps = 0, const std::string& mode = "--mode tee-only") {
+                     int steps = 0, const std::string& mode = "--mode tee-only", const std::string& model = "") {
   const std::string r = ref_dir() + "/run_" + run;
   std::istringstream in(trim(read_text(r + ".args")));
   std::string flags, tok;
@@ -107,6 +108,11 @@ std::string run_args(const std::string& run, int threads, const std::string& sav
       in >> tok;
       tok = "--steps " + std::to_string(steps);
     }
+    if (tok == "--model" && !model.empty()) {
+      in >> tok;
+      tok = "--model " + model;
+    }
+    if (const auto at = tok.find("{REF}"); at != std::string::npos) tok.replace(at, 5, ref_dir());
     flags += tok + " ";
   }
   return "train " + mode + " --threads " + std::to_string(threads) + " " + flags + "--init " + r +
@@ -163,6 +169,7 @@ struct RunCase {
   // (kVitNote: round-off amplified in one tensor reaches the others through
   // the next steps, so per-tensor spreads of one other execution understate it).
   bool spread_of_run = false;
+  std::string model;  // replaces the run's --model ({REF}: the references' directory)
 };
 
 // The default blinding (mask, row and column mixing) changes the rounding
@@ -229,7 +236,27 @@ INSTANTIATE_TEST_SUITE_P(PyTorch, ReferenceRun,
                                                  "--mode tempo --workers local:2 --insecure-key-seed 6" + kKeysOnly},
                                          RunCase{"vit_tempo", "vit_sgd", 2, false,
                                                  "--mode tempo --workers local:2 --insecure-key-seed 7", kVitBlindedTol,
-                                                 kBlindedMedianTol}),
+                                                 kBlindedMedianTol},
+                                         // Models read from ONNX (--model FILE.onnx). odd_resnet is no zoo
+                                         // model (tests/py/onnx_models.py: residual blocks with BatchNorm,
+                                         // odd widths, a strided convolution, average pooling, a Linear
+                                         // head, GELU); it is smooth, so §4's 1e-4 holds without luck.
+                                         RunCase{"onnx_odd_resnet", "odd_resnet_sgd", 1, false},
+                                         RunCase{"onnx_odd_resnet_threads2", "odd_resnet_sgd", 2, false},
+                                         RunCase{"onnx_odd_resnet_tempo_keys_only", "odd_resnet_sgd", 2, false,
+                                                 "--mode tempo --workers local:2 --insecure-key-seed 8" + kKeysOnly},
+                                         RunCase{"onnx_odd_resnet_tempo", "odd_resnet_sgd", 2, false,
+                                                 "--mode tempo --workers local:2 --insecure-key-seed 9", kVitBlindedTol,
+                                                 kBlindedMedianTol},
+                                         // The zoo's models exported by PyTorch train as --model NAME
+                                         // does (the same tolerances as those runs).
+                                         RunCase{"onnx_cnn", "cnn_sgd", 1, false, "--mode tee-only", kTol, 0, false,
+                                                 "{REF}/run_cnn_sgd.onnx"},
+                                         RunCase{"onnx_cnn_tempo_keys_only", "cnn_sgd", 1, false,
+                                                 "--mode tempo --workers local:1 --insecure-key-seed 1" + kKeysOnly, kTol,
+                                                 0, false, "{REF}/run_cnn_sgd.onnx"},
+                                         RunCase{"onnx_resnet18", "resnet18_sgd", 1, true, "--mode tee-only", kTol, 0,
+                                                 false, "{REF}/run_resnet18_sgd.onnx"}),
                          [](const testing::TestParamInfo<RunCase>& i) { return i.param.name; });
 
 TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {
@@ -238,7 +265,9 @@ TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {
   TempDir dir;
   const std::string saved = dir / "final.safetensors", metrics = dir / "metrics.jsonl";
   std::string log;
-  ASSERT_EQ(run_tempo(run_args(rc.run, rc.threads, saved, "--metrics " + metrics, 0, rc.mode), dir / "log", &log), 0)
+  ASSERT_EQ(run_tempo(run_args(rc.run, rc.threads, saved, "--metrics " + metrics, 0, rc.mode, rc.model), dir / "log",
+                      &log),
+            0)
       << log;
   if (rc.mode.find("--mode tempo") != std::string::npos) {  // honest workers: every result accepted
     EXPECT_EQ(log.find("rejected"), std::string::npos) << log;

@@ -5,7 +5,9 @@
 #include <map>
 
 #include "common/error.h"
+#include "trusted/io/onnx.h"
 #include "trusted/io/safetensors.h"
+#include "trusted/nn/graph.h"
 
 namespace tempo {
 
@@ -180,6 +182,10 @@ void mark_no_input_grad(Layer& l) {
 
 }  // namespace
 
+bool is_onnx_model(const std::string& name) {
+  return name.size() > 5 && name.compare(name.size() - 5, 5, ".onnx") == 0;
+}
+
 const std::vector<std::string>& model_names() {
   static const std::vector<std::string> names = {"mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit"};
   return names;
@@ -215,10 +221,17 @@ std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed) {
     auto v = std::make_unique<VisionTransformer>(c);
     init_vit(*v, rng);
     m->root = std::move(v);
+  } else if (is_onnx_model(name)) {
+    // The graph's initializers are the initial weights: the seed plays no part.
+    auto gm = std::make_unique<GraphModel>(read_onnx(name));
+    m = std::make_unique<Model>();
+    m->input_shape = gm->input_shape();
+    m->num_classes = gm->classes();
+    m->root = std::move(gm);
   } else {
     std::string list;
     for (const auto& n : model_names()) list += (list.empty() ? "" : ", ") + n;
-    throw Error("unknown model '" + name + "'; choose one of: " + list + " (or vit:CxHxW)");
+    throw Error("unknown model '" + name + "'; choose one of: " + list + " (or vit:CxHxW, or a FILE.onnx)");
   }
   m->name = name;
   m->root->state(m->state, "");
@@ -234,8 +247,11 @@ std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed) {
     const Tensor* w = nullptr;
     if (auto* c = dynamic_cast<Conv2d*>(m->product_layers[i])) w = &c->weight;
     if (auto* f = dynamic_cast<Linear*>(m->product_layers[i])) w = &f->weight;
-    for (const auto& e : m->state)
-      if (e.value == w) m->products[i]->name = e.name.substr(0, e.name.size() - 7);  // drop ".weight"
+    for (const auto& e : m->state) {
+      if (e.value != w) continue;
+      const bool suffix = e.name.size() > 7 && e.name.compare(e.name.size() - 7, 7, ".weight") == 0;
+      m->products[i]->name = suffix ? e.name.substr(0, e.name.size() - 7) : e.name;  // drop ".weight"
+    }
   }
   mark_no_input_grad(*m->root);
   m->set_offload(false, false);

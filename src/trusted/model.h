@@ -49,8 +49,12 @@ class Model {
   std::vector<NamedTensor> state_tensors() const;
 };
 
-// "mlp", "cnn", "resnet18", "resnet50", "vgg16". Unknown names are an error
-// that lists the valid ones. Initialised from `seed` as PyTorch's modules do.
+// "mlp", "cnn", "resnet18", "resnet50", "vgg16", "vit" (or "vit:CxHxW").
+// Unknown names are an error that lists the valid ones. Initialised from
+// `seed` as PyTorch's modules do. A name ending in ".onnx" is a file: the
+// model is built from its graph (trusted/nn/graph.h) and starts from its
+// initializers.
+bool is_onnx_model(const std::string& name);
 std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed);
 const std::vector<std::string>& model_names();
 

@@ -60,6 +60,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 
 import safetensors_io  # noqa: E402
+import onnx_models  # noqa: E402
 import tempo_models  # noqa: E402
 
 torch.set_num_threads(1)  # reproducible float32 sums, whatever the machine
@@ -472,17 +473,23 @@ def run_steps(model, optimizer, lr, momentum, weight_decay, images, labels, batc
 
 
 def train_run(directory, run, model_name, optimizer, lr, momentum, weight_decay, batch, steps,
-              seed, variant, data="synthetic"):
+              seed, variant, data="synthetic", export_onnx=False):
     """One training run in float32 (the reference). With a `variant`, also one
     other correct execution of the same run ("float64", or "no-mkldnn": float32
     with PyTorch's native instead of oneDNN convolutions); their per-tensor
     difference, relative to max|w|, goes to run_<run>_spread.txt: how far two
     correct implementations drift apart through rounding alone (a ReLU kink or
     max-pool choice decided differently, Adam's division by sqrt(v) + eps for
-    gradients near eps, then growth over the steps)."""
+    gradients near eps, then growth over the steps). With export_onnx (always
+    for a model of onnx_models), also run_<run>.onnx: the model as
+    torch.onnx.export writes it, before training; the args of a model of
+    onnx_models name that file as --model {REF}/run_<run>.onnx ({REF}: the
+    references' directory)."""
+    export_onnx = export_onnx or model_name in onnx_models.MODELS
     torch.manual_seed(seed)
-    model = tempo_models.build(model_name)
-    shape = tempo_models.INPUT_SHAPES[model_name]
+    onnx_model = model_name in onnx_models.MODELS
+    model = onnx_models.build(model_name) if onnx_model else tempo_models.build(model_name)
+    shape = (onnx_models.INPUT_SHAPES if onnx_model else tempo_models.INPUT_SHAPES)[model_name]
     g = torch.Generator().manual_seed(seed + 1)
     if data == "fashion-mnist":
         images, labels = fashion_mnist(batch * steps)
@@ -492,14 +499,17 @@ def train_run(directory, run, model_name, optimizer, lr, momentum, weight_decay,
     init = {k: v.clone() for k, v in model.state_dict().items()}
     safetensors_io.save(prefix + "_init.safetensors", init)
     safetensors_io.save(prefix + "_data.safetensors", {"images": images, "labels": labels})
+    if export_onnx:  # the model as a graph, its initializers this run's init
+        onnx_models.export(model, shape, prefix + ".onnx")
     losses = run_steps(model, optimizer, lr, momentum, weight_decay, images, labels, batch, steps)
     final = {k: v.clone() for k, v in model.state_dict().items()}
     safetensors_io.save(prefix + "_final.safetensors", final)
 
-    _write_args(prefix, model_name, optimizer, lr, momentum, weight_decay, batch, steps, losses)
+    _write_args(prefix, "{REF}/" + os.path.basename(prefix) + ".onnx" if onnx_model else model_name, optimizer, lr,
+                momentum, weight_decay, batch, steps, losses)
     if variant is None:
         return
-    other = tempo_models.build(model_name)
+    other = onnx_models.build(model_name) if onnx_model else tempo_models.build(model_name)
     other.load_state_dict(init)
     if variant == "float64":
         other = other.double()
@@ -532,9 +542,12 @@ def _write_args(prefix, model_name, optimizer, lr, momentum, weight_decay, batch
 
 
 def make_runs(directory):
-    train_run(directory, "cnn_sgd", "cnn", "sgd", 0.01, 0.9, 5e-4, 32, 20, seed=7, variant="float64")
+    train_run(directory, "cnn_sgd", "cnn", "sgd", 0.01, 0.9, 5e-4, 32, 20, seed=7, variant="float64",
+              export_onnx=True)
     train_run(directory, "resnet18_sgd", "resnet18", "sgd", 0.01, 0.9, 5e-4, 16, 5, seed=8,
-              variant="no-mkldnn")
+              variant="no-mkldnn", export_onnx=True)
+    train_run(directory, "odd_resnet_sgd", "odd_resnet", "sgd", 0.01, 0.9, 5e-4, 16, 20, seed=13,
+              variant="float64", data="fashion-mnist")
     train_run(directory, "mlp_adam", "mlp", "adam", 1e-3, 0.0, 1e-4, 32, 10, seed=9, variant="float64")
     train_run(directory, "mlp_adamw", "mlp", "adamw", 2e-3, 0.0, 0.05, 32, 10, seed=10,
               variant="float64")
@@ -596,6 +609,7 @@ def optimizer_cases(out):
 def fingerprint():
     h = hashlib.sha256(torch.__version__.encode())
     for path in [os.path.abspath(__file__), os.path.join(HERE, "..", "py", "tempo_models.py"),
+                 os.path.join(HERE, "..", "py", "onnx_models.py"),
                  os.path.join(HERE, "..", "py", "safetensors_io.py")]:
         with open(path, "rb") as f:
             h.update(f.read())
