@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Writes small seed corpora for the fuzzers: make_seeds.py OUT_DIR creates
-OUT_DIR/{safetensors,idx,cifar,worker_request,container}/. Standard library only; deterministic."""
+OUT_DIR/{safetensors,idx,cifar,worker_request,container,onnx}/. Standard library only; deterministic."""
 
 import gzip
 import json
@@ -94,6 +94,76 @@ def worker_requests():
     }
 
 
+# ---- ONNX (onnx.proto's field numbers) ----
+
+
+def onnx_tensor(name, dims, floats=None, ints=None):
+    msg = b"".join(field(1, d) for d in dims) + field(2, 1 if floats is not None else 7) + field(8, name.encode())
+    if floats is not None:
+        msg += field(9, struct.pack("<%df" % len(floats), *floats))
+    else:
+        msg += field(9, struct.pack("<%dq" % len(ints), *ints))
+    return msg
+
+
+def onnx_attr(name, i=None, ints=None, f=None):
+    msg = field(1, name.encode())
+    if i is not None:
+        return msg + field(3, i) + field(20, 2)
+    if f is not None:
+        return msg + varint((2 << 3) | 5) + struct.pack("<f", f) + field(20, 1)
+    return msg + b"".join(field(8, v) for v in ints) + field(20, 7)
+
+
+def onnx_node(op, inputs, outputs, name, attrs=()):
+    return (b"".join(field(1, x.encode()) for x in inputs) + b"".join(field(2, x.encode()) for x in outputs) +
+            field(3, name.encode()) + field(4, op.encode()) + b"".join(field(5, a) for a in attrs))
+
+
+def onnx_value(name, dims):
+    shape = b"".join(field(1, field(2, b"batch") if d < 0 else field(1, d)) for d in dims)
+    return field(1, name.encode()) + field(2, field(1, field(1, 1) + field(2, shape)))
+
+
+def onnx_model(nodes, inits, in_dims, out_dims, opset=13):
+    graph = (b"".join(field(1, n) for n in nodes) + field(2, b"g") + b"".join(field(5, t) for t in inits) +
+             field(11, onnx_value("input", in_dims)) + field(12, onnx_value("logits", out_dims)))
+    return field(1, 8) + field(8, field(1, b"") + field(2, opset)) + field(7, graph)
+
+
+def onnx_seeds():
+    conv = onnx_node("Conv", ["input", "c.weight", "c.bias"], ["h1"], "conv",
+                     [onnx_attr("kernel_shape", ints=[3, 3]), onnx_attr("pads", ints=[1, 1, 1, 1]),
+                      onnx_attr("strides", ints=[1, 1])])
+    bn = onnx_node("BatchNormalization", ["h1", "bn.weight", "bn.bias", "bn.running_mean", "bn.running_var"],
+                   ["h2"], "bn", [onnx_attr("epsilon", f=1e-5), onnx_attr("momentum", f=0.9)])
+    relu = onnx_node("Relu", ["h2"], ["h3"], "relu")
+    pool = onnx_node("MaxPool", ["h3"], ["h4"], "pool",
+                     [onnx_attr("kernel_shape", ints=[2, 2]), onnx_attr("strides", ints=[2, 2])])
+    flat = onnx_node("Reshape", ["h4", "shape"], ["h5"], "reshape")
+    gemm = onnx_node("Gemm", ["h5", "fc.weight", "fc.bias"], ["logits"], "fc", [onnx_attr("transB", i=1)])
+    inits = [onnx_tensor("c.weight", [2, 1, 3, 3], floats=[0.1] * 18), onnx_tensor("c.bias", [2], floats=[0, 1]),
+             onnx_tensor("bn.weight", [2], floats=[1, 1]), onnx_tensor("bn.bias", [2], floats=[0, 0]),
+             onnx_tensor("bn.running_mean", [2], floats=[0, 0]), onnx_tensor("bn.running_var", [2], floats=[1, 1]),
+             onnx_tensor("shape", [2], ints=[0, -1]), onnx_tensor("fc.weight", [3, 8], floats=[0.5] * 24),
+             onnx_tensor("fc.bias", [3], floats=[0, 0, 0])]
+    cnn = onnx_model([conv, bn, relu, pool, flat, gemm], inits, [-1, 1, 4, 4], [-1, 3])
+    # Generic operators: Add, Mul, Transpose, Softmax, MatMul of activations, Concat, Slice, Gather, Pad.
+    gen = [onnx_node("Pad", ["input", "pads"], ["a"], "pad"),
+           onnx_node("Slice", ["a", "starts", "ends", "axes"], ["b"], "slice"),
+           onnx_node("Transpose", ["b"], ["c"], "tr", [onnx_attr("perm", ints=[0, 1, 3, 2])]),
+           onnx_node("Mul", ["c", "p"], ["d"], "mul"), onnx_node("Softmax", ["d"], ["e"], "sm"),
+           onnx_node("MatMul", ["e", "d"], ["f"], "mm"),
+           onnx_node("Concat", ["f", "e"], ["g"], "cat", [onnx_attr("axis", i=1)]),
+           onnx_node("Flatten", ["g"], ["h"], "flat", [onnx_attr("axis", i=1)]),
+           onnx_node("Gather", ["h", "cols"], ["logits"], "gather", [onnx_attr("axis", i=1)])]
+    gen_inits = [onnx_tensor("pads", [8], ints=[0, 0, 1, 1, 0, 0, 1, 1]), onnx_tensor("starts", [2], ints=[1, 1]),
+                 onnx_tensor("ends", [2], ints=[5, 5]), onnx_tensor("axes", [2], ints=[2, 3]),
+                 onnx_tensor("p", [4], floats=[1, 2, 3, 4]), onnx_tensor("cols", [3], ints=[0, 7, 31])]
+    generic = onnx_model(gen, gen_inits, [-1, 1, 4, 4], [-1, 3])
+    return {"cnn": cnn, "generic": generic, "opset11": onnx_model([relu], [], [-1, 2], [-1, 2], opset=11)}
+
+
 def container(kind, wrap, chunk, size, body_extra=0):
     """An encrypted file's clear header with a consistent ciphertext length
     (random-looking bytes: authentication fails, the parsing is exercised)."""
@@ -129,6 +199,7 @@ def main():
             "two": cifar([0, 9]),
         },
         "worker_request": worker_requests(),
+        "onnx": onnx_seeds(),
         "container": {
             "data": container(1, 1, 64, 150),
             "model": container(2, 2, 1024, 10),

@@ -17,8 +17,10 @@
 #include "common/error.h"
 #include "test_util.h"
 #include "trusted/io/onnx.h"
+#include "trusted/io/safetensors.h"
 #include "trusted/model.h"
 #include "trusted/nn/graph.h"
+#include "trusted/onnx_export.h"
 
 namespace tempo {
 namespace {
@@ -112,12 +114,7 @@ std::string error_of(const std::function<void()>& f) {
 // The zoo model and its PyTorch export, from the same weights, on one batch:
 // logits and every parameter gradient equal bit for bit (tee-only), so
 // training through ONNX is training the zoo model.
-void expect_same_as_zoo(const std::string& zoo, const std::string& run, const Shape& in) {
-  REF_FILE_OR_FAIL(onnx_path, "run_" + run + ".onnx");
-  REF_FILE_OR_FAIL(init, "run_" + run + "_init.safetensors");
-  auto a = build_model(zoo, 0), b = build_model(onnx_path, 0);
-  a->load(init);
-  b->load(init);
+void expect_same_models(Model* a, Model* b, const Shape& in, bool training = true) {
   ASSERT_EQ(a->state.size(), b->state.size());
   for (size_t i = 0; i < a->state.size(); ++i) EXPECT_EQ(a->state[i].name, b->state[i].name) << "state order";
   EXPECT_EQ(a->products.size(), b->products.size());
@@ -131,11 +128,12 @@ void expect_same_as_zoo(const std::string& zoo, const std::string& run, const Sh
   const auto v = testutil::normal_vec(x.numel(), 5);
   std::copy(v.begin(), v.end(), x.data());
   TeeOnlyBackend be, local;
-  Context ctx{&be, &local, true, nullptr};
+  Context ctx{&be, &local, training, nullptr};
   const Tensor ya = a->forward(x, ctx);
   const Tensor yb = b->forward(x, ctx);
   ASSERT_EQ(ya.shape(), yb.shape());
   for (int64_t i = 0; i < ya.numel(); ++i) ASSERT_EQ(ya[i], yb[i]) << "logit " << i;
+  if (!training) return;
   Tensor dy(ya.shape());
   const auto d = testutil::normal_vec(dy.numel(), 6);
   std::copy(d.begin(), d.end(), dy.data());
@@ -148,8 +146,58 @@ void expect_same_as_zoo(const std::string& zoo, const std::string& run, const Sh
       ASSERT_EQ((*pa[i].grad)[j], (*pb[i].grad)[j]) << pa[i].name << "[" << j << "]";
 }
 
+void expect_same_as_zoo(const std::string& zoo, const std::string& run, const Shape& in) {
+  REF_FILE_OR_FAIL(onnx_path, "run_" + run + ".onnx");
+  REF_FILE_OR_FAIL(init, "run_" + run + "_init.safetensors");
+  auto a = build_model(zoo, 0), b = build_model(onnx_path, 0);
+  a->load(init);
+  b->load(init);
+  expect_same_models(a.get(), b.get(), in);
+}
+
 TEST(Onnx, TheCnnExportComputesAsTheZooCnn) { expect_same_as_zoo("cnn", "cnn_sgd", {1, 28, 28}); }
 TEST(Onnx, TheResnet18ExportComputesAsTheZooResnet18) { expect_same_as_zoo("resnet18", "resnet18_sgd", {3, 32, 32}); }
+
+// tempo export of a zoo model, read back: the same model with the same
+// weights, in training (batch statistics) and in evaluation (running ones).
+TEST(Onnx, ExportedZooModelsReadBackAsTheSameModels) {
+  testutil::TempDir dir("tempo_onnx");
+  for (const std::string name : {"mlp", "cnn", "resnet18"}) {
+    SCOPED_TRACE(name);
+    auto a = build_model(name, 4);
+    for (auto& e : a->state)  // running statistics that are not the initial ones
+      if (e.name.find("running_") != std::string::npos)
+        for (int64_t i = 0; i < e.value->numel(); ++i) (*e.value)[i] += 0.25f + 0.01f * static_cast<float>(i % 7);
+    const std::string path = dir / (name + ".onnx");
+    {
+      const std::string bytes = export_onnx(*a);
+      std::ofstream(path, std::ios::binary) << bytes;
+    }
+    auto b = build_model(path, 0);
+    expect_same_models(a.get(), b.get(), a->input_shape, false);
+    expect_same_models(a.get(), b.get(), a->input_shape, true);
+  }
+  EXPECT_NE(error_of([] { export_onnx(*build_model("vit", 0)); }).find("torch.onnx.export"), std::string::npos);
+}
+
+// tempo export of a model read from ONNX keeps its graph, with new weights.
+TEST(Onnx, ExportFillsAnImportedGraphWithTrainedWeights) {
+  REF_FILE_OR_FAIL(onnx_path, "run_odd_resnet_sgd.onnx");
+  REF_FILE_OR_FAIL(final_path, "run_odd_resnet_sgd_final.safetensors");
+  testutil::TempDir dir("tempo_onnx");
+  auto a = build_model(onnx_path, 0);
+  a->load(final_path);
+  const std::string path = dir / "trained.onnx";
+  std::ofstream(path, std::ios::binary) << export_onnx(*a);
+  auto b = build_model(path, 0);
+  const TensorMap want = read_safetensors(final_path);
+  for (const auto& e : b->state) {
+    if (e.counter) continue;  // num_batches_tracked is not part of a graph
+    const NamedTensor& w = want.at(e.name);
+    for (int64_t i = 0; i < e.value->numel(); ++i) ASSERT_EQ((*e.value)[i], w.f32[static_cast<size_t>(i)]) << e.name;
+  }
+  expect_same_models(a.get(), b.get(), {1, 28, 28}, false);
+}
 
 TEST(Onnx, InitializersAreTheInitialWeightsUnderPyTorchsNames) {
   REF_FILE_OR_FAIL(onnx_path, "run_odd_resnet_sgd.onnx");

@@ -30,6 +30,16 @@ struct PredictConfig {
 void add_predict_flags(CLI::App& app, PredictConfig& cfg);
 int run_predict(const PredictConfig& cfg);
 
+// `tempo export`: a model and its weights as an ONNX file.
+struct ExportConfig {
+  std::string model = "cnn";
+  std::string init;    // weights (.safetensors, PyTorch names); none: the model's initialisation
+  std::string output;  // .onnx
+  uint64_t seed = 0;
+};
+void add_export_flags(CLI::App& app, ExportConfig& cfg);
+int run_export(const ExportConfig& cfg);
+
 struct BenchConfig {
   std::vector<std::string> models = {"cnn:64", "resnet18:32"};
   std::vector<int> threads = {1, 2};

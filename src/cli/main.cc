@@ -1,6 +1,6 @@
-// `tempo`: the one binary. Subcommands: train, eval, predict, worker, privacy, owner, bench.
+// `tempo`: the one binary. Subcommands: train, eval, predict, export, worker, privacy, owner, bench.
 // Built with TEMPO_MASTER_ONLY it is `tempo-master`, the master-only build:
-// train, eval, predict and owner, with no worker, evaluation or CUDA code.
+// train, eval, predict, export and owner, with no worker, evaluation or CUDA code.
 #include <CLI/CLI.hpp>
 
 #include <malloc.h>
@@ -73,6 +73,11 @@ int main(int argc, char** argv) {
   tempo::cli::add_privacy_flags(*privacy, privacy_cfg);
 #endif
 
+  tempo::cli::ExportConfig export_cfg;
+  CLI::App* export_cmd = app.add_subcommand(
+      "export", "Write a model and its weights as an ONNX file (for any ONNX runtime, or to train again)");
+  tempo::cli::add_export_flags(*export_cmd, export_cfg);
+
   tempo::cli::OwnerConfig owner_cfg;
   CLI::App* owner = app.add_subcommand(
       "owner", "The data owner's tools: keys, encrypted data, key release to an attested master, model decryption");
@@ -104,6 +109,7 @@ int main(int argc, char** argv) {
     if (*privacy) return tempo::cli::run_privacy(privacy_cfg);
 #endif
     if (*owner) return tempo::cli::run_owner(*owner, owner_cfg);
+    if (*export_cmd) return tempo::cli::run_export(export_cfg);
   } catch (const tempo::Error& e) {
     std::fprintf(stderr, "tempo: error: %s\n", e.what());
     return 1;

@@ -8,7 +8,9 @@
 #include "common/parallel.h"
 #include "trusted/confidential/confidential.h"
 #include "trusted/dist/collective.h"
+#include "trusted/io/file_util.h"
 #include "trusted/io/safetensors.h"
+#include "trusted/onnx_export.h"
 
 #include <fstream>
 
@@ -233,6 +235,29 @@ int run_eval(const TrainConfig& cfg) {
   EvalResult r = evaluate(*model, data, cfg.batch_size, *backend, cfg.progress);
   std::printf("test accuracy %.4f (%lld/%lld), test loss %.4f\n", r.accuracy,
               static_cast<long long>(r.correct), static_cast<long long>(r.samples), r.loss);
+  return 0;
+}
+
+void add_export_flags(CLI::App& app, ExportConfig& c) {
+  app.add_option("--model", c.model,
+                 "Model: a zoo name (mlp | cnn | resnet18 | resnet50 | vgg16) or a FILE.onnx, whose graph is kept")
+      ->capture_default_str();
+  app.add_option("--init", c.init, "Weights to write (safetensors, PyTorch state_dict names, e.g. from --save)")
+      ->check(CLI::ExistingFile);
+  app.add_option("--output,-o", c.output, "The ONNX file to write (atomically)")->required();
+  app.add_option("--seed", c.seed, "Seed of the initialisation when there is no --init")->capture_default_str();
+}
+
+int run_export(const ExportConfig& c) {
+  protect_process();  // plaintext weights
+  auto model = build_model(c.model, c.seed);
+  if (!c.init.empty()) model->load(c.init);
+  const std::string bytes = export_onnx(*model);
+  AtomicFile f(c.output);
+  f.write(bytes.data(), bytes.size());
+  f.commit();
+  std::fprintf(stderr, "tempo: wrote %s (%s, %lld parameters%s)\n", c.output.c_str(), model->name.c_str(),
+               static_cast<long long>(model->parameter_count()), c.init.empty() ? ", initial weights" : "");
   return 0;
 }
 

@@ -71,6 +71,9 @@ class MaxPool2d final : public Layer {
   const Tensor& forward(const Tensor& x, Context& ctx) override;
   const Tensor& backward(const Tensor& dy, Context& ctx) override;
   std::string kind() const override { return "MaxPool2d"; }
+  int64_t kernel() const { return k_; }
+  int64_t stride() const { return s_; }
+  int64_t padding() const { return p_; }
 
  private:
   int64_t k_, s_, p_;
@@ -85,6 +88,9 @@ class AvgPool2d final : public Layer {
   const Tensor& forward(const Tensor& x, Context& ctx) override;
   const Tensor& backward(const Tensor& dy, Context& ctx) override;
   std::string kind() const override { return "AvgPool2d"; }
+  int64_t kernel() const { return k_; }
+  int64_t stride() const { return s_; }
+  int64_t padding() const { return p_; }
 
  private:
   int64_t k_, s_, p_;
@@ -97,6 +103,7 @@ class AdaptiveAvgPool2d final : public Layer {
   const Tensor& forward(const Tensor& x, Context& ctx) override;
   const Tensor& backward(const Tensor& dy, Context& ctx) override;
   std::string kind() const override { return "AdaptiveAvgPool2d"; }
+  bool global() const { return oh_ == 1 && ow_ == 1; }
 
  private:
   int64_t oh_, ow_;
@@ -160,6 +167,7 @@ class Sequential final : public Layer {
   std::string kind() const override { return "Sequential"; }
   size_t size() const { return children_.size(); }
   Layer& at(size_t i) { return *children_[i].second; }
+  const std::string& name_at(size_t i) const { return children_[i].first; }
 
  private:
   std::vector<std::pair<std::string, LayerPtr>> children_;
