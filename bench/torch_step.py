@@ -1,5 +1,6 @@
 """Times PyTorch's training step (forward, cross-entropy, backward, SGD with
-momentum) for one model, batch size and thread count, on the CPU or on a GPU
+momentum), or with --inference a prediction (eval mode, forward and softmax
+without gradients), for one model, batch size and thread count, on the CPU or on a GPU
 (`--device cuda`, float32 throughout: TF32 off). Prints one line:
 `median_ms <value>`. Run with /usr/bin/python3 (Debian's torch) here."""
 import argparse
@@ -10,6 +11,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests", "py"))
 import torch  # noqa: E402
+import onnx_models  # noqa: E402
 import tempo_models  # noqa: E402
 
 
@@ -21,6 +23,8 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--inference", action="store_true",
+                    help="time predict instead: eval mode, no gradients, forward and softmax")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -28,10 +32,11 @@ def main():
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
-    model = tempo_models.build(a.model).to(dev)
+    zoo = a.model not in onnx_models.MODELS
+    model = (tempo_models.build(a.model) if zoo else onnx_models.build(a.model)).to(dev)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(a.batch, *tempo_models.INPUT_SHAPES[a.model]).to(dev)
+    x = torch.randn(a.batch, *(tempo_models.INPUT_SHAPES if zoo else onnx_models.INPUT_SHAPES)[a.model]).to(dev)
     y = torch.randint(0, 10, (a.batch,)).to(dev)
 
     def sync():
@@ -39,13 +44,19 @@ def main():
             torch.cuda.synchronize()
     loss_fn = torch.nn.CrossEntropyLoss()
     times = []
+    if a.inference:
+        model.eval()
     for i in range(a.warmup + a.steps):
         sync()
         t = time.perf_counter()
-        opt.zero_grad(set_to_none=False)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        opt.step()
+        if a.inference:
+            with torch.no_grad():
+                torch.softmax(model(x), dim=1)
+        else:
+            opt.zero_grad(set_to_none=False)
+            loss = loss_fn(model(x), y)
+            loss.backward()
+            opt.step()
         sync()
         if i >= a.warmup:
             times.append(time.perf_counter() - t)

@@ -36,7 +36,7 @@ struct Case {
 };
 
 Case parse_case(const std::string& s) {
-  auto colon = s.find(':');
+  auto colon = s.rfind(':');  // the model may have colons of its own (vit:3x32x32:64, onnx:odd_resnet:1)
   TEMPO_CHECK(colon != std::string::npos, "--models entries look like MODEL:BATCH, got '" + s + "'");
   Case c{s.substr(0, colon), 0};
   try {
@@ -241,6 +241,123 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
                   "-", "-", "-", "-", "-", "-", torch_ms, "-");
       std::fflush(stdout);
     }
+  }
+  return 0;
+}
+
+// ---- inference (predict): latency at batch 1, throughput at larger batches ----
+
+// A model in eval mode answering requests: forward, softmax, the backend's
+// per-request state freed (every request draws fresh keys: the weights stay
+// the same between requests, but no key is reused, so the security argument
+// of training holds unchanged).
+class InferenceRunner {
+ public:
+  InferenceRunner(const std::string& model, int64_t batch, std::unique_ptr<OffloadBackend> backend)
+      : model_(build_model(model, 0)), backend_(std::move(backend)), rng_(2),
+        ctx_{backend_ ? static_cast<LinearBackend*>(backend_.get()) : &tee_, &tee_, false, nullptr} {
+    Shape xs = {batch};
+    xs.insert(xs.end(), model_->input_shape.begin(), model_->input_shape.end());
+    x_.resize(xs);
+    for (int64_t i = 0; i < x_.numel(); ++i) x_[i] = static_cast<float>(rng_.normal());
+    probs_.resize(static_cast<size_t>(batch * model_->num_classes));
+  }
+  void run(int requests, int warmup = 0) {
+    for (int i = 0; i < requests; ++i) {
+      auto t = std::chrono::steady_clock::now();
+      const Tensor& logits = model_->forward(x_, ctx_);
+      ctx_.offload->end_step();
+      softmax_rows(logits.data(), logits.dim(0), model_->num_classes, probs_.data());
+      const PhaseSeconds ph = ctx_.offload->take_phase_seconds();
+      if (warmed_++ < warmup) continue;
+      times_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+      waits_.push_back((ph.worker + ph.transfer) * 1e3);
+    }
+  }
+  double median_ms() const { return median(times_); }
+  // The request minus the worker's compute and the transfers (the master's share).
+  double master_ms() const {
+    std::vector<double> m;
+    for (size_t i = 0; i < times_.size(); ++i) m.push_back(std::max(0.0, times_[i] - waits_[i]));
+    return median(m);
+  }
+
+ private:
+  std::unique_ptr<Model> model_;
+  std::unique_ptr<OffloadBackend> backend_;
+  TeeOnlyBackend tee_;
+  Rng rng_;
+  Context ctx_;
+  Tensor x_;
+  std::vector<float> probs_;
+  std::vector<double> times_, waits_;
+  int warmed_ = 0;
+};
+
+double torch_inference_ms(const BenchConfig& cfg, const std::string& model, int64_t batch, int threads, int requests) {
+  std::ostringstream cmd;
+  cmd << cfg.python << " " << cfg.source_dir << "/bench/torch_step.py --inference --model " << model << " --batch "
+      << batch << " --threads " << threads << " --steps " << requests << " 2>&1";
+  FILE* p = popen(cmd.str().c_str(), "r");
+  TEMPO_CHECK(p != nullptr, "cannot run " + cfg.python);
+  std::string out;
+  char buf[512];
+  while (fgets(buf, sizeof buf, p)) out += buf;
+  const int rc = pclose(p);
+  auto pos = out.find("median_ms ");
+  TEMPO_CHECK(rc == 0 && pos != std::string::npos,
+              "PyTorch reference failed (" + cmd.str() + "):\n" + out + "install it with scripts/setup.sh or pass --no-torch");
+  return std::stod(out.substr(pos + 10));
+}
+
+// "onnx:NAME": tests/py/onnx_models.py's NAME, exported by PyTorch to a
+// temporary file that Tempo reads (--model FILE.onnx); other names: the zoo.
+std::string inference_model(const BenchConfig& cfg, const std::string& name, const std::string& dir) {
+  if (name.rfind("onnx:", 0) != 0) return name;
+  const std::string torch_name = name.substr(5), path = dir + "/" + torch_name + ".onnx";
+  if (std::filesystem::exists(path)) return path;
+  const std::string cmd = cfg.python + " " + cfg.source_dir + "/tests/py/onnx_models.py " + torch_name + " " + path +
+                          " > " + dir + "/export.log 2>&1";
+  TEMPO_CHECK(std::system(cmd.c_str()) == 0 && std::filesystem::exists(path),
+              "could not export " + torch_name + " with PyTorch (" + cmd + ")");
+  return path;
+}
+
+int run_inference(const BenchConfig& cfg) {
+  set_num_threads(cfg.threads.empty() ? 0 : cfg.threads.back());
+  std::string dir = std::filesystem::temp_directory_path() / "tempo_bench_XXXXXX";
+  TEMPO_CHECK(mkdtemp(dir.data()) != nullptr, "cannot make a temporary directory");
+  struct Cleanup {
+    std::string d;
+    ~Cleanup() { std::filesystem::remove_all(d); }
+  } cleanup{dir};
+  std::printf("inference (predict), %d threads, workers %s; ms per request (median), images/s = batch / ms\n",
+              num_threads(), cfg.workers.c_str());
+  std::printf("%-18s %5s %11s %11s %11s %11s %10s %10s %10s %9s %9s\n", "model", "batch", "tee-only ms",
+              "tempo ms", "master ms", "pytorch ms", "tee img/s", "tempo img/s", "torch img/s", "tempo/tee",
+              "tee/torch");
+  for (const auto& s : cfg.models) {
+    const Case c = parse_case(s);
+    const std::string model = inference_model(cfg, c.model, dir);
+    const int requests = cfg.steps > 0 ? cfg.steps : c.batch == 1 ? 20 : c.batch <= 64 ? 5 : 3;
+    InferenceRunner tee(model, c.batch, nullptr);
+    InferenceRunner tempo(model, c.batch,
+                          std::make_unique<OffloadBackend>(OffloadConfig{}, connect_workers(cfg.workers), random_secret()));
+    tee.run(1, 1);
+    tempo.run(1, 1);
+    for (int r = 0; r < requests; ++r) {  // interleaved: the machine's speed drifts
+      tee.run(1);
+      tempo.run(1);
+    }
+    const double torch_ms = cfg.torch ? torch_inference_ms(cfg, c.model.rfind("onnx:", 0) == 0 ? c.model.substr(5)
+                                                                                           : c.model,
+                                                           c.batch, num_threads(), requests)
+                                      : 0;
+    const double b = static_cast<double>(c.batch), t1 = tee.median_ms(), t2 = tempo.median_ms();
+    std::printf("%-18s %5lld %11.2f %11.2f %11.2f %11.2f %10.1f %10.1f %10.1f %9.2f %9.2f\n", c.model.c_str(),
+                static_cast<long long>(c.batch), t1, t2, tempo.master_ms(), torch_ms, 1e3 * b / t1, 1e3 * b / t2,
+                torch_ms > 0 ? 1e3 * b / torch_ms : 0.0, t2 / t1, torch_ms > 0 ? t1 / torch_ms : 0.0);
+    std::fflush(stdout);
   }
   return 0;
 }
@@ -625,9 +742,11 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "with a per-phase breakdown (threads: the last of --threads); hardening: the mask, row and column "
                  "mixing alone and together against the unhardened tempo step (same breakdown); remote: worker processes on "
                  "loopback vs in-process workers vs tee-only; transfer: loopback tensor throughput; gpu: a worker "
-                 "on a GPU; confidential: encrypted files and sealed checkpoints against plain I/O and a step")
+                 "on a GPU; confidential: encrypted files and sealed checkpoints against plain I/O and a step; "
+                 "inference: predict's latency (batch 1) and throughput (larger batches), tee-only, tempo and PyTorch "
+                 "(--models entries may be onnx:NAME:BATCH for a model of tests/py/onnx_models.py read from ONNX)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"torch", "modes", "hardening", "remote", "transfer", "gpu", "confidential"}));
+      ->check(CLI::IsMember({"torch", "modes", "hardening", "remote", "transfer", "gpu", "confidential", "inference"}));
   app.add_option("--backend", c.backend, "Worker backend of the gpu suite: cuda | cpu (cpu stands in for tests)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -651,6 +770,7 @@ int run_bench(const BenchConfig& cfg) {
   if (cfg.suite == "transfer") return run_transfer(cfg);
   if (cfg.suite == "gpu") return run_gpu(cfg);
   if (cfg.suite == "confidential") return run_confidential(cfg);
+  if (cfg.suite == "inference") return run_inference(cfg);
   std::printf("%-10s %6s %8s %14s %14s %10s\n", "model", "batch", "threads", "tempo ms/step",
               "torch ms/step", "tempo/torch");
   for (const auto& s : cfg.models) {

@@ -79,3 +79,9 @@ def export(model, shape, path, opset=13):
         if t.name in state:
             g.graph.initializer[i].CopyFrom(numpy_helper.from_array(state[t.name].detach().numpy(), t.name))
     onnx.save(g, path)
+
+
+if __name__ == "__main__":  # onnx_models.py NAME OUT.onnx: export NAME (seed 0)
+    import sys
+    torch.manual_seed(0)
+    export(build(sys.argv[1]), INPUT_SHAPES[sys.argv[1]], sys.argv[2])
