@@ -313,6 +313,49 @@ TEST(Onnx, GenericOperatorsBackwardMatchesFiniteDifferences) {
   expect_gradients_match(b, {1, 4, 4});
 }
 
+TEST(Onnx, ShapeArithmeticAndLayerNormPiecesMatchFiniteDifferences) {
+  // LayerNorm as PyTorch exports it (ReduceMean, Sub, Pow, Sqrt, Div), a
+  // parameter Expanded to the batch by a shape computed from the input
+  // (Shape, Gather, Unsqueeze, Concat), and a Reshape to a computed shape.
+  GraphBuilder b(13, {-1, 3, 5}, 4);
+  b.weight("tok", {1, 1, 5}, 21);
+  b.weight("fc.weight", {4, 20}, 22);
+  b.int_const("zero", {0});
+  b.int_const("ones", {1, 1});
+  b.int_const("minus1", {-1});
+  auto* two = b.g->add_initializer();
+  two->set_name("two");
+  two->set_data_type(onnx::TensorProto::FLOAT);
+  two->add_float_data(2.0f);
+  b.g->mutable_initializer()->RemoveLast();  // (a Constant node instead, as the export has)
+  auto* c = b.node("Constant", {}, {"two"});
+  auto* a = c->add_attribute();
+  a->set_name("value_float");
+  a->set_type(onnx::AttributeProto::FLOAT);
+  a->set_f(2.0f);
+  b.node("ReduceMean", {"input"}, {"m"});
+  GraphBuilder::ints(b.g->mutable_node(b.g->node_size() - 1), "axes", {-1});
+  b.node("Sub", {"input", "m"}, {"d"});
+  b.node("Pow", {"d", "two"}, {"sq"});
+  b.node("ReduceMean", {"sq"}, {"var"});
+  GraphBuilder::ints(b.g->mutable_node(b.g->node_size() - 1), "axes", {-1});
+  b.node("Sqrt", {"var"}, {"sd"});
+  b.node("Div", {"d", "sd"}, {"ln"});
+  b.node("Shape", {"input"}, {"shape"});
+  b.node("Gather", {"shape", "zero"}, {"n1"});       // [N]
+  b.node("Concat", {"n1", "ones"}, {"eshape"});      // [N, 1, 1]
+  GraphBuilder::integer(b.g->mutable_node(b.g->node_size() - 1), "axis", 0);
+  b.node("Expand", {"tok", "eshape"}, {"toks"});     // N×1×5
+  b.node("Concat", {"toks", "ln"}, {"seq"});         // N×4×5
+  GraphBuilder::integer(b.g->mutable_node(b.g->node_size() - 1), "axis", 1);
+  b.node("Concat", {"n1", "minus1"}, {"flat"});      // [N, -1]
+  GraphBuilder::integer(b.g->mutable_node(b.g->node_size() - 1), "axis", 0);
+  b.node("Reshape", {"seq", "flat"}, {"rows"});
+  GraphBuilder::integer(b.node("Gemm", {"rows", "fc.weight"}, {"logits"}), "transB", 1);
+  // The input itself has no gradient here: check tok and fc through it.
+  expect_gradients_match(b, {3, 5});
+}
+
 TEST(Onnx, ASharedValueSumsItsGradients) {
   // x used three times: by a Relu-free residual Add and a Mul with itself.
   GraphBuilder b(13, {-1, 4}, 2);

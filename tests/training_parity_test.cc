@@ -256,7 +256,18 @@ INSTANTIATE_TEST_SUITE_P(PyTorch, ReferenceRun,
                                                  "--mode tempo --workers local:1 --insecure-key-seed 1" + kKeysOnly, kTol,
                                                  0, false, "{REF}/run_cnn_sgd.onnx"},
                                          RunCase{"onnx_resnet18", "resnet18_sgd", 1, true, "--mode tee-only", kTol, 0,
-                                                 false, "{REF}/run_resnet18_sgd.onnx"}),
+                                                 false, "{REF}/run_resnet18_sgd.onnx"},
+                                         // vit's export: attention as Shape arithmetic, Reshape, Transpose
+                                         // and MatMul of activations (batched products in tempo mode),
+                                         // LayerNorm as ReduceMean, Pow and Sqrt.
+                                         RunCase{"onnx_vit", "vit_sgd", 2, false, "--mode tee-only", kTol, 0, false,
+                                                 "{REF}/run_vit_sgd.onnx"},
+                                         RunCase{"onnx_vit_tempo_keys_only", "vit_sgd", 2, false,
+                                                 "--mode tempo --workers local:2 --insecure-key-seed 6" + kKeysOnly, kTol,
+                                                 0, false, "{REF}/run_vit_sgd.onnx"},
+                                         RunCase{"onnx_vit_tempo", "vit_sgd", 2, false,
+                                                 "--mode tempo --workers local:2 --insecure-key-seed 7", kVitBlindedTol,
+                                                 kBlindedMedianTol, false, "{REF}/run_vit_sgd.onnx"}),
                          [](const testing::TestParamInfo<RunCase>& i) { return i.param.name; });
 
 TEST_P(ReferenceRun, FinalWeightsMatchPyTorch) {

@@ -552,7 +552,7 @@ def make_runs(directory):
     train_run(directory, "mlp_adamw", "mlp", "adamw", 2e-3, 0.0, 0.05, 32, 10, seed=10,
               variant="float64")
     train_run(directory, "vit_sgd", "vit", "sgd", 0.01, 0.9, 5e-4, 16, 20, seed=11, variant="float64",
-              data="fashion-mnist")
+              data="fashion-mnist", export_onnx=True)
     train_run(directory, "vit_adamw", "vit", "adamw", 1e-3, 0.0, 0.05, 16, 20, seed=12, variant="float64",
               data="fashion-mnist")
 

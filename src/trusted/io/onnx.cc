@@ -192,7 +192,8 @@ const std::vector<std::string>& onnx_operators() {
   static const std::vector<std::string> ops = {
       "Conv", "Gemm", "MatMul", "BatchNormalization", "LayerNormalization", "Relu", "Erf", "Softmax",
       "MaxPool", "AveragePool", "GlobalAveragePool", "Add", "Sub", "Mul", "Div", "Flatten", "Reshape",
-      "Transpose", "Concat", "Slice", "Gather", "Pad", "Dropout", "Identity", "Constant"};
+      "Transpose", "Concat", "Slice", "Gather", "Pad", "Dropout", "Identity", "Constant", "ReduceMean", "Pow",
+      "Sqrt", "Expand", "Unsqueeze", "Shape", "Cast", "ConstantOfShape", "Equal", "Where"};
   return ops;
 }
 
@@ -203,8 +204,9 @@ namespace {
 // Constant nodes); `weight` finds F32 initializers.
 class NodeChecker {
  public:
-  NodeChecker(const OnnxGraph& g, const std::map<std::string, const NamedTensor*>& constants)
-      : g_(g), constants_(constants) {}
+  NodeChecker(const OnnxGraph& g, const std::map<std::string, const NamedTensor*>& constants,
+              const std::set<std::string>& ints)
+      : g_(g), constants_(constants), ints_(ints) {}
 
   void check(const OnnxNode& n) {
     n_ = &n;
@@ -268,15 +270,52 @@ class NodeChecker {
       n.attr_int("axis", 0);
     } else if (op == "Reshape") {
       inputs(2, 2);
-      const NamedTensor& s = constant(1);
-      require(s.shape.size() == 1 && !s.i64.empty() && s.i64.size() <= kMaxRank, "the shape must be a 1-D constant");
-      int minus = 0;
-      for (int64_t v : s.i64) {
-        require(v >= -1, "the shape has a value below -1");
-        minus += v == -1;
+      integer(1);
+      if (constants_.count(n.inputs[1])) {
+        const NamedTensor& s = constant(1);
+        require(s.shape.size() == 1 && !s.i64.empty() && s.i64.size() <= kMaxRank, "the shape must be a 1-D constant");
+        int minus = 0;
+        for (int64_t v : s.i64) {
+          require(v >= -1, "the shape has a value below -1");
+          minus += v == -1;
+        }
+        require(minus <= 1, "the shape has more than one -1");
       }
-      require(minus <= 1, "the shape has more than one -1");
       require(n.attr_int("allowzero", 0) == 0, "attribute allowzero must be 0");
+    } else if (op == "Unsqueeze") {
+      inputs(2, 2);
+      integer(1);
+    } else if (op == "Expand") {
+      inputs(2, 2);
+      integer(1);
+    } else if (op == "ReduceMean") {
+      inputs(1, 1);
+      require(n.attr_ints("axes", {}) == std::vector<int64_t>{-1}, "only the mean over the last axis (axes [-1]) is supported");
+      require(n.attr_int("keepdims", 1) == 1, "attribute keepdims must be 1");
+    } else if (op == "Pow") {
+      inputs(2, 2);
+      const NamedTensor* e = float_constant(n.inputs[1]);
+      require(e && e->f32.size() == 1, "the exponent must be a float constant scalar");
+    } else if (op == "Sqrt" || op == "Shape") {
+      inputs(1, 1);
+      if (op == "Shape") require(!n.attrs.count("start") && !n.attrs.count("end"), "attributes start and end are not supported");
+    } else if (op == "Cast") {
+      inputs(1, 1);
+      const int64_t to = n.attr_int("to", 0);
+      require(to == 1 || to == 6 || to == 7 || to == 9, "only casts to FLOAT, INT32, INT64 and BOOL are supported");
+    } else if (op == "ConstantOfShape") {
+      inputs(1, 1);
+      integer(0);
+      if (n.attrs.count("value")) require(n.attrs.at("value").kind == OnnxAttr::Kind::kTensor && numel_of(n.attrs.at("value").t.shape) == 1,
+                                          "attribute value must be a one-element tensor");
+    } else if (op == "Equal") {
+      inputs(2, 2);
+      integer(0);
+      integer(1);
+    } else if (op == "Where") {
+      inputs(3, 3);
+      integer(0);
+      require(ints_.count(n.inputs[1]) && ints_.count(n.inputs[2]), "only Where on integers (shapes) is supported");
     } else if (op == "Pad") {
       inputs(2, 3);
       require(n.attr_string("mode", "constant") == "constant", "only constant padding is supported");
@@ -291,16 +330,14 @@ class NodeChecker {
     } else if (op == "Slice") {
       inputs(3, 5);
       for (size_t i = 1; i < n.inputs.size(); ++i)
-        if (has(i)) require(constant(i).shape.size() == 1, "starts, ends, axes and steps must be 1-D constants");
-      const size_t len = constant(1).i64.size();
-      require(len >= 1 && len <= kMaxRank && constant(2).i64.size() == len, "starts and ends must have one value per axis");
-      if (has(3)) require(constant(3).i64.size() == len, "axes must have one value per start");
-      if (has(4))
+        if (has(i)) integer(i);
+      if (has(4)) {
+        require(constants_.count(n.inputs[4]), "steps must be a constant");
         for (int64_t s : constant(4).i64) require(s == 1, "steps must be 1");
+      }
     } else if (op == "Gather") {
       inputs(2, 2);
-      const NamedTensor& idx = constant(1);
-      require(idx.shape.size() <= 1 && idx.i64.size() >= 1, "the indices must be a scalar or 1-D constant");
+      integer(1);
     } else if (op == "Dropout") {
       inputs(1, 3);
       if (has(1)) {
@@ -350,11 +387,17 @@ class NodeChecker {
                                         "') must be an integer constant (an initializer or a Constant node)");
     return *it->second;
   }
+  // An integer input: a constant, or computed from shapes (Shape, Gather, ...).
+  void integer(size_t i) const {
+    require(has(i), "input " + std::to_string(i) + " must be given");
+    require(ints_.count(n_->inputs[i]), "input " + std::to_string(i) + " ('" + n_->inputs[i] +
+                                            "') must be an integer tensor (a constant or computed from shapes)");
+  }
   const NamedTensor* float_constant(const std::string& name) const {
     for (const auto& node : g_.nodes)
-      if (node.op == "Constant" && !node.outputs.empty() && node.outputs[0] == name && node.attrs.count("value") &&
-          node.attrs.at("value").t.dtype == DType::F32)
-        return &node.attrs.at("value").t;
+      if (node.op == "Constant" && !node.outputs.empty() && node.outputs[0] == name && node.attrs.size() == 1 &&
+          node.attrs.begin()->second.t.dtype == DType::F32)
+        return &node.attrs.begin()->second.t;  // (value_float and value_floats are normalised to a tensor)
     const NamedTensor* t = g_.initializer(name);
     return t && t->dtype == DType::F32 ? t : nullptr;
   }
@@ -382,6 +425,7 @@ class NodeChecker {
 
   const OnnxGraph& g_;
   const std::map<std::string, const NamedTensor*>& constants_;
+  const std::set<std::string>& ints_;
   const OnnxNode* n_ = nullptr;
 };
 
@@ -492,7 +536,32 @@ OnnxGraph parse_onnx(const uint8_t* data, size_t size, const std::string& what) 
     }
     for (const auto& in : n.inputs) used.insert(in);
   }
-  NodeChecker checker(g, constants);
+  // Which values are integers (shapes and indices), by the operators' rules.
+  std::set<std::string> ints;
+  for (const auto& [name, t] : constants) ints.insert(name);
+  for (const auto& n : g.nodes) {
+    const std::string& op = n.op;
+    bool is_int = false;
+    if (op == "Shape" || op == "Equal") {
+      is_int = true;
+    } else if (op == "Cast") {
+      const int64_t to = n.attr_int("to", 0);
+      is_int = to == 6 || to == 7 || to == 9;
+    } else if (op == "ConstantOfShape") {
+      is_int = n.attrs.count("value") && n.attrs.at("value").t.dtype == DType::I64;
+    } else if (op == "Where") {
+      is_int = n.inputs.size() == 3 && ints.count(n.inputs[1]) && ints.count(n.inputs[2]);
+    } else if (op == "Gather" || op == "Unsqueeze" || op == "Concat" || op == "Slice" || op == "Reshape" ||
+               op == "Add" || op == "Sub" || op == "Mul" || op == "Div" || op == "Identity" || op == "Expand") {
+      is_int = !n.inputs.empty() && ints.count(n.inputs[0]);
+      if (is_int && (op == "Concat" || op == "Add" || op == "Sub" || op == "Mul" || op == "Div"))
+        for (const auto& i : n.inputs)
+          TEMPO_CHECK(ints.count(i), what + ": " + n.where() + ": mixes integer and float inputs");
+    }
+    if (is_int) ints.insert(n.outputs[0]);
+  }
+  TEMPO_CHECK(!ints.count(g.output), what + ": the output '" + g.output + "' is an integer tensor");
+  NodeChecker checker(g, constants, ints);
   for (const auto& n : g.nodes) {
     checker.check(n);
     // Only the first output of these is computed; the rest must stay unused.

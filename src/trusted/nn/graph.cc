@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <numeric>
 #include <set>
@@ -49,8 +50,12 @@ void for_each_broadcast(const Shape& out, const Shape& sa, const Shape& sb, F&& 
   if (n == 0) return;
   std::vector<int64_t> idx(r, 0);
   int64_t ia = 0, ib = 0;
-  const int64_t inner = r ? out[r - 1] : 1;
-  const int64_t ia_step = r ? sa[r - 1] : 0, ib_step = r ? sb[r - 1] : 0;
+  if (r == 0) {  // scalars
+    f(int64_t{0}, int64_t{0}, int64_t{0});
+    return;
+  }
+  const int64_t inner = out[r - 1];
+  const int64_t ia_step = sa[r - 1], ib_step = sb[r - 1];
   for (int64_t i = 0; i < n; i += inner) {
     for (int64_t j = 0; j < inner; ++j) f(i + j, ia + j * ia_step, ib + j * ib_step);
     for (size_t d = r - 1; d-- > 0;) {  // odometer over the outer dimensions
@@ -62,6 +67,26 @@ void for_each_broadcast(const Shape& out, const Shape& sa, const Shape& sb, F&& 
       ib -= sb[d] * out[d];
       idx[d] = 0;
     }
+  }
+}
+
+// NumPy's broadcasting: shapes aligned on the right; sa and sb are a's and
+// b's strides per output dimension (0 where broadcast).
+void broadcast_shapes(const Shape& a, const Shape& b, Shape& out, Shape& sa, Shape& sb, const std::string& where) {
+  const size_t r = std::max(a.size(), b.size());
+  out.assign(r, 1);
+  sa.assign(r, 0);
+  sb.assign(r, 0);
+  const Shape ta = strides_of(a), tb = strides_of(b);
+  for (size_t i = 0; i < r; ++i) {
+    const int64_t da = i + a.size() >= r ? a[i + a.size() - r] : 1;
+    const int64_t db = i + b.size() >= r ? b[i + b.size() - r] : 1;
+    TEMPO_CHECK(da == db || da == 1 || db == 1,
+                where + ": shapes " + shape_str(a) + " and " + shape_str(b) + " do not broadcast");
+    out[i] = std::max(da, db);
+    if (da == 0 || db == 0) out[i] = 0;
+    if (da != 1) sa[i] = ta[i + a.size() - r];
+    if (db != 1) sb[i] = tb[i + b.size() - r];
   }
 }
 
@@ -80,10 +105,19 @@ class GraphModel::Op {
   virtual bool has_params() const { return false; }
   std::vector<int> in, out;
   std::string where;
+  static const NamedTensor& ints_view(GraphModel& g, int id, const std::string& where) { return ints_of(g, id, where); }
 
  protected:
   Tensor dx_;
   Value& v(GraphModel& g, size_t i) { return g.values_[static_cast<size_t>(in[i])]; }
+  static Value& at(GraphModel& g, int id) { return g.values_[static_cast<size_t>(id)]; }
+
+  // An integer value (shape, indices) computed this step, or a constant.
+  static const NamedTensor& ints_of(GraphModel& g, int id, const std::string& where) {
+    const NamedTensor* t = at(g, id).ints;
+    TEMPO_CHECK(t != nullptr, where + ": '" + at(g, id).name + "' is not an integer tensor");
+    return *t;
+  }
   Value& o(GraphModel& g) { return g.values_[static_cast<size_t>(out[0])]; }
   void give(GraphModel& g, size_t i, const Tensor& grad) { g.accumulate(in[i], grad); }
 };
@@ -228,24 +262,7 @@ class BinaryOp final : public Op {
       default: return -d * a / (b * b);
     }
   }
-  // NumPy's broadcasting: shapes aligned on the right.
-  void broadcast(const Shape& a, const Shape& b) {
-    const size_t r = std::max(a.size(), b.size());
-    out_shape_.assign(r, 1);
-    sa_.assign(r, 0);
-    sb_.assign(r, 0);
-    const Shape ta = strides_of(a), tb = strides_of(b);
-    for (size_t i = 0; i < r; ++i) {
-      const int64_t da = i + a.size() >= r ? a[i + a.size() - r] : 1;
-      const int64_t db = i + b.size() >= r ? b[i + b.size() - r] : 1;
-      TEMPO_CHECK(da == db || da == 1 || db == 1,
-                  where + ": shapes " + shape_str(a) + " and " + shape_str(b) + " do not broadcast");
-      out_shape_[i] = std::max(da, db);
-      if (da == 0 || db == 0) out_shape_[i] = 0;
-      if (da != 1) sa_[i] = ta[i + a.size() - r];
-      if (db != 1) sb_[i] = tb[i + b.size() - r];
-    }
-  }
+  void broadcast(const Shape& a, const Shape& b) { broadcast_shapes(a, b, out_shape_, sa_, sb_, where); }
   Kind kind_;
   bool same_ = true;
   Shape out_shape_, sa_, sb_;
@@ -332,17 +349,27 @@ class SoftmaxOp final : public Op {
 // Reshape and Flatten: the same numbers under another shape.
 class ReshapeOp final : public Op {
  public:
-  ReshapeOp(std::vector<int64_t> shape, int64_t flatten_axis) : shape_(std::move(shape)), axis_(flatten_axis) {}
+  enum class Kind { kReshape, kFlatten, kUnsqueeze };
+  // Reshape and Unsqueeze read their shape or axes from the integer value
+  // `param` each step; Flatten has its axis.
+  ReshapeOp(Kind kind, int param, int64_t flatten_axis) : kind_(kind), param_(param), axis_(flatten_axis) {}
   void forward(GraphModel& g, Context&) override {
     const Tensor& x = *v(g, 0).cur;
     Shape s;
-    if (shape_.empty()) {  // Flatten
+    if (kind_ == Kind::kUnsqueeze) {
+      const std::vector<int64_t>& axes = ints_of(g, param_, where).i64;
+      const int64_t r = x.ndim() + static_cast<int64_t>(axes.size());
+      std::vector<bool> one(static_cast<size_t>(r), false);
+      for (int64_t a : axes) one[static_cast<size_t>(normalise_axis(a, r, where))] = true;
+      for (int64_t d = 0, j = 0; d < r; ++d) s.push_back(one[static_cast<size_t>(d)] ? 1 : x.dim(static_cast<int>(j++)));
+    } else if (kind_ == Kind::kFlatten) {
       const int64_t a = axis_ < 0 ? axis_ + x.ndim() : axis_;
       TEMPO_CHECK(a >= 0 && a <= x.ndim(), where + ": axis out of range for shape " + shape_str(x.shape()));
       int64_t lead = 1;
       for (int64_t i = 0; i < a; ++i) lead *= x.dim(static_cast<int>(i));
       s = {lead, lead ? x.numel() / lead : 0};
     } else {
+      const std::vector<int64_t>& shape_ = ints_of(g, param_, where).i64;
       s = shape_;
       int64_t known = 1, infer = -1;
       for (size_t i = 0; i < s.size(); ++i) {
@@ -357,7 +384,7 @@ class ReshapeOp final : public Op {
       }
       if (infer >= 0) {
         TEMPO_CHECK(known > 0 && x.numel() % known == 0,
-                    where + ": cannot reshape " + shape_str(x.shape()) + " to " + shape_str(shape_));
+                    where + ": cannot reshape " + shape_str(x.shape()) + " to " + shape_str(s));
         s[static_cast<size_t>(infer)] = x.numel() / known;
       }
     }
@@ -376,7 +403,8 @@ class ReshapeOp final : public Op {
   }
 
  private:
-  std::vector<int64_t> shape_;
+  Kind kind_;
+  int param_;
   int64_t axis_;
 };
 
@@ -385,9 +413,20 @@ class ReshapeOp final : public Op {
 // the gradient back through the same map.
 class GatherMapOp : public Op {
  public:
+  std::vector<int> int_in;  // integer inputs (starts, indices, ...), read each step; -1: absent
   void forward(GraphModel& g, Context&) override {
     const Tensor& x = *v(g, 0).cur;
-    if (x.shape() != last_in_ || map_.empty()) {  // the map depends on the shape alone
+    bool changed = map_.empty() || x.shape() != last_in_;
+    params_.resize(int_in.size());
+    scalar_.resize(int_in.size());
+    for (size_t k = 0; k < int_in.size(); ++k) {
+      if (int_in[k] < 0) continue;
+      const NamedTensor& t = ints_of(g, int_in[k], where);
+      if (t.i64 != params_[k] || t.shape.empty() != scalar_[k]) changed = true;
+      params_[k] = t.i64;
+      scalar_[k] = t.shape.empty();
+    }
+    if (changed) {  // the map depends on the shape and the integer inputs alone
       build(x.shape(), last_out_);
       last_in_ = x.shape();
     }
@@ -416,6 +455,8 @@ class GatherMapOp : public Op {
   // Sets the output shape and map_ (one input offset per output element).
   virtual void build(const Shape& in, Shape& out) = 0;
   std::vector<int64_t> map_;
+  std::vector<std::vector<int64_t>> params_;  // the integer inputs' values
+  std::vector<bool> scalar_;                  // ... and whether each is a scalar
 
  private:
   Shape last_in_, last_out_;
@@ -462,13 +503,15 @@ class TransposeOp final : public GatherMapOp {
   std::vector<int64_t> perm_;
 };
 
+// Slice with step 1; int_in = starts, ends[, axes].
 class SliceOp final : public GatherMapOp {
- public:
-  SliceOp(std::vector<int64_t> starts, std::vector<int64_t> ends, std::vector<int64_t> axes)
-      : starts_(std::move(starts)), ends_(std::move(ends)), axes_(std::move(axes)) {}
-
  protected:
   void build(const Shape& in, Shape& out) override {
+    const std::vector<int64_t>& starts_ = params_[0];
+    const std::vector<int64_t>& ends_ = params_[1];
+    const std::vector<int64_t>& axes_ = params_[2];
+    TEMPO_CHECK(starts_.size() == ends_.size() && (axes_.empty() || axes_.size() == starts_.size()),
+                where + ": starts, ends and axes differ in length");
     const int64_t r = static_cast<int64_t>(in.size());
     Shape begin(in.size(), 0);
     out = in;
@@ -483,20 +526,20 @@ class SliceOp final : public GatherMapOp {
     const Shape st = strides_of(in);
     fill_map(map_, out, [&](size_t d, int64_t i) { return (begin[d] + i) * st[d]; });
   }
-
- private:
-  std::vector<int64_t> starts_, ends_, axes_;
 };
 
+// int_in = the indices (a scalar or 1-D).
 class GatherOp final : public GatherMapOp {
  public:
-  GatherOp(std::vector<int64_t> idx, bool scalar, int64_t axis) : idx_(std::move(idx)), scalar_(scalar), axis_(axis) {}
+  explicit GatherOp(int64_t axis) : axis_(axis) {}
 
  protected:
   void build(const Shape& in, Shape& out) override {
     const int64_t a = normalise_axis(axis_, static_cast<int64_t>(in.size()), where);
     const int64_t dim = in[static_cast<size_t>(a)];
-    std::vector<int64_t> idx = idx_;
+    std::vector<int64_t> idx = params_[0];
+    const bool scalar = scalar_[0];
+    TEMPO_CHECK(!idx.empty(), where + ": no indices");
     for (int64_t& i : idx) {
       if (i < 0) i += dim;
       TEMPO_CHECK(i >= 0 && i < dim, where + ": index out of range for shape " + shape_str(in));
@@ -509,12 +552,10 @@ class GatherOp final : public GatherMapOp {
       return d == static_cast<size_t>(a) ? idx[static_cast<size_t>(i)] * st[d] : i * st[d];
     });
     out = full;
-    if (scalar_) out.erase(out.begin() + a);
+    if (scalar) out.erase(out.begin() + a);
   }
 
  private:
-  std::vector<int64_t> idx_;
-  bool scalar_;
   int64_t axis_;
 };
 
@@ -658,6 +699,167 @@ class MatMulOp final : public Op {
   Tensor bt_, dbt_, da_, db_;
 };
 
+// Integer arithmetic on shapes and indices, run every step (the batch size
+// may change): one function per node, no gradient.
+class IntOp final : public Op {
+ public:
+  explicit IntOp(std::function<void(GraphModel&, NamedTensor&)> f) : f_(std::move(f)) {}
+  void forward(GraphModel& g, Context&) override {
+    Value& out = at(g, this->out[0]);
+    out.iown.dtype = DType::I64;
+    f_(g, out.iown);
+    TEMPO_CHECK(static_cast<int64_t>(out.iown.i64.size()) == numel_of(out.iown.shape),
+                where + ": integer result of the wrong size");
+    out.ints = &out.iown;
+  }
+  void backward(GraphModel&, Context&) override {}
+
+ private:
+  std::function<void(GraphModel&, NamedTensor&)> f_;
+};
+
+// A float value made from integers (Cast to FLOAT, ConstantOfShape with a
+// float value): a constant of the step, no gradient.
+class FloatFromIntOp final : public Op {
+ public:
+  explicit FloatFromIntOp(std::function<void(GraphModel&, Tensor&)> f) : f_(std::move(f)) {}
+  void forward(GraphModel& g, Context&) override {
+    f_(g, o(g).own);
+    o(g).cur = &o(g).own;
+  }
+  void backward(GraphModel&, Context&) override {}
+
+ private:
+  std::function<void(GraphModel&, Tensor&)> f_;
+};
+
+// Expand(x, shape): x broadcast to the shape; backward sums over the copies.
+class ExpandOp final : public Op {
+ public:
+  explicit ExpandOp(int shape) : shape_(shape) {}
+  void forward(GraphModel& g, Context&) override {
+    const Tensor& x = *v(g, 0).cur;
+    const NamedTensor& s = ints_of(g, shape_, where);
+    broadcast_shapes(x.shape(), s.i64, out_, sa_, sb_, where);
+    Tensor& y = o(g).own;
+    y.resize(out_);
+    const float* px = x.data();
+    float* py = y.data();
+    for_each_broadcast(out_, sa_, sb_, [=](int64_t i, int64_t ia, int64_t) { py[i] = px[ia]; });
+    o(g).cur = &y;
+  }
+  void backward(GraphModel& g, Context&) override {
+    if (!o(g).grad || !v(g, 0).requires_grad) return;
+    dx_.resize(v(g, 0).cur->shape());
+    dx_.zero();
+    float* out = dx_.data();
+    const float* pd = o(g).grad->data();
+    for_each_broadcast(out_, sa_, sb_, [=](int64_t i, int64_t ia, int64_t) { out[ia] += pd[i]; });
+    give(g, 0, dx_);
+  }
+
+ private:
+  int shape_;
+  Shape out_, sa_, sb_;
+};
+
+// ReduceMean over the last axis, keepdims (LayerNorm as PyTorch exports it).
+class ReduceMeanOp final : public Op {
+ public:
+  void forward(GraphModel& g, Context&) override {
+    const Tensor& x = *v(g, 0).cur;
+    TEMPO_CHECK(x.ndim() >= 1, where + ": needs at least one dimension");
+    Shape s = x.shape();
+    s.back() = 1;
+    Tensor& y = o(g).own;
+    y.resize(s);
+    const int64_t c = x.dim(-1), rows = y.numel();
+    const float* px = x.data();
+    float* py = y.data();
+    parallel_for(rows, [=](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) {
+        float sum = 0;
+        for (int64_t j = 0; j < c; ++j) sum += px[r * c + j];
+        py[r] = sum / static_cast<float>(c);
+      }
+    }, 64);
+    o(g).cur = &y;
+  }
+  void backward(GraphModel& g, Context&) override {
+    if (!o(g).grad || !v(g, 0).requires_grad) return;
+    const Tensor& x = *v(g, 0).cur;
+    dx_.resize(x.shape());
+    const int64_t c = x.dim(-1), rows = c ? x.numel() / c : 0;
+    const float* pd = o(g).grad->data();
+    float* out = dx_.data();
+    const float inv = 1.0f / static_cast<float>(c);
+    parallel_for(rows, [=](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r)
+        for (int64_t j = 0; j < c; ++j) out[r * c + j] = pd[r] * inv;
+    }, 64);
+    give(g, 0, dx_);
+  }
+};
+
+// Pow by a constant exponent, and Sqrt.
+class PowOp final : public Op {
+ public:
+  explicit PowOp(float p) : p_(p) {}
+  void forward(GraphModel& g, Context&) override {
+    const Tensor& x = *v(g, 0).cur;
+    Tensor& y = o(g).own;
+    y.resize(x.shape());
+    const float* px = x.data();
+    float* py = y.data();
+    const float p = p_;
+    parallel_for(x.numel(), [=](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        py[i] = p == 2.0f ? px[i] * px[i] : p == 0.5f ? std::sqrt(px[i]) : std::pow(px[i], p);
+    }, kGrain);
+    o(g).cur = &y;
+  }
+  void backward(GraphModel& g, Context&) override {
+    if (!o(g).grad || !v(g, 0).requires_grad) return;
+    const Tensor& x = *v(g, 0).cur;
+    dx_.resize(x.shape());
+    const float* px = x.data();
+    const float* py = o(g).own.data();
+    const float* pd = o(g).grad->data();
+    float* out = dx_.data();
+    const float p = p_;
+    parallel_for(x.numel(), [=](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        out[i] = p == 2.0f ? 2.0f * px[i] * pd[i] : p == 0.5f ? pd[i] / (2.0f * py[i]) : pd[i] * p * std::pow(px[i], p - 1);
+    }, kGrain);
+    give(g, 0, dx_);
+  }
+
+ private:
+  float p_;
+};
+
+// Element-wise integer arithmetic with NumPy broadcasting (Div truncates).
+void int_binary(const std::string& op, const NamedTensor& a, const NamedTensor& b, NamedTensor& out,
+                const std::string& where) {
+  Shape sa, sb;
+  broadcast_shapes(a.shape, b.shape, out.shape, sa, sb, where);
+  out.i64.resize(static_cast<size_t>(numel_of(out.shape)));
+  for_each_broadcast(out.shape, sa, sb, [&](int64_t i, int64_t ia, int64_t ib) {
+    const int64_t x = a.i64[static_cast<size_t>(ia)], y = b.i64[static_cast<size_t>(ib)];
+    int64_t r = 0;
+    if (op == "Add") r = x + y;
+    else if (op == "Sub") r = x - y;
+    else if (op == "Mul") r = x * y;
+    else if (op == "Equal") r = x == y;
+    else {
+      TEMPO_CHECK(y != 0, where + ": integer division by zero");
+      r = x / y;
+    }
+    out.i64[static_cast<size_t>(i)] = r;
+  });
+  if (a.shape.empty() && b.shape.empty()) out.shape.clear();
+}
+
 }  // namespace
 
 GraphModel::~GraphModel() = default;
@@ -733,14 +935,34 @@ GraphModel::GraphModel(const OnnxGraph& g) {
     entries[name] = StateEntry{name, value, grad, nullptr};
     return id;
   };
-  auto ints = [&](const OnnxNode& n, size_t i) -> const NamedTensor& {
+  // The value of an integer input (a constant, or computed from shapes).
+  auto int_id = [&](const OnnxNode& n, size_t i) -> int {
     const std::string& name = n.inputs[i];
     auto it = ids.find(name);
-    if (it != ids.end() && values_[static_cast<size_t>(it->second)].ints)
-      return *values_[static_cast<size_t>(it->second)].ints;
+    if (it != ids.end()) {
+      TEMPO_CHECK(values_[static_cast<size_t>(it->second)].ints || values_[static_cast<size_t>(it->second)].int_op,
+                  where_of(n) + ": input '" + name + "' must be an integer tensor");
+      return it->second;
+    }
     const NamedTensor* t = g.initializer(name);
-    TEMPO_CHECK(t && t->dtype == DType::I64, where_of(n) + ": input '" + name + "' must be an integer constant");
-    return *t;
+    TEMPO_CHECK(t && t->dtype == DType::I64, where_of(n) + ": input '" + name + "' must be an integer tensor");
+    const int id = new_value(name);
+    values_[static_cast<size_t>(id)].ints = t;  // copied below, with the other constants
+    int_constants_.push_back(*t);
+    values_[static_cast<size_t>(id)].ints = &int_constants_.back();
+    return id;
+  };
+  auto is_int = [&](const std::string& name) {
+    auto it = ids.find(name);
+    if (it != ids.end()) return values_[static_cast<size_t>(it->second)].ints != nullptr || values_[static_cast<size_t>(it->second)].int_op;
+    const NamedTensor* t = g.initializer(name);
+    return t && t->dtype == DType::I64;
+  };
+  // A constant integer input's values, at build time.
+  auto ints = [&](const OnnxNode& n, size_t i) -> const NamedTensor& {
+    const Value& val = values_[static_cast<size_t>(int_id(n, i))];
+    TEMPO_CHECK(val.ints && !val.int_op, where_of(n) + ": input '" + n.inputs[i] + "' must be a constant");
+    return *val.ints;
   };
   auto has = [](const OnnxNode& n, size_t i) { return i < n.inputs.size() && !n.inputs[i].empty(); };
   // Nodes folded into a layer (the Transpose of nn.Linear's weight).
@@ -764,6 +986,119 @@ GraphModel::GraphModel(const OnnxGraph& g) {
     std::unique_ptr<Op> op;
     bool layer_params = false;
     LayerPtr layer;
+    // Integer nodes (shapes, indices): computed every step, no gradient.
+    const bool int_node = (n.op == "Shape" || n.op == "Equal" || n.op == "Where" ||
+                           (n.op == "Cast" && n.attr_int("to", 1) != 1) ||
+                           (n.op == "ConstantOfShape" && n.attrs.count("value") &&
+                            n.attrs.at("value").t.dtype == DType::I64) ||
+                           ((n.op == "Gather" || n.op == "Unsqueeze" || n.op == "Concat" || n.op == "Slice" ||
+                             n.op == "Reshape" || n.op == "Add" || n.op == "Sub" || n.op == "Mul" || n.op == "Div" ||
+                             n.op == "Identity" || n.op == "Cast") &&
+                            is_int(n.inputs[0])));
+    if (int_node) {
+      TEMPO_CHECK(n.op != "Cast" || is_int(n.inputs[0]), where + ": casts from float to integer are not supported");
+      std::vector<int> in_ids;
+      if (n.op == "Shape") {
+        in_ids.push_back(is_int(n.inputs[0]) ? int_id(n, 0) : operand(n, n.inputs[0]));
+      } else {
+        for (size_t i = 0; i < n.inputs.size(); ++i) in_ids.push_back(n.inputs[i].empty() ? -1 : int_id(n, i));
+      }
+      const std::string op_name = n.op;
+      const int64_t axis = n.attr_int("axis", 0);
+      const NamedTensor fill = n.attrs.count("value") ? n.attrs.at("value").t : NamedTensor{};
+      auto f = [op_name, in_ids, axis, fill, where](GraphModel& gm, NamedTensor& out) {
+        auto in = [&](size_t i) -> const NamedTensor& { return Op::ints_view(gm, in_ids[i], where); };
+        out.i64.clear();
+        if (op_name == "Shape") {
+          const Value& x = gm.values_[static_cast<size_t>(in_ids[0])];
+          const Shape s = x.ints ? x.ints->shape : x.cur->shape();
+          out.shape = {static_cast<int64_t>(s.size())};
+          out.i64 = s;
+        } else if (op_name == "Identity" || op_name == "Cast") {
+          out.shape = in(0).shape;
+          out.i64 = in(0).i64;
+        } else if (op_name == "Add" || op_name == "Sub" || op_name == "Mul" || op_name == "Div" || op_name == "Equal") {
+          int_binary(op_name, in(0), in(1), out, where);
+        } else if (op_name == "Where") {
+          const NamedTensor &c = in(0), &a = in(1), &b = in(2);
+          NamedTensor ab;
+          int_binary("Add", a, b, ab, where);  // the broadcast shape of the branches
+          NamedTensor sel;
+          int_binary("Add", c, ab, sel, where);
+          out.shape = sel.shape;
+          Shape s1, sc, sab;
+          broadcast_shapes(c.shape, ab.shape, s1, sc, sab, where);
+          Shape s2, sa, sb;
+          broadcast_shapes(a.shape, s1, s2, sa, sb, where);
+          Shape s3, sb2, sx;
+          broadcast_shapes(b.shape, s1, s3, sb2, sx, where);
+          out.i64.resize(static_cast<size_t>(numel_of(s1)));
+          for_each_broadcast(s1, sc, sab, [&](int64_t i, int64_t ic, int64_t) { out.i64[static_cast<size_t>(i)] = ic; });
+          std::vector<int64_t> ai(out.i64.size()), bi(out.i64.size());
+          for_each_broadcast(s2, sa, sb, [&](int64_t i, int64_t ia, int64_t) { ai[static_cast<size_t>(i)] = ia; });
+          for_each_broadcast(s3, sb2, sx, [&](int64_t i, int64_t ib, int64_t) { bi[static_cast<size_t>(i)] = ib; });
+          for (size_t i = 0; i < out.i64.size(); ++i)
+            out.i64[i] = c.i64[static_cast<size_t>(out.i64[i])] ? a.i64[static_cast<size_t>(ai[i])]
+                                                                 : b.i64[static_cast<size_t>(bi[i])];
+          out.shape = s1;
+        } else if (op_name == "ConstantOfShape") {
+          out.shape = in(0).i64;
+          for (int64_t d : out.shape) TEMPO_CHECK(d >= 0 && d <= (int64_t{1} << 24), where + ": bad shape");
+          out.i64.assign(static_cast<size_t>(numel_of(out.shape)), fill.i64.empty() ? 0 : fill.i64[0]);
+        } else if (op_name == "Unsqueeze") {
+          const NamedTensor& x = in(0);
+          const int64_t r = static_cast<int64_t>(x.shape.size() + in(1).i64.size());
+          std::vector<bool> one(static_cast<size_t>(r), false);
+          for (int64_t a : in(1).i64) one[static_cast<size_t>(normalise_axis(a, r, where))] = true;
+          out.shape.clear();
+          for (int64_t d = 0, j = 0; d < r; ++d)
+            out.shape.push_back(one[static_cast<size_t>(d)] ? 1 : x.shape[static_cast<size_t>(j++)]);
+          out.i64 = x.i64;
+        } else if (op_name == "Concat") {
+          out.shape = {0};
+          for (size_t i = 0; i < in_ids.size(); ++i) {
+            TEMPO_CHECK(in(i).shape.size() == 1, where + ": only 1-D integer tensors are concatenated");
+            out.i64.insert(out.i64.end(), in(i).i64.begin(), in(i).i64.end());
+          }
+          out.shape = {static_cast<int64_t>(out.i64.size())};
+        } else if (op_name == "Gather") {
+          const NamedTensor &x = in(0), &idx = in(1);
+          TEMPO_CHECK(x.shape.size() == 1 && normalise_axis(axis, 1, where) == 0,
+                      where + ": only 1-D integer tensors are gathered");
+          out.shape = idx.shape;
+          for (int64_t k : idx.i64) {
+            const int64_t d = x.shape[0];
+            const int64_t j = k < 0 ? k + d : k;
+            TEMPO_CHECK(j >= 0 && j < d, where + ": index out of range");
+            out.i64.push_back(x.i64[static_cast<size_t>(j)]);
+          }
+        } else if (op_name == "Slice") {
+          const NamedTensor& x = in(0);
+          TEMPO_CHECK(x.shape.size() == 1, where + ": only 1-D integer tensors are sliced");
+          const int64_t d = x.shape[0];
+          auto clamp = [d](int64_t v) { return std::clamp(v < 0 ? v + d : v, int64_t{0}, d); };
+          const int64_t b = clamp(in(1).i64.at(0)), e = clamp(in(2).i64.at(0));
+          for (int64_t j = b; j < e; ++j) out.i64.push_back(x.i64[static_cast<size_t>(j)]);
+          out.shape = {static_cast<int64_t>(out.i64.size())};
+        } else if (op_name == "Reshape") {
+          const NamedTensor& x = in(0);
+          out.shape = in(1).i64;
+          int64_t known = 1;
+          for (int64_t& v : out.shape) known *= v == -1 ? 1 : v;
+          for (int64_t& v : out.shape)
+            if (v == -1) v = known ? static_cast<int64_t>(x.i64.size()) / known : 0;
+          TEMPO_CHECK(numel_of(out.shape) == static_cast<int64_t>(x.i64.size()), where + ": bad integer reshape");
+          out.i64 = x.i64;
+        }
+      };
+      auto op = std::make_unique<IntOp>(f);
+      op->where = where;
+      const int out_id = new_value(n.outputs[0]);
+      values_[static_cast<size_t>(out_id)].int_op = true;
+      op->out.push_back(out_id);
+      ops_.push_back(std::move(op));
+      continue;
+    }
     if (n.op == "Constant") {
       const NamedTensor& t = n.attrs.begin()->second.t;
       if (t.dtype == DType::F32) {
@@ -856,18 +1191,55 @@ GraphModel::GraphModel(const OnnxGraph& g) {
     } else if (n.op == "Softmax") {
       op = std::make_unique<SoftmaxOp>(n.attr_int("axis", -1));
     } else if (n.op == "Flatten") {
-      op = std::make_unique<ReshapeOp>(std::vector<int64_t>{}, n.attr_int("axis", 1));
+      op = std::make_unique<ReshapeOp>(ReshapeOp::Kind::kFlatten, -1, n.attr_int("axis", 1));
     } else if (n.op == "Reshape") {
-      op = std::make_unique<ReshapeOp>(ints(n, 1).i64, 0);
+      op = std::make_unique<ReshapeOp>(ReshapeOp::Kind::kReshape, int_id(n, 1), 0);
+    } else if (n.op == "Unsqueeze") {
+      op = std::make_unique<ReshapeOp>(ReshapeOp::Kind::kUnsqueeze, int_id(n, 1), 0);
+    } else if (n.op == "Expand") {
+      op = std::make_unique<ExpandOp>(int_id(n, 1));
+    } else if (n.op == "ReduceMean") {
+      op = std::make_unique<ReduceMeanOp>();
+    } else if (n.op == "Pow") {
+      auto c = float_consts.find(n.inputs[1]);
+      const NamedTensor* e = c != float_consts.end() ? c->second : g.initializer(n.inputs[1]);
+      TEMPO_CHECK(e && e->f32.size() == 1, where + ": the exponent must be a float constant");
+      op = std::make_unique<PowOp>(e->f32[0]);
+    } else if (n.op == "Sqrt") {
+      op = std::make_unique<PowOp>(0.5f);
+    } else if (n.op == "Cast" && !is_int(n.inputs[0])) {
+      op = std::make_unique<IdentityOp>();  // float to float
+    } else if (n.op == "Cast" || n.op == "ConstantOfShape") {  // integers to a float constant
+      const int src = int_id(n, 0);
+      const bool cast = n.op == "Cast";
+      const float fill = n.attrs.count("value") && !n.attrs.at("value").t.f32.empty() ? n.attrs.at("value").t.f32[0] : 0.0f;
+      auto fop = std::make_unique<FloatFromIntOp>([src, cast, fill, where](GraphModel& gm, Tensor& out) {
+        const NamedTensor& t = Op::ints_view(gm, src, where);
+        if (cast) {
+          out.resize(t.shape);
+          for (size_t i = 0; i < t.i64.size(); ++i) out[static_cast<int64_t>(i)] = static_cast<float>(t.i64[i]);
+        } else {
+          out.resize(t.i64);
+          out.fill(fill);
+        }
+      });
+      fop->where = where;
+      const int out_id = new_value(n.outputs[0]);
+      fop->out.push_back(out_id);
+      ops_.push_back(std::move(fop));
+      continue;
     } else if (n.op == "Transpose") {
       op = std::make_unique<TransposeOp>(n.attr_ints("perm", {}));
     } else if (n.op == "Concat") {
       op = std::make_unique<ConcatOp>(n.attr_int("axis", 0));
     } else if (n.op == "Slice") {
-      op = std::make_unique<SliceOp>(ints(n, 1).i64, ints(n, 2).i64, has(n, 3) ? ints(n, 3).i64 : std::vector<int64_t>{});
+      auto sl = std::make_unique<SliceOp>();
+      sl->int_in = {int_id(n, 1), int_id(n, 2), has(n, 3) ? int_id(n, 3) : -1};
+      op = std::move(sl);
     } else if (n.op == "Gather") {
-      const NamedTensor& idx = ints(n, 1);
-      op = std::make_unique<GatherOp>(idx.i64, idx.shape.empty(), n.attr_int("axis", 0));
+      auto ga = std::make_unique<GatherOp>(n.attr_int("axis", 0));
+      ga->int_in = {int_id(n, 1)};
+      op = std::move(ga);
     } else if (n.op == "Pad") {
       op = std::make_unique<PadOp>(ints(n, 1).i64);
     } else {
@@ -879,7 +1251,8 @@ GraphModel::GraphModel(const OnnxGraph& g) {
       op->in.push_back(operand(n, n.inputs[0]));
     } else {
       const size_t float_inputs = n.op == "Reshape" || n.op == "Slice" || n.op == "Gather" || n.op == "Pad" ||
-                                          n.op == "Dropout"
+                                          n.op == "Dropout" || n.op == "Unsqueeze" || n.op == "Expand" ||
+                                          n.op == "Pow"
                                       ? 1
                                       : n.inputs.size();
       for (size_t i = 0; i < float_inputs; ++i) {

@@ -46,15 +46,17 @@ class GraphModel final : public Layer {
     bool requires_grad = false;
     bool is_param = false;
     Tensor* param_grad = nullptr;  // for parameters of the generic operators
-    const NamedTensor* ints = nullptr;  // integer constants (shapes, indices)
+    const NamedTensor* ints = nullptr;  // integer values (shapes, indices): constants, or iown
+    NamedTensor iown;                   // integers computed each step
+    bool int_op = false;                // computed by an integer operator
     std::string name;
   };
   class Op;
+  std::vector<Value> values_;  // (public for the operators' helpers; not an interface)
 
  private:
   void accumulate(int value, const Tensor& g);
 
-  std::vector<Value> values_;
   std::vector<std::unique_ptr<Op>> ops_;
   std::vector<Layer*> layers_;  // in node order, for for_each_child
   std::deque<Tensor> store_;    // parameters and constants of the generic operators, and their gradients
