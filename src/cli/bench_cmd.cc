@@ -168,8 +168,9 @@ struct Config {
   int col_mix = OffloadConfig{}.col_mix;
 };
 
+// PyTorch's step (or with extra "--inference", its prediction), median ms.
 double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps,
-                     const std::string& device = "cpu");
+                     const std::string& device = "cpu", const std::string& extra = "");
 
 // Every configuration on every model, interleaved, as one table. With
 // --configs, only the rows named there, after tee-only (the baseline of the
@@ -295,19 +296,7 @@ class InferenceRunner {
 };
 
 double torch_inference_ms(const BenchConfig& cfg, const std::string& model, int64_t batch, int threads, int requests) {
-  std::ostringstream cmd;
-  cmd << cfg.python << " " << cfg.source_dir << "/bench/torch_step.py --inference --model " << model << " --batch "
-      << batch << " --threads " << threads << " --steps " << requests << " 2>&1";
-  FILE* p = popen(cmd.str().c_str(), "r");
-  TEMPO_CHECK(p != nullptr, "cannot run " + cfg.python);
-  std::string out;
-  char buf[512];
-  while (fgets(buf, sizeof buf, p)) out += buf;
-  const int rc = pclose(p);
-  auto pos = out.find("median_ms ");
-  TEMPO_CHECK(rc == 0 && pos != std::string::npos,
-              "PyTorch reference failed (" + cmd.str() + "):\n" + out + "install it with scripts/setup.sh or pass --no-torch");
-  return std::stod(out.substr(pos + 10));
+  return torch_step_ms(cfg, Case{model, batch}, threads, requests, "cpu", "--inference");
 }
 
 // "onnx:NAME": tests/py/onnx_models.py's NAME, exported by PyTorch to a
@@ -713,10 +702,12 @@ int run_gpu(const BenchConfig& cfg) {
   return 0;
 }
 
-double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps, const std::string& device) {
+double torch_step_ms(const BenchConfig& cfg, const Case& c, int threads, int steps, const std::string& device,
+                     const std::string& extra) {
   std::ostringstream cmd;
-  cmd << cfg.python << " " << cfg.source_dir << "/bench/torch_step.py --model " << c.model << " --batch " << c.batch
-      << " --threads " << threads << " --steps " << steps << " --device " << device << " 2>&1";
+  cmd << cfg.python << " " << cfg.source_dir << "/bench/torch_step.py " << extra << " --model " << c.model
+      << " --batch " << c.batch << " --threads " << threads << " --steps " << steps << " --device " << device
+      << " 2>&1";
   FILE* p = popen(cmd.str().c_str(), "r");
   TEMPO_CHECK(p != nullptr, "cannot run " + cfg.python);
   std::string out;

@@ -28,7 +28,12 @@ std::string check_mixing_block(const std::string& v) {
 void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   std::string models;
   for (const auto& n : model_names()) models += (models.empty() ? "" : " | ") + n;
-  app.add_option("--model", c.model, "Model: " + models)->capture_default_str();
+  app.add_option("--model", c.model,
+                 "Model: " + models +
+                     " | FILE.onnx (a graph exported from PyTorch with torch.onnx.export(..., "
+                     "training=torch.onnx.TrainingMode.TRAINING, do_constant_folding=False); its initializers are the "
+                     "initial weights)")
+      ->capture_default_str();
   app.add_option("--data", c.data,
                  "Data: fashion-mnist[:DIR] | cifar10:DIR | tensors:FILE | synthetic[:N]")
       ->capture_default_str();

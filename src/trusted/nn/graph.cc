@@ -203,36 +203,13 @@ class BinaryOp final : public Op {
       if (need_b) give(g, 1, dy);
       return;
     }
-    const float* pa = a.data();
-    const float* pb = b.data();
-    const float* pd = dy.data();
     const Kind k = kind_;
     if (need_a) {
-      da_.resize(a.shape());
-      float* out = da_.data();
-      if (same_) {
-        parallel_for(dy.numel(), [=](int64_t s, int64_t e) {
-          for (int64_t i = s; i < e; ++i) out[i] = grad_a(k, pd[i], pa[i], pb[i]);
-        }, kGrain);
-      } else {
-        da_.zero();
-        for_each_broadcast(out_shape_, sa_, sb_,
-                           [=](int64_t i, int64_t ia, int64_t ib) { out[ia] += grad_a(k, pd[i], pa[ia], pb[ib]); });
-      }
+      operand_grad(dy, a, b, false, da_, [k](float d, float x, float y) { return grad_a(k, d, x, y); });
       give(g, 0, da_);
     }
     if (need_b) {
-      db_.resize(b.shape());
-      float* out = db_.data();
-      if (same_) {
-        parallel_for(dy.numel(), [=](int64_t s, int64_t e) {
-          for (int64_t i = s; i < e; ++i) out[i] = grad_b(k, pd[i], pa[i], pb[i]);
-        }, kGrain);
-      } else {
-        db_.zero();
-        for_each_broadcast(out_shape_, sa_, sb_,
-                           [=](int64_t i, int64_t ia, int64_t ib) { out[ib] += grad_b(k, pd[i], pa[ia], pb[ib]); });
-      }
+      operand_grad(dy, a, b, true, db_, [k](float d, float x, float y) { return grad_b(k, d, x, y); });
       give(g, 1, db_);
     }
   }
@@ -263,22 +240,47 @@ class BinaryOp final : public Op {
     }
   }
   void broadcast(const Shape& a, const Shape& b) { broadcast_shapes(a, b, out_shape_, sa_, sb_, where); }
+  // The gradient of operand a (of b when of_b) into out: grad(dy, a, b) per
+  // element, summed over the positions broadcasting repeated it.
+  template <typename G>
+  void operand_grad(const Tensor& dy, const Tensor& a, const Tensor& b, bool of_b, Tensor& out, G grad) {
+    out.resize(of_b ? b.shape() : a.shape());
+    const float* pa = a.data();
+    const float* pb = b.data();
+    const float* pd = dy.data();
+    float* po = out.data();
+    if (same_) {
+      parallel_for(dy.numel(), [=](int64_t s, int64_t e) {
+        for (int64_t i = s; i < e; ++i) po[i] = grad(pd[i], pa[i], pb[i]);
+      }, kGrain);
+      return;
+    }
+    out.zero();  // serial: several outputs may land on one element
+    for_each_broadcast(out_shape_, sa_, sb_, [=](int64_t i, int64_t ia, int64_t ib) {
+      po[of_b ? ib : ia] += grad(pd[i], pa[ia], pb[ib]);
+    });
+  }
   Kind kind_;
   bool same_ = true;
   Shape out_shape_, sa_, sb_;
   Tensor da_, db_;
 };
 
-class ErfOp final : public Op {
+// An element-wise function y = f(x) with dy/dx = d(x, y) (Erf, Pow by a
+// constant, Sqrt).
+template <typename F, typename D>
+class UnaryOp final : public Op {
  public:
+  UnaryOp(F f, D d) : f_(f), d_(d) {}
   void forward(GraphModel& g, Context&) override {
     const Tensor& x = *v(g, 0).cur;
     Tensor& y = o(g).own;
     y.resize(x.shape());
     const float* px = x.data();
     float* py = y.data();
+    const F f = f_;
     parallel_for(x.numel(), [=](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) py[i] = std::erf(px[i]);
+      for (int64_t i = s; i < e; ++i) py[i] = f(px[i]);
     }, 4096);
     o(g).cur = &y;
   }
@@ -287,15 +289,36 @@ class ErfOp final : public Op {
     const Tensor& x = *v(g, 0).cur;
     dx_.resize(x.shape());
     const float* px = x.data();
+    const float* py = o(g).own.data();
     const float* pd = o(g).grad->data();
     float* out = dx_.data();
-    const float c = static_cast<float>(2.0 / std::sqrt(M_PI));
+    const D d = d_;
     parallel_for(x.numel(), [=](int64_t s, int64_t e) {
-      for (int64_t i = s; i < e; ++i) out[i] = pd[i] * c * std::exp(-px[i] * px[i]);
+      for (int64_t i = s; i < e; ++i) out[i] = pd[i] * d(px[i], py[i]);
     }, 4096);
     give(g, 0, dx_);
   }
+
+ private:
+  F f_;
+  D d_;
 };
+
+template <typename F, typename D>
+std::unique_ptr<Op> unary(F f, D d) {
+  return std::make_unique<UnaryOp<F, D>>(f, d);
+}
+
+std::unique_ptr<Op> erf_op() {
+  const float c = static_cast<float>(2.0 / std::sqrt(M_PI));
+  return unary([](float x) { return std::erf(x); }, [c](float x, float) { return c * std::exp(-x * x); });
+}
+
+std::unique_ptr<Op> pow_op(float p) {
+  if (p == 2.0f) return unary([](float x) { return x * x; }, [](float x, float) { return 2.0f * x; });
+  if (p == 0.5f) return unary([](float x) { return std::sqrt(x); }, [](float, float y) { return 0.5f / y; });
+  return unary([p](float x) { return std::pow(x, p); }, [p](float x, float) { return p * std::pow(x, p - 1); });
+}
 
 // Softmax over the last dimension.
 class SoftmaxOp final : public Op {
@@ -801,43 +824,6 @@ class ReduceMeanOp final : public Op {
   }
 };
 
-// Pow by a constant exponent, and Sqrt.
-class PowOp final : public Op {
- public:
-  explicit PowOp(float p) : p_(p) {}
-  void forward(GraphModel& g, Context&) override {
-    const Tensor& x = *v(g, 0).cur;
-    Tensor& y = o(g).own;
-    y.resize(x.shape());
-    const float* px = x.data();
-    float* py = y.data();
-    const float p = p_;
-    parallel_for(x.numel(), [=](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        py[i] = p == 2.0f ? px[i] * px[i] : p == 0.5f ? std::sqrt(px[i]) : std::pow(px[i], p);
-    }, kGrain);
-    o(g).cur = &y;
-  }
-  void backward(GraphModel& g, Context&) override {
-    if (!o(g).grad || !v(g, 0).requires_grad) return;
-    const Tensor& x = *v(g, 0).cur;
-    dx_.resize(x.shape());
-    const float* px = x.data();
-    const float* py = o(g).own.data();
-    const float* pd = o(g).grad->data();
-    float* out = dx_.data();
-    const float p = p_;
-    parallel_for(x.numel(), [=](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i)
-        out[i] = p == 2.0f ? 2.0f * px[i] * pd[i] : p == 0.5f ? pd[i] / (2.0f * py[i]) : pd[i] * p * std::pow(px[i], p - 1);
-    }, kGrain);
-    give(g, 0, dx_);
-  }
-
- private:
-  float p_;
-};
-
 // Element-wise integer arithmetic with NumPy broadcasting (Div truncates).
 void int_binary(const std::string& op, const NamedTensor& a, const NamedTensor& b, NamedTensor& out,
                 const std::string& where) {
@@ -1187,7 +1173,7 @@ GraphModel::GraphModel(const OnnxGraph& g) {
                                      : BinaryOp::Kind::kDiv;
       op = std::make_unique<BinaryOp>(k);
     } else if (n.op == "Erf") {
-      op = std::make_unique<ErfOp>();
+      op = erf_op();
     } else if (n.op == "Softmax") {
       op = std::make_unique<SoftmaxOp>(n.attr_int("axis", -1));
     } else if (n.op == "Flatten") {
@@ -1204,9 +1190,9 @@ GraphModel::GraphModel(const OnnxGraph& g) {
       auto c = float_consts.find(n.inputs[1]);
       const NamedTensor* e = c != float_consts.end() ? c->second : g.initializer(n.inputs[1]);
       TEMPO_CHECK(e && e->f32.size() == 1, where + ": the exponent must be a float constant");
-      op = std::make_unique<PowOp>(e->f32[0]);
+      op = pow_op(e->f32[0]);
     } else if (n.op == "Sqrt") {
-      op = std::make_unique<PowOp>(0.5f);
+      op = pow_op(0.5f);
     } else if (n.op == "Cast" && !is_int(n.inputs[0])) {
       op = std::make_unique<IdentityOp>();  // float to float
     } else if (n.op == "Cast" || n.op == "ConstantOfShape") {  // integers to a float constant
