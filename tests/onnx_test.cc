@@ -356,6 +356,25 @@ TEST(Onnx, ShapeArithmeticAndLayerNormPiecesMatchFiniteDifferences) {
   expect_gradients_match(b, {3, 5});
 }
 
+// Weights in K×N layout (Gemm with transB = 0, MatMul by an initializer,
+// as `x @ W` exports): still products of the linear backend, gradients in
+// the graph's layout.
+TEST(Onnx, WeightsInKByNLayoutAreProductsWithGradients) {
+  GraphBuilder b(13, {-1, 6}, 3);
+  b.weight("w1", {6, 5}, 31);
+  b.weight("b1", {5}, 32);
+  b.weight("w2", {5, 3}, 33);
+  b.node("Gemm", {"input", "w1", "b1"}, {"h"});
+  b.node("Mul", {"h", "h"}, {"h2"});
+  b.node("MatMul", {"h2", "w2"}, {"logits"});
+  expect_gradients_match(b, {6});
+  const OnnxGraph g = b.parse();
+  GraphModel m(g);
+  int products = 0;
+  walk(m, [&](Layer& l) { products += l.product() != nullptr; });
+  EXPECT_EQ(products, 2);
+}
+
 TEST(Onnx, ASharedValueSumsItsGradients) {
   // x used three times: by a Relu-free residual Add and a Mul with itself.
   GraphBuilder b(13, {-1, 4}, 2);

@@ -247,6 +247,7 @@ std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed) {
     const Tensor* w = nullptr;
     if (auto* c = dynamic_cast<Conv2d*>(m->product_layers[i])) w = &c->weight;
     if (auto* f = dynamic_cast<Linear*>(m->product_layers[i])) w = &f->weight;
+    if (!w) continue;  // (a layer that names its product itself)
     for (const auto& e : m->state) {
       if (e.value != w) continue;
       const bool suffix = e.name.size() > 7 && e.name.compare(e.name.size() - 7, 7, ".weight") == 0;

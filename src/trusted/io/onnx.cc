@@ -222,9 +222,10 @@ class NodeChecker {
       inputs(2, 3);
       const NamedTensor& w = weight(1, 2);
       require(n.attr_int("transA", 0) == 0, "attribute transA must be 0");
-      require(n.attr_int("transB", 0) == 1, "attribute transB must be 1 (nn.Linear's layout)");
+      const int64_t tb = n.attr_int("transB", 0);
+      require(tb == 0 || tb == 1, "attribute transB must be 0 or 1");
       require(n.attr_float("alpha", 1) == 1 && n.attr_float("beta", 1) == 1, "attributes alpha and beta must be 1");
-      if (has(2)) require(weight(2, 1).shape[0] == w.shape[0], "the bias must have one value per output");
+      if (has(2)) require(weight(2, 1).shape[0] == w.shape[tb == 1 ? 0 : 1], "the bias must have one value per output");
     } else if (op == "MatMul") {
       inputs(2, 2);
     } else if (op == "BatchNormalization") {

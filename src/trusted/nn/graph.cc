@@ -661,6 +661,39 @@ class ConcatOp final : public Op {
   std::vector<Tensor> parts_;
 };
 
+// x·W with W stored K×N (Gemm with transB = 0, MatMul by an initializer):
+// a Linear whose N×K weight is W transposed before each forward, and whose
+// gradient is transposed back into W's layout after backward, so the
+// product still goes through the linear backend and the state keeps the
+// graph's layout.
+class KnLinear final : public Layer {
+ public:
+  KnLinear(int64_t k, int64_t n, bool bias) : inner(k, n, bias), w({k, n}), dw({k, n}) {}
+  const Tensor& forward(const Tensor& x, Context& ctx) override {
+    transpose(w.data(), w.dim(0), w.dim(1), inner.weight.data());
+    inner.needs_input_grad = needs_input_grad;
+    inner.offloaded = offloaded;
+    return inner.forward(x, ctx);
+  }
+  const Tensor& backward(const Tensor& dy, Context& ctx) override {
+    const Tensor& dx = inner.backward(dy, ctx);
+    transpose(inner.dweight.data(), dw.dim(1), dw.dim(0), dw.data());
+    return dx;
+  }
+  Product* product() override { return inner.product(); }
+  std::string kind() const override { return "Linear"; }
+  Linear inner;
+  Tensor w, dw;  // K×N, the graph's layout
+
+ private:
+  static void transpose(const float* src, int64_t r, int64_t c, float* dst) {
+    parallel_for(r, [=](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i)
+        for (int64_t j = 0; j < c; ++j) dst[j * r + i] = src[i * c + j];
+    }, 64);
+  }
+};
+
 // A product of two activations, A (…×m×k) · B (…×k×n), the leading
 // dimensions equal: one batched product of the backend, block g being
 // A_g·(B_gᵀ)ᵀ.
@@ -1104,6 +1137,20 @@ GraphModel::GraphModel(const OnnxGraph& g) {
       if (has(n, 2)) claim(n, n.inputs[2], &c->bias, &c->dbias);
       layer = std::move(c);
       layer_params = true;
+    } else if ((n.op == "Gemm" && n.attr_int("transB", 0) == 0) ||
+               (n.op == "MatMul" && g.initializer(n.inputs[1]) && g.initializer(n.inputs[1])->shape.size() == 2 &&
+                !g.initializer(n.inputs[0]))) {
+      const NamedTensor& w = *g.initializer(n.inputs[1]);
+      TEMPO_CHECK(w.dtype == DType::F32, where + ": the weight must be a float initializer");
+      const bool bias = n.op == "Gemm" && has(n, 2);
+      auto l = std::make_unique<KnLinear>(w.shape[0], w.shape[1], bias);
+      claim(n, n.inputs[1], &l->w, &l->dw);
+      if (bias) claim(n, n.inputs[2], &l->inner.bias, &l->inner.dbias);
+      const std::string& wn = n.inputs[1];
+      const bool suffix = wn.size() > 7 && wn.compare(wn.size() - 7, 7, ".weight") == 0;
+      l->inner.product()->name = suffix ? wn.substr(0, wn.size() - 7) : wn;
+      layer = std::move(l);
+      layer_params = true;
     } else if (n.op == "Gemm") {
       const NamedTensor& w = *g.initializer(n.inputs[1]);
       auto l = std::make_unique<Linear>(w.shape[1], w.shape[0], has(n, 2));
@@ -1120,8 +1167,8 @@ GraphModel::GraphModel(const OnnxGraph& g) {
       layer_params = true;
     } else if (n.op == "MatMul") {
       TEMPO_CHECK(!g.initializer(n.inputs[0]) && !g.initializer(n.inputs[1]),
-                  where + ": a MatMul by an initializer must be nn.Linear's export (the weight transposed by a "
-                  "Transpose node); Tempo does not read other weight layouts");
+                  where + ": a MatMul of an initializer by an activation (W·x), or by a weight of more than two "
+                  "dimensions, is not supported; write it as x·W");
       op = std::make_unique<MatMulOp>();
     } else if (n.op == "BatchNormalization") {
       const NamedTensor& s = *g.initializer(n.inputs[1]);
