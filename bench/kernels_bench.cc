@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/parallel.h"
+#include "trusted/obfuscation/blinding.h"
 #include "trusted/obfuscation/col_mix.h"
 #include "trusted/obfuscation/mask.h"
 #include "trusted/obfuscation/obfuscator.h"
@@ -76,6 +77,29 @@ void BM_MaskDraw(benchmark::State& st) {
   draw_and_apply(st, mask);
 }
 
+// The mask added a group of 8 rows at a time as the fused blinding pass
+// does (AdditiveMask::add_rows), against BM_MaskDraw's one sgemm.
+void BM_MaskRows(benchmark::State& st) {
+  AdditiveMask mask(64);
+  std::vector<float> a(kRows * kCols, 1.0f);
+  Obfuscator obf(random_secret(), 4.0);
+  const Product p{0, "a", a.data(), nullptr, kRows, kCols, kOut};
+  for (auto _ : st) {
+    KeyStream ks = obf.stream();
+    mask.prepare(p, 1.0 * kRows * kCols, ks);
+    parallel_for(kRows / 8, [&](int64_t lo, int64_t hi) {
+      float* rows[8];
+      int64_t index[8];
+      for (int64_t g = lo; g < hi; ++g) {
+        for (int t = 0; t < 8; ++t) index[t] = g * 8 + t, rows[t] = a.data() + (g * 8 + t) * kCols;
+        mask.add_rows(0, rows, index, 8);
+      }
+    }, 16);
+    benchmark::DoNotOptimize(a.data());
+  }
+  st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
+}
+
 // Mᵀ·X alone (the input gradient's unmixing).
 void BM_RowUnmix(benchmark::State& st) {
   std::vector<float> a(kRows * kCols, 1.0f), b(a.size());
@@ -118,12 +142,30 @@ void BM_ColUnmix(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
 }
 
+// The default blinding of a product's data operand, freshly drawn as each
+// forward pass does (row mixing 8, column mixing 8, rank-64 mask), on
+// resnet18 batch 32's layer-1 convolution (32768×576, 64 outputs) when
+// range(0) is 1, else cnn's conv2; range(1): the mask's kind (0 dense, 1
+// kron), or 2: mixings only, no mask.
+void BM_BlindingApply(benchmark::State& st) {
+  const bool big = st.range(0) == 1;
+  const int64_t m = big ? 32768 : kRows, k = big ? 576 : kCols, n = 64;
+  std::vector<float> a(static_cast<size_t>(m * k)), w(static_cast<size_t>(n * k), 0.5f);
+  for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i % 7) - 3.0f;
+  Obfuscator obf(random_secret(), 4.0);
+  Blinding b(8, st.range(1) == 2 ? 0 : 64, 1.0f, 8, st.range(1) == 1 ? MaskKind::kKron : MaskKind::kDense);
+  for (auto _ : st) benchmark::DoNotOptimize(b.apply(Product{0, "a", a.data(), w.data(), m, k, n}, obf).a);
+  st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * m * k);
+}
+
 BENCHMARK(BM_Copy)->UseRealTime();
+BENCHMARK(BM_BlindingApply)->ArgsProduct({{0, 1}, {0, 1, 2}})->UseRealTime();
 BENCHMARK(BM_ColMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_ColUnmix)->UseRealTime();
 BENCHMARK(BM_RowMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_RowUnmix)->UseRealTime();
 BENCHMARK(BM_MaskDraw)->UseRealTime();
+BENCHMARK(BM_MaskRows)->UseRealTime();
 BENCHMARK(BM_ApplyKeys)->UseRealTime();
 BENCHMARK(BM_Freivalds)->UseRealTime();
 

@@ -156,6 +156,91 @@ TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
 }
 
 
+// Both kinds: the mask has A's rms, hides every zero, has exactly the rank
+// asked, removes itself from both products, and the fused form (prepare,
+// then add_rows a group of rows at a time, as Blinding's pass does) adds
+// the same mask as apply(). The Kronecker kind's columns all get the same
+// share of it.
+TEST(AdditiveMask, BothKindsHaveTheirRankRemoveThemselvesAndAddByRows) {
+  const int64_t m = 400, k = 300, n = 17;
+  const int rank = 16;
+  auto a = normal_vec(m * k, 14), w = normal_vec(n * k, 15), dc = normal_vec(m * n, 16);
+  for (auto& x : a) x = std::max(x, 0.0f);
+  Product p{2, "p", a.data(), w.data(), m, k, n};
+  std::vector<float> c0(m * n), dw0(n * k);
+  sgemm(false, true, m, n, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c0.data(), n);
+  sgemm(true, false, n, k, m, 1.0f, dc.data(), n, a.data(), k, 0.0f, dw0.data(), k);
+  auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
+    double e = 0, mx = 0;
+    for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::fabs(double(x[i]) - y[i])), mx = std::max(mx, std::fabs(double(y[i])));
+    return e / mx;
+  };
+  for (MaskKind kind : {MaskKind::kDense, MaskKind::kKron}) {
+    SCOPED_TRACE(mask_kind_name(kind));
+    AdditiveMask mask(rank, 1.0f, kind);
+    KeyStream ks(secret_from_seed(21), 0);
+    const Product& q = mask.apply(p, ks);
+    std::vector<double> r(m * k);
+    double ss_a = 0, ss_r = 0;
+    int64_t zeros = 0;
+    for (int64_t e = 0; e < m * k; ++e) {
+      zeros += q.a[e] == 0.0f;
+      r[e] = double(q.a[e]) - a[e];
+      ss_a += double(a[e]) * a[e];
+      ss_r += r[e] * r[e];
+    }
+    EXPECT_EQ(zeros, 0);
+    EXPECT_NEAR(std::sqrt(ss_r / ss_a), 1.0, 0.2) << "the mask has A's rms";
+    if (kind == MaskKind::kKron) {
+      double lo = 1e300, hi = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        double s = 0;
+        for (int64_t i = 0; i < m; ++i) s += r[i * k + j] * r[i * k + j];
+        lo = std::min(lo, s), hi = std::max(hi, s);
+      }
+      EXPECT_LT(hi / lo, 2.0) << "every column gets the same share of the mask";
+    }
+    // Rank of R: Gaussian elimination with partial pivoting, relative threshold.
+    double mx = 0;
+    for (double v : r) mx = std::max(mx, std::fabs(v));
+    int got = 0;
+    for (int64_t col = 0; col < k && got < m; ++col) {
+      int64_t piv = got;
+      for (int64_t i = got; i < m; ++i) if (std::fabs(r[i * k + col]) > std::fabs(r[piv * k + col])) piv = i;
+      if (std::fabs(r[piv * k + col]) < 1e-4 * mx) continue;
+      for (int64_t j = 0; j < k; ++j) std::swap(r[got * k + j], r[piv * k + j]);
+      for (int64_t i = got + 1; i < m; ++i) {
+        const double f = r[i * k + col] / r[got * k + col];
+        for (int64_t j = col; j < k; ++j) r[i * k + j] -= f * r[got * k + j];
+      }
+      ++got;
+    }
+    EXPECT_EQ(got, rank);
+    std::vector<float> c(m * n), dw(n * k);
+    sgemm(false, true, m, n, k, 1.0f, q.a, k, w.data(), k, 0.0f, c.data(), n);
+    sgemm(true, false, n, k, m, 1.0f, dc.data(), n, q.a, k, 0.0f, dw.data(), k);
+    mask.unmask_forward(q, c.data());
+    mask.unmask_weight(q, dc.data(), dw.data());
+    EXPECT_LT(rel(c, c0), 1e-5);
+    EXPECT_LT(rel(dw, dw0), 1e-5);
+    // The fused form from the same stream, rows in groups of 8 in a shuffled order.
+    std::vector<float> applied(q.a, q.a + m * k), fused(a);
+    AdditiveMask again(rank, 1.0f, kind);
+    KeyStream ks2(secret_from_seed(21), 0);
+    again.prepare(p, ss_a, ks2);
+    std::vector<int64_t> order(m);
+    for (int64_t i = 0; i < m; ++i) order[i] = (i * 7) % m;
+    for (int64_t g = 0; g < m; g += 8) {
+      float* rows[8];
+      for (int t = 0; t < 8; ++t) rows[t] = fused.data() + order[g + t] * k;
+      again.add_rows(p.id, rows, order.data() + g, 8);
+    }
+    EXPECT_LT(rel(fused, applied), 1e-5);
+  }
+  EXPECT_EQ(parse_mask_kind("kron"), MaskKind::kKron);
+  EXPECT_THROW(parse_mask_kind("sparse"), std::exception);
+}
+
 // x (d×d, row-major) is orthogonal and each row mixes one secret group of
 // b to 2b − 1 indices (all d when d < b).
 void expect_grouped_orthogonal(const float* x, int64_t d, int b) {

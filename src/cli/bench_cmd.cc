@@ -166,6 +166,7 @@ struct Config {
   int mask_rank = OffloadConfig{}.mask_rank;
   int row_mix = OffloadConfig{}.row_mix;
   int col_mix = OffloadConfig{}.col_mix;
+  MaskKind mask_kind = OffloadConfig{}.mask_kind;
 };
 
 // PyTorch's step (or with extra "--inference", its prediction), median ms.
@@ -214,6 +215,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
         oc.mask_rank = conf.mask_rank;
         oc.row_mix = conf.row_mix;
         oc.col_mix = conf.col_mix;
+        oc.mask_kind = conf.mask_kind;
         be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
@@ -374,6 +376,10 @@ int run_modes(const BenchConfig& cfg) {
                            {"tempo, 1 verify round", "tempo", true, 1, w},
                            {"tempo, no row mix", "tempo", true, kR, w, OffloadConfig{}.mask_rank, 0},
                            {"tempo, mask rank 32", "tempo", true, kR, w, 32},
+                           {"tempo, dense mask", "tempo", true, kR, w, OffloadConfig{}.mask_rank, OffloadConfig{}.row_mix,
+                            OffloadConfig{}.col_mix, MaskKind::kDense},
+                           {"tempo, kron mask", "tempo", true, kR, w, OffloadConfig{}.mask_rank, OffloadConfig{}.row_mix,
+                            OffloadConfig{}.col_mix, MaskKind::kKron},
                            {"tempo, no mask, no mix", "tempo", true, kR, w, 0, 0},
                            {"tempo, no key shift", "tempo", false, kR, w},
                            {"tempo, no verification", "tempo", true, 0, w},

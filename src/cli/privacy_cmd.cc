@@ -62,6 +62,11 @@ void add_privacy_flags(CLI::App& app, PrivacyConfig& c) {
                  "attention: the step measured (the first given; default 5)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  app.add_option_function<std::string>(
+         "--mask-kind", [](const std::string& s) { set_default_mask_kind(parse_mask_kind(s)); },
+         "How every mask of the measured runs is drawn: dense or kron (tempo train --mask-kind)")
+      ->default_str(mask_kind_name(default_mask_kind()))
+      ->check(CLI::IsMember({"dense", "kron"}));
   app.add_option("--mask-ranks", c.mask_ranks,
                  "inputs: the zero-pattern attack on the second convolution's operand with these --mask-rank "
                  "values (0: no mask), comma-separated")

@@ -138,7 +138,8 @@ std::vector<MiRow> measure_mutual_information(TrainConfig cfg, const std::vector
     // how many operands were blinded (a step's rows are the same measured
     // alone or along a run).
     std::unique_ptr<Obfuscator> bobf = measurement_keys(seed ^ 0x626c696e64ULL, cfg.offload.key_scale, false);
-    Blinding blind(cfg.offload.row_mix, cfg.offload.mask_rank, cfg.offload.mask_magnitude, cfg.offload.col_mix);
+    Blinding blind(cfg.offload.row_mix, cfg.offload.mask_rank, cfg.offload.mask_magnitude, cfg.offload.col_mix,
+                   cfg.offload.mask_kind);
     auto find = [&](const Captured& like, const char* what) -> int {
       for (size_t j = 0; j < tap.got.size(); ++j)
         if (tap.got[j].step == like.step && tap.got[j].layer == like.layer && tap.got[j].operand == what)

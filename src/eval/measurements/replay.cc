@@ -31,7 +31,8 @@ std::vector<ReplayRow> measure_replay_averaging(int64_t m, int64_t k, int64_t n,
   std::vector<ReplayRow> out;
   for (const bool defaults : {true, false}) {
     const OffloadConfig dflt;
-    Blinding blind(defaults ? dflt.row_mix : 0, dflt.mask_rank, dflt.mask_magnitude, defaults ? dflt.col_mix : 0);
+    Blinding blind(defaults ? dflt.row_mix : 0, dflt.mask_rank, dflt.mask_magnitude, defaults ? dflt.col_mix : 0,
+                   dflt.mask_kind);
     std::vector<double> sum(a.size(), 0.0), avg(a.size());
     for (int e = 1; e <= most; ++e) {
       // One execution: a fresh secret, as every resumed execution draws.

@@ -3,37 +3,71 @@
 #include <algorithm>
 #include <optional>
 
+#include "common/error.h"
+#include "common/parallel.h"
+
 namespace tempo {
 
-Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix) {
+Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix, MaskKind mask_kind) {
   if (row_mix > 0) mix_ = std::make_unique<RowMix>(row_mix);
   if (col_mix > 0) col_ = std::make_unique<ColMix>(col_mix);
-  if (mask_rank > 0) mask_ = std::make_unique<AdditiveMask>(mask_rank, mask_magnitude);
+  if (mask_rank > 0) mask_ = std::make_unique<AdditiveMask>(mask_rank, mask_magnitude, mask_kind);
 }
+
+namespace {
+
+// Σ a[i]² in double, in a fixed number of pieces summed in order: the same
+// for any number of threads.
+double sum_of_squares(const float* a, int64_t n) {
+  constexpr int64_t kPieces = 64;
+  double part[kPieces];
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const float* x = a + n * c / kPieces;
+      const int64_t len = n * (c + 1) / kPieces - n * c / kPieces;
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < len; ++i) s += static_cast<double>(x[i]) * x[i];
+      part[c] = s;
+    }
+  });
+  double ss = 0;
+  for (double s : part) ss += s;
+  return ss;
+}
+
+}  // namespace
 
 const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
   if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
   Sent& s = sent_[static_cast<size_t>(p.id)];
   const Product* q = &p;
   float* a = nullptr;  // the data operand's own buffer, once there is one
-  {
-    // Streams in a fixed order (row mixing, column mixing, mask), whichever
-    // are on. With both mixings, the columns of each group of rows are
-    // mixed as soon as the row pass has written them.
-    std::optional<KeyStream> row_ks, col_ks;
-    if (mix_) row_ks.emplace(obf.stream());
-    if (col_) {
-      col_ks.emplace(obf.stream());
-      col_->draw(p.id, p.k, *col_ks);
-    }
-    if (mix_) {
-      const int id = p.id;
-      const ColMix* col = col_.get();
-      q = &mix_->apply(p, *row_ks, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
-        col->mix_here(id, rows, n);
-      }) : RowMix::After());
-      a = mix_->mixed_a(p.id);
-    }
+  // Streams in a fixed order (row mixing, column mixing, mask), whichever
+  // are on.
+  std::optional<KeyStream> row_ks, col_ks, mask_ks;
+  if (mix_) row_ks.emplace(obf.stream());
+  if (col_) {
+    col_ks.emplace(obf.stream());
+    col_->draw(p.id, p.k, *col_ks);
+  }
+  if (mask_) mask_ks.emplace(obf.stream());
+  if (mix_) {
+    // One pass: each group of rows is mixed, then its columns, then the
+    // mask's rows are added, while the group is in cache. The mask's scale
+    // comes from A's sum of squares, which the orthogonal mixings keep.
+    const int id = p.id;
+    const ColMix* col = col_.get();
+    const AdditiveMask* mask = mask_.get();
+    if (mask) mask_->prepare(p, sum_of_squares(p.a, p.m * p.k), *mask_ks);
+    RowMix::After after;
+    if (col || mask)
+      after = [col, mask, id](float* const* rows, const int64_t* index, int64_t n) {
+        if (col) col->mix_here(id, rows, n);
+        if (mask) mask->add_rows(id, rows, index, n);
+      };
+    q = &mix_->apply(p, *row_ks, after);
+    a = mix_->mixed_a(p.id);
   }
   if (col_) {
     if (!a) {
@@ -48,10 +82,7 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     s.q.w = s.w.data();
     q = &s.q;
   }
-  if (mask_) {
-    KeyStream ks = obf.stream();
-    q = a ? &mask_->apply_in_place(*q, a, ks) : &mask_->apply(p, ks);
-  }
+  if (mask_) q = mix_ ? &mask_->bind(*q) : a ? &mask_->apply_in_place(*q, a, *mask_ks) : &mask_->apply(p, *mask_ks);
   if (q != &s.q) s.q = *q;
   s.valid = true;
   return s.q;
@@ -83,13 +114,28 @@ void Blinding::finish_input(const Product& q, const float* da_sent, float* da) c
   const ColMix* col = col_.get();
   const int id = q.id;
   if (mix_)
-    mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id](float* const* rows, int64_t n) {
+    mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id](float* const* rows, const int64_t*, int64_t n) {
       col->unmix_here(id, rows, n);
     }) : RowMix::After());
   else if (col)
     col->unmix(q.id, da_sent, q.m, da);  // dA·Gᵀ·G
   else if (da != da_sent)
     std::copy(da_sent, da_sent + q.m * q.k, da);
+}
+
+void Blinding::decrypt_input(const Product& q, const float* z, const ScaledPerm& r, const ScaledPerm& c,
+                             const double* dot_r, double* dot_out, int dot_rounds, float* da) const {
+  TEMPO_CHECK(mix_, "fused decryption of an input gradient needs row mixing");
+  const ColMix* col = col_.get();
+  const int id = q.id;
+  const int64_t m = q.m, k = q.k;
+  mix_->unmix_from(
+      id, k,
+      [&](int64_t r0, int64_t r1, float* buf) {
+        apply_keys_rows_here(z, m, k, r, c, r0, r1, buf, dot_r, dot_out, dot_rounds);
+      },
+      da, col ? RowMix::After([col, id](float* const* rows, const int64_t*, int64_t n) { col->unmix_here(id, rows, n); })
+              : RowMix::After());
 }
 
 void Blinding::finish_weight(const Product& q, const float* g, float* dw) {

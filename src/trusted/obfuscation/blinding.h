@@ -21,7 +21,8 @@ namespace tempo {
 
 class Blinding {
  public:
-  Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f, int col_mix = 0);
+  Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f, int col_mix = 0,
+           MaskKind mask_kind = default_mask_kind());
   bool mixes() const { return mix_ != nullptr; }
   bool mixes_cols() const { return col_ != nullptr; }
   bool masks() const { return mask_ != nullptr; }
@@ -46,6 +47,14 @@ class Blinding {
   void finish_forward(const Product& q, float* c_sent, float* c);
   void finish_input(const Product& q, const float* da_sent, float* da) const;
   void finish_weight(const Product& q, const float* g, float* dw);
+  // finish_input() fused with the decryption: da = the input gradient of q,
+  // undone, from the workers' Z (q.m×q.k), whose decryption is R·Z·Cᵀ; the
+  // mixed rows are decrypted a group at a time into a buffer in cache and
+  // never formed whole. dot_r/dot_out as in apply_keys_rows_here (the check's
+  // products of the rows as sent). Only where fuses_input().
+  bool fuses_input() const { return mix_ != nullptr; }
+  void decrypt_input(const Product& q, const float* z, const ScaledPerm& r, const ScaledPerm& c,
+                     const double* dot_r, double* dot_out, int dot_rounds, float* da) const;
 
  private:
   struct Sent {  // per product id: the product as last sent, and the column mixing's buffers

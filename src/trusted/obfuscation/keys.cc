@@ -135,6 +135,20 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
   }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
 }
 
+void apply_keys_rows_here(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r, const ScaledPerm& c,
+                          int64_t r0, int64_t r1, float* y, const double* dot_r, double* dot_out, int dot_rounds) {
+  if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
+    throw std::logic_error("apply_keys: key size mismatch");
+  for (int64_t i = r0; i < r1; ++i) {
+    const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
+    const float* next = i + 1 < r1 ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
+    float* dst = y + (i - r0) * cols;
+    gather_row(src, r.scale[static_cast<size_t>(i)], c.perm.data(), c.scale.data(), cols, dst, next);
+    if (dot_r)
+      for (int q = 0; q < dot_rounds; ++q) dot_out[q * rows + i] = row_dot(dst, dot_r + q * cols, cols);
+  }
+}
+
 void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,
                        float* dx, const double* dot_r, double* dot_out, int dot_rounds) {
   const int64_t K = g.cols(), P = g.positions();

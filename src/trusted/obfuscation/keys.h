@@ -44,6 +44,14 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1,
                      const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1);
 
+// Rows [r0, r1) of R·Z·Cᵀ (block 1) into y, on the calling thread, for a
+// pass that consumes them while they are in cache; with dot_r, the rows'
+// products with each round's vector at dot_out[q·rows + i] (i: the row's
+// index in the whole result).
+void apply_keys_rows_here(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r, const ScaledPerm& c,
+                          int64_t r0, int64_t r1, float* y, const double* dot_r = nullptr,
+                          double* dot_out = nullptr, int dot_rounds = 1);
+
 // col2im(R·Z·Cᵀ) for Z: (g.n·P)×(g.c·k·k) without materialising R·Z·Cᵀ: one
 // output row of the image at a time is decrypted into a small buffer (in
 // cache), its products with dot_r taken (if given; dot_rounds vectors as in

@@ -4,6 +4,10 @@
 #include <cmath>
 #include <cstring>
 
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
 #include "common/blas.h"
 #include "common/error.h"
 #include "common/parallel.h"
@@ -24,9 +28,70 @@ void fill_uniform(KeyStream& ks, float h, float* out, int64_t n) {
   }
 }
 
+typedef float V8 __attribute__((vector_size(32), aligned(4)));  // 8 floats, unaligned access
+
+// rows[t][j] += Σ_q u[t][q]·vt[q·k + j] for T rows: 24 columns at a time
+// in 3·T accumulators, each row of Vᵀ loaded once for the T rows.
+template <int T>
+void add_low_rank_t(const float* const* u, float* const* rows, const float* vt, int64_t r, int64_t k) {
+  int64_t j = 0;
+  for (; j + 24 <= k; j += 24) {
+    V8 acc[T][3] = {};
+    for (int64_t q = 0; q < r; ++q) {
+      const float* v = vt + q * k + j;
+      const V8 v0 = *reinterpret_cast<const V8*>(v), v1 = *reinterpret_cast<const V8*>(v + 8),
+               v2 = *reinterpret_cast<const V8*>(v + 16);
+      for (int t = 0; t < T; ++t) {
+        const float c = u[t][q];
+        acc[t][0] += c * v0;
+        acc[t][1] += c * v1;
+        acc[t][2] += c * v2;
+      }
+    }
+    for (int t = 0; t < T; ++t)
+      for (int b = 0; b < 3; ++b) {
+        V8* o = reinterpret_cast<V8*>(rows[t] + j + 8 * b);
+        *o = *o + acc[t][b];
+      }
+  }
+  for (; j < k; ++j)
+    for (int t = 0; t < T; ++t) {
+      float acc = 0;
+      for (int64_t q = 0; q < r; ++q) acc += u[t][q] * vt[q * k + j];
+      rows[t][j] += acc;
+    }
+}
+
+void add_low_rank(const float* const* u, float* const* rows, int64_t n, const float* vt, int64_t r, int64_t k) {
+  int64_t t = 0;
+  for (; t + 4 <= n; t += 4) add_low_rank_t<4>(u + t, rows + t, vt, r, k);
+  switch (n - t) {
+    case 3: add_low_rank_t<3>(u + t, rows + t, vt, r, k); break;
+    case 2: add_low_rank_t<2>(u + t, rows + t, vt, r, k); break;
+    case 1: add_low_rank_t<1>(u + t, rows + t, vt, r, k); break;
+    default: break;
+  }
+}
+
 }  // namespace
 
-AdditiveMask::AdditiveMask(int rank, float magnitude) : rank_(rank), magnitude_(magnitude) {
+const char* mask_kind_name(MaskKind k) { return k == MaskKind::kKron ? "kron" : "dense"; }
+
+MaskKind parse_mask_kind(const std::string& s) {
+  if (s == "dense") return MaskKind::kDense;
+  if (s == "kron") return MaskKind::kKron;
+  throw Error("mask kind must be dense or kron, got '" + s + "'");
+}
+
+namespace {
+MaskKind g_default_kind = MaskKind::kDense;
+}  // namespace
+
+MaskKind default_mask_kind() { return g_default_kind; }
+void set_default_mask_kind(MaskKind k) { g_default_kind = k; }
+
+AdditiveMask::AdditiveMask(int rank, float magnitude, MaskKind kind)
+    : rank_(rank), magnitude_(magnitude), kind_(kind) {
   TEMPO_CHECK(rank >= 1, "mask rank must be at least 1");
   TEMPO_CHECK(magnitude > 0 && std::isfinite(magnitude), "mask magnitude must be positive");
 }
@@ -37,32 +102,193 @@ const AdditiveMask::Entry* AdditiveMask::find(int id) const {
   return &entries_[static_cast<size_t>(id)];
 }
 
-const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
+AdditiveMask::Entry& AdditiveMask::entry_for(const Product& p) {
   TEMPO_CHECK(p.id >= 0, "a masked product needs an id");
   if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
-  std::vector<float>& am = entries_[static_cast<size_t>(p.id)].am;
+  return entries_[static_cast<size_t>(p.id)];
+}
+
+const Product& AdditiveMask::apply(const Product& p, KeyStream& ks) {
+  std::vector<float>& am = entry_for(p).am;
   am.resize(static_cast<size_t>(p.m * p.k));
   return add(p, am.data(), ks);
 }
 
 const Product& AdditiveMask::apply_in_place(const Product& p, float* a, KeyStream& ks) {
-  TEMPO_CHECK(p.id >= 0, "a masked product needs an id");
-  if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
-  std::vector<float>().swap(entries_[static_cast<size_t>(p.id)].am);
+  std::vector<float>().swap(entry_for(p).am);
   return add(p, a, ks);
+}
+
+void AdditiveMask::prepare(const Product& p, double sumsq, KeyStream& ks) {
+  Entry& e = entry_for(p);
+  std::vector<float>().swap(e.am);
+  draw(e, p, sumsq, ks);
+  e.q = p;
+  e.valid = true;
+}
+
+const Product& AdditiveMask::bind(const Product& q) {
+  Entry& e = entry_for(q);
+  TEMPO_CHECK(e.valid && e.q.m == q.m && e.q.k == q.k, "mask bound to a product it was not prepared for");
+  e.q = q;
+  return e.q;
+}
+
+void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks) {
+  const int64_t m = p.m, k = p.k;
+  const int64_t side = std::min(m, k);
+  e.r = side <= 2 * int64_t{rank_} ? side : rank_;
+  const int64_t r = e.r;
+  e.u.resize(static_cast<size_t>(m * r));
+  e.vt.resize(static_cast<size_t>(r * k));
+  double rms = std::sqrt(sumsq / static_cast<double>(m * k));
+  if (!(rms > 0) || !std::isfinite(rms)) rms = 1.0;
+  // kKron: r1·r2 = r, r1 the largest factor up to √r; the grid's k1 rows
+  // must hold r1 independent ones (else the product is masked densely).
+  e.kron = false;
+  if (kind_ == MaskKind::kKron && r == rank_) {
+    int64_t r1 = static_cast<int64_t>(std::sqrt(static_cast<double>(r)));
+    while (r % r1) --r1;
+    const int64_t r2 = r / r1, k2 = (2 * r2 + 7) / 8 * 8, k1 = (k + k2 - 1) / k2;
+    if (k1 >= 2 * r1) e.kron = true, e.r1 = r1, e.r2 = r2, e.k1 = k1, e.k2 = k2;
+  }
+  // Entries of U·Vᵀ: dense, a sum of r products of variance 1 and
+  // rms²·magnitude²/r; kKron, U's entries carry the whole variance (X's and
+  // Y's rows are unit vectors, so every entry of R has variance Var(U)).
+  const float hu = e.kron ? static_cast<float>(std::sqrt(3.0) * rms * magnitude_) : std::sqrt(3.0f);
+  const float hv = static_cast<float>(std::sqrt(3.0) * rms * magnitude_ / std::sqrt(static_cast<double>(r)));
+  // U in a fixed number of pieces, each from its own stretch of the stream,
+  // in parallel: the draws depend on the stream only, not on the threads.
+  constexpr int64_t kPieces = 16;
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      KeyStream piece = ks.fork(static_cast<uint32_t>(c));
+      const int64_t r0 = m * c / kPieces, r1 = m * (c + 1) / kPieces;
+      fill_uniform(piece, hu, e.u.data() + r0 * r, (r1 - r0) * r);
+    }
+  });
+  if (e.kron) {
+    const int64_t r1 = e.r1, r2 = e.r2, k1 = e.k1, k2 = e.k2;
+    {
+      auto unit_rows = [&](std::vector<float>& z, int64_t rows, int64_t cols) {
+        z.resize(static_cast<size_t>(rows * cols));
+        fill_uniform(ks, 1.0f, z.data(), rows * cols);
+        for (int64_t i = 0; i < rows; ++i) {
+          double ss = 0;
+          for (int64_t c = 0; c < cols; ++c) ss += double{z[static_cast<size_t>(i * cols + c)]} * z[static_cast<size_t>(i * cols + c)];
+          const float f = ss > 0 ? static_cast<float>(1.0 / std::sqrt(ss)) : 0.0f;
+          for (int64_t c = 0; c < cols; ++c) z[static_cast<size_t>(i * cols + c)] *= f;
+        }
+      };
+      unit_rows(e.x, k1, r1);
+      unit_rows(e.y, k2, r2);
+      e.yt.resize(e.y.size());
+      for (int64_t o = 0; o < k2; ++o)
+        for (int64_t q2 = 0; q2 < r2; ++q2) e.yt[static_cast<size_t>(q2 * k2 + o)] = e.y[static_cast<size_t>(o * r2 + q2)];
+      // A secret injection of the k columns into the k1·k2 cells.
+      std::vector<int32_t> cells(static_cast<size_t>(k1 * k2));
+      for (size_t i = 0; i < cells.size(); ++i) cells[i] = static_cast<int32_t>(i);
+      for (int64_t i = k1 * k2 - 1; i > 0; --i)
+        std::swap(cells[static_cast<size_t>(i)], cells[ks.below(static_cast<uint32_t>(i + 1))]);
+      e.cell.assign(cells.begin(), cells.begin() + k);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t c = e.cell[static_cast<size_t>(j)] / k2, o = e.cell[static_cast<size_t>(j)] % k2;
+        for (int64_t q1 = 0; q1 < r1; ++q1)
+          for (int64_t q2 = 0; q2 < r2; ++q2)
+            e.vt[static_cast<size_t>((q1 * r2 + q2) * k + j)] =
+                e.x[static_cast<size_t>(c * r1 + q1)] * e.y[static_cast<size_t>(o * r2 + q2)];
+      }
+      return;
+    }
+  }
+  // V (k×r) as the stream gives it, stored transposed.
+  thin_.resize(static_cast<size_t>(k * r));
+  fill_uniform(ks, hv, thin_.data(), k * r);
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t q = 0; q < r; ++q) e.vt[static_cast<size_t>(q * k + j)] = thin_[static_cast<size_t>(j * r + q)];
+}
+
+// Row i of R on the grid: T = U_i·Yᵀ (r1×k2), then G = X·T (k1×k2), and
+// column j takes G at its cell. k2 is a multiple of 8: both products run
+// 8 grid columns by 4 rows at a time in registers.
+void AdditiveMask::add_kron_rows(const Entry& e, float* const* rows, const int64_t* index, int64_t n) {
+  const int64_t r1 = e.r1, r2 = e.r2, k1 = e.k1, k2 = e.k2, k = e.q.k, r = r1 * r2;
+  thread_local std::vector<float> buf;
+  if (buf.size() < static_cast<size_t>(r1 * k2 + k1 * k2)) buf.resize(static_cast<size_t>(r1 * k2 + k1 * k2));
+  float* t = buf.data();
+  float* g = t + r1 * k2;
+  const float* x = e.x.data();
+  const float* yt = e.yt.data();
+  const int32_t* cell = e.cell.data();
+  auto load = [](const float* p) { return *reinterpret_cast<const V8*>(p); };
+  auto store = [](float* p, V8 v) { *reinterpret_cast<V8*>(p) = v; };
+  for (int64_t row = 0; row < n; ++row) {
+    const float* u = e.u.data() + index[row] * r;
+    for (int64_t o = 0; o < k2; o += 8) {
+      int64_t q1 = 0;
+      for (; q1 + 4 <= r1; q1 += 4) {
+        V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        for (int64_t q2 = 0; q2 < r2; ++q2) {
+          const V8 yv = load(yt + q2 * k2 + o);
+          a0 += u[q1 * r2 + q2] * yv;
+          a1 += u[(q1 + 1) * r2 + q2] * yv;
+          a2 += u[(q1 + 2) * r2 + q2] * yv;
+          a3 += u[(q1 + 3) * r2 + q2] * yv;
+        }
+        store(t + q1 * k2 + o, a0);
+        store(t + (q1 + 1) * k2 + o, a1);
+        store(t + (q1 + 2) * k2 + o, a2);
+        store(t + (q1 + 3) * k2 + o, a3);
+      }
+      for (; q1 < r1; ++q1) {
+        V8 a0 = {};
+        for (int64_t q2 = 0; q2 < r2; ++q2) a0 += u[q1 * r2 + q2] * load(yt + q2 * k2 + o);
+        store(t + q1 * k2 + o, a0);
+      }
+    }
+    // Four grid rows at a time: eight independent chains of multiply-adds.
+    int64_t c = 0;
+    for (; c + 4 <= k1; c += 4) {
+      for (int64_t o = 0; o < k2; o += 8) {
+        V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+        for (int64_t q1 = 0; q1 < r1; ++q1) {
+          const V8 tv = load(t + q1 * k2 + o);
+          a0 += x[c * r1 + q1] * tv;
+          a1 += x[(c + 1) * r1 + q1] * tv;
+          a2 += x[(c + 2) * r1 + q1] * tv;
+          a3 += x[(c + 3) * r1 + q1] * tv;
+        }
+        store(g + c * k2 + o, a0);
+        store(g + (c + 1) * k2 + o, a1);
+        store(g + (c + 2) * k2 + o, a2);
+        store(g + (c + 3) * k2 + o, a3);
+      }
+    }
+    for (; c < k1; ++c)
+      for (int64_t o = 0; o < k2; o += 8) {
+        V8 a0 = {};
+        for (int64_t q1 = 0; q1 < r1; ++q1) a0 += x[c * r1 + q1] * load(t + q1 * k2 + o);
+        store(g + c * k2 + o, a0);
+      }
+    float* dst = rows[row];
+    int64_t j = 0;
+#if defined(__AVX2__)
+    for (; j + 8 <= k; j += 8) {
+      const __m256 v = _mm256_i32gather_ps(g, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(cell + j)), 4);
+      _mm256_storeu_ps(dst + j, _mm256_add_ps(_mm256_loadu_ps(dst + j), v));
+    }
+#endif
+    for (; j < k; ++j) dst[j] += g[cell[j]];
+  }
 }
 
 // dst (m×k) receives A + U·Vᵀ; it may be p.a itself.
 const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m, k = p.k;
-  const int64_t side = std::min(m, k);
-  e.r = side <= 2 * int64_t{rank_} ? side : rank_;
-  const int64_t r = e.r;
-  e.u.resize(static_cast<size_t>(m * r));
-  e.v.resize(static_cast<size_t>(k * r));
-  // A's rms (per-thread partial sums, combined in order: deterministic for a
-  // thread count) and the copy into the masked buffer, in one pass.
+  // A's sum of squares (per-thread partial sums, combined in order:
+  // deterministic for a thread count) and the copy into the masked buffer,
+  // in one pass.
   const int threads = std::max(1, num_threads());
   std::vector<double>& part = part_;
   part.assign(static_cast<size_t>(threads), 0.0);
@@ -80,27 +306,40 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   });
   double ss = 0;
   for (double s : part) ss += s;
-  double rms = std::sqrt(ss / static_cast<double>(m * k));
-  if (!(rms > 0) || !std::isfinite(rms)) rms = 1.0;
-  // Entries of U·Vᵀ: a sum of r products of variance 1 and rms²·magnitude²/r.
-  const float hu = std::sqrt(3.0f);
-  const float hv = static_cast<float>(std::sqrt(3.0) * rms * magnitude_ / std::sqrt(static_cast<double>(r)));
-  // U in a fixed number of pieces, each from its own stretch of the stream,
-  // in parallel: the draws depend on the stream only, not on the threads.
-  constexpr int64_t kPieces = 16;
-  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      KeyStream piece = ks.fork(static_cast<uint32_t>(c));
-      const int64_t r0 = m * c / kPieces, r1 = m * (c + 1) / kPieces;
-      fill_uniform(piece, hu, e.u.data() + r0 * r, (r1 - r0) * r);
-    }
-  });
-  fill_uniform(ks, hv, e.v.data(), k * r);
-  sgemm(false, true, m, k, r, 1.0f, e.u.data(), r, e.v.data(), r, 1.0f, dst, k);
+  draw(e, p, ss, ks);
+  e.q = p;
+  if (e.kron) {
+    parallel_for(m, [&](int64_t lo, int64_t hi) {
+      float* rows[64];
+      int64_t index[64];
+      for (int64_t i0 = lo; i0 < hi; i0 += 64) {
+        const int64_t nb = std::min<int64_t>(64, hi - i0);
+        for (int64_t t = 0; t < nb; ++t) index[t] = i0 + t, rows[t] = dst + (i0 + t) * k;
+        add_kron_rows(e, rows, index, nb);
+      }
+    }, 64);
+  } else {
+    sgemm(false, false, m, k, e.r, 1.0f, e.u.data(), e.r, e.vt.data(), k, 1.0f, dst, k);
+  }
   e.q = p;
   e.q.a = dst;
   e.valid = true;
   return e.q;
+}
+
+void AdditiveMask::add_rows(int id, float* const* rows, const int64_t* index, int64_t n) const {
+  const Entry* e = find(id);
+  TEMPO_CHECK(e, "mask rows of a product that was not masked");
+  if (e->kron) {
+    add_kron_rows(*e, rows, index, n);
+    return;
+  }
+  const float* u[64];
+  for (int64_t t0 = 0; t0 < n; t0 += 64) {
+    const int64_t nb = std::min<int64_t>(64, n - t0);
+    for (int64_t t = 0; t < nb; ++t) u[t] = e->u.data() + index[t0 + t] * e->r;
+    add_low_rank(u, rows + t0, nb, e->vt.data(), e->r, e->q.k);
+  }
 }
 
 const Product& AdditiveMask::masked(const Product& p) const {
@@ -113,7 +352,7 @@ void AdditiveMask::unmask_forward(const Product& p, float* c) {
   TEMPO_CHECK(e, "unmask of a product that was not masked: " + p.name);
   const int64_t r = e->r;
   thin_.resize(static_cast<size_t>(p.n * r));
-  sgemm(false, false, p.n, r, p.k, 1.0f, p.w, p.k, e->v.data(), r, 0.0f, thin_.data(), r);       // W·V
+  sgemm(false, true, p.n, r, p.k, 1.0f, p.w, p.k, e->vt.data(), p.k, 0.0f, thin_.data(), r);     // W·V
   sgemm(false, true, p.m, p.n, r, -1.0f, e->u.data(), r, thin_.data(), r, 1.0f, c, p.n);          // −U·(W·V)ᵀ
 }
 
@@ -123,7 +362,7 @@ void AdditiveMask::unmask_weight(const Product& p, const float* dc, float* dw) {
   const int64_t r = e->r;
   thin_.resize(static_cast<size_t>(p.n * r));
   sgemm(true, false, p.n, r, p.m, 1.0f, dc, p.n, e->u.data(), r, 0.0f, thin_.data(), r);          // dCᵀ·U
-  sgemm(false, true, p.n, p.k, r, -1.0f, thin_.data(), r, e->v.data(), r, 1.0f, dw, p.k);         // −(dCᵀ·U)·Vᵀ
+  sgemm(false, false, p.n, p.k, r, -1.0f, thin_.data(), r, e->vt.data(), p.k, 1.0f, dw, p.k);    // −(dCᵀ·U)·Vᵀ
 }
 
 }  // namespace tempo

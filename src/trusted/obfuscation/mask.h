@@ -12,9 +12,23 @@
 // The input gradient dA = dC·W does not involve A. Drawing R costs one
 // m×k×r sgemm. A worker that estimated R back would see the zeros again,
 // which is why r must not be small (measured in SECURITY.md).
+//
+// MaskKind::kKron draws the same kind of mask, rank r = r1·r2 (8·8 for 64),
+// at a few multiply-adds per entry instead of r: V's rows are Kronecker
+// products. The k columns are placed by a fresh secret injection π on a
+// grid of k1×k2 cells (k2: 2·r2 rounded up to a multiple of 8, k1 = ⌈k/k2⌉), X (k1×r1) and Y (k2×r2)
+// have rows of unit norm, and
+//     V[j, q1·r2 + q2] = X[c, q1]·Y[o, q2]     for (c, o) = π(j),
+// so row i of R, laid out on the grid, is the k1×k2 matrix X·U_i·Yᵀ (U_i:
+// row i of U as an r1×r2 matrix): r1·r2·k2 + r1·k1·k2 ≈ r1·k multiply-adds
+// per row. Each entry has the same variance (the unit norms), and the
+// rows span an r-dimensional space as the dense kind's do; the correction
+// products are the dense kind's, with this V. Measured against the same
+// attacks in docs/SECURITY.md.
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "trusted/obfuscation/keys.h"
@@ -22,9 +36,20 @@
 
 namespace tempo {
 
+enum class MaskKind { kDense, kKron };
+// "dense" | "kron"; parse_mask_kind throws on anything else.
+const char* mask_kind_name(MaskKind k);
+MaskKind parse_mask_kind(const std::string& s);
+// The kind a mask gets when none is given (OffloadConfig's default, and
+// the masks the privacy measurements draw); `tempo privacy --mask-kind`
+// sets it for a whole run. Set it before any thread draws masks.
+MaskKind default_mask_kind();
+void set_default_mask_kind(MaskKind k);
+
 class AdditiveMask {
  public:
-  explicit AdditiveMask(int rank, float magnitude = 1.0f);
+  explicit AdditiveMask(int rank, float magnitude = 1.0f, MaskKind kind = default_mask_kind());
+  MaskKind kind() const { return kind_; }
   // p with `a` replaced by A + U·Vᵀ (fresh U, V drawn from ks); it stays
   // valid until the next apply() for the same p.id. The rank used is
   // rank, or min(m, k) (full) where that is at most twice the rank: a small
@@ -33,6 +58,16 @@ class AdditiveMask {
   // The same on a buffer the caller owns and keeps (m×k, holding p's A; the
   // row-mixed operand, row_mix.h): A + U·Vᵀ is written over it.
   const Product& apply_in_place(const Product& p, float* a, KeyStream& ks);
+  // The fused form, for a pass that writes the masked operand row group by
+  // row group (Blinding with row mixing): prepare() draws U and V for p from
+  // `sumsq`, the sum of squares of the operand taken beforehand (the
+  // orthogonal mixings keep it); add_rows() adds the mask's rows as the pass
+  // writes them; bind() then records q (the operand as masked) and returns
+  // it, as apply() would have.
+  void prepare(const Product& p, double sumsq, KeyStream& ks);
+  const Product& bind(const Product& q);
+  // rows[t] (p.k floats) += (U·Vᵀ)[index[t]] for t < n; any thread.
+  void add_rows(int id, float* const* rows, const int64_t* index, int64_t n) const;
   // The masked product last applied for p.id (p itself if none was).
   const Product& masked(const Product& p) const;
   // c (m×n) holds (A + R)·Wᵀ; removes U·(W·V)ᵀ.
@@ -45,12 +80,23 @@ class AdditiveMask {
     bool valid = false;
     Product q;
     int64_t r = 0;
-    std::vector<float> am, u, v;  // A + U·Vᵀ, U, V
+    std::vector<float> am, u, vt;  // A + U·Vᵀ, U (m×r), Vᵀ (r×k)
+    // kKron: the grid (k1×k2 cells), X (k1×r1), Y (k2×r2), column j's cell.
+    bool kron = false;
+    int64_t r1 = 0, r2 = 0, k1 = 0, k2 = 0;
+    std::vector<float> x, y, yt;  // yt: Yᵀ (r2×k2)
+    std::vector<int32_t> cell;
   };
+  // rows[t] += (U·Vᵀ)[index[t]] of a kKron entry, row by row.
+  static void add_kron_rows(const Entry& e, float* const* rows, const int64_t* index, int64_t n);
   const Entry* find(int id) const;
   const Product& add(const Product& p, float* dst, KeyStream& ks);
+  // Draws U and V (scaled for an operand of this sum of squares) into e.
+  void draw(Entry& e, const Product& p, double sumsq, KeyStream& ks);
+  Entry& entry_for(const Product& p);
   int rank_;
   float magnitude_;
+  MaskKind kind_;
   std::vector<Entry> entries_;
   std::vector<double> part_;     // per-thread sums of squares
   std::vector<float> thin_;      // n×r: W·V or dCᵀ·U

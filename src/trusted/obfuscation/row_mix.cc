@@ -119,7 +119,12 @@ void RowMix::unmix(int id, const float* src, int64_t cols, float* dst, const Aft
   transform(id, src, cols, dst, true, after);
 }
 
-void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after) const {
+void RowMix::unmix_from(int id, int64_t cols, const Fill& fill, float* dst, const After& after) const {
+  transform(id, nullptr, cols, dst, true, after, &fill);
+}
+
+void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after,
+                       const Fill* fill) const {
   const Entry& e = entry(id);
   const int64_t m = static_cast<int64_t>(e.perm.size());
   const MixGroups gr(m, block_);
@@ -127,17 +132,22 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
   parallel_for(gr.count, [&](int64_t lo, int64_t hi) {
     const float* in[64];
     float* out[64];
+    int64_t index[64];
+    thread_local std::vector<float> made;  // the rows fill() makes
+    if (fill && made.size() < static_cast<size_t>(ld * cols)) made.resize(static_cast<size_t>(ld * cols));
     for (int64_t g = lo; g < hi; ++g) {
       const int64_t s = gr.begin(m, g), n = gr.begin(m, g + 1) - s;
+      if (fill) (*fill)(s, s + n, made.data());
       for (int64_t t = 0; t < n; ++t) {
         const int64_t scattered = e.perm[static_cast<size_t>(s + t)];
-        in[t] = src + (back ? s + t : scattered) * cols;
-        out[t] = dst + (back ? scattered : s + t) * cols;
+        in[t] = fill ? made.data() + t * cols : src + (back ? s + t : scattered) * cols;
+        index[t] = back ? scattered : s + t;
+        out[t] = dst + index[t] * cols;
       }
       const float* q = e.q_mats.data() + g * sq;
       if (back) combine_any(n, q, 1, ld, in, out, cols);  // out[u] = Σ_t Q[t][u]·in[t]
       else combine_any(n, q, ld, 1, in, out, cols);       // out[t] = Σ_u Q[t][u]·in[u]
-      if (after) after(out, n);
+      if (after) after(out, index, n);
     }
   }, 16);
 }

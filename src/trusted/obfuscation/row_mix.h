@@ -30,8 +30,9 @@ namespace tempo {
 class RowMix {
  public:
   // Called on each group's output rows as soon as the pass has written
-  // them (still in cache), on the thread that wrote them.
-  using After = std::function<void(float* const* rows, int64_t n)>;
+  // them (still in cache), on the thread that wrote them; index[t]: which
+  // row of the output rows[t] is.
+  using After = std::function<void(float* const* rows, const int64_t* index, int64_t n)>;
   explicit RowMix(int block);
   // Draws a fresh mixing M for p (p.m rows) and returns p with `a` replaced
   // by M·A (a buffer kept per p.id, writable through mixed_a()); valid until
@@ -43,6 +44,13 @@ class RowMix {
   // dst (m×cols) = M·src and dst = Mᵀ·src for the mixing of product `id`.
   void mix(int id, const float* src, int64_t cols, float* dst, const After& after = nullptr) const;
   void unmix(int id, const float* src, int64_t cols, float* dst, const After& after = nullptr) const;
+  // unmix() from a source that makes its rows on demand: for each group
+  // (mixed rows [r0, r1)), fill(r0, r1, buf) writes those rows into buf
+  // ((r1 − r0)×cols, on the calling thread), which are then unmixed into
+  // dst, and `after` runs on them. A pass that decrypts the rows this way
+  // never forms the mixed matrix.
+  using Fill = std::function<void(int64_t r0, int64_t r1, float* buf)>;
+  void unmix_from(int id, int64_t cols, const Fill& fill, float* dst, const After& after = nullptr) const;
   // The secret grouping of product `id` (for measurements): group g is
   // mixed rows [starts[g], starts[g + 1]), and combines the rows
   // perm[starts[g] .. starts[g + 1]) of A.
@@ -61,7 +69,8 @@ class RowMix {
     std::vector<float> a;       // M·A
   };
   const Entry& entry(int id) const;
-  void transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after) const;
+  void transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after,
+                 const Fill* fill = nullptr) const;
   int block_;
   std::vector<Entry> entries_;
 };

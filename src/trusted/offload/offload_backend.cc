@@ -31,7 +31,7 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
   TEMPO_CHECK(cfg.row_mix == 0 || (cfg.row_mix >= 2 && cfg.row_mix <= 32), "--row-mix must be 0 (off) or 2 to 32");
   TEMPO_CHECK(cfg.col_mix == 0 || (cfg.col_mix >= 2 && cfg.col_mix <= 32), "--col-mix must be 0 (off) or 2 to 32");
   if ((cfg.mask_rank > 0 || cfg.row_mix > 0 || cfg.col_mix > 0) && !cfg.insecure_identity)
-    blind_ = std::make_unique<Blinding>(cfg.row_mix, cfg.mask_rank, cfg.mask_magnitude, cfg.col_mix);
+    blind_ = std::make_unique<Blinding>(cfg.row_mix, cfg.mask_rank, cfg.mask_magnitude, cfg.col_mix, cfg.mask_kind);
   warn_if_weakened(cfg);
 }
 
@@ -191,15 +191,20 @@ void OffloadBackend::backward(const Product& plain, const float* dc, float* dw, 
   const bool mix = mixed(plain, p);
   const float* gs = sent_gradient(plain, p, dc);
   // Mixed, dA must be unmixed before its columns are summed into the image.
+  // Its decryption undoes the mixing in the same pass where it can
+  // (fused_input_); a retry's result is undone after.
   float* das = mix && (da || g) ? scratch(mix_out_, p.m * p.k) : nullptr;
+  float* out = das ? (g ? scratch(mix_da_, p.m * p.k) : da) : nullptr;
+  fused_input_ = das && blind_->fuses_input() ? out : nullptr;
+  fused_done_ = false;
   if (mix) backward_plain(p, gs, dw, das, nullptr, nullptr);
   else backward_plain(p, dc, dw, da, g, dx);
+  fused_input_ = nullptr;
   if (&p == &plain) return;
   PhaseTimer t(phases_.decrypt);
   if (dw) blind_->finish_weight(p, gs, dw);
   if (!das) return;
-  float* out = g ? scratch(mix_da_, p.m * p.k) : da;
-  blind_->finish_input(p, das, out);
+  if (!fused_done_) blind_->finish_input(p, das, out);
   if (g) col2im(*g, out, dx);
 }
 

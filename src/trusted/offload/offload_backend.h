@@ -41,6 +41,9 @@ struct OffloadConfig {
   // mask_magnitude.
   int mask_rank = 64;
   float mask_magnitude = 1.0f;
+  // How the mask is drawn: dense U·Vᵀ (r multiply-adds per entry) or with
+  // Kronecker-structured V (about √r); trusted/obfuscation/mask.h.
+  MaskKind mask_kind = default_mask_kind();
   // Secret orthogonal mixing of the data operand's rows (and the output
   // gradient's) in groups of this size before the mask (0: none; tempo mode
   // only); see trusted/obfuscation/row_mix.h.
@@ -230,6 +233,11 @@ class OffloadBackend final : public LinearBackend {
   std::unique_ptr<Obfuscator> obf_;
   std::unique_ptr<Blinding> blind_;       // null when neither is on, and in offload mode
   std::vector<float> mix_out_, mix_da_;  // a result before Mᵀ; dA before col2im
+  // Set by backward() for a mixed product: the input gradient's decryption
+  // then writes it undone here (Blinding::decrypt_input), and says so in
+  // fused_done_ when that attempt succeeds.
+  float* fused_input_ = nullptr;
+  bool fused_done_ = false;
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;

@@ -262,6 +262,8 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
   if (!zp) return false;
   KeyStream ks = obf_->stream();
   const int rounds = cfg_.verify.rounds;
+  // Row-mixed, the decryption also undoes the mixing (fused_input_).
+  const bool fused = !g && fused_input_ && blind_;
   // A checked result's products are taken during decryption (with g,
   // during col2im too: dA is never formed).
   if (f.verify) verifier_.draw_vectors(ks, k, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
@@ -270,16 +272,20 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
     if (g)
       apply_keys_col2im(zp, t1.left.inverse(), t1.right.transpose(), *g, dx, f.verify ? r_pre_.data() : nullptr,
                         f.verify ? cr_pre_.data() : nullptr, rounds);
+    else if (fused)
+      blind_->decrypt_input(p, zp, t1.left.inverse(), t1.right.transpose(), f.verify ? r_pre_.data() : nullptr,
+                            f.verify ? cr_pre_.data() : nullptr, rounds, fused_input_);
     else
       t1.decrypt(zp, m, k, da, 1, f.verify ? r_pre_.data() : nullptr, f.verify ? cr_pre_.data() : nullptr, rounds);
   }
   stats_.products += 1;
-  if (!f.verify) return true;
+  if (!f.verify) return fused_done_ = fused, true;
   PhaseTimer t(phases_.verify);
   ++stats_.verified;
+  // With cr_pre the check reads neither da nor dx.
   auto bad = checked(da, m, k, n, {dc, false}, {p.w, false}, ks, nullptr, 0, nullptr,
                      &r_pre_, cr_pre_.data());
-  if (bad.empty()) return true;
+  if (bad.empty()) return fused_done_ = fused, true;
   if (h.by_cols()) {
     blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
       return checked(parts[i].data(), m, k, h.chunks[i].r1 - h.chunks[i].r0, {f.blocks[1 + i].matrix().data(), false},
