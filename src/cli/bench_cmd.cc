@@ -399,7 +399,8 @@ int run_hardening(const BenchConfig& cfg) {
                            {"tempo, col mix only", "tempo", true, kR, w, 0, 0, b},
                            {"tempo, mask + row mix", "tempo", true, kR, w, r, b, 0},
                            {"tempo, row + col mix", "tempo", true, kR, w, 0, b, b},
-                           {"tempo, all three", "tempo", true, kR, w, r, b, b}});
+                           {"tempo, all three", "tempo", true, kR, w, r, b, b},
+                           {"tempo, all three, kron mask", "tempo", true, kR, w, r, b, b, MaskKind::kKron}});
 }
 
 // Worker processes of this binary on loopback, for the remote suites.

@@ -30,12 +30,14 @@ void fill_uniform(KeyStream& ks, float h, float* out, int64_t n) {
 
 typedef float V8 __attribute__((vector_size(32), aligned(4)));  // 8 floats, unaligned access
 
-// rows[t][j] += Σ_q u[t][q]·vt[q·k + j] for T rows: 24 columns at a time
-// in 3·T accumulators, each row of Vᵀ loaded once for the T rows.
+// rows[t][j] += Σ_q u[t][q]·vt[q·k + j] for T rows and columns [j0, j1):
+// 24 columns at a time in 3·T accumulators, each row of Vᵀ loaded once for
+// the T rows; the columns left over one at a time.
 template <int T>
-void add_low_rank_t(const float* const* u, float* const* rows, const float* vt, int64_t r, int64_t k) {
-  int64_t j = 0;
-  for (; j + 24 <= k; j += 24) {
+void add_low_rank_t(const float* const* u, float* const* rows, const float* vt, int64_t r, int64_t k, int64_t j0,
+                    int64_t j1) {
+  int64_t j = j0;
+  for (; j + 24 <= j1; j += 24) {
     V8 acc[T][3] = {};
     for (int64_t q = 0; q < r; ++q) {
       const float* v = vt + q * k + j;
@@ -54,7 +56,7 @@ void add_low_rank_t(const float* const* u, float* const* rows, const float* vt, 
         *o = *o + acc[t][b];
       }
   }
-  for (; j < k; ++j)
+  for (; j < j1; ++j)
     for (int t = 0; t < T; ++t) {
       float acc = 0;
       for (int64_t q = 0; q < r; ++q) acc += u[t][q] * vt[q * k + j];
@@ -62,14 +64,21 @@ void add_low_rank_t(const float* const* u, float* const* rows, const float* vt, 
     }
 }
 
+// The n rows in blocks of 48 columns, every tile of rows per block: the
+// block of Vᵀ (r×48) is read from memory once and stays in L1 for all the
+// rows (Vᵀ itself, r×k, does not fit in L2 for the deep layers).
 void add_low_rank(const float* const* u, float* const* rows, int64_t n, const float* vt, int64_t r, int64_t k) {
-  int64_t t = 0;
-  for (; t + 4 <= n; t += 4) add_low_rank_t<4>(u + t, rows + t, vt, r, k);
-  switch (n - t) {
-    case 3: add_low_rank_t<3>(u + t, rows + t, vt, r, k); break;
-    case 2: add_low_rank_t<2>(u + t, rows + t, vt, r, k); break;
-    case 1: add_low_rank_t<1>(u + t, rows + t, vt, r, k); break;
-    default: break;
+  constexpr int64_t kBlock = 48;
+  for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
+    const int64_t j1 = std::min(k, j0 + kBlock);
+    int64_t t = 0;
+    for (; t + 4 <= n; t += 4) add_low_rank_t<4>(u + t, rows + t, vt, r, k, j0, j1);
+    switch (n - t) {
+      case 3: add_low_rank_t<3>(u + t, rows + t, vt, r, k, j0, j1); break;
+      case 2: add_low_rank_t<2>(u + t, rows + t, vt, r, k, j0, j1); break;
+      case 1: add_low_rank_t<1>(u + t, rows + t, vt, r, k, j0, j1); break;
+      default: break;
+    }
   }
 }
 
