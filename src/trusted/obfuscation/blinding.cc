@@ -52,13 +52,17 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     col_->draw(p.id, p.k, *col_ks);
   }
   if (mask_) mask_ks.emplace(obf.stream());
+  // The Kronecker mask is added in the mixing pass, a group of rows at a
+  // time while they are in cache (its scale from A's sum of squares, which
+  // the orthogonal mixings keep). The dense one is not: its m×k×r product
+  // runs faster as one sgemm over the mixed operand than as small products
+  // per group (docs/BENCHMARKS.md, 2026-12-04).
+  const bool mask_in_pass = mix_ && mask_ && mask_->kind() == MaskKind::kKron;
   if (mix_) {
-    // One pass: each group of rows is mixed, then its columns, then the
-    // mask's rows are added, while the group is in cache. The mask's scale
-    // comes from A's sum of squares, which the orthogonal mixings keep.
+    // One pass: each group of rows is mixed, then its columns.
     const int id = p.id;
     const ColMix* col = col_.get();
-    const AdditiveMask* mask = mask_.get();
+    const AdditiveMask* mask = mask_in_pass ? mask_.get() : nullptr;
     if (mask) mask_->prepare(p, sum_of_squares(p.a, p.m * p.k), *mask_ks);
     RowMix::After after;
     if (col || mask)
@@ -82,7 +86,8 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     s.q.w = s.w.data();
     q = &s.q;
   }
-  if (mask_) q = mix_ ? &mask_->bind(*q) : a ? &mask_->apply_in_place(*q, a, *mask_ks) : &mask_->apply(p, *mask_ks);
+  if (mask_)
+    q = mask_in_pass ? &mask_->bind(*q) : a ? &mask_->apply_in_place(*q, a, *mask_ks) : &mask_->apply(p, *mask_ks);
   if (q != &s.q) s.q = *q;
   s.valid = true;
   return s.q;
