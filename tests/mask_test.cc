@@ -92,14 +92,33 @@ TEST(KeyStream, FillGivesTheSameWordsAsOneAtATime) {
   }
 }
 
+// A ReLU-like operand A (m×k), weights W (n×k), an output gradient dC and
+// the products the mask must leave: C = A·Wᵀ and dW = dCᵀ·A.
+struct MaskCase {
+  std::vector<float> a, w, dc, c0, dw0;
+  Product p;
+  MaskCase(int64_t m, int64_t k, int64_t n, uint64_t seed, int id)
+      : a(normal_vec(m * k, seed)), w(normal_vec(n * k, seed + 1)), dc(normal_vec(m * n, seed + 2)), c0(m * n),
+        dw0(n * k) {
+    for (auto& x : a) x = std::max(x, 0.0f);
+    p = Product{id, "p", a.data(), w.data(), m, k, n};
+    sgemm(false, true, m, n, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c0.data(), n);
+    sgemm(true, false, n, k, m, 1.0f, dc.data(), n, a.data(), k, 0.0f, dw0.data(), k);
+  }
+};
+
+// max |x − y| / max |y|
+double max_rel(const std::vector<float>& x, const std::vector<float>& y) {
+  double e = 0, mx = 0;
+  for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::fabs(double(x[i]) - y[i])), mx = std::max(mx, std::fabs(double(y[i])));
+  return e / mx;
+}
+
 TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
   const int64_t m = 300, k = 90, n = 17;
-  auto a = normal_vec(m * k, 4), w = normal_vec(n * k, 5), dc = normal_vec(m * n, 6);
-  for (auto& x : a) x = std::max(x, 0.0f);
-  Product p{3, "p", a.data(), w.data(), m, k, n};
-  std::vector<float> c0(m * n), dw0(n * k);
-  sgemm(false, true, m, n, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c0.data(), n);
-  sgemm(true, false, n, k, m, 1.0f, dc.data(), n, a.data(), k, 0.0f, dw0.data(), k);
+  MaskCase mc(m, k, n, 4, 3);
+  const auto &a = mc.a, &w = mc.w, &dc = mc.dc, &c0 = mc.c0, &dw0 = mc.dw0;
+  const Product& p = mc.p;
   AdditiveMask mask(8);
   KeyStream ks(secret_from_seed(9), 0);
   const Product& q = mask.apply(p, ks);
@@ -119,13 +138,8 @@ TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
   sgemm(true, false, n, k, m, 1.0f, dc.data(), n, q.a, k, 0.0f, dw.data(), k);
   mask.unmask_forward(q, c.data());
   mask.unmask_weight(q, dc.data(), dw.data());
-  auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
-    double e = 0, mx = 0;
-    for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::fabs(double(x[i]) - y[i])), mx = std::max(mx, std::fabs(double(y[i])));
-    return e / mx;
-  };
-  EXPECT_LT(rel(c, c0), 1e-5);
-  EXPECT_LT(rel(dw, dw0), 1e-5);
+  EXPECT_LT(max_rel(c, c0), 1e-5);
+  EXPECT_LT(max_rel(dw, dw0), 1e-5);
   // The same stream gives the same mask; another gives another.
   AdditiveMask again(8);
   KeyStream ks2(secret_from_seed(9), 0), ks3(secret_from_seed(9), 1);
@@ -164,17 +178,10 @@ TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {
 TEST(AdditiveMask, BothKindsHaveTheirRankRemoveThemselvesAndAddByRows) {
   const int64_t m = 400, k = 300, n = 17;
   const int rank = 16;
-  auto a = normal_vec(m * k, 14), w = normal_vec(n * k, 15), dc = normal_vec(m * n, 16);
-  for (auto& x : a) x = std::max(x, 0.0f);
-  Product p{2, "p", a.data(), w.data(), m, k, n};
-  std::vector<float> c0(m * n), dw0(n * k);
-  sgemm(false, true, m, n, k, 1.0f, a.data(), k, w.data(), k, 0.0f, c0.data(), n);
-  sgemm(true, false, n, k, m, 1.0f, dc.data(), n, a.data(), k, 0.0f, dw0.data(), k);
-  auto rel = [](const std::vector<float>& x, const std::vector<float>& y) {
-    double e = 0, mx = 0;
-    for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::fabs(double(x[i]) - y[i])), mx = std::max(mx, std::fabs(double(y[i])));
-    return e / mx;
-  };
+  MaskCase mc(m, k, n, 14, 2);
+  const auto &a = mc.a, &w = mc.w, &dc = mc.dc, &c0 = mc.c0, &dw0 = mc.dw0;
+  const Product& p = mc.p;
+  const auto rel = max_rel;
   for (MaskKind kind : {MaskKind::kDense, MaskKind::kKron}) {
     SCOPED_TRACE(mask_kind_name(kind));
     AdditiveMask mask(rank, 1.0f, kind);

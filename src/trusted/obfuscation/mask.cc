@@ -82,6 +82,36 @@ void add_low_rank(const float* const* u, float* const* rows, int64_t n, const fl
   }
 }
 
+// out (rows×cols, cols a multiple of 8) = a (rows×inner, row-major) ·
+// b (inner×cols): four rows by 8 columns at a time, eight independent
+// chains of multiply-adds in registers.
+void small_product(const float* a, int64_t rows, int64_t inner, const float* b, int64_t cols, float* out) {
+  auto load = [](const float* p) { return *reinterpret_cast<const V8*>(p); };
+  auto store = [](float* p, V8 v) { *reinterpret_cast<V8*>(p) = v; };
+  int64_t i = 0;
+  for (; i + 4 <= rows; i += 4)
+    for (int64_t o = 0; o < cols; o += 8) {
+      V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
+      for (int64_t q = 0; q < inner; ++q) {
+        const V8 bv = load(b + q * cols + o);
+        a0 += a[i * inner + q] * bv;
+        a1 += a[(i + 1) * inner + q] * bv;
+        a2 += a[(i + 2) * inner + q] * bv;
+        a3 += a[(i + 3) * inner + q] * bv;
+      }
+      store(out + i * cols + o, a0);
+      store(out + (i + 1) * cols + o, a1);
+      store(out + (i + 2) * cols + o, a2);
+      store(out + (i + 3) * cols + o, a3);
+    }
+  for (; i < rows; ++i)
+    for (int64_t o = 0; o < cols; o += 8) {
+      V8 a0 = {};
+      for (int64_t q = 0; q < inner; ++q) a0 += a[i * inner + q] * load(b + q * cols + o);
+      store(out + i * cols + o, a0);
+    }
+}
+
 }  // namespace
 
 const char* mask_kind_name(MaskKind k) { return k == MaskKind::kKron ? "kron" : "dense"; }
@@ -218,8 +248,7 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
 }
 
 // Row i of R on the grid: T = U_i·Yᵀ (r1×k2), then G = X·T (k1×k2), and
-// column j takes G at its cell. k2 is a multiple of 8: both products run
-// 8 grid columns by 4 rows at a time in registers.
+// column j takes G at its cell (k2 is a multiple of 8, for small_product).
 void AdditiveMask::add_kron_rows(const Entry& e, float* const* rows, const int64_t* index, int64_t n) {
   const int64_t r1 = e.r1, r2 = e.r2, k1 = e.k1, k2 = e.k2, k = e.q.k, r = r1 * r2;
   thread_local std::vector<float> buf;
@@ -229,56 +258,9 @@ void AdditiveMask::add_kron_rows(const Entry& e, float* const* rows, const int64
   const float* x = e.x.data();
   const float* yt = e.yt.data();
   const int32_t* cell = e.cell.data();
-  auto load = [](const float* p) { return *reinterpret_cast<const V8*>(p); };
-  auto store = [](float* p, V8 v) { *reinterpret_cast<V8*>(p) = v; };
   for (int64_t row = 0; row < n; ++row) {
-    const float* u = e.u.data() + index[row] * r;
-    for (int64_t o = 0; o < k2; o += 8) {
-      int64_t q1 = 0;
-      for (; q1 + 4 <= r1; q1 += 4) {
-        V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        for (int64_t q2 = 0; q2 < r2; ++q2) {
-          const V8 yv = load(yt + q2 * k2 + o);
-          a0 += u[q1 * r2 + q2] * yv;
-          a1 += u[(q1 + 1) * r2 + q2] * yv;
-          a2 += u[(q1 + 2) * r2 + q2] * yv;
-          a3 += u[(q1 + 3) * r2 + q2] * yv;
-        }
-        store(t + q1 * k2 + o, a0);
-        store(t + (q1 + 1) * k2 + o, a1);
-        store(t + (q1 + 2) * k2 + o, a2);
-        store(t + (q1 + 3) * k2 + o, a3);
-      }
-      for (; q1 < r1; ++q1) {
-        V8 a0 = {};
-        for (int64_t q2 = 0; q2 < r2; ++q2) a0 += u[q1 * r2 + q2] * load(yt + q2 * k2 + o);
-        store(t + q1 * k2 + o, a0);
-      }
-    }
-    // Four grid rows at a time: eight independent chains of multiply-adds.
-    int64_t c = 0;
-    for (; c + 4 <= k1; c += 4) {
-      for (int64_t o = 0; o < k2; o += 8) {
-        V8 a0 = {}, a1 = {}, a2 = {}, a3 = {};
-        for (int64_t q1 = 0; q1 < r1; ++q1) {
-          const V8 tv = load(t + q1 * k2 + o);
-          a0 += x[c * r1 + q1] * tv;
-          a1 += x[(c + 1) * r1 + q1] * tv;
-          a2 += x[(c + 2) * r1 + q1] * tv;
-          a3 += x[(c + 3) * r1 + q1] * tv;
-        }
-        store(g + c * k2 + o, a0);
-        store(g + (c + 1) * k2 + o, a1);
-        store(g + (c + 2) * k2 + o, a2);
-        store(g + (c + 3) * k2 + o, a3);
-      }
-    }
-    for (; c < k1; ++c)
-      for (int64_t o = 0; o < k2; o += 8) {
-        V8 a0 = {};
-        for (int64_t q1 = 0; q1 < r1; ++q1) a0 += x[c * r1 + q1] * load(t + q1 * k2 + o);
-        store(g + c * k2 + o, a0);
-      }
+    small_product(e.u.data() + index[row] * r, r1, r2, yt, k2, t);  // T = U_i·Yᵀ
+    small_product(x, k1, r1, t, k2, g);                              // G = X·T
     float* dst = rows[row];
     int64_t j = 0;
 #if defined(__AVX2__)
