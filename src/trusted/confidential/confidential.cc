@@ -78,6 +78,9 @@ nlohmann::json run_config(const TrainConfig& cfg) {
     c["key_scale"] = cfg.offload.key_scale;
     c["key_shift"] = cfg.offload.key_shift;
     c["mask_rank"] = cfg.offload.mask_rank;
+    // Only when not the default, so that the configurations of runs with
+    // the default mask stay what they were.
+    if (cfg.offload.mask_kind != MaskKind::kDense) c["mask_kind"] = mask_kind_name(cfg.offload.mask_kind);
     c["row_mix"] = cfg.offload.row_mix;
     c["col_mix"] = cfg.offload.col_mix;
     c["verify"] = {{"rounds", cfg.offload.verify.rounds},
