@@ -14,30 +14,6 @@ Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix
   if (mask_rank > 0) mask_ = std::make_unique<AdditiveMask>(mask_rank, mask_magnitude, mask_kind);
 }
 
-namespace {
-
-// Σ a[i]² in double, in a fixed number of pieces summed in order: the same
-// for any number of threads.
-double sum_of_squares(const float* a, int64_t n) {
-  constexpr int64_t kPieces = 64;
-  double part[kPieces];
-  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const float* x = a + n * c / kPieces;
-      const int64_t len = n * (c + 1) / kPieces - n * c / kPieces;
-      double s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < len; ++i) s += static_cast<double>(x[i]) * x[i];
-      part[c] = s;
-    }
-  });
-  double ss = 0;
-  for (double s : part) ss += s;
-  return ss;
-}
-
-}  // namespace
-
 const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
   if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
   Sent& s = sent_[static_cast<size_t>(p.id)];

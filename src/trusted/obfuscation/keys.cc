@@ -91,6 +91,21 @@ inline double row_dot(const float* x, const double* r, int64_t n) {
   return acc;
 }
 
+// Rows [i0, i1) of R·X·Cᵀ into y (row i0 first), on the calling thread;
+// with dot_r, row i's product with round q's vector at dot_out[q·stride +
+// i − i0].
+void gather_rows(const float* x, int64_t cols, const ScaledPerm& r, const ScaledPerm& c, int64_t i0, int64_t i1,
+                 float* y, const double* dot_r, double* dot_out, int64_t stride, int dot_rounds) {
+  for (int64_t i = i0; i < i1; ++i) {
+    const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
+    const float* next = i + 1 < i1 ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
+    float* dst = y + (i - i0) * cols;
+    gather_row(src, r.scale[static_cast<size_t>(i)], c.perm.data(), c.scale.data(), cols, dst, next);
+    if (dot_r)
+      for (int q = 0; q < dot_rounds; ++q) dot_out[q * stride + i - i0] = row_dot(dst, dot_r + q * cols, cols);
+  }
+}
+
 }  // namespace
 
 void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
@@ -122,16 +137,10 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
     }, 1);
     return;
   }
+  // Each thread's rows with their dot products at q·(r1 − r0) + i − r0.
   parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
-    for (int64_t i = r0 + b; i < r0 + e; ++i) {
-      const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
-      const float* next =
-          i + 1 < r0 + e ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
-      float* dst = y + (i - r0) * cols;
-      gather_row(src, r.scale[static_cast<size_t>(i)], cp, cs, cols, dst, next);
-      if (dot_r)
-        for (int q = 0; q < dot_rounds; ++q) dot_out[q * (r1 - r0) + i - r0] = row_dot(dst, dot_r + q * cols, cols);
-    }
+    gather_rows(x, cols, r, c, r0 + b, r0 + e, y + b * cols, dot_r, dot_out ? dot_out + b : nullptr, r1 - r0,
+                dot_rounds);
   }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
 }
 
@@ -139,14 +148,7 @@ void apply_keys_rows_here(const float* x, int64_t rows, int64_t cols, const Scal
                           int64_t r0, int64_t r1, float* y, const double* dot_r, double* dot_out, int dot_rounds) {
   if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
     throw std::logic_error("apply_keys: key size mismatch");
-  for (int64_t i = r0; i < r1; ++i) {
-    const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
-    const float* next = i + 1 < r1 ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
-    float* dst = y + (i - r0) * cols;
-    gather_row(src, r.scale[static_cast<size_t>(i)], c.perm.data(), c.scale.data(), cols, dst, next);
-    if (dot_r)
-      for (int q = 0; q < dot_rounds; ++q) dot_out[q * rows + i] = row_dot(dst, dot_r + q * cols, cols);
-  }
+  gather_rows(x, cols, r, c, r0, r1, y, dot_r, dot_out ? dot_out + r0 : nullptr, rows, dot_rounds);
 }
 
 void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c, const ConvGeometry& g,

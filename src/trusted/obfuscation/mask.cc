@@ -9,6 +9,7 @@
 #endif
 
 #include "common/blas.h"
+#include "common/copy.h"
 #include "common/error.h"
 #include "common/parallel.h"
 
@@ -127,6 +128,24 @@ MaskKind g_default_kind = MaskKind::kDense;
 }  // namespace
 
 MaskKind default_mask_kind() { return g_default_kind; }
+
+double sum_of_squares(const float* a, int64_t n) {
+  constexpr int64_t kPieces = 64;
+  double part[kPieces];
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const float* x = a + n * c / kPieces;
+      const int64_t len = n * (c + 1) / kPieces - n * c / kPieces;
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t i = 0; i < len; ++i) s += static_cast<double>(x[i]) * x[i];
+      part[c] = s;
+    }
+  });
+  double ss = 0;
+  for (double s : part) ss += s;
+  return ss;
+}
 void set_default_mask_kind(MaskKind k) { g_default_kind = k; }
 
 AdditiveMask::AdditiveMask(int rank, float magnitude, MaskKind kind)
@@ -220,10 +239,11 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
         }
       };
       unit_rows(e.x, k1, r1);
-      unit_rows(e.y, k2, r2);
-      e.yt.resize(e.y.size());
+      std::vector<float> y;
+      unit_rows(y, k2, r2);
+      e.yt.resize(y.size());
       for (int64_t o = 0; o < k2; ++o)
-        for (int64_t q2 = 0; q2 < r2; ++q2) e.yt[static_cast<size_t>(q2 * k2 + o)] = e.y[static_cast<size_t>(o * r2 + q2)];
+        for (int64_t q2 = 0; q2 < r2; ++q2) e.yt[static_cast<size_t>(q2 * k2 + o)] = y[static_cast<size_t>(o * r2 + q2)];
       // A secret injection of the k columns into the k1·k2 cells.
       std::vector<int32_t> cells(static_cast<size_t>(k1 * k2));
       for (size_t i = 0; i < cells.size(); ++i) cells[i] = static_cast<int32_t>(i);
@@ -235,7 +255,7 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
         for (int64_t q1 = 0; q1 < r1; ++q1)
           for (int64_t q2 = 0; q2 < r2; ++q2)
             e.vt[static_cast<size_t>((q1 * r2 + q2) * k + j)] =
-                e.x[static_cast<size_t>(c * r1 + q1)] * e.y[static_cast<size_t>(o * r2 + q2)];
+                e.x[static_cast<size_t>(c * r1 + q1)] * y[static_cast<size_t>(o * r2 + q2)];
       }
       return;
     }
@@ -277,26 +297,8 @@ void AdditiveMask::add_kron_rows(const Entry& e, float* const* rows, const int64
 const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m, k = p.k;
-  // A's sum of squares (per-thread partial sums, combined in order:
-  // deterministic for a thread count) and the copy into the masked buffer,
-  // in one pass.
-  const int threads = std::max(1, num_threads());
-  std::vector<double>& part = part_;
-  part.assign(static_cast<size_t>(threads), 0.0);
-  const int64_t per = (m + threads - 1) / threads;
-  parallel_for(threads, [&](int64_t lo, int64_t hi) {
-    for (int64_t t = lo; t < hi; ++t) {
-      const int64_t r0 = std::min(m, t * per), r1 = std::min(m, r0 + per);
-      const float* a = p.a + r0 * k;
-      if (dst != p.a) std::memcpy(dst + r0 * k, a, static_cast<size_t>((r1 - r0) * k) * sizeof(float));
-      double s = 0;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < (r1 - r0) * k; ++i) s += static_cast<double>(a[i]) * a[i];
-      part[static_cast<size_t>(t)] = s;
-    }
-  });
-  double ss = 0;
-  for (double s : part) ss += s;
+  if (dst != p.a) parallel_copy(dst, p.a, static_cast<size_t>(m * k) * sizeof(float));
+  const double ss = sum_of_squares(p.a, m * k);
   draw(e, p, ss, ks);
   e.q = p;
   if (e.kron) {

@@ -44,6 +44,9 @@ MaskKind parse_mask_kind(const std::string& s);
 // the masks the privacy measurements draw); `tempo privacy --mask-kind`
 // sets it for a whole run. Set it before any thread draws masks.
 MaskKind default_mask_kind();
+// Σ a[i]² in double, in a fixed number of pieces summed in order: the same
+// for any number of threads (the mask's scale).
+double sum_of_squares(const float* a, int64_t n);
 void set_default_mask_kind(MaskKind k);
 
 class AdditiveMask {
@@ -84,7 +87,7 @@ class AdditiveMask {
     // kKron: the grid (k1×k2 cells), X (k1×r1), Y (k2×r2), column j's cell.
     bool kron = false;
     int64_t r1 = 0, r2 = 0, k1 = 0, k2 = 0;
-    std::vector<float> x, y, yt;  // yt: Yᵀ (r2×k2)
+    std::vector<float> x, yt;  // X; Yᵀ (r2×k2)
     std::vector<int32_t> cell;
   };
   // rows[t] += (U·Vᵀ)[index[t]] of a kKron entry, row by row.
@@ -98,7 +101,6 @@ class AdditiveMask {
   float magnitude_;
   MaskKind kind_;
   std::vector<Entry> entries_;
-  std::vector<double> part_;     // per-thread sums of squares
   std::vector<float> thin_;      // n×r: W·V or dCᵀ·U
 };
 
