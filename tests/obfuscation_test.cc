@@ -392,6 +392,77 @@ TEST(Freivalds, WeightGradientFromForwardRowSums) {
   EXPECT_FALSE(v.check_weight(dw.data(), N, K, dC.data(), sums, S.data(), static_cast<int64_t>(S.size())));
 }
 
+TEST(Freivalds, ForwardCheckTakenDuringEncryptionEqualsCheck) {
+  // begin(), A's rows projected as the key application reads them (two
+  // row shares, as for two workers), end(): the same vectors, products,
+  // row sums and verdicts as check(), bit for bit; a lie is caught, and a
+  // row that was never projected fails.
+  std::mt19937_64 g(29);
+  const int64_t M = 97, K = 45, N = 13;
+  Case cs = make_case(M, K, N, g, true);
+  Obfuscator obf(random_secret(), 4.0);
+  Triple t = obf.draw_triple(M, K, N);
+  std::vector<float> ap(cs.a.size());
+  const int before = num_threads();
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    for (int lie = 0; lie < 2; ++lie) {
+      SCOPED_TRACE("threads " + std::to_string(threads) + ", lie " + std::to_string(lie));
+      std::vector<float> c = cs.c;
+      if (lie) c[static_cast<size_t>(40 * N + 5)] += 0.05f;
+      KeyStream ks = obf.stream(), ks2 = ks;
+      Verifier whole(VerifyConfig{}), fused(VerifyConfig{});
+      RowSums s1, s2;
+      std::vector<double> r1, r2;
+      whole.draw_vectors(ks, N, r1);
+      fused.draw_vectors(ks2, N, r2);
+      const auto want = whole.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, &s1, &r1);
+      fused.begin(M, N, K, {cs.w.data(), true}, ks2, nullptr, 0, &s2, &r2);
+      const RowVisit visit = [&](int64_t i, const float* row) { fused.project_row(i, row); };
+      t.encrypt_x(cs.a.data(), M, K, ap.data(), 0, 40, 1, &visit);
+      t.encrypt_x(cs.a.data(), M, K, ap.data() + 40 * K, 40, M, 1, &visit);
+      EXPECT_EQ(fused.end(c.data()), want);
+      EXPECT_EQ(want.empty(), lie == 0);
+      EXPECT_EQ(s2.r, s1.r);
+      EXPECT_EQ(s2.ar, s1.ar);
+      EXPECT_EQ(s2.aa, s1.aa);
+    }
+  }
+  set_num_threads(before);
+  Verifier v(VerifyConfig{});
+  KeyStream ks = obf.stream();
+  v.begin(M, N, K, {cs.w.data(), true}, ks);
+  for (int64_t i = 0; i < M; ++i)
+    if (i != 17) v.project_row(i, cs.a.data() + i * K);
+  EXPECT_EQ(v.end(cs.c.data()), std::vector<int64_t>{17});
+}
+
+TEST(Conv, Im2colTakesTheSumOfSquaresItWrites) {
+  // im2col_sumsq writes what im2col writes, and returns Σ cols² (the
+  // mask's scale) the same for any number of threads.
+  std::mt19937_64 g(31);
+  const int before = num_threads();
+  for (const ConvGeometry geo : {ConvGeometry::make(3, 5, 9, 7, 4, 3, 1, 1), ConvGeometry::make(2, 3, 8, 8, 4, 3, 2, 1),
+                                 ConvGeometry::make(1, 2, 5, 5, 2, 1, 1, 0)}) {
+    auto x = randn(geo.n * geo.c * geo.h * geo.w, g);
+    const int64_t size = geo.n * geo.positions() * geo.cols();
+    std::vector<float> plain(static_cast<size_t>(size)), fused(static_cast<size_t>(size), -1.0f);
+    im2col(geo, x.data(), plain.data());
+    double want = 0;
+    for (float v : plain) want += static_cast<double>(v) * v;
+    double first = 0;
+    for (int threads : {1, 2}) {
+      set_num_threads(threads);
+      const double got = im2col_sumsq(geo, x.data(), fused.data());
+      EXPECT_EQ(fused, plain);
+      EXPECT_NEAR(got, want, 1e-12 * want);
+      if (threads == 1) first = got;
+      else EXPECT_EQ(got, first);
+    }
+  }
+  set_num_threads(before);
+}
+
 TEST(Freivalds, ProductsTakenDuringDecryption) {
   // c·r of every round computed in the decryption pass (plain, and fused
   // with col2im) gives the same products and the same verdicts.

@@ -9,33 +9,66 @@ namespace tempo {
 // cols[(img·OH·OW + oy·OW + ox), (c·k + ky)·k + kx] = x[img, c, oy·s−p+ky, ox·s−p+kx]
 // (zero outside). One (image, output row) per task: its OW rows of cols stay
 // in L1 while they are written.
-void im2col(const ConvGeometry& g, const float* x, float* cols) {
+namespace {
+// One (image, output row) of im2col: its OW rows of cols; returns their Σ v²
+// when Sq (the values are in registers as they are stored).
+template <bool Sq>
+double im2col_row(const ConvGeometry& g, const float* x, float* cols, int64_t t) {
   const int64_t K = g.cols();
-  parallel_for(g.n * g.oh, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) {
-      int64_t img = t / g.oh, oy = t % g.oh;
-      float* dst_base = cols + t * g.ow * K;
-      for (int64_t c = 0; c < g.c; ++c) {
-        const float* plane = x + (img * g.c + c) * g.h * g.w;
-        for (int64_t ky = 0; ky < g.k; ++ky) {
-          int64_t iy = oy * g.s - g.p + ky;
-          for (int64_t kx = 0; kx < g.k; ++kx) {
-            float* dst = dst_base + (c * g.k + ky) * g.k + kx;
-            if (iy < 0 || iy >= g.h) {
-              for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
-              continue;
-            }
-            int64_t lo, hi;
-            g.valid_ox(kx, lo, hi);
-            const float* src = plane + iy * g.w - g.p + kx;
-            for (int64_t ox = 0; ox < lo; ++ox) dst[ox * K] = 0.0f;
-            for (int64_t ox = lo; ox < hi; ++ox) dst[ox * K] = src[ox * g.s];
-            for (int64_t ox = hi; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
-          }
+  const int64_t img = t / g.oh, oy = t % g.oh;
+  float* dst_base = cols + t * g.ow * K;
+  double ss = 0;
+  for (int64_t c = 0; c < g.c; ++c) {
+    const float* plane = x + (img * g.c + c) * g.h * g.w;
+    for (int64_t ky = 0; ky < g.k; ++ky) {
+      const int64_t iy = oy * g.s - g.p + ky;
+      for (int64_t kx = 0; kx < g.k; ++kx) {
+        float* dst = dst_base + (c * g.k + ky) * g.k + kx;
+        if (iy < 0 || iy >= g.h) {
+          for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
+          continue;
         }
+        int64_t lo, hi;
+        g.valid_ox(kx, lo, hi);
+        const float* src = plane + iy * g.w - g.p + kx;
+        for (int64_t ox = 0; ox < lo; ++ox) dst[ox * K] = 0.0f;
+        for (int64_t ox = lo; ox < hi; ++ox) {
+          const float v = src[ox * g.s];
+          dst[ox * K] = v;
+          if constexpr (Sq) ss += static_cast<double>(v) * v;
+        }
+        for (int64_t ox = hi; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
       }
     }
+  }
+  return ss;
+}
+}  // namespace
+
+// cols[(img·OH·OW + oy·OW + ox), (c·k + ky)·k + kx] = x[img, c, oy·s−p+ky, ox·s−p+kx]
+// (zero outside). One (image, output row) per task: its OW rows of cols stay
+// in L1 while they are written.
+void im2col(const ConvGeometry& g, const float* x, float* cols) {
+  parallel_for(g.n * g.oh, [&](int64_t b, int64_t e) {
+    for (int64_t t = b; t < e; ++t) im2col_row<false>(g, x, cols, t);
   });
+}
+
+double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols) {
+  // Tasks in a fixed number of pieces, each summed by one thread.
+  constexpr int64_t kPieces = 64;
+  const int64_t tasks = g.n * g.oh;
+  double part[kPieces];
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      double s = 0;
+      for (int64_t t = tasks * c / kPieces; t < tasks * (c + 1) / kPieces; ++t) s += im2col_row<true>(g, x, cols, t);
+      part[c] = s;
+    }
+  });
+  double ss = 0;
+  for (double s : part) ss += s;
+  return ss;
 }
 
 // The adjoint of im2col: dx[img, c, iy, ix] += dcols[...]. One image per task,

@@ -33,6 +33,10 @@ struct ConvGeometry {
 };
 
 void im2col(const ConvGeometry& g, const float* x, float* cols);
+// The same, also returning Σ cols² in double, taken as the values are written
+// (per (image, output row) in a fixed order: the same for any number of
+// threads). The blinding's mask is scaled by it, without a pass over cols.
+double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols);
 void col2im(const ConvGeometry& g, const float* dcols, float* dx);
 // out[img, o, p] = rows[img·P + p, o] + bias[o]  (bias may be null)
 void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O, float* out);

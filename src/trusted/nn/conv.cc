@@ -58,7 +58,7 @@ const Tensor& Conv2d::forward(const Tensor& x, Context& ctx) {
   }
   const int64_t M = g.n * g.positions(), K = g.cols();
   cols_.resize({M, K});
-  im2col(g, x.data(), cols_.data());
+  prod_.a_sumsq = im2col_sumsq(g, x.data(), cols_.data());  // the mask's scale, without a pass over A
   rows_.resize({M, out_channels});
   prod_.a = cols_.data();
   prod_.w = weight.data();

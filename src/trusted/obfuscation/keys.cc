@@ -95,14 +95,17 @@ inline double row_dot(const float* x, const double* r, int64_t n) {
 // with dot_r, row i's product with round q's vector at dot_out[q·stride +
 // i − i0].
 void gather_rows(const float* x, int64_t cols, const ScaledPerm& r, const ScaledPerm& c, int64_t i0, int64_t i1,
-                 float* y, const double* dot_r, double* dot_out, int64_t stride, int dot_rounds) {
+                 float* y, const double* dot_r, double* dot_out, int64_t stride, int dot_rounds,
+                 const RowVisit* visit = nullptr) {
   for (int64_t i = i0; i < i1; ++i) {
-    const float* src = x + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * cols;
+    const int64_t from = r.perm[static_cast<size_t>(i)];
+    const float* src = x + from * cols;
     const float* next = i + 1 < i1 ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
     float* dst = y + (i - i0) * cols;
     gather_row(src, r.scale[static_cast<size_t>(i)], c.perm.data(), c.scale.data(), cols, dst, next);
     if (dot_r)
       for (int q = 0; q < dot_rounds; ++q) dot_out[q * stride + i - i0] = row_dot(dst, dot_r + q * cols, cols);
+    if (visit) (*visit)(from, src);
   }
 }
 
@@ -115,9 +118,10 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block,
-                     const double* dot_r, double* dot_out, int dot_rounds) {
+                     const double* dot_r, double* dot_out, int dot_rounds, const RowVisit* visit) {
   if (r.size() != rows || c.size() != cols || r0 < 0 || r1 > rows || r0 > r1)
     throw std::logic_error("apply_keys: key size mismatch");
+  if (visit && block > 1) throw std::logic_error("apply_keys: a row visit needs block 1");
   const int32_t* cp = c.perm.data();
   const float* cs = c.scale.data();
   if (block > 1) {
@@ -140,7 +144,7 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
   // Each thread's rows with their dot products at q·(r1 − r0) + i − r0.
   parallel_for(r1 - r0, [&](int64_t b, int64_t e) {
     gather_rows(x, cols, r, c, r0 + b, r0 + e, y + b * cols, dot_r, dot_out ? dot_out + b : nullptr, r1 - r0,
-                dot_rounds);
+                dot_rounds, visit);
   }, std::max<int64_t>(1, (1 << 14) / std::max<int64_t>(cols, 1)));
 }
 
@@ -313,8 +317,9 @@ ScaledPerm KeyStream::scaled_perm(int64_t d, double sigma) {
 
 // A product P·X·Q is apply_keys(rows = P, cols = Qᵀ).
 void Triple::encrypt_x(const float* x, int64_t m, int64_t k, float* out, int64_t r0,
-                       int64_t r1, int64_t block) const {
-  apply_keys_rows(x, m, k, left, inner.inv_t(), r0, r1 < 0 ? m : r1, out, block);  // left·X·inner⁻¹
+                       int64_t r1, int64_t block, const RowVisit* visit) const {
+  apply_keys_rows(x, m, k, left, inner.inv_t(), r0, r1 < 0 ? m : r1, out, block, nullptr, nullptr, 1,
+                  visit);  // left·X·inner⁻¹
 }
 void Triple::encrypt_xt(const float* xt, int64_t k, int64_t m, float* out, int64_t block) const {
   apply_keys_rows(xt, k, m, inner.inv_t(), left, 0, k, out, block);  // inner⁻ᵀ·Xᵀ·leftᵀ

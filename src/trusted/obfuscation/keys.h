@@ -9,6 +9,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "common/conv.h"
@@ -40,9 +41,15 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 // (dot_r: dot_rounds × cols, round-major), dot_out[q·(r1−r0) + i − r0] =
 // Σ_j y[i, j]·dot_r[q·cols + j], taken while the row is in cache (the
 // Freivalds products of every round fused into decryption).
+// visit (block 1 only): called with each row of x that the pass reads (its
+// index, and the row while it is in cache), once per row of the result,
+// on the thread that reads it: a pass over the plaintext fused into the
+// encryption (the forward check's products of A).
+using RowVisit = std::function<void(int64_t row, const float* data)>;
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1,
-                     const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1);
+                     const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1,
+                     const RowVisit* visit = nullptr);
 
 // Rows [r0, r1) of R·Z·Cᵀ (block 1) into y, on the calling thread, for a
 // pass that consumes them while they are in cache; with dot_r, the rows'
@@ -121,7 +128,7 @@ struct Triple {
 
   // X: m×k; rows [r0, r1) of X' (r1 < 0: all).
   void encrypt_x(const float* x, int64_t m, int64_t k, float* out, int64_t r0 = 0,
-                 int64_t r1 = -1, int64_t block = 1) const;
+                 int64_t r1 = -1, int64_t block = 1, const RowVisit* visit = nullptr) const;
   void encrypt_xt(const float* xt, int64_t k, int64_t m, float* out, int64_t block = 1) const;  // Xᵀ: k×m → X'ᵀ
   // Y: k×n; rows [r0, r1) of Y' (r1 < 0: all).
   void encrypt_y(const float* y, int64_t k, int64_t n, float* out, int64_t r0 = 0,

@@ -189,6 +189,7 @@ const Product& AdditiveMask::bind(const Product& q) {
   Entry& e = entry_for(q);
   TEMPO_CHECK(e.valid && e.q.m == q.m && e.q.k == q.k, "mask bound to a product it was not prepared for");
   e.q = q;
+  e.q.a_sumsq = -1;
   return e.q;
 }
 
@@ -298,7 +299,8 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m, k = p.k;
   if (dst != p.a) parallel_copy(dst, p.a, static_cast<size_t>(m * k) * sizeof(float));
-  const double ss = sum_of_squares(p.a, m * k);
+  // A's sum of squares: the layer's, taken as it wrote A, where it did.
+  const double ss = p.a_sumsq >= 0 ? p.a_sumsq : sum_of_squares(p.a, m * k);
   draw(e, p, ss, ks);
   e.q = p;
   if (e.kron) {
@@ -316,6 +318,7 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   }
   e.q = p;
   e.q.a = dst;
+  e.q.a_sumsq = -1;
   e.valid = true;
   return e.q;
 }

@@ -49,9 +49,9 @@ CipherMatrix Obfuscator::seal(int64_t rows, int64_t cols, Fill&& fill) {
 }
 
 CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0,
-                                   int64_t r1, int64_t block) const {
+                                   int64_t r1, int64_t block, const RowVisit* visit) const {
   if (r1 < 0) r1 = m;
-  return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_x(x, m, k, o, r0, r1, block); });
+  return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_x(x, m, k, o, r0, r1, block, visit); });
 }
 
 CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block) const {

@@ -33,8 +33,9 @@ class Obfuscator {
 
   // Ciphertexts, one apply_keys pass each (see Triple).
   // Rows [r0, r1) of the ciphertext (r1 < 0: all rows): a worker's share.
+  // visit: as in apply_keys_rows (block 1), on each row of x encrypted.
   CipherMatrix encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0 = 0,
-                         int64_t r1 = -1, int64_t block = 1) const;
+                         int64_t r1 = -1, int64_t block = 1, const RowVisit* visit = nullptr) const;
   CipherMatrix encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block = 1) const;
   CipherMatrix encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0 = 0,
                          int64_t r1 = -1, int64_t block = 1) const;

@@ -22,6 +22,10 @@ struct Product {
   const float* a = nullptr;     // M×K row-major, valid until backward ends
   const float* w = nullptr;     // N×K row-major
   int64_t m = 0, k = 0, n = 0;
+  // Σ a², where the layer took it while writing A (im2col does); < 0: not
+  // taken. The blinding's orthogonal mixings keep it (up to rounding) and
+  // its mask scales by it; the masked operand sent has it < 0.
+  double a_sumsq = -1;
 };
 
 // A convolution offloaded in channel mode: Y = conv(X, W) without bias,

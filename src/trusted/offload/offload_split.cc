@@ -27,13 +27,31 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     PhaseTimer t(phases_.encrypt);
     h.fwd = obf_->draw_triple(m, k, n);
   }
+  // The check is begun before the worker runs (its vectors from the same
+  // streams, drawn in the same order, as when it ran after): A's side of it
+  // is taken row by row while A is read for its encryption, so A is not
+  // read again for the check. C·r, for every round, is taken while C is
+  // decrypted (one pass over C instead of two).
+  const bool verify = sample_verify();
+  const int rounds = cfg_.verify.rounds;
+  KeyStream ks = obf_->stream();
+  RowVisit project;
+  if (verify) {
+    PhaseTimer t(phases_.verify);
+    verifier_.draw_vectors(ks, n, r_pre_);
+    cr_pre_.resize(static_cast<size_t>(rounds * m));
+    verifier_.begin(m, n, k, {p.w, true}, ks, nullptr, 0, &h.sums, &r_pre_);
+    project = [this](int64_t i, const float* row) { verifier_.project_row(i, row); };
+    stats_.verify_bytes += n * k * 4 * rounds;  // A's rows: read by the encryption
+  }
+  const RowVisit* visit = verify ? &project : nullptr;
   std::vector<std::future<Matrix>> futs;
   {
     // Row split: W' whole to every worker, A' by rows. Column split: A'
     // whole, W' by rows (the columns of C).
     CipherMatrix whole = [&] {
       PhaseTimer t(phases_.encrypt);
-      return by_cols ? obf_->encrypt_x(h.fwd, p.a, m, k) : obf_->encrypt_yt(h.fwd, p.w, n, k);
+      return by_cols ? obf_->encrypt_x(h.fwd, p.a, m, k, 0, -1, 1, visit) : obf_->encrypt_yt(h.fwd, p.w, n, k);
     }();
     if (by_cols) h.kept.push_back(whole);
     for (size_t i = 0; i < shares.size(); ++i) {
@@ -42,7 +60,7 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
       CipherMatrix share = [&] {
         PhaseTimer t(phases_.encrypt);
         return by_cols ? obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1)
-                         : obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1);
+                         : obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1, 1, visit);
       }();
       const CipherMatrix& ac = by_cols ? whole : share;
       const CipherMatrix& wc = by_cols ? share : whole;
@@ -64,12 +82,6 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   std::vector<Matrix> parts;
   const float* cp = collect(p, futs, h.chunks, m, n, by_cols, parts);
   if (!cp) return false;
-  const bool verify = sample_verify();
-  // A checked result's products C·r, for every round, are taken while C is
-  // decrypted (one pass over C instead of two).
-  const int rounds = cfg_.verify.rounds;
-  KeyStream ks = obf_->stream();
-  if (verify) verifier_.draw_vectors(ks, n, r_pre_), cr_pre_.resize(static_cast<size_t>(rounds * m));
   {
     PhaseTimer t(phases_.decrypt);
     h.fwd.decrypt(cp, m, n, c, 1, verify ? r_pre_.data() : nullptr, verify ? cr_pre_.data() : nullptr, rounds);
@@ -79,7 +91,7 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   if (verify) {
     PhaseTimer t(phases_.verify);
     ++stats_.verified;
-    auto bad = checked(c, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums, &r_pre_, cr_pre_.data());
+    auto bad = verifier_.end(c, cr_pre_.data());
     h.sums_valid = bad.empty();
     if (!bad.empty() && by_cols) {
       // Each worker's columns of C' checked against what it was sent.

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "common/parallel.h"
@@ -60,8 +61,16 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
                                      Operand b, KeyStream& ks, const int32_t* rows_k,
                                      int64_t k_full, RowSums* sums, const std::vector<double>* r_pre,
                                      const double* cr_pre) {
-  const int R = cfg_.rounds;
   if (sums && (a.stored_t || rows_k)) sums = nullptr;
+  begin(m, n, k, b, ks, rows_k, k_full, sums, r_pre);
+  project_a(a);
+  return end(c, cr_pre);
+}
+
+void Verifier::begin(int64_t m, int64_t n, int64_t k, Operand b, KeyStream& ks, const int32_t* rows_k,
+                     int64_t k_full, RowSums* sums, const std::vector<double>* r_pre) {
+  const int R = cfg_.rounds;
+  if (sums && rows_k) throw std::logic_error("Verifier: row sums need every inner index");
   if (r_pre && r_pre->size() != static_cast<size_t>(R * n))
     throw std::logic_error("Verifier::check: r_pre must hold one vector per round");
   if (sums) {
@@ -73,7 +82,8 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
     sums->aa.resize(static_cast<size_t>(R * m));
   }
   // k: the inner indices used; kfull: the stored extent of the inner dimension.
-  const Dims d{m, n, k, rows_k ? k_full : k, rows_k, R};
+  d_ = Dims{m, n, k, rows_k ? k_full : k, rows_k, R};
+  sums_ = sums;
   // Every round's vectors first, in the order the rounds used to draw them
   // (r, then r'), so that all rounds share each pass over the operands:
   // each row is read once for all of them. r_j = ±(1 + u), u uniform in
@@ -95,16 +105,18 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
   }
   br_.resize(static_cast<size_t>(R * k));
   bb_.resize(static_cast<size_t>(R * k));
-  y_.resize(static_cast<size_t>(R * m));
-  s_.resize(static_cast<size_t>(R * m));
+  // A row never projected keeps a NaN bound, and fails.
+  y_.assign(static_cast<size_t>(R * m), 0.0);
+  s_.assign(static_cast<size_t>(R * m), std::numeric_limits<double>::quiet_NaN());
+  project_b(b);
+}
+
+std::vector<int64_t> Verifier::end(const float* c, const double* cr_pre) {
+  const int64_t m = d_.m;
   failed_.assign(static_cast<size_t>(m), 0);
-  const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(k)) * cfg_.unit_roundoff;
-  const int nt = num_threads();
-  std::vector<double> worst_t(static_cast<size_t>(nt), 0.0);
-  project_b(b, d);
-  project_a(a, d, sums ? sums->r.data() : nullptr, sums ? sums->ar.data() : nullptr,
-            sums ? sums->aa.data() : nullptr);
-  compare_rows(c, d, cr_pre, scale, worst_t);
+  const double scale = cfg_.tolerance * std::sqrt(static_cast<double>(d_.k)) * cfg_.unit_roundoff;
+  std::vector<double> worst_t(static_cast<size_t>(num_threads()), 0.0);
+  compare_rows(c, cr_pre, scale, worst_t);
   for (double w : worst_t) worst_ratio_ = std::max(worst_ratio_, w * cfg_.tolerance);
   std::vector<int64_t> bad;
   for (int64_t i = 0; i < m; ++i)
@@ -114,10 +126,10 @@ std::vector<int64_t> Verifier::check(const float* c, int64_t m, int64_t n, int64
 
 // Per round ρ: br_ρ = b·r_ρ and bb_ρ = (b∘b)·(r_ρ∘r_ρ), over the inner
 // indices used (round-major: br_[ρ·k + t]).
-void Verifier::project_b(Operand b, const Dims& d) {
-  const int64_t n = d.n, k = d.k, kfull = d.kfull;
-  const int R = d.rounds;
-  const int32_t* rows_k = d.rows_k;
+void Verifier::project_b(Operand b) {
+  const int64_t n = d_.n, k = d_.k, kfull = d_.kfull;
+  const int R = d_.rounds;
+  const int32_t* rows_k = d_.rows_k;
   auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
   if (!b.stored_t) {
     parallel_for(k, [&](int64_t lo, int64_t hi) {
@@ -147,12 +159,12 @@ void Verifier::project_b(Operand b, const Dims& d) {
   }, 256);
 }
 
-// Per round: y_ρ = a·br_ρ and s_ρ = (a∘a)·bb_ρ; with rp (sums), also a·rp_ρ
+// Per round: y_ρ = a·br_ρ and s_ρ = (a∘a)·bb_ρ; with row sums, also a·rp_ρ
 // into ar and (a∘a)·(rp_ρ∘rp_ρ) into aa in the same pass (RowSums).
-void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar, double* aa) {
-  const int64_t m = d.m, k = d.k, kfull = d.kfull;
-  const int R = d.rounds;
-  const int32_t* rows_k = d.rows_k;
+void Verifier::project_a(Operand a) {
+  const int64_t m = d_.m, k = d_.k, kfull = d_.kfull;
+  const int R = d_.rounds;
+  const int32_t* rows_k = d_.rows_k;
   auto kidx = [rows_k](int64_t t) -> int64_t { return rows_k ? rows_k[t] : t; };
   if (!a.stored_t) {
     parallel_for(m, [&](int64_t lo, int64_t hi) {
@@ -164,18 +176,12 @@ void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar,
           for (int64_t t = 0; t < k; ++t) tmp[static_cast<size_t>(t)] = row[rows_k[t]];
           row = tmp.data();
         }
-        for (int q = 0; q < R; ++q) {
-          const size_t at = static_cast<size_t>(q * m + i);
-          if (rp)
-            dot4(row, br_.data() + q * k, bb_.data() + q * k, rp + q * k, rp2_.data() + q * k, k, y_[at], s_[at],
-                 ar[at], aa[at]);
-          else
-            dot2(row, br_.data() + q * k, bb_.data() + q * k, k, y_[at], s_[at]);
-        }
+        project_row(i, row);
       }
     }, 64);
     return;
   }
+  if (sums_) throw std::logic_error("Verifier: row sums need the operand in rows");
   std::fill(y_.begin(), y_.end(), 0.0);
   std::fill(s_.begin(), s_.end(), 0.0);
   parallel_for(m, [&](int64_t lo, int64_t hi) {
@@ -196,13 +202,24 @@ void Verifier::project_a(Operand a, const Dims& d, const double* rp, double* ar,
   }, 256);
 }
 
+void Verifier::project_row(int64_t i, const float* row) {
+  const int64_t m = d_.m, k = d_.k;
+  for (int q = 0; q < d_.rounds; ++q) {
+    const size_t at = static_cast<size_t>(q * m + i);
+    if (sums_)
+      dot4(row, br_.data() + q * k, bb_.data() + q * k, sums_->r.data() + q * k, rp2_.data() + q * k, k, y_[at],
+           s_[at], sums_->ar[at], sums_->aa[at]);
+    else
+      dot2(row, br_.data() + q * k, bb_.data() + q * k, k, y_[at], s_[at]);
+  }
+}
+
 // e_ρ = c·r_ρ − y_ρ, row by row (each row of c read once for every round):
 // marks the rows over their bound in any round in failed_ and keeps each
 // thread's largest e / bound of the others in worst_t.
-void Verifier::compare_rows(const float* c, const Dims& d, const double* cr_pre, double scale,
-                            std::vector<double>& worst_t) {
-  const int64_t n = d.n, m = d.m;
-  const int R = d.rounds;
+void Verifier::compare_rows(const float* c, const double* cr_pre, double scale, std::vector<double>& worst_t) {
+  const int64_t n = d_.n, m = d_.m;
+  const int R = d_.rounds;
   const int nt = static_cast<int>(worst_t.size());
   parallel_for(m, [&](int64_t lo, int64_t hi) {
     double wl = 0;

@@ -61,6 +61,18 @@ class Verifier {
                              RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr,
                              const double* cr_pre = nullptr);
 
+  // check() in three parts, for a caller that reads A's rows in a pass of
+  // its own (the forward operand's key application): begin() takes the
+  // arguments of check() that do not involve a or c, draws the vectors
+  // from ks exactly as check() does, and projects b; project_row(i, row)
+  // then takes row i of A as sent (its k inner values in order), once per
+  // row, from any thread; end() compares with c (m×n) or with cr_pre, and
+  // returns what check() returns. Rows of A not projected fail.
+  void begin(int64_t m, int64_t n, int64_t k, Operand b, KeyStream& ks, const int32_t* rows_k = nullptr,
+             int64_t k_full = 0, RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr);
+  void project_row(int64_t i, const float* row);
+  std::vector<int64_t> end(const float* c, const double* cr_pre = nullptr);
+
   // Checks dw (n×k) = dcᵀ·A over the rows `rows` (count of them) of dc
   // (m_full×n) and A, with A's row sums from the forward check.
   bool check_weight(const float* dw, int64_t n, int64_t k, const float* dc, const RowSums& sums,
@@ -96,9 +108,11 @@ class Verifier {
     const int32_t* rows_k;
     int rounds;  // every round's vectors at once, round-major
   };
-  void project_b(Operand b, const Dims& d);
-  void project_a(Operand a, const Dims& d, const double* rp, double* ar, double* aa);
-  void compare_rows(const float* c, const Dims& d, const double* cr_pre, double scale, std::vector<double>& worst_t);
+  Dims d_{};                  // the check begun
+  RowSums* sums_ = nullptr;   // its row sums, if taken
+  void project_b(Operand b);
+  void project_a(Operand a);
+  void compare_rows(const float* c, const double* cr_pre, double scale, std::vector<double>& worst_t);
   void draw(KeyStream& ks, int64_t n);
   bool compare(int64_t rows, int64_t k_eff);
   std::vector<char> failed_;
