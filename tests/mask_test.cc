@@ -356,6 +356,12 @@ TEST(ColMix, IsASecretOrthogonalGroupingThatCancelsInTheProduct) {
     for (int64_t i = 0; i < k; ++i) eye[i * k + i] = 1.0f;
     mix.mix(4, eye.data(), k, g.data());  // row i: G·e_i, i.e. row i of Gᵀ
     expect_grouped_orthogonal(g.data(), k, b);
+    // Unmixing applies Gᵀ: the same matrix, transposed (the vector path
+    // for pairs of 8-column groups and the scalar one for the rest agree).
+    std::vector<float> gu(k * k);
+    mix.unmix(4, eye.data(), k, gu.data());
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) ASSERT_NEAR(gu[j * k + i], g[i * k + j], 1e-6) << i << ", " << j;
     // The product of the mixed operands is the plain product.
     const int64_t m = 37, n = 5;
     std::vector<float> a(m * k), w(n * k), am(m * k), wm(n * k), c(m * n), cm(m * n);

@@ -11,7 +11,7 @@ namespace tempo {
 // in L1 while they are written.
 namespace {
 // One (image, output row) of im2col: its OW rows of cols; returns their Σ v²
-// when Sq (the values are in registers as they are stored).
+// when Sq (summed from the source rows while they are in L1).
 template <bool Sq>
 double im2col_row(const ConvGeometry& g, const float* x, float* cols, int64_t t) {
   const int64_t K = g.cols();
@@ -32,10 +32,14 @@ double im2col_row(const ConvGeometry& g, const float* x, float* cols, int64_t t)
         g.valid_ox(kx, lo, hi);
         const float* src = plane + iy * g.w - g.p + kx;
         for (int64_t ox = 0; ox < lo; ++ox) dst[ox * K] = 0.0f;
-        for (int64_t ox = lo; ox < hi; ++ox) {
-          const float v = src[ox * g.s];
-          dst[ox * K] = v;
-          if constexpr (Sq) ss += static_cast<double>(v) * v;
+        for (int64_t ox = lo; ox < hi; ++ox) dst[ox * K] = src[ox * g.s];
+        if constexpr (Sq) {
+          // The values just copied, again from L1, in vector lanes (one
+          // accumulator would make a chain of dependent adds).
+          double s = 0;
+#pragma omp simd reduction(+ : s)
+          for (int64_t ox = lo; ox < hi; ++ox) s += static_cast<double>(src[ox * g.s]) * src[ox * g.s];
+          ss += s;
         }
         for (int64_t ox = hi; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
       }

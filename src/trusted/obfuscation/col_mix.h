@@ -44,6 +44,10 @@ class ColMix {
     std::vector<int64_t> starts;  // s_g, one more than the groups
     std::vector<float> q, qt;   // per group: Q and Qᵀ, row-major, at stride ld²
     int64_t ld = 0;             // the largest group's size
+    // Groups 2p and 2p + 1 when both have 8 columns: row j of Q (resp. Qᵀ)
+    // of each side by side, 16 floats (pair p at 128·p), for one 16-wide
+    // vector per row (AVX-512).
+    std::vector<float> q2, qt2;
   };
   const Entry& entry(int id) const;
   void transform(int id, const float* src, int64_t rows, float* dst, bool back) const;
