@@ -437,27 +437,75 @@ TEST(Freivalds, ForwardCheckTakenDuringEncryptionEqualsCheck) {
   EXPECT_EQ(v.end(cs.c.data()), std::vector<int64_t>{17});
 }
 
-TEST(Conv, Im2colTakesTheSumOfSquaresItWrites) {
-  // im2col_sumsq writes what im2col writes, and returns Σ cols² (the
-  // mask's scale) the same for any number of threads.
+// im2col and col2im from their definitions, element by element.
+std::vector<float> naive_im2col(const ConvGeometry& g, const std::vector<float>& x) {
+  const int64_t K = g.cols();
+  std::vector<float> cols(static_cast<size_t>(g.n * g.positions() * K), 0.0f);
+  for (int64_t i = 0; i < g.n; ++i)
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox)
+        for (int64_t c = 0; c < g.c; ++c)
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const int64_t iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx;
+              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+              cols[static_cast<size_t>(((i * g.oh + oy) * g.ow + ox) * K + (c * g.k + ky) * g.k + kx)] =
+                  x[static_cast<size_t>(((i * g.c + c) * g.h + iy) * g.w + ix)];
+            }
+  return cols;
+}
+
+std::vector<double> naive_col2im(const ConvGeometry& g, const std::vector<float>& cols) {
+  const int64_t K = g.cols();
+  std::vector<double> dx(static_cast<size_t>(g.n * g.c * g.h * g.w), 0.0);
+  for (int64_t i = 0; i < g.n; ++i)
+    for (int64_t oy = 0; oy < g.oh; ++oy)
+      for (int64_t ox = 0; ox < g.ow; ++ox)
+        for (int64_t c = 0; c < g.c; ++c)
+          for (int64_t ky = 0; ky < g.k; ++ky)
+            for (int64_t kx = 0; kx < g.k; ++kx) {
+              const int64_t iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx;
+              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
+              dx[static_cast<size_t>(((i * g.c + c) * g.h + iy) * g.w + ix)] +=
+                  cols[static_cast<size_t>(((i * g.oh + oy) * g.ow + ox) * K + (c * g.k + ky) * g.k + kx)];
+            }
+  return dx;
+}
+
+TEST(Conv, Im2colAndCol2imFollowTheirDefinitions) {
+  // im2col (and im2col_sumsq, which also returns Σ cols², the mask's
+  // scale, the same for any number of threads) writes exactly the
+  // definition's entries, and col2im sums its adjoint, on shapes with
+  // borders, strides 1 and 2, padding 0 to 3, kernels 1 to 7 and column
+  // counts that are not multiples of 16 (the vector paths' tails).
   std::mt19937_64 g(31);
   const int before = num_threads();
-  for (const ConvGeometry geo : {ConvGeometry::make(3, 5, 9, 7, 4, 3, 1, 1), ConvGeometry::make(2, 3, 8, 8, 4, 3, 2, 1),
-                                 ConvGeometry::make(1, 2, 5, 5, 2, 1, 1, 0)}) {
+  for (const ConvGeometry geo :
+       {ConvGeometry::make(3, 5, 9, 7, 4, 3, 1, 1), ConvGeometry::make(2, 3, 8, 8, 4, 3, 2, 1),
+        ConvGeometry::make(1, 2, 5, 5, 2, 1, 1, 0), ConvGeometry::make(2, 3, 12, 11, 4, 7, 2, 3),
+        ConvGeometry::make(2, 16, 4, 4, 4, 3, 1, 1), ConvGeometry::make(1, 4, 6, 6, 2, 2, 2, 0)}) {
+    SCOPED_TRACE(std::to_string(geo.c) + " channels of " + std::to_string(geo.h) + "x" + std::to_string(geo.w) +
+                 ", k " + std::to_string(geo.k) + ", s " + std::to_string(geo.s) + ", p " + std::to_string(geo.p));
     auto x = randn(geo.n * geo.c * geo.h * geo.w, g);
-    const int64_t size = geo.n * geo.positions() * geo.cols();
-    std::vector<float> plain(static_cast<size_t>(size)), fused(static_cast<size_t>(size), -1.0f);
+    const auto want = naive_im2col(geo, x);
+    std::vector<float> plain(want.size(), -1.0f), fused(want.size(), -1.0f);
     im2col(geo, x.data(), plain.data());
-    double want = 0;
-    for (float v : plain) want += static_cast<double>(v) * v;
+    EXPECT_EQ(plain, want);
+    double sq = 0;
+    for (float v : want) sq += static_cast<double>(v) * v;
+    const auto dcols = randn(static_cast<int64_t>(want.size()), g);
+    const auto dx_want = naive_col2im(geo, dcols);
     double first = 0;
     for (int threads : {1, 2}) {
       set_num_threads(threads);
       const double got = im2col_sumsq(geo, x.data(), fused.data());
-      EXPECT_EQ(fused, plain);
-      EXPECT_NEAR(got, want, 1e-12 * want);
+      EXPECT_EQ(fused, want);
+      EXPECT_NEAR(got, sq, 1e-12 * sq);
       if (threads == 1) first = got;
       else EXPECT_EQ(got, first);
+      std::vector<float> dx(dx_want.size(), 7.0f);  // col2im overwrites
+      col2im(geo, dcols.data(), dx.data());
+      for (size_t i = 0; i < dx.size(); ++i) ASSERT_NEAR(dx[i], dx_want[i], 1e-5 * (1 + std::fabs(dx_want[i]))) << i;
     }
   }
   set_num_threads(before);

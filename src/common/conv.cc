@@ -4,101 +4,259 @@
 #include "common/blas.h"
 #include "common/parallel.h"
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
+#include <vector>
+
 namespace tempo {
 
-// cols[(img·OH·OW + oy·OW + ox), (c·k + ky)·k + kx] = x[img, c, oy·s−p+ky, ox·s−p+kx]
-// (zero outside). One (image, output row) per task: its OW rows of cols stay
-// in L1 while they are written.
 namespace {
-// One (image, output row) of im2col: its OW rows of cols; returns their Σ v²
-// when Sq (summed from the source rows while they are in L1).
+// One (image, output row) of im2col: its OW rows of cols, each written
+// whole, in order (one sequential stream of stores; the k input rows of
+// every channel that it reads, C·k·W floats, stay in L1 across the OW
+// rows). Returns their Σ v² when Sq, taken from each row just written.
 template <bool Sq>
 double im2col_row(const ConvGeometry& g, const float* x, float* cols, int64_t t) {
-  const int64_t K = g.cols();
+  const int64_t K = g.cols(), kk = g.k;
   const int64_t img = t / g.oh, oy = t % g.oh;
-  float* dst_base = cols + t * g.ow * K;
+  const float* image = x + img * g.c * g.h * g.w;
   double ss = 0;
-  for (int64_t c = 0; c < g.c; ++c) {
-    const float* plane = x + (img * g.c + c) * g.h * g.w;
-    for (int64_t ky = 0; ky < g.k; ++ky) {
-      const int64_t iy = oy * g.s - g.p + ky;
-      for (int64_t kx = 0; kx < g.k; ++kx) {
-        float* dst = dst_base + (c * g.k + ky) * g.k + kx;
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    float* row = cols + (t * g.ow + ox) * K;
+    const int64_t ix0 = ox * g.s - g.p;
+    const bool inside = ix0 >= 0 && ix0 + kk <= g.w;
+    for (int64_t c = 0; c < g.c; ++c) {
+      const float* plane = image + c * g.h * g.w;
+      for (int64_t ky = 0; ky < kk; ++ky) {
+        float* o = row + (c * kk + ky) * kk;
+        const int64_t iy = oy * g.s - g.p + ky;
         if (iy < 0 || iy >= g.h) {
-          for (int64_t ox = 0; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
+          for (int64_t kx = 0; kx < kk; ++kx) o[kx] = 0.0f;
           continue;
         }
-        int64_t lo, hi;
-        g.valid_ox(kx, lo, hi);
-        const float* src = plane + iy * g.w - g.p + kx;
-        for (int64_t ox = 0; ox < lo; ++ox) dst[ox * K] = 0.0f;
-        for (int64_t ox = lo; ox < hi; ++ox) dst[ox * K] = src[ox * g.s];
-        if constexpr (Sq) {
-          // The values just copied, again from L1, in vector lanes (one
-          // accumulator would make a chain of dependent adds).
-          double s = 0;
-#pragma omp simd reduction(+ : s)
-          for (int64_t ox = lo; ox < hi; ++ox) s += static_cast<double>(src[ox * g.s]) * src[ox * g.s];
-          ss += s;
+        const float* src = plane + iy * g.w + ix0;
+        if (inside) {
+          for (int64_t kx = 0; kx < kk; ++kx) o[kx] = src[kx];
+        } else {
+          for (int64_t kx = 0; kx < kk; ++kx) o[kx] = ix0 + kx >= 0 && ix0 + kx < g.w ? src[kx] : 0.0f;
         }
-        for (int64_t ox = hi; ox < g.ow; ++ox) dst[ox * K] = 0.0f;
+      }
+    }
+    if constexpr (Sq) {
+      double s = 0;
+#pragma omp simd reduction(+ : s)
+      for (int64_t j = 0; j < K; ++j) s += static_cast<double>(row[j]) * row[j];
+      ss += s;
+    }
+  }
+  return ss;
+}
+
+#if defined(__AVX512F__)
+// Column j of cols, as offsets into the image from its patch's corner
+// (c·plane + ky·W + kx) and as (ky, kx), padded to a multiple of 16 (the
+// padding lanes are never stored or added).
+struct PatchTable {
+  std::vector<int32_t> off, ky, kx;
+  int64_t c = -1, h = -1, w = -1, k = -1, plane = -1;
+  // plane_stride: floats from one channel's plane to the next (H·W in an image).
+  void build(const ConvGeometry& g, int64_t plane_stride) {
+    const int64_t K = g.cols(), padded = (K + 15) / 16 * 16;
+    off.assign(static_cast<size_t>(padded), 0);
+    ky.assign(static_cast<size_t>(padded), 0);
+    kx.assign(static_cast<size_t>(padded), 0);
+    for (int64_t j = 0; j < K; ++j) {
+      const int64_t ch = j / (g.k * g.k), y = j / g.k % g.k, x = j % g.k;
+      off[static_cast<size_t>(j)] = static_cast<int32_t>(ch * plane_stride + y * g.w + x);
+      ky[static_cast<size_t>(j)] = static_cast<int32_t>(y);
+      kx[static_cast<size_t>(j)] = static_cast<int32_t>(x);
+    }
+    c = g.c, h = g.h, w = g.w, k = g.k, plane = plane_stride;
+  }
+};
+
+// This thread's table for g's shape, rebuilt (in place: no allocation once
+// it has grown) when the shape changes.
+// One per use (Use), so that im2col's and col2im's tables, of different
+// plane strides, do not rebuild each other.
+template <int Use>
+const PatchTable& patch_table(const ConvGeometry& g, int64_t plane_stride) {
+  thread_local PatchTable t;
+  if (t.c != g.c || t.h != g.h || t.w != g.w || t.k != g.k || t.plane != plane_stride) t.build(g, plane_stride);
+  return t;
+}
+
+// Whether an image's offsets (planes of `plane` floats) fit the gathers'
+// 32-bit indices.
+bool gathers(const ConvGeometry& g, int64_t plane) { return g.c * plane < (int64_t{1} << 31); }
+
+// The lanes [j, j + 16) of a patch with corner (iy0, ix0): those before K
+// (tail) and, of them, those inside the image.
+struct PatchLanes {
+  __m512i ylo, yhi, xlo, xhi, corner;
+  bool inside;
+  PatchLanes(const ConvGeometry& g, int64_t iy0, int64_t ix0)
+      : ylo(_mm512_set1_epi32(static_cast<int32_t>(std::max<int64_t>(0, -iy0)))),
+        yhi(_mm512_set1_epi32(static_cast<int32_t>(std::min<int64_t>(g.k, g.h - iy0)))),
+        xlo(_mm512_set1_epi32(static_cast<int32_t>(std::max<int64_t>(0, -ix0)))),
+        xhi(_mm512_set1_epi32(static_cast<int32_t>(std::min<int64_t>(g.k, g.w - ix0)))),
+        corner(_mm512_set1_epi32(static_cast<int32_t>(iy0 * g.w + ix0))),
+        inside(iy0 >= 0 && iy0 + g.k <= g.h && ix0 >= 0 && ix0 + g.k <= g.w) {}
+  static __mmask16 tail(int64_t K, int64_t j) {
+    return K - j >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << (K - j)) - 1);
+  }
+  __mmask16 live(const PatchTable& tab, __mmask16 tail_mask, int64_t j) const {
+    if (inside) return tail_mask;
+    const __m512i y = _mm512_loadu_si512(tab.ky.data() + j), x = _mm512_loadu_si512(tab.kx.data() + j);
+    return tail_mask & _mm512_cmpge_epi32_mask(y, ylo) & _mm512_cmplt_epi32_mask(y, yhi) &
+           _mm512_cmpge_epi32_mask(x, xlo) & _mm512_cmplt_epi32_mask(x, xhi);
+  }
+  __m512i index(const PatchTable& tab, int64_t j) const {
+    return _mm512_add_epi32(corner, _mm512_loadu_si512(tab.off.data() + j));
+  }
+};
+
+// The same rows as im2col_row, each gathered 16 columns at a time from the
+// image (the patch's k input rows of every channel are in L1 across the
+// OW rows); a patch over the border gathers only its inside lanes (the
+// others are zero). Σ v² in two 8-wide double accumulators, per task.
+template <bool Sq>
+double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int64_t t) {
+  const PatchTable& tab = patch_table<0>(g, g.h * g.w);
+  const int64_t K = g.cols();
+  const int64_t img = t / g.oh, oy = t % g.oh;
+  const float* image = x + img * g.c * g.h * g.w;
+  __m512d s0 = _mm512_setzero_pd(), s1 = _mm512_setzero_pd();
+  for (int64_t ox = 0; ox < g.ow; ++ox) {
+    float* row = cols + (t * g.ow + ox) * K;
+    const PatchLanes lanes(g, oy * g.s - g.p, ox * g.s - g.p);
+    for (int64_t j = 0; j < K; j += 16) {
+      const __mmask16 tail = PatchLanes::tail(K, j);
+      const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes.live(tab, tail, j), lanes.index(tab, j), image, 4);
+      _mm512_mask_storeu_ps(row + j, tail, v);
+      if constexpr (Sq) {
+        const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
+        const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
+        s0 = _mm512_fmadd_pd(lo, lo, s0);
+        s1 = _mm512_fmadd_pd(hi, hi, s1);
       }
     }
   }
+  if constexpr (Sq) return _mm512_reduce_add_pd(_mm512_add_pd(s0, s1));
+  return 0;
+}
+#endif
+
+template <bool Sq>
+double im2col_pass(const ConvGeometry& g, const float* x, float* cols, int64_t pieces) {
+  // Tasks (image, output row) in `pieces` fixed ranges, each summed by one
+  // thread: Σ v² the same for any number of threads.
+  const int64_t tasks = g.n * g.oh;
+  constexpr int64_t kMaxPieces = 64;
+  double part[kMaxPieces] = {};
+#if defined(__AVX512F__)
+  const bool gather = gathers(g, g.h * g.w);
+#endif
+  parallel_for(pieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      double s = 0;
+      for (int64_t t = tasks * c / pieces; t < tasks * (c + 1) / pieces; ++t) {
+#if defined(__AVX512F__)
+        if (gather) {
+          s += im2col_row_gather<Sq>(g, x, cols, t);
+          continue;
+        }
+#endif
+        s += im2col_row<Sq>(g, x, cols, t);
+      }
+      part[c] = s;
+    }
+  });
+  double ss = 0;
+  for (int64_t c = 0; c < pieces; ++c) ss += part[c];
   return ss;
 }
 }  // namespace
 
 // cols[(img·OH·OW + oy·OW + ox), (c·k + ky)·k + kx] = x[img, c, oy·s−p+ky, ox·s−p+kx]
-// (zero outside). One (image, output row) per task: its OW rows of cols stay
-// in L1 while they are written.
+// (zero outside). One (image, output row) per task.
 void im2col(const ConvGeometry& g, const float* x, float* cols) {
-  parallel_for(g.n * g.oh, [&](int64_t b, int64_t e) {
-    for (int64_t t = b; t < e; ++t) im2col_row<false>(g, x, cols, t);
-  });
+  im2col_pass<false>(g, x, cols, std::min<int64_t>(g.n * g.oh, 64));
 }
 
 double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols) {
-  // Tasks in a fixed number of pieces, each summed by one thread.
-  constexpr int64_t kPieces = 64;
-  const int64_t tasks = g.n * g.oh;
-  double part[kPieces];
-  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      double s = 0;
-      for (int64_t t = tasks * c / kPieces; t < tasks * (c + 1) / kPieces; ++t) s += im2col_row<true>(g, x, cols, t);
-      part[c] = s;
-    }
-  });
-  double ss = 0;
-  for (double s : part) ss += s;
-  return ss;
+  return im2col_pass<true>(g, x, cols, 64);
 }
 
-// The adjoint of im2col: dx[img, c, iy, ix] += dcols[...]. One image per task,
-// so no two threads write the same element and the sum order is fixed.
-void col2im(const ConvGeometry& g, const float* dcols, float* dx) {
-  const int64_t K = g.cols();
-  parallel_for(g.n, [&](int64_t b, int64_t e) {
-    for (int64_t img = b; img < e; ++img) {
-      std::fill(dx + img * g.c * g.h * g.w, dx + (img + 1) * g.c * g.h * g.w, 0.0f);
-      for (int64_t oy = 0; oy < g.oh; ++oy) {
-        const float* src_base = dcols + (img * g.oh + oy) * g.ow * K;
-        for (int64_t c = 0; c < g.c; ++c) {
-          float* plane = dx + (img * g.c + c) * g.h * g.w;
-          for (int64_t ky = 0; ky < g.k; ++ky) {
-            int64_t iy = oy * g.s - g.p + ky;
-            if (iy < 0 || iy >= g.h) continue;
-            for (int64_t kx = 0; kx < g.k; ++kx) {
-              const float* src = src_base + (c * g.k + ky) * g.k + kx;
-              int64_t lo, hi;
-              g.valid_ox(kx, lo, hi);
-              float* d = plane + iy * g.w - g.p + kx;
-              for (int64_t ox = lo; ox < hi; ++ox) d[ox * g.s] += src[ox * K];
-            }
-          }
-        }
+Col2imImage::Col2imImage(const ConvGeometry& g) : g_(g), stride_(g.h * g.w + 16) {
+  thread_local std::vector<float> buf;  // grows once per thread
+  const auto need = static_cast<size_t>(g.c * stride_);
+  if (buf.size() < need) buf.resize(need);
+  acc_ = buf.data();
+  std::fill(acc_, acc_ + need, 0.0f);
+}
+
+void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
+  const ConvGeometry& g = g_;
+#if defined(__AVX512F__)
+  if (gathers(g, stride_)) {
+    // 16 entries at a time: gathered from the sums, added to, scattered
+    // back. One patch's entries are distinct elements, so no lane
+    // collides, and each element gets the row's value once, as below.
+    const PatchTable& tab = patch_table<1>(g, stride_);
+    const int64_t K = g.cols();
+    const PatchLanes lanes(g, oy * g.s - g.p, ox * g.s - g.p);
+    for (int64_t j = 0; j < K; j += 16) {
+      const __mmask16 tail = PatchLanes::tail(K, j), live = lanes.live(tab, tail, j);
+      const __m512i idx = lanes.index(tab, j);
+      const __m512 d = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, acc_, 4);
+      _mm512_mask_i32scatter_ps(acc_, live, idx, _mm512_add_ps(d, _mm512_maskz_loadu_ps(tail, row + j)), 4);
+    }
+    return;
+  }
+#endif
+  const int64_t kk = g.k;
+  const int64_t ix0 = ox * g.s - g.p;
+  const bool inside = ix0 >= 0 && ix0 + kk <= g.w;
+  for (int64_t c = 0; c < g.c; ++c) {
+    float* plane = acc_ + c * stride_;
+    for (int64_t ky = 0; ky < kk; ++ky) {
+      const int64_t iy = oy * g.s - g.p + ky;
+      if (iy < 0 || iy >= g.h) continue;
+      const float* r = row + (c * kk + ky) * kk;
+      float* d = plane + iy * g.w + ix0;
+      if (inside) {
+        for (int64_t kx = 0; kx < kk; ++kx) d[kx] += r[kx];
+      } else {
+        for (int64_t kx = 0; kx < kk; ++kx)
+          if (ix0 + kx >= 0 && ix0 + kx < g.w) d[kx] += r[kx];
       }
+    }
+  }
+}
+
+void Col2imImage::write(float* dx_image) {
+  const int64_t hw = g_.h * g_.w;
+  for (int64_t c = 0; c < g_.c; ++c) {
+    float* plane = acc_ + c * stride_;
+    std::copy(plane, plane + hw, dx_image + c * hw);
+    std::fill(plane, plane + hw, 0.0f);
+  }
+}
+
+// The adjoint of im2col: dx[img, c, iy, ix] = Σ dcols[...]. One image per
+// task, so no two threads write the same element, and the rows are read in
+// order (one sequential stream), so the sum order is fixed: by output row,
+// then position.
+void col2im(const ConvGeometry& g, const float* dcols, float* dx) {
+  const int64_t K = g.cols(), P = g.positions();
+  parallel_for(g.n, [&](int64_t b, int64_t e) {
+    Col2imImage acc(g);
+    for (int64_t img = b; img < e; ++img) {
+      for (int64_t q = 0; q < P; ++q) acc.add(dcols + (img * P + q) * K, q / g.ow, q % g.ow);
+      acc.write(dx + img * g.c * g.h * g.w);
     }
   });
 }

@@ -38,6 +38,25 @@ void im2col(const ConvGeometry& g, const float* x, float* cols);
 // threads). The blinding's mask is scaled by it, without a pass over cols.
 double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols);
 void col2im(const ConvGeometry& g, const float* dcols, float* dx);
+// col2im for one image at a time, from rows the caller makes in order (a
+// decryption fused with col2im): add() each row of the image (output
+// position (oy, ox), K floats) in row order, then write() the image.
+// col2im is exactly this for every image, so such a caller gets the same
+// sums. The sums build up in a buffer of this thread's (grown once) whose
+// planes are padded: unpadded planes of 4 KiB (32×32 maps) all fall into
+// the same cache sets. Construct it on the thread that adds.
+class Col2imImage {
+ public:
+  explicit Col2imImage(const ConvGeometry& g);
+  void add(const float* row, int64_t oy, int64_t ox);
+  // The image (C×H×W floats) into dx_image; the buffer starts over.
+  void write(float* dx_image);
+
+ private:
+  ConvGeometry g_;
+  int64_t stride_;  // floats from one plane of the buffer to the next
+  float* acc_;
+};
 // out[img, o, p] = rows[img·P + p, o] + bias[o]  (bias may be null)
 void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O, float* out);
 // rows[img·P + p, o] = dy[img, o, p]

@@ -160,36 +160,20 @@ void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c,
   const int64_t K = g.cols(), P = g.positions();
   if (r.size() != g.n * P || c.size() != K) throw std::logic_error("apply_keys_col2im: key size mismatch");
   parallel_for(g.n, [&](int64_t b, int64_t e) {
-    std::vector<float> block(static_cast<size_t>(g.ow * K));  // one output row of one image
+    thread_local std::vector<float> buf;  // one decrypted row, in L1
+    if (buf.size() < static_cast<size_t>(K)) buf.resize(static_cast<size_t>(K));
+    Col2imImage acc(g);  // in col2im's order: the same sums
     for (int64_t img = b; img < e; ++img) {
-      std::fill(dx + img * g.c * g.h * g.w, dx + (img + 1) * g.c * g.h * g.w, 0.0f);
-      for (int64_t oy = 0; oy < g.oh; ++oy) {
-        const int64_t row0 = (img * g.oh + oy) * g.ow;
-        for (int64_t q = 0; q < g.ow; ++q) {
-          const int64_t i = row0 + q;
-          float* dst = block.data() + q * K;
-          const float* next = i + 1 < (img + 1) * P ? z + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * K
-                                                    : nullptr;
-          gather_row(z + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * K, r.scale[static_cast<size_t>(i)],
-                     c.perm.data(), c.scale.data(), K, dst, next);
-          if (dot_r)
-            for (int qr = 0; qr < dot_rounds; ++qr) dot_out[qr * g.n * P + i] = row_dot(dst, dot_r + qr * K, K);
-        }
-        for (int64_t ch = 0; ch < g.c; ++ch) {
-          float* plane = dx + (img * g.c + ch) * g.h * g.w;
-          for (int64_t ky = 0; ky < g.k; ++ky) {
-            const int64_t iy = oy * g.s - g.p + ky;
-            if (iy < 0 || iy >= g.h) continue;
-            for (int64_t kx = 0; kx < g.k; ++kx) {
-              const float* src = block.data() + (ch * g.k + ky) * g.k + kx;
-              int64_t lo, hi;
-              g.valid_ox(kx, lo, hi);
-              float* d = plane + iy * g.w - g.p + kx;
-              for (int64_t ox = lo; ox < hi; ++ox) d[ox * g.s] += src[ox * K];
-            }
-          }
-        }
+      for (int64_t q = 0; q < P; ++q) {
+        const int64_t i = img * P + q;
+        const float* next = q + 1 < P ? z + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * K : nullptr;
+        gather_row(z + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * K, r.scale[static_cast<size_t>(i)],
+                   c.perm.data(), c.scale.data(), K, buf.data(), next);
+        if (dot_r)
+          for (int qr = 0; qr < dot_rounds; ++qr) dot_out[qr * g.n * P + i] = row_dot(buf.data(), dot_r + qr * K, K);
+        acc.add(buf.data(), q / g.ow, q % g.ow);
       }
+      acc.write(dx + img * g.c * g.h * g.w);
     }
   });
 }
