@@ -91,6 +91,24 @@ inline double row_dot(const float* x, const double* r, int64_t n) {
   return acc;
 }
 
+// out[q·stride] = Σ_t x[t]·r[q·n + t] for q < rounds: two rounds (the
+// default) in one pass over x, each sum as row_dot takes it.
+inline void row_dots(const float* x, const double* r, int64_t n, int rounds, double* out, int64_t stride) {
+  if (rounds == 2) {
+    const double* r1 = r + n;
+    double a0 = 0, a1 = 0;
+#pragma omp simd reduction(+ : a0, a1)
+    for (int64_t t = 0; t < n; ++t) {
+      a0 += x[t] * r[t];
+      a1 += x[t] * r1[t];
+    }
+    out[0] = a0;
+    out[stride] = a1;
+    return;
+  }
+  for (int q = 0; q < rounds; ++q) out[q * stride] = row_dot(x, r + q * n, n);
+}
+
 // Rows [i0, i1) of R·X·Cᵀ into y (row i0 first), on the calling thread;
 // with dot_r, row i's product with round q's vector at dot_out[q·stride +
 // i − i0].
@@ -103,8 +121,7 @@ void gather_rows(const float* x, int64_t cols, const ScaledPerm& r, const Scaled
     const float* next = i + 1 < i1 ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
     float* dst = y + (i - i0) * cols;
     gather_row(src, r.scale[static_cast<size_t>(i)], c.perm.data(), c.scale.data(), cols, dst, next);
-    if (dot_r)
-      for (int q = 0; q < dot_rounds; ++q) dot_out[q * stride + i - i0] = row_dot(dst, dot_r + q * cols, cols);
+    if (dot_r) row_dots(dst, dot_r, cols, dot_rounds, dot_out + (i - i0), stride);
     if (visit) (*visit)(from, src);
   }
 }
@@ -169,8 +186,7 @@ void apply_keys_col2im(const float* z, const ScaledPerm& r, const ScaledPerm& c,
         const float* next = q + 1 < P ? z + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * K : nullptr;
         gather_row(z + static_cast<int64_t>(r.perm[static_cast<size_t>(i)]) * K, r.scale[static_cast<size_t>(i)],
                    c.perm.data(), c.scale.data(), K, buf.data(), next);
-        if (dot_r)
-          for (int qr = 0; qr < dot_rounds; ++qr) dot_out[qr * g.n * P + i] = row_dot(buf.data(), dot_r + qr * K, K);
+        if (dot_r) row_dots(buf.data(), dot_r, K, dot_rounds, dot_out + i, g.n * P);
         acc.add(buf.data(), q / g.ow, q % g.ow);
       }
       acc.write(dx + img * g.c * g.h * g.w);

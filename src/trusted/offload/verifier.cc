@@ -262,19 +262,37 @@ bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* 
       for (int q = 0; q < R; ++q)
         cv_lhs_[static_cast<size_t>(q * n + i)] = dot(dw + i * k, sums.r.data() + q * k, k);
   }, 16);
-  for (int64_t j = 0; j < count; ++j) {
-    const int64_t row = rows[j];
-    const float* d = dc + row * n;
-    for (int q = 0; q < R; ++q) {
-      const double a1 = sums.ar[static_cast<size_t>(q * sums.m + row)], a2 = sums.aa[static_cast<size_t>(q * sums.m + row)];
-      double* y = cv_rhs_.data() + q * n;
-      double* s = cv_s_.data() + q * n;
+  // Σ over the rows of dc, in a fixed number of pieces (each summed by
+  // one thread into its own partial sums, added in piece order): the
+  // result depends on the rows only, not on the threads.
+  constexpr int64_t kPieces = 16;
+  const size_t part = static_cast<size_t>(2 * R * n);  // y then s, round-major
+  cv_parts_.assign(static_cast<size_t>(kPieces) * part, 0.0);
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t piece = lo; piece < hi; ++piece) {
+      double* y0 = cv_parts_.data() + static_cast<size_t>(piece) * part;
+      for (int64_t j = count * piece / kPieces; j < count * (piece + 1) / kPieces; ++j) {
+        const int64_t row = rows[j];
+        const float* d = dc + row * n;
+        for (int q = 0; q < R; ++q) {
+          const double a1 = sums.ar[static_cast<size_t>(q * sums.m + row)], a2 = sums.aa[static_cast<size_t>(q * sums.m + row)];
+          double* y = y0 + q * n;
+          double* sq = y0 + (R + q) * n;
 #pragma omp simd
-      for (int64_t i = 0; i < n; ++i) {
-        const double v = d[i];
-        y[i] += v * a1;
-        s[i] += v * v * a2;
+          for (int64_t i = 0; i < n; ++i) {
+            const double v = d[i];
+            y[i] += v * a1;
+            sq[i] += v * v * a2;
+          }
+        }
       }
+    }
+  });
+  for (int64_t piece = 0; piece < kPieces; ++piece) {
+    const double* y0 = cv_parts_.data() + static_cast<size_t>(piece) * part;
+    for (int64_t t = 0; t < R * n; ++t) {
+      cv_rhs_[static_cast<size_t>(t)] += y0[t];
+      cv_s_[static_cast<size_t>(t)] += y0[R * n + t];
     }
   }
   return compare(R * n, count);

@@ -101,6 +101,7 @@ class Verifier {
   double worst_ratio_ = 0;
   std::vector<double> r_, r2_, rp2_, br_, bb_, y_, s_;
   std::vector<double> cv_a_, cv_b_, cv_lhs_, cv_rhs_, cv_s_;
+  std::vector<double> cv_parts_;  // check_weight's partial sums, per piece
   // The shape of one check(): c is m×n, k inner indices used (rows_k, or
   // 0..k-1) of operands whose inner extent is kfull.
   struct Dims {
