@@ -392,35 +392,45 @@ TEST(Freivalds, WeightGradientFromForwardRowSums) {
   EXPECT_FALSE(v.check_weight(dw.data(), N, K, dC.data(), sums, S.data(), static_cast<int64_t>(S.size())));
 }
 
+// A ReLU-input product (make_case) with an obfuscator and a triple of
+// its shape.
+struct Keyed {
+  Case cs;
+  Obfuscator obf{random_secret(), 4.0};
+  Triple t;
+  Keyed(int64_t m, int64_t k, int64_t n, uint64_t seed) : cs(make(m, k, n, seed)), t(obf.draw_triple(m, k, n)) {}
+  static Case make(int64_t m, int64_t k, int64_t n, uint64_t seed) {
+    std::mt19937_64 g(seed);
+    return make_case(m, k, n, g, true);
+  }
+};
+
 TEST(Freivalds, ForwardCheckTakenDuringEncryptionEqualsCheck) {
   // begin(), A's rows projected as the key application reads them (two
   // row shares, as for two workers), end(): the same vectors, products,
   // row sums and verdicts as check(), bit for bit; a lie is caught, and a
   // row that was never projected fails.
-  std::mt19937_64 g(29);
   const int64_t M = 97, K = 45, N = 13;
-  Case cs = make_case(M, K, N, g, true);
-  Obfuscator obf(random_secret(), 4.0);
-  Triple t = obf.draw_triple(M, K, N);
-  std::vector<float> ap(cs.a.size());
+  Keyed x(M, K, N, 29);
+  std::vector<float> ap(x.cs.a.size());
   const int before = num_threads();
   for (int threads : {1, 2}) {
     set_num_threads(threads);
     for (int lie = 0; lie < 2; ++lie) {
       SCOPED_TRACE("threads " + std::to_string(threads) + ", lie " + std::to_string(lie));
-      std::vector<float> c = cs.c;
+      std::vector<float> c = x.cs.c;
       if (lie) c[static_cast<size_t>(40 * N + 5)] += 0.05f;
-      KeyStream ks = obf.stream(), ks2 = ks;
+      KeyStream ks = x.obf.stream(), ks2 = ks;
       Verifier whole(VerifyConfig{}), fused(VerifyConfig{});
       RowSums s1, s2;
       std::vector<double> r1, r2;
       whole.draw_vectors(ks, N, r1);
       fused.draw_vectors(ks2, N, r2);
-      const auto want = whole.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, &s1, &r1);
-      fused.begin(M, N, K, {cs.w.data(), true}, ks2, nullptr, 0, &s2, &r2);
+      const auto want = whole.check(c.data(), M, N, K, {x.cs.a.data(), false}, {x.cs.w.data(), true}, ks, nullptr, 0, &s1, &r1);
+      fused.begin(M, N, K, {x.cs.w.data(), true}, ks2, nullptr, 0, &s2, &r2);
       const RowVisit visit = [&](int64_t i, const float* row) { fused.project_row(i, row); };
-      t.encrypt_x(cs.a.data(), M, K, ap.data(), 0, 40, 1, &visit);
-      t.encrypt_x(cs.a.data(), M, K, ap.data() + 40 * K, 40, M, 1, &visit);
+      x.t.encrypt_x(x.cs.a.data(), M, K, ap.data(), 0, 40, 1, &visit);
+      x.t.encrypt_x(x.cs.a.data(), M, K, ap.data() + 40 * K, 40, M, 1, &visit);
       EXPECT_EQ(fused.end(c.data()), want);
       EXPECT_EQ(want.empty(), lie == 0);
       EXPECT_EQ(s2.r, s1.r);
@@ -430,17 +440,19 @@ TEST(Freivalds, ForwardCheckTakenDuringEncryptionEqualsCheck) {
   }
   set_num_threads(before);
   Verifier v(VerifyConfig{});
-  KeyStream ks = obf.stream();
-  v.begin(M, N, K, {cs.w.data(), true}, ks);
+  KeyStream ks = x.obf.stream();
+  v.begin(M, N, K, {x.cs.w.data(), true}, ks);
   for (int64_t i = 0; i < M; ++i)
-    if (i != 17) v.project_row(i, cs.a.data() + i * K);
-  EXPECT_EQ(v.end(cs.c.data()), std::vector<int64_t>{17});
+    if (i != 17) v.project_row(i, x.cs.a.data() + i * K);
+  EXPECT_EQ(v.end(x.cs.c.data()), std::vector<int64_t>{17});
 }
 
-// im2col and col2im from their definitions, element by element.
-std::vector<float> naive_im2col(const ConvGeometry& g, const std::vector<float>& x) {
+// im2col and col2im from their definitions, element by element: fn(at,
+// from) for every entry of the im2col matrix (index `at`) that lies on the
+// image (index `from`).
+template <typename Fn>
+void for_each_patch_entry(const ConvGeometry& g, Fn&& fn) {
   const int64_t K = g.cols();
-  std::vector<float> cols(static_cast<size_t>(g.n * g.positions() * K), 0.0f);
   for (int64_t i = 0; i < g.n; ++i)
     for (int64_t oy = 0; oy < g.oh; ++oy)
       for (int64_t ox = 0; ox < g.ow; ++ox)
@@ -449,26 +461,20 @@ std::vector<float> naive_im2col(const ConvGeometry& g, const std::vector<float>&
             for (int64_t kx = 0; kx < g.k; ++kx) {
               const int64_t iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx;
               if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-              cols[static_cast<size_t>(((i * g.oh + oy) * g.ow + ox) * K + (c * g.k + ky) * g.k + kx)] =
-                  x[static_cast<size_t>(((i * g.c + c) * g.h + iy) * g.w + ix)];
+              fn(static_cast<size_t>(((i * g.oh + oy) * g.ow + ox) * K + (c * g.k + ky) * g.k + kx),
+                 static_cast<size_t>(((i * g.c + c) * g.h + iy) * g.w + ix));
             }
+}
+
+std::vector<float> naive_im2col(const ConvGeometry& g, const std::vector<float>& x) {
+  std::vector<float> cols(static_cast<size_t>(g.n * g.positions() * g.cols()), 0.0f);
+  for_each_patch_entry(g, [&](size_t at, size_t from) { cols[at] = x[from]; });
   return cols;
 }
 
 std::vector<double> naive_col2im(const ConvGeometry& g, const std::vector<float>& cols) {
-  const int64_t K = g.cols();
   std::vector<double> dx(static_cast<size_t>(g.n * g.c * g.h * g.w), 0.0);
-  for (int64_t i = 0; i < g.n; ++i)
-    for (int64_t oy = 0; oy < g.oh; ++oy)
-      for (int64_t ox = 0; ox < g.ow; ++ox)
-        for (int64_t c = 0; c < g.c; ++c)
-          for (int64_t ky = 0; ky < g.k; ++ky)
-            for (int64_t kx = 0; kx < g.k; ++kx) {
-              const int64_t iy = oy * g.s - g.p + ky, ix = ox * g.s - g.p + kx;
-              if (iy < 0 || iy >= g.h || ix < 0 || ix >= g.w) continue;
-              dx[static_cast<size_t>(((i * g.c + c) * g.h + iy) * g.w + ix)] +=
-                  cols[static_cast<size_t>(((i * g.oh + oy) * g.ow + ox) * K + (c * g.k + ky) * g.k + kx)];
-            }
+  for_each_patch_entry(g, [&](size_t at, size_t from) { dx[from] += cols[at]; });
   return dx;
 }
 
