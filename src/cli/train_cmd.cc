@@ -100,7 +100,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option_function<std::string>(
          "--mask-kind", [&c](const std::string& s) { c.offload.mask_kind = parse_mask_kind(s); },
          "tempo mode: how the mask is drawn: dense (U·Vᵀ, r multiply-adds per entry) or kron (V's rows Kronecker "
-         "products on a secret grid, about √r per entry; docs/SECURITY.md)")
+         "products on a secret grid, about √r per entry, but weaker: an oracle FastICA attack separates it better; "
+         "docs/SECURITY.md)")
       ->default_str(mask_kind_name(OffloadConfig{}.mask_kind))
       ->check(CLI::IsMember({"dense", "kron"}));
   app.add_option("--row-mix", c.offload.row_mix,
