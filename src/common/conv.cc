@@ -149,45 +149,37 @@ double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int
 }
 #endif
 
+// Every (image, output row) task, in the fixed ranges of sum_in_pieces:
+// Σ v² the same for any number of threads.
 template <bool Sq>
-double im2col_pass(const ConvGeometry& g, const float* x, float* cols, int64_t pieces) {
-  // Tasks (image, output row) in `pieces` fixed ranges, each summed by one
-  // thread: Σ v² the same for any number of threads.
-  const int64_t tasks = g.n * g.oh;
-  constexpr int64_t kMaxPieces = 64;
-  double part[kMaxPieces] = {};
+double im2col_pass(const ConvGeometry& g, const float* x, float* cols) {
 #if defined(__AVX512F__)
   const bool gather = gathers(g, g.h * g.w);
 #endif
-  parallel_for(pieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      double s = 0;
-      for (int64_t t = tasks * c / pieces; t < tasks * (c + 1) / pieces; ++t) {
+  return sum_in_pieces(g.n * g.oh, [&](int64_t lo, int64_t hi) {
+    double s = 0;
+    for (int64_t t = lo; t < hi; ++t) {
 #if defined(__AVX512F__)
-        if (gather) {
-          s += im2col_row_gather<Sq>(g, x, cols, t);
-          continue;
-        }
-#endif
-        s += im2col_row<Sq>(g, x, cols, t);
+      if (gather) {
+        s += im2col_row_gather<Sq>(g, x, cols, t);
+        continue;
       }
-      part[c] = s;
+#endif
+      s += im2col_row<Sq>(g, x, cols, t);
     }
+    return s;
   });
-  double ss = 0;
-  for (int64_t c = 0; c < pieces; ++c) ss += part[c];
-  return ss;
 }
 }  // namespace
 
 // cols[(img·OH·OW + oy·OW + ox), (c·k + ky)·k + kx] = x[img, c, oy·s−p+ky, ox·s−p+kx]
 // (zero outside). One (image, output row) per task.
 void im2col(const ConvGeometry& g, const float* x, float* cols) {
-  im2col_pass<false>(g, x, cols, std::min<int64_t>(g.n * g.oh, 64));
+  im2col_pass<false>(g, x, cols);
 }
 
 double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols) {
-  return im2col_pass<true>(g, x, cols, 64);
+  return im2col_pass<true>(g, x, cols);
 }
 
 Col2imImage::Col2imImage(const ConvGeometry& g) : g_(g), stride_(g.h * g.w + 16) {

@@ -19,6 +19,12 @@ int hardware_threads();
 template <typename Fn>
 void parallel_for(int64_t n, Fn&& fn, int64_t min_per_thread = 1);
 
+// Σ fn(begin, end) (a double) over [0, n) cut into a fixed number of
+// ranges that do not depend on the thread count, run in parallel and added
+// in range order: the same sum for any number of threads.
+template <typename Fn>
+double sum_in_pieces(int64_t n, Fn&& fn);
+
 }  // namespace tempo
 
 #include <omp.h>
@@ -41,5 +47,20 @@ void parallel_for(int64_t n, Fn&& fn, int64_t min_per_thread) {
     int64_t b = n * id / t, e = n * (id + 1) / t;
     if (b < e) fn(b, e);
   }
+}
+
+template <typename Fn>
+double sum_in_pieces(int64_t n, Fn&& fn) {
+  constexpr int64_t kPieces = 64;
+  double part[kPieces];
+  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const int64_t b = n * c / kPieces, e = n * (c + 1) / kPieces;
+      part[c] = b < e ? fn(b, e) : 0.0;
+    }
+  });
+  double s = 0;
+  for (double p : part) s += p;
+  return s;
 }
 }  // namespace tempo

@@ -39,7 +39,7 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     const int id = p.id;
     const ColMix* col = col_.get();
     const AdditiveMask* mask = mask_in_pass ? mask_.get() : nullptr;
-    if (mask) mask_->prepare(p, p.a_sumsq >= 0 ? p.a_sumsq : sum_of_squares(p.a, p.m * p.k), *mask_ks);
+    if (mask) mask_->prepare(p, operand_sum_of_squares(p), *mask_ks);
     RowMix::After after;
     if (col || mask)
       after = [col, mask, id](float* const* rows, const int64_t* index, int64_t n) {

@@ -130,21 +130,16 @@ MaskKind g_default_kind = MaskKind::kDense;
 MaskKind default_mask_kind() { return g_default_kind; }
 
 double sum_of_squares(const float* a, int64_t n) {
-  constexpr int64_t kPieces = 64;
-  double part[kPieces];
-  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const float* x = a + n * c / kPieces;
-      const int64_t len = n * (c + 1) / kPieces - n * c / kPieces;
-      double s = 0;
+  return sum_in_pieces(n, [a](int64_t lo, int64_t hi) {
+    double s = 0;
 #pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < len; ++i) s += static_cast<double>(x[i]) * x[i];
-      part[c] = s;
-    }
+    for (int64_t i = lo; i < hi; ++i) s += static_cast<double>(a[i]) * a[i];
+    return s;
   });
-  double ss = 0;
-  for (double s : part) ss += s;
-  return ss;
+}
+
+double operand_sum_of_squares(const Product& p) {
+  return p.a_sumsq >= 0 ? p.a_sumsq : sum_of_squares(p.a, p.m * p.k);
 }
 void set_default_mask_kind(MaskKind k) { g_default_kind = k; }
 
@@ -299,9 +294,7 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   Entry& e = entries_[static_cast<size_t>(p.id)];
   const int64_t m = p.m, k = p.k;
   if (dst != p.a) parallel_copy(dst, p.a, static_cast<size_t>(m * k) * sizeof(float));
-  // A's sum of squares: the layer's, taken as it wrote A, where it did.
-  const double ss = p.a_sumsq >= 0 ? p.a_sumsq : sum_of_squares(p.a, m * k);
-  draw(e, p, ss, ks);
+  draw(e, p, operand_sum_of_squares(p), ks);
   e.q = p;
   if (e.kron) {
     parallel_for(m, [&](int64_t lo, int64_t hi) {
@@ -316,7 +309,6 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   } else {
     sgemm(false, false, m, k, e.r, 1.0f, e.u.data(), e.r, e.vt.data(), k, 1.0f, dst, k);
   }
-  e.q = p;
   e.q.a = dst;
   e.q.a_sumsq = -1;
   e.valid = true;

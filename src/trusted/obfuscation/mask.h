@@ -47,6 +47,9 @@ MaskKind default_mask_kind();
 // Σ a[i]² in double, in a fixed number of pieces summed in order: the same
 // for any number of threads (the mask's scale).
 double sum_of_squares(const float* a, int64_t n);
+// Σ a² of p's data operand: the layer's own (Product::a_sumsq, taken as it
+// wrote A) where it took it, else sum_of_squares.
+double operand_sum_of_squares(const Product& p);
 void set_default_mask_kind(MaskKind k);
 
 class AdditiveMask {
