@@ -5,6 +5,10 @@
 # library such a machine may lack (all but CUDA's, glibc and the loader),
 # plus gpu-check.sh to run there:
 #     bash gpu-bundle/gpu-check.sh [OUT_DIR]
+# `tempo` is built twice: for x86-64-v3 (AVX2, any recent x86 host) and,
+# as bin/tempo-v4, for x86-64-v4 (AVX-512, where the trusted side's im2col,
+# col2im and mixing kernels have their wide paths); gpu-check.sh runs the
+# second where the host's CPU has AVX-512. TEMPO_MARCH_WIDE= (empty) skips it.
 # TEMPO_CUDA=OFF builds without CUDA (to test the scripts here, with the CPU
 # backend standing in: GPU_CHECK_BACKEND=cpu bash gpu-bundle/gpu-check.sh).
 set -euo pipefail
@@ -16,15 +20,22 @@ out=${BUNDLE_DIR:-$root/gpu-bundle}
 cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DTEMPO_MARCH="${TEMPO_MARCH:-x86-64-v3}" \
   -DTEMPO_CUDA="${TEMPO_CUDA:-ON}" -DTEMPO_BUILD_TESTS=ON >/dev/null
 cmake --build "$build" -j"$(nproc)" --target tempo tempo_gpu_tests
+wide=${TEMPO_MARCH_WIDE-x86-64-v4}
+if [ -n "$wide" ]; then
+  cmake -S . -B "$build-wide" -DCMAKE_BUILD_TYPE=Release -DTEMPO_MARCH="$wide" \
+    -DTEMPO_CUDA="${TEMPO_CUDA:-ON}" -DTEMPO_BUILD_TESTS=OFF >/dev/null
+  cmake --build "$build-wide" -j"$(nproc)" --target tempo
+fi
 
 stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 t="$stage/tempo-gpu"
 mkdir -p "$t/bin" "$t/lib/fallback" "$t/bench" "$t/tests/py"
 cp "$build/tempo" "$build/tests/tempo_gpu_tests" "$t/bin/"
+[ -z "$wide" ] || cp "$build-wide/tempo" "$t/bin/tempo-v4"
 strip "$t/bin/"*
 cp bench/torch_step.py "$t/bench/"
-cp tests/py/tempo_models.py tests/py/safetensors_io.py "$t/tests/py/"
+cp tests/py/tempo_models.py tests/py/onnx_models.py tests/py/safetensors_io.py "$t/tests/py/"
 # Shared libraries: the GPU machine has CUDA and a C library of its own.
 ldd "$build/tempo" "$build/tests/tempo_gpu_tests" | awk '/=> \// {print $3}' | sort -u | while read -r lib; do
   name=$(basename "$lib")

@@ -40,20 +40,25 @@ if [ "$backend" = cuda ]; then
   done
 fi
 export LD_LIBRARY_PATH="$libs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export TEMPO_BINARY_PATH="$t/bin/tempo" TEMPO_TEST_BACKEND="$backend"
+# The AVX-512 build where the host has AVX-512 (x86-64-v4), else the AVX2 one.
+tempo="$t/bin/tempo"
+if [ -x "$t/bin/tempo-v4" ] && grep -qw avx512f /proc/cpuinfo && grep -qw avx512bw /proc/cpuinfo \
+  && grep -qw avx512dq /proc/cpuinfo && grep -qw avx512vl /proc/cpuinfo; then tempo="$t/bin/tempo-v4"; fi
+export TEMPO_BINARY_PATH="$tempo" TEMPO_TEST_BACKEND="$backend"
 log="$out/gpu-check.log"
 : > "$log"
 say() { echo "$@" | tee -a "$log"; }
 say "gpu-check: $(date -u +%FT%TZ), backend $backend, $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2-)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
-"$t/bin/tempo" --version | tee -a "$log" || { say "gpu-check: tempo does not start (missing library?)"; ldd "$t/bin/tempo" | grep "not found" | tee -a "$log"; exit 1; }
+say "gpu-check: $(basename "$tempo")"
+"$tempo" --version | tee -a "$log" || { say "gpu-check: tempo does not start (missing library?)"; ldd "$tempo" | grep "not found" | tee -a "$log"; exit 1; }
 
 status=0
 say "== (a, b) worker tests against the $backend backend"
 (cd "$work" && timeout "${GPU_CHECK_TEST_TIMEOUT:-300}" "$t/bin/tempo_gpu_tests" 2>&1) | tee -a "$log" | grep -E "^\[|backend under test|x .* x|conv n|tf32|mode, 20 steps" ; [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 say "== (c) step times"
-timeout "${GPU_CHECK_BENCH_TIMEOUT:-420}" "$t/bin/tempo" bench --suite gpu --backend "$backend" --models "${GPU_CHECK_MODELS:-resnet18:128,cnn:256}" --steps "${GPU_CHECK_STEPS:-3}" \
+timeout "${GPU_CHECK_BENCH_TIMEOUT:-420}" "$tempo" bench --suite gpu --backend "$backend" --models "${GPU_CHECK_MODELS:-resnet18:128,cnn:256}" --steps "${GPU_CHECK_STEPS:-3}" \
   --python "$py" --source-dir "$t" --table "$out/gpu-table.md" 2>>"$log" | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 # (e) The main job on a GPU: tempo-mode training of `cnn` through a `tempo worker --backend cuda` process on
@@ -61,12 +66,12 @@ timeout "${GPU_CHECK_BENCH_TIMEOUT:-420}" "$t/bin/tempo" bench --suite gpu --bac
 if [ -n "${GPU_CHECK_DATA:-}" ]; then
   say "== (e) tempo train --model cnn --epochs ${GPU_CHECK_EPOCHS:-3} through a remote $backend worker"
   head -c 32 /dev/urandom | base64 > "$work/token"
-  "$t/bin/tempo" worker --listen 127.0.0.1:0 --port-file "$work/port" --token-file "$work/token" \
+  "$tempo" worker --listen 127.0.0.1:0 --port-file "$work/port" --token-file "$work/token" \
     --backend "$backend" 2>"$out/worker.log" &
   wpid=$!
   for _ in $(seq 100); do [ -s "$work/port" ] && break; sleep 0.1; done
   start=$SECONDS
-  timeout "${GPU_CHECK_TRAIN_TIMEOUT:-240}" "$t/bin/tempo" train --model cnn --data "fashion-mnist:$GPU_CHECK_DATA" \
+  timeout "${GPU_CHECK_TRAIN_TIMEOUT:-240}" "$tempo" train --model cnn --data "fashion-mnist:$GPU_CHECK_DATA" \
     --mode tempo --workers "127.0.0.1:$(cat "$work/port")" --token-file "$work/token" \
     --epochs "${GPU_CHECK_EPOCHS:-3}" ${GPU_CHECK_TRAIN_STEPS:+--steps "$GPU_CHECK_TRAIN_STEPS"} --metrics "$out/train-metrics.jsonl" 2>&1 | tee -a "$log" | tail -n 4
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
@@ -78,7 +83,7 @@ fi
 # machine's cores.
 if [ -n "${GPU_CHECK_TRANSFER:-}" ]; then
   say "== (f) tempo bench --suite transfer"
-  timeout 120 "$t/bin/tempo" bench --suite transfer --threads "$(nproc)" 2>&1 | tee -a "$log"
+  timeout 120 "$tempo" bench --suite transfer --threads "$(nproc)" 2>&1 | tee -a "$log"
 fi
 
 say "gpu-check: table in $out/gpu-table.md, log in $log, status $status"
