@@ -3,9 +3,11 @@
 // the bandwidth reference. Sizes are those of `cnn` batch 64 (conv2).
 #include <benchmark/benchmark.h>
 
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 
+#include "common/blas.h"
 #include "common/conv.h"
 #include "common/parallel.h"
 #include "trusted/obfuscation/blinding.h"
@@ -159,6 +161,25 @@ void BM_BlindingApply(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * m * k);
 }
 
+// The dense mask's two big products on resnet18 batch 32's layer 1
+// (m = 32768, k = 576, n = 64, rank 64), in isolation: A += U·Vᵀ (range(0)
+// 0, m×k×r), and the weight gradient's correction dCᵀ·U (1, n×r over m).
+void BM_MaskProducts(benchmark::State& st) {
+  const int64_t m = 32768, k = 576, n = 64, r = 64;
+  std::vector<float> a(static_cast<size_t>(m * k), 1.0f), u(static_cast<size_t>(m * r), 0.5f);
+  std::vector<float> vt(static_cast<size_t>(r * k), 0.25f), dc(static_cast<size_t>(m * n), 0.5f);
+  std::vector<float> thin(static_cast<size_t>(n * r));
+  for (auto _ : st) {
+    if (st.range(0) == 0)
+      sgemm(false, false, m, k, r, 1.0f, u.data(), r, vt.data(), k, 1.0f, a.data(), k);
+    else
+      sgemm(true, false, n, r, m, 1.0f, dc.data(), n, u.data(), r, 0.0f, thin.data(), r);
+    benchmark::DoNotOptimize(a.data());
+    benchmark::DoNotOptimize(thin.data());
+  }
+  st.SetItemsProcessed(st.iterations() * 2 * r * (st.range(0) == 0 ? m * k : m * n));  // flops
+}
+
 // im2col and its adjoint on resnet18's 3×3 convolutions at batch 32
 // (argument: 0 layer 1, 64 channels of 32×32; 1 layer 3, 256 of 8×8;
 // 2 layer 2's strided first one, 64 channels of 32×32 to 16×16); bytes:
@@ -195,6 +216,7 @@ BENCHMARK(BM_Copy)->UseRealTime();
 BENCHMARK(BM_Im2col)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_Col2im)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_BlindingApply)->ArgsProduct({{0, 1}, {0, 1, 2}})->UseRealTime();
+BENCHMARK(BM_MaskProducts)->DenseRange(0, 1)->UseRealTime();
 BENCHMARK(BM_ColMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_ColUnmix)->UseRealTime();
 BENCHMARK(BM_RowMixDrawAndMix)->UseRealTime();
@@ -207,4 +229,13 @@ BENCHMARK(BM_Freivalds)->UseRealTime();
 }  // namespace
 }  // namespace tempo
 
-BENCHMARK_MAIN();
+// TEMPO_THREADS=N: the benchmarks on N threads (ours and BLAS's); unset, all cores.
+int main(int argc, char** argv) {
+  const char* t = std::getenv("TEMPO_THREADS");
+  tempo::set_num_threads(t && *t ? std::atoi(t) : 0);
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/blas.h"
+#include "common/parallel.h"
 #include "common/error.h"
 #include "trusted/rng.h"
 #include "trusted/obfuscation/col_mix.h"
@@ -112,6 +113,30 @@ double max_rel(const std::vector<float>& x, const std::vector<float>& y) {
   double e = 0, mx = 0;
   for (size_t i = 0; i < x.size(); ++i) e = std::max(e, std::fabs(double(x[i]) - y[i])), mx = std::max(mx, std::fabs(double(y[i])));
   return e / mx;
+}
+
+// The weight gradient's correction sums dCᵀ·U over row ranges fixed in
+// advance, on every thread: it still removes the mask, and gives the same
+// bits on 1 and 2 threads.
+TEST(AdditiveMask, WeightCorrectionInPiecesIsExactAndThreadIndependent) {
+  const int64_t m = 5000, k = 40, n = 12;  // m/256 > 16: the full 16 pieces, of unequal sizes
+  MaskCase mc(m, k, n, 6, 2);
+  const int before = num_threads();
+  std::vector<std::vector<float>> got;
+  for (int threads : {1, 2}) {
+    set_num_threads(threads);
+    AdditiveMask mask(8);
+    KeyStream ks(secret_from_seed(13), 0);
+    const Product& q = mask.apply(mc.p, ks);
+    std::vector<float> dw(n * k), correction(n * k, 0.0f);
+    sgemm(true, false, n, k, m, 1.0f, mc.dc.data(), n, q.a, k, 0.0f, dw.data(), k);
+    mask.unmask_weight(q, mc.dc.data(), dw.data());
+    EXPECT_LT(max_rel(dw, mc.dw0), 1e-5) << threads << " threads";
+    mask.unmask_weight(q, mc.dc.data(), correction.data());  // −(dCᵀ·U)·Vᵀ alone
+    got.push_back(correction);
+  }
+  set_num_threads(before);
+  EXPECT_EQ(0, std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float)));
 }
 
 TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {

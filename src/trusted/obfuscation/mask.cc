@@ -347,10 +347,27 @@ void AdditiveMask::unmask_forward(const Product& p, float* c) {
 void AdditiveMask::unmask_weight(const Product& p, const float* dc, float* dw) {
   const Entry* e = find(p.id);
   TEMPO_CHECK(e, "unmask of a product that was not masked: " + p.name);
-  const int64_t r = e->r;
-  thin_.resize(static_cast<size_t>(p.n * r));
-  sgemm(true, false, p.n, r, p.m, 1.0f, dc, p.n, e->u.data(), r, 0.0f, thin_.data(), r);          // dCᵀ·U
-  sgemm(false, false, p.n, p.k, r, -1.0f, thin_.data(), r, e->vt.data(), p.k, 1.0f, dw, p.k);    // −(dCᵀ·U)·Vᵀ
+  const int64_t r = e->r, nr = p.n * r;
+  // dCᵀ·U (n×r) sums over all m rows: BLAS splits only its small n×r
+  // result over threads, so the sum runs on few. Instead, kPieces fixed
+  // row ranges, each one product on its own thread, added in order: the
+  // same bits for any thread count.
+  constexpr int64_t kPieces = 16;
+  const int64_t pieces = std::min<int64_t>(kPieces, std::max<int64_t>(1, p.m / 256));
+  thin_.resize(static_cast<size_t>(pieces * nr));
+  parallel_for(pieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) {
+      const int64_t r0 = p.m * c / pieces, r1 = p.m * (c + 1) / pieces;
+      sgemm(true, false, p.n, r, r1 - r0, 1.0f, dc + r0 * p.n, p.n, e->u.data() + r0 * r, r, 0.0f,
+            thin_.data() + c * nr, r);  // dC[r0:r1]ᵀ·U[r0:r1]
+    }
+  });
+  float* sum = thin_.data();
+  for (int64_t c = 1; c < pieces; ++c) {
+    const float* part = thin_.data() + c * nr;
+    for (int64_t i = 0; i < nr; ++i) sum[i] += part[i];
+  }
+  sgemm(false, false, p.n, p.k, r, -1.0f, sum, r, e->vt.data(), p.k, 1.0f, dw, p.k);  // −(dCᵀ·U)·Vᵀ
 }
 
 }  // namespace tempo

@@ -104,7 +104,7 @@ class AdditiveMask {
   float magnitude_;
   MaskKind kind_;
   std::vector<Entry> entries_;
-  std::vector<float> thin_;      // n×r: W·V or dCᵀ·U
+  std::vector<float> thin_;      // n×r: W·V, or dCᵀ·U in pieces
 };
 
 }  // namespace tempo
