@@ -180,6 +180,22 @@ void BM_MaskProducts(benchmark::State& st) {
   st.SetItemsProcessed(st.iterations() * 2 * r * (st.range(0) == 0 ? m * k : m * n));  // flops
 }
 
+// The whole weight-gradient correction, −(dCᵀ·U)·Vᵀ, as the mask takes it
+// (dCᵀ·U in fixed row ranges on every thread), on the same layer: compare
+// with BM_MaskProducts/1, BLAS's one product dCᵀ·U.
+void BM_MaskWeightCorrection(benchmark::State& st) {
+  const int64_t m = 32768, k = 576, n = 64;
+  std::vector<float> a(static_cast<size_t>(m * k), 1.0f), w(static_cast<size_t>(n * k), 0.5f);
+  std::vector<float> dc(static_cast<size_t>(m * n), 0.5f), dw(static_cast<size_t>(n * k));
+  AdditiveMask mask(64);
+  KeyStream ks = Obfuscator(random_secret(), 4.0).stream();
+  const Product& q = mask.apply(Product{0, "a", a.data(), w.data(), m, k, n}, ks);
+  for (auto _ : st) {
+    mask.unmask_weight(q, dc.data(), dw.data());
+    benchmark::DoNotOptimize(dw.data());
+  }
+}
+
 // im2col and its adjoint on resnet18's 3×3 convolutions at batch 32
 // (argument: 0 layer 1, 64 channels of 32×32; 1 layer 3, 256 of 8×8;
 // 2 layer 2's strided first one, 64 channels of 32×32 to 16×16); bytes:
@@ -217,6 +233,7 @@ BENCHMARK(BM_Im2col)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_Col2im)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_BlindingApply)->ArgsProduct({{0, 1}, {0, 1, 2}})->UseRealTime();
 BENCHMARK(BM_MaskProducts)->DenseRange(0, 1)->UseRealTime();
+BENCHMARK(BM_MaskWeightCorrection)->UseRealTime();
 BENCHMARK(BM_ColMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_ColUnmix)->UseRealTime();
 BENCHMARK(BM_RowMixDrawAndMix)->UseRealTime();
