@@ -9,7 +9,8 @@
 #   (c) the table: tempo with a CUDA worker (im2col and channel mode) against
 #       tee-only on one core and on all cores, offload, PyTorch's own GPU
 #       step and its CPU step on all cores, for resnet18 batch 128 and cnn
-#       batch 256, with the floors; and P9's two targets (default tempo ≥ 3×
+#       batch 256, with the floors and the master's share (master ms: the step
+#       minus the worker's compute and the transfers); and P9's two targets (default tempo ≥ 3×
 #       faster than PyTorch's CPU step on all cores; the hardenings ≤ 1.2×
 #       the unhardened step);
 #   (d) writes everything to OUT_DIR (default $OUT, else ./gpu-check-out);
