@@ -10,6 +10,7 @@
 #include "common/parallel.h"
 #include "common/error.h"
 #include "trusted/rng.h"
+#include "trusted/obfuscation/blinding.h"
 #include "trusted/obfuscation/col_mix.h"
 #include "trusted/obfuscation/keys.h"
 #include "trusted/obfuscation/mask.h"
@@ -137,6 +138,31 @@ TEST(AdditiveMask, WeightCorrectionInPiecesIsExactAndThreadIndependent) {
   }
   set_num_threads(before);
   EXPECT_EQ(0, std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float)));
+}
+
+// The blinding's part timings (what `tempo bench` prints): each part that
+// ran is counted, the mask's draw and product within the forward blinding,
+// and taking them resets them.
+TEST(Blinding, TimesItsPartsAndResetsWhenTaken) {
+  const int64_t m = 4096, k = 72, n = 16;
+  MaskCase mc(m, k, n, 8, 0);
+  Blinding b(8, 16, 1.0f, 8);
+  Obfuscator obf(secret_from_seed(4), 4.0);
+  const Product& q = b.apply(mc.p, obf);
+  std::vector<float> c(m * n), c_sent(m * n), da(m * k), da_sent(m * k, 1.0f), dw(n * k, 1.0f);
+  sgemm(false, true, m, n, k, 1.0f, q.a, k, q.w, k, 0.0f, c_sent.data(), n);
+  const float* g = b.gradient(q, mc.dc.data());
+  b.finish_forward(q, c_sent.data(), c.data());
+  b.finish_input(q, da_sent.data(), da.data());
+  b.finish_weight(q, g, dw.data());
+  const BlindingSeconds t = b.take_seconds();
+  for (double part : {t.forward, t.mask_draw, t.mask_product, t.result, t.weight, t.gradient, t.input})
+    EXPECT_GT(part, 0.0);
+  EXPECT_GE(t.forward, t.mask_draw + t.mask_product);
+  EXPECT_LT(max_rel(c, mc.c0), 1e-4) << "the timed path still undoes the blinding";
+  const BlindingSeconds z = b.take_seconds();
+  for (double part : {z.forward, z.mask_draw, z.mask_product, z.result, z.weight, z.gradient, z.input})
+    EXPECT_EQ(part, 0.0);
 }
 
 TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {

@@ -55,6 +55,7 @@ double median(std::vector<double> v) {
 struct StepTiming {
   double median_ms = 0;
   PhaseSeconds phases;       // mean per step
+  BlindingSeconds blinding;  // mean per step
   double trusted_mb = 0;     // trusted-side memory traffic per step (offloading modes)
   double moved_mb = 0;       // bytes to and from workers per step
 };
@@ -91,8 +92,13 @@ class StepRunner {
       auto t = std::chrono::steady_clock::now();
       step_.run(x_, y_, 0.01);
       const PhaseSeconds ph = ctx_.offload->take_phase_seconds();
+      const BlindingSeconds bl = backend_ ? backend_->take_blinding_seconds() : BlindingSeconds{};
       if (warmed_++ < warmup) continue;
       times_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
+      for (auto [sum, part] : {std::pair{&blind_.forward, bl.forward}, {&blind_.mask_draw, bl.mask_draw},
+                               {&blind_.mask_product, bl.mask_product}, {&blind_.result, bl.result},
+                               {&blind_.weight, bl.weight}, {&blind_.gradient, bl.gradient}, {&blind_.input, bl.input}})
+        *sum += part;
       sum_.encrypt += ph.encrypt;
       sum_.transfer += ph.transfer;
       sum_.worker += ph.worker;
@@ -109,6 +115,8 @@ class StepRunner {
     const double n = std::max<double>(1, static_cast<double>(times_.size()));
     r.median_ms = median(times_);
     r.phases = {sum_.encrypt / n, sum_.transfer / n, sum_.worker / n, sum_.decrypt / n, sum_.verify / n};
+    r.blinding = {blind_.forward / n, blind_.mask_draw / n, blind_.mask_product / n, blind_.result / n,
+                  blind_.weight / n,  blind_.gradient / n,  blind_.input / n};
     r.trusted_mb = static_cast<double>(bytes_) / n / 1e6;
     r.moved_mb = static_cast<double>(moved_) / n / 1e6;
     return r;
@@ -126,6 +134,7 @@ class StepRunner {
   std::vector<int64_t> y_;
   std::vector<double> times_;
   PhaseSeconds sum_;
+  BlindingSeconds blind_;
   int64_t bytes_ = 0, moved_ = 0;
   int warmed_ = 0, threads_ = 0;
 };
@@ -244,6 +253,25 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
                   "-", "-", "-", "-", "-", "-", torch_ms, "-");
       std::fflush(stdout);
     }
+    // Where the hardenings' share of the master goes (within encrypt and decrypt above).
+    bool header = false;
+    for (size_t i = 0; i < runners.size(); ++i) {
+      const BlindingSeconds b = runners[i]->result().blinding;
+      const double total = b.forward + b.result + b.weight + b.gradient + b.input;
+      if (total <= 0) continue;
+      if (!header) {
+        std::printf("the blinding's parts, ms/step (forward: mixing and masking A, of which drawing U and V and "
+                    "adding U·Vᵀ; result, weight: undoing them on C and dW; gradient: mixing dC; input: undoing "
+                    "them on dA)\n%-9s %5s %-26s %9s %9s %9s %9s %9s %9s %9s %9s\n",
+                    "model", "batch", "configuration", "forward", "draw", "add mask", "result", "weight",
+                    "gradient", "input", "total");
+        header = true;
+      }
+      std::printf("%-9s %5lld %-26s %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f %9.1f\n", c.model.c_str(),
+                  static_cast<long long>(c.batch), configs[i].label.c_str(), b.forward * 1e3, b.mask_draw * 1e3,
+                  b.mask_product * 1e3, b.result * 1e3, b.weight * 1e3, b.gradient * 1e3, b.input * 1e3, total * 1e3);
+    }
+    std::fflush(stdout);
   }
   return 0;
 }

@@ -5,6 +5,7 @@
 
 #include "common/error.h"
 #include "common/parallel.h"
+#include "common/timer.h"
 
 namespace tempo {
 
@@ -15,6 +16,7 @@ Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix
 }
 
 const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
+  ScopeSeconds timed(secs_.forward);
   if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
   Sent& s = sent_[static_cast<size_t>(p.id)];
   const Product* q = &p;
@@ -77,12 +79,14 @@ const Product& Blinding::sent(const Product& p) const {
 
 const float* Blinding::gradient(const Product& q, const float* dc) {
   if (!mix_) return dc;
+  ScopeSeconds timed(secs_.gradient);
   if (dc_.size() < static_cast<size_t>(q.m * q.n)) dc_.resize(static_cast<size_t>(q.m * q.n));
   mix_->mix(q.id, dc, q.n, dc_.data());
   return dc_.data();
 }
 
 void Blinding::finish_forward(const Product& q, float* c_sent, float* c) {
+  ScopeSeconds timed(secs_.result);
   if (mask_) mask_->unmask_forward(q, c_sent);  // the mask was added to the mixed rows
   if (mix_) mix_->unmix(q.id, c_sent, q.n, c);
   else if (c != c_sent) std::copy(c_sent, c_sent + q.m * q.n, c);
@@ -92,6 +96,7 @@ void Blinding::finish_forward(const Product& q, float* c_sent, float* c) {
 // with both, each group's rows are unmixed by columns as soon as the row
 // pass has written them.
 void Blinding::finish_input(const Product& q, const float* da_sent, float* da) const {
+  ScopeSeconds timed(secs_.input);
   const ColMix* col = col_.get();
   const int id = q.id;
   if (mix_)
@@ -106,6 +111,7 @@ void Blinding::finish_input(const Product& q, const float* da_sent, float* da) c
 
 void Blinding::decrypt_input(const Product& q, const float* z, const ScaledPerm& r, const ScaledPerm& c,
                              const double* dot_r, double* dot_out, int dot_rounds, float* da) const {
+  ScopeSeconds timed(secs_.input);
   TEMPO_CHECK(mix_, "fused decryption of an input gradient needs row mixing");
   const ColMix* col = col_.get();
   const int id = q.id;
@@ -120,8 +126,20 @@ void Blinding::decrypt_input(const Product& q, const float* z, const ScaledPerm&
 }
 
 void Blinding::finish_weight(const Product& q, const float* g, float* dw) {
+  ScopeSeconds timed(secs_.weight);
   if (mask_) mask_->unmask_weight(q, g, dw);  // (M·dC)ᵀ·(M·A·Gᵀ) = dCᵀ·A·Gᵀ: no rows to unmix
   if (col_) col_->unmix(q.id, dw, q.n, dw);
+}
+
+BlindingSeconds Blinding::take_seconds() {
+  BlindingSeconds out = secs_;
+  if (mask_) {
+    const AdditiveMask::Seconds m = mask_->take_seconds();
+    out.mask_draw = m.draw;
+    out.mask_product = m.product;
+  }
+  secs_ = {};
+  return out;
 }
 
 }  // namespace tempo

@@ -19,6 +19,19 @@
 
 namespace tempo {
 
+// Seconds the blinding spent on the master, by part, since the last
+// take_seconds(): where the hardenings' cost goes (`tempo bench --suite
+// hardening` prints it per configuration).
+struct BlindingSeconds {
+  double forward = 0;       // apply(): the mixings and the mask, all of it
+  double mask_draw = 0;     //   of which drawing U and V
+  double mask_product = 0;  //   and adding U·Vᵀ outside the mixing pass (the dense mask's m×k×r product)
+  double result = 0;        // finish_forward(): the mask's correction of C and its unmixing
+  double weight = 0;        // finish_weight(): the mask's correction of dW and its column unmixing
+  double gradient = 0;      // gradient(): the row mixing of dC
+  double input = 0;         // finish_input(), decrypt_input(): dA's unmixing (with its decryption, fused)
+};
+
 class Blinding {
  public:
   Blinding(int row_mix, int mask_rank, float mask_magnitude = 1.0f, int col_mix = 0,
@@ -55,6 +68,8 @@ class Blinding {
   bool fuses_input() const { return mix_ != nullptr; }
   void decrypt_input(const Product& q, const float* z, const ScaledPerm& r, const ScaledPerm& c,
                      const double* dot_r, double* dot_out, int dot_rounds, float* da) const;
+  // The seconds spent since the last call, by part; resets them.
+  BlindingSeconds take_seconds();
 
  private:
   struct Sent {  // per product id: the product as last sent, and the column mixing's buffers
@@ -67,6 +82,7 @@ class Blinding {
   std::unique_ptr<AdditiveMask> mask_;
   std::deque<Sent> sent_;  // a deque: growing it keeps references to the products as sent
   std::vector<float> dc_;
+  mutable BlindingSeconds secs_;  // mask_draw and mask_product: the mask's own, added in take_seconds()
 };
 
 }  // namespace tempo

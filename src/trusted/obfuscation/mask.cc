@@ -12,6 +12,7 @@
 #include "common/copy.h"
 #include "common/error.h"
 #include "common/parallel.h"
+#include "common/timer.h"
 
 namespace tempo {
 
@@ -189,6 +190,7 @@ const Product& AdditiveMask::bind(const Product& q) {
 }
 
 void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks) {
+  ScopeSeconds timed(secs_.draw);
   const int64_t m = p.m, k = p.k;
   const int64_t side = std::min(m, k);
   e.r = side <= 2 * int64_t{rank_} ? side : rank_;
@@ -296,6 +298,7 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   if (dst != p.a) parallel_copy(dst, p.a, static_cast<size_t>(m * k) * sizeof(float));
   draw(e, p, operand_sum_of_squares(p), ks);
   e.q = p;
+  ScopeSeconds timed(secs_.product);
   if (e.kron) {
     parallel_for(m, [&](int64_t lo, int64_t hi) {
       float* rows[64];

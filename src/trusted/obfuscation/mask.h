@@ -56,6 +56,16 @@ class AdditiveMask {
  public:
   explicit AdditiveMask(int rank, float magnitude = 1.0f, MaskKind kind = default_mask_kind());
   MaskKind kind() const { return kind_; }
+  // Seconds spent drawing U and V, and adding U·Vᵀ outside a mixing pass
+  // (apply, apply_in_place), since the last call; resets them.
+  struct Seconds {
+    double draw = 0, product = 0;
+  };
+  Seconds take_seconds() {
+    const Seconds s = secs_;
+    secs_ = {};
+    return s;
+  }
   // p with `a` replaced by A + U·Vᵀ (fresh U, V drawn from ks); it stays
   // valid until the next apply() for the same p.id. The rank used is
   // rank, or min(m, k) (full) where that is at most twice the rank: a small
@@ -104,6 +114,7 @@ class AdditiveMask {
   float magnitude_;
   MaskKind kind_;
   std::vector<Entry> entries_;
+  Seconds secs_;
   std::vector<float> thin_;      // n×r: W·V, or dCᵀ·U in pieces
 };
 

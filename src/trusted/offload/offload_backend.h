@@ -96,6 +96,8 @@ class OffloadBackend final : public LinearBackend {
   void batched_backward(const BatchedProduct& p, const float* dc, float* dw, float* da) override;
   void end_step() override;
   PhaseSeconds take_phase_seconds() override;
+  // The blinding's seconds by part since the last call (zeros without one); resets them.
+  BlindingSeconds take_blinding_seconds() { return blind_ ? blind_->take_seconds() : BlindingSeconds{}; }
   uint64_t key_position() const override { return obf_->streams_used(); }
   void set_key_position(uint64_t p) override { obf_->set_streams_used(p); }
 

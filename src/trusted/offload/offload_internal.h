@@ -5,25 +5,16 @@
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <utility>
 #include <vector>
 
+#include "common/timer.h"
+
 namespace tempo::offload_detail {
 
-using Clock = std::chrono::steady_clock;
-
 // Adds the seconds of its lifetime to a phase counter.
-class PhaseTimer {
- public:
-  explicit PhaseTimer(double& acc) : acc_(acc), t0_(Clock::now()) {}
-  ~PhaseTimer() { acc_ += std::chrono::duration<double>(Clock::now() - t0_).count(); }
-
- private:
-  double& acc_;
-  Clock::time_point t0_;
-};
+using PhaseTimer = ScopeSeconds;
 
 // Equal contiguous row shares, a function of m and the worker count only.
 inline std::vector<std::pair<int64_t, int64_t>> split_rows(int64_t m, size_t parts) {
