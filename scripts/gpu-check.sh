@@ -16,7 +16,10 @@
 #   (d) writes everything to OUT_DIR (default $OUT, else ./gpu-check-out);
 #   (e) with GPU_CHECK_DATA=DIR (Fashion-MNIST's four .gz files): the main
 #       job, tempo-mode training of `cnn` through a remote CUDA worker;
-#   (f) with GPU_CHECK_TRANSFER=1: loopback transfer throughput.
+#   (f) with GPU_CHECK_TRANSFER=1: loopback transfer throughput;
+#   (g) the hardening suite (each of the mask, row and column mixing alone and
+#       together) with the worker on the GPU, and the blinding's parts per
+#       step: where the master's time goes (GPU_CHECK_HARDENING=0 skips it).
 # GPU_CHECK_BACKEND=cpu lets the CPU stand in (to test this script without a GPU).
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -62,6 +65,14 @@ say "== (c) step times"
 timeout "${GPU_CHECK_BENCH_TIMEOUT:-420}" "$tempo" bench --suite gpu --backend "$backend" --models "${GPU_CHECK_MODELS:-resnet18:128,cnn:256}" --steps "${GPU_CHECK_STEPS:-3}" \
   --python "$py" --source-dir "$t" --table "$out/gpu-table.md" 2>>"$log" | tee -a "$log"
 [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+# (g) Where the hardenings' cost goes on this master (GPU_CHECK_HARDENING=0 skips it): the hardening suite
+# with its workers on the GPU, on all cores, with the blinding's parts per step under the table.
+if [ "${GPU_CHECK_HARDENING:-1}" != 0 ]; then
+  say "== (g) tempo bench --suite hardening, workers on $backend, $(nproc) threads"
+  timeout "${GPU_CHECK_HARDENING_TIMEOUT:-240}" "$tempo" bench --suite hardening --backend "$backend" \
+    --models "${GPU_CHECK_HARDENING_MODELS:-resnet18:128}" --threads "$(nproc)" --steps 3 --no-torch 2>&1 | tee -a "$log"
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 # (e) The main job on a GPU: tempo-mode training of `cnn` through a `tempo worker --backend cuda` process on
 # loopback (gRPC), with the default flags; needs Fashion-MNIST (GPU_CHECK_DATA=DIR of the four .gz files).
 if [ -n "${GPU_CHECK_DATA:-}" ]; then

@@ -225,7 +225,9 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
         oc.row_mix = conf.row_mix;
         oc.col_mix = conf.col_mix;
         oc.mask_kind = conf.mask_kind;
-        be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers), random_secret());
+        RemoteOptions ro;
+        ro.local_backend = cfg.backend;  // what "local:N" workers compute on
+        be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers, ro), random_secret());
       }
       runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
       runners.back()->run(2, 2);
@@ -790,7 +792,8 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "(--models entries may be onnx:NAME:BATCH for a model of tests/py/onnx_models.py read from ONNX)")
       ->capture_default_str()
       ->check(CLI::IsMember({"torch", "modes", "hardening", "remote", "transfer", "gpu", "confidential", "inference"}));
-  app.add_option("--backend", c.backend, "Worker backend of the gpu suite: cuda | cpu (cpu stands in for tests)")
+  app.add_option("--backend", c.backend, "Backend of the in-process (local:N) workers: cuda | cpu. gpu suite: the worker under test "
+                 "(cpu stands in for tests); modes and hardening: where their workers compute")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--table", c.table, "gpu suite: also write the table (markdown) to this file");
