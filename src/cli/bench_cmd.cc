@@ -58,6 +58,9 @@ struct StepTiming {
   BlindingSeconds blinding;  // mean per step
   double trusted_mb = 0;     // trusted-side memory traffic per step (offloading modes)
   double moved_mb = 0;       // bytes to and from workers per step
+  // The master's share: the step minus the worker's compute and the
+  // transfers it waits for (what an infinitely fast worker and link leave).
+  double master_ms() const { return std::max(0.0, median_ms - (phases.worker + phases.transfer) * 1e3); }
 };
 
 // One configuration's training loop on fixed random data, run in slices so
@@ -95,10 +98,7 @@ class StepRunner {
       const BlindingSeconds bl = backend_ ? backend_->take_blinding_seconds() : BlindingSeconds{};
       if (warmed_++ < warmup) continue;
       times_.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t).count());
-      for (auto [sum, part] : {std::pair{&blind_.forward, bl.forward}, {&blind_.mask_draw, bl.mask_draw},
-                               {&blind_.mask_product, bl.mask_product}, {&blind_.result, bl.result},
-                               {&blind_.weight, bl.weight}, {&blind_.gradient, bl.gradient}, {&blind_.input, bl.input}})
-        *sum += part;
+      blind_ += bl;
       sum_.encrypt += ph.encrypt;
       sum_.transfer += ph.transfer;
       sum_.worker += ph.worker;
@@ -115,8 +115,7 @@ class StepRunner {
     const double n = std::max<double>(1, static_cast<double>(times_.size()));
     r.median_ms = median(times_);
     r.phases = {sum_.encrypt / n, sum_.transfer / n, sum_.worker / n, sum_.decrypt / n, sum_.verify / n};
-    r.blinding = {blind_.forward / n, blind_.mask_draw / n, blind_.mask_product / n, blind_.result / n,
-                  blind_.weight / n,  blind_.gradient / n,  blind_.input / n};
+    r.blinding = blind_ / n;
     r.trusted_mb = static_cast<double>(bytes_) / n / 1e6;
     r.moved_mb = static_cast<double>(moved_) / n / 1e6;
     return r;
@@ -240,7 +239,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
       const StepTiming t = runners[i]->result();
       if (i == 0) tee_ms = t.median_ms;
       const double ms = 1e3;
-      const double master = std::max(0.0, t.median_ms - (t.phases.worker + t.phases.transfer) * ms);
+      const double master = t.master_ms();
       std::printf("%-9s %5lld %-26s %9.1f %7.2f %8.1f %8.1f %8.1f %8.1f %8.1f %9.1f %9.1f %9.1f %8.2f\n",
                   c.model.c_str(), static_cast<long long>(c.batch), configs[i].label.c_str(), t.median_ms,
                   t.median_ms / tee_ms, t.phases.encrypt * ms, t.phases.transfer * ms, t.phases.worker * ms,
@@ -259,7 +258,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
     bool header = false;
     for (size_t i = 0; i < runners.size(); ++i) {
       const BlindingSeconds b = runners[i]->result().blinding;
-      const double total = b.forward + b.result + b.weight + b.gradient + b.input;
+      const double total = b.total();
       if (total <= 0) continue;
       if (!header) {
         std::printf("the blinding's parts, ms/step (forward: mixing and masking A, of which drawing U and V and "
@@ -694,8 +693,7 @@ int run_gpu(const BenchConfig& cfg) {
     double im2col_ms = 0, channel_ms = 0, bare_ms = 0, im2col_master_ms = 0;
     for (size_t i = 0; i < rows.size(); ++i) {
       const StepTiming t = runners[i]->result();
-      // The master's share: the step minus the worker's compute and the transfers it waits for.
-      const double master_ms = std::max(0.0, t.median_ms - (t.phases.worker + t.phases.transfer) * 1e3);
+      const double master_ms = t.master_ms();
       if (rows[i].label == "tempo, im2col") im2col_ms = t.median_ms, im2col_master_ms = master_ms;
       if (!rows[i].hardened) bare_ms = t.median_ms;
       if (rows[i].label == "tempo, channel") channel_ms = t.median_ms;

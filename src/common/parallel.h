@@ -3,7 +3,9 @@
 // bitwise result, is a function of the thread count alone.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 namespace tempo {
 
@@ -24,6 +26,14 @@ void parallel_for(int64_t n, Fn&& fn, int64_t min_per_thread = 1);
 // in range order: the same sum for any number of threads.
 template <typename Fn>
 double sum_in_pieces(int64_t n, Fn&& fn);
+
+// The same for sums of vectors: [0, n) cut into `pieces` fixed ranges;
+// fn(begin, end, part) adds its range's terms into part (len values, zero
+// at the start), the ranges run in parallel; the parts are then added in
+// range order into parts[0, len), which is returned. parts is the caller's
+// scratch (pieces·len values; no allocation once it has grown).
+template <typename T, typename Fn>
+const T* sum_vectors_in_pieces(int64_t n, int64_t pieces, size_t len, std::vector<T>& parts, Fn&& fn);
 
 }  // namespace tempo
 
@@ -62,5 +72,19 @@ double sum_in_pieces(int64_t n, Fn&& fn) {
   double s = 0;
   for (double p : part) s += p;
   return s;
+}
+
+template <typename T, typename Fn>
+const T* sum_vectors_in_pieces(int64_t n, int64_t pieces, size_t len, std::vector<T>& parts, Fn&& fn) {
+  parts.assign(static_cast<size_t>(pieces) * len, T{0});
+  parallel_for(pieces, [&](int64_t lo, int64_t hi) {
+    for (int64_t c = lo; c < hi; ++c) fn(n * c / pieces, n * (c + 1) / pieces, parts.data() + c * len);
+  });
+  T* sum = parts.data();
+  for (int64_t c = 1; c < pieces; ++c) {
+    const T* part = parts.data() + c * len;
+    for (size_t i = 0; i < len; ++i) sum[i] += part[i];
+  }
+  return sum;
 }
 }  // namespace tempo

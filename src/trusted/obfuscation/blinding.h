@@ -30,6 +30,16 @@ struct BlindingSeconds {
   double weight = 0;        // finish_weight(): the mask's correction of dW and its column unmixing
   double gradient = 0;      // gradient(): the row mixing of dC
   double input = 0;         // finish_input(), decrypt_input(): dA's unmixing (with its decryption, fused)
+  // All of it (the mask's draw and product are within forward).
+  double total() const { return forward + result + weight + gradient + input; }
+  BlindingSeconds& operator+=(const BlindingSeconds& o) {
+    forward += o.forward, mask_draw += o.mask_draw, mask_product += o.mask_product, result += o.result;
+    weight += o.weight, gradient += o.gradient, input += o.input;
+    return *this;
+  }
+  BlindingSeconds operator/(double d) const {
+    return {forward / d, mask_draw / d, mask_product / d, result / d, weight / d, gradient / d, input / d};
+  }
 };
 
 class Blinding {

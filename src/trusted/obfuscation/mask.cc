@@ -357,19 +357,11 @@ void AdditiveMask::unmask_weight(const Product& p, const float* dc, float* dw) {
   // same bits for any thread count.
   constexpr int64_t kPieces = 16;
   const int64_t pieces = std::min<int64_t>(kPieces, std::max<int64_t>(1, p.m / 256));
-  thin_.resize(static_cast<size_t>(pieces * nr));
-  parallel_for(pieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t c = lo; c < hi; ++c) {
-      const int64_t r0 = p.m * c / pieces, r1 = p.m * (c + 1) / pieces;
-      sgemm(true, false, p.n, r, r1 - r0, 1.0f, dc + r0 * p.n, p.n, e->u.data() + r0 * r, r, 0.0f,
-            thin_.data() + c * nr, r);  // dC[r0:r1]ᵀ·U[r0:r1]
-    }
-  });
-  float* sum = thin_.data();
-  for (int64_t c = 1; c < pieces; ++c) {
-    const float* part = thin_.data() + c * nr;
-    for (int64_t i = 0; i < nr; ++i) sum[i] += part[i];
-  }
+  const float* sum = sum_vectors_in_pieces(p.m, pieces, static_cast<size_t>(nr), thin_,
+                                           [&](int64_t r0, int64_t r1, float* part) {
+                                             sgemm(true, false, p.n, r, r1 - r0, 1.0f, dc + r0 * p.n, p.n,
+                                                   e->u.data() + r0 * r, r, 0.0f, part, r);  // dC[r0:r1]ᵀ·U[r0:r1]
+                                           });
   sgemm(false, false, p.n, p.k, r, -1.0f, sum, r, e->vt.data(), p.k, 1.0f, dw, p.k);  // −(dCᵀ·U)·Vᵀ
 }
 

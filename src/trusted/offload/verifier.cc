@@ -255,8 +255,8 @@ bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* 
   const int R = sums.rounds;
   // All rounds in one pass over dw and one over dc (round-major vectors).
   cv_lhs_.resize(static_cast<size_t>(R * n));
-  cv_rhs_.assign(static_cast<size_t>(R * n), 0.0);
-  cv_s_.assign(static_cast<size_t>(R * n), 0.0);
+  cv_rhs_.resize(static_cast<size_t>(R * n));
+  cv_s_.resize(static_cast<size_t>(R * n));
   parallel_for(n, [&](int64_t lo, int64_t hi) {
     for (int64_t i = lo; i < hi; ++i)
       for (int q = 0; q < R; ++q)
@@ -265,36 +265,26 @@ bool Verifier::check_weight(const float* dw, int64_t n, int64_t k, const float* 
   // Σ over the rows of dc, in a fixed number of pieces (each summed by
   // one thread into its own partial sums, added in piece order): the
   // result depends on the rows only, not on the threads.
-  constexpr int64_t kPieces = 16;
-  const size_t part = static_cast<size_t>(2 * R * n);  // y then s, round-major
-  cv_parts_.assign(static_cast<size_t>(kPieces) * part, 0.0);
-  parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
-    for (int64_t piece = lo; piece < hi; ++piece) {
-      double* y0 = cv_parts_.data() + static_cast<size_t>(piece) * part;
-      for (int64_t j = count * piece / kPieces; j < count * (piece + 1) / kPieces; ++j) {
-        const int64_t row = rows[j];
-        const float* d = dc + row * n;
-        for (int q = 0; q < R; ++q) {
-          const double a1 = sums.ar[static_cast<size_t>(q * sums.m + row)], a2 = sums.aa[static_cast<size_t>(q * sums.m + row)];
-          double* y = y0 + q * n;
-          double* sq = y0 + (R + q) * n;
+  const size_t rn = static_cast<size_t>(R * n);
+  const double* ys = sum_vectors_in_pieces(count, 16, 2 * rn, cv_parts_, [&](int64_t lo, int64_t hi, double* y0) {
+    for (int64_t j = lo; j < hi; ++j) {  // y then s, round-major
+      const int64_t row = rows[j];
+      const float* d = dc + row * n;
+      for (int q = 0; q < R; ++q) {
+        const double a1 = sums.ar[static_cast<size_t>(q * sums.m + row)], a2 = sums.aa[static_cast<size_t>(q * sums.m + row)];
+        double* y = y0 + q * n;
+        double* sq = y0 + (R + q) * n;
 #pragma omp simd
-          for (int64_t i = 0; i < n; ++i) {
-            const double v = d[i];
-            y[i] += v * a1;
-            sq[i] += v * v * a2;
-          }
+        for (int64_t i = 0; i < n; ++i) {
+          const double v = d[i];
+          y[i] += v * a1;
+          sq[i] += v * v * a2;
         }
       }
     }
   });
-  for (int64_t piece = 0; piece < kPieces; ++piece) {
-    const double* y0 = cv_parts_.data() + static_cast<size_t>(piece) * part;
-    for (int64_t t = 0; t < R * n; ++t) {
-      cv_rhs_[static_cast<size_t>(t)] += y0[t];
-      cv_s_[static_cast<size_t>(t)] += y0[R * n + t];
-    }
-  }
+  std::copy(ys, ys + rn, cv_rhs_.begin());
+  std::copy(ys + rn, ys + 2 * rn, cv_s_.begin());
   return compare(R * n, count);
 }
 
