@@ -660,5 +660,23 @@ TEST(Handles, AreRandomPerWorker) {
   EXPECT_EQ(close, 0u) << "successive handles are near each other: a counter";
 }
 
+// `tempo bench --suite hardening` as a user runs it, on the machine at
+// hand: its in-process workers compute on the CPU unless --backend says
+// otherwise, and under the table it prints the blinding's parts for a
+// hardened configuration.
+TEST(Bench, HardeningSuiteRunsOnTheCpuAndPrintsTheBlindingsParts) {
+  testutil::TempDir d("bench_hardening");
+  const std::string log = d / "out.log";
+  const int rc = wait_exit(spawn({TEMPO_BINARY, "bench", "--suite", "hardening", "--models", "cnn:2", "--threads", "1",
+                                  "--steps", "1", "--no-torch", "--configs", "tempo, all three"},
+                                 log),
+                           120);
+  const std::string out = read_text(log);
+  ASSERT_EQ(rc, 0) << out;
+  const size_t parts = out.find("the blinding's parts, ms/step");
+  ASSERT_NE(parts, std::string::npos) << out;
+  EXPECT_NE(out.find("tempo, all three", parts), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace tempo

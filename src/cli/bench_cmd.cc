@@ -790,9 +790,10 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "(--models entries may be onnx:NAME:BATCH for a model of tests/py/onnx_models.py read from ONNX)")
       ->capture_default_str()
       ->check(CLI::IsMember({"torch", "modes", "hardening", "remote", "transfer", "gpu", "confidential", "inference"}));
-  app.add_option("--backend", c.backend, "Backend of the in-process (local:N) workers: cuda | cpu. gpu suite: the worker under test "
-                 "(cpu stands in for tests); modes and hardening: where their workers compute")
-      ->capture_default_str()
+  app.add_option("--backend", c.backend,
+                 "Backend of the in-process (local:N) workers: cuda | cpu. gpu suite: the worker under test, "
+                 "cuda by default (cpu stands in for tests); modes and hardening: where their workers compute, "
+                 "cpu by default")
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--table", c.table, "gpu suite: also write the table (markdown) to this file");
   app.add_option("--source-dir", c.source_dir, "Where bench/torch_step.py lies")->capture_default_str();
@@ -807,7 +808,9 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
       ->check(CLI::PositiveNumber);
 }
 
-int run_bench(const BenchConfig& cfg) {
+int run_bench(const BenchConfig& given) {
+  BenchConfig cfg = given;
+  if (cfg.backend.empty()) cfg.backend = cfg.suite == "gpu" ? "cuda" : "cpu";
   if (cfg.suite == "modes") return run_modes(cfg);
   if (cfg.suite == "hardening") return run_hardening(cfg);
   if (cfg.suite == "remote") return run_remote(cfg);

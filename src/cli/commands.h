@@ -50,7 +50,7 @@ struct BenchConfig {
   std::string workers = "local:1";
   std::vector<std::string> configs;  // modes/hardening/remote: only these rows (and tee-only); empty: all
   int worker_threads = 1;
-  std::string backend = "cuda";  // gpu suite
+  std::string backend;           // local workers' backend; empty: cuda for the gpu suite, cpu for the others
   std::string table;             // gpu suite: markdown copy of the table
   std::string source_dir = TEMPO_SOURCE_DIR;
 };
