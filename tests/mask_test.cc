@@ -385,6 +385,61 @@ TEST(RowMix, IsASecretOrthogonalGroupingAndUndoesItself) {
   EXPECT_THROW(RowMix(1), std::exception);
 }
 
+// A result larger than the caches (≥ 8 MiB) is built a group at a time and
+// streamed to memory; a narrow one is written in place. Mixing acts on each
+// column alone, so the columns of a wide result must equal, bit for bit,
+// the same columns mixed as a narrow matrix, with `after` run on the rows
+// before they land, on every path (mix, unmix, unmix from a fill), on 1 and
+// 2 threads.
+TEST(RowMix, StreamedResultsEqualTheInPlaceOnesBitForBit) {
+  const int64_t m = 517, wide = 4160, narrow = 32;  // 517 × 4160 floats: 8.2 MiB; both multiples of 16 (the vector path)
+  ASSERT_GE(m * wide * 4, int64_t{8} << 20);
+  const auto a = normal_vec(m * wide, 31);
+  std::vector<float> slice(m * narrow);
+  for (int64_t i = 0; i < m; ++i)
+    std::copy(a.begin() + i * wide, a.begin() + i * wide + narrow, slice.begin() + i * narrow);
+  RowMix mix(8);
+  KeyStream ks(secret_from_seed(32), 0);
+  mix.apply(Product{3, "a", a.data(), nullptr, m, wide, 1}, ks);
+  // after: adds the row's index to its first entry (where the row is now).
+  RowMix::After mark = [](float* const* rows, const int64_t* index, int64_t n) {
+    for (int64_t t = 0; t < n; ++t) rows[t][0] += static_cast<float>(index[t]);
+  };
+  const int threads = num_threads();
+  for (int nt : {1, 2}) {
+    SCOPED_TRACE("threads " + std::to_string(nt));
+    set_num_threads(nt);
+    for (int path = 0; path < 3; ++path) {
+      SCOPED_TRACE("path " + std::to_string(path));
+      std::vector<float> big(m * wide, -1.0f), small(m * narrow, -1.0f);
+      auto run = [&](const float* src, int64_t cols, float* dst) {
+        if (path == 0) mix.mix(3, src, cols, dst, mark);
+        if (path == 1) mix.unmix(3, src, cols, dst, mark);
+        if (path == 2)
+          mix.unmix_from(3, cols, [&](int64_t r0, int64_t r1, float* buf) {
+            std::copy(src + r0 * cols, src + r1 * cols, buf);
+          }, dst, mark);
+      };
+      run(a.data(), wide, big.data());
+      run(slice.data(), narrow, small.data());
+      int64_t differ = 0;
+      for (int64_t i = 0; i < m; ++i)
+        differ += std::memcmp(big.data() + i * wide, small.data() + i * narrow, narrow * sizeof(float)) != 0;
+      EXPECT_EQ(differ, 0);
+      // Every row was written (none left at −1), and `after` marked it.
+      int64_t unwritten = 0;
+      for (int64_t i = 0; i < m; ++i) unwritten += big[i * wide + wide - 1] == -1.0f;
+      EXPECT_EQ(unwritten, 0);
+    }
+  }
+  set_num_threads(threads);
+  // Unmixing a streamed mix gives the operand back.
+  std::vector<float> mixed(m * wide), back(m * wide);
+  mix.mix(3, a.data(), wide, mixed.data());
+  mix.unmix(3, mixed.data(), wide, back.data());
+  for (int64_t e = 0; e < m * wide; e += 97) ASSERT_NEAR(back[e], a[e], 1e-5 * (1 + std::fabs(a[e])));
+}
+
 // The repeated-rows attack on a known case: 30% of the rows are one
 // non-negative row c, the rest sparse non-negative; a rank-6 mask, row and
 // column scales with signs. The subspace found holds exactly the repeated

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "common/copy.h"
 #include "common/error.h"
 #include "common/parallel.h"
 
@@ -129,12 +130,17 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
   const int64_t m = static_cast<int64_t>(e.perm.size());
   const MixGroups gr(m, block_);
   const int64_t sq = gr.largest * gr.largest, ld = gr.largest;
+  // A result larger than the caches is built a group at a time in a buffer
+  // of this thread's (where `after` works on it), then streamed to dst: a
+  // plain store would first read every line of dst from memory.
+  const bool stream = m * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   parallel_for(gr.count, [&](int64_t lo, int64_t hi) {
     const float* in[64];
     float* out[64];
     int64_t index[64];
-    thread_local std::vector<float> made;  // the rows fill() makes
+    thread_local std::vector<float> made, staged;  // the rows fill() makes; the rows before they are streamed
     if (fill && made.size() < static_cast<size_t>(ld * cols)) made.resize(static_cast<size_t>(ld * cols));
+    if (stream && staged.size() < static_cast<size_t>(ld * cols)) staged.resize(static_cast<size_t>(ld * cols));
     for (int64_t g = lo; g < hi; ++g) {
       const int64_t s = gr.begin(m, g), n = gr.begin(m, g + 1) - s;
       if (fill) (*fill)(s, s + n, made.data());
@@ -142,13 +148,16 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
         const int64_t scattered = e.perm[static_cast<size_t>(s + t)];
         in[t] = fill ? made.data() + t * cols : src + (back ? s + t : scattered) * cols;
         index[t] = back ? scattered : s + t;
-        out[t] = dst + index[t] * cols;
+        out[t] = stream ? staged.data() + t * cols : dst + index[t] * cols;
       }
       const float* q = e.q_mats.data() + g * sq;
       if (back) combine_any(n, q, 1, ld, in, out, cols);  // out[u] = Σ_t Q[t][u]·in[t]
       else combine_any(n, q, ld, 1, in, out, cols);       // out[t] = Σ_u Q[t][u]·in[u]
       if (after) after(out, index, n);
+      if (stream)
+        for (int64_t t = 0; t < n; ++t) stream_floats(dst + index[t] * cols, out[t], cols);
     }
+    if (stream) stream_fence();
   }, 16);
 }
 
