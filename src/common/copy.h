@@ -16,6 +16,14 @@ namespace tempo {
 
 void parallel_copy(void* dst, const void* src, size_t bytes);
 
+// Results of at least this many bytes are larger than a core's caches; the
+// row mixing streams them (stream_floats). Measured on resnet18's layer 1
+// (kernels_bench BM_BlindingApply/1/2, 2 threads): 26 ms with plain stores
+// into the result, 21 ms building each group in a buffer then copying it,
+// 17–18 ms streaming it. im2col's result is not streamed: there it was
+// slower (BM_Im2col/0, 6.8 → 8.4 ms).
+constexpr int64_t kStreamBytes = int64_t{8} << 20;
+
 // n floats from src (in cache) to dst, with non-temporal stores where dst
 // is aligned for them: the lines go to memory without first being read
 // (a plain store reads each line it misses, which doubles the traffic of a

@@ -71,8 +71,6 @@ class RowMix {
   const Entry& entry(int id) const;
   void transform(int id, const float* src, int64_t cols, float* dst, bool back, const After& after,
                  const Fill* fill = nullptr) const;
-  // Results of at least this many bytes are streamed to memory (transform()).
-  static constexpr int64_t kStreamBytes = int64_t{8} << 20;
   int block_;
   std::vector<Entry> entries_;
 };
