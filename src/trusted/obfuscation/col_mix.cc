@@ -37,6 +37,8 @@ void ColMix::draw(int id, int64_t k, KeyStream& ks) {
   for (int64_t i = 0; i < k; ++i) e.perm[static_cast<size_t>(i)] = static_cast<int32_t>(i);
   for (int64_t i = k - 1; i > 0; --i)
     std::swap(e.perm[static_cast<size_t>(i)], e.perm[ks.below(static_cast<uint32_t>(i + 1))]);
+  e.inv.resize(static_cast<size_t>(k));
+  for (int64_t i = 0; i < k; ++i) e.inv[static_cast<size_t>(e.perm[static_cast<size_t>(i)])] = static_cast<int32_t>(i);
   const MixGroups gr(k, block_);
   const int64_t ld = gr.largest, sq = ld * ld;
   e.ld = ld;
@@ -74,6 +76,9 @@ void ColMix::unmix(int id, const float* src, int64_t rows, float* dst) const { t
 // Mixing: y[s + t] = Σ_u Q[t][u]·x[perm[s + u]] (the row's group g, columns
 // s.. of the result); unmixing: x[perm[s + u]] = Σ_t Q[t][u]·y[s + t]. Rows
 // are independent; a row is built in a small buffer, so dst may be src.
+// Both build the row in group order (contiguous stores); mixing gathers its
+// inputs, unmixing gathers its outputs into place at the end (dst[j] =
+// buf[inv[j]]), which costs less than scattering them group by group.
 void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool back) const {
   const Entry& e = entry(id);
   parallel_for(rows, [&](int64_t lo, int64_t hi) {
@@ -115,16 +120,14 @@ void ColMix::transform_row(const Entry& e, const float* x, float* dst, float* y,
       // to its half, times row j of both matrices (the same sums, in the
       // same order, as the 8-wide path below).
       const float* m = (back ? e.q2.data() : e.qt2.data()) + g / 2 * 128;
-      const __m512i idx = _mm512_loadu_si512(pg);
-      const __m512 in = back ? _mm512_loadu_ps(x + s) : _mm512_i32gather_ps(idx, x, 4);
+      const __m512 in = back ? _mm512_loadu_ps(x + s) : _mm512_i32gather_ps(_mm512_loadu_si512(pg), x, 4);
       __m512 acc = _mm512_setzero_ps();
       for (int j = 0; j < 8; ++j) {
         const __m512i pick = _mm512_set_epi32(8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, j, j, j, j, j,
                                               j, j, j);
         acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick, in), _mm512_loadu_ps(m + j * 16), acc);
       }
-      if (back) _mm512_i32scatter_ps(y, idx, acc, 4);
-      else _mm512_storeu_ps(y + s, acc);
+      _mm512_storeu_ps(y + s, acc);
       ++g;
       continue;
     }
@@ -137,21 +140,27 @@ void ColMix::transform_row(const Entry& e, const float* x, float* dst, float* y,
         const float in = back ? x[s + j] : x[pg[j]];
         acc += in * *reinterpret_cast<const V8*>(m + j * ld);
       }
-      if (back)
-        for (int64_t u = 0; u < 8; ++u) y[pg[u]] = acc[u];
-      else
-        *reinterpret_cast<V8*>(y + s) = acc;
+      *reinterpret_cast<V8*>(y + s) = acc;
       continue;
     }
     const float* q = e.q.data() + g * sq;
     for (int64_t o = 0; o < n; ++o) {
       float acc = 0;
       for (int64_t j = 0; j < n; ++j) acc += back ? q[j * ld + o] * x[s + j] : q[o * ld + j] * x[pg[j]];
-      if (back) y[pg[o]] = acc;
-      else y[s + o] = acc;
+      y[s + o] = acc;
     }
   }
-  std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
+  if (!back) {
+    std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
+    return;
+  }
+  const int32_t* inv = e.inv.data();
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  for (; j + 16 <= k; j += 16)
+    _mm512_storeu_ps(dst + j, _mm512_i32gather_ps(_mm512_loadu_si512(inv + j), y, 4));
+#endif
+  for (; j < k; ++j) dst[j] = y[inv[j]];
 }
 
 }  // namespace tempo

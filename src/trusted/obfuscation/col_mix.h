@@ -41,6 +41,7 @@ class ColMix {
     bool valid = false;
     int64_t k = 0;
     std::vector<int32_t> perm;  // group g mixes columns perm[s_g .. s_g+1)
+    std::vector<int32_t> inv;   // inv[perm[i]] = i: where unmixing finds column j's value
     std::vector<int64_t> starts;  // s_g, one more than the groups
     std::vector<float> q, qt;   // per group: Q and Qᵀ, row-major, at stride ld²
     int64_t ld = 0;             // the largest group's size
