@@ -86,12 +86,10 @@ const Tensor& ResidualBlock::forward(const Tensor& x, Context& ctx) {
 
 const Tensor& ResidualBlock::backward(const Tensor& dy, Context& ctx) {
   dsum_.resize(dy.shape());
-  const float* __restrict y = out_.data();
-  const float* __restrict d = dy.data();
-  float* __restrict g = dsum_.data();
-  parallel_for(dy.numel(), [y, d, g](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i) g[i] = y[i] > 0.0f ? d[i] : 0.0f;
-  }, 1 << 14);
+  // (Restrict-qualified pointers captured by a lambda lose the qualifier:
+  // this loop was scalar, with a branch per element, 3% of a tee-only
+  // resnet18 step.)
+  relu_backward(out_.data(), dy.data(), dsum_.data(), dy.numel());
   const Tensor& dmain = main_.backward(dsum_, ctx);
   const Tensor& did = downsample_ ? downsample_->backward(dsum_, ctx) : dsum_;
   dx_.resize(dmain.shape());

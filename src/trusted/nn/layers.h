@@ -58,6 +58,11 @@ class Linear final : public Layer {
   Shape out_shape_;
 };
 
+// dx = dy where the ReLU's output y is positive, else 0, over n elements,
+// multithreaded and vectorised (ReLU's backward, and a residual block's
+// final one).
+void relu_backward(const float* y, const float* dy, float* dx, int64_t n);
+
 class ReLU final : public Layer {
  public:
   const Tensor& forward(const Tensor& x, Context& ctx) override;

@@ -32,17 +32,18 @@ const Tensor& ReLU::forward(const Tensor& x, Context&) {
   return out_;
 }
 
-const Tensor& ReLU::backward(const Tensor& dy, Context&) {
-  dx_.resize(out_.shape());
-  const float* y = out_.data();
-  const float* d = dy.data();
-  float* dx = dx_.data();
-  parallel_for(dy.numel(), [y, d, dx](int64_t b, int64_t e) {
+void relu_backward(const float* y, const float* d, float* dx, int64_t n) {
+  parallel_for(n, [y, d, dx](int64_t b, int64_t e) {
     const float* __restrict kept = y;
     const float* __restrict grad = d;
     float* __restrict out = dx;
     for (int64_t i = b; i < e; ++i) out[i] = kept[i] > 0.0f ? grad[i] : 0.0f;
   }, kGrain);
+}
+
+const Tensor& ReLU::backward(const Tensor& dy, Context&) {
+  dx_.resize(out_.shape());
+  relu_backward(out_.data(), dy.data(), dx_.data(), dy.numel());
   return dx_;
 }
 
