@@ -37,14 +37,28 @@ class Sgd final : public Optimizer {
       float* p = params_[i].value->data();
       const float* g = params_[i].grad->data();
       float* b = bufs_.empty() ? nullptr : bufs_[i].data();
-      parallel_for(params_[i].value->numel(), [&](int64_t lo, int64_t hi) {
-        for (int64_t j = lo; j < hi; ++j) {
-          float d = wd != 0.0f ? g[j] + wd * p[j] : g[j];
-          if (b) {
-            b[j] = first ? d : b[j] * mom + d;
-            d = b[j];
+      // The same arithmetic as one loop with the tests inside, but with
+      // them hoisted and the pointers restrict-qualified locals, so that
+      // each variant vectorises (the tests and reloads kept it scalar).
+      parallel_for(params_[i].value->numel(), [=](int64_t lo, int64_t hi) {
+        float* __restrict pp = p;
+        const float* __restrict gg = g;
+        float* __restrict bb = b;
+        auto decayed = [&](int64_t j) { return wd != 0.0f ? gg[j] + wd * pp[j] : gg[j]; };
+        if (!bb) {
+          for (int64_t j = lo; j < hi; ++j) pp[j] -= flr * decayed(j);
+        } else if (first) {
+          for (int64_t j = lo; j < hi; ++j) {
+            const float d = decayed(j);
+            bb[j] = d;
+            pp[j] -= flr * d;
           }
-          p[j] -= flr * d;
+        } else {
+          for (int64_t j = lo; j < hi; ++j) {
+            const float d = bb[j] * mom + decayed(j);
+            bb[j] = d;
+            pp[j] -= flr * d;
+          }
         }
       }, kGrain);
     }
