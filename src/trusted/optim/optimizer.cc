@@ -37,8 +37,9 @@ class Sgd final : public Optimizer {
       float* p = params_[i].value->data();
       const float* g = params_[i].grad->data();
       float* b = bufs_.empty() ? nullptr : bufs_[i].data();
-      // The same arithmetic as one loop with the tests inside, but with
-      // them hoisted and the pointers restrict-qualified locals, so that
+      // The same arithmetic as one loop with every test inside, but with
+      // the momentum's tests hoisted (the decay's stays, a select that
+      // vectorises) and the pointers restrict-qualified locals, so that
       // each variant vectorises (the tests and reloads kept it scalar).
       parallel_for(params_[i].value->numel(), [=](int64_t lo, int64_t hi) {
         float* __restrict pp = p;
