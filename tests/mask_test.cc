@@ -490,6 +490,45 @@ TEST(ColMix, IsASecretOrthogonalGroupingThatCancelsInTheProduct) {
   EXPECT_THROW(mix.mix(0, x.data(), 1, x.data()), Error) << "a product never drawn";
 }
 
+// The column mixing works on blocks of rows (a group's matrix held while
+// every row of the block goes through it): a row comes out the same, bit
+// for bit, whichever block it was in, alone, in a block of 16 with a tail,
+// or in place among 8 rows (as the row mixing hands them), for groups of
+// 8 columns and for the larger groups k = 19 and 291 give.
+TEST(ColMix, ARowsResultDoesNotDependOnItsBlock) {
+  Rng rng(6);
+  for (int64_t k : {int64_t{19}, int64_t{288}, int64_t{291}}) {
+    SCOPED_TRACE("k = " + std::to_string(k));
+    ColMix mix(8);
+    KeyStream ks(secret_from_seed(13), 0);
+    mix.draw(2, k, ks);
+    const int64_t m = 37;
+    std::vector<float> a(m * k);
+    for (auto& v : a) v = static_cast<float>(rng.normal());
+    for (bool back : {false, true}) {
+      std::vector<float> whole(m * k), one(m * k), here(a);
+      if (back) mix.unmix(2, a.data(), m, whole.data());
+      else mix.mix(2, a.data(), m, whole.data());
+      for (int64_t i = 0; i < m; ++i) {
+        if (back) mix.unmix(2, a.data() + i * k, 1, one.data() + i * k);
+        else mix.mix(2, a.data() + i * k, 1, one.data() + i * k);
+      }
+      for (int64_t i0 = 0; i0 < m; i0 += 8) {
+        float* rows[8];
+        const int64_t n = std::min<int64_t>(8, m - i0);
+        for (int64_t t = 0; t < n; ++t) rows[t] = here.data() + (i0 + t) * k;
+        if (back) mix.unmix_here(2, rows, n);
+        else mix.mix_here(2, rows, n);
+      }
+      ASSERT_EQ(0, std::memcmp(whole.data(), one.data(), whole.size() * sizeof(float))) << "back " << back;
+      ASSERT_EQ(0, std::memcmp(whole.data(), here.data(), whole.size() * sizeof(float))) << "back " << back;
+      int moved = 0;
+      for (int64_t e = 0; e < m * k; ++e) moved += whole[e] != a[e];
+      EXPECT_GT(moved, m * k / 2);
+    }
+  }
+}
+
 TEST(LowRank, RepeatedRowsGiveTheMaskRowSpace) {
   const int64_t m = 600, k = 40, r = 6;
   Rng rng(21);

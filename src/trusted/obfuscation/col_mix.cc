@@ -1,5 +1,6 @@
 #include "trusted/obfuscation/col_mix.h"
 
+#include <algorithm>
 #include <cstring>
 
 #if defined(__AVX512F__)
@@ -54,18 +55,6 @@ void ColMix::draw(int id, int64_t k, KeyStream& ks) {
     for (int64_t t = 0; t < n; ++t)
       for (int64_t u = 0; u < n; ++u) qt[u * ld + t] = q[t * ld + u];
   }
-  e.q2.assign(static_cast<size_t>(gr.count / 2 * 128), 0.0f);
-  e.qt2.assign(e.q2.size(), 0.0f);
-  for (int64_t p = 0; p < gr.count / 2; ++p)
-    for (int64_t side = 0; side < 2; ++side) {
-      const int64_t g = 2 * p + side;
-      if (e.starts[static_cast<size_t>(g + 1)] - e.starts[static_cast<size_t>(g)] != 8) continue;
-      for (int64_t j = 0; j < 8; ++j)
-        for (int64_t u = 0; u < 8; ++u) {
-          e.q2[static_cast<size_t>(p * 128 + j * 16 + side * 8 + u)] = e.q[static_cast<size_t>(g * sq + j * ld + u)];
-          e.qt2[static_cast<size_t>(p * 128 + j * 16 + side * 8 + u)] = e.qt[static_cast<size_t>(g * sq + j * ld + u)];
-        }
-    }
   e.valid = true;
 }
 
@@ -82,74 +71,70 @@ void ColMix::unmix(int id, const float* src, int64_t rows, float* dst) const { t
 void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool back) const {
   const Entry& e = entry(id);
   parallel_for(rows, [&](int64_t lo, int64_t hi) {
-    float* y = row_buffer(e.k);
-    for (int64_t i = lo; i < hi; ++i) transform_row(e, src + i * e.k, dst + i * e.k, y, back);
+    const float* in[kBlockRows];
+    float* out[kBlockRows];
+    for (int64_t i = lo; i < hi; i += kBlockRows) {
+      const int64_t n = std::min<int64_t>(kBlockRows, hi - i);
+      for (int64_t t = 0; t < n; ++t) in[t] = src + (i + t) * e.k, out[t] = dst + (i + t) * e.k;
+      transform_rows(e, in, out, n, back);
+    }
   }, 64);
 }
 
-void ColMix::mix_here(int id, float* const* rows, int64_t n) const {
-  const Entry& e = entry(id);
-  float* y = row_buffer(e.k);
-  for (int64_t t = 0; t < n; ++t) transform_row(e, rows[t], rows[t], y, false);
-}
+void ColMix::mix_here(int id, float* const* rows, int64_t n) const { transform_rows(entry(id), rows, rows, n, false); }
 
-void ColMix::unmix_here(int id, float* const* rows, int64_t n) const {
-  const Entry& e = entry(id);
-  float* y = row_buffer(e.k);
-  for (int64_t t = 0; t < n; ++t) transform_row(e, rows[t], rows[t], y, true);
-}
+void ColMix::unmix_here(int id, float* const* rows, int64_t n) const { transform_rows(entry(id), rows, rows, n, true); }
 
-float* ColMix::row_buffer(int64_t k) {
-  thread_local std::vector<float> row;  // grows once per thread
-  if (row.size() < static_cast<size_t>(k)) row.resize(static_cast<size_t>(k));
-  return row.data();
-}
-
-void ColMix::transform_row(const Entry& e, const float* x, float* dst, float* y, bool back) const {
+// A group at a time over all n rows: its matrix stays in registers while
+// each row's 8 inputs are broadcast from memory straight into the
+// multiply-adds (no gather, no lane shuffles). The rows are built in
+// group order in a buffer of this thread's, then copied (mixing) or
+// gathered (unmixing: dst[j] = buf[inv[j]]) into place, so out may be in.
+// Each output is the same chain of multiply-adds, in the same order, as
+// transform_row's: out = Σ_j in[j]·M[j] from zero, j ascending.
+void ColMix::transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back) const {
   const int64_t k = e.k, ld = e.ld, sq = ld * ld;
+  thread_local std::vector<float> buf;  // grows once per thread
+  if (buf.size() < static_cast<size_t>(n * k)) buf.resize(static_cast<size_t>(n * k));
+  float* y = buf.data();
   const int64_t groups = static_cast<int64_t>(e.starts.size()) - 1;
-  const int32_t* perm = e.perm.data();
-  const int64_t* starts = e.starts.data();
   for (int64_t g = 0; g < groups; ++g) {
-    const int64_t s = starts[g], n = starts[g + 1] - s;
-    const int32_t* pg = perm + s;
-#if defined(__AVX512F__)
-    if (g % 2 == 0 && g + 1 < groups && n == 8 && starts[g + 2] - starts[g + 1] == 8) {
-      // Groups g and g + 1 at once, one in each half of a 16-wide vector:
-      // their 16 inputs in one register, input j of each half broadcast
-      // to its half, times row j of both matrices (the same sums, in the
-      // same order, as the 8-wide path below).
-      const float* m = (back ? e.q2.data() : e.qt2.data()) + g / 2 * 128;
-      const __m512 in = back ? _mm512_loadu_ps(x + s) : _mm512_i32gather_ps(_mm512_loadu_si512(pg), x, 4);
-      __m512 acc = _mm512_setzero_ps();
-      for (int j = 0; j < 8; ++j) {
-        const __m512i pick = _mm512_set_epi32(8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, 8 + j, j, j, j, j, j,
-                                              j, j, j);
-        acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(pick, in), _mm512_loadu_ps(m + j * 16), acc);
-      }
-      _mm512_storeu_ps(y + s, acc);
-      ++g;
-      continue;
-    }
-#endif
-    if (n == 8) {
-      // out = Σ_j in[j]·M[j] with M the rows of Qᵀ (mixing) or of Q (unmixing).
-      const float* m = (back ? e.q.data() : e.qt.data()) + g * sq;
-      V8 acc = {};
+    const int64_t s = e.starts[static_cast<size_t>(g)], ng = e.starts[static_cast<size_t>(g + 1)] - s;
+    const int32_t* pg = e.perm.data() + s;
+    if (ng == 8) {
+      // Rows of Qᵀ (mixing) or of Q (unmixing).
+      const float* mq = (back ? e.q.data() : e.qt.data()) + g * sq;
+      V8 m[8];
+      int64_t from[8];
       for (int64_t j = 0; j < 8; ++j) {
-        const float in = back ? x[s + j] : x[pg[j]];
-        acc += in * *reinterpret_cast<const V8*>(m + j * ld);
+        m[j] = *reinterpret_cast<const V8*>(mq + j * ld);
+        from[j] = back ? s + j : pg[j];
       }
-      *reinterpret_cast<V8*>(y + s) = acc;
+      for (int64_t r = 0; r < n; ++r) {
+        const float* x = in[r];
+        V8 acc = {};
+        for (int64_t j = 0; j < 8; ++j) acc += x[from[j]] * m[j];
+        *reinterpret_cast<V8*>(y + r * k + s) = acc;
+      }
       continue;
     }
     const float* q = e.q.data() + g * sq;
-    for (int64_t o = 0; o < n; ++o) {
-      float acc = 0;
-      for (int64_t j = 0; j < n; ++j) acc += back ? q[j * ld + o] * x[s + j] : q[o * ld + j] * x[pg[j]];
-      y[s + o] = acc;
+    for (int64_t r = 0; r < n; ++r) {
+      const float* x = in[r];
+      for (int64_t o = 0; o < ng; ++o) {
+        float acc = 0;
+        for (int64_t j = 0; j < ng; ++j) acc += back ? q[j * ld + o] * x[s + j] : q[o * ld + j] * x[pg[j]];
+        y[r * k + s + o] = acc;
+      }
     }
   }
+  for (int64_t r = 0; r < n; ++r) place_row(e, y + r * k, out[r], back);
+}
+
+// The row built in group order (y) into dst: as it is (mixing), or each
+// column gathered back to its place (unmixing).
+void ColMix::place_row(const Entry& e, const float* y, float* dst, bool back) {
+  const int64_t k = e.k;
   if (!back) {
     std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
     return;

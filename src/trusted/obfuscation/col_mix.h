@@ -45,16 +45,14 @@ class ColMix {
     std::vector<int64_t> starts;  // s_g, one more than the groups
     std::vector<float> q, qt;   // per group: Q and Qᵀ, row-major, at stride ld²
     int64_t ld = 0;             // the largest group's size
-    // Groups 2p and 2p + 1 when both have 8 columns: row j of Q (resp. Qᵀ)
-    // of each side by side, 16 floats (pair p at 128·p), for one 16-wide
-    // vector per row (AVX-512).
-    std::vector<float> q2, qt2;
   };
   const Entry& entry(int id) const;
   void transform(int id, const float* src, int64_t rows, float* dst, bool back) const;
-  // One row x (k floats) into dst (which may be x), built in y (k floats).
-  void transform_row(const Entry& e, const float* x, float* dst, float* y, bool back) const;
-  static float* row_buffer(int64_t k);  // this thread's scratch row
+  // n rows (k floats each) into out[t] (which may be in[t]); transform()
+  // hands them kBlockRows at a time.
+  void transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back) const;
+  static void place_row(const Entry& e, const float* y, float* dst, bool back);
+  static constexpr int64_t kBlockRows = 16;
   int block_;
   std::vector<Entry> entries_;
 };
