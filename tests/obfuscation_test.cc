@@ -483,13 +483,15 @@ TEST(Conv, Im2colAndCol2imFollowTheirDefinitions) {
   // scale, the same for any number of threads) writes exactly the
   // definition's entries, and col2im sums its adjoint, on shapes with
   // borders, strides 1 and 2, padding 0 to 3, kernels 1 to 7 and column
-  // counts that are not multiples of 16 (the vector paths' tails).
+  // counts that are not multiples of 16 (the vector paths' tails; col2im's
+  // run over channels, so 20 and 36 channels give whole vectors and tails).
   std::mt19937_64 g(31);
   const int before = num_threads();
   for (const ConvGeometry geo :
        {ConvGeometry::make(3, 5, 9, 7, 4, 3, 1, 1), ConvGeometry::make(2, 3, 8, 8, 4, 3, 2, 1),
         ConvGeometry::make(1, 2, 5, 5, 2, 1, 1, 0), ConvGeometry::make(2, 3, 12, 11, 4, 7, 2, 3),
-        ConvGeometry::make(2, 16, 4, 4, 4, 3, 1, 1), ConvGeometry::make(1, 4, 6, 6, 2, 2, 2, 0)}) {
+        ConvGeometry::make(2, 16, 4, 4, 4, 3, 1, 1), ConvGeometry::make(1, 4, 6, 6, 2, 2, 2, 0),
+        ConvGeometry::make(2, 20, 5, 6, 4, 3, 1, 1), ConvGeometry::make(2, 36, 4, 5, 8, 1, 2, 0)}) {
     SCOPED_TRACE(std::to_string(geo.c) + " channels of " + std::to_string(geo.h) + "x" + std::to_string(geo.w) +
                  ", k " + std::to_string(geo.k) + ", s " + std::to_string(geo.s) + ", p " + std::to_string(geo.p));
     auto x = randn(geo.n * geo.c * geo.h * geo.w, g);

@@ -79,9 +79,6 @@ struct PatchTable {
 
 // This thread's table for g's shape, rebuilt (in place: no allocation once
 // it has grown) when the shape changes.
-// One per use (Use), so that im2col's and col2im's tables, of different
-// plane strides, do not rebuild each other.
-template <int Use>
 const PatchTable& patch_table(const ConvGeometry& g, int64_t plane_stride) {
   thread_local PatchTable t;
   if (t.c != g.c || t.h != g.h || t.w != g.w || t.k != g.k || t.plane != plane_stride) t.build(g, plane_stride);
@@ -124,7 +121,7 @@ struct PatchLanes {
 // others are zero). Σ v² in two 8-wide double accumulators, per task.
 template <bool Sq>
 double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int64_t t) {
-  const PatchTable& tab = patch_table<0>(g, g.h * g.w);
+  const PatchTable& tab = patch_table(g, g.h * g.w);
   const int64_t K = g.cols();
   const int64_t img = t / g.oh, oy = t % g.oh;
   const float* image = x + img * g.c * g.h * g.w;
@@ -182,60 +179,61 @@ double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols) {
   return im2col_pass<true>(g, x, cols);
 }
 
-Col2imImage::Col2imImage(const ConvGeometry& g) : g_(g), stride_(g.h * g.w + 16) {
+Col2imImage::Col2imImage(const ConvGeometry& g) : g_(g) {
   thread_local std::vector<float> buf;  // grows once per thread
-  const auto need = static_cast<size_t>(g.c * stride_);
+  const auto need = static_cast<size_t>(g.c * g.h * g.w);
   if (buf.size() < need) buf.resize(need);
   acc_ = buf.data();
   std::fill(acc_, acc_ + need, 0.0f);
 }
 
+// The sums are kept channels last (pixel (iy, ix) at (iy·W + ix)·C), so a
+// tap of the patch adds to C consecutive floats: the row's values for that
+// tap (every k²-th entry) gathered from the row, which is in cache, and
+// added with plain vector loads and stores. Each element gets the row's
+// value once, and rows come in the caller's order, so every sum is taken
+// in the same order as in the channels-first form.
 void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
   const ConvGeometry& g = g_;
+  const int64_t C = g.c, kk = g.k, taps = kk * kk;
+  for (int64_t ky = 0; ky < kk; ++ky) {
+    const int64_t iy = oy * g.s - g.p + ky;
+    if (iy < 0 || iy >= g.h) continue;
+    for (int64_t kx = 0; kx < kk; ++kx) {
+      const int64_t ix = ox * g.s - g.p + kx;
+      if (ix < 0 || ix >= g.w) continue;
+      float* d = acc_ + (iy * g.w + ix) * C;
+      const float* r = row + ky * kk + kx;  // channel c at r[c·taps]
+      int64_t c = 0;
 #if defined(__AVX512F__)
-  if (gathers(g, stride_)) {
-    // 16 entries at a time: gathered from the sums, added to, scattered
-    // back. One patch's entries are distinct elements, so no lane
-    // collides, and each element gets the row's value once, as below.
-    const PatchTable& tab = patch_table<1>(g, stride_);
-    const int64_t K = g.cols();
-    const PatchLanes lanes(g, oy * g.s - g.p, ox * g.s - g.p);
-    for (int64_t j = 0; j < K; j += 16) {
-      const __mmask16 tail = PatchLanes::tail(K, j), live = lanes.live(tab, tail, j);
-      const __m512i idx = lanes.index(tab, j);
-      const __m512 d = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), live, idx, acc_, 4);
-      _mm512_mask_i32scatter_ps(acc_, live, idx, _mm512_add_ps(d, _mm512_maskz_loadu_ps(tail, row + j)), 4);
-    }
-    return;
-  }
-#endif
-  const int64_t kk = g.k;
-  const int64_t ix0 = ox * g.s - g.p;
-  const bool inside = ix0 >= 0 && ix0 + kk <= g.w;
-  for (int64_t c = 0; c < g.c; ++c) {
-    float* plane = acc_ + c * stride_;
-    for (int64_t ky = 0; ky < kk; ++ky) {
-      const int64_t iy = oy * g.s - g.p + ky;
-      if (iy < 0 || iy >= g.h) continue;
-      const float* r = row + (c * kk + ky) * kk;
-      float* d = plane + iy * g.w + ix0;
-      if (inside) {
-        for (int64_t kx = 0; kx < kk; ++kx) d[kx] += r[kx];
-      } else {
-        for (int64_t kx = 0; kx < kk; ++kx)
-          if (ix0 + kx >= 0 && ix0 + kx < g.w) d[kx] += r[kx];
+      if (taps == 1) {
+        for (; c + 16 <= C; c += 16) _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c), _mm512_loadu_ps(r + c)));
+      } else if (taps * 16 < (int64_t{1} << 31)) {
+        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                               _mm512_set1_epi32(static_cast<int32_t>(taps)));
+        for (; c + 16 <= C; c += 16)
+          _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c), _mm512_i32gather_ps(idx, r + c * taps, 4)));
       }
+#endif
+      for (; c < C; ++c) d[c] += r[c * taps];
     }
   }
 }
 
+// The sums (H·W × C) transposed into the image (C × H·W), in tiles; the
+// buffer starts over.
 void Col2imImage::write(float* dx_image) {
-  const int64_t hw = g_.h * g_.w;
-  for (int64_t c = 0; c < g_.c; ++c) {
-    float* plane = acc_ + c * stride_;
-    std::copy(plane, plane + hw, dx_image + c * hw);
-    std::fill(plane, plane + hw, 0.0f);
+  const int64_t hw = g_.h * g_.w, C = g_.c;
+  constexpr int64_t T = 16;
+  for (int64_t p0 = 0; p0 < hw; p0 += T) {
+    const int64_t p1 = std::min(hw, p0 + T);
+    for (int64_t c0 = 0; c0 < C; c0 += T) {
+      const int64_t c1 = std::min(C, c0 + T);
+      for (int64_t c = c0; c < c1; ++c)
+        for (int64_t q = p0; q < p1; ++q) dx_image[c * hw + q] = acc_[q * C + c];
+    }
   }
+  std::fill(acc_, acc_ + hw * C, 0.0f);
 }
 
 // The adjoint of im2col: dx[img, c, iy, ix] = Σ dcols[...]. One image per

@@ -54,8 +54,7 @@ class Col2imImage {
 
  private:
   ConvGeometry g_;
-  int64_t stride_;  // floats from one plane of the buffer to the next
-  float* acc_;
+  float* acc_;  // H·W × C: channels last
 };
 // out[img, o, p] = rows[img·P + p, o] + bias[o]  (bias may be null)
 void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O, float* out);
