@@ -199,6 +199,42 @@ void BM_MaskWeightCorrection(benchmark::State& st) {
   }
 }
 
+// The input gradient's decryption as a default step takes it on resnet18
+// batch 32's layer 1 (32768 × 576): the keys removed row by row, with the
+// check's products of both rounds, and the row and column mixing undone
+// in the same pass (Blinding::decrypt_input).
+void BM_DecryptInput(benchmark::State& st) {
+  const int64_t m = 32768, k = 576, n = 64;
+  std::vector<float> a(static_cast<size_t>(m * k), 0.5f), w(static_cast<size_t>(n * k), 0.5f);
+  std::vector<float> z(a.size()), da(a.size());
+  for (size_t i = 0; i < z.size(); ++i) z[i] = static_cast<float>(i % 13) - 6.0f;
+  Obfuscator obf(random_secret(), 4.0);
+  Blinding b(8, 64, 1.0f, 8, MaskKind::kDense);
+  const Product& q = b.apply(Product{0, "a", a.data(), w.data(), m, k, n}, obf);
+  const ScaledPerm r = obf.draw(m), c = obf.draw(k);
+  std::vector<double> dot_r(static_cast<size_t>(2 * k), 0.5), dot_out(static_cast<size_t>(2 * m));
+  for (auto _ : st) {
+    b.decrypt_input(q, z.data(), r, c, dot_r.data(), dot_out.data(), 2, da.data());
+    benchmark::DoNotOptimize(da.data());
+  }
+  st.SetBytesProcessed(st.iterations() * 2 * static_cast<int64_t>(sizeof(float)) * m * k);
+}
+
+// The layout changes around an offloaded convolution on resnet18 batch
+// 32's layer 1 (32 images of 1024 positions, 64 channels): the result's
+// rows into NCHW (range(0) 0), and the output gradient's NCHW into rows (1).
+void BM_RowsNchw(benchmark::State& st) {
+  const int64_t n = 32, P = 1024, O = 64;
+  std::vector<float> rows(static_cast<size_t>(n * P * O), 1.0f), nchw(rows.size(), 2.0f);
+  for (auto _ : st) {
+    if (st.range(0) == 0) rows_to_nchw(rows.data(), nullptr, n, P, O, nchw.data());
+    else nchw_to_rows(nchw.data(), n, P, O, rows.data());
+    benchmark::DoNotOptimize(rows.data());
+    benchmark::DoNotOptimize(nchw.data());
+  }
+  st.SetBytesProcessed(st.iterations() * 2 * static_cast<int64_t>(sizeof(float)) * n * P * O);
+}
+
 // im2col and its adjoint on resnet18's 3×3 convolutions at batch 32
 // (argument: 0 layer 1, 64 channels of 32×32; 1 layer 3, 256 of 8×8;
 // 2 layer 2's strided first one, 64 channels of 32×32 to 16×16); bytes:
@@ -232,11 +268,13 @@ void BM_Col2im(benchmark::State& st) {
 }
 
 BENCHMARK(BM_Copy)->UseRealTime();
+BENCHMARK(BM_RowsNchw)->DenseRange(0, 1)->UseRealTime();
 BENCHMARK(BM_Im2col)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_Col2im)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_BlindingApply)->ArgsProduct({{0, 1}, {0, 1, 2}})->UseRealTime();
 BENCHMARK(BM_MaskProducts)->DenseRange(0, 1)->UseRealTime();
 BENCHMARK(BM_MaskWeightCorrection)->UseRealTime();
+BENCHMARK(BM_DecryptInput)->UseRealTime();
 BENCHMARK(BM_ColMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_ColUnmix)->UseRealTime();
 BENCHMARK(BM_RowMixDrawAndMix)->UseRealTime();

@@ -13,6 +13,64 @@
 namespace tempo {
 
 namespace {
+
+// dst[c·ldd + r] = src[r·lds + c] (+ add[c] when add is given), for r < rows
+// and c < cols: 16 × 16 tiles transposed in registers (AVX-512), the edges
+// element by element. A copy (and the one addition), so the bits are those
+// of the element-by-element form.
+void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float* dst, int64_t ldd,
+               const float* add) {
+  constexpr int64_t T = 16;
+  for (int64_t r0 = 0; r0 < rows; r0 += T)
+    for (int64_t c0 = 0; c0 < cols; c0 += T) {
+#if defined(__AVX512F__)
+      if (r0 + T <= rows && c0 + T <= cols) {
+        const float* s = src + r0 * lds + c0;
+        __m512 t[16], u[16];
+        for (int i = 0; i < 16; i += 2) {
+          const __m512 a = _mm512_loadu_ps(s + i * lds), b = _mm512_loadu_ps(s + (i + 1) * lds);
+          t[i] = _mm512_unpacklo_ps(a, b);
+          t[i + 1] = _mm512_unpackhi_ps(a, b);
+        }
+        // u[4b + j], lane L: column 4L + j of rows 4b .. 4b + 3.
+        for (int b = 0; b < 4; ++b) {
+          const __m512d lo = _mm512_castps_pd(t[4 * b]), hi = _mm512_castps_pd(t[4 * b + 1]);
+          const __m512d lo2 = _mm512_castps_pd(t[4 * b + 2]), hi2 = _mm512_castps_pd(t[4 * b + 3]);
+          u[4 * b] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo, lo2));
+          u[4 * b + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo, lo2));
+          u[4 * b + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi, hi2));
+          u[4 * b + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi, hi2));
+        }
+        float* d = dst + c0 * ldd + r0;
+        for (int j = 0; j < 4; ++j) {
+          const __m512 a01 = _mm512_shuffle_f32x4(u[j], u[4 + j], _MM_SHUFFLE(1, 0, 1, 0));
+          const __m512 b01 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(1, 0, 1, 0));
+          const __m512 a23 = _mm512_shuffle_f32x4(u[j], u[4 + j], _MM_SHUFFLE(3, 2, 3, 2));
+          const __m512 b23 = _mm512_shuffle_f32x4(u[8 + j], u[12 + j], _MM_SHUFFLE(3, 2, 3, 2));
+          __m512 out[4] = {_mm512_shuffle_f32x4(a01, b01, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(a01, b01, _MM_SHUFFLE(3, 1, 3, 1)),
+                           _mm512_shuffle_f32x4(a23, b23, _MM_SHUFFLE(2, 0, 2, 0)),
+                           _mm512_shuffle_f32x4(a23, b23, _MM_SHUFFLE(3, 1, 3, 1))};
+          for (int q = 0; q < 4; ++q) {
+            const int64_t c = 4 * q + j;  // out[q]: column c of the tile
+            if (add) out[q] = _mm512_add_ps(out[q], _mm512_set1_ps(add[c0 + c]));
+            _mm512_storeu_ps(d + c * ldd, out[q]);
+          }
+        }
+        continue;
+      }
+#endif
+      const int64_t r1 = std::min(rows, r0 + T), c1 = std::min(cols, c0 + T);
+      for (int64_t c = c0; c < c1; ++c) {
+        const float a = add ? add[c] : 0.0f;
+        for (int64_t r = r0; r < r1; ++r) dst[c * ldd + r] = add ? src[r * lds + c] + a : src[r * lds + c];
+      }
+    }
+}
+
+}  // namespace
+
+namespace {
 // One (image, output row) of im2col: its OW rows of cols, each written
 // whole, in order (one sequential stream of stores; the k input rows of
 // every channel that it reads, C·k·W floats, stay in L1 across the OW
@@ -220,19 +278,11 @@ void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
   }
 }
 
-// The sums (H·W × C) transposed into the image (C × H·W), in tiles; the
-// buffer starts over.
+// The sums (H·W × C) transposed into the image (C × H·W); the buffer
+// starts over.
 void Col2imImage::write(float* dx_image) {
   const int64_t hw = g_.h * g_.w, C = g_.c;
-  constexpr int64_t T = 16;
-  for (int64_t p0 = 0; p0 < hw; p0 += T) {
-    const int64_t p1 = std::min(hw, p0 + T);
-    for (int64_t c0 = 0; c0 < C; c0 += T) {
-      const int64_t c1 = std::min(C, c0 + T);
-      for (int64_t c = c0; c < c1; ++c)
-        for (int64_t q = p0; q < p1; ++q) dx_image[c * hw + q] = acc_[q * C + c];
-    }
-  }
+  transpose(acc_, hw, C, C, dx_image, hw, nullptr);
   std::fill(acc_, acc_ + hw * C, 0.0f);
 }
 
@@ -254,44 +304,17 @@ void col2im(const ConvGeometry& g, const float* dcols, float* dx) {
 // out[img, o, p] = rows[img·P + p, o] + bias[o]   (rows: (N·P)×O)
 void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O,
                   float* out) {
-  constexpr int64_t T = 32;
   parallel_for(n, [&](int64_t b, int64_t e) {
-    for (int64_t img = b; img < e; ++img) {
-      const float* r = rows + img * P * O;
-      float* y = out + img * O * P;
-      for (int64_t o0 = 0; o0 < O; o0 += T) {
-        int64_t o1 = std::min(O, o0 + T);
-        for (int64_t p0 = 0; p0 < P; p0 += T) {
-          int64_t p1 = std::min(P, p0 + T);
-          for (int64_t o = o0; o < o1; ++o) {
-            float bo = bias ? bias[o] : 0.0f;
-            for (int64_t p = p0; p < p1; ++p) y[o * P + p] = r[p * O + o] + bo;
-          }
-        }
-      }
-    }
+    for (int64_t img = b; img < e; ++img) transpose(rows + img * P * O, P, O, O, out + img * O * P, P, bias);
   });
 }
 
 // rows[img·P + p, o] = dy[img, o, p]
 void nchw_to_rows(const float* dy, int64_t n, int64_t P, int64_t O, float* rows) {
-  constexpr int64_t T = 32;
   parallel_for(n, [&](int64_t b, int64_t e) {
-    for (int64_t img = b; img < e; ++img) {
-      const float* y = dy + img * O * P;
-      float* r = rows + img * P * O;
-      for (int64_t p0 = 0; p0 < P; p0 += T) {
-        int64_t p1 = std::min(P, p0 + T);
-        for (int64_t o0 = 0; o0 < O; o0 += T) {
-          int64_t o1 = std::min(O, o0 + T);
-          for (int64_t p = p0; p < p1; ++p)
-            for (int64_t o = o0; o < o1; ++o) r[p * O + o] = y[o * P + p];
-        }
-      }
-    }
+    for (int64_t img = b; img < e; ++img) transpose(dy + img * O * P, O, P, P, rows + img * P * O, O, nullptr);
   });
 }
-
 
 namespace {
 float* grow(std::vector<float>& v, size_t n) {
