@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <iterator>
 #include <limits>
@@ -517,6 +518,28 @@ TEST(Conv, Im2colAndCol2imFollowTheirDefinitions) {
     }
   }
   set_num_threads(before);
+}
+
+// The layout changes around an offloaded convolution, element by element,
+// on shapes whose sides are and are not multiples of the 16 × 16 tiles.
+TEST(Conv, LayoutChangesFollowTheirDefinitions) {
+  std::mt19937_64 g(32);
+  for (const auto& [n, P, O] : std::vector<std::array<int64_t, 3>>{{2, 37, 20}, {3, 32, 48}, {1, 5, 3}, {2, 64, 16}}) {
+    SCOPED_TRACE(std::to_string(P) + " positions, " + std::to_string(O) + " channels");
+    const auto rows = randn(n * P * O, g), bias = randn(O, g), nchw = randn(n * O * P, g);
+    std::vector<float> out(rows.size(), 7.0f), plain(rows.size(), 7.0f), back(rows.size(), 7.0f);
+    rows_to_nchw(rows.data(), bias.data(), n, P, O, out.data());
+    rows_to_nchw(rows.data(), nullptr, n, P, O, plain.data());
+    nchw_to_rows(nchw.data(), n, P, O, back.data());
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t p = 0; p < P; ++p) {
+          const size_t r = static_cast<size_t>((i * P + p) * O + o), c = static_cast<size_t>((i * O + o) * P + p);
+          ASSERT_EQ(out[c], rows[r] + bias[static_cast<size_t>(o)]);
+          ASSERT_EQ(plain[c], rows[r]);
+          ASSERT_EQ(back[r], nchw[c]);
+        }
+  }
 }
 
 TEST(Freivalds, ProductsTakenDuringDecryption) {
