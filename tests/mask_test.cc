@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "common/blas.h"
+#include "common/conv.h"
 #include "common/parallel.h"
 #include "common/error.h"
 #include "trusted/rng.h"
@@ -163,6 +164,43 @@ TEST(Blinding, TimesItsPartsAndResetsWhenTaken) {
   const BlindingSeconds z = b.take_seconds();
   for (double part : {z.forward, z.mask_draw, z.mask_product, z.result, z.weight, z.gradient, z.input})
     EXPECT_EQ(part, 0.0);
+}
+
+// Before col2im the input gradient's columns stay where the column
+// unmixing leaves them (input_order), and col2im reads them there: the
+// image is the same, bit for bit, as from dA unmixed into place, for the
+// unmixing alone and for the one fused with the decryption.
+TEST(Blinding, InputGradientLeftInGroupOrderGivesTheSameImage) {
+  const ConvGeometry g = ConvGeometry::make(2, 20, 6, 5, 8, 3, 1, 1);
+  const int64_t m = g.n * g.positions(), k = g.cols(), n = g.o;
+  MaskCase mc(m, k, n, 8, 0);
+  Blinding b(8, 0, 1.0f, 8);
+  Obfuscator obf(secret_from_seed(5), 4.0);
+  const Product& q = b.apply(mc.p, obf);
+  const int32_t* order = b.input_order(q);
+  ASSERT_NE(order, nullptr);
+  Rng rng(8);
+  std::vector<float> z(static_cast<size_t>(m * k));
+  for (auto& v : z) v = static_cast<float>(rng.normal());
+  const ScaledPerm r = obf.draw(m), c = obf.draw(k);
+  std::vector<float> da(z.size()), da_grouped(z.size()), dx(static_cast<size_t>(g.n * g.c * g.h * g.w)), dx2(dx.size());
+  for (bool fused : {false, true}) {
+    SCOPED_TRACE(fused ? "fused with the decryption" : "unmixing alone");
+    if (fused) {
+      b.decrypt_input(q, z.data(), r, c, nullptr, nullptr, 0, da.data());
+      b.decrypt_input(q, z.data(), r, c, nullptr, nullptr, 0, da_grouped.data(), false);
+    } else {
+      b.finish_input(q, z.data(), da.data());
+      b.finish_input(q, z.data(), da_grouped.data(), false);
+    }
+    EXPECT_NE(0, std::memcmp(da.data(), da_grouped.data(), da.size() * sizeof(float))) << "the columns moved";
+    col2im(g, da.data(), dx.data());
+    col2im(g, da_grouped.data(), dx2.data(), order);
+    ASSERT_EQ(0, std::memcmp(dx.data(), dx2.data(), dx.size() * sizeof(float)));
+    for (int64_t i = 0; i < m; ++i)
+      for (int64_t j = 0; j < k; ++j)
+        ASSERT_EQ(da[static_cast<size_t>(i * k + j)], da_grouped[static_cast<size_t>(i * k + order[j])]);
+  }
 }
 
 TEST(AdditiveMask, RemovesItselfExactlyAndHidesZeros) {

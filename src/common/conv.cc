@@ -237,18 +237,25 @@ double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols) {
   return im2col_pass<true>(g, x, cols);
 }
 
-Col2imImage::Col2imImage(const ConvGeometry& g) : g_(g) {
+Col2imImage::Col2imImage(const ConvGeometry& g, const int32_t* order) : g_(g) {
   thread_local std::vector<float> buf;  // grows once per thread
   const auto need = static_cast<size_t>(g.c * g.h * g.w);
   if (buf.size() < need) buf.resize(need);
   acc_ = buf.data();
   std::fill(acc_, acc_ + need, 0.0f);
+  if (!order) return;
+  thread_local std::vector<int32_t> at;
+  const int64_t taps = g.k * g.k;
+  at.resize(static_cast<size_t>(taps * g.c));
+  for (int64_t t = 0; t < taps; ++t)
+    for (int64_t c = 0; c < g.c; ++c) at[static_cast<size_t>(t * g.c + c)] = order[c * taps + t];
+  at_ = at.data();
 }
 
 // The sums are kept channels last (pixel (iy, ix) at (iy·W + ix)·C), so a
 // tap of the patch adds to C consecutive floats: the row's values for that
-// tap (every k²-th entry) gathered from the row, which is in cache, and
-// added with plain vector loads and stores. Each element gets the row's
+// tap (every k²-th entry, or where the order puts them) gathered from the
+// row, which is in cache, and added with plain vector loads and stores. Each element gets the row's
 // value once, and rows come in the caller's order, so every sum is taken
 // in the same order as in the channels-first form.
 void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
@@ -261,8 +268,18 @@ void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
       const int64_t ix = ox * g.s - g.p + kx;
       if (ix < 0 || ix >= g.w) continue;
       float* d = acc_ + (iy * g.w + ix) * C;
-      const float* r = row + ky * kk + kx;  // channel c at r[c·taps]
       int64_t c = 0;
+      if (at_) {
+        const int32_t* at = at_ + (ky * kk + kx) * C;  // channel c at row[at[c]]
+#if defined(__AVX512F__)
+        for (; c + 16 <= C; c += 16)
+          _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c),
+                                                _mm512_i32gather_ps(_mm512_loadu_si512(at + c), row, 4)));
+#endif
+        for (; c < C; ++c) d[c] += row[at[c]];
+        continue;
+      }
+      const float* r = row + ky * kk + kx;  // channel c at r[c·taps]
 #if defined(__AVX512F__)
       if (taps == 1) {
         for (; c + 16 <= C; c += 16) _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c), _mm512_loadu_ps(r + c)));
@@ -290,10 +307,12 @@ void Col2imImage::write(float* dx_image) {
 // task, so no two threads write the same element, and the rows are read in
 // order (one sequential stream), so the sum order is fixed: by output row,
 // then position.
-void col2im(const ConvGeometry& g, const float* dcols, float* dx) {
+void col2im(const ConvGeometry& g, const float* dcols, float* dx) { col2im(g, dcols, dx, nullptr); }
+
+void col2im(const ConvGeometry& g, const float* dcols, float* dx, const int32_t* order) {
   const int64_t K = g.cols(), P = g.positions();
   parallel_for(g.n, [&](int64_t b, int64_t e) {
-    Col2imImage acc(g);
+    Col2imImage acc(g, order);
     for (int64_t img = b; img < e; ++img) {
       for (int64_t q = 0; q < P; ++q) acc.add(dcols + (img * P + q) * K, q / g.ow, q % g.ow);
       acc.write(dx + img * g.c * g.h * g.w);

@@ -38,6 +38,10 @@ void im2col(const ConvGeometry& g, const float* x, float* cols);
 // threads). The blinding's mask is scaled by it, without a pass over cols.
 double im2col_sumsq(const ConvGeometry& g, const float* x, float* cols);
 void col2im(const ConvGeometry& g, const float* dcols, float* dx);
+// The same from rows whose columns are stored in another order: column j
+// (channel, ky, kx as above) of a row at position order[j] (order: a
+// permutation of the g.cols() columns).
+void col2im(const ConvGeometry& g, const float* dcols, float* dx, const int32_t* order);
 // col2im for one image at a time, from rows the caller makes in order (a
 // decryption fused with col2im): add() each row of the image (output
 // position (oy, ox), K floats) in row order, then write() the image.
@@ -47,7 +51,8 @@ void col2im(const ConvGeometry& g, const float* dcols, float* dx);
 // the same cache sets. Construct it on the thread that adds.
 class Col2imImage {
  public:
-  explicit Col2imImage(const ConvGeometry& g);
+  // order: as col2im's (nullptr: the rows' columns in their own order).
+  explicit Col2imImage(const ConvGeometry& g, const int32_t* order = nullptr);
   void add(const float* row, int64_t oy, int64_t ox);
   // The image (C×H×W floats) into dx_image; the buffer starts over.
   void write(float* dx_image);
@@ -55,6 +60,7 @@ class Col2imImage {
  private:
   ConvGeometry g_;
   float* acc_;  // H·W × C: channels last
+  const int32_t* at_ = nullptr;  // with an order: where tap t's channel c is in a row, at t·C + c
 };
 // out[img, o, p] = rows[img·P + p, o] + bias[o]  (bias may be null)
 void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O, float* out);

@@ -95,13 +95,13 @@ void Blinding::finish_forward(const Product& q, float* c_sent, float* c) {
 // Row and column unmixing commute (one acts on the left, one on the right):
 // with both, each group's rows are unmixed by columns as soon as the row
 // pass has written them.
-void Blinding::finish_input(const Product& q, const float* da_sent, float* da) const {
+void Blinding::finish_input(const Product& q, const float* da_sent, float* da, bool natural) const {
   ScopeSeconds timed(secs_.input);
   const ColMix* col = col_.get();
   const int id = q.id;
   if (mix_)
-    mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id](float* const* rows, const int64_t*, int64_t n) {
-      col->unmix_here(id, rows, n);
+    mix_->unmix(q.id, da_sent, q.k, da, col ? RowMix::After([col, id, natural](float* const* rows, const int64_t*, int64_t n) {
+      col->unmix_here(id, rows, n, natural);
     }) : RowMix::After());
   else if (col)
     col->unmix(q.id, da_sent, q.m, da);  // dA·Gᵀ·G
@@ -110,7 +110,7 @@ void Blinding::finish_input(const Product& q, const float* da_sent, float* da) c
 }
 
 void Blinding::decrypt_input(const Product& q, const float* z, const ScaledPerm& r, const ScaledPerm& c,
-                             const double* dot_r, double* dot_out, int dot_rounds, float* da) const {
+                             const double* dot_r, double* dot_out, int dot_rounds, float* da, bool natural) const {
   ScopeSeconds timed(secs_.input);
   TEMPO_CHECK(mix_, "fused decryption of an input gradient needs row mixing");
   const ColMix* col = col_.get();
@@ -121,8 +121,9 @@ void Blinding::decrypt_input(const Product& q, const float* z, const ScaledPerm&
       [&](int64_t r0, int64_t r1, float* buf) {
         apply_keys_rows_here(z, m, k, r, c, r0, r1, buf, dot_r, dot_out, dot_rounds);
       },
-      da, col ? RowMix::After([col, id](float* const* rows, const int64_t*, int64_t n) { col->unmix_here(id, rows, n); })
-              : RowMix::After());
+      da, col ? RowMix::After([col, id, natural](float* const* rows, const int64_t*, int64_t n) {
+        col->unmix_here(id, rows, n, natural);
+      }) : RowMix::After());
 }
 
 void Blinding::finish_weight(const Product& q, const float* g, float* dw) {

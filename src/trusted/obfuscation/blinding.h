@@ -68,7 +68,13 @@ class Blinding {
   // scratch), the input gradient (da_sent, m×k, to da), and the weight
   // gradient (in place; g is the gradient as sent).
   void finish_forward(const Product& q, float* c_sent, float* c);
-  void finish_input(const Product& q, const float* da_sent, float* da) const;
+  // natural false: dA's columns left in input_order(q)'s order (when it is
+  // not nullptr), for col2im to gather through.
+  void finish_input(const Product& q, const float* da_sent, float* da, bool natural = true) const;
+  // Where finish_input(natural false) and decrypt_input leave column j of
+  // dA: at order[j] (the column mixing's groups, which col2im can read in
+  // place); nullptr where they leave the columns in order.
+  const int32_t* input_order(const Product& q) const { return mix_ && col_ ? col_->order(q.id) : nullptr; }
   void finish_weight(const Product& q, const float* g, float* dw);
   // finish_input() fused with the decryption: da = the input gradient of q,
   // undone, from the workers' Z (q.m×q.k), whose decryption is R·Z·Cᵀ; the
@@ -77,7 +83,7 @@ class Blinding {
   // products of the rows as sent). Only where fuses_input().
   bool fuses_input() const { return mix_ != nullptr; }
   void decrypt_input(const Product& q, const float* z, const ScaledPerm& r, const ScaledPerm& c,
-                     const double* dot_r, double* dot_out, int dot_rounds, float* da) const;
+                     const double* dot_r, double* dot_out, int dot_rounds, float* da, bool natural = true) const;
   // The seconds spent since the last call, by part; resets them.
   BlindingSeconds take_seconds();
 

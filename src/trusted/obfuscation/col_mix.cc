@@ -83,7 +83,9 @@ void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool 
 
 void ColMix::mix_here(int id, float* const* rows, int64_t n) const { transform_rows(entry(id), rows, rows, n, false); }
 
-void ColMix::unmix_here(int id, float* const* rows, int64_t n) const { transform_rows(entry(id), rows, rows, n, true); }
+void ColMix::unmix_here(int id, float* const* rows, int64_t n, bool place) const {
+  transform_rows(entry(id), rows, rows, n, true, place);
+}
 
 // A group at a time over all n rows: its matrix stays in registers while
 // each row's 8 inputs are broadcast from memory straight into the
@@ -92,7 +94,8 @@ void ColMix::unmix_here(int id, float* const* rows, int64_t n) const { transform
 // gathered (unmixing: dst[j] = buf[inv[j]]) into place, so out may be in.
 // Each output is the same chain of multiply-adds, in the same order, as
 // transform_row's: out = Σ_j in[j]·M[j] from zero, j ascending.
-void ColMix::transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back) const {
+void ColMix::transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back,
+                            bool place) const {
   const int64_t k = e.k, ld = e.ld, sq = ld * ld;
   thread_local std::vector<float> buf;  // grows once per thread
   if (buf.size() < static_cast<size_t>(n * k)) buf.resize(static_cast<size_t>(n * k));
@@ -128,14 +131,14 @@ void ColMix::transform_rows(const Entry& e, const float* const* in, float* const
       }
     }
   }
-  for (int64_t r = 0; r < n; ++r) place_row(e, y + r * k, out[r], back);
+  for (int64_t r = 0; r < n; ++r) place_row(e, y + r * k, out[r], back && place);
 }
 
-// The row built in group order (y) into dst: as it is (mixing), or each
-// column gathered back to its place (unmixing).
-void ColMix::place_row(const Entry& e, const float* y, float* dst, bool back) {
+// The row built in group order (y) into dst: as it is, or (gather: an
+// unmixing that places its columns) each column gathered back to its place.
+void ColMix::place_row(const Entry& e, const float* y, float* dst, bool gather) {
   const int64_t k = e.k;
-  if (!back) {
+  if (!gather) {
     std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
     return;
   }

@@ -34,7 +34,10 @@ class ColMix {
   // The same on n rows (each k floats, anywhere) in place, on the calling
   // thread: for a pass that already holds them in cache (RowMix's groups).
   void mix_here(int id, float* const* rows, int64_t n) const;
-  void unmix_here(int id, float* const* rows, int64_t n) const;
+  // place false: each unmixed row left in the mixing's group order, column
+  // j at position order(id)[j], for a consumer that gathers anyway.
+  void unmix_here(int id, float* const* rows, int64_t n, bool place = true) const;
+  const int32_t* order(int id) const { return entry(id).inv.data(); }
 
  private:
   struct Entry {
@@ -50,8 +53,9 @@ class ColMix {
   void transform(int id, const float* src, int64_t rows, float* dst, bool back) const;
   // n rows (k floats each) into out[t] (which may be in[t]); transform()
   // hands them kBlockRows at a time.
-  void transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back) const;
-  static void place_row(const Entry& e, const float* y, float* dst, bool back);
+  void transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back,
+                      bool place = true) const;
+  static void place_row(const Entry& e, const float* y, float* dst, bool gather);
   static constexpr int64_t kBlockRows = 16;
   int block_;
   std::vector<Entry> entries_;

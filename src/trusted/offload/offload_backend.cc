@@ -148,11 +148,16 @@ void OffloadBackend::backward_input(const Product& p, const float* dc, float* da
     run(Kind::kInput, q, dc, da);
     return;
   }
+  backward_input_mixed(p, q, dc, da, true);
+}
+
+void OffloadBackend::backward_input_mixed(const Product& p, const Product& q, const float* dc, float* da,
+                                          bool natural) {
   const float* g = sent_gradient(p, q, dc);
   float* out = scratch(mix_out_, q.m * q.k);
   run(Kind::kInput, q, g, out);
   PhaseTimer t(phases_.decrypt);
-  blind_->finish_input(q, out, da);
+  blind_->finish_input(q, out, da, natural);
 }
 
 void OffloadBackend::backward_weight(const Product& p, const float* dc, float* dw) {
@@ -169,8 +174,9 @@ void OffloadBackend::backward_input_col2im(const Product& plain, const float* dc
   const Product& p = as_sent(plain);
   if (mixed(plain, p)) {  // dA must be unmixed before its columns are summed into the image
     float* da = scratch(mix_da_, p.m * p.k);
-    backward_input(plain, dc, da);
-    col2im(g, da, dx);
+    const int32_t* order = blind_->input_order(p);
+    backward_input_mixed(plain, p, dc, da, order == nullptr);
+    col2im(g, da, dx, order);
     return;
   }
   Held& h = held(p);
@@ -197,6 +203,9 @@ void OffloadBackend::backward(const Product& plain, const float* dc, float* dw, 
   float* out = das ? (g ? scratch(mix_da_, p.m * p.k) : da) : nullptr;
   fused_input_ = das && blind_->fuses_input() ? out : nullptr;
   fused_done_ = false;
+  // Before col2im, dA's columns stay where the column unmixing leaves them.
+  const int32_t* order = g && das ? blind_->input_order(p) : nullptr;
+  fused_natural_ = order == nullptr;
   if (mix) backward_plain(p, gs, dw, das, nullptr, nullptr);
   else backward_plain(p, dc, dw, da, g, dx);
   fused_input_ = nullptr;
@@ -204,8 +213,9 @@ void OffloadBackend::backward(const Product& plain, const float* dc, float* dw, 
   PhaseTimer t(phases_.decrypt);
   if (dw) blind_->finish_weight(p, gs, dw);
   if (!das) return;
-  if (!fused_done_) blind_->finish_input(p, das, out);
-  if (g) col2im(*g, out, dx);
+  if (!fused_done_) blind_->finish_input(p, das, out, fused_natural_);
+  fused_natural_ = true;
+  if (g) col2im(*g, out, dx, order);
 }
 
 // backward() on the product as sent (dw is still masked when it returns).

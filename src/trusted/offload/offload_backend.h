@@ -78,6 +78,8 @@ class OffloadBackend final : public LinearBackend {
   const char* name() const override { return cfg_.insecure_identity ? "offload" : "tempo"; }
   void forward(const Product& p, float* c) override;
   void backward_input(const Product& p, const float* dc, float* da) override;
+  // backward_input() on a mixed product; natural as in Blinding::finish_input.
+  void backward_input_mixed(const Product& p, const Product& q, const float* dc, float* da, bool natural);
   void backward_weight(const Product& p, const float* dc, float* dw) override;
   void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) override;
   // Under the key shift, both gradients are sent before either is awaited:
@@ -240,6 +242,9 @@ class OffloadBackend final : public LinearBackend {
   // fused_done_ when that attempt succeeds.
   float* fused_input_ = nullptr;
   bool fused_done_ = false;
+  // Whether it leaves dA's columns in order; false before col2im, which
+  // reads them where the column unmixing leaves them (Blinding::input_order).
+  bool fused_natural_ = true;
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;

@@ -286,7 +286,7 @@ bool OffloadBackend::input_finish(const Product& p, const float* dc, float* da, 
                         f.verify ? cr_pre_.data() : nullptr, rounds);
     else if (fused)
       blind_->decrypt_input(p, zp, t1.left.inverse(), t1.right.transpose(), f.verify ? r_pre_.data() : nullptr,
-                            f.verify ? cr_pre_.data() : nullptr, rounds, fused_input_);
+                            f.verify ? cr_pre_.data() : nullptr, rounds, fused_input_, fused_natural_);
     else
       t1.decrypt(zp, m, k, da, 1, f.verify ? r_pre_.data() : nullptr, f.verify ? cr_pre_.data() : nullptr, rounds);
   }
