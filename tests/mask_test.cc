@@ -169,37 +169,43 @@ TEST(Blinding, TimesItsPartsAndResetsWhenTaken) {
 // Before col2im the input gradient's columns stay where the column
 // unmixing leaves them (input_order), and col2im reads them there: the
 // image is the same, bit for bit, as from dA unmixed into place, for the
-// unmixing alone and for the one fused with the decryption.
+// unmixing alone and for the one fused with the decryption, with and
+// without the row mixing.
 TEST(Blinding, InputGradientLeftInGroupOrderGivesTheSameImage) {
   const ConvGeometry g = ConvGeometry::make(2, 20, 6, 5, 8, 3, 1, 1);
   const int64_t m = g.n * g.positions(), k = g.cols(), n = g.o;
   MaskCase mc(m, k, n, 8, 0);
-  Blinding b(8, 0, 1.0f, 8);
-  Obfuscator obf(secret_from_seed(5), 4.0);
-  const Product& q = b.apply(mc.p, obf);
-  const int32_t* order = b.input_order(q);
-  ASSERT_NE(order, nullptr);
-  Rng rng(8);
-  std::vector<float> z(static_cast<size_t>(m * k));
-  for (auto& v : z) v = static_cast<float>(rng.normal());
-  const ScaledPerm r = obf.draw(m), c = obf.draw(k);
-  std::vector<float> da(z.size()), da_grouped(z.size()), dx(static_cast<size_t>(g.n * g.c * g.h * g.w)), dx2(dx.size());
-  for (bool fused : {false, true}) {
-    SCOPED_TRACE(fused ? "fused with the decryption" : "unmixing alone");
-    if (fused) {
-      b.decrypt_input(q, z.data(), r, c, nullptr, nullptr, 0, da.data());
-      b.decrypt_input(q, z.data(), r, c, nullptr, nullptr, 0, da_grouped.data(), false);
-    } else {
-      b.finish_input(q, z.data(), da.data());
-      b.finish_input(q, z.data(), da_grouped.data(), false);
+  for (int row_mix : {8, 0}) {
+    SCOPED_TRACE("row mixing " + std::to_string(row_mix));
+    Blinding b(row_mix, 0, 1.0f, 8);
+    Obfuscator obf(secret_from_seed(5), 4.0);
+    const Product& q = b.apply(mc.p, obf);
+    const int32_t* order = b.input_order(q);
+    ASSERT_NE(order, nullptr);
+    Rng rng(8);
+    std::vector<float> z(static_cast<size_t>(m * k));
+    for (auto& v : z) v = static_cast<float>(rng.normal());
+    const ScaledPerm r = obf.draw(m), c = obf.draw(k);
+    std::vector<float> da(z.size()), da_grouped(z.size()), dx(static_cast<size_t>(g.n * g.c * g.h * g.w)),
+        dx2(dx.size());
+    for (bool fused : {false, true}) {
+      if (fused && !b.fuses_input()) continue;
+      SCOPED_TRACE(fused ? "fused with the decryption" : "unmixing alone");
+      if (fused) {
+        b.decrypt_input(q, z.data(), r, c, nullptr, nullptr, 0, da.data());
+        b.decrypt_input(q, z.data(), r, c, nullptr, nullptr, 0, da_grouped.data(), false);
+      } else {
+        b.finish_input(q, z.data(), da.data());
+        b.finish_input(q, z.data(), da_grouped.data(), false);
+      }
+      EXPECT_NE(0, std::memcmp(da.data(), da_grouped.data(), da.size() * sizeof(float))) << "the columns moved";
+      col2im(g, da.data(), dx.data());
+      col2im(g, da_grouped.data(), dx2.data(), order);
+      ASSERT_EQ(0, std::memcmp(dx.data(), dx2.data(), dx.size() * sizeof(float)));
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < k; ++j)
+          ASSERT_EQ(da[static_cast<size_t>(i * k + j)], da_grouped[static_cast<size_t>(i * k + order[j])]);
     }
-    EXPECT_NE(0, std::memcmp(da.data(), da_grouped.data(), da.size() * sizeof(float))) << "the columns moved";
-    col2im(g, da.data(), dx.data());
-    col2im(g, da_grouped.data(), dx2.data(), order);
-    ASSERT_EQ(0, std::memcmp(dx.data(), dx2.data(), dx.size() * sizeof(float)));
-    for (int64_t i = 0; i < m; ++i)
-      for (int64_t j = 0; j < k; ++j)
-        ASSERT_EQ(da[static_cast<size_t>(i * k + j)], da_grouped[static_cast<size_t>(i * k + order[j])]);
   }
 }
 
@@ -532,15 +538,15 @@ TEST(ColMix, IsASecretOrthogonalGroupingThatCancelsInTheProduct) {
 // every row of the block goes through it): a row comes out the same, bit
 // for bit, whichever block it was in, alone, in a block of 16 with a tail,
 // or in place among 8 rows (as the row mixing hands them), for groups of
-// 8 columns and for the larger groups k = 19 and 291 give.
+// 8 columns and for the larger groups k = 19 and 291 give, and when the
+// whole result (8.5 MB) is streamed to memory.
 TEST(ColMix, ARowsResultDoesNotDependOnItsBlock) {
   Rng rng(6);
-  for (int64_t k : {int64_t{19}, int64_t{288}, int64_t{291}}) {
-    SCOPED_TRACE("k = " + std::to_string(k));
+  for (const auto& [k, m] : std::vector<std::pair<int64_t, int64_t>>{{19, 37}, {288, 37}, {291, 37}, {576, 3700}}) {
+    SCOPED_TRACE("k = " + std::to_string(k) + ", " + std::to_string(m) + " rows");
     ColMix mix(8);
     KeyStream ks(secret_from_seed(13), 0);
     mix.draw(2, k, ks);
-    const int64_t m = 37;
     std::vector<float> a(m * k);
     for (auto& v : a) v = static_cast<float>(rng.normal());
     for (bool back : {false, true}) {

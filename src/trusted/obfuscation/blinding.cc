@@ -104,7 +104,7 @@ void Blinding::finish_input(const Product& q, const float* da_sent, float* da, b
       col->unmix_here(id, rows, n, natural);
     }) : RowMix::After());
   else if (col)
-    col->unmix(q.id, da_sent, q.m, da);  // dA·Gᵀ·G
+    col->unmix(q.id, da_sent, q.m, da, natural);  // dA·Gᵀ·G
   else if (da != da_sent)
     std::copy(da_sent, da_sent + q.m * q.k, da);
 }

@@ -74,7 +74,7 @@ class Blinding {
   // Where finish_input(natural false) and decrypt_input leave column j of
   // dA: at order[j] (the column mixing's groups, which col2im can read in
   // place); nullptr where they leave the columns in order.
-  const int32_t* input_order(const Product& q) const { return mix_ && col_ ? col_->order(q.id) : nullptr; }
+  const int32_t* input_order(const Product& q) const { return col_ ? col_->order(q.id) : nullptr; }
   void finish_weight(const Product& q, const float* g, float* dw);
   // finish_input() fused with the decryption: da = the input gradient of q,
   // undone, from the workers' Z (q.m×q.k), whose decryption is R·Z·Cᵀ; the

@@ -7,6 +7,7 @@
 #include <immintrin.h>
 #endif
 
+#include "common/copy.h"
 #include "common/error.h"
 #include "common/parallel.h"
 #include "trusted/obfuscation/orthogonal.h"
@@ -58,9 +59,13 @@ void ColMix::draw(int id, int64_t k, KeyStream& ks) {
   e.valid = true;
 }
 
-void ColMix::mix(int id, const float* src, int64_t rows, float* dst) const { transform(id, src, rows, dst, false); }
+void ColMix::mix(int id, const float* src, int64_t rows, float* dst) const {
+  transform(id, src, rows, dst, false, true);
+}
 
-void ColMix::unmix(int id, const float* src, int64_t rows, float* dst) const { transform(id, src, rows, dst, true); }
+void ColMix::unmix(int id, const float* src, int64_t rows, float* dst, bool place) const {
+  transform(id, src, rows, dst, true, place);
+}
 
 // Mixing: y[s + t] = Σ_u Q[t][u]·x[perm[s + u]] (the row's group g, columns
 // s.. of the result); unmixing: x[perm[s + u]] = Σ_t Q[t][u]·y[s + t]. Rows
@@ -68,16 +73,18 @@ void ColMix::unmix(int id, const float* src, int64_t rows, float* dst) const { t
 // Both build the row in group order (contiguous stores); mixing gathers its
 // inputs, unmixing gathers its outputs into place at the end (dst[j] =
 // buf[inv[j]]), which costs less than scattering them group by group.
-void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool back) const {
+void ColMix::transform(int id, const float* src, int64_t rows, float* dst, bool back, bool place) const {
   const Entry& e = entry(id);
+  const bool stream = dst != src && rows * e.k * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   parallel_for(rows, [&](int64_t lo, int64_t hi) {
     const float* in[kBlockRows];
     float* out[kBlockRows];
     for (int64_t i = lo; i < hi; i += kBlockRows) {
       const int64_t n = std::min<int64_t>(kBlockRows, hi - i);
       for (int64_t t = 0; t < n; ++t) in[t] = src + (i + t) * e.k, out[t] = dst + (i + t) * e.k;
-      transform_rows(e, in, out, n, back);
+      transform_rows(e, in, out, n, back, place, stream);
     }
+    if (stream) stream_fence();
   }, 64);
 }
 
@@ -95,7 +102,7 @@ void ColMix::unmix_here(int id, float* const* rows, int64_t n, bool place) const
 // Each output is the same chain of multiply-adds, in the same order, as
 // transform_row's: out = Σ_j in[j]·M[j] from zero, j ascending.
 void ColMix::transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back,
-                            bool place) const {
+                            bool place, bool stream) const {
   const int64_t k = e.k, ld = e.ld, sq = ld * ld;
   thread_local std::vector<float> buf;  // grows once per thread
   if (buf.size() < static_cast<size_t>(n * k)) buf.resize(static_cast<size_t>(n * k));
@@ -131,15 +138,24 @@ void ColMix::transform_rows(const Entry& e, const float* const* in, float* const
       }
     }
   }
-  for (int64_t r = 0; r < n; ++r) place_row(e, y + r * k, out[r], back && place);
+  for (int64_t r = 0; r < n; ++r) place_row(e, y + r * k, out[r], back && place, stream);
 }
 
 // The row built in group order (y) into dst: as it is, or (gather: an
-// unmixing that places its columns) each column gathered back to its place.
-void ColMix::place_row(const Entry& e, const float* y, float* dst, bool gather) {
+// unmixing that places its columns) each column gathered back to its place;
+// stream: with non-temporal stores (the caller fences).
+void ColMix::place_row(const Entry& e, const float* y, float* dst, bool gather, bool stream) {
   const int64_t k = e.k;
   if (!gather) {
-    std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
+    if (stream) stream_floats(dst, y, k);
+    else std::memcpy(dst, y, static_cast<size_t>(k) * sizeof(float));
+    return;
+  }
+  if (stream) {
+    thread_local std::vector<float> row;
+    if (row.size() < static_cast<size_t>(k)) row.resize(static_cast<size_t>(k));
+    place_row(e, y, row.data(), true, false);
+    stream_floats(dst, row.data(), k);
     return;
   }
   const int32_t* inv = e.inv.data();

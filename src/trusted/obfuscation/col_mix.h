@@ -28,8 +28,10 @@ class ColMix {
   void draw(int id, int64_t k, KeyStream& ks);
   // dst (rows×k) = src·Gᵀ (mix: every row x becomes G·x) or src·G (unmix:
   // Gᵀ·x), for the mixing last drawn for `id`; dst may be src.
+  // A result of kStreamBytes or more (and not in place) is streamed to dst.
   void mix(int id, const float* src, int64_t rows, float* dst) const;
-  void unmix(int id, const float* src, int64_t rows, float* dst) const;
+  // place false: as unmix_here's.
+  void unmix(int id, const float* src, int64_t rows, float* dst, bool place = true) const;
   int64_t cols(int id) const;
   // The same on n rows (each k floats, anywhere) in place, on the calling
   // thread: for a pass that already holds them in cache (RowMix's groups).
@@ -50,12 +52,12 @@ class ColMix {
     int64_t ld = 0;             // the largest group's size
   };
   const Entry& entry(int id) const;
-  void transform(int id, const float* src, int64_t rows, float* dst, bool back) const;
+  void transform(int id, const float* src, int64_t rows, float* dst, bool back, bool place) const;
   // n rows (k floats each) into out[t] (which may be in[t]); transform()
   // hands them kBlockRows at a time.
   void transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back,
-                      bool place = true) const;
-  static void place_row(const Entry& e, const float* y, float* dst, bool gather);
+                      bool place = true, bool stream = false) const;
+  static void place_row(const Entry& e, const float* y, float* dst, bool gather, bool stream);
   static constexpr int64_t kBlockRows = 16;
   int block_;
   std::vector<Entry> entries_;
