@@ -1,14 +1,21 @@
 #include "worker/local_worker.h"
 
+#include <future>
+
 #include "common/error.h"
 
 namespace tempo {
 
 LocalWorker::LocalWorker(std::string name, std::unique_ptr<ComputeBackend> backend,
                          size_t quota_bytes)
-    : name_(std::move(name)), service_(std::move(backend), quota_bytes), thread_([this] { run(); }) {}
+    : name_(std::move(name)),
+      deferred_(backend && backend->name() == "cpu"),
+      service_(std::move(backend), quota_bytes) {
+  if (!deferred_) thread_ = std::thread([this] { run(); });
+}
 
 LocalWorker::~LocalWorker() {
+  if (!thread_.joinable()) return;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stop_ = true;
@@ -42,6 +49,7 @@ std::future<Matrix> LocalWorker::conv(ConvOp op, Handle a, Handle b, const ConvG
 }
 
 std::future<Matrix> LocalWorker::enqueue(std::function<Matrix()> fn) {
+  if (deferred_) return std::async(std::launch::deferred, std::move(fn));
   auto task = std::make_shared<std::packaged_task<Matrix()>>(std::move(fn));
   std::future<Matrix> f = task->get_future();
   {

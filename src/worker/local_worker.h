@@ -1,5 +1,14 @@
-// An in-process worker (`--workers local:N`): a WorkerService driven by its
-// own thread, behind the same WorkerApi as a remote worker.
+// An in-process worker (`--workers local:N`): a WorkerService behind the
+// same WorkerApi as a remote worker. A GPU backend's requests run on the
+// worker's own thread, so the master works while the device computes. A
+// CPU backend's products run when their result is awaited, on the thread
+// that awaits it: they compute on the master's own cores and threads
+// anyway, and a second thread calling the (OpenMP) BLAS would bring a
+// second OpenMP pool, which makes libgomp see more threads than cores and
+// stop spinning between the master's parallel loops (every loop then
+// pays to wake its threads; with the worker's threads also holding the
+// cores, a fifth of the master's time in a tempo step on 2 cores,
+// docs/BENCHMARKS.md).
 #pragma once
 
 #include <condition_variable>
@@ -30,6 +39,7 @@ class LocalWorker final : public WorkerApi {
   void run();
   std::future<Matrix> enqueue(std::function<Matrix()> fn);
   std::string name_;
+  bool deferred_;  // CPU backend: requests run when awaited (above)
   WorkerService service_;
   std::mutex mu_;
   std::condition_variable cv_;
