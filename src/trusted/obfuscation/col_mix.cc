@@ -99,8 +99,9 @@ void ColMix::unmix_here(int id, float* const* rows, int64_t n, bool place) const
 // multiply-adds (no gather, no lane shuffles). The rows are built in
 // group order in a buffer of this thread's, then copied (mixing) or
 // gathered (unmixing: dst[j] = buf[inv[j]]) into place, so out may be in.
-// Each output is the same chain of multiply-adds, in the same order, as
-// transform_row's: out = Σ_j in[j]·M[j] from zero, j ascending.
+// Each output is one chain of multiply-adds, out = Σ_j in[j]·M[j] from
+// zero, j ascending: the same bits as the row-at-a-time form this
+// replaced, whatever the block.
 void ColMix::transform_rows(const Entry& e, const float* const* in, float* const* out, int64_t n, bool back,
                             bool place, bool stream) const {
   const int64_t k = e.k, ld = e.ld, sq = ld * ld;
