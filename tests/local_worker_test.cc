@@ -48,12 +48,17 @@ TEST(LocalWorker, CpuProductsRunOnTheAwaitingThreadDeviceOnesOnTheWorkers) {
     w.put(2, obf->encrypt_yt(t, y.data(), n, k));
     std::future<Matrix> f = w.product(ProductOp::kNT, 1, 2, 1);
     const bool cpu = std::string(name) == "cpu";
-    if (cpu) EXPECT_EQ(where, std::thread::id()) << "ran before it was awaited";
+    if (cpu) {
+      EXPECT_EQ(where, std::thread::id()) << "ran before it was awaited";
+    }
     const Matrix z = f.get();
     EXPECT_EQ(z.rows(), m);
     EXPECT_EQ(z.cols(), n);
-    if (cpu) EXPECT_EQ(where, std::this_thread::get_id());
-    else EXPECT_NE(where, std::this_thread::get_id());
+    if (cpu) {
+      EXPECT_EQ(where, std::this_thread::get_id());
+    } else {
+      EXPECT_NE(where, std::this_thread::get_id());
+    }
     EXPECT_NE(where, std::thread::id());
   }
 }

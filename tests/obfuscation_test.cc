@@ -579,10 +579,11 @@ TEST(Freivalds, ProductsTakenDuringDecryption) {
     }
     std::vector<double> wrong(static_cast<size_t>(N));
     KeyStream ks = obf.stream();
-    if (rounds > 1)
+    if (rounds > 1) {
       EXPECT_THROW(v.check(c.data(), M, N, K, {cs.a.data(), false}, {cs.w.data(), true}, ks, nullptr, 0, nullptr,
                            &wrong, nullptr),
                    std::logic_error);
+    }
   }
   // Fused with col2im: the products are those of the rows before they are
   // summed into the image.

@@ -78,8 +78,6 @@ class OffloadBackend final : public LinearBackend {
   const char* name() const override { return cfg_.insecure_identity ? "offload" : "tempo"; }
   void forward(const Product& p, float* c) override;
   void backward_input(const Product& p, const float* dc, float* da) override;
-  // backward_input() on a mixed product; natural as in Blinding::finish_input.
-  void backward_input_mixed(const Product& p, const Product& q, const float* dc, float* da, bool natural);
   void backward_weight(const Product& p, const float* dc, float* dw) override;
   void backward_input_col2im(const Product& p, const float* dc, const ConvGeometry& g, float* dx) override;
   // Under the key shift, both gradients are sent before either is awaited:
@@ -205,6 +203,9 @@ class OffloadBackend final : public LinearBackend {
     return &q != &plain && blind_->transforms_input_gradient();
   }
   const float* sent_gradient(const Product& plain, const Product& q, const float* dc);
+  // backward_input() on a mixed product (q: p as sent); natural as in
+  // Blinding::finish_input.
+  void backward_input_mixed(const Product& p, const Product& q, const float* dc, float* da, bool natural);
   float* scratch(std::vector<float>& buf, int64_t n);
   void backward_plain(const Product& p, const float* dc, float* dw, float* da, const ConvGeometry* g, float* dx);
   Held& held(int id);
