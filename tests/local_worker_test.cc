@@ -19,6 +19,7 @@ class WhereBackend final : public ComputeBackend {
  public:
   WhereBackend(std::string name, std::thread::id* where) : name_(std::move(name)), where_(where) {}
   std::string name() const override { return name_; }
+  bool on_host_cores() const override { return name_ == "cpu"; }
   Matrix product(ProductOp, const Matrix& x, const Matrix& y, int64_t) override {
     *where_ = std::this_thread::get_id();
     return Matrix(x.rows(), y.rows());

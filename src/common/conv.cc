@@ -68,9 +68,6 @@ void transpose(const float* src, int64_t rows, int64_t cols, int64_t lds, float*
     }
 }
 
-}  // namespace
-
-namespace {
 // One (image, output row) of im2col: its OW rows of cols, each written
 // whole, in order (one sequential stream of stores; the k input rows of
 // every channel that it reads, C·k·W floats, stay in L1 across the OW
@@ -243,13 +240,18 @@ Col2imImage::Col2imImage(const ConvGeometry& g, const int32_t* order) : g_(g) {
   if (buf.size() < need) buf.resize(need);
   acc_ = buf.data();
   std::fill(acc_, acc_ + need, 0.0f);
-  if (!order) return;
+  // Where tap t's channel c is in a row: column c·k² + t, or where the
+  // order puts it.
   thread_local std::vector<int32_t> at;
   const int64_t taps = g.k * g.k;
   at.resize(static_cast<size_t>(taps * g.c));
   for (int64_t t = 0; t < taps; ++t)
-    for (int64_t c = 0; c < g.c; ++c) at[static_cast<size_t>(t * g.c + c)] = order[c * taps + t];
+    for (int64_t c = 0; c < g.c; ++c) {
+      const int64_t j = c * taps + t;
+      at[static_cast<size_t>(t * g.c + c)] = static_cast<int32_t>(order ? order[j] : j);
+    }
   at_ = at.data();
+  contiguous_ = taps == 1 && !order;
 }
 
 // The sums are kept channels last (pixel (iy, ix) at (iy·W + ix)·C), so a
@@ -260,7 +262,7 @@ Col2imImage::Col2imImage(const ConvGeometry& g, const int32_t* order) : g_(g) {
 // in the same order as in the channels-first form.
 void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
   const ConvGeometry& g = g_;
-  const int64_t C = g.c, kk = g.k, taps = kk * kk;
+  const int64_t C = g.c, kk = g.k;
   for (int64_t ky = 0; ky < kk; ++ky) {
     const int64_t iy = oy * g.s - g.p + ky;
     if (iy < 0 || iy >= g.h) continue;
@@ -269,28 +271,20 @@ void Col2imImage::add(const float* row, int64_t oy, int64_t ox) {
       if (ix < 0 || ix >= g.w) continue;
       float* d = acc_ + (iy * g.w + ix) * C;
       int64_t c = 0;
-      if (at_) {
-        const int32_t* at = at_ + (ky * kk + kx) * C;  // channel c at row[at[c]]
+      if (contiguous_) {  // a 1 × 1 kernel's row is the channels in order
 #if defined(__AVX512F__)
-        for (; c + 16 <= C; c += 16)
-          _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c),
-                                                _mm512_i32gather_ps(_mm512_loadu_si512(at + c), row, 4)));
+        for (; c + 16 <= C; c += 16) _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c), _mm512_loadu_ps(row + c)));
 #endif
-        for (; c < C; ++c) d[c] += row[at[c]];
+        for (; c < C; ++c) d[c] += row[c];
         continue;
       }
-      const float* r = row + ky * kk + kx;  // channel c at r[c·taps]
+      const int32_t* at = at_ + (ky * kk + kx) * C;  // channel c at row[at[c]]
 #if defined(__AVX512F__)
-      if (taps == 1) {
-        for (; c + 16 <= C; c += 16) _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c), _mm512_loadu_ps(r + c)));
-      } else if (taps * 16 < (int64_t{1} << 31)) {
-        const __m512i idx = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                               _mm512_set1_epi32(static_cast<int32_t>(taps)));
-        for (; c + 16 <= C; c += 16)
-          _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c), _mm512_i32gather_ps(idx, r + c * taps, 4)));
-      }
+      for (; c + 16 <= C; c += 16)
+        _mm512_storeu_ps(d + c, _mm512_add_ps(_mm512_loadu_ps(d + c),
+                                              _mm512_i32gather_ps(_mm512_loadu_si512(at + c), row, 4)));
 #endif
-      for (; c < C; ++c) d[c] += r[c * taps];
+      for (; c < C; ++c) d[c] += row[at[c]];
     }
   }
 }

@@ -60,7 +60,8 @@ class Col2imImage {
  private:
   ConvGeometry g_;
   float* acc_;  // H·W × C: channels last
-  const int32_t* at_ = nullptr;  // with an order: where tap t's channel c is in a row, at t·C + c
+  const int32_t* at_ = nullptr;  // where tap t's channel c is in a row, at t·C + c
+  bool contiguous_ = false;      // a 1 × 1 kernel without an order: channel c at c
 };
 // out[img, o, p] = rows[img·P + p, o] + bias[o]  (bias may be null)
 void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, int64_t O, float* out);

@@ -9,7 +9,7 @@ namespace tempo {
 LocalWorker::LocalWorker(std::string name, std::unique_ptr<ComputeBackend> backend,
                          size_t quota_bytes)
     : name_(std::move(name)),
-      deferred_(backend && backend->name() == "cpu"),
+      deferred_(backend && backend->on_host_cores()),
       service_(std::move(backend), quota_bytes) {
   if (!deferred_) thread_ = std::thread([this] { run(); });
 }

@@ -17,6 +17,10 @@ class ComputeBackend {
  public:
   virtual ~ComputeBackend() = default;
   virtual std::string name() const = 0;
+  // Whether it computes on the host's cores (and their OpenMP threads), as
+  // the master does: an in-process worker then runs its products on the
+  // master's thread (local_worker.h).
+  virtual bool on_host_cores() const { return false; }
   // z = op(x, y) in `groups` blocks (product_shape); z is allocated by the
   // backend. Shapes already checked by the service.
   virtual Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) = 0;

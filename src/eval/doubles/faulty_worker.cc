@@ -84,6 +84,7 @@ class TamperingBackend final : public ComputeBackend {
   TamperingBackend(std::unique_ptr<ComputeBackend> inner, Tamper how, double rate, uint64_t seed)
       : inner_(std::move(inner)), how_(how), rate_(rate), rng_(seed) {}
   std::string name() const override { return inner_->name(); }
+  bool on_host_cores() const override { return inner_->on_host_cores(); }
   Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) override {
     return maybe_lie(inner_->product(op, x, y, groups));
   }

@@ -14,6 +14,7 @@ namespace {
 class CpuBackend final : public ComputeBackend {
  public:
   std::string name() const override { return "cpu"; }
+  bool on_host_cores() const override { return true; }
   Matrix product(ProductOp op, const Matrix& x, const Matrix& y, int64_t groups) override {
     int64_t r, c;
     WorkerService::result_shape(op, x, y, groups, r, c);
