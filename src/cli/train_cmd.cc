@@ -94,9 +94,9 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
                  "tempo mode: add a fresh secret rank-r mask to the input operand of every offloaded product, so "
                  "that its zeros (post-ReLU) do not reach a worker; the master removes it with thin products "
                  "(0: none, about 20% faster for cnn, but the zeros then leak the feature maps' layout: "
-                 "docs/SECURITY.md)")
+                 "docs/SECURITY.md; at most 512)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(0, 512));
   app.add_option_function<std::string>(
          "--mask-kind", [&c](const std::string& s) { c.offload.mask_kind = parse_mask_kind(s); },
          "tempo mode: how the mask is drawn: dense (U·Vᵀ, r multiply-adds per entry) or kron (V's rows Kronecker "

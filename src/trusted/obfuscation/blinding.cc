@@ -30,12 +30,10 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     col_->draw(p.id, p.k, *col_ks);
   }
   if (mask_) mask_ks.emplace(obf.stream());
-  // The Kronecker mask is added in the mixing pass, a group of rows at a
-  // time while they are in cache (its scale from A's sum of squares, which
-  // the orthogonal mixings keep). The dense one is not: its m×k×r product
-  // runs faster as one sgemm over the mixed operand than as small products
-  // per group (docs/BENCHMARKS.md, 2026-12-04).
-  const bool mask_in_pass = mix_ && mask_ && mask_->kind() == MaskKind::kKron;
+  // With row mixing the mask is added in the mixing pass, a group of rows
+  // at a time while they are in cache (its scale from A's sum of squares,
+  // which the orthogonal mixings keep).
+  const bool mask_in_pass = mix_ && mask_;
   if (mix_) {
     // One pass: each group of rows is mixed, then its columns.
     const int id = p.id;

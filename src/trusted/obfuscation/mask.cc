@@ -1,6 +1,7 @@
 #include "trusted/obfuscation/mask.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <cstring>
 
@@ -10,6 +11,7 @@
 
 #include "common/blas.h"
 #include "common/copy.h"
+#include "common/exact_low_rank.h"
 #include "common/error.h"
 #include "common/parallel.h"
 #include "common/timer.h"
@@ -30,59 +32,20 @@ void fill_uniform(KeyStream& ks, float h, float* out, int64_t n) {
   }
 }
 
+// The dense mask's integers: odd, uniform on ±1, ±3, …, ±127 (mean 0,
+// variance kOddVariance), four from each word of the stream.
+constexpr double kOddVariance = 16383.0 / 3.0;
+void fill_odd_int8(KeyStream& ks, int8_t* out, int64_t n) {
+  uint32_t words[1024];
+  for (int64_t i0 = 0; i0 < n; i0 += 4096) {
+    const int64_t len = std::min<int64_t>(4096, n - i0);
+    ks.fill(words, static_cast<size_t>((len + 3) / 4));
+    std::memcpy(out + i0, words, static_cast<size_t>(len));
+    for (int64_t i = 0; i < len; ++i) out[i0 + i] = static_cast<int8_t>(static_cast<uint8_t>(out[i0 + i]) | 1u);
+  }
+}
+
 typedef float V8 __attribute__((vector_size(32), aligned(4)));  // 8 floats, unaligned access
-
-// rows[t][j] += Σ_q u[t][q]·vt[q·k + j] for T rows and columns [j0, j1):
-// 24 columns at a time in 3·T accumulators, each row of Vᵀ loaded once for
-// the T rows; the columns left over one at a time.
-template <int T>
-void add_low_rank_t(const float* const* u, float* const* rows, const float* vt, int64_t r, int64_t k, int64_t j0,
-                    int64_t j1) {
-  int64_t j = j0;
-  for (; j + 24 <= j1; j += 24) {
-    V8 acc[T][3] = {};
-    for (int64_t q = 0; q < r; ++q) {
-      const float* v = vt + q * k + j;
-      const V8 v0 = *reinterpret_cast<const V8*>(v), v1 = *reinterpret_cast<const V8*>(v + 8),
-               v2 = *reinterpret_cast<const V8*>(v + 16);
-      for (int t = 0; t < T; ++t) {
-        const float c = u[t][q];
-        acc[t][0] += c * v0;
-        acc[t][1] += c * v1;
-        acc[t][2] += c * v2;
-      }
-    }
-    for (int t = 0; t < T; ++t)
-      for (int b = 0; b < 3; ++b) {
-        V8* o = reinterpret_cast<V8*>(rows[t] + j + 8 * b);
-        *o = *o + acc[t][b];
-      }
-  }
-  for (; j < j1; ++j)
-    for (int t = 0; t < T; ++t) {
-      float acc = 0;
-      for (int64_t q = 0; q < r; ++q) acc += u[t][q] * vt[q * k + j];
-      rows[t][j] += acc;
-    }
-}
-
-// The n rows in blocks of 48 columns, every tile of rows per block: the
-// block of Vᵀ (r×48) is read from memory once and stays in L1 for all the
-// rows (Vᵀ itself, r×k, does not fit in L2 for the deep layers).
-void add_low_rank(const float* const* u, float* const* rows, int64_t n, const float* vt, int64_t r, int64_t k) {
-  constexpr int64_t kBlock = 48;
-  for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
-    const int64_t j1 = std::min(k, j0 + kBlock);
-    int64_t t = 0;
-    for (; t + 4 <= n; t += 4) add_low_rank_t<4>(u + t, rows + t, vt, r, k, j0, j1);
-    switch (n - t) {
-      case 3: add_low_rank_t<3>(u + t, rows + t, vt, r, k, j0, j1); break;
-      case 2: add_low_rank_t<2>(u + t, rows + t, vt, r, k, j0, j1); break;
-      case 1: add_low_rank_t<1>(u + t, rows + t, vt, r, k, j0, j1); break;
-      default: break;
-    }
-  }
-}
 
 // out (rows×cols, cols a multiple of 8) = a (rows×inner, row-major) ·
 // b (inner×cols): four rows by 8 columns at a time, eight independent
@@ -147,6 +110,7 @@ void set_default_mask_kind(MaskKind k) { g_default_kind = k; }
 AdditiveMask::AdditiveMask(int rank, float magnitude, MaskKind kind)
     : rank_(rank), magnitude_(magnitude), kind_(kind) {
   TEMPO_CHECK(rank >= 1, "mask rank must be at least 1");
+  TEMPO_CHECK(rank <= kMaxRank, "mask rank must be at most " + std::to_string(kMaxRank));
   TEMPO_CHECK(magnitude > 0 && std::isfinite(magnitude), "mask magnitude must be positive");
 }
 
@@ -196,7 +160,6 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
   e.r = side <= 2 * int64_t{rank_} ? side : rank_;
   const int64_t r = e.r;
   e.u.resize(static_cast<size_t>(m * r));
-  e.vt.resize(static_cast<size_t>(r * k));
   double rms = std::sqrt(sumsq / static_cast<double>(m * k));
   if (!(rms > 0) || !std::isfinite(rms)) rms = 1.0;
   // kKron: r1·r2 = r, r1 the largest factor up to √r; the grid's k1 rows
@@ -208,14 +171,48 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
     const int64_t r2 = r / r1, k2 = (2 * r2 + 7) / 8 * 8, k1 = (k + k2 - 1) / k2;
     if (k1 >= 2 * r1) e.kron = true, e.r1 = r1, e.r2 = r2, e.k1 = k1, e.k2 = k2;
   }
-  // Entries of U·Vᵀ: dense, a sum of r products of variance 1 and
-  // rms²·magnitude²/r; kKron, U's entries carry the whole variance (X's and
-  // Y's rows are unit vectors, so every entry of R has variance Var(U)).
-  const float hu = e.kron ? static_cast<float>(std::sqrt(3.0) * rms * magnitude_) : std::sqrt(3.0f);
-  const float hv = static_cast<float>(std::sqrt(3.0) * rms * magnitude_ / std::sqrt(static_cast<double>(r)));
   // U in a fixed number of pieces, each from its own stretch of the stream,
   // in parallel: the draws depend on the stream only, not on the threads.
   constexpr int64_t kPieces = 16;
+  if (!e.kron) {
+    // Dense: U and V of odd integers (fill_odd_int8), R = scale·U·Vᵀ, an
+    // entry a sum of r products of variance kOddVariance² times scale²:
+    // rms²·magnitude². The integer product is exact (exact_low_rank.h).
+    e.scale = static_cast<float>(rms * magnitude_ / (std::sqrt(static_cast<double>(r)) * kOddVariance));
+    std::vector<int8_t> v(static_cast<size_t>(k * r));
+    fill_odd_int8(ks, v.data(), k * r);
+    // A sum of an even number of odd products can be zero, and a zero of
+    // A would then reach the worker (about once in 10⁵ entries): for even
+    // r, V's first column is even instead (±2, ±6, …, ±126, the same
+    // variance to 2e-4), so every entry of U·Vᵀ is odd, never zero.
+    if (r % 2 == 0)
+      for (int64_t j = 0; j < k; ++j) {
+        int8_t& x = v[static_cast<size_t>(j * r)];
+        x = static_cast<int8_t>(((x >> 1) | 1) * 2);
+      }
+    e.lr.set_v(v.data(), k, r);
+    const int64_t stride = e.lr.u_stride();
+    e.u8.assign(static_cast<size_t>(m * stride), 0);
+    parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
+      for (int64_t c = lo; c < hi; ++c) {
+        KeyStream piece = ks.fork(static_cast<uint32_t>(c));
+        const int64_t r0 = m * c / kPieces, r1 = m * (c + 1) / kPieces;
+        int8_t* u8 = e.u8.data() + r0 * stride;
+        if (stride == r) fill_odd_int8(piece, u8, (r1 - r0) * r);
+        else
+          for (int64_t i = 0; i < r1 - r0; ++i) fill_odd_int8(piece, u8 + i * stride, r);
+        float* u = e.u.data() + r0 * r;
+        for (int64_t i = 0; i < r1 - r0; ++i)
+          for (int64_t q = 0; q < r; ++q) u[i * r + q] = u8[i * stride + q];
+      }
+    });
+    return;
+  }
+  // kKron: U's entries carry the whole variance (X's and Y's rows are unit
+  // vectors, so every entry of R has variance Var(U)).
+  e.scale = 1.0f;
+  e.vt.resize(static_cast<size_t>(r * k));
+  const float hu = static_cast<float>(std::sqrt(3.0) * rms * magnitude_);
   parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
       KeyStream piece = ks.fork(static_cast<uint32_t>(c));
@@ -223,46 +220,36 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
       fill_uniform(piece, hu, e.u.data() + r0 * r, (r1 - r0) * r);
     }
   });
-  if (e.kron) {
-    const int64_t r1 = e.r1, r2 = e.r2, k1 = e.k1, k2 = e.k2;
-    {
-      auto unit_rows = [&](std::vector<float>& z, int64_t rows, int64_t cols) {
-        z.resize(static_cast<size_t>(rows * cols));
-        fill_uniform(ks, 1.0f, z.data(), rows * cols);
-        for (int64_t i = 0; i < rows; ++i) {
-          double ss = 0;
-          for (int64_t c = 0; c < cols; ++c) ss += double{z[static_cast<size_t>(i * cols + c)]} * z[static_cast<size_t>(i * cols + c)];
-          const float f = ss > 0 ? static_cast<float>(1.0 / std::sqrt(ss)) : 0.0f;
-          for (int64_t c = 0; c < cols; ++c) z[static_cast<size_t>(i * cols + c)] *= f;
-        }
-      };
-      unit_rows(e.x, k1, r1);
-      std::vector<float> y;
-      unit_rows(y, k2, r2);
-      e.yt.resize(y.size());
-      for (int64_t o = 0; o < k2; ++o)
-        for (int64_t q2 = 0; q2 < r2; ++q2) e.yt[static_cast<size_t>(q2 * k2 + o)] = y[static_cast<size_t>(o * r2 + q2)];
-      // A secret injection of the k columns into the k1·k2 cells.
-      std::vector<int32_t> cells(static_cast<size_t>(k1 * k2));
-      for (size_t i = 0; i < cells.size(); ++i) cells[i] = static_cast<int32_t>(i);
-      for (int64_t i = k1 * k2 - 1; i > 0; --i)
-        std::swap(cells[static_cast<size_t>(i)], cells[ks.below(static_cast<uint32_t>(i + 1))]);
-      e.cell.assign(cells.begin(), cells.begin() + k);
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t c = e.cell[static_cast<size_t>(j)] / k2, o = e.cell[static_cast<size_t>(j)] % k2;
-        for (int64_t q1 = 0; q1 < r1; ++q1)
-          for (int64_t q2 = 0; q2 < r2; ++q2)
-            e.vt[static_cast<size_t>((q1 * r2 + q2) * k + j)] =
-                e.x[static_cast<size_t>(c * r1 + q1)] * y[static_cast<size_t>(o * r2 + q2)];
-      }
-      return;
+  const int64_t r1 = e.r1, r2 = e.r2, k1 = e.k1, k2 = e.k2;
+  auto unit_rows = [&](std::vector<float>& z, int64_t rows, int64_t cols) {
+    z.resize(static_cast<size_t>(rows * cols));
+    fill_uniform(ks, 1.0f, z.data(), rows * cols);
+    for (int64_t i = 0; i < rows; ++i) {
+      double ss = 0;
+      for (int64_t c = 0; c < cols; ++c) ss += double{z[static_cast<size_t>(i * cols + c)]} * z[static_cast<size_t>(i * cols + c)];
+      const float f = ss > 0 ? static_cast<float>(1.0 / std::sqrt(ss)) : 0.0f;
+      for (int64_t c = 0; c < cols; ++c) z[static_cast<size_t>(i * cols + c)] *= f;
     }
+  };
+  unit_rows(e.x, k1, r1);
+  std::vector<float> y;
+  unit_rows(y, k2, r2);
+  e.yt.resize(y.size());
+  for (int64_t o = 0; o < k2; ++o)
+    for (int64_t q2 = 0; q2 < r2; ++q2) e.yt[static_cast<size_t>(q2 * k2 + o)] = y[static_cast<size_t>(o * r2 + q2)];
+  // A secret injection of the k columns into the k1·k2 cells.
+  std::vector<int32_t> cells(static_cast<size_t>(k1 * k2));
+  for (size_t i = 0; i < cells.size(); ++i) cells[i] = static_cast<int32_t>(i);
+  for (int64_t i = k1 * k2 - 1; i > 0; --i)
+    std::swap(cells[static_cast<size_t>(i)], cells[ks.below(static_cast<uint32_t>(i + 1))]);
+  e.cell.assign(cells.begin(), cells.begin() + k);
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t c = e.cell[static_cast<size_t>(j)] / k2, o = e.cell[static_cast<size_t>(j)] % k2;
+    for (int64_t q1 = 0; q1 < r1; ++q1)
+      for (int64_t q2 = 0; q2 < r2; ++q2)
+        e.vt[static_cast<size_t>((q1 * r2 + q2) * k + j)] =
+            e.x[static_cast<size_t>(c * r1 + q1)] * y[static_cast<size_t>(o * r2 + q2)];
   }
-  // V (k×r) as the stream gives it, stored transposed.
-  thin_.resize(static_cast<size_t>(k * r));
-  fill_uniform(ks, hv, thin_.data(), k * r);
-  for (int64_t j = 0; j < k; ++j)
-    for (int64_t q = 0; q < r; ++q) e.vt[static_cast<size_t>(q * k + j)] = thin_[static_cast<size_t>(j * r + q)];
 }
 
 // Row i of R on the grid: T = U_i·Yᵀ (r1×k2), then G = X·T (k1×k2), and
@@ -299,38 +286,49 @@ const Product& AdditiveMask::add(const Product& p, float* dst, KeyStream& ks) {
   draw(e, p, operand_sum_of_squares(p), ks);
   e.q = p;
   ScopeSeconds timed(secs_.product);
-  if (e.kron) {
-    parallel_for(m, [&](int64_t lo, int64_t hi) {
-      float* rows[64];
-      int64_t index[64];
-      for (int64_t i0 = lo; i0 < hi; i0 += 64) {
-        const int64_t nb = std::min<int64_t>(64, hi - i0);
-        for (int64_t t = 0; t < nb; ++t) index[t] = i0 + t, rows[t] = dst + (i0 + t) * k;
-        add_kron_rows(e, rows, index, nb);
-      }
-    }, 64);
-  } else {
-    sgemm(false, false, m, k, e.r, 1.0f, e.u.data(), e.r, e.vt.data(), k, 1.0f, dst, k);
-  }
+  parallel_for(m, [&](int64_t lo, int64_t hi) {
+    float* rows[64];
+    int64_t index[64];
+    for (int64_t i0 = lo; i0 < hi; i0 += 64) {
+      const int64_t nb = std::min<int64_t>(64, hi - i0);
+      for (int64_t t = 0; t < nb; ++t) index[t] = i0 + t, rows[t] = dst + (i0 + t) * k;
+      add_entry_rows(e, rows, index, nb);
+    }
+  }, 64);
   e.q.a = dst;
   e.q.a_sumsq = -1;
   e.valid = true;
   return e.q;
 }
 
+void AdditiveMask::add_entry_rows(const Entry& e, float* const* rows, const int64_t* index, int64_t n) {
+  if (e.kron) {
+    add_kron_rows(e, rows, index, n);
+    return;
+  }
+  const int8_t* u[64];
+  const int64_t stride = e.lr.u_stride();
+  for (int64_t t0 = 0; t0 < n; t0 += 64) {
+    const int64_t nb = std::min<int64_t>(64, n - t0);
+    for (int64_t t = 0; t < nb; ++t) u[t] = e.u8.data() + index[t0 + t] * stride;
+    e.lr.add(u, rows + t0, nb, e.scale);
+  }
+}
+
 void AdditiveMask::add_rows(int id, float* const* rows, const int64_t* index, int64_t n) const {
   const Entry* e = find(id);
   TEMPO_CHECK(e, "mask rows of a product that was not masked");
-  if (e->kron) {
-    add_kron_rows(*e, rows, index, n);
-    return;
-  }
-  const float* u[64];
-  for (int64_t t0 = 0; t0 < n; t0 += 64) {
-    const int64_t nb = std::min<int64_t>(64, n - t0);
-    for (int64_t t = 0; t < nb; ++t) u[t] = e->u.data() + index[t0 + t] * e->r;
-    add_low_rank(u, rows + t0, nb, e->vt.data(), e->r, e->q.k);
-  }
+  const auto t0 = std::chrono::steady_clock::now();
+  add_entry_rows(*e, rows, index, n);
+  rows_ns_.fetch_add(std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0).count(),
+                     std::memory_order_relaxed);
+}
+
+AdditiveMask::Seconds AdditiveMask::take_seconds() {
+  Seconds s = secs_;
+  s.product += static_cast<double>(rows_ns_.exchange(0)) * 1e-9 / std::max(1, num_threads());
+  secs_ = {};
+  return s;
 }
 
 const Product& AdditiveMask::masked(const Product& p) const {
@@ -343,8 +341,8 @@ void AdditiveMask::unmask_forward(const Product& p, float* c) {
   TEMPO_CHECK(e, "unmask of a product that was not masked: " + p.name);
   const int64_t r = e->r;
   thin_.resize(static_cast<size_t>(p.n * r));
-  sgemm(false, true, p.n, r, p.k, 1.0f, p.w, p.k, e->vt.data(), p.k, 0.0f, thin_.data(), r);     // W·V
-  sgemm(false, true, p.m, p.n, r, -1.0f, e->u.data(), r, thin_.data(), r, 1.0f, c, p.n);          // −U·(W·V)ᵀ
+  sgemm(false, true, p.n, r, p.k, 1.0f, p.w, p.k, e->vt_data(), p.k, 0.0f, thin_.data(), r);  // W·V
+  sgemm(false, true, p.m, p.n, r, -e->scale, e->u.data(), r, thin_.data(), r, 1.0f, c, p.n);  // −U·(W·V)ᵀ
 }
 
 void AdditiveMask::unmask_weight(const Product& p, const float* dc, float* dw) {
@@ -362,7 +360,7 @@ void AdditiveMask::unmask_weight(const Product& p, const float* dc, float* dw) {
                                              sgemm(true, false, p.n, r, r1 - r0, 1.0f, dc + r0 * p.n, p.n,
                                                    e->u.data() + r0 * r, r, 0.0f, part, r);  // dC[r0:r1]ᵀ·U[r0:r1]
                                            });
-  sgemm(false, false, p.n, p.k, r, -1.0f, sum, r, e->vt.data(), p.k, 1.0f, dw, p.k);  // −(dCᵀ·U)·Vᵀ
+  sgemm(false, false, p.n, p.k, r, -e->scale, sum, r, e->vt_data(), p.k, 1.0f, dw, p.k);  // −(dCᵀ·U)·Vᵀ
 }
 
 }  // namespace tempo

@@ -1,16 +1,20 @@
 // Additive low-rank masks: the hardening against the zero-pattern leak
 // (docs/SECURITY.md). A scale cannot hide a zero, so post-ReLU inputs keep
 // their exact zero pattern under MM-obfuscation alone. With a mask of rank
-// r, the master adds R = U·Vᵀ (U: m×r, V: k×r, fresh uniform draws from the
+// r, the master adds R = s·U·Vᵀ (U: m×r, V: k×r, fresh draws from the
 // secret key stream for every product and step, R's entries of A's rms
 // times `magnitude`) to the data operand A before it is encrypted, so that
-// a worker receives (A + R)': no zero survives. Workers compute (A + R)·Wᵀ
-// and, backward, dCᵀ·(A + R); the master checks those as usual and then
-// removes R's share with thin products:
-//     C  = (A + R)·Wᵀ − U·(W·V)ᵀ          r·n·(m + k) multiply-adds
-//     dW = dCᵀ·(A + R) − (dCᵀ·U)·Vᵀ       r·n·(m + k)
+// a worker receives (A + R)': no zero survives. U's and V's entries are odd
+// integers, uniform on ±1, ±3, …, ±127, and s a float scale: U·Vᵀ is then
+// an exact integer matrix (common/exact_low_rank.h), computed on Intel's
+// AMX tiles where there are some (int8 products, about six times the rate
+// of fp32 arithmetic) and through sgemm elsewhere, with the same bits.
+// Workers compute (A + R)·Wᵀ and, backward, dCᵀ·(A + R); the master checks
+// those as usual and then removes R's share with thin products:
+//     C  = (A + R)·Wᵀ − s·U·(W·V)ᵀ          r·n·(m + k) multiply-adds
+//     dW = dCᵀ·(A + R) − s·(dCᵀ·U)·Vᵀ       r·n·(m + k)
 // The input gradient dA = dC·W does not involve A. Drawing R costs one
-// m×k×r sgemm. A worker that estimated R back would see the zeros again,
+// m×k×r product. A worker that estimated R back would see the zeros again,
 // which is why r must not be small (measured in SECURITY.md).
 //
 // MaskKind::kKron draws the same kind of mask, rank r = r1·r2 (8·8 for 64),
@@ -27,10 +31,12 @@
 // attacks in docs/SECURITY.md.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <string>
 #include <vector>
 
+#include "common/exact_low_rank.h"
 #include "trusted/obfuscation/keys.h"
 #include "trusted/offload/linear_backend.h"
 
@@ -54,18 +60,18 @@ void set_default_mask_kind(MaskKind k);
 
 class AdditiveMask {
  public:
+  // Largest rank: a full-rank side is up to twice it, within
+  // kExactRankMax.
+  static constexpr int kMaxRank = static_cast<int>(kExactRankMax / 2);
   explicit AdditiveMask(int rank, float magnitude = 1.0f, MaskKind kind = default_mask_kind());
   MaskKind kind() const { return kind_; }
-  // Seconds spent drawing U and V, and adding U·Vᵀ outside a mixing pass
-  // (apply, apply_in_place), since the last call; resets them.
+  // Seconds spent drawing U and V, and adding R (in a mixing pass, add_rows
+  // on several threads: their summed time over the number of threads),
+  // since the last call; resets them.
   struct Seconds {
     double draw = 0, product = 0;
   };
-  Seconds take_seconds() {
-    const Seconds s = secs_;
-    secs_ = {};
-    return s;
-  }
+  Seconds take_seconds();
   // p with `a` replaced by A + U·Vᵀ (fresh U, V drawn from ks); it stays
   // valid until the next apply() for the same p.id. The rank used is
   // rank, or min(m, k) (full) where that is at most twice the rank: a small
@@ -96,13 +102,22 @@ class AdditiveMask {
     bool valid = false;
     Product q;
     int64_t r = 0;
-    std::vector<float> am, u, vt;  // A + U·Vᵀ, U (m×r), Vᵀ (r×k)
+    // A + R; U (m×r) as floats. Dense: R = scale·U·Vᵀ, U and V of small
+    // integers, U also as int8 (rows of lr.u_stride()), V in lr. kKron:
+    // R = U·Vᵀ (scale 1), Vᵀ (r×k) in vt.
+    std::vector<float> am, u, vt;
+    std::vector<int8_t> u8;
+    ExactLowRank lr;
+    float scale = 1.0f;
+    const float* vt_data() const { return kron ? vt.data() : lr.vt(); }
     // kKron: the grid (k1×k2 cells), X (k1×r1), Y (k2×r2), column j's cell.
     bool kron = false;
     int64_t r1 = 0, r2 = 0, k1 = 0, k2 = 0;
     std::vector<float> x, yt;  // X; Yᵀ (r2×k2)
     std::vector<int32_t> cell;
   };
+  // rows[t] += R[index[t]] for t < n: any entry, any thread.
+  static void add_entry_rows(const Entry& e, float* const* rows, const int64_t* index, int64_t n);
   // rows[t] += (U·Vᵀ)[index[t]] of a kKron entry, row by row.
   static void add_kron_rows(const Entry& e, float* const* rows, const int64_t* index, int64_t n);
   const Entry* find(int id) const;
@@ -115,6 +130,7 @@ class AdditiveMask {
   MaskKind kind_;
   std::vector<Entry> entries_;
   Seconds secs_;
+  mutable std::atomic<int64_t> rows_ns_{0};  // add_rows' time, summed over threads
   std::vector<float> thin_;      // n×r: W·V, or dCᵀ·U in pieces
 };
 

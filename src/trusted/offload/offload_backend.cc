@@ -27,7 +27,8 @@ OffloadBackend::OffloadBackend(OffloadConfig cfg, std::vector<std::unique_ptr<Wo
   for (auto& w : workers) slots_.push_back({std::move(w), 0, false});
   obf_ = cfg.insecure_identity ? Obfuscator::insecure_identity(secret)
                                : std::make_unique<Obfuscator>(secret, cfg.key_scale);
-  TEMPO_CHECK(cfg.mask_rank >= 0, "--mask-rank must not be negative");
+  TEMPO_CHECK(cfg.mask_rank >= 0 && cfg.mask_rank <= AdditiveMask::kMaxRank,
+              "--mask-rank must be 0 (off) to " + std::to_string(AdditiveMask::kMaxRank));
   TEMPO_CHECK(cfg.row_mix == 0 || (cfg.row_mix >= 2 && cfg.row_mix <= 32), "--row-mix must be 0 (off) or 2 to 32");
   TEMPO_CHECK(cfg.col_mix == 0 || (cfg.col_mix >= 2 && cfg.col_mix <= 32), "--col-mix must be 0 (off) or 2 to 32");
   if ((cfg.mask_rank > 0 || cfg.row_mix > 0 || cfg.col_mix > 0) && !cfg.insecure_identity)

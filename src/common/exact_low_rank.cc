@@ -1,0 +1,180 @@
+#include "common/exact_low_rank.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+
+#if defined(__x86_64__)
+// GCC 12 takes the intrinsics' _mm512_undefined_* placeholders for
+// uninitialised values (a false -Wmaybe-uninitialized).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include <cpuid.h>
+#include <immintrin.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+#endif
+
+#include "common/blas.h"
+#include "common/error.h"
+
+namespace tempo {
+
+namespace {
+
+#if defined(__x86_64__)
+// The tile path's instructions exist, the kernel saves their state and
+// AVX-512's, and it granted this process the tile data (Linux ≥ 5.16).
+bool detect_amx() {
+  const char* off = std::getenv("TEMPO_NO_AMX");
+  if (off && *off && std::strcmp(off, "0") != 0) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  const bool avx512 = (b & (1u << 16)) && (b & (1u << 30));  // F, BW
+  const bool tiles = (d & (1u << 24)) && (d & (1u << 25));   // AMX-TILE, AMX-INT8
+  if (!avx512 || !tiles) return false;
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  const uint64_t xcr0 = (uint64_t{hi} << 32) | lo;
+  const uint64_t need = (7u << 5) | (3u << 17);  // opmask, ZMM state; XTILECFG, XTILEDATA
+  if ((xcr0 & need) != need) return false;
+  constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
+  return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+struct alignas(64) TileConfig {
+  uint8_t palette = 1, start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};  // bytes per row
+  uint8_t rows[16] = {};
+};
+
+// tmm0–3: four 16-column blocks of int32 sums (nr rows); tmm4: nr rows of U,
+// 64 of its r at a time; tmm5: the matching 64 × 16 block of V, packed.
+// TDPBSSD adds A's rows times B: K = 64 int8 products per int32 entry.
+#define TEMPO_TILE_TARGET __attribute__((target("amx-tile,amx-int8,avx512f,avx512bw")))
+
+TEMPO_TILE_TARGET void add_tiles(const int8_t* const* u, float* const* rows, int64_t n, float s,
+                                 const int8_t* packed, int64_t k, int64_t rp) {
+  const int64_t blocks = (k + 15) / 16, chunks = rp / 64;
+  thread_local std::vector<int8_t> gathered;
+  if (gathered.size() < static_cast<size_t>(16 * rp)) gathered.resize(static_cast<size_t>(16 * rp));
+  int8_t* a = gathered.data();
+  alignas(64) int32_t c[4][16 * 16];
+  const __m512 sv = _mm512_set1_ps(s);
+  TileConfig cfg;
+  int configured = 0;
+  for (int64_t t0 = 0; t0 < n; t0 += 16) {
+    const int nr = static_cast<int>(std::min<int64_t>(16, n - t0));
+    if (nr != configured) {
+      for (int t = 0; t < 6; ++t) cfg.colsb[t] = 64, cfg.rows[t] = static_cast<uint8_t>(nr);
+      cfg.rows[5] = 16;
+      _tile_loadconfig(&cfg);
+      configured = nr;
+    }
+    for (int t = 0; t < nr; ++t) std::memcpy(a + t * rp, u[t0 + t], static_cast<size_t>(rp));
+    for (int64_t b0 = 0; b0 < blocks; b0 += 4) {
+      const int64_t nb = std::min<int64_t>(4, blocks - b0);
+      _tile_zero(0);
+      if (nb > 1) _tile_zero(1);
+      if (nb > 2) _tile_zero(2);
+      if (nb > 3) _tile_zero(3);
+      for (int64_t ch = 0; ch < chunks; ++ch) {
+        const int8_t* v = packed + (ch * blocks + b0) * 1024;
+        _tile_loadd(4, a + ch * 64, rp);
+        _tile_loadd(5, v, 64);
+        _tile_dpbssd(0, 4, 5);
+        if (nb > 1) {
+          _tile_loadd(5, v + 1024, 64);
+          _tile_dpbssd(1, 4, 5);
+        }
+        if (nb > 2) {
+          _tile_loadd(5, v + 2048, 64);
+          _tile_dpbssd(2, 4, 5);
+        }
+        if (nb > 3) {
+          _tile_loadd(5, v + 3072, 64);
+          _tile_dpbssd(3, 4, 5);
+        }
+      }
+      _tile_stored(0, c[0], 64);
+      if (nb > 1) _tile_stored(1, c[1], 64);
+      if (nb > 2) _tile_stored(2, c[2], 64);
+      if (nb > 3) _tile_stored(3, c[3], 64);
+      for (int t = 0; t < nr; ++t) {
+        float* row = rows[t0 + t];
+        for (int64_t b = 0; b < nb; ++b) {
+          const int64_t j = (b0 + b) * 16;
+          const __mmask16 live = k - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - j)) - 1);
+          const __m512 x = _mm512_cvtepi32_ps(_mm512_load_si512(c[b] + t * 16));
+          _mm512_mask_storeu_ps(row + j, live, _mm512_fmadd_ps(x, sv, _mm512_maskz_loadu_ps(live, row + j)));
+        }
+      }
+    }
+  }
+  _tile_release();
+}
+#else
+bool detect_amx() { return false; }
+void add_tiles(const int8_t* const*, float* const*, int64_t, float, const int8_t*, int64_t, int64_t) {}
+#endif
+
+std::atomic<bool> g_amx_on{true};
+
+}  // namespace
+
+bool amx_usable() {
+  static const bool usable = detect_amx();
+  return usable;
+}
+
+bool amx_enabled() { return g_amx_on.load(std::memory_order_relaxed) && amx_usable(); }
+
+void set_amx_enabled(bool on) { g_amx_on.store(on, std::memory_order_relaxed); }
+
+void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
+  TEMPO_CHECK(r >= 1 && r <= kExactRankMax && k >= 1, "exact low-rank product: rank out of range");
+  k_ = k, r_ = r, rp_ = (r + 63) / 64 * 64;
+  vt_.resize(static_cast<size_t>(r * k));
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t q = 0; q < r; ++q) vt_[static_cast<size_t>(q * k + j)] = v[j * r + q];
+  if (!amx_usable()) return;
+  // Block b of 16 columns, chunk ch of 64 of r: 16 rows of 64 bytes, row
+  // q/4 holding column j's entries q (mod 4) at 4·(j mod 16) + q mod 4.
+  const int64_t blocks = (k + 15) / 16;
+  packed_.assign(static_cast<size_t>((rp_ / 64) * blocks * 1024), 0);
+  for (int64_t j = 0; j < k; ++j)
+    for (int64_t q = 0; q < r; ++q)
+      packed_[static_cast<size_t>(((q / 64) * blocks + j / 16) * 1024 + (q % 64) / 4 * 64 + (j % 16) * 4 + q % 4)] =
+          v[j * r + q];
+}
+
+void ExactLowRank::add(const int8_t* const* u, float* const* rows, int64_t n, float s) const {
+  if (n <= 0) return;
+  if (amx_enabled()) {
+    add_tiles(u, rows, n, s, packed_.data(), k_, rp_);
+    return;
+  }
+  // The same integers through sgemm, 16 rows at a time (exact: see the header).
+  constexpr int64_t kRows = 16;
+  thread_local std::vector<float> uf, sums;
+  if (uf.size() < static_cast<size_t>(kRows * r_)) uf.resize(static_cast<size_t>(kRows * r_));
+  if (sums.size() < static_cast<size_t>(kRows * k_)) sums.resize(static_cast<size_t>(kRows * k_));
+  for (int64_t t0 = 0; t0 < n; t0 += kRows) {
+    const int64_t nr = std::min(kRows, n - t0);
+    for (int64_t t = 0; t < nr; ++t)
+      for (int64_t q = 0; q < r_; ++q) uf[static_cast<size_t>(t * r_ + q)] = u[t0 + t][q];
+    sgemm(false, false, nr, k_, r_, 1.0f, uf.data(), r_, vt_.data(), k_, 0.0f, sums.data(), k_);
+    for (int64_t t = 0; t < nr; ++t) {
+      float* row = rows[t0 + t];
+      const float* sum = sums.data() + t * k_;
+#pragma omp simd
+      for (int64_t j = 0; j < k_; ++j) row[j] = std::fma(sum[j], s, row[j]);
+    }
+  }
+}
+
+}  // namespace tempo

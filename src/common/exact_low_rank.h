@@ -1,0 +1,56 @@
+// Exact low-rank additions: rows += s·(U·Vᵀ) where U and V hold small
+// integers (int8). Every product is below 2¹⁴ and every partial sum of at
+// most kExactRankMax of them below 2²⁴, so the integer U·Vᵀ is exact in
+// float whatever the order of summation: the tile path (Intel AMX, int8 dot
+// products into int32) and the portable one (sgemm on the same integers as
+// floats) give the same integers, and each entry then takes one rounding,
+// fma(n, s, row). The two paths agree bit for bit, so a result does not
+// depend on which one a machine has.
+//
+// On AMX a rank-64 product is one tile instruction per 16×16 entries, about
+// six times the rate of fp32 arithmetic on the same core
+// (docs/BENCHMARKS.md); it needs Linux's permission for the tile state
+// (arch_prctl, asked once). Under SGX the enclave must be built with AMX
+// in its allowed features (XFRM; Gramine: `sgx.cpu_features.amx`), else the
+// request fails and the portable path runs. TEMPO_NO_AMX=1 in the
+// environment forces the portable path.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+namespace tempo {
+
+constexpr int64_t kExactRankMax = 1024;  // 1024·127² < 2²⁴
+
+// Whether the tile path can run here (CPU, kernel permission, TEMPO_NO_AMX);
+// decided once.
+bool amx_usable();
+// Whether it runs: amx_usable() unless switched off (tests and benchmarks
+// compare the two paths in one process).
+bool amx_enabled();
+void set_amx_enabled(bool on);
+
+class ExactLowRank {
+ public:
+  // V: k×r int8, row j is V's row j (r ≤ kExactRankMax). Kept as floats
+  // (Vᵀ, r×k, for the portable path and for callers' own products) and
+  // packed for the tiles.
+  void set_v(const int8_t* v, int64_t k, int64_t r);
+  int64_t rank() const { return r_; }
+  int64_t cols() const { return k_; }
+  // The stride a row of U must have for add(): r rounded up to 64, the
+  // entries past r zero.
+  int64_t u_stride() const { return rp_; }
+  const float* vt() const { return vt_.data(); }
+  // rows[t][j] = fma(Σ_q u[t][q]·V[j][q], s, rows[t][j]) for t < n, j < k;
+  // u[t] points to u_stride() int8. Any thread, any n.
+  void add(const int8_t* const* u, float* const* rows, int64_t n, float s) const;
+
+ private:
+  int64_t k_ = 0, r_ = 0, rp_ = 0;
+  std::vector<float> vt_;
+  std::vector<int8_t> packed_;  // [64-chunk of r][16-column block][r/4 row][16 columns × 4]
+};
+
+}  // namespace tempo

@@ -1,0 +1,93 @@
+// Exact low-rank additions (common/exact_low_rank.h): the tile path (AMX)
+// and the portable one give the same bits, and both give the definition:
+// the integer U·Vᵀ, exact, then one fma per entry.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "common/exact_low_rank.h"
+#include "common/parallel.h"
+#include "trusted/rng.h"
+
+namespace tempo {
+namespace {
+
+struct Case {
+  int64_t n, k, r;
+};
+
+// rows (n×k) after add() on the path asked for.
+std::vector<float> run(const Case& c, bool tiles, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int8_t> v(static_cast<size_t>(c.k * c.r));
+  for (auto& x : v) x = static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
+  ExactLowRank lr;
+  lr.set_v(v.data(), c.k, c.r);
+  const int64_t stride = lr.u_stride();
+  EXPECT_EQ(stride % 64, 0);
+  EXPECT_GE(stride, c.r);
+  std::vector<int8_t> u(static_cast<size_t>(c.n * stride), 0);
+  for (int64_t i = 0; i < c.n; ++i)
+    for (int64_t q = 0; q < c.r; ++q) u[static_cast<size_t>(i * stride + q)] = static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
+  std::vector<float> rows(static_cast<size_t>(c.n * c.k));
+  for (auto& x : rows) x = static_cast<float>(rng.normal());
+  // Rows in a scattered order, as a mixing pass hands them.
+  std::vector<const int8_t*> up(static_cast<size_t>(c.n));
+  std::vector<float*> rp(static_cast<size_t>(c.n));
+  for (int64_t t = 0; t < c.n; ++t) {
+    const int64_t i = (t * 11 + 3) % c.n;  // a permutation: 11 divides no n here
+    up[static_cast<size_t>(t)] = u.data() + i * stride;
+    rp[static_cast<size_t>(t)] = rows.data() + i * c.k;
+  }
+  const bool before = amx_enabled();
+  set_amx_enabled(tiles);
+  lr.add(up.data(), rp.data(), c.n, 0.37f);
+  set_amx_enabled(before);
+  // The definition, in double (exact: every sum is an integer below 2^24).
+  Rng again(seed);
+  std::vector<float> want(rows.size());
+  {
+    std::vector<int8_t> v2(v.size());
+    for (auto& x : v2) x = static_cast<int8_t>(static_cast<int>(again.next() % 255) - 127);
+    std::vector<int8_t> u2(u.size(), 0);
+    for (int64_t i = 0; i < c.n; ++i)
+      for (int64_t q = 0; q < c.r; ++q) u2[static_cast<size_t>(i * stride + q)] = static_cast<int8_t>(static_cast<int>(again.next() % 255) - 127);
+    for (int64_t i = 0; i < c.n * c.k; ++i) want[static_cast<size_t>(i)] = static_cast<float>(again.normal());
+    for (int64_t i = 0; i < c.n; ++i)
+      for (int64_t j = 0; j < c.k; ++j) {
+        double s = 0;
+        for (int64_t q = 0; q < c.r; ++q) s += double(u2[static_cast<size_t>(i * stride + q)]) * v2[static_cast<size_t>(j * c.r + q)];
+        float& w = want[static_cast<size_t>(i * c.k + j)];
+        w = std::fma(static_cast<float>(s), 0.37f, w);
+      }
+  }
+  EXPECT_EQ(0, std::memcmp(rows.data(), want.data(), rows.size() * sizeof(float)))
+      << (tiles && amx_usable() ? "tiles" : "portable") << ": not the definition";
+  return rows;
+}
+
+// Ranks 64 (one tile chunk), 16 (padded) and 100 (two chunks, padded);
+// columns a multiple of 16, not one, and fewer than 16; rows fewer than a
+// tile, a tile, and more.
+TEST(ExactLowRank, TilesAndPortablePathGiveTheDefinitionBitForBit) {
+  const std::vector<Case> cases = {{37, 576, 64}, {8, 288, 64}, {16, 27, 16}, {21, 300, 100}, {1, 9, 64}, {40, 150, 1}};
+  for (const Case& c : cases) {
+    SCOPED_TRACE(std::to_string(c.n) + " rows, " + std::to_string(c.k) + " columns, rank " + std::to_string(c.r));
+    const std::vector<float> portable = run(c, false, 5);
+    const std::vector<float> tiles = run(c, true, 5);
+    EXPECT_EQ(0, std::memcmp(portable.data(), tiles.data(), tiles.size() * sizeof(float)));
+  }
+  if (!amx_usable()) std::printf("[   NOTE   ] no AMX here: only the portable path was compared with the definition\n");
+}
+
+TEST(ExactLowRank, RefusesARankWhoseSumsWouldNotBeExact) {
+  ExactLowRank lr;
+  std::vector<int8_t> v(static_cast<size_t>(2 * (kExactRankMax + 1)), 1);
+  EXPECT_THROW(lr.set_v(v.data(), 2, kExactRankMax + 1), std::exception);
+  EXPECT_NO_THROW(lr.set_v(v.data(), 2, kExactRankMax));
+}
+
+}  // namespace
+}  // namespace tempo
