@@ -179,7 +179,8 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
     // entry a sum of r products of variance kOddVariance² times scale²:
     // rms²·magnitude². The integer product is exact (exact_low_rank.h).
     e.scale = static_cast<float>(rms * magnitude_ / (std::sqrt(static_cast<double>(r)) * kOddVariance));
-    std::vector<int8_t> v(static_cast<size_t>(k * r));
+    std::vector<int8_t>& v = v8_;
+    v.resize(static_cast<size_t>(k * r));
     fill_odd_int8(ks, v.data(), k * r);
     // A sum of an even number of odd products can be zero, and a zero of
     // A would then reach the worker (about once in 10⁵ entries): for even
@@ -192,7 +193,8 @@ void AdditiveMask::draw(Entry& e, const Product& p, double sumsq, KeyStream& ks)
       }
     e.lr.set_v(v.data(), k, r);
     const int64_t stride = e.lr.u_stride();
-    e.u8.assign(static_cast<size_t>(m * stride), 0);
+    // Rows of stride > r keep zeros past r (drawn rows fill r bytes each).
+    if (stride != r || e.u8.size() != static_cast<size_t>(m * stride)) e.u8.assign(static_cast<size_t>(m * stride), 0);
     parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
       for (int64_t c = lo; c < hi; ++c) {
         KeyStream piece = ks.fork(static_cast<uint32_t>(c));

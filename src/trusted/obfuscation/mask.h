@@ -132,6 +132,7 @@ class AdditiveMask {
   Seconds secs_;
   mutable std::atomic<int64_t> rows_ns_{0};  // add_rows' time, summed over threads
   std::vector<float> thin_;      // n×r: W·V, or dCᵀ·U in pieces
+  std::vector<int8_t> v8_;       // V (k×r) as drawn, before set_v keeps it
 };
 
 }  // namespace tempo
