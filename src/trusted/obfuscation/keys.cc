@@ -115,10 +115,14 @@ inline void row_dots(const float* x, const double* r, int64_t n, int rounds, dou
 void gather_rows(const float* x, int64_t cols, const ScaledPerm& r, const ScaledPerm& c, int64_t i0, int64_t i1,
                  float* y, const double* dot_r, double* dot_out, int64_t stride, int dot_rounds,
                  const RowVisit* visit = nullptr) {
+  // The row after this one is prefetched while this one is gathered, past
+  // i1 too: a caller that asks a few rows at a time (a mixing group) would
+  // otherwise wait on memory for the first row of every call.
+  const int64_t rows = r.size();
   for (int64_t i = i0; i < i1; ++i) {
     const int64_t from = r.perm[static_cast<size_t>(i)];
     const float* src = x + from * cols;
-    const float* next = i + 1 < i1 ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
+    const float* next = i + 1 < rows ? x + static_cast<int64_t>(r.perm[static_cast<size_t>(i + 1)]) * cols : nullptr;
     float* dst = y + (i - i0) * cols;
     gather_row(src, r.scale[static_cast<size_t>(i)], c.perm.data(), c.scale.data(), cols, dst, next);
     if (dot_r) row_dots(dst, dot_r, cols, dot_rounds, dot_out + (i - i0), stride);
