@@ -466,11 +466,38 @@ TEST(Decryption, BlindedProductsEqualPlaintextAndHideZeros) {
   }
 }
 
+// `steps` forward and backward passes of one 97×61×13 product through be,
+// fresh operands every step in the same buffers (as a layer keeps them),
+// each result within 1e-5 of the master's own.
+void expect_steps_match_tee_only(OffloadBackend& be, int steps, int seed, bool relu) {
+  const int64_t m = 97, k = 61, n = 13;
+  TeeOnlyBackend tee;
+  std::vector<float> a(m * k), w(n * k), dc(m * n);
+  for (int step = 0; step < steps; ++step) {
+    for (auto [v, s] : {std::pair{&a, seed}, {&w, seed + 10}, {&dc, seed + 20}}) {
+      const auto x = normal_vec(static_cast<int64_t>(v->size()), s + step);
+      std::copy(x.begin(), x.end(), v->begin());
+    }
+    if (relu)
+      for (auto& x : a) x = std::max(x, 0.0f);
+    Product p{0, "test", a.data(), w.data(), m, k, n};
+    std::vector<float> c1(m * n), da1(m * k), dw1(n * k), c2(m * n), da2(m * k), dw2(n * k);
+    tee.forward(p, c2.data());
+    tee.backward_input(p, dc.data(), da2.data());
+    tee.backward_weight(p, dc.data(), dw2.data());
+    be.forward(p, c1.data());
+    be.backward(p, dc.data(), dw1.data(), da1.data());
+    be.end_step();
+    EXPECT_LT(rel_diff(c1, c2), 1e-5) << "step " << step;
+    EXPECT_LT(rel_diff(da1, da2), 1e-5) << "step " << step;
+    EXPECT_LT(rel_diff(dw1, dw2), 1e-5) << "step " << step;
+  }
+}
+
 // Training changes the weight (and the input) between steps while the
 // blinding's buffers and the key shift's held ciphertexts stay: every step's
 // results must be those of that step's operands, for every blinding.
 TEST(Decryption, BlindedProductsFollowChangingOperands) {
-  const int64_t m = 97, k = 61, n = 13;
   for (int rank : {0, 8})
     for (int mix : {0, 8})
       for (int col : {0, 8})
@@ -481,31 +508,50 @@ TEST(Decryption, BlindedProductsFollowChangingOperands) {
           oc.row_mix = mix;
           oc.col_mix = col;
           OffloadBackend be(oc, local_workers(1), secret_from_seed(7 + rank + mix + col + shift));
-          TeeOnlyBackend tee;
           SCOPED_TRACE("rank " + std::to_string(rank) + ", mix " + std::to_string(mix) + ", col " +
                        std::to_string(col) + ", shift " + std::to_string(shift));
-          // The same buffers every step, as a layer keeps them.
-          std::vector<float> a(m * k), w(n * k), dc(m * n);
-          for (int step = 0; step < 3; ++step) {
-            for (auto [v, seed] : {std::pair{&a, 10}, {&w, 20}, {&dc, 30}}) {
-              const auto x = normal_vec(static_cast<int64_t>(v->size()), seed + step);
-              std::copy(x.begin(), x.end(), v->begin());
-            }
-            for (auto& x : a) x = std::max(x, 0.0f);
-            Product p{0, "test", a.data(), w.data(), m, k, n};
-            std::vector<float> c1(m * n), da1(m * k), dw1(n * k), c2(m * n), da2(m * k), dw2(n * k);
-            tee.forward(p, c2.data());
-            tee.backward_input(p, dc.data(), da2.data());
-            tee.backward_weight(p, dc.data(), dw2.data());
-            be.forward(p, c1.data());
-            be.backward(p, dc.data(), dw1.data(), da1.data());
-            be.end_step();
-            EXPECT_LT(rel_diff(c1, c2), 1e-5) << "step " << step;
-            EXPECT_LT(rel_diff(da1, da2), 1e-5) << "step " << step;
-            EXPECT_LT(rel_diff(dw1, dw2), 1e-5) << "step " << step;
-          }
+          expect_steps_match_tee_only(be, 3, 10, true);
           EXPECT_EQ(be.stats().rejected, 0);
         }
+}
+
+// A row-mixed A is encrypted straight from the blinding's pass and not
+// written (Blinding::pass, write_a false); whatever reads it later (a retry
+// after a lie, the fallback to the master, a weight check without the
+// forward's row sums) has it made again first. Changing operands every step
+// make an A left unwritten (last step's) give wrong results.
+TEST(Decryption, BlindedOperandIsMadeAgainWhereverItIsRead) {
+  struct Case {
+    const char* what;
+    int workers;         // the last one lies on every product it answers
+    int quarantine;      // failures before a worker is dropped
+    double verify_rate;  // < 1: some weight checks run without the forward's row sums
+  };
+  for (const Case& cs : {Case{"retry after a lie", 2, 1 << 20, 1.0}, Case{"fallback to the master", 1, 1, 1.0},
+                         Case{"weight checks without row sums", 1, 1 << 20, 0.5}}) {
+    for (int shift = 0; shift < 2; ++shift) {
+      OffloadConfig oc;
+      oc.key_shift = shift == 1;
+      oc.mask_rank = 8;
+      oc.row_mix = 8;
+      oc.col_mix = 8;
+      oc.quarantine_after = cs.quarantine;
+      oc.verify.rate = cs.verify_rate;
+      oc.log = false;
+      auto ws = local_workers(cs.workers);
+      TamperingWorker* liar = nullptr;
+      if (cs.verify_rate >= 1) {
+        liar = new TamperingWorker(std::move(ws.back()), Tamper::kEntry, 1.0, 11, 0, 0.5f);
+        ws.back().reset(liar);
+      }
+      OffloadBackend be(oc, std::move(ws), secret_from_seed(31 + shift));
+      SCOPED_TRACE(std::string(cs.what) + ", shift " + std::to_string(shift));
+      expect_steps_match_tee_only(be, 8, 40, false);
+      if (liar) EXPECT_EQ(be.stats().rejected, liar->tampered()) << "every lie caught, no false alarm";
+      if (cs.quarantine == 1) EXPECT_GT(be.stats().local_fallbacks, 0);
+      if (cs.verify_rate < 1) EXPECT_EQ(be.stats().rejected, 0);
+    }
+  }
 }
 
 TEST(Decryption, ChannelModeConvolutionsEqualPlaintext) {

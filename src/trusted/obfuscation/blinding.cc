@@ -16,9 +16,17 @@ Blinding::Blinding(int row_mix, int mask_rank, float mask_magnitude, int col_mix
 }
 
 const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
+  const Product& q = prepare(p, obf);
+  pass();
+  return q;
+}
+
+const Product& Blinding::prepare(const Product& p, Obfuscator& obf) {
   ScopeSeconds timed(secs_.forward);
+  pending_ = -1;  // a pass left by an attempt that threw goes with it
   if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
   Sent& s = sent_[static_cast<size_t>(p.id)];
+  s.unwritten = false;
   const Product* q = &p;
   float* a = nullptr;  // the data operand's own buffer, once there is one
   // Streams in a fixed order (row mixing, column mixing, mask), whichever
@@ -30,24 +38,15 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     col_->draw(p.id, p.k, *col_ks);
   }
   if (mask_) mask_ks.emplace(obf.stream());
-  // With row mixing the mask is added in the mixing pass, a group of rows
-  // at a time while they are in cache (its scale from A's sum of squares,
-  // which the orthogonal mixings keep).
-  const bool mask_in_pass = mix_ && mask_;
+  // With row mixing, A is written by one pass (pass()): each group of rows
+  // mixed, then its columns, then the mask added (its scale from A's sum
+  // of squares, which the orthogonal mixings keep), while they are in cache.
   if (mix_) {
-    // One pass: each group of rows is mixed, then its columns.
-    const int id = p.id;
-    const ColMix* col = col_.get();
-    const AdditiveMask* mask = mask_in_pass ? mask_.get() : nullptr;
-    if (mask) mask_->prepare(p, operand_sum_of_squares(p), *mask_ks);
-    RowMix::After after;
-    if (col || mask)
-      after = [col, mask, id](float* const* rows, const int64_t* index, int64_t n) {
-        if (col) col->mix_here(id, rows, n);
-        if (mask) mask->add_rows(id, rows, index, n);
-      };
-    q = &mix_->apply(p, *row_ks, after);
+    if (mask_) mask_->prepare(p, operand_sum_of_squares(p), *mask_ks);
+    q = &mix_->draw(p, *row_ks);
     a = mix_->mixed_a(p.id);
+    s.source = p;
+    pending_ = p.id;
   }
   if (col_) {
     if (!a) {
@@ -63,10 +62,41 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
     q = &s.q;
   }
   if (mask_)
-    q = mask_in_pass ? &mask_->bind(*q) : a ? &mask_->apply_in_place(*q, a, *mask_ks) : &mask_->apply(p, *mask_ks);
+    q = mix_ ? &mask_->bind(*q) : a ? &mask_->apply_in_place(*q, a, *mask_ks) : &mask_->apply(p, *mask_ks);
   if (q != &s.q) s.q = *q;
   s.valid = true;
   return s.q;
+}
+
+void Blinding::pass(const RowVisit* sink, bool write_a) {
+  if (pending_ < 0) return;
+  Sent& s = sent_[static_cast<size_t>(pending_)];
+  pending_ = -1;
+  run_pass(s, sink, write_a);
+}
+
+void Blinding::materialise(const Product& q) {
+  if (q.id < 0 || static_cast<size_t>(q.id) >= sent_.size()) return;
+  Sent& s = sent_[static_cast<size_t>(q.id)];
+  if (s.unwritten) run_pass(s, nullptr, true);
+}
+
+void Blinding::run_pass(Sent& s, const RowVisit* sink, bool write_a) {
+  ScopeSeconds timed(secs_.forward);
+  const Product& p = s.source;
+  const int id = p.id;
+  const ColMix* col = col_.get();
+  const AdditiveMask* mask = mask_.get();
+  RowMix::After after;
+  if (col || mask || sink)
+    after = [col, mask, id, sink](float* const* rows, const int64_t* index, int64_t n) {
+      if (col) col->mix_here(id, rows, n);
+      if (mask) mask->add_rows(id, rows, index, n);
+      if (sink)
+        for (int64_t t = 0; t < n; ++t) (*sink)(index[t], rows[t]);
+    };
+  mix_->mix(id, p.a, p.k, write_a ? mix_->mixed_a(id) : nullptr, after);
+  s.unwritten = !write_a;
 }
 
 const Product& Blinding::sent(const Product& p) const {

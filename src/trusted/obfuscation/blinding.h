@@ -59,6 +59,20 @@ class Blinding {
   // p with its data operand mixed and masked and (column mixing) its weight
   // mixed, freshly drawn; valid until the next apply() for p.id.
   const Product& apply(const Product& p, Obfuscator& obf);
+  // apply() in two halves, for a caller that consumes A's rows as they are
+  // made: prepare() draws everything (the same streams, in the same order)
+  // and returns the product as it will be sent; pass() then makes its data
+  // operand, calling sink (if given) with each row (its index in q.a, and
+  // the row as sent, in cache) on the thread that made it. With row mixing
+  // only: without it, prepare() does all of apply() and pass() nothing.
+  // prepare() then pass() is apply(), bit for bit. write_a false: q.a is
+  // not written (the sink took every row); materialise(q) writes it, the
+  // same bits, by running the pass again from the operand as given (which
+  // its layer keeps until its backward). Nothing may read q.a before.
+  const Product& prepare(const Product& p, Obfuscator& obf);
+  void pass(const RowVisit* sink = nullptr, bool write_a = true);
+  bool pending() const { return pending_ >= 0; }
+  void materialise(const Product& q);
   // The product last sent for p's id and shape, or p itself if none was.
   const Product& sent(const Product& p) const;
   // For a product q as sent: the output gradient as sent (M·dc, in a buffer
@@ -92,12 +106,16 @@ class Blinding {
     bool valid = false;
     Product q;
     std::vector<float> a, w;  // A·Gᵀ (when not row-mixed: the row mixing's buffer holds it then), W·Gᵀ
+    Product source;           // with row mixing: the product as given, from which pass() makes q.a
+    bool unwritten = false;   // q.a not written by its pass (materialise() writes it)
   };
+  void run_pass(Sent& s, const RowVisit* sink, bool write_a);
   std::unique_ptr<RowMix> mix_;
   std::unique_ptr<ColMix> col_;
   std::unique_ptr<AdditiveMask> mask_;
   std::deque<Sent> sent_;  // a deque: growing it keeps references to the products as sent
   std::vector<float> dc_;
+  int pending_ = -1;  // the product whose pass prepare() left to pass()
   mutable BlindingSeconds secs_;  // mask_draw and mask_product: the mask's own, added in take_seconds()
 };
 

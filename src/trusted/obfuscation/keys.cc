@@ -132,6 +132,10 @@ void gather_rows(const float* x, int64_t cols, const ScaledPerm& r, const Scaled
 
 }  // namespace
 
+void keyed_row(const float* src, float s, const ScaledPerm& c, float* dst) {
+  gather_row(src, s, c.perm.data(), c.scale.data(), c.size(), dst, nullptr);
+}
+
 void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                 const ScaledPerm& c, float* y) {
   apply_keys_rows(x, rows, cols, r, c, 0, rows, y);

@@ -51,6 +51,11 @@ void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPer
                      const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1,
                      const RowVisit* visit = nullptr);
 
+// Row i of R·X·Cᵀ from row R.perm[i] of X, `src`, already at hand (in
+// cache): dst[j] = R.scale[i]·C.scale[j]·src[C.perm[j]], with `s` =
+// R.scale[i]; the same arithmetic as apply_keys_rows, so the same bits.
+void keyed_row(const float* src, float s, const ScaledPerm& c, float* dst);
+
 // Rows [r0, r1) of R·Z·Cᵀ (block 1) into y, on the calling thread, for a
 // pass that consumes them while they are in cache; with dot_r, the rows'
 // products with each round's vector at dot_out[q·rows + i] (i: the row's

@@ -2,9 +2,11 @@
 
 #include <sodium.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
+#include "common/copy.h"
 #include "common/error.h"
 #include "common/parallel.h"
 
@@ -52,6 +54,54 @@ CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, i
                                    int64_t r1, int64_t block, const RowVisit* visit) const {
   if (r1 < 0) r1 = m;
   return seal(r1 - r0, k * block, [&](float* o) { t.encrypt_x(x, m, k, o, r0, r1, block, visit); });
+}
+
+std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m, int64_t k,
+                                                     const std::vector<std::pair<int64_t, int64_t>>& ranges,
+                                                     const RowPass& pass, const RowVisit* visit) const {
+  TEMPO_CHECK(t.left.size() == m && t.inner.size() == k, "encrypt_x_from: key size mismatch");
+  int64_t covered = 0;
+  for (const auto& [r0, r1] : ranges) {
+    TEMPO_CHECK(r0 == covered && r1 >= r0, "encrypt_x_from: the ranges must tile the rows in order");
+    covered = r1;
+  }
+  TEMPO_CHECK(covered == m, "encrypt_x_from: the ranges must cover every row");
+  // Row j of X is row at[j] of left·X (left.perm[at[j]] = j).
+  std::vector<int32_t> at(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i) at[static_cast<size_t>(t.left.perm[static_cast<size_t>(i)])] = static_cast<int32_t>(i);
+  const ScaledPerm cols = t.inner.inv_t();
+  std::vector<Matrix> out;
+  for (const auto& [r0, r1] : ranges) out.emplace_back(r1 - r0, k);
+  // A ciphertext larger than the caches is streamed (it is not read again
+  // here), from a row buffer of the thread's.
+  const bool stream = m * k * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  // How often each row came (a byte per row: distinct bytes for distinct
+  // rows, so the pass's threads never share a counter).
+  std::vector<uint8_t> made(static_cast<size_t>(m), 0);
+  const RowVisit sink = [&](int64_t j, const float* row) {
+    TEMPO_CHECK(j >= 0 && j < m, "encrypt_x_from: a row out of range");
+    ++made[static_cast<size_t>(j)];
+    if (visit) (*visit)(j, row);
+    const int64_t i = at[static_cast<size_t>(j)];
+    size_t part = 0;
+    while (i >= ranges[part].second) ++part;
+    float* dst = out[part].row(i - ranges[part].first);
+    const float s = t.left.scale[static_cast<size_t>(i)];
+    if (stream) {
+      thread_local std::vector<float> buf;
+      if (buf.size() < static_cast<size_t>(k)) buf.resize(static_cast<size_t>(k));
+      keyed_row(row, s, cols, buf.data());
+      stream_floats(dst, buf.data(), k);
+    } else {
+      keyed_row(row, s, cols, dst);
+    }
+  };
+  pass(sink);
+  TEMPO_CHECK(std::all_of(made.begin(), made.end(), [](uint8_t c) { return c == 1; }),
+              "encrypt_x_from: the pass did not make every row exactly once");
+  std::vector<CipherMatrix> sealed;
+  for (Matrix& o : out) sealed.emplace_back(CipherMatrix::Seal{}, std::move(o));
+  return sealed;
 }
 
 CipherMatrix Obfuscator::encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block) const {

@@ -61,6 +61,12 @@ const RowMix::Entry& RowMix::entry(int id) const {
 }
 
 const Product& RowMix::apply(const Product& p, KeyStream& ks, const After& after) {
+  const Product& q = draw(p, ks);
+  mix(p.id, p.a, p.k, entries_[static_cast<size_t>(p.id)].a.data(), after);
+  return q;
+}
+
+const Product& RowMix::draw(const Product& p, KeyStream& ks) {
   TEMPO_CHECK(p.id >= 0, "a mixed product needs an id");
   if (static_cast<size_t>(p.id) >= entries_.size()) entries_.resize(static_cast<size_t>(p.id) + 1);
   Entry& e = entries_[static_cast<size_t>(p.id)];
@@ -86,7 +92,6 @@ const Product& RowMix::apply(const Product& p, KeyStream& ks, const After& after
   e.valid = true;
   e.q = p;
   e.q.a = e.a.data();
-  mix(p.id, p.a, p.k, e.a.data(), after);
   return e.q;
 }
 
@@ -132,15 +137,17 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
   const int64_t sq = gr.largest * gr.largest, ld = gr.largest;
   // A result larger than the caches is built a group at a time in a buffer
   // of this thread's (where `after` works on it), then streamed to dst: a
-  // plain store would first read every line of dst from memory.
-  const bool stream = m * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  // plain store would first read every line of dst from memory. Without
+  // dst the rows are made in that buffer for `after` alone.
+  const bool stream = dst && m * cols * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
+  const bool stage = stream || !dst;
   parallel_for(gr.count, [&](int64_t lo, int64_t hi) {
     const float* in[64];
     float* out[64];
     int64_t index[64];
     thread_local std::vector<float> made, staged;  // the rows fill() makes; the rows before they are streamed
     if (fill && made.size() < static_cast<size_t>(ld * cols)) made.resize(static_cast<size_t>(ld * cols));
-    if (stream && staged.size() < static_cast<size_t>(ld * cols)) staged.resize(static_cast<size_t>(ld * cols));
+    if (stage && staged.size() < static_cast<size_t>(ld * cols)) staged.resize(static_cast<size_t>(ld * cols));
     for (int64_t g = lo; g < hi; ++g) {
       const int64_t s = gr.begin(m, g), n = gr.begin(m, g + 1) - s;
       if (fill) (*fill)(s, s + n, made.data());
@@ -148,7 +155,7 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
         const int64_t scattered = e.perm[static_cast<size_t>(s + t)];
         in[t] = fill ? made.data() + t * cols : src + (back ? s + t : scattered) * cols;
         index[t] = back ? scattered : s + t;
-        out[t] = stream ? staged.data() + t * cols : dst + index[t] * cols;
+        out[t] = stage ? staged.data() + t * cols : dst + index[t] * cols;
       }
       const float* q = e.q_mats.data() + g * sq;
       if (back) combine_any(n, q, 1, ld, in, out, cols);  // out[u] = Σ_t Q[t][u]·in[t]
@@ -157,7 +164,7 @@ void RowMix::transform(int id, const float* src, int64_t cols, float* dst, bool 
       if (stream)
         for (int64_t t = 0; t < n; ++t) stream_floats(dst + index[t] * cols, out[t], cols);
     }
-    if (stream) stream_fence();
+    stream_fence();  // ours, and any `after` made
   }, 16);
 }
 

@@ -38,10 +38,17 @@ class RowMix {
   // by M·A (a buffer kept per p.id, writable through mixed_a()); valid until
   // the next apply() for the same id.
   const Product& apply(const Product& p, KeyStream& ks, const After& after = nullptr);
+  // apply() in two halves: draw() draws M and returns p as it will be sent
+  // (its buffer not yet written); mix(p.id, p.a, p.k, mixed_a(p.id), after)
+  // then writes it. apply() is exactly the two.
+  const Product& draw(const Product& p, KeyStream& ks);
   float* mixed_a(int id);
   // The mixed product last applied for p.id with p's shape, or nullptr.
   const Product* sent(const Product& p) const;
   // dst (m×cols) = M·src and dst = Mᵀ·src for the mixing of product `id`.
+  // Every thread of the pass fences its stores before the pass returns, so
+  // `after` may stream (non-temporal stores) where it likes. dst nullptr:
+  // the rows are made (in a buffer of the thread's) for `after` only.
   void mix(int id, const float* src, int64_t cols, float* dst, const After& after = nullptr) const;
   void unmix(int id, const float* src, int64_t cols, float* dst, const After& after = nullptr) const;
   // unmix() from a source that makes its rows on demand: for each group

@@ -115,6 +115,14 @@ float* OffloadBackend::scratch(std::vector<float>& buf, int64_t n) {
 
 const Product& OffloadBackend::as_sent(const Product& p) const { return blind_ ? blind_->sent(p) : p; }
 
+const float* OffloadBackend::operand_a(const Product& p) {
+  if (blind_) {
+    PhaseTimer t(phases_.encrypt);
+    blind_->materialise(p);
+  }
+  return p.a;
+}
+
 const float* OffloadBackend::sent_gradient(const Product& plain, const Product& q, const float* dc) {
   if (!mixed(plain, q)) return dc;
   PhaseTimer t(phases_.encrypt);
@@ -132,13 +140,15 @@ void OffloadBackend::forward(const Product& p, float* c) {
   const Product* q = nullptr;
   {
     PhaseTimer t(phases_.encrypt);
-    q = &blind_->apply(p, *obf_);
+    q = &blind_->prepare(p, *obf_);
   }
   stats_.mixed += blind_->mixes();
   stats_.col_mixed += blind_->mixes_cols();
   stats_.masked += blind_->masks();
   float* out = blind_->mixes() ? scratch(mix_out_, p.m * p.n) : c;
+  fused_forward_ = blind_->pending();
   run(Kind::kForward, *q, nullptr, out);
+  fused_forward_ = false;
   PhaseTimer t(phases_.decrypt);
   blind_->finish_forward(*q, out, c);
 }

@@ -246,6 +246,16 @@ class OffloadBackend final : public LinearBackend {
   // Whether it leaves dA's columns in order; false before col2im, which
   // reads them where the column unmixing leaves them (Blinding::input_order).
   bool fused_natural_ = true;
+  // Set by forward() for a row-mixed product: the first forward attempt
+  // encrypts A as the blinding's pass makes it (Blinding::pass with
+  // Obfuscator::encrypt_x_from) and A itself is not written.
+  bool fused_forward_ = false;
+  // A product's data operand, for whatever reads it after that first
+  // attempt (a retry, a check without the forward's row sums, the
+  // fallback): written first where the fused pass left it unwritten
+  // (Blinding::materialise). Every read of a sent product's `a` goes
+  // through here.
+  const float* operand_a(const Product& p);
   Verifier verifier_;
   TeeOnlyBackend local_;
   std::vector<Held> held_;

@@ -38,7 +38,7 @@ bool OffloadBackend::standalone_send(Kind kind, const Product& p, const float* d
     switch (kind) {
       case Kind::kForward:
         t = obf_->draw_triple(m, k, n);
-        ops.push_back(obf_->encrypt_x(t, p.a, m, k));
+        ops.push_back(obf_->encrypt_x(t, operand_a(p), m, k));
         ops.push_back(obf_->encrypt_yt(t, p.w, n, k));
         op = ProductOp::kNT;
         zr = m;
@@ -56,7 +56,7 @@ bool OffloadBackend::standalone_send(Kind kind, const Product& p, const float* d
       default:
         t = obf_->draw_triple(k, m, n);
         ops.push_back(obf_->encrypt_y(t, dc, m, n));   // Y' = G
-        ops.push_back(obf_->encrypt_xt(t, p.a, m, k)); // X'ᵀ
+        ops.push_back(obf_->encrypt_xt(t, operand_a(p), m, k)); // X'ᵀ
         op = ProductOp::kTN;
         zr = n;
         zc = k;
@@ -110,12 +110,12 @@ bool OffloadBackend::standalone_finish(Kind kind, const Product& p, const float*
     switch (kind) {
       case Kind::kForward: {
         Held& h = held(p);
-        bad = checked(out, m, n, k, {p.a, false}, {p.w, true}, ks, nullptr, 0, &h.sums);
+        bad = checked(out, m, n, k, {operand_a(p), false}, {p.w, true}, ks, nullptr, 0, &h.sums);
         h.sums_valid = bad.empty();
         break;
       }
       case Kind::kInput: bad = checked(out, m, k, n, {dc, false}, {p.w, false}, ks); break;
-      case Kind::kWeight: bad = checked(out, n, k, m, {dc, true}, {p.a, false}, ks); break;
+      case Kind::kWeight: bad = checked(out, n, k, m, {dc, true}, {operand_a(p), false}, ks); break;
     }
     if (!bad.empty()) {
       blame(w, p, std::string("Freivalds check failed (") + kind_name(static_cast<int>(kind)) + ")");
@@ -148,6 +148,7 @@ void OffloadBackend::fallback_warning(const std::string& what) {
 
 void OffloadBackend::local(Kind kind, const Product& p, const float* dc, float* out) {
   fallback_warning(p.name);
+  operand_a(p);
   switch (kind) {
     case Kind::kForward: local_.forward(p, out); break;
     case Kind::kInput: local_.backward_input(p, dc, out); break;
@@ -162,6 +163,10 @@ void OffloadBackend::run(Kind kind, const Product& p, const float* dc, float* ou
     auto ws = usable(excluded_);
     if (!ws.empty() && forward_split(p, out, ws, h)) return;
     h.valid = false;
+    if (blind_ && blind_->pending()) {  // no attempt took A from the blinding's pass: A itself is read below
+      PhaseTimer t(phases_.encrypt);
+      blind_->pass();
+    }
   } else if (cfg_.key_shift && h.valid) {
     bool ok = kind == Kind::kInput ? input_shifted(p, dc, out, h) : weight_shifted(p, dc, out, h);
     if (ok) return;

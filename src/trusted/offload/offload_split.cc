@@ -45,13 +45,25 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     stats_.verify_bytes += n * k * 4 * rounds;  // A's rows: read by the encryption
   }
   const RowVisit* visit = verify ? &project : nullptr;
+  // A row-mixed A is encrypted as the blinding's pass makes it, every
+  // worker's share at once; A itself is not written (operand_a() has it
+  // made again, by the same pass, if a retry or a check needs it).
+  std::vector<CipherMatrix> a_made;
+  if (fused_forward_ && blind_ && blind_->pending()) {
+    PhaseTimer t(phases_.encrypt);
+    std::vector<std::pair<int64_t, int64_t>> ranges;
+    if (by_cols) ranges.push_back({0, m});
+    else ranges.assign(shares.begin(), shares.end());
+    a_made = obf_->encrypt_x_from(h.fwd, m, k, ranges, [this](const RowVisit& sink) { blind_->pass(&sink, false); }, visit);
+  }
   std::vector<std::future<Matrix>> futs;
   {
     // Row split: W' whole to every worker, A' by rows. Column split: A'
     // whole, W' by rows (the columns of C).
     CipherMatrix whole = [&] {
       PhaseTimer t(phases_.encrypt);
-      return by_cols ? obf_->encrypt_x(h.fwd, p.a, m, k, 0, -1, 1, visit) : obf_->encrypt_yt(h.fwd, p.w, n, k);
+      if (by_cols && !a_made.empty()) return a_made[0];
+      return by_cols ? obf_->encrypt_x(h.fwd, operand_a(p), m, k, 0, -1, 1, visit) : obf_->encrypt_yt(h.fwd, p.w, n, k);
     }();
     if (by_cols) h.kept.push_back(whole);
     for (size_t i = 0; i < shares.size(); ++i) {
@@ -59,8 +71,8 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
       Chunk ch{w, shares[i].first, shares[i].second, new_handle(), new_handle()};
       CipherMatrix share = [&] {
         PhaseTimer t(phases_.encrypt);
-        return by_cols ? obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1)
-                         : obf_->encrypt_x(h.fwd, p.a, m, k, ch.r0, ch.r1, 1, visit);
+        if (by_cols) return obf_->encrypt_yt(h.fwd, p.w, n, k, 1, ch.r0, ch.r1);
+        return a_made.empty() ? obf_->encrypt_x(h.fwd, operand_a(p), m, k, ch.r0, ch.r1, 1, visit) : a_made[i];
       }();
       const CipherMatrix& ac = by_cols ? whole : share;
       const CipherMatrix& wc = by_cols ? share : whole;
@@ -368,7 +380,7 @@ bool OffloadBackend::weight_finish(const Product& p, const float* dc, float* dw,
       ok = verifier_.check_weight(dw, n, k, dc, h.sums, rows, m);
     } else {
       KeyStream ks = obf_->stream();
-      ok = checked(dw, n, k, m, {dc, true}, {p.a, false}, ks, rows, m).empty();
+      ok = checked(dw, n, k, m, {dc, true}, {operand_a(p), false}, ks, rows, m).empty();
     }
     if (ok) return true;
     blame_blocks(p, h.chunks, [&](size_t i, KeyStream& ks2) {
@@ -411,7 +423,7 @@ bool OffloadBackend::weight_finish(const Product& p, const float* dc, float* dw,
         ok_part = verifier_.check_weight(dst, n, k, dc, h.sums, h.fwd.left.perm.data() + ch.r0, ch.r1 - ch.r0);
       } else {
         KeyStream ks = obf_->stream();
-        ok_part = checked(dst, n, k, ch.r1 - ch.r0, {dc, true}, {p.a, false}, ks,
+        ok_part = checked(dst, n, k, ch.r1 - ch.r0, {dc, true}, {operand_a(p), false}, ks,
                           h.fwd.left.perm.data() + ch.r0, m).empty();
       }
       if (!ok_part) {
