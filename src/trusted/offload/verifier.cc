@@ -5,6 +5,10 @@
 #include <limits>
 #include <stdexcept>
 
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+
 #include "common/parallel.h"
 
 namespace tempo {
@@ -24,21 +28,41 @@ inline void dot2(const float* x, const double* u, const double* w, int64_t n, do
   b = s2;
 }
 
-inline void dot4(const float* x, const double* u, const double* w, const double* p, const double* q,
-                 int64_t n, double& a, double& b, double& c, double& d) {
-  double s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-#pragma omp simd reduction(+ : s1, s2, s3, s4)
-  for (int64_t j = 0; j < n; ++j) {
-    const double v = x[j], vv = v * v;
-    s1 += v * u[j];
-    s2 += vv * w[j];
-    s3 += v * p[j];
-    s4 += vv * q[j];
+// dot4 for R rounds at once (round r's vectors at u + r·n, w + r·n, …):
+// each element converted once, and 4R independent sums, which keeps both
+// multiply-add units busy (a round's four sums alone wait on their
+// latency). out: round 0's a, b, c, d, then round 1's. Every sum is taken
+// the same way whatever R (in 8 lanes, j mod 8, reduced in a fixed tree,
+// then the tail), so one round equals that round of two, bit for bit.
+template <int R>
+inline void dot4r(const float* x, const double* u, const double* w, const double* p, const double* q, int64_t n,
+                  double* out) {
+  int64_t j = 0;
+#if defined(__AVX512F__)
+  __m512d s[4 * R];
+  for (auto& v : s) v = _mm512_setzero_pd();
+  for (; j + 8 <= n; j += 8) {
+    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + j)), vv = _mm512_mul_pd(v, v);
+    for (int r = 0; r < R; ++r) {
+      s[4 * r] = _mm512_fmadd_pd(v, _mm512_loadu_pd(u + r * n + j), s[4 * r]);
+      s[4 * r + 1] = _mm512_fmadd_pd(vv, _mm512_loadu_pd(w + r * n + j), s[4 * r + 1]);
+      s[4 * r + 2] = _mm512_fmadd_pd(v, _mm512_loadu_pd(p + r * n + j), s[4 * r + 2]);
+      s[4 * r + 3] = _mm512_fmadd_pd(vv, _mm512_loadu_pd(q + r * n + j), s[4 * r + 3]);
+    }
   }
-  a = s1;
-  b = s2;
-  c = s3;
-  d = s4;
+  for (int t = 0; t < 4 * R; ++t) out[t] = _mm512_reduce_add_pd(s[t]);
+#else
+  for (int t = 0; t < 4 * R; ++t) out[t] = 0;
+#endif
+  for (; j < n; ++j) {
+    const double v = x[j], vv = v * v;
+    for (int r = 0; r < R; ++r) {
+      out[4 * r] += v * u[r * n + j];
+      out[4 * r + 1] += vv * w[r * n + j];
+      out[4 * r + 2] += v * p[r * n + j];
+      out[4 * r + 3] += vv * q[r * n + j];
+    }
+  }
 }
 
 inline double dot(const float* x, const double* u, int64_t n) {
@@ -204,13 +228,27 @@ void Verifier::project_a(Operand a) {
 
 void Verifier::project_row(int64_t i, const float* row) {
   const int64_t m = d_.m, k = d_.k;
-  for (int q = 0; q < d_.rounds; ++q) {
-    const size_t at = static_cast<size_t>(q * m + i);
-    if (sums_)
-      dot4(row, br_.data() + q * k, bb_.data() + q * k, sums_->r.data() + q * k, rp2_.data() + q * k, k, y_[at],
-           s_[at], sums_->ar[at], sums_->aa[at]);
-    else
+  if (!sums_) {
+    for (int q = 0; q < d_.rounds; ++q) {
+      const size_t at = static_cast<size_t>(q * m + i);
       dot2(row, br_.data() + q * k, bb_.data() + q * k, k, y_[at], s_[at]);
+    }
+    return;
+  }
+  // Two rounds per pass over the row where there are two.
+  for (int q = 0; q < d_.rounds;) {
+    const int take = q + 2 <= d_.rounds ? 2 : 1;
+    double o[8];
+    const size_t v = static_cast<size_t>(q * k);
+    if (take == 2) dot4r<2>(row, br_.data() + v, bb_.data() + v, sums_->r.data() + v, rp2_.data() + v, k, o);
+    else dot4r<1>(row, br_.data() + v, bb_.data() + v, sums_->r.data() + v, rp2_.data() + v, k, o);
+    for (int h = 0; h < take; ++h, ++q) {
+      const size_t at = static_cast<size_t>(q * m + i);
+      y_[at] = o[4 * h];
+      s_[at] = o[4 * h + 1];
+      sums_->ar[at] = o[4 * h + 2];
+      sums_->aa[at] = o[4 * h + 3];
+    }
   }
 }
 
