@@ -166,6 +166,60 @@ TEST(Blinding, TimesItsPartsAndResetsWhenTaken) {
     EXPECT_EQ(part, 0.0);
 }
 
+// The forward encryption fused into the blinding's pass (prepare, then
+// encrypt_x_from on pass with A not written) gives the ciphertexts of
+// apply() then encrypt_x, bit for bit, share by share, and shows the check
+// the same rows; materialise() then writes A as apply() did. Small and
+// large operands (the pass streams from 8 MiB), with and without the mask
+// and the column mixing.
+TEST(Blinding, FusedEncryptionEqualsApplyThenEncrypt) {
+  struct Shape {
+    int64_t m, k;
+  };
+  for (const Shape sh : {Shape{301, 40}, Shape{4096, 576}})
+    for (const bool full : {true, false}) {
+      const int64_t m = sh.m, k = sh.k, n = 16;
+      SCOPED_TRACE("m " + std::to_string(m) + ", k " + std::to_string(k) + (full ? ", mask and column mixing" : ""));
+      MaskCase mc(m, k, n, 17, 3);
+      Blinding b1(8, full ? 16 : 0, 1.0f, full ? 8 : 0), b2(8, full ? 16 : 0, 1.0f, full ? 8 : 0);
+      Obfuscator o1(secret_from_seed(21), 4.0), o2(secret_from_seed(21), 4.0);
+      const std::vector<std::pair<int64_t, int64_t>> shares{{0, m / 3}, {m / 3, m / 3}, {m / 3, m}};
+      // What the check sees of each row: its sum and sum of squares, in double.
+      std::vector<double> seen1(static_cast<size_t>(2 * m)), seen2(static_cast<size_t>(2 * m));
+      auto visit_into = [k](std::vector<double>& seen) {
+        return RowVisit([&seen, k](int64_t j, const float* row) {
+          double s = 0, q = 0;
+          for (int64_t t = 0; t < k; ++t) s += row[t], q += double{row[t]} * row[t];
+          seen[static_cast<size_t>(2 * j)] += s;
+          seen[static_cast<size_t>(2 * j + 1)] += q;
+        });
+      };
+      const RowVisit v1 = visit_into(seen1), v2 = visit_into(seen2);
+      const Product& q1 = b1.apply(mc.p, o1);
+      const Triple t1 = o1.draw_triple(m, k, n);
+      std::vector<CipherMatrix> c1;
+      for (const auto& [r0, r1] : shares) c1.push_back(o1.encrypt_x(t1, q1.a, m, k, r0, r1, 1, &v1));
+      const Product& q2 = b2.prepare(mc.p, o2);
+      ASSERT_TRUE(b2.pending());
+      const Triple t2 = o2.draw_triple(m, k, n);
+      const std::vector<CipherMatrix> c2 =
+          o2.encrypt_x_from(t2, m, k, shares, [&](const RowVisit& sink) { b2.pass(&sink, false); }, &v2);
+      ASSERT_FALSE(b2.pending());
+      ASSERT_EQ(c1.size(), c2.size());
+      for (size_t i = 0; i < c1.size(); ++i) {
+        ASSERT_EQ(c1[i].rows(), c2[i].rows());
+        ASSERT_EQ(c1[i].cols(), c2[i].cols());
+        EXPECT_EQ(0, std::memcmp(c1[i].matrix().data(), c2[i].matrix().data(),
+                                 static_cast<size_t>(c1[i].rows() * c1[i].cols()) * sizeof(float)))
+            << "share " << i;
+      }
+      EXPECT_EQ(seen1, seen2) << "the check saw other rows";
+      const std::vector<float> a1(q1.a, q1.a + m * k);
+      b2.materialise(q2);
+      EXPECT_EQ(0, std::memcmp(a1.data(), q2.a, a1.size() * sizeof(float)));
+    }
+}
+
 // Before col2im the input gradient's columns stay where the column
 // unmixing leaves them (input_order), and col2im reads them there: the
 // image is the same, bit for bit, as from dA unmixed into place, for the
