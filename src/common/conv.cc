@@ -2,6 +2,7 @@
 #include "common/conv_dnnl.h"
 
 #include "common/blas.h"
+#include "common/copy.h"
 #include "common/parallel.h"
 
 #if defined(__AVX512F__)
@@ -175,7 +176,7 @@ struct PatchLanes {
 // OW rows); a patch over the border gathers only its inside lanes (the
 // others are zero). Σ v² in two 8-wide double accumulators, per task.
 template <bool Sq>
-double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int64_t t) {
+double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int64_t t, bool stream) {
   const PatchTable& tab = patch_table(g, g.h * g.w);
   const int64_t K = g.cols();
   const int64_t img = t / g.oh, oy = t % g.oh;
@@ -184,10 +185,12 @@ double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int
   for (int64_t ox = 0; ox < g.ow; ++ox) {
     float* row = cols + (t * g.ow + ox) * K;
     const PatchLanes lanes(g, oy * g.s - g.p, ox * g.s - g.p);
+    const bool aligned = stream && (reinterpret_cast<uintptr_t>(row) & 63) == 0;
     for (int64_t j = 0; j < K; j += 16) {
       const __mmask16 tail = PatchLanes::tail(K, j);
       const __m512 v = _mm512_mask_i32gather_ps(_mm512_setzero_ps(), lanes.live(tab, tail, j), lanes.index(tab, j), image, 4);
-      _mm512_mask_storeu_ps(row + j, tail, v);
+      if (aligned && tail == 0xFFFF) _mm512_stream_ps(row + j, v);
+      else _mm512_mask_storeu_ps(row + j, tail, v);
       if constexpr (Sq) {
         const __m512d lo = _mm512_cvtps_pd(_mm512_castps512_ps256(v));
         const __m512d hi = _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)));
@@ -203,22 +206,29 @@ double im2col_row_gather(const ConvGeometry& g, const float* x, float* cols, int
 
 // Every (image, output row) task, in the fixed ranges of sum_in_pieces:
 // Σ v² the same for any number of threads.
+// A result larger than the caches (kStreamBytes) is written with
+// non-temporal stores where its rows are aligned for them: its reader (the
+// row mixing, in the secret order of its groups; or the keys) comes back
+// to it a row at a time, long after, so a plain store's read of each line
+// first is wasted.
 template <bool Sq>
 double im2col_pass(const ConvGeometry& g, const float* x, float* cols) {
 #if defined(__AVX512F__)
   const bool gather = gathers(g, g.h * g.w);
+  const bool stream = g.n * g.positions() * g.cols() * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
 #endif
   return sum_in_pieces(g.n * g.oh, [&](int64_t lo, int64_t hi) {
     double s = 0;
     for (int64_t t = lo; t < hi; ++t) {
 #if defined(__AVX512F__)
       if (gather) {
-        s += im2col_row_gather<Sq>(g, x, cols, t);
+        s += im2col_row_gather<Sq>(g, x, cols, t, stream);
         continue;
       }
 #endif
       s += im2col_row<Sq>(g, x, cols, t);
     }
+    stream_fence();
     return s;
   });
 }

@@ -20,8 +20,9 @@ void parallel_copy(void* dst, const void* src, size_t bytes);
 // row mixing streams them (stream_floats). Measured on resnet18's layer 1
 // (kernels_bench BM_BlindingApply/1/2, 2 threads): 26 ms with plain stores
 // into the result, 21 ms building each group in a buffer then copying it,
-// 17–18 ms streaming it. im2col's result is not streamed: there it was
-// slower (BM_Im2col/0, 6.8 → 8.4 ms).
+// 17–18 ms streaming it. im2col streams its result too: alone it is no
+// faster (BM_Im2col/0 4.2–4.8 ms either way), but in a training step its
+// reader comes back to each row much later (docs/BENCHMARKS.md).
 constexpr int64_t kStreamBytes = int64_t{8} << 20;
 
 // n floats from src (in cache) to dst, with non-temporal stores where dst
