@@ -220,6 +220,22 @@ TEST(Blinding, FusedEncryptionEqualsApplyThenEncrypt) {
     }
 }
 
+// A pass prepare() left and nobody ran (its attempt threw) is not lost:
+// the next prepare() marks that product's A unwritten, and materialise()
+// makes it, the same bits as apply().
+TEST(Blinding, APassLeftBehindIsMadeWhenRead) {
+  const int64_t m = 300, k = 40, n = 16;
+  MaskCase first(m, k, n, 5, 1), second(m, k, n, 6, 2);
+  Blinding b1(8, 16, 1.0f, 8), b2(8, 16, 1.0f, 8);
+  Obfuscator o1(secret_from_seed(9), 4.0), o2(secret_from_seed(9), 4.0);
+  const Product& want = b1.apply(first.p, o1);
+  const Product& q = b2.prepare(first.p, o2);  // its pass never runs
+  b2.prepare(second.p, o2);
+  b2.pass();
+  b2.materialise(q);
+  EXPECT_EQ(0, std::memcmp(want.a, q.a, static_cast<size_t>(m * k) * sizeof(float)));
+}
+
 // Before col2im the input gradient's columns stay where the column
 // unmixing leaves them (input_order), and col2im reads them there: the
 // image is the same, bit for bit, as from dA unmixed into place, for the

@@ -23,8 +23,10 @@ const Product& Blinding::apply(const Product& p, Obfuscator& obf) {
 
 const Product& Blinding::prepare(const Product& p, Obfuscator& obf) {
   ScopeSeconds timed(secs_.forward);
-  pending_ = -1;  // a pass left by an attempt that threw goes with it
   if (static_cast<size_t>(p.id) >= sent_.size()) sent_.resize(static_cast<size_t>(p.id) + 1);
+  // A pass left by an attempt that threw: its A is made when read.
+  if (pending_ >= 0) sent_[static_cast<size_t>(pending_)].unwritten = true;
+  pending_ = -1;
   Sent& s = sent_[static_cast<size_t>(p.id)];
   s.unwritten = false;
   const Product* q = &p;
