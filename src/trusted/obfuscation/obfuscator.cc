@@ -3,6 +3,7 @@
 #include <sodium.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdio>
 #include <cstring>
 
@@ -77,9 +78,15 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
   const bool stream = m * k * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
   // How often each row came (a byte per row: distinct bytes for distinct
   // rows, so the pass's threads never share a counter).
+  // The sink runs on the pass's threads, where nothing may throw: a row out
+  // of range is only counted, and reported after the pass.
   std::vector<uint8_t> made(static_cast<size_t>(m), 0);
+  std::atomic<bool> stray{false};
   const RowVisit sink = [&](int64_t j, const float* row) {
-    TEMPO_CHECK(j >= 0 && j < m, "encrypt_x_from: a row out of range");
+    if (j < 0 || j >= m) {
+      stray.store(true, std::memory_order_relaxed);
+      return;
+    }
     ++made[static_cast<size_t>(j)];
     if (visit) (*visit)(j, row);
     const int64_t i = at[static_cast<size_t>(j)];
@@ -97,7 +104,7 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
     }
   };
   pass(sink);
-  TEMPO_CHECK(std::all_of(made.begin(), made.end(), [](uint8_t c) { return c == 1; }),
+  TEMPO_CHECK(!stray.load() && std::all_of(made.begin(), made.end(), [](uint8_t c) { return c == 1; }),
               "encrypt_x_from: the pass did not make every row exactly once");
   std::vector<CipherMatrix> sealed;
   for (Matrix& o : out) sealed.emplace_back(CipherMatrix::Seal{}, std::move(o));
