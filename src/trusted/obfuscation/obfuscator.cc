@@ -76,10 +76,9 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
   // A ciphertext larger than the caches is streamed (it is not read again
   // here), from a row buffer of the thread's.
   const bool stream = m * k * static_cast<int64_t>(sizeof(float)) >= kStreamBytes;
-  // How often each row came (a byte per row: distinct bytes for distinct
-  // rows, so the pass's threads never share a counter).
-  // The sink runs on the pass's threads, where nothing may throw: a row out
-  // of range is only counted, and reported after the pass.
+  // How often each row came: a byte per row, so the pass's threads never
+  // share a counter. The sink runs on those threads, where nothing may
+  // throw: a row out of range is only flagged, and reported after the pass.
   std::vector<uint8_t> made(static_cast<size_t>(m), 0);
   std::atomic<bool> stray{false};
   const RowVisit sink = [&](int64_t j, const float* row) {

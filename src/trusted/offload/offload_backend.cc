@@ -144,9 +144,7 @@ void OffloadBackend::forward(const Product& p, float* c) {
   stats_.col_mixed += blind_->mixes_cols();
   stats_.masked += blind_->masks();
   float* out = blind_->mixes() ? scratch(mix_out_, p.m * p.n) : c;
-  fused_forward_ = blind_->pending();
   run(Kind::kForward, *q, nullptr, out);
-  fused_forward_ = false;
   PhaseTimer t(phases_.decrypt);
   blind_->finish_forward(*q, out, c);
 }

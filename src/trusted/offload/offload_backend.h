@@ -246,11 +246,10 @@ class OffloadBackend final : public LinearBackend {
   // Whether it leaves dA's columns in order; false before col2im, which
   // reads them where the column unmixing leaves them (Blinding::input_order).
   bool fused_natural_ = true;
-  // Set by forward() for a row-mixed product: the first forward attempt
-  // encrypts A as the blinding's pass makes it (Blinding::pass with
-  // Obfuscator::encrypt_x_from) and A itself is not written.
-  bool fused_forward_ = false;
-  // A product's data operand, for whatever reads it after that first
+  // A row-mixed product's first forward attempt encrypts A as the
+  // blinding's pass makes it (the pass forward() left pending: Blinding::pass
+  // with Obfuscator::encrypt_x_from), and A itself is not written.
+  // operand_a(): a product's data operand, for whatever reads it after that first
   // attempt (a retry, a check without the forward's row sums, the
   // fallback): written first where the fused pass left it unwritten
   // (Blinding::materialise). Every read of a sent product's `a` goes

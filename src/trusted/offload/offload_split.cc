@@ -49,7 +49,7 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   // worker's share at once; A itself is not written (operand_a() has it
   // made again, by the same pass, if a retry or a check needs it).
   std::vector<CipherMatrix> a_made;
-  if (fused_forward_ && blind_ && blind_->pending()) {
+  if (blind_ && blind_->pending()) {
     PhaseTimer t(phases_.encrypt);
     std::vector<std::pair<int64_t, int64_t>> ranges;
     if (by_cols) ranges.push_back({0, m});
