@@ -1,6 +1,7 @@
-// Exact low-rank additions (common/exact_low_rank.h): the tile path (AMX)
-// and the portable one give the same bits, and both give the definition:
-// the integer U·Vᵀ, exact, then one fma per entry.
+// Exact low-rank additions (common/exact_low_rank.h): the tile path (AMX),
+// the dot-product path (AVX-512 VNNI) and the portable one give the same
+// bits, and all give the definition: the integer U·Vᵀ, exact, then one fma
+// per entry.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -16,13 +17,23 @@ namespace {
 
 struct Case {
   int64_t n, k, r;
+  bool extreme = false;  // every entry ±127 (U's −127, V's +127 or −127 by column): the largest sums
 };
 
+enum class Path { kPortable, kDots, kTiles };
+
+const char* name(Path p) { return p == Path::kTiles ? "tiles" : p == Path::kDots ? "dot products" : "portable"; }
+
+bool usable(Path p) { return p == Path::kTiles ? amx_usable() : p == Path::kDots ? vnni_usable() : true; }
+
 // rows (n×k) after add() on the path asked for.
-std::vector<float> run(const Case& c, bool tiles, uint64_t seed) {
+std::vector<float> run(const Case& c, Path path, uint64_t seed) {
   Rng rng(seed);
   std::vector<int8_t> v(static_cast<size_t>(c.k * c.r));
   for (auto& x : v) x = static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
+  if (c.extreme)
+    for (int64_t j = 0; j < c.k; ++j)
+      for (int64_t q = 0; q < c.r; ++q) v[static_cast<size_t>(j * c.r + q)] = static_cast<int8_t>(j % 2 ? -127 : 127);
   ExactLowRank lr;
   lr.set_v(v.data(), c.k, c.r);
   const int64_t stride = lr.u_stride();
@@ -30,7 +41,7 @@ std::vector<float> run(const Case& c, bool tiles, uint64_t seed) {
   EXPECT_GE(stride, c.r);
   std::vector<int8_t> u(static_cast<size_t>(c.n * stride), 0);
   for (int64_t i = 0; i < c.n; ++i)
-    for (int64_t q = 0; q < c.r; ++q) u[static_cast<size_t>(i * stride + q)] = static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
+    for (int64_t q = 0; q < c.r; ++q) u[static_cast<size_t>(i * stride + q)] = c.extreme ? int8_t{-127} : static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
   std::vector<float> rows(static_cast<size_t>(c.n * c.k));
   for (auto& x : rows) x = static_cast<float>(rng.normal());
   // Rows in a scattered order, as a mixing pass hands them.
@@ -51,27 +62,35 @@ std::vector<float> run(const Case& c, bool tiles, uint64_t seed) {
       float& w = want[static_cast<size_t>(i * c.k + j)];
       w = std::fma(static_cast<float>(sum), 0.37f, w);
     }
-  const bool before = amx_enabled();
-  set_amx_enabled(tiles);
+  const bool amx_before = amx_enabled(), vnni_before = vnni_enabled();
+  set_amx_enabled(path == Path::kTiles);
+  set_vnni_enabled(path == Path::kDots);
   lr.add(up.data(), rp.data(), c.n, 0.37f);
-  set_amx_enabled(before);
-  EXPECT_EQ(0, std::memcmp(rows.data(), want.data(), rows.size() * sizeof(float)))
-      << (tiles && amx_usable() ? "tiles" : "portable") << ": not the definition";
+  set_amx_enabled(amx_before);
+  set_vnni_enabled(vnni_before);
+  EXPECT_EQ(0, std::memcmp(rows.data(), want.data(), rows.size() * sizeof(float))) << name(path) << ": not the definition";
   return rows;
 }
 
 // Ranks 64 (one tile chunk), 16 (padded) and 100 (two chunks, padded);
-// columns a multiple of 16, not one, and fewer than 16; rows fewer than a
-// tile, a tile, and more.
-TEST(ExactLowRank, TilesAndPortablePathGiveTheDefinitionBitForBit) {
-  const std::vector<Case> cases = {{37, 576, 64}, {8, 288, 64}, {16, 27, 16}, {21, 300, 100}, {1, 9, 64}, {40, 150, 1}};
+// columns a multiple of 16, not one, and fewer than 16 (the dot products'
+// 1 to 4 column blocks at a time); rows fewer than a tile, a tile, and
+// more (1 to 4 rows at a time); entries at ±127, the bounds the dot
+// products' offset must carry.
+TEST(ExactLowRank, EveryPathGivesTheDefinitionBitForBit) {
+  const std::vector<Case> cases = {{37, 576, 64}, {8, 288, 64}, {16, 27, 16}, {21, 300, 100},
+                                   {1, 9, 64},    {40, 150, 1}, {7, 100, 64}, {3, 48, 128},
+                                   {5, 20, kExactRankMax, true}};
   for (const Case& c : cases) {
     SCOPED_TRACE(std::to_string(c.n) + " rows, " + std::to_string(c.k) + " columns, rank " + std::to_string(c.r));
-    const std::vector<float> portable = run(c, false, 5);
-    const std::vector<float> tiles = run(c, true, 5);
-    EXPECT_EQ(0, std::memcmp(portable.data(), tiles.data(), tiles.size() * sizeof(float)));
+    const std::vector<float> portable = run(c, Path::kPortable, 5);
+    for (Path p : {Path::kDots, Path::kTiles}) {
+      const std::vector<float> got = run(c, p, 5);
+      EXPECT_EQ(0, std::memcmp(portable.data(), got.data(), got.size() * sizeof(float))) << name(p);
+    }
   }
-  if (!amx_usable()) std::printf("[   NOTE   ] no AMX here: only the portable path was compared with the definition\n");
+  for (Path p : {Path::kDots, Path::kTiles})
+    if (!usable(p)) std::printf("[   NOTE   ] the %s path cannot run on this CPU: not compared here\n", name(p));
 }
 
 TEST(ExactLowRank, RefusesARankWhoseSumsWouldNotBeExact) {

@@ -417,18 +417,19 @@ TEST(AdditiveMask, BothKindsHaveTheirRankRemoveThemselvesAndAddByRows) {
 // The dense mask's U·Vᵀ is an integer matrix with every entry odd: a zero
 // of A never reaches a worker, even where the mask's integers could have
 // cancelled (a sum of 64 odd products is zero about once in 10⁵ entries;
-// here 1.2 million of them, for even and odd ranks). The tile path and the
-// portable one add the same bits.
+// here 1.2 million of them, for even and odd ranks). The tile path, the
+// dot-product path and the portable one add the same bits.
 TEST(AdditiveMask, DenseMaskNeverLeavesAZeroOnEitherPath) {
   const int64_t m = 6000, k = 200;
   std::vector<float> zero(static_cast<size_t>(m * k), 0.0f), w(static_cast<size_t>(k), 1.0f);
   Product p{1, "zeros", zero.data(), w.data(), m, k, 1};
   p.a_sumsq = double(m * k);  // as if A had rms 1
-  const bool before = amx_enabled();
+  const bool amx_before = amx_enabled(), vnni_before = vnni_enabled();
   for (int rank : {64, 63}) {
     std::vector<std::vector<float>> got;
-    for (bool tiles : {true, false}) {
-      set_amx_enabled(tiles);
+    for (int path = 0; path < 3; ++path) {  // tiles, dot products, portable (where this CPU has them)
+      set_amx_enabled(path == 0);
+      set_vnni_enabled(path == 1);
       AdditiveMask mask(rank);
       KeyStream ks(secret_from_seed(17), 0);
       const Product& q = mask.apply(p, ks);
@@ -437,9 +438,12 @@ TEST(AdditiveMask, DenseMaskNeverLeavesAZeroOnEitherPath) {
       EXPECT_EQ(zeros, 0) << "rank " << rank;
       got.emplace_back(q.a, q.a + m * k);
     }
-    EXPECT_EQ(0, std::memcmp(got[0].data(), got[1].data(), got[0].size() * sizeof(float))) << "rank " << rank;
+    for (int path = 1; path < 3; ++path)
+      EXPECT_EQ(0, std::memcmp(got[0].data(), got[static_cast<size_t>(path)].data(), got[0].size() * sizeof(float)))
+          << "rank " << rank << ", path " << path;
   }
-  set_amx_enabled(before);
+  set_amx_enabled(amx_before);
+  set_vnni_enabled(vnni_before);
   EXPECT_THROW(AdditiveMask(AdditiveMask::kMaxRank + 1), std::exception);
 }
 

@@ -10,6 +10,7 @@
 
 #include "cli/commands.h"
 #include "common/error.h"
+#include "common/exact_low_rank.h"
 #include "common/parallel.h"
 #include "eval/subprocess.h"
 #include "trusted/confidential/confidential.h"
@@ -200,7 +201,8 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
     }
   }
   const double bw = memory_bandwidth_gbs();
-  std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write)\n", num_threads(), bw);
+  std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write), the mask's product on %s\n",
+              num_threads(), bw, exact_low_rank_path());
   // master ms: the step minus the worker's compute and the transfers the
   // master waits for (what an infinitely fast GPU and network would leave);
   // ideal GPU x: the tee-only step over that (the speed-up such a worker

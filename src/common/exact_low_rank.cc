@@ -8,8 +8,9 @@
 
 #if defined(__x86_64__)
 // GCC 12 takes the intrinsics' _mm512_undefined_* placeholders for
-// uninitialised values (a false -Wmaybe-uninitialized).
+// uninitialised values (a false -Wmaybe-uninitialized, or -Wuninitialized).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#pragma GCC diagnostic ignored "-Wuninitialized"
 #include <cpuid.h>
 #include <immintrin.h>
 #include <sys/syscall.h>
@@ -24,25 +25,45 @@ namespace tempo {
 namespace {
 
 #if defined(__x86_64__)
-// The tile path's instructions exist, the kernel saves their state and
-// AVX-512's, and it granted this process the tile data (Linux ≥ 5.16).
-bool detect_amx() {
-  const char* off = std::getenv("TEMPO_NO_AMX");
-  if (off && *off && std::strcmp(off, "0") != 0) return false;
+bool switched_off(const char* name) {
+  const char* off = std::getenv(name);
+  return off && *off && std::strcmp(off, "0") != 0;
+}
+
+// AVX-512 F and BW, and the kernel saves their state (XCR0: opmask, ZMM);
+// `extra` more bits of XCR0 asked.
+bool avx512_state(uint64_t extra) {
   unsigned a = 0, b = 0, c = 0, d = 0;
   if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE
   if (__get_cpuid_max(0, nullptr) < 7) return false;
   __cpuid_count(7, 0, a, b, c, d);
-  const bool avx512 = (b & (1u << 16)) && (b & (1u << 30));  // F, BW
-  const bool tiles = (d & (1u << 24)) && (d & (1u << 25));   // AMX-TILE, AMX-INT8
-  if (!avx512 || !tiles) return false;
+  if (!(b & (1u << 16)) || !(b & (1u << 30))) return false;  // F, BW
   uint32_t lo = 0, hi = 0;
   __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
   const uint64_t xcr0 = (uint64_t{hi} << 32) | lo;
-  const uint64_t need = (7u << 5) | (3u << 17);  // opmask, ZMM state; XTILECFG, XTILEDATA
-  if ((xcr0 & need) != need) return false;
+  const uint64_t need = (7u << 5) | extra;
+  return (xcr0 & need) == need;
+}
+
+// The tile path's instructions exist, the kernel saves their state and
+// AVX-512's, and it granted this process the tile data (Linux ≥ 5.16).
+bool detect_amx() {
+  if (switched_off("TEMPO_NO_AMX")) return false;
+  if (!avx512_state(3u << 17)) return false;  // XTILECFG, XTILEDATA
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __cpuid_count(7, 0, a, b, c, d);
+  if (!(d & (1u << 24)) || !(d & (1u << 25))) return false;  // AMX-TILE, AMX-INT8
   constexpr long kReqXcompPerm = 0x1023, kXfeatureXtiledata = 18;
   return syscall(SYS_arch_prctl, kReqXcompPerm, kXfeatureXtiledata) == 0;
+}
+
+// AVX-512 VNNI (VPDPBUSD: 4 int8 products summed into each int32 lane).
+bool detect_vnni() {
+  if (switched_off("TEMPO_NO_VNNI")) return false;
+  if (!avx512_state(0)) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  __cpuid_count(7, 0, a, b, c, d);
+  return (c & (1u << 11)) != 0;
 }
 
 struct alignas(64) TileConfig {
@@ -117,12 +138,81 @@ TEMPO_TILE_TARGET void add_tiles(const int8_t* const* u, float* const* rows, int
   }
   _tile_release();
 }
+
+// The same sums on AVX-512 VNNI. VPDPBUSD multiplies unsigned bytes by
+// signed ones, so U's entries go in as u + 128 (the sign bit flipped) and
+// each sum starts from −128·Σ_q V[j][q] (bias): the partial sums stay
+// below 2³¹ and the result is U·Vᵀ's integer, as on the other paths. V is
+// read in the tiles' packing: for 4 of r and 16 columns, 64 bytes. NR rows
+// by NB column blocks of 16 at a time, in registers.
+#define TEMPO_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+template <int NR, int NB>
+TEMPO_VNNI_TARGET inline void dots_block(const int8_t* const* u, float* const* rows, __m512 sv, const int8_t* packed,
+                                         const int32_t* bias, int64_t k, int64_t blocks, int64_t chunks,
+                                         int64_t b0) {
+  const __m512i flip = _mm512_set1_epi32(static_cast<int>(0x80808080u));
+  __m512i acc[NR][NB];
+  for (int b = 0; b < NB; ++b) {
+    const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(bias + (b0 + b) * 16));
+    for (int t = 0; t < NR; ++t) acc[t][b] = start;
+  }
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int8_t* v = packed + (ch * blocks + b0) * 1024;
+    for (int qq = 0; qq < 16; ++qq) {
+      __m512i vb[NB];
+      for (int b = 0; b < NB; ++b) vb[b] = _mm512_loadu_si512(v + b * 1024 + qq * 64);
+      for (int t = 0; t < NR; ++t) {
+        int32_t four;
+        std::memcpy(&four, u[t] + ch * 64 + qq * 4, 4);
+        const __m512i ub = _mm512_xor_si512(_mm512_set1_epi32(four), flip);
+        for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_dpbusd_epi32(acc[t][b], ub, vb[b]);
+      }
+    }
+  }
+  for (int t = 0; t < NR; ++t)
+    for (int b = 0; b < NB; ++b) {
+      const int64_t j = (b0 + b) * 16;
+      const __mmask16 live = k - j >= 16 ? __mmask16(0xffff) : __mmask16((1u << (k - j)) - 1);
+      const __m512 x = _mm512_cvtepi32_ps(acc[t][b]);
+      _mm512_mask_storeu_ps(rows[t] + j, live, _mm512_fmadd_ps(x, sv, _mm512_maskz_loadu_ps(live, rows[t] + j)));
+    }
+}
+
+template <int NR>
+TEMPO_VNNI_TARGET void dots_rows(const int8_t* const* u, float* const* rows, __m512 sv, const int8_t* packed,
+                                 const int32_t* bias, int64_t k, int64_t blocks, int64_t chunks) {
+  int64_t b0 = 0;
+  for (; b0 + 4 <= blocks; b0 += 4) dots_block<NR, 4>(u, rows, sv, packed, bias, k, blocks, chunks, b0);
+  switch (blocks - b0) {
+    case 3: dots_block<NR, 3>(u, rows, sv, packed, bias, k, blocks, chunks, b0); break;
+    case 2: dots_block<NR, 2>(u, rows, sv, packed, bias, k, blocks, chunks, b0); break;
+    case 1: dots_block<NR, 1>(u, rows, sv, packed, bias, k, blocks, chunks, b0); break;
+    default: break;
+  }
+}
+
+TEMPO_VNNI_TARGET void add_dots(const int8_t* const* u, float* const* rows, int64_t n, float s, const int8_t* packed,
+                                const int32_t* bias, int64_t k, int64_t rp) {
+  const int64_t blocks = (k + 15) / 16, chunks = rp / 64;
+  const __m512 sv = _mm512_set1_ps(s);
+  int64_t t0 = 0;
+  for (; t0 + 4 <= n; t0 += 4) dots_rows<4>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks);
+  switch (n - t0) {
+    case 3: dots_rows<3>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks); break;
+    case 2: dots_rows<2>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks); break;
+    case 1: dots_rows<1>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks); break;
+    default: break;
+  }
+}
 #else
 bool detect_amx() { return false; }
+bool detect_vnni() { return false; }
 void add_tiles(const int8_t* const*, float* const*, int64_t, float, const int8_t*, int64_t, int64_t) {}
+void add_dots(const int8_t* const*, float* const*, int64_t, float, const int8_t*, const int32_t*, int64_t, int64_t) {}
 #endif
 
-std::atomic<bool> g_amx_on{true};
+std::atomic<bool> g_amx_on{true}, g_vnni_on{true};
 
 }  // namespace
 
@@ -135,13 +225,24 @@ bool amx_enabled() { return g_amx_on.load(std::memory_order_relaxed) && amx_usab
 
 void set_amx_enabled(bool on) { g_amx_on.store(on, std::memory_order_relaxed); }
 
+bool vnni_usable() {
+  static const bool usable = detect_vnni();
+  return usable;
+}
+
+bool vnni_enabled() { return g_vnni_on.load(std::memory_order_relaxed) && vnni_usable(); }
+
+void set_vnni_enabled(bool on) { g_vnni_on.store(on, std::memory_order_relaxed); }
+
+const char* exact_low_rank_path() { return amx_enabled() ? "AMX tiles" : vnni_enabled() ? "AVX-512 VNNI" : "sgemm"; }
+
 void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
   TEMPO_CHECK(r >= 1 && r <= kExactRankMax && k >= 1, "exact low-rank product: rank out of range");
   k_ = k, r_ = r, rp_ = (r + 63) / 64 * 64;
   vt_.resize(static_cast<size_t>(r * k));
   for (int64_t j = 0; j < k; ++j)
     for (int64_t q = 0; q < r; ++q) vt_[static_cast<size_t>(q * k + j)] = v[j * r + q];
-  if (!amx_usable()) return;
+  if (!amx_usable() && !vnni_usable()) return;
   // Block b of 16 columns, chunk ch of 64 of r: 16 rows of 64 bytes, row
   // q/4 holding column j's entries q (mod 4) at 4·(j mod 16) + q mod 4.
   const int64_t blocks = (k + 15) / 16;
@@ -150,12 +251,23 @@ void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
     for (int64_t q = 0; q < r; ++q)
       packed_[static_cast<size_t>(((q / 64) * blocks + j / 16) * 1024 + (q % 64) / 4 * 64 + (j % 16) * 4 + q % 4)] =
           v[j * r + q];
+  // The dot-product path's starting sums: 128·Σ_q V[j][q] per column.
+  bias_.assign(static_cast<size_t>(blocks * 16), 0);
+  for (int64_t j = 0; j < k; ++j) {
+    int32_t sum = 0;
+    for (int64_t q = 0; q < r; ++q) sum += v[j * r + q];
+    bias_[static_cast<size_t>(j)] = 128 * sum;
+  }
 }
 
 void ExactLowRank::add(const int8_t* const* u, float* const* rows, int64_t n, float s) const {
   if (n <= 0) return;
   if (amx_enabled()) {
     add_tiles(u, rows, n, s, packed_.data(), k_, rp_);
+    return;
+  }
+  if (vnni_enabled()) {
+    add_dots(u, rows, n, s, packed_.data(), bias_.data(), k_, rp_);
     return;
   }
   // The same integers through sgemm, 16 rows at a time (exact: see the header).

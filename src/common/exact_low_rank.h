@@ -2,18 +2,22 @@
 // integers (int8). Every product is below 2¹⁴ and every partial sum of at
 // most kExactRankMax of them below 2²⁴, so the integer U·Vᵀ is exact in
 // float whatever the order of summation: the tile path (Intel AMX, int8 dot
-// products into int32) and the portable one (sgemm on the same integers as
-// floats) give the same integers, and each entry then takes one rounding,
-// fma(n, s, row). The two paths agree bit for bit, so a result does not
-// depend on which one a machine has.
+// products into int32), the dot-product path (AVX-512 VNNI, the same int8
+// products 4 to an int32 lane) and the portable one (sgemm on the same
+// integers as floats) give the same integers, and each entry then takes one
+// rounding, fma(n, s, row). The paths agree bit for bit, so a result does
+// not depend on which one a machine has.
 //
 // On AMX a rank-64 product is one tile instruction per 16×16 entries, about
 // six times the rate of fp32 arithmetic on the same core
 // (docs/BENCHMARKS.md); it needs Linux's permission for the tile state
 // (arch_prctl, asked once). Under SGX the enclave must be built with AMX
 // in its allowed features (XFRM; Gramine: `sgx.cpu_features.amx`), else the
-// request fails and the portable path runs. TEMPO_NO_AMX=1 in the
-// environment forces the portable path.
+// request fails and another path runs. Without AMX, AVX-512 VNNI does
+// the product at 64 int8 multiply-adds an instruction, four times fp32's
+// (Ice Lake and later Xeons, AMD Zen 4). TEMPO_NO_AMX=1 in the environment
+// turns the tiles off, TEMPO_NO_VNNI=1 the dot products; with both, the
+// portable path runs.
 #pragma once
 
 #include <cstdint>
@@ -30,12 +34,19 @@ bool amx_usable();
 // compare the two paths in one process).
 bool amx_enabled();
 void set_amx_enabled(bool on);
+// The same for the dot-product path (AVX-512 VNNI), taken where the tiles
+// are not.
+bool vnni_usable();
+bool vnni_enabled();
+void set_vnni_enabled(bool on);
+// The path add() takes now, in words ("AMX tiles", "AVX-512 VNNI", "sgemm").
+const char* exact_low_rank_path();
 
 class ExactLowRank {
  public:
   // V: k×r int8, row j is V's row j (r ≤ kExactRankMax). Kept as floats
   // (Vᵀ, r×k, for the portable path and for callers' own products) and
-  // packed for the tiles.
+  // packed for the tiles and the dot products.
   void set_v(const int8_t* v, int64_t k, int64_t r);
   int64_t rank() const { return r_; }
   int64_t cols() const { return k_; }
@@ -51,6 +62,7 @@ class ExactLowRank {
   int64_t k_ = 0, r_ = 0, rp_ = 0;
   std::vector<float> vt_;
   std::vector<int8_t> packed_;  // [64-chunk of r][16-column block][r/4 row][16 columns × 4]
+  std::vector<int32_t> bias_;   // 128·Σ_q V[j][q], columns padded to 16
 };
 
 }  // namespace tempo
