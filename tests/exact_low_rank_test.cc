@@ -1,7 +1,7 @@
 // Exact low-rank additions (common/exact_low_rank.h): the tile path (AMX),
-// the dot-product path (AVX-512 VNNI) and the portable one give the same
-// bits, and all give the definition: the integer U·Vᵀ, exact, then one fma
-// per entry.
+// the dot-product paths (AVX-512 VNNI, AVX-VNNI) and the portable one give
+// the same bits, and all give the definition: the integer U·Vᵀ, exact, then
+// one fma per entry.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -15,19 +15,15 @@
 namespace tempo {
 namespace {
 
+constexpr LowRankPath kFastPaths[] = {LowRankPath::kDots256, LowRankPath::kDots512, LowRankPath::kTiles};
+
 struct Case {
   int64_t n, k, r;
   bool extreme = false;  // every entry ±127 (U's −127, V's +127 or −127 by column): the largest sums
 };
 
-enum class Path { kPortable, kDots, kTiles };
-
-const char* name(Path p) { return p == Path::kTiles ? "tiles" : p == Path::kDots ? "dot products" : "portable"; }
-
-bool usable(Path p) { return p == Path::kTiles ? amx_usable() : p == Path::kDots ? vnni_usable() : true; }
-
 // rows (n×k) after add() on the path asked for.
-std::vector<float> run(const Case& c, Path path, uint64_t seed) {
+std::vector<float> run(const Case& c, LowRankPath path, uint64_t seed) {
   Rng rng(seed);
   std::vector<int8_t> v(static_cast<size_t>(c.k * c.r));
   for (auto& x : v) x = static_cast<int8_t>(static_cast<int>(rng.next() % 255) - 127);
@@ -62,13 +58,11 @@ std::vector<float> run(const Case& c, Path path, uint64_t seed) {
       float& w = want[static_cast<size_t>(i * c.k + j)];
       w = std::fma(static_cast<float>(sum), 0.37f, w);
     }
-  const bool amx_before = amx_enabled(), vnni_before = vnni_enabled();
-  set_amx_enabled(path == Path::kTiles);
-  set_vnni_enabled(path == Path::kDots);
+  force_low_rank_path(path);
   lr.add(up.data(), rp.data(), c.n, 0.37f);
-  set_amx_enabled(amx_before);
-  set_vnni_enabled(vnni_before);
-  EXPECT_EQ(0, std::memcmp(rows.data(), want.data(), rows.size() * sizeof(float))) << name(path) << ": not the definition";
+  force_low_rank_path(std::nullopt);
+  EXPECT_EQ(0, std::memcmp(rows.data(), want.data(), rows.size() * sizeof(float)))
+      << low_rank_path_name(path) << ": not the definition";
   return rows;
 }
 
@@ -83,14 +77,15 @@ TEST(ExactLowRank, EveryPathGivesTheDefinitionBitForBit) {
                                    {5, 20, kExactRankMax, true}};
   for (const Case& c : cases) {
     SCOPED_TRACE(std::to_string(c.n) + " rows, " + std::to_string(c.k) + " columns, rank " + std::to_string(c.r));
-    const std::vector<float> portable = run(c, Path::kPortable, 5);
-    for (Path p : {Path::kDots, Path::kTiles}) {
+    const std::vector<float> portable = run(c, LowRankPath::kPortable, 5);
+    for (LowRankPath p : kFastPaths) {
       const std::vector<float> got = run(c, p, 5);
-      EXPECT_EQ(0, std::memcmp(portable.data(), got.data(), got.size() * sizeof(float))) << name(p);
+      EXPECT_EQ(0, std::memcmp(portable.data(), got.data(), got.size() * sizeof(float))) << low_rank_path_name(p);
     }
   }
-  for (Path p : {Path::kDots, Path::kTiles})
-    if (!usable(p)) std::printf("[   NOTE   ] the %s path cannot run on this CPU: not compared here\n", name(p));
+  for (LowRankPath p : kFastPaths)
+    if (!low_rank_path_usable(p))
+      std::printf("[   NOTE   ] the %s path cannot run on this CPU: not compared here\n", low_rank_path_name(p));
 }
 
 TEST(ExactLowRank, RefusesARankWhoseSumsWouldNotBeExact) {

@@ -418,18 +418,18 @@ TEST(AdditiveMask, BothKindsHaveTheirRankRemoveThemselvesAndAddByRows) {
 // of A never reaches a worker, even where the mask's integers could have
 // cancelled (a sum of 64 odd products is zero about once in 10⁵ entries;
 // here 1.2 million of them, for even and odd ranks). The tile path, the
-// dot-product path and the portable one add the same bits.
+// two dot-product paths and the portable one add the same bits.
 TEST(AdditiveMask, DenseMaskNeverLeavesAZeroOnEitherPath) {
   const int64_t m = 6000, k = 200;
   std::vector<float> zero(static_cast<size_t>(m * k), 0.0f), w(static_cast<size_t>(k), 1.0f);
   Product p{1, "zeros", zero.data(), w.data(), m, k, 1};
   p.a_sumsq = double(m * k);  // as if A had rms 1
-  const bool amx_before = amx_enabled(), vnni_before = vnni_enabled();
+  const LowRankPath paths[] = {LowRankPath::kTiles, LowRankPath::kDots512, LowRankPath::kDots256,
+                               LowRankPath::kPortable};  // where this CPU has them
   for (int rank : {64, 63}) {
     std::vector<std::vector<float>> got;
-    for (int path = 0; path < 3; ++path) {  // tiles, dot products, portable (where this CPU has them)
-      set_amx_enabled(path == 0);
-      set_vnni_enabled(path == 1);
+    for (LowRankPath path : paths) {
+      force_low_rank_path(path);
       AdditiveMask mask(rank);
       KeyStream ks(secret_from_seed(17), 0);
       const Product& q = mask.apply(p, ks);
@@ -438,12 +438,11 @@ TEST(AdditiveMask, DenseMaskNeverLeavesAZeroOnEitherPath) {
       EXPECT_EQ(zeros, 0) << "rank " << rank;
       got.emplace_back(q.a, q.a + m * k);
     }
-    for (int path = 1; path < 3; ++path)
-      EXPECT_EQ(0, std::memcmp(got[0].data(), got[static_cast<size_t>(path)].data(), got[0].size() * sizeof(float)))
-          << "rank " << rank << ", path " << path;
+    for (size_t i = 1; i < got.size(); ++i)
+      EXPECT_EQ(0, std::memcmp(got[0].data(), got[i].data(), got[0].size() * sizeof(float)))
+          << "rank " << rank << ", " << low_rank_path_name(paths[i]);
   }
-  set_amx_enabled(amx_before);
-  set_vnni_enabled(vnni_before);
+  force_low_rank_path(std::nullopt);
   EXPECT_THROW(AdditiveMask(AdditiveMask::kMaxRank + 1), std::exception);
 }
 

@@ -202,7 +202,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
   }
   const double bw = memory_bandwidth_gbs();
   std::printf("trusted side: %d threads, memory bandwidth %.1f GB/s (copy, read+write), the mask's product on %s\n",
-              num_threads(), bw, exact_low_rank_path());
+              num_threads(), bw, low_rank_path_name(low_rank_path()));
   // master ms: the step minus the worker's compute and the transfers the
   // master waits for (what an infinitely fast GPU and network would leave);
   // ideal GPU x: the tee-only step over that (the speed-up such a worker

@@ -66,6 +66,22 @@ bool detect_vnni() {
   return (c & (1u << 11)) != 0;
 }
 
+// AVX-VNNI: the same instruction on 256-bit registers, with AVX2 and FMA
+// (CPUs without AVX-512: Intel's since Alder Lake, Xeon 6 E-cores).
+bool detect_vnni256() {
+  if (switched_off("TEMPO_NO_VNNI")) return false;
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27)) || !(c & (1u << 12))) return false;  // OSXSAVE, FMA
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  if (!(b & (1u << 5))) return false;  // AVX2
+  __cpuid_count(7, 1, a, b, c, d);
+  if (!(a & (1u << 4))) return false;  // AVX-VNNI
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 6u) == 6u;  // SSE and AVX state
+}
+
 struct alignas(64) TileConfig {
   uint8_t palette = 1, start_row = 0;
   uint8_t reserved[14] = {};
@@ -205,36 +221,116 @@ TEMPO_VNNI_TARGET void add_dots(const int8_t* const* u, float* const* rows, int6
     default: break;
   }
 }
+
+// The same on AVX-VNNI's 256-bit registers: each 16-column block of the
+// packing as two halves of 8 columns; NR rows by NB blocks at a time (16
+// registers: 4·NB·NR/2 sums, 2·NB columns of V, U's broadcast, the flip).
+#define TEMPO_VNNI256_TARGET __attribute__((target("avx2,fma,avxvnni")))
+
+template <int NR, int NB>
+TEMPO_VNNI256_TARGET inline void dots256_block(const int8_t* const* u, float* const* rows, float s,
+                                               const int8_t* packed, const int32_t* bias, int64_t k,
+                                               int64_t blocks, int64_t chunks, int64_t b0) {
+  const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80808080u));
+  __m256i acc[NR][2 * NB];
+  for (int h = 0; h < 2 * NB; ++h) {
+    const __m256i start = _mm256_sub_epi32(
+        _mm256_setzero_si256(), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + b0 * 16 + h * 8)));
+    for (int t = 0; t < NR; ++t) acc[t][h] = start;
+  }
+  for (int64_t ch = 0; ch < chunks; ++ch) {
+    const int8_t* v = packed + (ch * blocks + b0) * 1024;
+    for (int qq = 0; qq < 16; ++qq) {
+      __m256i vb[2 * NB];
+      for (int h = 0; h < 2 * NB; ++h)
+        vb[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (h / 2) * 1024 + qq * 64 + (h % 2) * 32));
+      for (int t = 0; t < NR; ++t) {
+        int32_t four;
+        std::memcpy(&four, u[t] + ch * 64 + qq * 4, 4);
+        const __m256i ub = _mm256_xor_si256(_mm256_set1_epi32(four), flip);
+        for (int h = 0; h < 2 * NB; ++h) acc[t][h] = _mm256_dpbusd_avx_epi32(acc[t][h], ub, vb[h]);
+      }
+    }
+  }
+  const __m256 sv = _mm256_set1_ps(s);
+  for (int t = 0; t < NR; ++t)
+    for (int h = 0; h < 2 * NB; ++h) {
+      const int64_t j = b0 * 16 + h * 8;
+      float* row = rows[t] + j;
+      if (k - j >= 8) {
+        _mm256_storeu_ps(row, _mm256_fmadd_ps(_mm256_cvtepi32_ps(acc[t][h]), sv, _mm256_loadu_ps(row)));
+      } else if (k > j) {
+        alignas(32) int32_t sums[8];
+        _mm256_store_si256(reinterpret_cast<__m256i*>(sums), acc[t][h]);
+        for (int64_t l = 0; l < k - j; ++l) row[l] = std::fma(static_cast<float>(sums[l]), s, row[l]);
+      }
+    }
+}
+
+template <int NR>
+TEMPO_VNNI256_TARGET void dots256_rows(const int8_t* const* u, float* const* rows, float s, const int8_t* packed,
+                                       const int32_t* bias, int64_t k, int64_t blocks, int64_t chunks) {
+  int64_t b0 = 0;
+  for (; b0 + 2 <= blocks; b0 += 2) dots256_block<NR, 2>(u, rows, s, packed, bias, k, blocks, chunks, b0);
+  if (b0 < blocks) dots256_block<NR, 1>(u, rows, s, packed, bias, k, blocks, chunks, b0);
+}
+
+TEMPO_VNNI256_TARGET void add_dots256(const int8_t* const* u, float* const* rows, int64_t n, float s,
+                                      const int8_t* packed, const int32_t* bias, int64_t k, int64_t rp) {
+  const int64_t blocks = (k + 15) / 16, chunks = rp / 64;
+  int64_t t0 = 0;
+  for (; t0 + 2 <= n; t0 += 2) dots256_rows<2>(u + t0, rows + t0, s, packed, bias, k, blocks, chunks);
+  if (t0 < n) dots256_rows<1>(u + t0, rows + t0, s, packed, bias, k, blocks, chunks);
+}
 #else
 bool detect_amx() { return false; }
 bool detect_vnni() { return false; }
+bool detect_vnni256() { return false; }
 void add_tiles(const int8_t* const*, float* const*, int64_t, float, const int8_t*, int64_t, int64_t) {}
 void add_dots(const int8_t* const*, float* const*, int64_t, float, const int8_t*, const int32_t*, int64_t, int64_t) {}
+void add_dots256(const int8_t* const*, float* const*, int64_t, float, const int8_t*, const int32_t*, int64_t,
+                 int64_t) {}
 #endif
 
-std::atomic<bool> g_amx_on{true}, g_vnni_on{true};
+std::atomic<int> g_forced{-1};  // a LowRankPath, or −1: the fastest usable
 
 }  // namespace
 
-bool amx_usable() {
-  static const bool usable = detect_amx();
-  return usable;
+const char* low_rank_path_name(LowRankPath p) {
+  switch (p) {
+    case LowRankPath::kTiles: return "AMX tiles";
+    case LowRankPath::kDots512: return "AVX-512 VNNI";
+    case LowRankPath::kDots256: return "AVX-VNNI";
+    case LowRankPath::kPortable: break;
+  }
+  return "sgemm";
 }
 
-bool amx_enabled() { return g_amx_on.load(std::memory_order_relaxed) && amx_usable(); }
-
-void set_amx_enabled(bool on) { g_amx_on.store(on, std::memory_order_relaxed); }
-
-bool vnni_usable() {
-  static const bool usable = detect_vnni();
-  return usable;
+bool low_rank_path_usable(LowRankPath p) {
+  static const bool tiles = detect_amx(), dots512 = detect_vnni(), dots256 = detect_vnni256();
+  switch (p) {
+    case LowRankPath::kTiles: return tiles;
+    case LowRankPath::kDots512: return dots512;
+    case LowRankPath::kDots256: return dots256;
+    case LowRankPath::kPortable: break;
+  }
+  return true;
 }
 
-bool vnni_enabled() { return g_vnni_on.load(std::memory_order_relaxed) && vnni_usable(); }
+LowRankPath low_rank_path() {
+  const int forced = g_forced.load(std::memory_order_relaxed);
+  if (forced >= 0) {
+    const auto p = static_cast<LowRankPath>(forced);
+    return low_rank_path_usable(p) ? p : LowRankPath::kPortable;
+  }
+  for (LowRankPath p : {LowRankPath::kTiles, LowRankPath::kDots512, LowRankPath::kDots256})
+    if (low_rank_path_usable(p)) return p;
+  return LowRankPath::kPortable;
+}
 
-void set_vnni_enabled(bool on) { g_vnni_on.store(on, std::memory_order_relaxed); }
-
-const char* exact_low_rank_path() { return amx_enabled() ? "AMX tiles" : vnni_enabled() ? "AVX-512 VNNI" : "sgemm"; }
+void force_low_rank_path(std::optional<LowRankPath> p) {
+  g_forced.store(p ? static_cast<int>(*p) : -1, std::memory_order_relaxed);
+}
 
 void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
   TEMPO_CHECK(r >= 1 && r <= kExactRankMax && k >= 1, "exact low-rank product: rank out of range");
@@ -242,7 +338,9 @@ void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
   vt_.resize(static_cast<size_t>(r * k));
   for (int64_t j = 0; j < k; ++j)
     for (int64_t q = 0; q < r; ++q) vt_[static_cast<size_t>(q * k + j)] = v[j * r + q];
-  if (!amx_usable() && !vnni_usable()) return;
+  if (!low_rank_path_usable(LowRankPath::kTiles) && !low_rank_path_usable(LowRankPath::kDots512) &&
+      !low_rank_path_usable(LowRankPath::kDots256))
+    return;
   // Block b of 16 columns, chunk ch of 64 of r: 16 rows of 64 bytes, row
   // q/4 holding column j's entries q (mod 4) at 4·(j mod 16) + q mod 4.
   const int64_t blocks = (k + 15) / 16;
@@ -262,13 +360,11 @@ void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
 
 void ExactLowRank::add(const int8_t* const* u, float* const* rows, int64_t n, float s) const {
   if (n <= 0) return;
-  if (amx_enabled()) {
-    add_tiles(u, rows, n, s, packed_.data(), k_, rp_);
-    return;
-  }
-  if (vnni_enabled()) {
-    add_dots(u, rows, n, s, packed_.data(), bias_.data(), k_, rp_);
-    return;
+  switch (low_rank_path()) {
+    case LowRankPath::kTiles: return add_tiles(u, rows, n, s, packed_.data(), k_, rp_);
+    case LowRankPath::kDots512: return add_dots(u, rows, n, s, packed_.data(), bias_.data(), k_, rp_);
+    case LowRankPath::kDots256: return add_dots256(u, rows, n, s, packed_.data(), bias_.data(), k_, rp_);
+    case LowRankPath::kPortable: break;
   }
   // The same integers through sgemm, 16 rows at a time (exact: see the header).
   constexpr int64_t kRows = 16;

@@ -15,32 +15,33 @@
 // in its allowed features (XFRM; Gramine: `sgx.cpu_features.amx`), else the
 // request fails and another path runs. Without AMX, AVX-512 VNNI does
 // the product at 64 int8 multiply-adds an instruction, four times fp32's
-// (Ice Lake and later Xeons, AMD Zen 4). TEMPO_NO_AMX=1 in the environment
-// turns the tiles off, TEMPO_NO_VNNI=1 the dot products; with both, the
-// portable path runs.
+// (Ice Lake and later Xeons, AMD Zen 4), and AVX-VNNI at 32 on CPUs
+// without AVX-512 (Intel's since Alder Lake, Xeon 6 E-cores).
+// TEMPO_NO_AMX=1 in the environment turns the tiles off, TEMPO_NO_VNNI=1
+// both dot-product paths; with both, the portable path runs.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 namespace tempo {
 
 constexpr int64_t kExactRankMax = 1024;  // 1024·127² < 2²⁴
 
-// Whether the tile path can run here (CPU, kernel permission, TEMPO_NO_AMX);
-// decided once.
-bool amx_usable();
-// Whether it runs: amx_usable() unless switched off (tests and benchmarks
-// compare the two paths in one process).
-bool amx_enabled();
-void set_amx_enabled(bool on);
-// The same for the dot-product path (AVX-512 VNNI), taken where the tiles
-// are not.
-bool vnni_usable();
-bool vnni_enabled();
-void set_vnni_enabled(bool on);
-// The path add() takes now, in words ("AMX tiles", "AVX-512 VNNI", "sgemm").
-const char* exact_low_rank_path();
+// The paths of add(), fastest first: AMX tiles, AVX-512 VNNI, AVX-VNNI
+// (the same dot products on 256-bit registers), sgemm.
+enum class LowRankPath { kTiles, kDots512, kDots256, kPortable };
+// "AMX tiles", "AVX-512 VNNI", "AVX-VNNI", "sgemm".
+const char* low_rank_path_name(LowRankPath p);
+// Whether p can run here (CPU, kernel permission, TEMPO_NO_AMX and
+// TEMPO_NO_VNNI); decided once. The portable path always can.
+bool low_rank_path_usable(LowRankPath p);
+// The path add() takes: the fastest usable one, unless another was forced
+// (tests and benchmarks compare the paths in one process; a forced path
+// that cannot run here gives the portable one).
+LowRankPath low_rank_path();
+void force_low_rank_path(std::optional<LowRankPath> p);  // std::nullopt: the fastest again
 
 class ExactLowRank {
  public:

@@ -8,8 +8,8 @@
 // integers, uniform on ±1, ±3, …, ±127, and s a float scale: U·Vᵀ is then
 // an exact integer matrix (common/exact_low_rank.h), computed on Intel's
 // AMX tiles where there are some (int8 products, about six times the rate
-// of fp32 arithmetic), else on AVX-512 VNNI's int8 dot products, else
-// through sgemm, with the same bits.
+// of fp32 arithmetic), else on VNNI's int8 dot products (AVX-512 or
+// AVX), else through sgemm, with the same bits.
 // Workers compute (A + R)·Wᵀ and, backward, dCᵀ·(A + R); the master checks
 // those as usual and then removes R's share with thin products:
 //     C  = (A + R)·Wᵀ − s·U·(W·V)ᵀ          r·n·(m + k) multiply-adds
