@@ -30,6 +30,13 @@ bool switched_off(const char* name) {
   return off && *off && std::strcmp(off, "0") != 0;
 }
 
+// The state components the kernel saves (XCR0); call only with OSXSAVE.
+uint64_t xcr0() {
+  uint32_t lo = 0, hi = 0;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (uint64_t{hi} << 32) | lo;
+}
+
 // AVX-512 F and BW, and the kernel saves their state (XCR0: opmask, ZMM);
 // `extra` more bits of XCR0 asked.
 bool avx512_state(uint64_t extra) {
@@ -38,11 +45,8 @@ bool avx512_state(uint64_t extra) {
   if (__get_cpuid_max(0, nullptr) < 7) return false;
   __cpuid_count(7, 0, a, b, c, d);
   if (!(b & (1u << 16)) || !(b & (1u << 30))) return false;  // F, BW
-  uint32_t lo = 0, hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  const uint64_t xcr0 = (uint64_t{hi} << 32) | lo;
   const uint64_t need = (7u << 5) | extra;
-  return (xcr0 & need) == need;
+  return (xcr0() & need) == need;
 }
 
 // The tile path's instructions exist, the kernel saves their state and
@@ -77,9 +81,7 @@ bool detect_vnni256() {
   if (!(b & (1u << 5))) return false;  // AVX2
   __cpuid_count(7, 1, a, b, c, d);
   if (!(a & (1u << 4))) return false;  // AVX-VNNI
-  uint32_t lo = 0, hi = 0;
-  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
-  return (lo & 6u) == 6u;  // SSE and AVX state
+  return (xcr0() & 6u) == 6u;            // SSE and AVX state
 }
 
 struct alignas(64) TileConfig {

@@ -67,8 +67,13 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
     covered = r1;
   }
   TEMPO_CHECK(covered == m, "encrypt_x_from: the ranges must cover every row");
-  // Row j of X is row at[j] of left·X (left.perm[at[j]] = j).
-  std::vector<int32_t> at(static_cast<size_t>(m));
+  // Row j of X is row at[j] of left·X (left.perm[at[j]] = j). This and
+  // the row counts below live in the calling thread's scratch, grown once;
+  // the sink reaches them (from the pass's threads) through references.
+  thread_local std::vector<int32_t> at_scratch;
+  thread_local std::vector<uint8_t> made_scratch;
+  std::vector<int32_t>& at = at_scratch;
+  at.resize(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i) at[static_cast<size_t>(t.left.perm[static_cast<size_t>(i)])] = static_cast<int32_t>(i);
   const ScaledPerm cols = t.inner.inv_t();
   std::vector<Matrix> out;
@@ -79,7 +84,8 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
   // How often each row came: a byte per row, so the pass's threads never
   // share a counter. The sink runs on those threads, where nothing may
   // throw: a row out of range is only flagged, and reported after the pass.
-  std::vector<uint8_t> made(static_cast<size_t>(m), 0);
+  std::vector<uint8_t>& made = made_scratch;
+  made.assign(static_cast<size_t>(m), 0);
   std::atomic<bool> stray{false};
   const RowVisit sink = [&](int64_t j, const float* row) {
     if (j < 0 || j >= m) {
