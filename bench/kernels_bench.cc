@@ -15,6 +15,7 @@
 #include "trusted/obfuscation/col_mix.h"
 #include "trusted/obfuscation/mask.h"
 #include "trusted/obfuscation/obfuscator.h"
+#include "trusted/obfuscation/orthogonal.h"
 #include "trusted/obfuscation/row_mix.h"
 #include "trusted/offload/verifier.h"
 
@@ -105,6 +106,19 @@ void BM_RowMixDrawAndMix(benchmark::State& st) {
   draw_and_apply(st, mix);
 }
 
+// One Haar-random orthogonal 8×8 block, as the mixings draw one per group
+// of rows or columns (a resnet18 batch-32 step draws about 10⁵), on one
+// thread.
+void BM_RandomOrthogonal(benchmark::State& st) {
+  KeyStream ks = Obfuscator(random_secret(), 4.0).stream();
+  float q[64];
+  for (auto _ : st) {
+    random_orthogonal(ks, 8, 8, q);
+    benchmark::DoNotOptimize(q);
+  }
+  st.SetItemsProcessed(st.iterations());
+}
+
 void BM_MaskDraw(benchmark::State& st) {
   AdditiveMask mask(64);
   draw_and_apply(st, mask);
@@ -137,6 +151,32 @@ void BM_MaskRows(benchmark::State& st) {
   }
   force_low_rank_path(std::nullopt);
   st.SetBytesProcessed(st.iterations() * 2 * sizeof(float) * kRows * kCols);
+}
+
+// ExactLowRank::add alone on 8 rows in cache (k = 576, rank 64: resnet18's
+// layer 1), one thread, on the path range(0) names (as BM_MaskRows's):
+// items are entries of U·Vᵀ added; the dot-product paths' peak is one
+// instruction per entry (BM_FmaPeak's rate on most cores).
+void BM_LowRankAdd(benchmark::State& st) {
+  const auto path = static_cast<LowRankPath>(st.range(0));
+  force_low_rank_path(path);
+  st.SetLabel(low_rank_path_name(low_rank_path()));
+  constexpr int64_t k = 576, r = 64, n = 8;
+  ExactLowRank lr;
+  std::vector<int8_t> v(static_cast<size_t>(k * r)), u(static_cast<size_t>(n * r));
+  for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<int8_t>(static_cast<int>(i * 37 % 255) - 127);
+  for (size_t i = 0; i < u.size(); ++i) u[i] = static_cast<int8_t>(static_cast<int>(i * 53 % 255) - 127);
+  lr.set_v(v.data(), k, r);
+  std::vector<float> a(static_cast<size_t>(n * k), 0.0f);
+  const int8_t* ur[n];
+  float* rows[n];
+  for (int64_t t = 0; t < n; ++t) ur[t] = u.data() + t * r, rows[t] = a.data() + t * k;
+  for (auto _ : st) {
+    lr.add(ur, rows, n, 1e-30f);
+    benchmark::DoNotOptimize(a.data());
+  }
+  force_low_rank_path(std::nullopt);
+  st.SetItemsProcessed(st.iterations() * n * k);
 }
 
 // Mᵀ·X alone (the input gradient's unmixing).
@@ -383,8 +423,10 @@ BENCHMARK(BM_ColMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_ColUnmix)->UseRealTime();
 BENCHMARK(BM_RowMixDrawAndMix)->UseRealTime();
 BENCHMARK(BM_RowUnmix)->UseRealTime();
+BENCHMARK(BM_RandomOrthogonal)->UseRealTime();
 BENCHMARK(BM_MaskDraw)->UseRealTime();
 BENCHMARK(BM_MaskRows)->DenseRange(0, 3)->UseRealTime();
+BENCHMARK(BM_LowRankAdd)->DenseRange(0, 3)->UseRealTime();
 BENCHMARK(BM_ApplyKeys)->DenseRange(0, 1)->UseRealTime();
 BENCHMARK(BM_Freivalds)->UseRealTime();
 BENCHMARK(BM_ForwardCheckRows)->DenseRange(0, 1)->UseRealTime();

@@ -158,33 +158,48 @@ TEMPO_TILE_TARGET void add_tiles(const int8_t* const* u, float* const* rows, int
 }
 
 // The same sums on AVX-512 VNNI. VPDPBUSD multiplies unsigned bytes by
-// signed ones, so U's entries go in as u + 128 (the sign bit flipped) and
-// each sum starts from −128·Σ_q V[j][q] (bias): the partial sums stay
-// below 2³¹ and the result is U·Vᵀ's integer, as on the other paths. V is
-// read in the tiles' packing: for 4 of r and 16 columns, 64 bytes. NR rows
-// by NB column blocks of 16 at a time, in registers.
+// signed ones: V's entries go in as v + 128 (the sign bit flipped, in
+// their own copy of the tiles' packing: for 4 of r and 16 columns, 64
+// bytes) and U's as they are, broadcast 4 at a time, so each row's sums
+// start from −128·Σ_q U[t][q]: the partial sums stay below 2³¹ and the
+// result is U·Vᵀ's integer, as on the other paths. NR rows by NB column
+// blocks of 16 at a time, in registers.
+//
+// The multiply-adds are written as inline assembly: GCC 12 keeps an array
+// of the intrinsic's accumulators on the stack (a store and a load per
+// instruction, less than half the rate); an asm statement with a "+v"
+// operand stays in a register.
 #define TEMPO_VNNI_TARGET __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
+TEMPO_VNNI_TARGET inline __m512i dpbusd512(__m512i acc, __m512i unsigned_bytes, __m512i signed_bytes) {
+  __asm__("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(unsigned_bytes), "v"(signed_bytes));
+  return acc;
+}
+
+// −128·Σ_q U[t][q] over the row's rp entries (those past r are zero).
+inline int32_t row_start(const int8_t* u, int64_t rp) {
+  int32_t sum = 0;
+  for (int64_t q = 0; q < rp; ++q) sum += u[q];
+  return -128 * sum;
+}
+
 template <int NR, int NB>
-TEMPO_VNNI_TARGET inline void dots_block(const int8_t* const* u, float* const* rows, __m512 sv, const int8_t* packed,
-                                         const int32_t* bias, int64_t k, int64_t blocks, int64_t chunks,
+TEMPO_VNNI_TARGET inline void dots_block(const int8_t* const* u, const int32_t* start, float* const* rows, __m512 sv,
+                                         const uint8_t* packed, int64_t k, int64_t blocks, int64_t chunks,
                                          int64_t b0) {
-  const __m512i flip = _mm512_set1_epi32(static_cast<int>(0x80808080u));
   __m512i acc[NR][NB];
-  for (int b = 0; b < NB; ++b) {
-    const __m512i start = _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_loadu_si512(bias + (b0 + b) * 16));
-    for (int t = 0; t < NR; ++t) acc[t][b] = start;
-  }
+  for (int t = 0; t < NR; ++t)
+    for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_set1_epi32(start[t]);
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int8_t* v = packed + (ch * blocks + b0) * 1024;
+    const uint8_t* v = packed + (ch * blocks + b0) * 1024;
     for (int qq = 0; qq < 16; ++qq) {
       __m512i vb[NB];
       for (int b = 0; b < NB; ++b) vb[b] = _mm512_loadu_si512(v + b * 1024 + qq * 64);
       for (int t = 0; t < NR; ++t) {
         int32_t four;
         std::memcpy(&four, u[t] + ch * 64 + qq * 4, 4);
-        const __m512i ub = _mm512_xor_si512(_mm512_set1_epi32(four), flip);
-        for (int b = 0; b < NB; ++b) acc[t][b] = _mm512_dpbusd_epi32(acc[t][b], ub, vb[b]);
+        const __m512i ub = _mm512_set1_epi32(four);
+        for (int b = 0; b < NB; ++b) acc[t][b] = dpbusd512(acc[t][b], vb[b], ub);
       }
     }
   }
@@ -197,66 +212,66 @@ TEMPO_VNNI_TARGET inline void dots_block(const int8_t* const* u, float* const* r
     }
 }
 
+// NR rows across all column blocks, three at a time (8 × 3 sums, 3 of V
+// and U's broadcast: 28 of the 32 registers).
 template <int NR>
-TEMPO_VNNI_TARGET void dots_rows(const int8_t* const* u, float* const* rows, __m512 sv, const int8_t* packed,
-                                 const int32_t* bias, int64_t k, int64_t blocks, int64_t chunks) {
+TEMPO_VNNI_TARGET void dots_rows(const int8_t* const* u, float* const* rows, __m512 sv, const uint8_t* packed,
+                                 int64_t k, int64_t rp, int64_t blocks, int64_t chunks) {
+  int32_t start[NR];
+  for (int t = 0; t < NR; ++t) start[t] = row_start(u[t], rp);
   int64_t b0 = 0;
-  for (; b0 + 4 <= blocks; b0 += 4) dots_block<NR, 4>(u, rows, sv, packed, bias, k, blocks, chunks, b0);
+  for (; b0 + 3 <= blocks; b0 += 3) dots_block<NR, 3>(u, start, rows, sv, packed, k, blocks, chunks, b0);
   switch (blocks - b0) {
-    case 3: dots_block<NR, 3>(u, rows, sv, packed, bias, k, blocks, chunks, b0); break;
-    case 2: dots_block<NR, 2>(u, rows, sv, packed, bias, k, blocks, chunks, b0); break;
-    case 1: dots_block<NR, 1>(u, rows, sv, packed, bias, k, blocks, chunks, b0); break;
+    case 2: dots_block<NR, 2>(u, start, rows, sv, packed, k, blocks, chunks, b0); break;
+    case 1: dots_block<NR, 1>(u, start, rows, sv, packed, k, blocks, chunks, b0); break;
     default: break;
   }
 }
 
-TEMPO_VNNI_TARGET void add_dots(const int8_t* const* u, float* const* rows, int64_t n, float s, const int8_t* packed,
-                                const int32_t* bias, int64_t k, int64_t rp) {
+TEMPO_VNNI_TARGET void add_dots(const int8_t* const* u, float* const* rows, int64_t n, float s,
+                                const uint8_t* packed, int64_t k, int64_t rp) {
   const int64_t blocks = (k + 15) / 16, chunks = rp / 64;
   const __m512 sv = _mm512_set1_ps(s);
   int64_t t0 = 0;
-  for (; t0 + 4 <= n; t0 += 4) dots_rows<4>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks);
-  switch (n - t0) {
-    case 3: dots_rows<3>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks); break;
-    case 2: dots_rows<2>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks); break;
-    case 1: dots_rows<1>(u + t0, rows + t0, sv, packed, bias, k, blocks, chunks); break;
-    default: break;
-  }
+  for (; t0 + 8 <= n; t0 += 8) dots_rows<8>(u + t0, rows + t0, sv, packed, k, rp, blocks, chunks);
+  if (n - t0 >= 4) dots_rows<4>(u + t0, rows + t0, sv, packed, k, rp, blocks, chunks), t0 += 4;
+  if (n - t0 >= 2) dots_rows<2>(u + t0, rows + t0, sv, packed, k, rp, blocks, chunks), t0 += 2;
+  if (n - t0 >= 1) dots_rows<1>(u + t0, rows + t0, sv, packed, k, rp, blocks, chunks);
 }
 
 // The same on AVX-VNNI's 256-bit registers: each 16-column block of the
-// packing as two halves of 8 columns; NR rows by NB blocks at a time (16
-// registers: 4·NB·NR/2 sums, 2·NB columns of V, U's broadcast, the flip).
+// packing as two halves of 8 columns; NR rows by one block at a time
+// (2·NR sums, 2 of V and U's broadcast: 15 of the 16 registers at NR 6).
 #define TEMPO_VNNI256_TARGET __attribute__((target("avx2,fma,avxvnni")))
 
-template <int NR, int NB>
-TEMPO_VNNI256_TARGET inline void dots256_block(const int8_t* const* u, float* const* rows, float s,
-                                               const int8_t* packed, const int32_t* bias, int64_t k,
-                                               int64_t blocks, int64_t chunks, int64_t b0) {
-  const __m256i flip = _mm256_set1_epi32(static_cast<int>(0x80808080u));
-  __m256i acc[NR][2 * NB];
-  for (int h = 0; h < 2 * NB; ++h) {
-    const __m256i start = _mm256_sub_epi32(
-        _mm256_setzero_si256(), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bias + b0 * 16 + h * 8)));
-    for (int t = 0; t < NR; ++t) acc[t][h] = start;
-  }
+TEMPO_VNNI256_TARGET inline __m256i dpbusd256(__m256i acc, __m256i unsigned_bytes, __m256i signed_bytes) {
+  __asm__("%{vex%} vpdpbusd %2, %1, %0" : "+x"(acc) : "x"(unsigned_bytes), "x"(signed_bytes));
+  return acc;
+}
+
+template <int NR>
+TEMPO_VNNI256_TARGET inline void dots256_block(const int8_t* const* u, const int32_t* start, float* const* rows,
+                                               float s, const uint8_t* packed, int64_t k, int64_t blocks,
+                                               int64_t chunks, int64_t b0) {
+  __m256i acc[NR][2];
+  for (int t = 0; t < NR; ++t) acc[t][0] = acc[t][1] = _mm256_set1_epi32(start[t]);
   for (int64_t ch = 0; ch < chunks; ++ch) {
-    const int8_t* v = packed + (ch * blocks + b0) * 1024;
+    const uint8_t* v = packed + (ch * blocks + b0) * 1024;
     for (int qq = 0; qq < 16; ++qq) {
-      __m256i vb[2 * NB];
-      for (int h = 0; h < 2 * NB; ++h)
-        vb[h] = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + (h / 2) * 1024 + qq * 64 + (h % 2) * 32));
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + qq * 64));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(v + qq * 64 + 32));
       for (int t = 0; t < NR; ++t) {
         int32_t four;
         std::memcpy(&four, u[t] + ch * 64 + qq * 4, 4);
-        const __m256i ub = _mm256_xor_si256(_mm256_set1_epi32(four), flip);
-        for (int h = 0; h < 2 * NB; ++h) acc[t][h] = _mm256_dpbusd_avx_epi32(acc[t][h], ub, vb[h]);
+        const __m256i ub = _mm256_set1_epi32(four);
+        acc[t][0] = dpbusd256(acc[t][0], v0, ub);
+        acc[t][1] = dpbusd256(acc[t][1], v1, ub);
       }
     }
   }
   const __m256 sv = _mm256_set1_ps(s);
   for (int t = 0; t < NR; ++t)
-    for (int h = 0; h < 2 * NB; ++h) {
+    for (int h = 0; h < 2; ++h) {
       const int64_t j = b0 * 16 + h * 8;
       float* row = rows[t] + j;
       if (k - j >= 8) {
@@ -270,28 +285,29 @@ TEMPO_VNNI256_TARGET inline void dots256_block(const int8_t* const* u, float* co
 }
 
 template <int NR>
-TEMPO_VNNI256_TARGET void dots256_rows(const int8_t* const* u, float* const* rows, float s, const int8_t* packed,
-                                       const int32_t* bias, int64_t k, int64_t blocks, int64_t chunks) {
-  int64_t b0 = 0;
-  for (; b0 + 2 <= blocks; b0 += 2) dots256_block<NR, 2>(u, rows, s, packed, bias, k, blocks, chunks, b0);
-  if (b0 < blocks) dots256_block<NR, 1>(u, rows, s, packed, bias, k, blocks, chunks, b0);
+TEMPO_VNNI256_TARGET void dots256_rows(const int8_t* const* u, float* const* rows, float s, const uint8_t* packed,
+                                       int64_t k, int64_t rp, int64_t blocks, int64_t chunks) {
+  int32_t start[NR];
+  for (int t = 0; t < NR; ++t) start[t] = row_start(u[t], rp);
+  for (int64_t b0 = 0; b0 < blocks; ++b0) dots256_block<NR>(u, start, rows, s, packed, k, blocks, chunks, b0);
 }
 
 TEMPO_VNNI256_TARGET void add_dots256(const int8_t* const* u, float* const* rows, int64_t n, float s,
-                                      const int8_t* packed, const int32_t* bias, int64_t k, int64_t rp) {
+                                      const uint8_t* packed, int64_t k, int64_t rp) {
   const int64_t blocks = (k + 15) / 16, chunks = rp / 64;
   int64_t t0 = 0;
-  for (; t0 + 2 <= n; t0 += 2) dots256_rows<2>(u + t0, rows + t0, s, packed, bias, k, blocks, chunks);
-  if (t0 < n) dots256_rows<1>(u + t0, rows + t0, s, packed, bias, k, blocks, chunks);
+  for (; t0 + 6 <= n; t0 += 6) dots256_rows<6>(u + t0, rows + t0, s, packed, k, rp, blocks, chunks);
+  if (n - t0 >= 4) dots256_rows<4>(u + t0, rows + t0, s, packed, k, rp, blocks, chunks), t0 += 4;
+  if (n - t0 >= 2) dots256_rows<2>(u + t0, rows + t0, s, packed, k, rp, blocks, chunks), t0 += 2;
+  if (n - t0 >= 1) dots256_rows<1>(u + t0, rows + t0, s, packed, k, rp, blocks, chunks);
 }
 #else
 bool detect_amx() { return false; }
 bool detect_vnni() { return false; }
 bool detect_vnni256() { return false; }
 void add_tiles(const int8_t* const*, float* const*, int64_t, float, const int8_t*, int64_t, int64_t) {}
-void add_dots(const int8_t* const*, float* const*, int64_t, float, const int8_t*, const int32_t*, int64_t, int64_t) {}
-void add_dots256(const int8_t* const*, float* const*, int64_t, float, const int8_t*, const int32_t*, int64_t,
-                 int64_t) {}
+void add_dots(const int8_t* const*, float* const*, int64_t, float, const uint8_t*, int64_t, int64_t) {}
+void add_dots256(const int8_t* const*, float* const*, int64_t, float, const uint8_t*, int64_t, int64_t) {}
 #endif
 
 std::atomic<int> g_forced{-1};  // a LowRankPath, or −1: the fastest usable
@@ -344,28 +360,26 @@ void ExactLowRank::set_v(const int8_t* v, int64_t k, int64_t r) {
       !low_rank_path_usable(LowRankPath::kDots256))
     return;
   // Block b of 16 columns, chunk ch of 64 of r: 16 rows of 64 bytes, row
-  // q/4 holding column j's entries q (mod 4) at 4·(j mod 16) + q mod 4.
+  // q/4 holding column j's entries q (mod 4) at 4·(j mod 16) + q mod 4;
+  // the dot products' copy holds them plus 128, as unsigned bytes.
   const int64_t blocks = (k + 15) / 16;
-  packed_.assign(static_cast<size_t>((rp_ / 64) * blocks * 1024), 0);
+  const auto size = static_cast<size_t>((rp_ / 64) * blocks * 1024);
+  packed_.assign(size, 0);
+  packed_u_.assign(size, 128);
   for (int64_t j = 0; j < k; ++j)
-    for (int64_t q = 0; q < r; ++q)
-      packed_[static_cast<size_t>(((q / 64) * blocks + j / 16) * 1024 + (q % 64) / 4 * 64 + (j % 16) * 4 + q % 4)] =
-          v[j * r + q];
-  // The dot-product path's starting sums: 128·Σ_q V[j][q] per column.
-  bias_.assign(static_cast<size_t>(blocks * 16), 0);
-  for (int64_t j = 0; j < k; ++j) {
-    int32_t sum = 0;
-    for (int64_t q = 0; q < r; ++q) sum += v[j * r + q];
-    bias_[static_cast<size_t>(j)] = 128 * sum;
-  }
+    for (int64_t q = 0; q < r; ++q) {
+      const auto at = static_cast<size_t>(((q / 64) * blocks + j / 16) * 1024 + (q % 64) / 4 * 64 + (j % 16) * 4 + q % 4);
+      packed_[at] = v[j * r + q];
+      packed_u_[at] = static_cast<uint8_t>(v[j * r + q] + 128);
+    }
 }
 
 void ExactLowRank::add(const int8_t* const* u, float* const* rows, int64_t n, float s) const {
   if (n <= 0) return;
   switch (low_rank_path()) {
     case LowRankPath::kTiles: return add_tiles(u, rows, n, s, packed_.data(), k_, rp_);
-    case LowRankPath::kDots512: return add_dots(u, rows, n, s, packed_.data(), bias_.data(), k_, rp_);
-    case LowRankPath::kDots256: return add_dots256(u, rows, n, s, packed_.data(), bias_.data(), k_, rp_);
+    case LowRankPath::kDots512: return add_dots(u, rows, n, s, packed_u_.data(), k_, rp_);
+    case LowRankPath::kDots256: return add_dots256(u, rows, n, s, packed_u_.data(), k_, rp_);
     case LowRankPath::kPortable: break;
   }
   // The same integers through sgemm, 16 rows at a time (exact: see the header).

@@ -62,8 +62,8 @@ class ExactLowRank {
  private:
   int64_t k_ = 0, r_ = 0, rp_ = 0;
   std::vector<float> vt_;
-  std::vector<int8_t> packed_;  // [64-chunk of r][16-column block][r/4 row][16 columns × 4]
-  std::vector<int32_t> bias_;   // 128·Σ_q V[j][q], columns padded to 16
+  std::vector<int8_t> packed_;     // [64-chunk of r][16-column block][r/4 row][16 columns × 4]
+  std::vector<uint8_t> packed_u_;  // the same plus 128 (the dot products' unsigned operand)
 };
 
 }  // namespace tempo
