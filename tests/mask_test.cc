@@ -15,6 +15,7 @@
 #include "trusted/obfuscation/col_mix.h"
 #include "trusted/obfuscation/keys.h"
 #include "trusted/obfuscation/mask.h"
+#include "trusted/obfuscation/orthogonal.h"
 #include "trusted/obfuscation/row_mix.h"
 #include "eval/attacks/low_rank.h"
 #include "test_util.h"
@@ -470,6 +471,42 @@ void expect_grouped_orthogonal(const float* x, int64_t d, int b) {
 // secret grouping (every row of M·A combines one group of b to 2b − 1 rows
 // of A, every row of A is in one group), fresh per stream, and the same for
 // the same stream; the in-place mask on top of it removes itself as before.
+// The mixings draw their blocks several at a time (one a vector lane):
+// the same bits as one at a time, whatever the run of equal sizes (full
+// and partial lanes, sizes past the lanes' limit, one group alone), and
+// the stream left where one at a time leaves it.
+TEST(RandomOrthogonal, DrawnTogetherEqualsOneAtATimeBitForBit) {
+  struct Case {
+    int64_t d;
+    int b;
+  } cases[] = {{64, 8}, {100, 8}, {1000, 8}, {71, 8}, {3, 8}, {17 * 9, 17}, {40, 5}, {300, 16}, {62, 2}};
+  for (const Case& c : cases) {
+    const MixGroups gr(c.d, c.b);
+    const int64_t sq = gr.largest * gr.largest;
+    for (int64_t g0 : {int64_t{0}, gr.count / 3}) {
+      const int64_t g1 = gr.count;
+      KeyStream one(secret_from_seed(11), 3), together = one;
+      std::vector<float> a(static_cast<size_t>((g1 - g0) * sq), -7.0f), b(a);
+      for (int64_t g = g0; g < g1; ++g)
+        random_orthogonal(one, gr.begin(c.d, g + 1) - gr.begin(c.d, g), gr.largest, a.data() + (g - g0) * sq);
+      random_orthogonals(together, gr, c.d, g0, g1, b.data());
+      ASSERT_EQ(0, std::memcmp(a.data(), b.data(), a.size() * sizeof(float))) << "d " << c.d << " b " << c.b;
+      EXPECT_EQ(one.u32(), together.u32()) << "d " << c.d << " b " << c.b;
+      // And each block is orthogonal.
+      for (int64_t g = g0; g < g1; ++g) {
+        const int64_t n = gr.begin(c.d, g + 1) - gr.begin(c.d, g);
+        const float* q = b.data() + (g - g0) * sq;
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double dot = 0;
+            for (int64_t t = 0; t < n; ++t) dot += double{q[i * gr.largest + t]} * q[j * gr.largest + t];
+            ASSERT_NEAR(dot, i == j ? 1.0 : 0.0, 1e-5);
+          }
+      }
+    }
+  }
+}
+
 TEST(RowMix, IsASecretOrthogonalGroupingAndUndoesItself) {
   for (int64_t m : {int64_t{5}, int64_t{8}, int64_t{203}}) {
     const int b = 8;

@@ -30,7 +30,7 @@ void BlockMix::draw(KeyStream& ks, int64_t d, int b) {
   starts_.resize(static_cast<size_t>(groups_ + 1));
   for (int64_t g = 0; g <= groups_; ++g) starts_[static_cast<size_t>(g)] = gr.begin(d, g);
   q_.resize(static_cast<size_t>(groups_ * ld_ * ld_));
-  for (int64_t g = 0; g < groups_; ++g) random_orthogonal(ks, starts_[static_cast<size_t>(g + 1)] - starts_[static_cast<size_t>(g)], ld_, q_.data() + g * ld_ * ld_);
+  random_orthogonals(ks, gr, d, 0, groups_, q_.data());
   if (ld_ > kWide) return;
   wide_fwd_.assign(static_cast<size_t>(groups_ * kWide * kWide), 0.0f);
   wide_back_.assign(wide_fwd_.size(), 0.0f);

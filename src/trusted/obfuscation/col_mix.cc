@@ -48,10 +48,10 @@ void ColMix::draw(int id, int64_t k, KeyStream& ks) {
   for (int64_t g = 0; g <= gr.count; ++g) e.starts[static_cast<size_t>(g)] = gr.begin(k, g);
   e.q.assign(static_cast<size_t>(gr.count * sq), 0.0f);
   e.qt.assign(e.q.size(), 0.0f);
+  random_orthogonals(ks, gr, k, 0, gr.count, e.q.data());
   for (int64_t g = 0; g < gr.count; ++g) {
     const int64_t n = e.starts[static_cast<size_t>(g + 1)] - e.starts[static_cast<size_t>(g)];
-    float* q = e.q.data() + g * sq;
-    random_orthogonal(ks, n, ld, q);
+    const float* q = e.q.data() + g * sq;
     float* qt = e.qt.data() + g * sq;
     for (int64_t t = 0; t < n; ++t)
       for (int64_t u = 0; u < n; ++u) qt[u * ld + t] = q[t * ld + u];

@@ -84,8 +84,8 @@ const Product& RowMix::draw(const Product& p, KeyStream& ks) {
   parallel_for(kPieces, [&](int64_t lo, int64_t hi) {
     for (int64_t c = lo; c < hi; ++c) {
       KeyStream piece = ks.fork(static_cast<uint32_t>(c));
-      for (int64_t g = gr.count * c / kPieces; g < gr.count * (c + 1) / kPieces; ++g)
-        random_orthogonal(piece, gr.begin(m, g + 1) - gr.begin(m, g), gr.largest, e.q_mats.data() + g * sq);
+      const int64_t g0 = gr.count * c / kPieces;
+      random_orthogonals(piece, gr, m, g0, gr.count * (c + 1) / kPieces, e.q_mats.data() + g0 * sq);
     }
   });
   e.a.resize(static_cast<size_t>(m * p.k));
