@@ -326,14 +326,21 @@ const std::string kRun = std::string(TEMPO_BINARY) +
 #ifdef TEMPO_HAVE_MPI
 const std::string kMpirun = "timeout 300 mpirun --allow-run-as-root --oversubscribe -np ";
 
+// Five steps, to 1e-5: the shards' sums differ from one master's in their
+// rounding only (about 1e-7 after 1 and after 5 steps), but a rounding
+// difference can flip a ReLU or a max-pool decision at some step and the
+// runs then drift apart as any two orders of summation do (on an AMD EPYC
+// with 3 masters: 2.5e-3 after 15 steps, 1.1e-2 after 30; on the Xeons
+// not within 30). A wrong weighting of the uneven shards (22, 21, 21
+// images) shows from the first step, far above 1e-5.
 TEST(MastersMpi, TrainAsOneMasterDoesAndEndIdentical) {
   TempDir dir;
   std::string log;
-  ASSERT_EQ(run_cmd(kRun + " --steps 30 --save " + dir / "one.safetensors", dir / "log", &log), 0) << log;
+  ASSERT_EQ(run_cmd(kRun + " --steps 5 --save " + dir / "one.safetensors", dir / "log", &log), 0) << log;
   for (const int n : {2, 3}) {
     SCOPED_TRACE(std::to_string(n) + " masters");
     const std::string save = dir / ("n" + std::to_string(n) + "_{rank}.safetensors");
-    ASSERT_EQ(run_cmd(kMpirun + std::to_string(n) + " " + kRun + " --steps 30 --save '" + save + "'", dir / "log",
+    ASSERT_EQ(run_cmd(kMpirun + std::to_string(n) + " " + kRun + " --steps 5 --save '" + save + "'", dir / "log",
                       &log),
               0)
         << log;
@@ -345,7 +352,7 @@ TEST(MastersMpi, TrainAsOneMasterDoesAndEndIdentical) {
           << "rank " << r << "'s weights differ from rank 0's";
     const double err = testutil::max_rel_error(dir / ("n" + std::to_string(n) + "_0.safetensors"), dir / "one.safetensors");
     std::printf("  %d masters against one: max relative error %.3g\n", n, err);
-    EXPECT_LE(err, 1e-4);
+    EXPECT_LE(err, 1e-5);
   }
 }
 
