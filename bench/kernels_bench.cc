@@ -36,11 +36,12 @@ void BM_Copy(benchmark::State& st) {
 }
 
 // The keys applied to a matrix: /0 12544 × 288 (14 MiB), /1 resnet18 batch
-// 32's layer 1 (32768 × 576, 75 MiB), with the Freivalds check's two rows
+// 32's layer 1 (32768 × 576, 75 MiB), /2 that layer's result or output
+// gradient (32768 × 64: short rows), with the Freivalds check's two rows
 // of dot products taken as the encryption does.
 void BM_ApplyKeys(benchmark::State& st) {
-  const bool big = st.range(0) == 1;
-  const int64_t m = big ? 32768 : kRows, k = big ? 576 : kCols;
+  const bool big = st.range(0) >= 1;
+  const int64_t m = big ? 32768 : kRows, k = st.range(0) == 2 ? 64 : big ? 576 : kCols;
   Obfuscator obf(random_secret(), 4.0);
   ScaledPerm r = obf.draw(m), c = obf.draw(k);
   std::vector<float> a(static_cast<size_t>(m * k), 1.0f), b(a.size());
@@ -432,7 +433,7 @@ BENCHMARK(BM_RandomOrthogonal)->DenseRange(0, 1)->UseRealTime();
 BENCHMARK(BM_MaskDraw)->UseRealTime();
 BENCHMARK(BM_MaskRows)->DenseRange(0, 3)->UseRealTime();
 BENCHMARK(BM_LowRankAdd)->DenseRange(0, 3)->UseRealTime();
-BENCHMARK(BM_ApplyKeys)->DenseRange(0, 1)->UseRealTime();
+BENCHMARK(BM_ApplyKeys)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_Freivalds)->UseRealTime();
 BENCHMARK(BM_ForwardCheckRows)->DenseRange(0, 1)->UseRealTime();
 
