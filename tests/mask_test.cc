@@ -196,6 +196,9 @@ TEST(Blinding, FusedEncryptionEqualsApplyThenEncrypt) {
         });
       };
       const RowVisit v1 = visit_into(seen1), v2 = visit_into(seen2);
+      const RowsVisit v2_rows = [&v2](const int64_t* index, const float* const* rows, int64_t n) {
+        for (int64_t t = 0; t < n; ++t) v2(index[t], rows[t]);
+      };
       const Product& q1 = b1.apply(mc.p, o1);
       const Triple t1 = o1.draw_triple(m, k, n);
       std::vector<CipherMatrix> c1;
@@ -204,7 +207,7 @@ TEST(Blinding, FusedEncryptionEqualsApplyThenEncrypt) {
       ASSERT_TRUE(b2.pending());
       const Triple t2 = o2.draw_triple(m, k, n);
       const std::vector<CipherMatrix> c2 =
-          o2.encrypt_x_from(t2, m, k, shares, [&](const RowVisit& sink) { b2.pass(&sink, false); }, &v2);
+          o2.encrypt_x_from(t2, m, k, shares, [&](const RowsVisit& sink) { b2.pass(&sink, false); }, &v2_rows);
       ASSERT_FALSE(b2.pending());
       ASSERT_EQ(c1.size(), c2.size());
       for (size_t i = 0; i < c1.size(); ++i) {

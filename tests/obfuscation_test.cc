@@ -406,6 +406,45 @@ struct Keyed {
   }
 };
 
+TEST(Freivalds, RowsProjectedTogetherEqualOneAtATime) {
+  // project_rows (A's rows a group at a time, as the blinding's pass hands
+  // them; two at a time inside) gives the row sums and the verdicts of
+  // project_row, bit for bit, with one to three rounds, for row lengths
+  // with and without a tail, groups of 1 to 8 rows in a scattered order.
+  for (const int64_t K : {45, 64})
+    for (int rounds : {1, 2, 3}) {
+      SCOPED_TRACE("k " + std::to_string(K) + ", rounds " + std::to_string(rounds));
+      const int64_t M = 97, N = 13;
+      Keyed x(M, K, N, 30);
+      std::vector<float> c = x.cs.c;
+      c[static_cast<size_t>(40 * N + 5)] += 0.05f;  // a lie, to be caught by both
+      VerifyConfig vc;
+      vc.rounds = rounds;
+      Verifier one(vc), many(vc);
+      RowSums s1, s2;
+      KeyStream ks = x.obf.stream(), ks2 = ks;
+      one.begin(M, N, K, {x.cs.w.data(), true}, ks, nullptr, 0, &s1);
+      many.begin(M, N, K, {x.cs.w.data(), true}, ks2, nullptr, 0, &s2);
+      for (int64_t i = 0; i < M; ++i) one.project_row(i, x.cs.a.data() + i * K);
+      std::vector<int64_t> order(static_cast<size_t>(M));
+      for (int64_t i = 0; i < M; ++i) order[static_cast<size_t>(i)] = (i * 37) % M;
+      int64_t at = 0, size = 1;
+      while (at < M) {
+        const int64_t n = std::min(size, M - at);
+        const float* rows[8];
+        for (int64_t t = 0; t < n; ++t) rows[t] = x.cs.a.data() + order[static_cast<size_t>(at + t)] * K;
+        many.project_rows(order.data() + at, rows, n);
+        at += n;
+        size = size % 8 + 1;
+      }
+      const auto want = one.end(c.data());
+      EXPECT_EQ(want, std::vector<int64_t>{40});
+      EXPECT_EQ(many.end(c.data()), want);
+      EXPECT_EQ(s2.ar, s1.ar);
+      EXPECT_EQ(s2.aa, s1.aa);
+    }
+}
+
 TEST(Freivalds, ForwardCheckTakenDuringEncryptionEqualsCheck) {
   // begin(), A's rows projected as the key application reads them (two
   // row shares, as for two workers), end(): the same vectors, products,

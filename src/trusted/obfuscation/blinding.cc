@@ -70,7 +70,7 @@ const Product& Blinding::prepare(const Product& p, Obfuscator& obf) {
   return s.q;
 }
 
-void Blinding::pass(const RowVisit* sink, bool write_a) {
+void Blinding::pass(const RowsVisit* sink, bool write_a) {
   if (pending_ < 0) return;
   Sent& s = sent_[static_cast<size_t>(pending_)];
   pending_ = -1;
@@ -83,7 +83,7 @@ void Blinding::materialise(const Product& q) {
   if (s.unwritten) run_pass(s, nullptr, true);
 }
 
-void Blinding::run_pass(Sent& s, const RowVisit* sink, bool write_a) {
+void Blinding::run_pass(Sent& s, const RowsVisit* sink, bool write_a) {
   ScopeSeconds timed(secs_.forward);
   const Product& p = s.source;
   const int id = p.id;
@@ -94,8 +94,7 @@ void Blinding::run_pass(Sent& s, const RowVisit* sink, bool write_a) {
     after = [col, mask, id, sink](float* const* rows, const int64_t* index, int64_t n) {
       if (col) col->mix_here(id, rows, n);
       if (mask) mask->add_rows(id, rows, index, n);
-      if (sink)
-        for (int64_t t = 0; t < n; ++t) (*sink)(index[t], rows[t]);
+      if (sink) (*sink)(index, rows, n);
     };
   mix_->mix(id, p.a, p.k, write_a ? mix_->mixed_a(id) : nullptr, after);
   s.unwritten = !write_a;

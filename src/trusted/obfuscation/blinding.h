@@ -62,15 +62,16 @@ class Blinding {
   // apply() in two halves, for a caller that consumes A's rows as they are
   // made: prepare() draws everything (the same streams, in the same order)
   // and returns the product as it will be sent; pass() then makes its data
-  // operand, calling sink (if given) with each row (its index in q.a, and
-  // the row as sent, in cache) on the thread that made it. With row mixing
-  // only: without it, prepare() does all of apply() and pass() nothing.
+  // operand, calling sink (if given) with each group of rows (their
+  // indices in q.a, and the rows as sent, in cache) on the thread that made
+  // them. With row mixing only: without it, prepare() does all of apply()
+  // and pass() nothing.
   // prepare() then pass() is apply(), bit for bit. write_a false: q.a is
   // not written (the sink took every row); materialise(q) writes it, the
   // same bits, by running the pass again from the operand as given (which
   // its layer keeps until its backward). Nothing may read q.a before.
   const Product& prepare(const Product& p, Obfuscator& obf);
-  void pass(const RowVisit* sink = nullptr, bool write_a = true);
+  void pass(const RowsVisit* sink = nullptr, bool write_a = true);
   bool pending() const { return pending_ >= 0; }
   void materialise(const Product& q);
   // The product last sent for p's id and shape, or p itself if none was.
@@ -109,7 +110,7 @@ class Blinding {
     Product source;           // with row mixing: the product as given, from which pass() makes q.a
     bool unwritten = false;   // q.a not written by its pass (materialise() writes it)
   };
-  void run_pass(Sent& s, const RowVisit* sink, bool write_a);
+  void run_pass(Sent& s, const RowsVisit* sink, bool write_a);
   std::unique_ptr<RowMix> mix_;
   std::unique_ptr<ColMix> col_;
   std::unique_ptr<AdditiveMask> mask_;

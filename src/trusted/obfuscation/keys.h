@@ -46,6 +46,8 @@ void apply_keys(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
 // on the thread that reads it: a pass over the plaintext fused into the
 // encryption (the forward check's products of A).
 using RowVisit = std::function<void(int64_t row, const float* data)>;
+// The same for n rows at once: rows[t] is row index[t] (all in cache).
+using RowsVisit = std::function<void(const int64_t* index, const float* const* rows, int64_t n)>;
 void apply_keys_rows(const float* x, int64_t rows, int64_t cols, const ScaledPerm& r,
                      const ScaledPerm& c, int64_t r0, int64_t r1, float* y, int64_t block = 1,
                      const double* dot_r = nullptr, double* dot_out = nullptr, int dot_rounds = 1,

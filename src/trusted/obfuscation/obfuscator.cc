@@ -59,7 +59,7 @@ CipherMatrix Obfuscator::encrypt_x(const Triple& t, const float* x, int64_t m, i
 
 std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m, int64_t k,
                                                      const std::vector<std::pair<int64_t, int64_t>>& ranges,
-                                                     const RowPass& pass, const RowVisit* visit) const {
+                                                     const RowPass& pass, const RowsVisit* visit) const {
   TEMPO_CHECK(t.left.size() == m && t.inner.size() == k, "encrypt_x_from: key size mismatch");
   int64_t covered = 0;
   for (const auto& [r0, r1] : ranges) {
@@ -87,25 +87,30 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
   std::vector<uint8_t>& made = made_scratch;
   made.assign(static_cast<size_t>(m), 0);
   std::atomic<bool> stray{false};
-  const RowVisit sink = [&](int64_t j, const float* row) {
-    if (j < 0 || j >= m) {
-      stray.store(true, std::memory_order_relaxed);
-      return;
-    }
-    ++made[static_cast<size_t>(j)];
-    if (visit) (*visit)(j, row);
-    const int64_t i = at[static_cast<size_t>(j)];
-    size_t part = 0;
-    while (i >= ranges[part].second) ++part;
-    float* dst = out[part].row(i - ranges[part].first);
-    const float s = t.left.scale[static_cast<size_t>(i)];
-    if (stream) {
-      thread_local std::vector<float> buf;
-      if (buf.size() < static_cast<size_t>(k)) buf.resize(static_cast<size_t>(k));
-      keyed_row(row, s, cols, buf.data());
-      stream_floats(dst, buf.data(), k);
-    } else {
-      keyed_row(row, s, cols, dst);
+  const RowsVisit sink = [&](const int64_t* index, const float* const* rows, int64_t n) {
+    for (int64_t t = 0; t < n; ++t)
+      if (index[t] < 0 || index[t] >= m) {
+        stray.store(true, std::memory_order_relaxed);
+        return;
+      }
+    if (visit) (*visit)(index, rows, n);
+    for (int64_t r = 0; r < n; ++r) {
+      const int64_t j = index[r];
+      const float* row = rows[r];
+      ++made[static_cast<size_t>(j)];
+      const int64_t i = at[static_cast<size_t>(j)];
+      size_t part = 0;
+      while (i >= ranges[part].second) ++part;
+      float* dst = out[part].row(i - ranges[part].first);
+      const float s = t.left.scale[static_cast<size_t>(i)];
+      if (stream) {
+        thread_local std::vector<float> buf;
+        if (buf.size() < static_cast<size_t>(k)) buf.resize(static_cast<size_t>(k));
+        keyed_row(row, s, cols, buf.data());
+        stream_floats(dst, buf.data(), k);
+      } else {
+        keyed_row(row, s, cols, dst);
+      }
     }
   };
   pass(sink);

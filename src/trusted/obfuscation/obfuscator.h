@@ -38,19 +38,20 @@ class Obfuscator {
   // visit: as in apply_keys_rows (block 1), on each row of x encrypted.
   CipherMatrix encrypt_x(const Triple& t, const float* x, int64_t m, int64_t k, int64_t r0 = 0,
                          int64_t r1 = -1, int64_t block = 1, const RowVisit* visit = nullptr) const;
-  // encrypt_x (block 1) of an X that a pass makes a row at a time (the
-  // blinding's, trusted/obfuscation/blinding.h), fused with it: `pass` is
-  // called once with a sink, which it must call exactly once with every row
-  // j < m of X (j, and the row, in cache), in any order, from any of its
-  // threads (fencing its streamed stores before it returns); each row is
-  // keyed straight into its place in the ciphertext (streamed where large),
-  // after `visit` has seen it. X is never read again. One ciphertext per
-  // range of its rows ([r0, r1), the workers' shares), each what
-  // encrypt_x(t, X, m, k, r0, r1) gives, bit for bit.
-  using RowPass = std::function<void(const RowVisit& sink)>;
+  // encrypt_x (block 1) of an X that a pass makes a few rows at a time
+  // (the blinding's, trusted/obfuscation/blinding.h), fused with it: `pass`
+  // is called once with a sink, which it must give every row j < m of X
+  // exactly once (j, and the row, in cache; a few rows a call), in any
+  // order, from any of its threads (fencing its streamed stores before it
+  // returns); each row is keyed straight into its place in the ciphertext
+  // (streamed where large), after `visit` has seen the call's rows. X is
+  // never read again. One ciphertext per range of its rows ([r0, r1), the
+  // workers' shares), each what encrypt_x(t, X, m, k, r0, r1) gives, bit
+  // for bit.
+  using RowPass = std::function<void(const RowsVisit& sink)>;
   std::vector<CipherMatrix> encrypt_x_from(const Triple& t, int64_t m, int64_t k,
                                            const std::vector<std::pair<int64_t, int64_t>>& ranges,
-                                           const RowPass& pass, const RowVisit* visit = nullptr) const;
+                                           const RowPass& pass, const RowsVisit* visit = nullptr) const;
   CipherMatrix encrypt_xt(const Triple& t, const float* xt, int64_t k, int64_t m, int64_t block = 1) const;
   CipherMatrix encrypt_y(const Triple& t, const float* y, int64_t k, int64_t n, int64_t r0 = 0,
                          int64_t r1 = -1, int64_t block = 1) const;

@@ -36,12 +36,16 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
   const int rounds = cfg_.verify.rounds;
   KeyStream ks = obf_->stream();
   RowVisit project;
+  RowsVisit project_rows;
   if (verify) {
     PhaseTimer t(phases_.verify);
     verifier_.draw_vectors(ks, n, r_pre_);
     cr_pre_.resize(static_cast<size_t>(rounds * m));
     verifier_.begin(m, n, k, {p.w, true}, ks, nullptr, 0, &h.sums, &r_pre_);
     project = [this](int64_t i, const float* row) { verifier_.project_row(i, row); };
+    project_rows = [this](const int64_t* index, const float* const* rows, int64_t n) {
+      verifier_.project_rows(index, rows, n);
+    };
     stats_.verify_bytes += n * k * 4 * rounds;  // A's rows: read by the encryption
   }
   const RowVisit* visit = verify ? &project : nullptr;
@@ -54,7 +58,8 @@ bool OffloadBackend::forward_split(const Product& p, float* c, const std::vector
     std::vector<std::pair<int64_t, int64_t>> ranges;
     if (by_cols) ranges.push_back({0, m});
     else ranges.assign(shares.begin(), shares.end());
-    a_made = obf_->encrypt_x_from(h.fwd, m, k, ranges, [this](const RowVisit& sink) { blind_->pass(&sink, false); }, visit);
+    a_made = obf_->encrypt_x_from(h.fwd, m, k, ranges, [this](const RowsVisit& sink) { blind_->pass(&sink, false); },
+                                  verify ? &project_rows : nullptr);
   }
   std::vector<std::future<Matrix>> futs;
   {

@@ -33,34 +33,53 @@ inline void dot2(const float* x, const double* u, const double* w, int64_t n, do
 // multiply-add units busy (a round's four sums alone wait on their
 // latency). out: round 0's a, b, c, d, then round 1's. Every sum is taken
 // the same way whatever R (in 8 lanes, j mod 8, reduced in a fixed tree,
-// then the tail), so one round equals that round of two, bit for bit.
-template <int R>
-inline void dot4r(const float* x, const double* u, const double* w, const double* p, const double* q, int64_t n,
-                  double* out) {
+// then the tail), so one round equals that round of two, bit for bit. On
+// N rows at once (x[0 .. N); out[t·4R ..]: row t's): each vector entry is
+// loaded once for the N rows, and each row's sums are taken the same way
+// whatever N, so the same bits.
+template <int R, int N>
+inline void dot4r_rows(const float* const* x, const double* u, const double* w, const double* p, const double* q,
+                       int64_t n, double* out) {
   int64_t j = 0;
 #if defined(__AVX512F__)
-  __m512d s[4 * R];
-  for (auto& v : s) v = _mm512_setzero_pd();
+  __m512d s[N][4 * R];
+  for (auto& row : s)
+    for (auto& v : row) v = _mm512_setzero_pd();
   for (; j + 8 <= n; j += 8) {
-    const __m512d v = _mm512_cvtps_pd(_mm256_loadu_ps(x + j)), vv = _mm512_mul_pd(v, v);
+    __m512d v[N], vv[N];
+    for (int t = 0; t < N; ++t) {
+      v[t] = _mm512_cvtps_pd(_mm256_loadu_ps(x[t] + j));
+      vv[t] = _mm512_mul_pd(v[t], v[t]);
+    }
     for (int r = 0; r < R; ++r) {
-      s[4 * r] = _mm512_fmadd_pd(v, _mm512_loadu_pd(u + r * n + j), s[4 * r]);
-      s[4 * r + 1] = _mm512_fmadd_pd(vv, _mm512_loadu_pd(w + r * n + j), s[4 * r + 1]);
-      s[4 * r + 2] = _mm512_fmadd_pd(v, _mm512_loadu_pd(p + r * n + j), s[4 * r + 2]);
-      s[4 * r + 3] = _mm512_fmadd_pd(vv, _mm512_loadu_pd(q + r * n + j), s[4 * r + 3]);
+      __m512d ur = _mm512_loadu_pd(u + r * n + j), wr = _mm512_loadu_pd(w + r * n + j);
+      __m512d pr = _mm512_loadu_pd(p + r * n + j), qr = _mm512_loadu_pd(q + r * n + j);
+      // In registers: GCC would otherwise fold each load into every row's
+      // multiply-add, loading it N times.
+      asm("" : "+v"(ur), "+v"(wr), "+v"(pr), "+v"(qr));
+      for (int t = 0; t < N; ++t) {
+        s[t][4 * r] = _mm512_fmadd_pd(v[t], ur, s[t][4 * r]);
+        s[t][4 * r + 1] = _mm512_fmadd_pd(vv[t], wr, s[t][4 * r + 1]);
+        s[t][4 * r + 2] = _mm512_fmadd_pd(v[t], pr, s[t][4 * r + 2]);
+        s[t][4 * r + 3] = _mm512_fmadd_pd(vv[t], qr, s[t][4 * r + 3]);
+      }
     }
   }
-  for (int t = 0; t < 4 * R; ++t) out[t] = _mm512_reduce_add_pd(s[t]);
+  for (int t = 0; t < N; ++t)
+    for (int c = 0; c < 4 * R; ++c) out[t * 4 * R + c] = _mm512_reduce_add_pd(s[t][c]);
 #else
-  for (int t = 0; t < 4 * R; ++t) out[t] = 0;
+  for (int c = 0; c < N * 4 * R; ++c) out[c] = 0;
 #endif
-  for (; j < n; ++j) {
-    const double v = x[j], vv = v * v;
-    for (int r = 0; r < R; ++r) {
-      out[4 * r] += v * u[r * n + j];
-      out[4 * r + 1] += vv * w[r * n + j];
-      out[4 * r + 2] += v * p[r * n + j];
-      out[4 * r + 3] += vv * q[r * n + j];
+  for (int t = 0; t < N; ++t) {
+    double* o = out + t * 4 * R;
+    for (int64_t i = j; i < n; ++i) {
+      const double v = x[t][i], vv = v * v;
+      for (int r = 0; r < R; ++r) {
+        o[4 * r] += v * u[r * n + i];
+        o[4 * r + 1] += vv * w[r * n + i];
+        o[4 * r + 2] += v * p[r * n + i];
+        o[4 * r + 3] += vv * q[r * n + i];
+      }
     }
   }
 }
@@ -240,8 +259,9 @@ void Verifier::project_row(int64_t i, const float* row) {
     const int take = q + 2 <= d_.rounds ? 2 : 1;
     double o[8];
     const size_t v = static_cast<size_t>(q * k);
-    if (take == 2) dot4r<2>(row, br_.data() + v, bb_.data() + v, sums_->r.data() + v, rp2_.data() + v, k, o);
-    else dot4r<1>(row, br_.data() + v, bb_.data() + v, sums_->r.data() + v, rp2_.data() + v, k, o);
+    const double *u = br_.data() + v, *w = bb_.data() + v, *p = sums_->r.data() + v, *q2 = rp2_.data() + v;
+    if (take == 2) dot4r_rows<2, 1>(&row, u, w, p, q2, k, o);
+    else dot4r_rows<1, 1>(&row, u, w, p, q2, k, o);
     for (int h = 0; h < take; ++h, ++q) {
       const size_t at = static_cast<size_t>(q * m + i);
       y_[at] = o[4 * h];
@@ -250,6 +270,28 @@ void Verifier::project_row(int64_t i, const float* row) {
       sums_->aa[at] = o[4 * h + 3];
     }
   }
+}
+
+void Verifier::project_rows(const int64_t* index, const float* const* rows, int64_t n) {
+  const int64_t m = d_.m, k = d_.k;
+  int64_t t = 0;
+  // Two rows at a time where the row sums are taken with two rounds (the
+  // default): the check's vectors are read once for both.
+  if (sums_ && d_.rounds == 2)
+    for (; t + 2 <= n; t += 2) {
+      double o[16];
+      dot4r_rows<2, 2>(rows + t, br_.data(), bb_.data(), sums_->r.data(), rp2_.data(), k, o);
+      for (int e = 0; e < 2; ++e)
+        for (int q = 0; q < 2; ++q) {
+          const size_t at = static_cast<size_t>(q * m + index[t + e]);
+          const double* v = o + 8 * e + 4 * q;
+          y_[at] = v[0];
+          s_[at] = v[1];
+          sums_->ar[at] = v[2];
+          sums_->aa[at] = v[3];
+        }
+    }
+  for (; t < n; ++t) project_row(index[t], rows[t]);
 }
 
 // e_ρ = c·r_ρ − y_ρ, row by row (each row of c read once for every round):

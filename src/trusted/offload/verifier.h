@@ -71,6 +71,9 @@ class Verifier {
   void begin(int64_t m, int64_t n, int64_t k, Operand b, KeyStream& ks, const int32_t* rows_k = nullptr,
              int64_t k_full = 0, RowSums* sums = nullptr, const std::vector<double>* r_pre = nullptr);
   void project_row(int64_t i, const float* row);
+  // project_row(index[t], rows[t]) for t < n, the same bits, faster (the
+  // check's vectors read once for two rows).
+  void project_rows(const int64_t* index, const float* const* rows, int64_t n);
   std::vector<int64_t> end(const float* c, const double* cr_pre = nullptr);
 
   // Checks dw (n×k) = dcᵀ·A over the rows `rows` (count of them) of dc
