@@ -88,8 +88,8 @@ std::vector<CipherMatrix> Obfuscator::encrypt_x_from(const Triple& t, int64_t m,
   made.assign(static_cast<size_t>(m), 0);
   std::atomic<bool> stray{false};
   const RowsVisit sink = [&](const int64_t* index, const float* const* rows, int64_t n) {
-    for (int64_t t = 0; t < n; ++t)
-      if (index[t] < 0 || index[t] >= m) {
+    for (int64_t r = 0; r < n; ++r)
+      if (index[r] < 0 || index[r] >= m) {
         stray.store(true, std::memory_order_relaxed);
         return;
       }
