@@ -609,7 +609,7 @@ TEST(AttestedConfig, EveryTrainFlagIsMeasuredOrListedAsHarmless) {
   const std::map<std::string, std::vector<std::string>> measured = {
       {"--model", {"mlp"}}, {"--data", {"synthetic:100"}}, {"--mode", {"offload"}}, {"--seed", {"3"}},
       {"--batch-size", {"32"}}, {"--init", {d / "init.bin"}}, {"--offload-first", {}}, {"--offload-last", {}},
-      {"--conv-mode", {"channel"}}, {"--channel-from", {"1"}}, {"--key-scale", {"2"}}, {"--no-key-shift", {}},
+      {"--local-below", {"0"}}, {"--conv-mode", {"channel"}}, {"--channel-from", {"1"}}, {"--key-scale", {"2"}}, {"--no-key-shift", {}},
       {"--mask-rank", {"8"}}, {"--mask-kind", {"kron"}}, {"--row-mix", {"4"}}, {"--col-mix", {"4"}},
       {"--verify-rounds", {"3"}},
       {"--verify-rate", {"0.5"}}, {"--verify-tolerance", {"8"}}, {"--quarantine-after", {"5"}},

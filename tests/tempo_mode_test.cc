@@ -16,6 +16,8 @@
 #include "trusted/obfuscation/keys.h"
 #include "trusted/io/safetensors.h"
 #include "trusted/offload/offload_backend.h"
+#include "trusted/model.h"
+#include "trusted/nn/layers.h"
 #include "trusted/trainer.h"
 #include "eval/doubles/faulty_worker.h"
 #include "worker/local_worker.h"
@@ -120,6 +122,53 @@ INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
                                   "Mask" + std::to_string(i.param.mask_rank) + "Mix" + std::to_string(i.param.row_mix) +
                                   (i.param.col_mix ? "Col" + std::to_string(i.param.col_mix) : "");
                          });
+
+// Placement (--local-below): convolutions narrower than the threshold stay
+// in the master, the first and last layers as before, everything else is
+// offloaded; 0 offloads every convolution but the first. A run with the
+// default placement offloads fewer products and still matches tee-only.
+TEST(Placement, NarrowConvolutionsStayInTheMaster) {
+  auto model = build_model("resnet18", 0);
+  for (const int64_t below : {int64_t{0}, kDefaultLocalBelow, int64_t{256}}) {
+    model->set_offload(false, false, below);
+    int kept = 0, offloaded = 0;
+    const size_t n = model->product_layers.size();
+    for (size_t i = 0; i < n; ++i) {
+      const Layer* l = model->product_layers[i];
+      const auto* conv = dynamic_cast<const Conv2d*>(l);
+      const bool narrow = conv && conv->out_channels < below;
+      EXPECT_EQ(l->offloaded, i > 0 && i + 1 < n && !narrow) << "product layer " << i << ", --local-below " << below;
+      if (i > 0 && i + 1 < n) (l->offloaded ? offloaded : kept) += 1;
+    }
+    // resnet18: layer1's four 64-channel convolutions, layer2's five of 128.
+    EXPECT_EQ(kept, below == 0 ? 0 : below == kDefaultLocalBelow ? 4 : 9) << "--local-below " << below;
+    EXPECT_GT(offloaded, 0);
+  }
+  model->set_offload(true, true, 0);
+  for (const Layer* l : model->product_layers) EXPECT_TRUE(l->offloaded);
+
+  auto run = [](int64_t below, const std::string& out) {
+    TrainConfig c = small_run(out, 6);
+    c.mode = "tempo";
+    c.local_below = below;
+    OffloadBackend be(c.offload, local_workers(1), secret_from_seed(81));
+    train(c, &be);
+    EXPECT_EQ(be.stats().rejected, 0);
+    return be.stats().products;
+  };
+  const std::string placed = (temp_dir() / "placed.safetensors").string();
+  const int64_t all = run(0, (temp_dir() / "all_convs.safetensors").string());
+  const int64_t fewer = run(kDefaultLocalBelow, placed);
+  // cnn: conv2 (64 channels) stays in the master, fc1 is offloaded.
+  EXPECT_GT(fewer, 0);
+  EXPECT_LT(fewer, all);
+  TrainConfig tee = small_run((temp_dir() / "tee6.safetensors").string(), 6);
+  train(tee);
+  const double err = testutil::max_rel_error(placed, (temp_dir() / "tee6.safetensors").string());
+  std::printf("default placement: %lld products against %lld with every convolution offloaded; max error %.3g·max|w|\n",
+              static_cast<long long>(fewer), static_cast<long long>(all), err);
+  EXPECT_LT(err, 1e-3);
+}
 
 // The evaluation after each epoch runs at the training batch size (so that
 // it reuses the step's buffers): its result must not depend on the batch

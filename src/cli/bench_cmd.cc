@@ -69,9 +69,10 @@ struct StepTiming {
 class StepRunner {
  public:
   // threads: set for each slice of steps (0: leave as is); conv_mode as
-  // Model::set_conv_mode (channel mode from the third offloaded convolution).
+  // Model::set_conv_mode (channel mode from the third offloaded convolution);
+  // local_below as TrainConfig's (with a backend).
   StepRunner(const Case& c, std::unique_ptr<OffloadBackend> backend, int threads = 0,
-             const std::string& conv_mode = "im2col")
+             const std::string& conv_mode = "im2col", int64_t local_below = kDefaultLocalBelow)
       : model_(build_model(c.model, 0)),
         opt_(make_optimizer(OptimConfig{}, model_->parameters())),
         backend_(std::move(backend)),
@@ -84,6 +85,7 @@ class StepRunner {
     for (int64_t i = 0; i < x_.numel(); ++i) x_[i] = static_cast<float>(rng_.normal());
     y_.resize(static_cast<size_t>(c.batch));
     for (auto& l : y_) l = static_cast<int64_t>(rng_.below(10));
+    model_->set_offload(false, false, backend_ ? local_below : 0);
     model_->set_conv_mode(backend_ ? conv_mode : "im2col", 3);
     threads_ = threads;
   }
@@ -176,6 +178,7 @@ struct Config {
   int row_mix = OffloadConfig{}.row_mix;
   int col_mix = OffloadConfig{}.col_mix;
   MaskKind mask_kind = OffloadConfig{}.mask_kind;
+  int64_t local_below = -1;  // -1: the bench's --local-below
 };
 
 // PyTorch's step (or with extra "--inference", its prediction), median ms.
@@ -230,7 +233,8 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
         ro.local_backend = cfg.backend;  // what "local:N" workers compute on
         be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers, ro), random_secret());
       }
-      runners.push_back(std::make_unique<StepRunner>(c, std::move(be)));
+      runners.push_back(std::make_unique<StepRunner>(c, std::move(be), 0, "im2col",
+                                                     conf.local_below < 0 ? cfg.local_below : conf.local_below));
       runners.back()->run(2, 2);
     }
     const int rounds = std::max(1, steps / 3);
@@ -404,7 +408,9 @@ int run_modes(const BenchConfig& cfg) {
   return run_configs(cfg, {{"tee-only", "tee-only", true, 1, ""},
                            {"offload (insecure)", "offload", true, 0, w},
                            {"tempo", "tempo", true, kR, w},
-                           {"tempo, 1 verify round", "tempo", true, 1, w},
+                           {"tempo, all convs offloaded", "tempo", true, kR, w, OffloadConfig{}.mask_rank,
+                            OffloadConfig{}.row_mix, OffloadConfig{}.col_mix, OffloadConfig{}.mask_kind, 0},
+                           {"tempo, 1 verify round", "tempo", true, kR, w},
                            {"tempo, no row mix", "tempo", true, kR, w, OffloadConfig{}.mask_rank, 0},
                            {"tempo, mask rank 32", "tempo", true, kR, w, 32},
                            {"tempo, dense mask", "tempo", true, kR, w, OffloadConfig{}.mask_rank, OffloadConfig{}.row_mix,
@@ -431,7 +437,9 @@ int run_hardening(const BenchConfig& cfg) {
                            {"tempo, mask + row mix", "tempo", true, kR, w, r, b, 0},
                            {"tempo, row + col mix", "tempo", true, kR, w, 0, b, b},
                            {"tempo, all three", "tempo", true, kR, w, r, b, b},
-                           {"tempo, all three, kron mask", "tempo", true, kR, w, r, b, b, MaskKind::kKron}});
+                           {"tempo, all three, kron mask", "tempo", true, kR, w, r, b, b, MaskKind::kKron},
+                           {"tempo, unhardened, all convs", "tempo", true, kR, w, 0, 0, 0, MaskKind::kDense, 0},
+                           {"tempo, all three, all convs", "tempo", true, kR, w, r, b, b, MaskKind::kDense, 0}});
 }
 
 // Worker processes of this binary on loopback, for the remote suites.
@@ -624,12 +632,13 @@ struct GpuRow {
   int threads;
   bool hardened = true;  // the mask, row and column mixing (the defaults); false: key shift and checks only
   bool mix = true;       // with hardened: the row mixing too
+  int64_t local_below = -1;  // -1: the bench's --local-below
 };
 
 // A runner per row for case c, each warmed up by one step; tempo and offload
 // rows get one in-process worker on ro.local_backend.
 std::vector<std::unique_ptr<StepRunner>> gpu_runners(const Case& c, const std::vector<GpuRow>& rows,
-                                                     const RemoteOptions& ro) {
+                                                     const RemoteOptions& ro, int64_t local_below) {
   std::vector<std::unique_ptr<StepRunner>> runners;
   for (const auto& r : rows) {
     std::unique_ptr<OffloadBackend> be;
@@ -641,7 +650,8 @@ std::vector<std::unique_ptr<StepRunner>> gpu_runners(const Case& c, const std::v
       if (!r.mix) oc.row_mix = 0;
       be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());
     }
-    runners.push_back(std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv));
+    runners.push_back(
+        std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv, r.local_below < 0 ? local_below : r.local_below));
     runners.back()->run(1, 1);
   }
   return runners;
@@ -684,11 +694,12 @@ int run_gpu(const BenchConfig& cfg) {
                                  {"tempo, im2col, unhardened", "tempo", "im2col", all, false},
                                  {"tempo, im2col, no row mix", "tempo", "im2col", all, true, false},
                                  {"tempo, im2col", "tempo", "im2col", all},
+                                 {"tempo, im2col, all convs offloaded", "tempo", "im2col", all, true, true, 0},
                                  {"tempo, channel", "tempo", "channel", all}};
   for (const auto& m : cfg.models) {
     Case c = parse_case(m);
     const int steps = cfg.steps > 0 ? cfg.steps : 4;
-    std::vector<std::unique_ptr<StepRunner>> runners = gpu_runners(c, rows, ro);
+    std::vector<std::unique_ptr<StepRunner>> runners = gpu_runners(c, rows, ro, cfg.local_below);
     for (int s = 0; s < steps; ++s)
       for (auto& run : runners) run->run(1);
     const double tee1 = runners[0]->result().median_ms, teeall = runners[1]->result().median_ms;
@@ -804,6 +815,12 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "modes, hardening, remote: only these rows, by label (one argument each, e.g. "
                  "--configs tempo 'tempo, 1 verify round'), after tee-only; default all (a large model's full "
                  "table may not fit in memory)");
+  app.add_option("--local-below", c.local_below,
+                 "modes, hardening, remote, gpu: the offloading rows keep convolutions with fewer output channels "
+                 "than this in the master, as `tempo train --local-below` does (rows labelled \"all convs\" "
+                 "offload every one but the first)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--worker-threads", c.worker_threads,
                  "Compute threads of each worker process (remote and transfer suites)")
       ->capture_default_str()

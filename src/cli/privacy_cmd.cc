@@ -155,6 +155,9 @@ TrainConfig measured_run(const PrivacyConfig& c) {
   t.seed = c.seed;
   t.progress = false;
   t.offload.col_mix = c.col_mix;
+  // Every convolution but the first offloaded, as before --local-below: the
+  // products a worker sees under the default are a subset of these.
+  t.local_below = 0;
   return t;
 }
 

@@ -76,6 +76,12 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->check(CLI::ExistingFile);
   app.add_flag("--offload-first", c.offload_first, "Offload the first layer too (measurement only: it leaks)");
   app.add_flag("--offload-last", c.offload_last, "Offload the last layer too (measurement only: it leaks)");
+  app.add_option("--local-below", c.local_below,
+                 "Keep in the master every convolution with fewer output channels than this: blinding a narrow "
+                 "layer costs the master more than computing it (resnet18's 64-channel layers: docs/BENCHMARKS.md); "
+                 "0: offload every convolution but the first")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--conv-mode", c.conv_mode,
                  "im2col: convolutions as obfuscated products; channel: faster, weaker (spatial layout "
                  "stays visible), from --channel-from on")

@@ -31,8 +31,10 @@ class Model {
   int64_t parameter_count() const;
 
   // Chooses which products go to the offload backend: all but the first and
-  // the last, unless asked otherwise.
-  void set_offload(bool offload_first, bool offload_last);
+  // the last, unless asked otherwise, and no convolution with fewer than
+  // `local_below` output channels (0: none kept for that; TrainConfig's
+  // local_below says why).
+  void set_offload(bool offload_first, bool offload_last, int64_t local_below = 0);
   // "im2col" (every convolution as a product) or "channel" (offloaded
   // convolutions from the `channel_from`-th on, 1-based, run as whole
   // convolutions on permuted images and channels; never the first layer).

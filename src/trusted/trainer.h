@@ -17,6 +17,9 @@
 
 namespace tempo {
 
+// TrainConfig::local_below's default (`tempo train --local-below`).
+constexpr int64_t kDefaultLocalBelow = 128;
+
 struct TrainConfig {
   std::string model = "cnn";
   std::string data = "fashion-mnist";
@@ -32,6 +35,16 @@ struct TrainConfig {
   OptimConfig optim;
   std::string init, save, metrics;
   bool offload_first = false, offload_last = false;
+  // tempo and offload modes: convolutions with fewer output channels than
+  // this stay in the master (--local-below; 0: every one is offloaded, but
+  // the first layer). Blinding a convolution costs the master O(m·k) work
+  // per pass over its unfolded input (mixing, mask, keys, check), while
+  // computing it costs 3·m·k·n multiply-adds on direct kernels: for narrow
+  // layers (n = 64) the blinding costs more than the layer, so offloading
+  // them only slows the master (docs/BENCHMARKS.md, "Narrow convolutions
+  // stay in the master"). A worker then sees a subset of what it saw
+  // before, each product blinded as before.
+  int64_t local_below = kDefaultLocalBelow;
   OffloadConfig offload;       // tempo and offload modes
   std::string conv_mode = "im2col";  // im2col | channel (offloading modes)
   int channel_from = 3;        // channel mode from this offloaded convolution on
