@@ -78,7 +78,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_flag("--offload-last", c.offload_last, "Offload the last layer too (measurement only: it leaks)");
   app.add_option("--local-below", c.local_below,
                  "Keep in the master every convolution with fewer output channels than this: blinding a narrow "
-                 "layer costs the master more than computing it (resnet18's 64-channel layers: docs/BENCHMARKS.md); "
+                 "layer costs the master more than computing it (resnet18's 64- and 128-channel layers: "
+                 "docs/BENCHMARKS.md); "
                  "0: offload every convolution but the first")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);

@@ -18,7 +18,7 @@
 namespace tempo {
 
 // TrainConfig::local_below's default (`tempo train --local-below`).
-constexpr int64_t kDefaultLocalBelow = 128;
+constexpr int64_t kDefaultLocalBelow = 256;
 
 struct TrainConfig {
   std::string model = "cnn";
@@ -40,8 +40,8 @@ struct TrainConfig {
   // the first layer). Blinding a convolution costs the master O(m·k) work
   // per pass over its unfolded input (mixing, mask, keys, check), while
   // computing it costs 3·m·k·n multiply-adds on direct kernels: for narrow
-  // layers (n = 64) the blinding costs more than the layer, so offloading
-  // them only slows the master (docs/BENCHMARKS.md, "Narrow convolutions
+  // layers (n = 64, 128) the blinding costs more than the layer, so
+  // offloading them only slows the master (docs/BENCHMARKS.md, "Narrow convolutions
   // stay in the master"). A worker then sees a subset of what it saw
   // before, each product blinded as before.
   int64_t local_below = kDefaultLocalBelow;
