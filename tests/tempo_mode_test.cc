@@ -146,6 +146,21 @@ TEST(Placement, NarrowConvolutionsStayInTheMaster) {
   }
   model->set_offload(true, true, 0);
   for (const Layer* l : model->product_layers) EXPECT_TRUE(l->offloaded);
+  // A full-rank mask's corrections: 1×1 convolutions from 64 and 128
+  // channels stay (resnet18's downsampling from layer1 and layer2), the one
+  // from 256 channels goes, whatever the width rule says.
+  model->set_offload(false, false, 0, 128);
+  for (const Layer* l : model->product_layers)
+    if (const auto* conv = dynamic_cast<const Conv2d*>(l); conv && conv->kernel == 1)
+      EXPECT_EQ(l->offloaded, conv->in_channels > 128) << "1×1 from " << conv->in_channels;
+  TrainConfig t;
+  EXPECT_EQ(local_inner(t), 2 * OffloadConfig{}.mask_rank);
+  t.offload.mask_rank = 0;
+  EXPECT_EQ(local_inner(t), 0);
+  t.offload.mask_rank = 8, t.local_below = 0;
+  EXPECT_EQ(local_inner(t), 0) << "--local-below 0 offloads every convolution";
+  t.local_below = 256, t.mode = "offload";
+  EXPECT_EQ(local_inner(t), 0);
 
   auto run = [](int64_t below, const std::string& out) {
     TrainConfig c = small_run(out, 6);

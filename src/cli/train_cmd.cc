@@ -79,8 +79,8 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--local-below", c.local_below,
                  "Keep in the master every convolution with fewer output channels than this: blinding a narrow "
                  "layer costs the master more than computing it (resnet18's 64- and 128-channel layers: "
-                 "docs/BENCHMARKS.md); "
-                 "0: offload every convolution but the first")
+                 "docs/BENCHMARKS.md); with a mask, also every convolution of at most 2·--mask-rank inputs per "
+                 "output (in_channels·kernel², a full-rank mask); 0: offload every convolution but the first")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--conv-mode", c.conv_mode,

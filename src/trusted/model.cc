@@ -259,11 +259,12 @@ std::unique_ptr<Model> build_model(const std::string& name, uint64_t seed) {
   return m;
 }
 
-void Model::set_offload(bool offload_first, bool offload_last, int64_t local_below) {
+void Model::set_offload(bool offload_first, bool offload_last, int64_t local_below, int64_t local_inner) {
   for (size_t i = 0; i < product_layers.size(); ++i) {
     bool first = i == 0, last = i + 1 == product_layers.size();
     const auto* conv = dynamic_cast<const Conv2d*>(product_layers[i]);
-    const bool narrow = conv && conv->out_channels < local_below;
+    const bool narrow =
+        conv && (conv->out_channels < local_below || conv->in_channels * conv->kernel * conv->kernel <= local_inner);
     product_layers[i]->offloaded = (!first || offload_first) && (!last || offload_last) && !narrow;
   }
 }

@@ -42,8 +42,12 @@ struct TrainConfig {
   // computing it costs 3·m·k·n multiply-adds on direct kernels: for narrow
   // layers (n = 64, 128) the blinding costs more than the layer, so
   // offloading them only slows the master (docs/BENCHMARKS.md, "Narrow convolutions
-  // stay in the master"). A worker then sees a subset of what it saw
-  // before, each product blinded as before.
+  // stay in the master"). So do, with the mask on, the convolutions whose
+  // k (in_channels·kernel²) is at most twice the mask's rank, whatever
+  // their width: their mask is full rank, and its corrections alone
+  // (2·m·n·k) cost two thirds of computing the layer (resnet50's 1×1
+  // convolutions from 64 and 128 channels). A worker then sees a subset of
+  // what it saw before, each product blinded as before.
   int64_t local_below = kDefaultLocalBelow;
   OffloadConfig offload;       // tempo and offload modes
   std::string conv_mode = "im2col";  // im2col | channel (offloading modes)
@@ -97,6 +101,10 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* backend = nullptr);
 // Builds cfg.model, applies the offload and convolution-mode flags, loads
 // cfg.init if given.
 std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
+// The k at or below which prepare_model keeps a convolution in the master
+// (TrainConfig::local_below): twice the mask's rank in tempo mode with a
+// mask and local_below > 0, else 0.
+int64_t local_inner(const TrainConfig& cfg);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats);
 // with `progress`, shows its progress on stderr (trusted/progress.h).
