@@ -146,6 +146,10 @@ TEST(Placement, NarrowConvolutionsStayInTheMaster) {
   }
   model->set_offload(true, true, 0);
   for (const Layer* l : model->product_layers) EXPECT_TRUE(l->offloaded);
+  // Asked for, the first layer (64 channels) is offloaded whatever its width.
+  model->set_offload(true, false, 256, 128);
+  EXPECT_TRUE(model->product_layers.front()->offloaded);
+  EXPECT_FALSE(model->product_layers.back()->offloaded);
   // A full-rank mask's corrections: 1×1 convolutions from 64 and 128
   // channels stay (resnet18's downsampling from layer1 and layer2), the one
   // from 256 channels goes, whatever the width rule says.

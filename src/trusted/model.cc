@@ -265,7 +265,9 @@ void Model::set_offload(bool offload_first, bool offload_last, int64_t local_bel
     const auto* conv = dynamic_cast<const Conv2d*>(product_layers[i]);
     const bool narrow =
         conv && (conv->out_channels < local_below || conv->in_channels * conv->kernel * conv->kernel <= local_inner);
-    product_layers[i]->offloaded = (!first || offload_first) && (!last || offload_last) && !narrow;
+    // --offload-first and --offload-last offload those layers whatever
+    // their width.
+    product_layers[i]->offloaded = first ? offload_first : last ? offload_last : !narrow;
   }
 }
 

@@ -30,11 +30,11 @@ class Model {
   std::vector<StateEntry> parameters() const;
   int64_t parameter_count() const;
 
-  // Chooses which products go to the offload backend: all but the first and
-  // the last, unless asked otherwise, and no convolution with fewer than
-  // `local_below` output channels or with at most `local_inner` inputs per
-  // output (in_channels·kernel², its product's k) (0: none kept for that;
-  // TrainConfig's local_below says why).
+  // Chooses which products go to the offload backend: the first and the
+  // last only when asked, and of the others every one but the convolutions
+  // with fewer than `local_below` output channels or with at most
+  // `local_inner` inputs per output (in_channels·kernel², its product's k)
+  // (0: none kept for that; TrainConfig's local_below says why).
   void set_offload(bool offload_first, bool offload_last, int64_t local_below = 0, int64_t local_inner = 0);
   // "im2col" (every convolution as a product) or "channel" (offloaded
   // convolutions from the `channel_from`-th on, 1-based, run as whole
