@@ -744,6 +744,20 @@ void kill_and_resume(const ResumeCase& rc, int sig = SIGKILL) {
   EXPECT_EQ(expect, steps + 1);
 }
 
+// --local-below 0 offloads as runs before the flag did, and its measured
+// configuration is theirs: a checkpoint sealed before the flag existed
+// resumes with --local-below 0 (the default, 256, is measured).
+TEST(AttestedConfig, LocalBelowZeroMeasuresAsBeforeTheFlag) {
+  TrainConfig c;
+  c.data = "synthetic:64";
+  EXPECT_EQ(run_config(c).at("local_below"), kDefaultLocalBelow);
+  c.local_below = 0;
+  EXPECT_FALSE(run_config(c).contains("local_below"));
+  c.mode = "tee-only";
+  c.local_below = kDefaultLocalBelow;
+  EXPECT_FALSE(run_config(c).contains("local_below")) << "tee-only offloads nothing";
+}
+
 TEST(Checkpoint, KillAndResumeIsBitwiseTeeOnly) { kill_and_resume({"tee-only", {}}); }
 
 TEST(Checkpoint, CtrlCSealsTheStepAndResumesBitwise) { kill_and_resume({"tee-only", {}}, SIGINT); }

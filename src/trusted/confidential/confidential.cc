@@ -73,7 +73,10 @@ nlohmann::json run_config(const TrainConfig& cfg) {
   if (cfg.mode != "tee-only") {
     c["offload_first"] = cfg.offload_first;
     c["offload_last"] = cfg.offload_last;
-    c["local_below"] = cfg.local_below;
+    // Not written for 0, which offloads as runs before the flag did: their
+    // configurations (and sealed checkpoints) stay what they were, and
+    // resume with --local-below 0.
+    if (cfg.local_below != 0) c["local_below"] = cfg.local_below;
     c["conv_mode"] = cfg.conv_mode;
     c["channel_from"] = cfg.channel_from;
     c["key_scale"] = cfg.offload.key_scale;
