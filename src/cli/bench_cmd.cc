@@ -66,14 +66,24 @@ struct StepTiming {
 
 // One configuration's training loop on fixed random data, run in slices so
 // that configurations can be interleaved (the machine's speed drifts).
+// The flags of a bench row that decide, as in tempo train, which products
+// go to its workers.
+TrainConfig placement(const std::string& mode, int64_t local_below, int mask_rank) {
+  TrainConfig t;
+  t.mode = mode;
+  t.local_below = local_below;
+  t.offload.mask_rank = mask_rank;
+  return t;
+}
+
 class StepRunner {
  public:
   // threads: set for each slice of steps (0: leave as is); conv_mode as
   // Model::set_conv_mode (channel mode from the third offloaded convolution);
-  // local_below and local_inner as Model::set_offload's (with a backend).
+  // placement: the flags whose products go to the backend (its mode,
+  // local_below and mask rank; apply_placement).
   StepRunner(const Case& c, std::unique_ptr<OffloadBackend> backend, int threads = 0,
-             const std::string& conv_mode = "im2col", int64_t local_below = kDefaultLocalBelow,
-             int64_t local_inner = 0)
+             const std::string& conv_mode = "im2col", const TrainConfig& placement = TrainConfig{})
       : model_(build_model(c.model, 0)),
         opt_(make_optimizer(OptimConfig{}, model_->parameters())),
         backend_(std::move(backend)),
@@ -86,7 +96,7 @@ class StepRunner {
     for (int64_t i = 0; i < x_.numel(); ++i) x_[i] = static_cast<float>(rng_.normal());
     y_.resize(static_cast<size_t>(c.batch));
     for (auto& l : y_) l = static_cast<int64_t>(rng_.below(10));
-    model_->set_offload(false, false, backend_ ? local_below : 0, backend_ ? local_inner : 0);
+    if (backend_) apply_placement(*model_, placement);
     model_->set_conv_mode(backend_ ? conv_mode : "im2col", 3);
     threads_ = threads;
   }
@@ -234,13 +244,9 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
         ro.local_backend = cfg.backend;  // what "local:N" workers compute on
         be = std::make_unique<OffloadBackend>(oc, connect_workers(conf.workers, ro), random_secret());
       }
-      // The placement tempo train would choose for this row's flags.
-      TrainConfig tc;
-      tc.mode = conf.mode;
-      tc.local_below = conf.local_below < 0 ? cfg.local_below : conf.local_below;
-      tc.offload.mask_rank = conf.mask_rank;
-      runners.push_back(
-          std::make_unique<StepRunner>(c, std::move(be), 0, "im2col", tc.local_below, local_inner(tc)));
+      runners.push_back(std::make_unique<StepRunner>(
+          c, std::move(be), 0, "im2col",
+          placement(conf.mode, conf.local_below < 0 ? cfg.local_below : conf.local_below, conf.mask_rank)));
       runners.back()->run(2, 2);
     }
     const int rounds = std::max(1, steps / 3);
@@ -656,11 +662,9 @@ std::vector<std::unique_ptr<StepRunner>> gpu_runners(const Case& c, const std::v
       if (!r.mix) oc.row_mix = 0;
       be = std::make_unique<OffloadBackend>(oc, connect_workers("local:1", ro), random_secret());
     }
-    TrainConfig tc;  // the placement tempo train would choose for this row
-    tc.mode = r.mode;
-    tc.local_below = r.local_below < 0 ? local_below : r.local_below;
-    tc.offload.mask_rank = r.hardened ? OffloadConfig{}.mask_rank : 0;
-    runners.push_back(std::make_unique<StepRunner>(c, std::move(be), r.threads, r.conv, tc.local_below, local_inner(tc)));
+    runners.push_back(std::make_unique<StepRunner>(
+        c, std::move(be), r.threads, r.conv,
+        placement(r.mode, r.local_below < 0 ? local_below : r.local_below, r.hardened ? OffloadConfig{}.mask_rank : 0)));
     runners.back()->run(1, 1);
   }
   return runners;

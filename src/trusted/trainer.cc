@@ -223,10 +223,14 @@ int64_t local_inner(const TrainConfig& cfg) {
   return cfg.mode == "tempo" && cfg.local_below > 0 ? 2 * int64_t{cfg.offload.mask_rank} : 0;
 }
 
+void apply_placement(Model& model, const TrainConfig& cfg) {
+  model.set_offload(cfg.offload_first, cfg.offload_last, cfg.mode == "tee-only" ? 0 : cfg.local_below,
+                    local_inner(cfg));
+}
+
 std::unique_ptr<Model> prepare_model(const TrainConfig& cfg) {
   auto model = build_model(cfg.model, cfg.seed);
-  model->set_offload(cfg.offload_first, cfg.offload_last, cfg.mode == "tee-only" ? 0 : cfg.local_below,
-                     local_inner(cfg));
+  apply_placement(*model, cfg);
   const int channel = model->set_conv_mode(cfg.mode == "tee-only" ? "im2col" : cfg.conv_mode, cfg.channel_from);
   if (cfg.conv_mode == "channel" && cfg.mode != "tee-only" && channel == 0)
     std::fprintf(stderr, "tempo: note: --conv-mode channel applies to no convolution of %s (offloaded "

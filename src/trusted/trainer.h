@@ -105,6 +105,9 @@ std::unique_ptr<Model> prepare_model(const TrainConfig& cfg);
 // (TrainConfig::local_below): twice the mask's rank in tempo mode with a
 // mask and local_below > 0, else 0.
 int64_t local_inner(const TrainConfig& cfg);
+// Marks which of model's products go to workers under cfg (its mode,
+// offload_first/last, local_below and mask rank), as prepare_model does.
+void apply_placement(Model& model, const TrainConfig& cfg);
 
 // Evaluates `model` on the test split (eval mode: running BatchNorm stats);
 // with `progress`, shows its progress on stderr (trusted/progress.h).
