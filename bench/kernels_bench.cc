@@ -429,6 +429,25 @@ void BM_Col2im(benchmark::State& st) {
   st.SetBytesProcessed(st.iterations() * static_cast<int64_t>(sizeof(float) * cols.size()));
 }
 
+// A whole convolution's training products as a layer runs them (forward,
+// then both backward products; oneDNN's reorders from and to NCHW
+// included), on the direct kernels (range(0) = 0) or the default ones
+// (1: Winograd where oneDNN has it), for resnet18's 3×3 stride-1 layers at
+// batch 32 (range(1): layer 1 to 4 as 0 to 3).
+void BM_ConvLayer(benchmark::State& st) {
+  const int64_t c = int64_t{64} << st.range(1), hw = int64_t{32} >> st.range(1);
+  const ConvGeometry g = ConvGeometry::make(32, c, hw, hw, c, 3, 1, 1);
+  ConvWorkspace ws(st.range(0) == 0 ? ConvKernels::kDirect : ConvKernels::kBest);
+  std::vector<float> x(static_cast<size_t>(g.n * g.c * g.h * g.w), 0.5f), w(static_cast<size_t>(g.o * g.cols()), 0.01f),
+      y(static_cast<size_t>(g.n * g.o * g.positions())), dx(x.size()), dw(w.size());
+  st.SetLabel(ws.kernel(g));
+  for (auto _ : st) {
+    conv2d_forward(g, x.data(), w.data(), y.data(), ws);
+    conv2d_backward(g, x.data(), y.data(), w.data(), dw.data(), dx.data(), ws);
+    benchmark::DoNotOptimize(dx.data());
+  }
+}
+
 // This core's rate of independent multiply-adds on 16-float vectors (12
 // chains, more than latency × ports on any current core), one thread: the
 // ceiling for the blinding's mixings and the check's products. Items: FMA
@@ -450,6 +469,7 @@ void BM_FmaPeak(benchmark::State& st) {
 
 BENCHMARK(BM_Copy)->UseRealTime();
 BENCHMARK(BM_FmaPeak)->UseRealTime();
+BENCHMARK(BM_ConvLayer)->ArgsProduct({{0, 1}, {0, 1, 2, 3}})->Unit(benchmark::kMillisecond)->UseRealTime();
 BENCHMARK(BM_RowsNchw)->DenseRange(0, 1)->UseRealTime();
 BENCHMARK(BM_Im2col)->DenseRange(0, 2)->UseRealTime();
 BENCHMARK(BM_Col2im)->DenseRange(0, 2)->UseRealTime();

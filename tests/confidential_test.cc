@@ -619,10 +619,11 @@ TEST(AttestedConfig, EveryTrainFlagIsMeasuredOrListedAsHarmless) {
       {"--owner-key", {d / "owner/owner.pub"}}, {"--checkpoint-every", {"5"}}, {"--tf32", {}}};
   // Bear on no security property: where to connect and how to authenticate
   // the channel to untrusted workers (they see only ciphertext either way),
-  // paths, thread counts and display.
+  // paths, thread counts and the master's own convolution kernels (both
+  // change rounding only), and display.
   const std::set<std::string> harmless = {
       "--workers", "--token-file", "--tls-ca", "--tls-cert", "--tls-key", "--local-backend", "--worker-timeout",
-      "--threads", "--save", "--metrics", "--no-progress", "--attest-dir", "--attest-timeout", "--checkpoint",
+      "--threads", "--conv-algo", "--save", "--metrics", "--no-progress", "--attest-dir", "--attest-timeout", "--checkpoint",
       "--sealing-key", "--resume", "--print-config", "--help"};
   ASSERT_EQ(run({T, "train", "--help"}, d / "help.txt"), 0);
   const std::string help = testutil::read_text(d / "help.txt");

@@ -145,19 +145,20 @@ TEST(LayerParity, Conv2d) {
   }
 }
 
-// The convolution kernels against each other: oneDNN's direct kernels (the
-// default where the build has them) and im2col + sgemm, on the geometries
-// models use (3×3 stride 1 and 2, 1×1 stride 2 whose right padding is
-// negative, 7×7 stride 2 on 3 channels, odd sizes), forward, both backward
-// products alone and together, twice each (the second reuses the cached
-// primitives).
+// The convolution kernels against each other: oneDNN's (the default where
+// the build has them: Winograd for the 3×3 stride-1 case of 32 channels on
+// AVX-512 cores, direct kernels for the rest) and im2col + sgemm, on the
+// geometries models use (3×3 stride 1 and 2, 1×1 stride 2 whose right
+// padding is negative, 7×7 stride 2 on 3 channels, odd sizes), forward,
+// both backward products alone and together, twice each (the second reuses
+// the cached primitives).
 TEST(ConvKernels, DefaultKernelsEqualIm2col) {
   ConvWorkspace best, im2col(ConvKernels::kIm2col);
   EXPECT_FALSE(im2col.uses_onednn());
   std::printf("  default kernels: %s (oneDNN in use: %d)\n", conv_kernels_name().c_str(), best.uses_onednn());
   Rng rng(7);
   struct Case { int64_t n, c, h, w, o, k, s, p; };
-  for (const Case& t : {Case{4, 16, 12, 12, 24, 3, 1, 1}, Case{3, 16, 13, 11, 32, 3, 2, 1},
+  for (const Case& t : {Case{4, 16, 12, 12, 24, 3, 1, 1}, Case{3, 32, 10, 9, 48, 3, 1, 1}, Case{3, 16, 13, 11, 32, 3, 2, 1},
                         Case{2, 16, 14, 14, 32, 1, 2, 0}, Case{2, 3, 21, 19, 8, 7, 2, 3},
                         Case{5, 8, 9, 9, 8, 5, 1, 0}}) {
     const ConvGeometry g = ConvGeometry::make(t.n, t.c, t.h, t.w, t.o, t.k, t.s, t.p);
@@ -200,6 +201,36 @@ TEST(ConvKernels, DefaultKernelsEqualIm2col) {
       EXPECT_EQ(dx3[0], 7.0f);
     }
   }
+}
+
+// Which kernels run: oneDNN's Winograd kernels exactly where conv.h says
+// (3×3, stride 1, at least kWinogradMinChannels channels in and out, maps
+// of at least kWinogradMinSide, on a CPU where oneDNN has them: AVX-512),
+// never under ConvKernels::kDirect.
+TEST(ConvKernels, WinogradOnlyWhereChosen) {
+  ConvWorkspace best, direct(ConvKernels::kDirect), im2col(ConvKernels::kIm2col);
+  const bool avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw");
+  const ConvGeometry wide = ConvGeometry::make(2, 32, 8, 8, 32, 3, 1, 1),
+                     narrow = ConvGeometry::make(2, 16, 8, 8, 32, 3, 1, 1),
+                     strided = ConvGeometry::make(2, 32, 8, 8, 32, 3, 2, 1),
+                     pointwise = ConvGeometry::make(2, 32, 8, 8, 32, 1, 1, 0),
+                     small = ConvGeometry::make(2, 32, 4, 8, 32, 3, 1, 1);
+  auto wino = [](ConvWorkspace& ws, const ConvGeometry& g) {
+    const std::string k = ws.kernel(g);
+    EXPECT_FALSE(k.empty());
+    return k.find("wino") != std::string::npos;
+  };
+  std::printf("  3x3 stride 1, 32 channels: %s (direct: %s)\n", best.kernel(wide).c_str(), direct.kernel(wide).c_str());
+  EXPECT_EQ(wino(best, wide), best.uses_onednn() && avx512);
+  EXPECT_FALSE(wino(best, narrow));
+  EXPECT_FALSE(wino(best, strided));
+  EXPECT_FALSE(wino(best, pointwise));
+  EXPECT_FALSE(wino(best, small));
+  EXPECT_FALSE(wino(direct, wide));
+  EXPECT_EQ(im2col.kernel(wide), "im2col+sgemm");
+  EXPECT_EQ(parse_conv_kernels("direct"), ConvKernels::kDirect);
+  EXPECT_EQ(parse_conv_kernels(conv_kernels_flag(ConvKernels::kBest)), ConvKernels::kBest);
+  EXPECT_THROW(parse_conv_kernels("fft"), std::exception);
 }
 
 TEST(LayerParity, Linear) {

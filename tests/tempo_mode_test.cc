@@ -129,7 +129,7 @@ INSTANTIATE_TEST_SUITE_P(Workers, TempoParity,
 // default placement offloads fewer products and still matches tee-only.
 TEST(Placement, NarrowConvolutionsStayInTheMaster) {
   auto model = build_model("resnet18", 0);
-  for (const int64_t below : {int64_t{0}, int64_t{128}, int64_t{256}}) {
+  for (const int64_t below : {int64_t{0}, int64_t{128}, int64_t{256}, int64_t{512}}) {
     model->set_offload(false, false, below);
     int kept = 0, offloaded = 0;
     const size_t n = model->product_layers.size();
@@ -140,8 +140,9 @@ TEST(Placement, NarrowConvolutionsStayInTheMaster) {
       EXPECT_EQ(l->offloaded, i > 0 && i + 1 < n && !narrow) << "product layer " << i << ", --local-below " << below;
       if (i > 0 && i + 1 < n) (l->offloaded ? offloaded : kept) += 1;
     }
-    // resnet18: layer1's four 64-channel convolutions, layer2's five of 128.
-    EXPECT_EQ(kept, below == 0 ? 0 : below == 128 ? 4 : 9) << "--local-below " << below;
+    // resnet18: layer1's four 64-channel convolutions, layer2's five of 128,
+    // layer3's five of 256.
+    EXPECT_EQ(kept, below == 0 ? 0 : below == 128 ? 4 : below == 256 ? 9 : 14) << "--local-below " << below;
     EXPECT_GT(offloaded, 0);
   }
   model->set_offload(true, true, 0);

@@ -1,6 +1,7 @@
 // `tempo bench`: training-step time of tee-only mode against PyTorch's CPU
 // step on the same thread counts, measured in one run, printed side by side.
 #include <algorithm>
+#include <optional>
 #include <stdexcept>
 #include <chrono>
 #include <filesystem>
@@ -152,9 +153,14 @@ class StepRunner {
   int warmed_ = 0, threads_ = 0;
 };
 
-double tempo_step_ms(const Case& c, int threads, int steps) {
+// The tee-only step on the given convolution kernels (the bench's own are
+// restored after).
+double tempo_step_ms(const Case& c, int threads, int steps, ConvKernels kernels) {
   set_num_threads(threads);
+  const ConvKernels was = default_conv_kernels();
+  set_default_conv_kernels(kernels);
   StepRunner r(c, nullptr);
+  set_default_conv_kernels(was);
   r.run(steps + 2, 2);
   return r.result().median_ms;
 }
@@ -190,6 +196,7 @@ struct Config {
   int col_mix = OffloadConfig{}.col_mix;
   MaskKind mask_kind = OffloadConfig{}.mask_kind;
   int64_t local_below = -1;  // -1: the bench's --local-below
+  std::optional<ConvKernels> conv;  // the master's convolutions; none: the bench's --conv-algo
 };
 
 // PyTorch's step (or with extra "--inference", its prediction), median ms.
@@ -230,6 +237,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
     // All configurations side by side, interleaved in rounds of a few steps.
     std::vector<std::unique_ptr<StepRunner>> runners;
     for (const auto& conf : configs) {
+      set_default_conv_kernels(conf.conv.value_or(cfg.conv_kernels));  // for the backends made here
       std::unique_ptr<OffloadBackend> be;
       if (conf.mode != "tee-only") {
         OffloadConfig oc;
@@ -247,6 +255,7 @@ int run_configs(const BenchConfig& cfg, const std::vector<Config>& all) {
       runners.push_back(std::make_unique<StepRunner>(
           c, std::move(be), 0, "im2col",
           placement(conf.mode, conf.local_below < 0 ? cfg.local_below : conf.local_below, conf.mask_rank)));
+      set_default_conv_kernels(cfg.conv_kernels);
       runners.back()->run(2, 2);
     }
     const int rounds = std::max(1, steps / 3);
@@ -422,6 +431,12 @@ int run_modes(const BenchConfig& cfg) {
                            {"tempo", "tempo", true, kR, w},
                            {"tempo, all convs offloaded", "tempo", true, kR, w, OffloadConfig{}.mask_rank,
                             OffloadConfig{}.row_mix, OffloadConfig{}.col_mix, OffloadConfig{}.mask_kind, 0},
+                           {"tee-only, direct convs", "tee-only", true, 1, "", OffloadConfig{}.mask_rank,
+                            OffloadConfig{}.row_mix, OffloadConfig{}.col_mix, OffloadConfig{}.mask_kind, -1,
+                            ConvKernels::kDirect},
+                           {"tempo, direct convs", "tempo", true, kR, w, OffloadConfig{}.mask_rank,
+                            OffloadConfig{}.row_mix, OffloadConfig{}.col_mix, OffloadConfig{}.mask_kind, -1,
+                            ConvKernels::kDirect},
                            {"tempo, 1 verify round", "tempo", true, kR, w},
                            {"tempo, no row mix", "tempo", true, kR, w, OffloadConfig{}.mask_rank, 0},
                            {"tempo, mask rank 32", "tempo", true, kR, w, 32},
@@ -630,7 +645,7 @@ int run_confidential(const BenchConfig& cfg) {
     const double w = time_s([&] { write_checkpoint(ck, key, config, *model, *optim, st); });
     const double rd = time_s([&] { (void)read_checkpoint(ck, key, config, *model, *optim); });
     const double mb = static_cast<double>(std::filesystem::file_size(ck)) / (1 << 20);
-    const double step = tempo_step_ms(c, threads, cfg.steps > 0 ? cfg.steps : (c.model == "cnn" ? 10 : 3));
+    const double step = tempo_step_ms(c, threads, cfg.steps > 0 ? cfg.steps : (c.model == "cnn" ? 10 : 3), cfg.conv_kernels);
     std::printf("%-10s %6lld %10.1f %12.1f %12.1f %14.1f %12.3f\n", c.model.c_str(), static_cast<long long>(c.batch),
                 mb, 1e3 * w, 1e3 * rd, step, 1e3 * w / step);
     std::fflush(stdout);
@@ -834,6 +849,12 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "offload every one but the first)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option_function<std::string>(
+         "--conv-algo", [&c](const std::string& s) { c.conv_kernels = parse_conv_kernels(s); },
+         "The master's convolutions, as `tempo train --conv-algo` (rows labelled \"direct convs\" use direct; "
+         "the torch suite also times tee-only on direct kernels)")
+      ->default_str(conv_kernels_flag(ConvKernels::kBest))
+      ->check(CLI::IsMember({"winograd", "direct"}));
   app.add_option("--worker-threads", c.worker_threads,
                  "Compute threads of each worker process (remote and transfer suites)")
       ->capture_default_str()
@@ -843,6 +864,7 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
 int run_bench(const BenchConfig& given) {
   BenchConfig cfg = given;
   if (cfg.backend.empty()) cfg.backend = cfg.suite == "gpu" ? "cuda" : "cpu";
+  set_default_conv_kernels(cfg.conv_kernels);
   if (cfg.suite == "modes") return run_modes(cfg);
   if (cfg.suite == "hardening") return run_hardening(cfg);
   if (cfg.suite == "remote") return run_remote(cfg);
@@ -850,20 +872,23 @@ int run_bench(const BenchConfig& given) {
   if (cfg.suite == "gpu") return run_gpu(cfg);
   if (cfg.suite == "confidential") return run_confidential(cfg);
   if (cfg.suite == "inference") return run_inference(cfg);
-  std::printf("%-10s %6s %8s %14s %14s %10s\n", "model", "batch", "threads", "tempo ms/step",
-              "torch ms/step", "tempo/torch");
+  // tempo: tee-only on the --conv-algo kernels; direct: tee-only on
+  // oneDNN's direct kernels (PyTorch's), in the same run.
+  std::printf("%-10s %6s %8s %14s %14s %10s %14s %12s\n", "model", "batch", "threads", "tempo ms/step",
+              "torch ms/step", "tempo/torch", "direct ms/step", "direct/torch");
   for (const auto& s : cfg.models) {
     Case c = parse_case(s);
     int steps = cfg.steps > 0 ? cfg.steps : (c.model == "cnn" || c.model == "mlp" ? 20 : 5);
     for (int t : cfg.threads) {
-      double ours = tempo_step_ms(c, t, steps);
-      double theirs = cfg.torch ? torch_step_ms(cfg, c, t, steps) : 0;
+      const double ours = tempo_step_ms(c, t, steps, cfg.conv_kernels);
+      const double direct = tempo_step_ms(c, t, steps, ConvKernels::kDirect);
+      const double theirs = cfg.torch ? torch_step_ms(cfg, c, t, steps) : 0;
       if (cfg.torch)
-        std::printf("%-10s %6lld %8d %14.2f %14.2f %10.3f\n", c.model.c_str(),
-                    static_cast<long long>(c.batch), t, ours, theirs, ours / theirs);
+        std::printf("%-10s %6lld %8d %14.2f %14.2f %10.3f %14.2f %12.3f\n", c.model.c_str(),
+                    static_cast<long long>(c.batch), t, ours, theirs, ours / theirs, direct, direct / theirs);
       else
-        std::printf("%-10s %6lld %8d %14.2f %14s %10s\n", c.model.c_str(),
-                    static_cast<long long>(c.batch), t, ours, "-", "-");
+        std::printf("%-10s %6lld %8d %14.2f %14s %10s %14.2f %12s\n", c.model.c_str(),
+                    static_cast<long long>(c.batch), t, ours, "-", "-", direct, "-");
       std::fflush(stdout);
     }
   }

@@ -51,6 +51,7 @@ struct BenchConfig {
   std::vector<std::string> configs;  // modes/hardening/remote: only these rows (and tee-only); empty: all
   int worker_threads = 1;
   int64_t local_below = kDefaultLocalBelow;  // as tempo train's, for the rows that do not set their own
+  ConvKernels conv_kernels = ConvKernels::kBest;  // the master's convolutions (--conv-algo), where a row does not set them
   std::string backend;           // local workers' backend; empty: cuda for the gpu suite, cpu for the others
   std::string table;             // gpu suite: markdown copy of the table
   std::string source_dir = TEMPO_SOURCE_DIR;

@@ -67,6 +67,14 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--threads", c.threads, "Threads of the trusted side (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  app.add_option_function<std::string>(
+         "--conv-algo", [&c](const std::string& s) { c.conv_kernels = parse_conv_kernels(s); },
+         "Kernels of the convolutions the master computes (tee-only mode, and the layers it keeps): winograd: "
+         "oneDNN's Winograd kernels for 3x3 stride-1 convolutions of 32 channels or more on maps of 8x8 or more, "
+         "where it has them (AVX-512 CPUs), about twice as fast, with a few times the round-off; direct: oneDNN's direct kernels "
+         "everywhere, the ones PyTorch's CPU path runs")
+      ->default_str(conv_kernels_flag(ConvKernels::kBest))
+      ->check(CLI::IsMember({"winograd", "direct"}));
   app.add_option("--seed", c.seed, "Seed of initialisation, shuffling, augmentation and synthetic data")
       ->capture_default_str();
   app.add_option("--batch-size", c.batch_size, training ? "Samples per step" : "Samples per batch")
@@ -78,7 +86,7 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_flag("--offload-last", c.offload_last, "Offload the last layer too (measurement only: it leaks)");
   app.add_option("--local-below", c.local_below,
                  "Keep in the master every convolution with fewer output channels than this: blinding a narrow "
-                 "layer costs the master more than computing it (resnet18's 64- and 128-channel layers: "
+                 "layer costs the master more than computing it (resnet18's 64- to 256-channel layers: "
                  "docs/BENCHMARKS.md); with a mask, also every convolution of at most 2·--mask-rank inputs per "
                  "output (in_channels·kernel², a full-rank mask); 0: offload every convolution but the first")
       ->capture_default_str()
@@ -244,7 +252,7 @@ int run_train(const TrainConfig& given) {
 
 int run_eval(const TrainConfig& cfg) {
   protect_process();  // plaintext weights and data
-  set_num_threads(cfg.threads);
+  set_compute(cfg);
   if (cfg.init.empty())
     std::fprintf(stderr, "tempo: warning: no --init given: evaluating freshly initialised weights\n");
   auto model = prepare_model(cfg);
@@ -293,7 +301,7 @@ void add_predict_flags(CLI::App& app, PredictConfig& c) {
 int run_predict(const PredictConfig& pc) {
   const TrainConfig& cfg = pc.model;
   protect_process();  // plaintext weights and data
-  set_num_threads(cfg.threads);
+  set_compute(cfg);
   TEMPO_CHECK(!cfg.init.empty(), "predict needs the model's weights: pass --init FILE");
   auto model = prepare_model(cfg);
   Dataset data = load_dataset(cfg.data, model->input_shape, cfg.seed);

@@ -3,12 +3,14 @@
 
 #include "common/blas.h"
 #include "common/copy.h"
+#include "common/error.h"
 #include "common/parallel.h"
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
 #endif
 
+#include <atomic>
 #include <vector>
 
 namespace tempo {
@@ -354,12 +356,43 @@ float* grow(std::vector<float>& v, size_t n) {
 }
 }  // namespace
 
+namespace {
+std::atomic<ConvKernels> g_default_kernels{ConvKernels::kBest};
+}  // namespace
+
+const char* conv_kernels_flag(ConvKernels k) {
+  switch (k) {
+    case ConvKernels::kBest: return "winograd";
+    case ConvKernels::kDirect: return "direct";
+    case ConvKernels::kIm2col: break;
+  }
+  return "im2col";
+}
+
+ConvKernels parse_conv_kernels(const std::string& s) {
+  if (s == "winograd") return ConvKernels::kBest;
+  if (s == "direct") return ConvKernels::kDirect;
+  throw Error("unknown convolution kernels '" + s + "'; choose winograd or direct");
+}
+
+void set_default_conv_kernels(ConvKernels k) { g_default_kernels.store(k); }
+ConvKernels default_conv_kernels() { return g_default_kernels.load(); }
+
 #if !TEMPO_DNNL
 struct ConvWorkspace::Dnnl {};
 ConvWorkspace::ConvWorkspace(ConvKernels) {}
 ConvWorkspace::~ConvWorkspace() = default;
 std::string conv_kernels_name() { return "im2col+sgemm"; }
 #endif
+
+std::string ConvWorkspace::kernel(const ConvGeometry& g) {
+#if TEMPO_DNNL
+  if (dnnl_) return dnnl_conv_kernel(*dnnl_, g);
+#else
+  (void)g;
+#endif
+  return "im2col+sgemm";
+}
 
 void conv2d_forward(const ConvGeometry& g, const float* x, const float* w, float* y, ConvWorkspace& ws) {
 #if TEMPO_DNNL

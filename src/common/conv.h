@@ -68,11 +68,26 @@ void rows_to_nchw(const float* rows, const float* bias, int64_t n, int64_t P, in
 // rows[img·P + p, o] = dy[img, o, p]
 void nchw_to_rows(const float* dy, int64_t n, int64_t P, int64_t O, float* rows);
 
-// Which kernels whole convolutions use. kBest: oneDNN's direct convolutions
-// (the kernels PyTorch's CPU path runs) when the build has them
-// (TEMPO_DNNL), else im2col + sgemm. kIm2col: im2col + sgemm always (tests
-// compare the two).
-enum class ConvKernels { kBest, kIm2col };
+// Which kernels whole convolutions use. kBest: oneDNN when the build has it
+// (TEMPO_DNNL), with its Winograd kernels, F(4×4, 3×3), for 3×3 stride-1
+// convolutions of at least kWinogradMinChannels input and output channels
+// and outputs of at least kWinogradMinSide × kWinogradMinSide where it has
+// them (AVX-512 cores: about twice the direct kernels' speed,
+// docs/BENCHMARKS.md; a few times their round-off), its direct kernels
+// elsewhere; without oneDNN, im2col + sgemm. kDirect: oneDNN's direct
+// kernels only, the ones PyTorch's CPU path runs (its rounding). kIm2col:
+// im2col + sgemm always (tests compare them).
+enum class ConvKernels { kBest, kDirect, kIm2col };
+// Narrower layers, or smaller maps (a 4×4 output is one tile, and the
+// weights' transform dominates), run faster on the direct kernels.
+constexpr int64_t kWinogradMinChannels = 32, kWinogradMinSide = 8;
+// "winograd" (kBest) | "direct"; parse_conv_kernels throws on anything else.
+const char* conv_kernels_flag(ConvKernels k);
+ConvKernels parse_conv_kernels(const std::string& s);
+// What a ConvWorkspace made without a choice uses (kBest unless set: the
+// trusted side's `--conv-algo`); set it before any thread makes one.
+void set_default_conv_kernels(ConvKernels k);
+ConvKernels default_conv_kernels();
 
 // What whole convolutions reuse across calls: the im2col scratch, and with
 // oneDNN the primitives and blocked-layout buffers of each geometry seen (a
@@ -80,11 +95,15 @@ enum class ConvKernels { kBest, kIm2col };
 // Not thread-safe: one per caller thread.
 class ConvWorkspace {
  public:
-  explicit ConvWorkspace(ConvKernels kernels = ConvKernels::kBest);
+  explicit ConvWorkspace(ConvKernels kernels = default_conv_kernels());
   ~ConvWorkspace();
   ConvWorkspace(const ConvWorkspace&) = delete;
   ConvWorkspace& operator=(const ConvWorkspace&) = delete;
   bool uses_onednn() const { return dnnl_ != nullptr; }
+  // What computes g's forward: oneDNN's implementation name (e.g.
+  // "jit_wino_4x3:avx512_core" for Winograd, "jit:avx512_core" for direct),
+  // or "im2col+sgemm".
+  std::string kernel(const ConvGeometry& g);
 
   std::vector<float> scratch;  // im2col path
   struct Dnnl;
@@ -95,7 +114,7 @@ class ConvWorkspace {
 };
 
 // The kernels a default ConvWorkspace runs, for logs and benchmarks:
-// "onednn 2.6.3" or "im2col+sgemm".
+// "onednn 2.6.3" (", direct" under kDirect) or "im2col+sgemm".
 std::string conv_kernels_name();
 
 // Whole convolutions (no bias) with g.o output channels. All three are

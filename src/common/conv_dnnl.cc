@@ -1,5 +1,6 @@
-// Whole convolutions through oneDNN's direct kernels, the ones PyTorch's CPU
-// path runs. The caller's tensors stay plain NCHW / OIHW; each primitive asks
+// Whole convolutions through oneDNN: its direct kernels, the ones PyTorch's
+// CPU path runs, and under ConvKernels::kBest its Winograd kernels where it
+// has them (conv.h). The caller's tensors stay plain NCHW / OIHW; each primitive asks
 // for the blocked layouts it runs fastest on, and reorders move the
 // operands in and the result out. Primitives are built once per geometry;
 // the blocked copies live in one arena per workspace, so after a model's
@@ -94,12 +95,15 @@ struct Op {
 }  // namespace
 
 struct ConvWorkspace::Dnnl {
+  explicit Dnnl(bool winograd) : winograd(winograd) {}
+  bool winograd;  // Winograd where oneDNN has it (ConvKernels::kBest)
   dnnl::engine eng{dnnl::engine::kind::cpu, 0};
   dnnl::stream strm{eng};
 
   // The primitives of one geometry; backward ones are made on first use.
   struct Entry {
     ConvGeometry g;
+    dnnl::algorithm alg = dnnl::algorithm::convolution_direct;
     dnnl::convolution_forward::primitive_desc fwd_pd;
     Op fwd, bwd_data, bwd_weight;  // a backward Op's prim is empty until first use
   };
@@ -127,10 +131,7 @@ struct ConvWorkspace::Dnnl {
     TEMPO_CHECK(g.n > 0 && g.c > 0 && g.o > 0 && g.oh > 0 && g.ow > 0, "convolution with an empty shape");
     auto e = std::make_unique<Entry>();
     e->g = g;
-    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, dnnl::algorithm::convolution_direct,
-                                      any(src_dims(g)), any(wei_dims(g)), any(dst_dims(g)), strides(g), pads(g),
-                                      pads(g));
-    e->fwd_pd = dnnl::convolution_forward::primitive_desc(d, eng);
+    choose(*e);
     const auto& pd = e->fwd_pd;
     e->fwd.init(dnnl::convolution_forward(pd), eng, DNNL_ARG_SRC, plain(src_dims(g), Tag::nchw), pd.src_desc(),
                 DNNL_ARG_WEIGHTS, plain(wei_dims(g), Tag::oihw), pd.weights_desc(), DNNL_ARG_DST,
@@ -138,6 +139,33 @@ struct ConvWorkspace::Dnnl {
     reserve(e->fwd.arena_floats);
     entries.push_back(std::move(e));
     return *entries.back();
+  }
+
+  dnnl::convolution_forward::primitive_desc forward_pd(const ConvGeometry& g, dnnl::algorithm alg) const {
+    dnnl::convolution_forward::desc d(dnnl::prop_kind::forward_training, alg, any(src_dims(g)), any(wei_dims(g)),
+                                      any(dst_dims(g)), strides(g), pads(g), pads(g));
+    return dnnl::convolution_forward::primitive_desc(d, eng);
+  }
+
+  // e's algorithm and forward descriptor: Winograd where it is wanted
+  // (conv.h) and oneDNN has it for all three products (F(4×4, 3×3), on
+  // AVX-512 cores only in oneDNN 2.x; trying the descriptors generates no
+  // code), else direct.
+  void choose(Entry& e) const {
+    const ConvGeometry& g = e.g;
+    if (winograd && g.k == 3 && g.s == 1 && g.c >= kWinogradMinChannels && g.o >= kWinogradMinChannels &&
+        g.oh >= kWinogradMinSide && g.ow >= kWinogradMinSide) {
+      try {
+        e.alg = dnnl::algorithm::convolution_winograd;
+        e.fwd_pd = forward_pd(g, e.alg);
+        backward_pd<dnnl::convolution_backward_data>(e);
+        backward_pd<dnnl::convolution_backward_weights>(e);
+        return;
+      } catch (const dnnl::error&) {
+      }
+    }
+    e.alg = dnnl::algorithm::convolution_direct;
+    e.fwd_pd = forward_pd(g, e.alg);
   }
 
   // The backward primitives of g's entry, made on first use: their
@@ -169,7 +197,7 @@ struct ConvWorkspace::Dnnl {
   template <typename Prim>
   typename Prim::primitive_desc backward_pd(const Entry& e) const {
     const ConvGeometry& g = e.g;
-    typename Prim::desc d(dnnl::algorithm::convolution_direct, any(src_dims(g)), any(wei_dims(g)),
+    typename Prim::desc d(e.alg, any(src_dims(g)), any(wei_dims(g)),
                           any(dst_dims(g)), strides(g), pads(g), pads(g));
     return typename Prim::primitive_desc(d, eng, e.fwd_pd);
   }
@@ -223,13 +251,18 @@ struct ConvWorkspace::Dnnl {
 };
 
 ConvWorkspace::ConvWorkspace(ConvKernels kernels) {
-  if (kernels == ConvKernels::kBest) dnnl_ = std::make_unique<Dnnl>();
+  if (kernels != ConvKernels::kIm2col) dnnl_ = std::make_unique<Dnnl>(kernels == ConvKernels::kBest);
 }
 ConvWorkspace::~ConvWorkspace() = default;
 
 std::string conv_kernels_name() {
   const dnnl_version_t* v = dnnl_version();
-  return "onednn " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch);
+  return "onednn " + std::to_string(v->major) + "." + std::to_string(v->minor) + "." + std::to_string(v->patch) +
+         (default_conv_kernels() == ConvKernels::kDirect ? ", direct" : "");
+}
+
+std::string dnnl_conv_kernel(ConvWorkspace::Dnnl& d, const ConvGeometry& g) {
+  return d.entry(g).fwd_pd.impl_info_str();
 }
 
 void dnnl_conv_forward(ConvWorkspace::Dnnl& d, const ConvGeometry& g, const float* x, const float* w, float* y) {

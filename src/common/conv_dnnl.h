@@ -7,6 +7,7 @@
 #if TEMPO_DNNL
 namespace tempo {
 
+std::string dnnl_conv_kernel(ConvWorkspace::Dnnl& d, const ConvGeometry& g);
 void dnnl_conv_forward(ConvWorkspace::Dnnl& d, const ConvGeometry& g, const float* x, const float* w, float* y);
 void dnnl_conv_backward_input(ConvWorkspace::Dnnl& d, const ConvGeometry& g, const float* dy, const float* w,
                               float* dx);

@@ -123,6 +123,11 @@ Secret run_secret(const TrainConfig& cfg) {
   return secret_from_seed(static_cast<uint64_t>(cfg.insecure_key_seed));
 }
 
+void set_compute(const TrainConfig& cfg) {
+  set_num_threads(cfg.threads);
+  set_default_conv_kernels(cfg.conv_kernels);
+}
+
 std::unique_ptr<LinearBackend> make_backend(const TrainConfig& cfg, const Secret* given) {
   if (cfg.mode == "tee-only") return std::make_unique<TeeOnlyBackend>();
   if (cfg.mode == "tempo" || cfg.mode == "offload") {
@@ -557,7 +562,7 @@ TrainResult train(const TrainConfig& cfg, LinearBackend* injected) {
   TEMPO_CHECK(cfg.checkpoint_every >= 0, "--checkpoint-every must be positive");
   const TrainConfig own = cfg.masters ? rank_config(cfg, cfg.masters->rank(), cfg.masters->size()) : cfg;
   check_outputs_writable(own);
-  set_num_threads(own.threads);
+  set_compute(own);
   TrainingJob job(own, injected);
   return job.run();
 }

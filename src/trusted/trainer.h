@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "common/conv.h"
 #include "trusted/data/dataset.h"
 #include "trusted/dist/data_parallel.h"
 #include "trusted/model.h"
@@ -18,7 +19,7 @@
 namespace tempo {
 
 // TrainConfig::local_below's default (`tempo train --local-below`).
-constexpr int64_t kDefaultLocalBelow = 256;
+constexpr int64_t kDefaultLocalBelow = 512;
 
 struct TrainConfig {
   std::string model = "cnn";
@@ -27,6 +28,9 @@ struct TrainConfig {
   std::string workers = "local:1";
   RemoteOptions remote;        // token, TLS, deadlines for HOST:PORT workers
   int threads = 0;             // 0: all cores
+  // The master's whole convolutions (--conv-algo): Winograd where oneDNN
+  // has it, or direct kernels only (common/conv.h).
+  ConvKernels conv_kernels = ConvKernels::kBest;
   uint64_t seed = 0;
   int64_t batch_size = 64;
   int epochs = 1;
@@ -39,15 +43,16 @@ struct TrainConfig {
   // this stay in the master (--local-below; 0: every one is offloaded, but
   // the first layer). Blinding a convolution costs the master O(m·k) work
   // per pass over its unfolded input (mixing, mask, keys, check), while
-  // computing it costs 3·m·k·n multiply-adds on direct kernels: for narrow
-  // layers (n = 64, 128) the blinding costs more than the layer, so
-  // offloading them only slows the master (docs/BENCHMARKS.md, "Narrow convolutions
-  // stay in the master"). So do, with the mask on, the convolutions whose
+  // computing it costs 3·m·k·n multiply-adds, about half that on Winograd
+  // kernels: below about 512 outputs the blinding costs more than the
+  // layer, so offloading it only slows the master (docs/BENCHMARKS.md,
+  // "Winograd"). So do, with the mask on, the convolutions whose
   // k (in_channels·kernel²) is at most twice the mask's rank, whatever
   // their width: their mask is full rank, and its corrections alone
   // (2·m·n·k) cost two thirds of computing the layer (resnet50's 1×1
   // convolutions from 64 and 128 channels). A worker then sees a subset of
-  // what it saw before, each product blinded as before.
+  // what it saw with every convolution offloaded, each product blinded as
+  // then.
   int64_t local_below = kDefaultLocalBelow;
   OffloadConfig offload;       // tempo and offload modes
   std::string conv_mode = "im2col";  // im2col | channel (offloading modes)
@@ -137,6 +142,9 @@ struct Predictions {
 // come through the loader as in training (augmented, for CIFAR-10).
 Predictions predict(Model& model, const Dataset& data, bool train_split, int64_t batch_size, LinearBackend& backend);
 
+// The trusted side's threads and convolution kernels (--threads,
+// --conv-algo), for the whole process: call before any backend is made.
+void set_compute(const TrainConfig& cfg);
 // Makes the linear backend of cfg.mode (connecting cfg.workers for tempo and
 // offload); throws Error naming the mode if it is unknown.
 // `secret`, when given, is the run secret of the keys (a resumed run's);
