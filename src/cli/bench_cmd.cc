@@ -645,7 +645,8 @@ int run_confidential(const BenchConfig& cfg) {
     const double w = time_s([&] { write_checkpoint(ck, key, config, *model, *optim, st); });
     const double rd = time_s([&] { (void)read_checkpoint(ck, key, config, *model, *optim); });
     const double mb = static_cast<double>(std::filesystem::file_size(ck)) / (1 << 20);
-    const double step = tempo_step_ms(c, threads, cfg.steps > 0 ? cfg.steps : (c.model == "cnn" ? 10 : 3), cfg.conv_kernels);
+    const double step =
+        tempo_step_ms(c, threads, cfg.steps > 0 ? cfg.steps : (c.model == "cnn" ? 10 : 3), cfg.conv_kernels);
     std::printf("%-10s %6lld %10.1f %12.1f %12.1f %14.1f %12.3f\n", c.model.c_str(), static_cast<long long>(c.batch),
                 mb, 1e3 * w, 1e3 * rd, step, 1e3 * w / step);
     std::fflush(stdout);

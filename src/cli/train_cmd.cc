@@ -69,10 +69,10 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
       ->check(CLI::NonNegativeNumber);
   app.add_option_function<std::string>(
          "--conv-algo", [&c](const std::string& s) { c.conv_kernels = parse_conv_kernels(s); },
-         "Kernels of the convolutions the master computes (tee-only mode, and the layers it keeps): winograd: "
-         "oneDNN's Winograd kernels for 3x3 stride-1 convolutions of 32 channels or more on maps of 8x8 or more, "
-         "where it has them (AVX-512 CPUs), about twice as fast, with a few times the round-off; direct: oneDNN's direct kernels "
-         "everywhere, the ones PyTorch's CPU path runs")
+         "Kernels of the convolutions the master computes (tee-only mode, and the layers it keeps): "
+         "winograd: oneDNN's Winograd kernels for 3x3 stride-1 convolutions of 32 channels or more on maps of "
+         "8x8 or more, where it has them (AVX-512 CPUs), about twice as fast, with a few times the round-off; "
+         "direct: oneDNN's direct kernels everywhere, the ones PyTorch's CPU path runs")
       ->default_str(conv_kernels_flag(ConvKernels::kBest))
       ->check(CLI::IsMember({"winograd", "direct"}));
   app.add_option("--seed", c.seed, "Seed of initialisation, shuffling, augmentation and synthetic data")

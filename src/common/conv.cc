@@ -354,9 +354,7 @@ float* grow(std::vector<float>& v, size_t n) {
   if (v.size() < n) v.resize(n);
   return v.data();
 }
-}  // namespace
 
-namespace {
 std::atomic<ConvKernels> g_default_kernels{ConvKernels::kBest};
 }  // namespace
 

@@ -1,7 +1,7 @@
 // Whole convolutions through oneDNN: its direct kernels, the ones PyTorch's
 // CPU path runs, and under ConvKernels::kBest its Winograd kernels where it
-// has them (conv.h). The caller's tensors stay plain NCHW / OIHW; each primitive asks
-// for the blocked layouts it runs fastest on, and reorders move the
+// has them (conv.h). The caller's tensors stay plain NCHW / OIHW; each
+// primitive asks for the blocked layouts it runs fastest on, and reorders move the
 // operands in and the result out. Primitives are built once per geometry;
 // the blocked copies live in one arena per workspace, so after a model's
 // first step nothing is allocated.
