@@ -196,7 +196,7 @@ struct Config {
   int col_mix = OffloadConfig{}.col_mix;
   MaskKind mask_kind = OffloadConfig{}.mask_kind;
   int64_t local_below = -1;  // -1: the bench's --local-below
-  std::optional<ConvKernels> conv;  // the master's convolutions; none: the bench's --conv-algo
+  std::optional<ConvKernels> conv = std::nullopt;  // the master's convolutions; none: the bench's --conv-algo
 };
 
 // PyTorch's step (or with extra "--inference", its prediction), median ms.
