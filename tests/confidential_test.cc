@@ -747,7 +747,7 @@ void kill_and_resume(const ResumeCase& rc, int sig = SIGKILL) {
 
 // --local-below 0 offloads as runs before the flag did, and its measured
 // configuration is theirs: a checkpoint sealed before the flag existed
-// resumes with --local-below 0 (the default, 256, is measured).
+// resumes with --local-below 0 (the default is measured).
 TEST(AttestedConfig, LocalBelowZeroMeasuresAsBeforeTheFlag) {
   TrainConfig c;
   c.data = "synthetic:64";
@@ -830,6 +830,16 @@ TEST(Checkpoint, ResumeRefusesAnOlderCheckpoint) {
   // The newest checkpoint still resumes.
   ASSERT_EQ(run(train_args(d, more, d / "n.safetensors", {"--resume", d / "ck.tenc"}), d / "new.log"), 0)
       << testutil::read_text(d / "new.log");
+  EXPECT_EQ(testutil::read_text(d / "new.log").find("--conv-algo"), std::string::npos) << testutil::read_text(d / "new.log");
+  // Other convolution kernels in the master resume too, with a warning that
+  // the rounding moves.
+  ASSERT_EQ(run(train_args(d, more, d / "k.safetensors", {"--resume", d / "ck.tenc", "--conv-algo", "direct"}),
+                d / "k.log"),
+            0)
+      << testutil::read_text(d / "k.log");
+  EXPECT_NE(testutil::read_text(d / "k.log").find("made with --conv-algo winograd, this run has direct"),
+            std::string::npos)
+      << testutil::read_text(d / "k.log");
   // Other settings, another sealing key, a damaged checkpoint: one error each.
   EXPECT_EQ(run(train_args(d, rc, d / "c.safetensors", {"--resume", d / "ck.tenc", "--lr", "0.02"}), d / "c.log"), 1);
   EXPECT_NE(testutil::read_text(d / "c.log").find("other settings: optimizer"), std::string::npos)

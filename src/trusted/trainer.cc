@@ -375,6 +375,10 @@ void TrainingJob::restore_or_start() {
     if (st_.threads != num_threads())
       std::fprintf(stderr, "tempo: warning: the checkpoint was made with %d threads, this run has %d: the result "
                    "will differ from an uninterrupted run in rounding\n", st_.threads, num_threads());
+    if (st_.conv_kernels != default_conv_kernels())
+      std::fprintf(stderr, "tempo: warning: the checkpoint was made with --conv-algo %s, this run has %s: the "
+                   "result will differ from an uninterrupted run in rounding\n", conv_kernels_flag(st_.conv_kernels),
+                   conv_kernels_flag(default_conv_kernels()));
     std::fprintf(stderr, "tempo: resuming %s after step %lld (epoch %d, batch %lld)\n", cfg_.resume.c_str(),
                  static_cast<long long>(st_.step), st_.epoch, static_cast<long long>(st_.in_epoch));
     // No key stream is ever used by two executions: a host that replays
@@ -389,6 +393,7 @@ void TrainingJob::restore_or_start() {
   // --insecure-key-seed), nor a rank those of a one-master run.
   if (cfg_.masters) st_.secret = derive_secret(st_.secret, "tempo master rank", static_cast<uint64_t>(cfg_.masters->rank()));
   st_.threads = num_threads();
+  st_.conv_kernels = default_conv_kernels();
 }
 
 Secret TrainingJob::shared_secret() const {

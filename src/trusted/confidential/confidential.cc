@@ -256,6 +256,7 @@ void write_checkpoint(const std::string& path, const SymKey& key, const nlohmann
   t.push_back(scalar("run.epoch", s.epoch));
   t.push_back(scalar("run.in_epoch", s.in_epoch));
   t.push_back(scalar("run.threads", s.threads));
+  t.push_back(scalar("run.conv_direct", s.conv_kernels == ConvKernels::kDirect ? 1 : 0));
   t.push_back(scalar("run.key_position", static_cast<int64_t>(s.key_position)));
   t.push_back(bytes32("run.dropout_rng", reinterpret_cast<const uint8_t*>(s.dropout_rng.data())));
   t.push_back(bytes32("run.secret", s.secret.data()));
@@ -319,6 +320,8 @@ RunState read_checkpoint(const std::string& path, const SymKey& key, const nlohm
   s.epoch = static_cast<int>(take("run.epoch", 1)[0]);
   s.in_epoch = take("run.in_epoch", 1)[0];
   s.threads = static_cast<int>(take("run.threads", 1)[0]);
+  if (m.count("run.conv_direct"))
+    s.conv_kernels = take("run.conv_direct", 1)[0] != 0 ? ConvKernels::kDirect : ConvKernels::kBest;
   s.key_position = static_cast<uint64_t>(take("run.key_position", 1)[0]);
   std::memcpy(s.dropout_rng.data(), take("run.dropout_rng", 4).data(), 32);
   std::memcpy(s.secret.data(), take("run.secret", 4).data(), 32);

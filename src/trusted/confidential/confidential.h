@@ -11,6 +11,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "common/conv.h"
 #include "trusted/rng.h"
 #include "trusted/confidential/container.h"
 #include "trusted/obfuscation/keys.h"
@@ -77,6 +78,9 @@ struct RunState {
   std::optional<SymKey> data_key;  // an encrypted data set's key
   std::optional<BoxKeyPair> master_key;  // the attested key that seals the model to its owner
   int threads = 0;
+  // The master's convolution kernels (--conv-algo); checkpoints from before
+  // the flag ran direct kernels.
+  ConvKernels conv_kernels = ConvKernels::kDirect;
   uint64_t counter = 0;   // the monotonic counter's value when it was sealed
   // Move-only: the secret, the data key and the master's key wipe themselves.
 };
