@@ -623,8 +623,8 @@ TEST(AttestedConfig, EveryTrainFlagIsMeasuredOrListedAsHarmless) {
   // change rounding only), and display.
   const std::set<std::string> harmless = {
       "--workers", "--token-file", "--tls-ca", "--tls-cert", "--tls-key", "--local-backend", "--worker-timeout",
-      "--threads", "--conv-algo", "--save", "--metrics", "--no-progress", "--attest-dir", "--attest-timeout", "--checkpoint",
-      "--sealing-key", "--resume", "--print-config", "--help"};
+      "--threads", "--conv-algo", "--save", "--metrics", "--no-progress", "--attest-dir", "--attest-timeout",
+      "--checkpoint", "--sealing-key", "--resume", "--print-config", "--help"};
   ASSERT_EQ(run({T, "train", "--help"}, d / "help.txt"), 0);
   const std::string help = testutil::read_text(d / "help.txt");
   // The options' own lines: "  --name ..." or "  -h,--name ...".

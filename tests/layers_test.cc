@@ -158,8 +158,8 @@ TEST(ConvKernels, DefaultKernelsEqualIm2col) {
   std::printf("  default kernels: %s (oneDNN in use: %d)\n", conv_kernels_name().c_str(), best.uses_onednn());
   Rng rng(7);
   struct Case { int64_t n, c, h, w, o, k, s, p; };
-  for (const Case& t : {Case{4, 16, 12, 12, 24, 3, 1, 1}, Case{3, 32, 10, 9, 48, 3, 1, 1}, Case{3, 16, 13, 11, 32, 3, 2, 1},
-                        Case{2, 16, 14, 14, 32, 1, 2, 0}, Case{2, 3, 21, 19, 8, 7, 2, 3},
+  for (const Case& t : {Case{4, 16, 12, 12, 24, 3, 1, 1}, Case{3, 32, 10, 9, 48, 3, 1, 1},
+                        Case{3, 16, 13, 11, 32, 3, 2, 1}, Case{2, 16, 14, 14, 32, 1, 2, 0}, Case{2, 3, 21, 19, 8, 7, 2, 3},
                         Case{5, 8, 9, 9, 8, 5, 1, 0}}) {
     const ConvGeometry g = ConvGeometry::make(t.n, t.c, t.h, t.w, t.o, t.k, t.s, t.p);
     SCOPED_TRACE(std::to_string(t.c) + "->" + std::to_string(t.o) + " k" + std::to_string(t.k) + " s" +
@@ -226,7 +226,9 @@ TEST(ConvKernels, WinogradOnlyWhereChosen) {
   };
   std::printf("  3x3 stride 1, 32 channels: %s (direct: %s)\n", best.kernel(wide).c_str(), direct.kernel(wide).c_str());
   const bool wide_wino = wino(best, wide);
-  if (!capped) EXPECT_EQ(wide_wino, best.uses_onednn() && avx512);
+  if (!capped) {
+    EXPECT_EQ(wide_wino, best.uses_onednn() && avx512);
+  }
   EXPECT_FALSE(wino(best, narrow));
   EXPECT_FALSE(wino(best, strided));
   EXPECT_FALSE(wino(best, pointwise));

@@ -850,12 +850,9 @@ void add_bench_flags(CLI::App& app, BenchConfig& c) {
                  "offload every one but the first)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option_function<std::string>(
-         "--conv-algo", [&c](const std::string& s) { c.conv_kernels = parse_conv_kernels(s); },
-         "The master's convolutions, as `tempo train --conv-algo` (rows labelled \"direct convs\" use direct; "
-         "the torch suite also times tee-only on direct kernels)")
-      ->default_str(conv_kernels_flag(ConvKernels::kBest))
-      ->check(CLI::IsMember({"winograd", "direct"}));
+  add_conv_algo_option(app, c.conv_kernels,
+                       "The master's convolutions, as `tempo train --conv-algo` (rows labelled \"direct convs\" "
+                       "use direct; the torch suite also times tee-only on direct kernels)");
   app.add_option("--worker-threads", c.worker_threads,
                  "Compute threads of each worker process (remote and transfer suites)")
       ->capture_default_str()

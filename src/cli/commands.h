@@ -19,6 +19,8 @@ namespace tempo::cli {
 
 // Flags shared by train and eval (eval takes the model and data flags only).
 void add_train_flags(CLI::App& app, TrainConfig& cfg, bool training);
+// --conv-algo winograd|direct into `kernels` (train, predict, eval, bench).
+void add_conv_algo_option(CLI::App& app, ConvKernels& kernels, const std::string& help);
 int run_train(const TrainConfig& cfg);
 int run_eval(const TrainConfig& cfg);
 

@@ -25,6 +25,13 @@ std::string check_mixing_block(const std::string& v) {
   }
 }
 
+void add_conv_algo_option(CLI::App& app, ConvKernels& kernels, const std::string& help) {
+  app.add_option_function<std::string>(
+         "--conv-algo", [&kernels](const std::string& s) { kernels = parse_conv_kernels(s); }, help)
+      ->default_str(conv_kernels_flag(ConvKernels::kBest))
+      ->check(CLI::IsMember({conv_kernels_flag(ConvKernels::kBest), conv_kernels_flag(ConvKernels::kDirect)}));
+}
+
 void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   std::string models;
   for (const auto& n : model_names()) models += (models.empty() ? "" : " | ") + n;
@@ -67,14 +74,12 @@ void add_train_flags(CLI::App& app, TrainConfig& c, bool training) {
   app.add_option("--threads", c.threads, "Threads of the trusted side (0: all cores)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
-  app.add_option_function<std::string>(
-         "--conv-algo", [&c](const std::string& s) { c.conv_kernels = parse_conv_kernels(s); },
-         "Kernels of the convolutions the master computes (tee-only mode, and the layers it keeps): "
-         "winograd: oneDNN's Winograd kernels for 3x3 stride-1 convolutions of 32 channels or more on maps of "
-         "8x8 or more, where it has them (AVX-512 CPUs), about twice as fast, with a few times the round-off; "
-         "direct: oneDNN's direct kernels everywhere, the ones PyTorch's CPU path runs")
-      ->default_str(conv_kernels_flag(ConvKernels::kBest))
-      ->check(CLI::IsMember({"winograd", "direct"}));
+  add_conv_algo_option(
+      app, c.conv_kernels,
+      "Kernels of the convolutions the master computes (tee-only mode, and the layers it keeps): "
+      "winograd: oneDNN's Winograd kernels for 3x3 stride-1 convolutions of 32 channels or more on maps of "
+      "8x8 or more, where it has them (AVX-512 CPUs), about twice as fast, with a few times the round-off; "
+      "direct: oneDNN's direct kernels everywhere, the ones PyTorch's CPU path runs");
   app.add_option("--seed", c.seed, "Seed of initialisation, shuffling, augmentation and synthetic data")
       ->capture_default_str();
   app.add_option("--batch-size", c.batch_size, training ? "Samples per step" : "Samples per batch")
